@@ -1,0 +1,5 @@
+import sys
+
+from sendwise.cli import main
+
+sys.exit(main())
