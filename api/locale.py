@@ -266,8 +266,10 @@ def resolve_location(
     that source names no region, the region is taken from the next source naming the *same*
     country (a request saying only ``country=US`` for a Florida number is still in Florida: state
     rules must not be dropped because the caller sent less detail).  A region is never combined
-    with a country it did not come with.  A request region without a country must carry its
-    prefix (``US-FL``), otherwise it is ambiguous and refused.
+    with a country it did not come with; the one exception is a request region sent without any
+    country (``region="FL"`` alone): it is taken as the region of whatever country resolves, since
+    the caller meant this recipient (with ``US-FL`` the prefix supplies the country).  It is
+    dropped when no country resolves at all.
     """
     # --- request values: validated, errors name the field
     req_phone = parse_phone(request_phone) if request_phone else None
@@ -277,11 +279,6 @@ def resolve_location(
         _region_prefix(request_region)
     )
     req_region = normalize_region(req_country, request_region)
-    if req_region is not None and req_country is None:
-        raise ValueError(
-            f"region: {request_region!r} needs a country: send 'country' too, or use the "
-            "ISO 3166-2 form with prefix, e.g. 'US-FL'"
-        )
 
     # --- stored values: ignored when invalid
     st_phone = _stored_phone(pref_phone)
@@ -328,6 +325,10 @@ def resolve_location(
                 (r2 for c2, r2, _ in candidates[i + 1 :] if c2 == c and r2 is not None), None
             )
         break
+    if req_country is None and req_region is not None and country is not None:
+        # A bare request region ("FL") names no country of its own: it describes the recipient
+        # whose country we resolved, and as request data it outranks a stored or phone region.
+        region = req_region
     return Location(
         zones=zones,
         zone_source=zone_source,

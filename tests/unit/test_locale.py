@@ -184,6 +184,16 @@ TOLL_FREE = "+18005550123"
             {"pref_country": "US", "pref_region": "FR-IDF"},
             Location(("UTC",), "default", "US", None, "preferences"),
         ),
+        # a bare request region belongs to whatever country resolves, and beats stored regions
+        (
+            {"request_region": "fl", "pref_phone": WA},
+            Location(("America/Los_Angeles",), "phone", "US", "FL", "phone"),
+        ),
+        (
+            {"request_region": "OK", "default_country": "US"},
+            Location(("UTC",), "default", "US", "OK", "default"),
+        ),
+        ({"request_region": "FL"}, Location(("UTC",), "default", None, None, "default")),
         # invalid default zone never fails a decision
         ({"default_zone": "Not/AZone"}, Location(("UTC",), "default", None, None, "default")),
     ],
@@ -200,7 +210,6 @@ def test_resolve_location_precedence(given: dict[str, Any], expected: Location) 
         ({"request_zone": "America/Neww_York"}, "timezone:"),
         ({"request_country": "USA"}, "country:"),
         ({"request_country": "US", "request_region": "FR-IDF"}, "region:"),
-        ({"request_region": "FL"}, "region:"),  # which country's FL?
     ],
 )
 def test_resolve_location_rejects_bad_request_fields(given: dict[str, Any], field: str) -> None:
