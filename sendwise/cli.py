@@ -16,14 +16,11 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="API worker processes")
-    serve.add_argument("--no-model", action="store_true",
-                       help="do not load or train a default model (heuristic ranking)")
 
     def run(args: argparse.Namespace) -> int:
         from api.serve import serve as run_serve
 
-        return run_serve(host=args.host, port=args.port, workers=args.workers,
-                         use_model=not args.no_model)
+        return run_serve(host=args.host, port=args.port, workers=args.workers)
 
     serve.set_defaults(func=run)
 

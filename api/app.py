@@ -1,0 +1,325 @@
+"""The litestar application: a thin HTTP shell around ``Engine``.
+
+``create_app(settings, redis=..., clock=...)`` receives its resources so tests pass a real
+Redis client and a fixed clock; without them the lifespan builds them from settings.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+import structlog
+from litestar import Litestar, Request, Response, get, post, put
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
+from prometheus_client import generate_latest
+
+from api.clock import Clock, SystemClock
+from api.engine import STORE_DOWN, Engine
+from api.errors import (
+    ApiError,
+    ConflictError,
+    InvalidRequestError,
+    UnauthorizedError,
+    UnavailableError,
+)
+from api.locale import is_valid_zone, normalize_region, parse_phone
+from api.metrics import Metrics
+from api.policy import DEFAULT_POLICY, Policy, PolicyInvalidError, validate_policy
+from api.reasons import REASON_DOCS
+from api.schemas import (
+    CancelResponse,
+    DecisionRequest,
+    DecisionResponse,
+    ErrorBody,
+    EventBatch,
+    EventsAccepted,
+    Preferences,
+    StoredPreferences,
+    Timeline,
+)
+from api.settings import Settings
+from api.store import PolicyConflictError, Store
+
+log = structlog.get_logger("sendwise.api")
+_TENANT_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def _engine(request: Request[Any, Any, State]) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def tenant_of(request: Request[Any, Any, State]) -> str:
+    """API keys (when configured) decide the tenant; otherwise the X-Sendwise-Tenant header
+    does, defaulting to the settings' default tenant."""
+    settings: Settings = request.app.state.settings
+    if settings.api_keys:
+        auth = request.headers.get("authorization", "")
+        scheme, _, key = auth.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            raise UnauthorizedError("missing bearer API key", field="Authorization")
+        for known, tenant in settings.api_keys.items():
+            if hmac.compare_digest(known.encode(), key.encode()):
+                return tenant
+        raise UnauthorizedError("unknown API key", field="Authorization")
+    tenant = request.headers.get("x-sendwise-tenant", settings.default_tenant)
+    if not tenant or len(tenant) > 64 or not set(tenant) <= _TENANT_OK:
+        raise InvalidRequestError("tenant must be 1-64 of [A-Za-z0-9_.-]", field="X-Sendwise-Tenant")
+    return tenant
+
+
+def _error(status: int, body: ErrorBody) -> Response[bytes]:
+    return Response(content=msgspec.json.encode(body), status_code=status,
+                    media_type="application/json")
+
+
+def _api_error(_: Request[Any, Any, State], exc: ApiError) -> Response[bytes]:
+    return _error(exc.status, exc.body())
+
+
+def _validation_error(_: Request[Any, Any, State], exc: ValidationException) -> Response[bytes]:
+    from api.errors import field_from_msgspec
+
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    if extra and isinstance(extra[0], dict):
+        message, field = field_from_msgspec(str(extra[0].get("message", exc.detail)))
+        key = extra[0].get("key")
+        if field is None and key and key != "data":
+            field = str(key)
+        return _error(400, ErrorBody(code="invalid_field", message=message, field=field))
+    code = "invalid_json" if "malformed" in exc.detail.lower() else "invalid_request"
+    return _error(400, ErrorBody(code=code, message=exc.detail))
+
+
+_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def _http_error(_: Request[Any, Any, State], exc: HTTPException) -> Response[bytes]:
+    code = _HTTP_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500
+                           else "internal_error")
+    return _error(exc.status_code, ErrorBody(code=code, message=exc.detail))
+
+
+def _store_down(_: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
+    err = UnavailableError("the state store (Redis) is unreachable; retry later")
+    return _error(err.status, err.body())
+
+
+def _internal(_: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
+    log.exception("unhandled_error", error=type(exc).__name__)
+    return _error(500, ErrorBody(code="internal_error", message="internal error"))
+
+
+# --------------------------------------------------------------------- handlers
+
+
+@post("/v1/decisions", status_code=HTTP_200_OK, summary="Decide send / defer / suppress")
+async def create_decision(request: Request[Any, Any, State],
+                          data: DecisionRequest) -> DecisionResponse:
+    """Decide one message. A send/defer answer is a reservation that already counts against
+    every cap; the same ``message_id`` always returns the same decision."""
+    return await _engine(request).decide(tenant_of(request), data)
+
+
+@post("/v1/decisions/{decision_id:str}/cancel", status_code=HTTP_200_OK,
+      summary="Release a reservation")
+async def cancel_decision(request: Request[Any, Any, State], decision_id: str) -> CancelResponse:
+    return await _engine(request).cancel(tenant_of(request), decision_id)
+
+
+def _check_user_id(user_id: str) -> None:
+    if not 1 <= len(user_id) <= 128:
+        raise InvalidRequestError("user_id must be 1-128 characters", field="user_id")
+
+
+@get("/v1/users/{user_id:str}/preferences", summary="Read a recipient's preferences")
+async def get_preferences(request: Request[Any, Any, State], user_id: str) -> StoredPreferences:
+    _check_user_id(user_id)
+    return await _engine(request).store.get_preferences(tenant_of(request), user_id)
+
+
+@put("/v1/users/{user_id:str}/preferences", summary="Replace a recipient's preferences")
+async def put_preferences(request: Request[Any, Any, State], user_id: str,
+                          data: Preferences) -> StoredPreferences:
+    _check_user_id(user_id)
+    if data.timezone is not None and not is_valid_zone(data.timezone):
+        raise InvalidRequestError(f"unknown IANA time zone {data.timezone!r}", field="timezone",
+                             code="invalid_timezone")
+    if data.phone is not None:
+        try:
+            parse_phone(data.phone)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), field="phone", code="invalid_phone") from exc
+    try:
+        normalize_region(data.country, data.region)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), field="region") from exc
+    for i, limit in enumerate(data.frequency_limits):
+        if (limit.window_minutes is None) == (limit.calendar is None):
+            raise InvalidRequestError("a limit needs exactly one of window_minutes or calendar",
+                                 field=f"frequency_limits[{i}].window_minutes")
+    engine = _engine(request)
+    tenant = tenant_of(request)
+    await engine.store.put_preferences(tenant, user_id, data)
+    return await engine.store.get_preferences(tenant, user_id)
+
+
+@get("/v1/users/{user_id:str}/timeline", summary="What was sent or reserved, when and why")
+async def get_timeline(request: Request[Any, Any, State], user_id: str) -> Timeline:
+    _check_user_id(user_id)
+    return await _engine(request).timeline(tenant_of(request), user_id)
+
+
+@post("/v1/events", status_code=HTTP_202_ACCEPTED, summary="Report outcome events")
+async def post_events(request: Request[Any, Any, State], data: EventBatch) -> EventsAccepted:
+    """Validated whole before anything is written: one bad event rejects the batch."""
+    engine = _engine(request)
+    if len(data.events) > engine.settings.max_events_per_batch:
+        raise InvalidRequestError(f"at most {engine.settings.max_events_per_batch} events per batch",
+                             field="events")
+    for i, event in enumerate(data.events):
+        if event.at.tzinfo is None:
+            raise InvalidRequestError("must be an RFC 3339 instant with an offset",
+                                 field=f"events[{i}].at")
+        if event.type == "converted" and not event.campaign_id:
+            raise InvalidRequestError("a converted event needs campaign_id",
+                                 field=f"events[{i}].campaign_id")
+    opt_outs, conversions = await engine.store.apply_events(tenant_of(request), data.events,
+                                                            engine.all_channels())
+    return EventsAccepted(accepted=len(data.events), opt_outs=opt_outs, conversions=conversions)
+
+
+@get("/v1/policy", summary="The tenant's policy document")
+async def get_policy(request: Request[Any, Any, State]) -> Policy:
+    engine = _engine(request)
+    tenant = tenant_of(request)
+    policy = await engine.store.get_policy(tenant)
+    return policy if policy is not None else DEFAULT_POLICY
+
+
+@put("/v1/policy", summary="Replace the tenant's policy (validated whole)")
+async def put_policy(request: Request[Any, Any, State], data: Policy) -> Policy:
+    """A ``version`` in the body must equal the current version (409 otherwise); the
+    server assigns the next one."""
+    try:
+        validate_policy(data)
+    except PolicyInvalidError as exc:
+        raise InvalidRequestError(exc.message, field=exc.field, code="invalid_policy") from exc
+    engine = _engine(request)
+    tenant = tenant_of(request)
+    expected = data.version if data.version else None
+    try:
+        stored = await engine.store.put_policy(tenant, data, expected, engine.clock.now_ms())
+    except PolicyConflictError as exc:
+        raise ConflictError(f"policy version is {exc.current}, not {expected}", field="version",
+                       code="policy_version_conflict") from exc
+    engine.policies.put(tenant, stored)
+    return stored
+
+
+class ReasonDoc(msgspec.Struct, frozen=True):
+    code: str
+    description: str
+
+
+@get("/v1/reason-codes", summary="The closed set of reason codes")
+async def reason_codes() -> list[ReasonDoc]:
+    return [ReasonDoc(code=str(code), description=text) for code, text in REASON_DOCS.items()]
+
+
+@get("/health/live", summary="The process is up")
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/health/ready", summary="Redis is reachable")
+async def ready(request: Request[Any, Any, State]) -> Response[bytes]:
+    try:
+        ok = await _engine(request).store.ping()
+    except STORE_DOWN:
+        ok = False
+    status = 200 if ok else 503
+    return Response(content=msgspec.json.encode({"status": "ok" if ok else "redis_unreachable"}),
+                    status_code=status, media_type="application/json")
+
+
+@get("/metrics", summary="Prometheus metrics of this worker")
+async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
+    registry = _engine(request).metrics.registry
+    return Response(content=generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+
+@post("/v1/_trivial", status_code=HTTP_200_OK, include_in_schema=False)
+async def trivial(data: DecisionRequest) -> dict[str, str]:
+    """The benchmark's yardstick: same app, same decoding, no Redis (DESIGN §7)."""
+    return {"message_id": data.message_id}
+
+
+# ----------------------------------------------------------------------- app
+
+
+def _redis_client(settings: Settings) -> aioredis.Redis:
+    if settings.redis_url is None:
+        raise RuntimeError("create_app needs settings.redis_url or a redis client")
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        health_check_interval=30,
+    )
+
+
+def create_app(settings: Settings, *, redis: aioredis.Redis | None = None,
+               clock: Clock | None = None) -> Litestar:
+    owned = redis is None
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        client = redis if redis is not None else _redis_client(settings)
+        app.state.engine = Engine(Store(client), settings, clock or SystemClock(), Metrics())
+        app.state.settings = settings
+        try:
+            yield
+        finally:
+            if owned:
+                await client.aclose()
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return Litestar(
+        route_handlers=[create_decision, cancel_decision, get_preferences, put_preferences,
+                        get_timeline, post_events, get_policy, put_policy, reason_codes, live,
+                        ready, metrics, trivial],
+        lifespan=[lifespan],
+        exception_handlers={
+            ApiError: _api_error,
+            ValidationException: _validation_error,
+            HTTPException: _http_error,
+            **dict.fromkeys(STORE_DOWN, _store_down),
+            Exception: _internal,
+        },
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="sendwise", version="1",
+            description="Send-time and frequency-capping decisions.",
+            path="/docs",
+            render_plugins=[SwaggerRenderPlugin(path="/swagger"), RedocRenderPlugin(path="/")],
+        ),
+        debug=False,
+    )
+
+
+def app_from_env() -> Litestar:
+    """Factory for uvicorn workers: settings (and the Redis URL) come from the environment."""
+    return create_app(Settings.from_env())
+

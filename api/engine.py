@@ -1,0 +1,270 @@
+"""The decision service: validation, the two Redis round trips, rendering, fallback.
+
+HTTP-free so it can be driven directly by tests and benchmarks; api/app.py is a thin
+litestar shell around it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from api.clock import Clock
+from api.errors import ConflictError, InvalidRequestError, NotFoundError
+from api.locale import Location, is_valid_zone, normalize_region, parse_phone, resolve_location
+from api.metrics import Metrics
+from api.plan import (
+    Context,
+    build_plan,
+    decision_id,
+    encode_context,
+    encode_plan,
+    fingerprint,
+    parse_decision_id,
+    pre_checks,
+)
+from api.policy import Policy
+from api.policy_cache import PolicyCache
+from api.reasons import ReasonCode
+from api.render import Outcome, decode_outcome, render, render_record, utc
+from api.schemas import (
+    CHANNELS,
+    CancelResponse,
+    DecisionRequest,
+    DecisionResponse,
+    Offer,
+    Reason,
+    Timeline,
+    TimelineEntry,
+)
+from api.settings import Settings
+from api.store import Store
+from api.userstate import UserState
+
+log = structlog.get_logger("sendwise.decisions")
+
+#: Redis failures that trigger the documented fallback instead of an error
+STORE_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+_MAX_STALE_RETRIES = 3
+
+
+def _ms(value: dt.datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def _check_instant(value: dt.datetime | None, field: str) -> None:
+    if value is not None and value.tzinfo is None:
+        raise InvalidRequestError("must be an RFC 3339 instant with an offset (e.g. Z)", field=field,
+                             code="invalid_field")
+
+
+class Engine:
+    def __init__(self, store: Store, settings: Settings, clock: Clock,
+                 metrics: Metrics | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.policies = PolicyCache(store)
+        self.metrics = metrics or Metrics()
+
+    # ------------------------------------------------------------- validation
+
+    def validate(self, request: DecisionRequest, policy: Policy, now: int) -> None:
+        """Semantic checks msgspec cannot express; raise before anything touches Redis."""
+        if len(set(request.channels)) != len(request.channels):
+            raise InvalidRequestError("channels must not repeat", field="channels", code="invalid_field")
+        if request.category not in policy.categories:
+            raise InvalidRequestError(
+                f"unknown category {request.category!r}; the policy defines "
+                f"{', '.join(policy.categories)}", field="category", code="invalid_field")
+        _check_instant(request.not_before, "not_before")
+        _check_instant(request.deadline, "deadline")
+        if request.deadline is not None:
+            if _ms(request.deadline) < now:
+                raise InvalidRequestError("deadline is in the past", field="deadline",
+                                     code="deadline_in_past")
+            if request.not_before is not None and request.not_before > request.deadline:
+                raise InvalidRequestError("not_before is after deadline", field="not_before",
+                                     code="invalid_field")
+        if request.timezone is not None and not is_valid_zone(request.timezone):
+            raise InvalidRequestError(f"unknown IANA time zone {request.timezone!r}",
+                                 field="timezone", code="invalid_timezone")
+        if request.phone is not None:
+            try:
+                parse_phone(request.phone)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc), field="phone", code="invalid_phone") from exc
+        try:
+            normalize_region(request.country, request.region)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), field="region", code="invalid_field") from exc
+
+    def locate(self, request: DecisionRequest, state: UserState | None,
+               policy: Policy) -> Location:
+        prefs = state.preferences if state is not None else None
+        return resolve_location(
+            request_zone=request.timezone, request_country=request.country,
+            request_region=request.region, request_phone=request.phone,
+            pref_zone=prefs.timezone if prefs else None,
+            pref_country=prefs.country if prefs else None,
+            pref_region=prefs.region if prefs else None,
+            pref_phone=prefs.phone if prefs else None,
+            default_zone=policy.default_timezone, default_country=policy.default_country)
+
+    # --------------------------------------------------------------- decisions
+
+    async def decide(self, tenant: str, request: DecisionRequest) -> DecisionResponse:
+        now = self.clock.now_ms()
+        self.validate(request, self.policies.peek(tenant), now)
+        try:
+            policy = await self.policies.get(tenant)
+            self.validate(request, policy, now)  # the fresh policy may define other categories
+            response = await self._decide(tenant, request, policy, now)
+        except STORE_DOWN as exc:
+            self.metrics.fallbacks.inc()
+            log.warning("store_unavailable", error=type(exc).__name__, tenant=tenant)
+            response = self.fallback(request, self.policies.peek(tenant), now)
+        self.metrics.decisions.labels(response.decision, response.channel or "none").inc()
+        if self.settings.log_decisions:
+            log.info("decision", tenant=tenant, decision_id=response.decision_id,
+                     message_id=response.message_id, decision=response.decision,
+                     channel=response.channel,
+                     send_at=None if response.send_at is None else response.send_at.isoformat(),
+                     reasons=[r.code for r in response.reasons],
+                     policy_version=response.policy_version, replayed=response.replayed,
+                     dry_run=response.dry_run)
+        return response
+
+    async def _decide(self, tenant: str, request: DecisionRequest, policy: Policy,
+                      now: int) -> DecisionResponse:
+        fp = fingerprint(request)
+        did = decision_id(request.user_id, request.message_id)
+        for _ in range(_MAX_STALE_RETRIES):
+            state = await self.store.read_user(tenant, request.user_id, request.message_id,
+                                               request.campaign_id)
+            if state.record is not None:
+                return self._replay(state.record, fp, request.dry_run)
+            location = self.locate(request, state, policy)
+            permitted, pre, suppressed = pre_checks(request, policy, state, now)
+            plan = build_plan(request, policy, state, location, now=now,
+                              idempotency_ttl_ms=self.settings.idempotency_ttl_seconds * 1000,
+                              candidate_channels=permitted, pre_suppressed=suppressed)
+            ctx = Context(did=did, mid=request.message_id, uid=request.user_id,
+                          pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
+                          dry=request.dry_run, pre=pre)
+            reply = await self.store.commit(tenant, request.user_id, request.message_id,
+                                            encode_plan(plan), encode_context(ctx))
+            if reply.status == "stale":
+                continue
+            if reply.status == "dup":
+                return self._replay(reply.payload, fp, request.dry_run)
+            if reply.status == "dup_ledger":
+                return self._replay_from_ledger(ctx, reply.payload, reply.score or now)
+            return render(ctx, decode_outcome(reply.payload))
+        raise ConflictError("the recipient's preferences kept changing during the decision; retry",
+                       code="concurrent_update")
+
+    def _replay(self, record: bytes, fp: str, dry_run: bool) -> DecisionResponse:
+        ctx, response = render_record(record)
+        if ctx.fp != fp:
+            raise ConflictError("message_id was already decided for a different message "
+                           "(idempotency key reuse)", field="message_id",
+                           code="idempotency_conflict")
+        return msgspec.structs.replace(response, dry_run=dry_run) if dry_run else response
+
+    def _replay_from_ledger(self, ctx: Context, member: bytes, score: int) -> DecisionResponse:
+        """The record expired but the reservation is still in the ledger: the message was
+        counted already, so answer with that reservation instead of counting it twice."""
+        entry = msgspec.json.decode(member)
+        outcome = Outcome("send" if score <= ctx.now else "defer", entry[1], score, [])
+        return render(ctx, outcome, replayed=True)
+
+    def fallback(self, request: DecisionRequest, policy: Policy, now: int) -> DecisionResponse:
+        """Invariant 7: Redis down is no 5xx. Exempt (transactional) messages send now on the
+        first requested channel; the rest defer by the configured delay. Nothing is
+        reserved, so the platform should ask again at send time."""
+        try:
+            zone = self.locate(request, None, policy).zones[0]
+        except ValueError:
+            zone = policy.default_timezone
+        exempt = request.category in policy.exempt_categories
+        at = now if exempt else now + self.settings.fallback_defer_seconds * 1000
+        ctx = Context(did=decision_id(request.user_id, request.message_id),
+                      mid=request.message_id, uid=request.user_id, pv=policy.version_label,
+                      zone=zone, now=now, fp="", dry=request.dry_run, pre=[])
+        outcome = Outcome("send" if exempt else "defer", request.channels[0], at,
+                          [(ReasonCode.POLICY_STORE_UNAVAILABLE, "fallback", None, None)])
+        return render(ctx, outcome)
+
+    # ------------------------------------------------------------------ cancel
+
+    async def cancel(self, tenant: str, decision: str) -> CancelResponse:
+        try:
+            user_id, message_id = parse_decision_id(decision)
+        except ValueError as exc:
+            raise NotFoundError("no such decision", field="decision_id") from exc
+        now = self.clock.now_ms()
+        prefix = msgspec.json.encode([message_id]).decode()[:-1] + ","
+        reply = await self.store.cancel(tenant, user_id, message_id, prefix, now)
+        if reply.status == "missing":
+            raise NotFoundError("no such decision (or it has expired)", field="decision_id")
+        cancelled_at = now
+        if reply.status == "already" and reply.record is not None:
+            cancelled_at = int(reply.record.split(b"\n")[2])
+        return CancelResponse(decision_id=decision, message_id=message_id,
+                              released=reply.removed > 0, cancelled_at=utc(cancelled_at))
+
+    # ---------------------------------------------------------------- timeline
+
+    async def timeline(self, tenant: str, user_id: str) -> Timeline:
+        now = self.clock.now_ms()
+        policy = await self.policies.get(tenant)
+        state = await self.store.read_user(tenant, user_id, "", None)
+        zone = self.locate_stored(state, policy)
+        ledger = await self.store.ledger(tenant, user_id)
+        decoded = [(msgspec.json.decode(member), int(score)) for member, score in ledger]
+        records = await self.store.records(tenant, user_id, [e[0] for e, _ in decoded])
+        entries = []
+        for (entry, score), record in zip(decoded, records, strict=True):
+            decision: str | None = None
+            reasons: list[Reason] | None = None
+            if record is not None:
+                _, response = render_record(record)
+                decision, reasons = response.decision, response.reasons
+            send_at = utc(score)
+            entries.append(TimelineEntry(
+                message_id=entry[0], channel=entry[1], category=entry[2],
+                campaign_id=entry[3] or None, tags=list(entry[4] or []),
+                offer=Offer(id=entry[5], group=entry[6]) if entry[5] else None,
+                send_at=send_at, local_send_at=send_at.astimezone(_zone(zone)),
+                status="sent" if score <= now else "scheduled",
+                decision_id=decision_id(user_id, entry[0]),
+                decision=decision,  # type: ignore[arg-type]
+                reasons=reasons))
+        return Timeline(user_id=user_id, timezone=zone, entries=entries)
+
+    def locate_stored(self, state: UserState, policy: Policy) -> str:
+        prefs = state.preferences
+        try:
+            return resolve_location(
+                request_zone=None, request_country=None, request_region=None,
+                request_phone=None, pref_zone=prefs.timezone, pref_country=prefs.country,
+                pref_region=prefs.region, pref_phone=prefs.phone,
+                default_zone=policy.default_timezone,
+                default_country=policy.default_country).zones[0]
+        except ValueError:
+            return policy.default_timezone
+
+    @staticmethod
+    def all_channels() -> tuple[str, ...]:
+        return CHANNELS
+
+
+def _zone(name: str) -> dt.tzinfo:
+    from api.render import _zone as cached
+
+    return cached(name)

@@ -1,0 +1,82 @@
+"""One domain-error tree and one mapping to HTTP: every error body is
+``{"code", "message", "field"}`` with a stable machine code."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from api.schemas import ErrorBody
+
+
+class ApiError(Exception):
+    status: int = 400
+    code: str = "invalid_request"
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(code=self.code, message=self.message, field=self.field)
+
+
+class InvalidRequestError(ApiError):
+    status = 400
+    code = "invalid_request"
+
+
+class UnauthorizedError(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFoundError(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class ConflictError(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLargeError(ApiError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnavailableError(ApiError):
+    """Only for endpoints with no safe fallback (reads of state, policy writes)."""
+
+    status = 503
+    code = "store_unavailable"
+
+
+_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<name>[^`]+)`")
+_MISSING = re.compile(r"Object missing required field `(?P<name>[^`]+)`")
+
+
+def field_from_msgspec(message: str) -> tuple[str, str | None]:
+    """Split msgspec's "Expected `int`, got `str` - at `$.priority`" into (message, field).
+    Paths come out as ``channels[1]``, ``offer.id``."""
+    match = _AT.search(message)
+    path = match.group("path").lstrip(".") if match else ""
+    text = message[: match.start()] if match else message
+    for pattern in (_UNKNOWN, _MISSING):
+        named = pattern.search(text)
+        if named:
+            path = f"{path}.{named.group('name')}" if path else named.group("name")
+    return text, path or None
+
+
+def from_validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidRequestError:
+    if isinstance(exc, msgspec.ValidationError):
+        text, field = field_from_msgspec(str(exc))
+        return InvalidRequestError(text, field=field, code="invalid_field")
+    return InvalidRequestError(f"body is not valid JSON: {exc}", code="invalid_json")

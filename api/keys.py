@@ -1,0 +1,42 @@
+"""The Redis key schema: the only place that builds key names.
+
+Every key of one user shares the hash tag ``{<tenant>:<user>}`` so each Lua script touches
+one cluster slot and the same code runs on a single Redis or a Redis Cluster. Ids are
+escaped so a ``{``, ``}`` or ``%`` inside a tenant or user id can never move the tag.
+
+    sw:{t:u}:ledger        ZSET  member = JSON [message_id, channel, category, campaign,
+                                  tags, offer_id, offer_group]; score = send instant (ms)
+    sw:{t:u}:prefs         HASH  doc (preferences JSON), rev (int), optout:<channel> (ms)
+    sw:{t:u}:conv          HASH  campaign_id -> converted-at (ms)
+    sw:{t:u}:m:<message>   STR   idempotency record: context JSON + "\n" + outcome JSON
+    sw:policy:{t}          STR   the tenant's policy document (JSON, with its version)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+PREFIX = "sw"
+
+
+def _escape(part: str) -> str:
+    return part.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+class UserKeys(NamedTuple):
+    ledger: str
+    prefs: str
+    conv: str
+    record_prefix: str
+
+    def record(self, message_id: str) -> str:
+        return self.record_prefix + message_id
+
+
+def user_keys(tenant: str, user_id: str) -> UserKeys:
+    base = f"{PREFIX}:{{{_escape(tenant)}:{_escape(user_id)}}}:"
+    return UserKeys(base + "ledger", base + "prefs", base + "conv", base + "m:")
+
+
+def policy_key(tenant: str) -> str:
+    return f"{PREFIX}:policy:{{{_escape(tenant)}}}"

@@ -1,0 +1,245 @@
+-- The atomic decision commit (DESIGN §3 step 7). All cap, conflict and idempotency
+-- arithmetic lives here and only here, so the check and the reservation cannot race.
+--
+-- KEYS[1] ledger zset, KEYS[2] idempotency record, KEYS[3] prefs hash
+-- ARGV[1] plan JSON (built by api/plan.py), ARGV[2] context JSON (stored verbatim)
+--
+-- Returns {'new', outcome_json} | {'dup', record} | {'dup_ledger', member, score}
+--       | {'stale', current_rev}
+--
+-- Blocks are half-open integer intervals [s, e) of epoch milliseconds. A rolling cap of
+-- N per W is violated by a new send at t iff some N existing matching sends plus t fit in
+-- a span shorter than W; for N consecutive entries e_a..e_{a+N-1} (span < W) that is
+-- exactly t in [e_{a+N-1} - W + 1, e_a + W). So "the instant the window frees" is e_a + W.
+
+local plan = cjson.decode(ARGV[1])
+local now = plan.now
+
+local function fmt(x) return string.format('%.0f', x) end
+
+-- 1. idempotency: a record means this message was decided already
+local rec = redis.call('GET', KEYS[2])
+if rec then return {'dup', rec} end
+
+-- 2. preferences changed since the read (opt-out, conversion...): caller retries
+local rev = redis.call('HGET', KEYS[3], 'rev') or '0'
+if rev ~= plan.rev then return {'stale', rev} end
+
+-- 3. the ledger inside the longest window, past and future reservations alike
+local raw = redis.call('ZRANGEBYSCORE', KEYS[1], fmt(plan.lo), '+inf', 'WITHSCORES')
+local entries = {}
+local mid_prefix = plan.mid
+for i = 1, #raw, 2 do
+  local member = raw[i]
+  if string.sub(member, 1, #mid_prefix) == mid_prefix then
+    -- its record expired but the reservation still counts: same message, counted once
+    return {'dup_ledger', member, raw[i + 1]}
+  end
+  local d = cjson.decode(member)
+  entries[#entries + 1] = {t = tonumber(raw[i + 1]), ch = d[2], cat = d[3], camp = d[4],
+                           tags = d[5], oid = d[6], og = d[7]}
+end
+
+local function in_list(list, v)
+  if list == nil or #list == 0 then return true end
+  for _, x in ipairs(list) do if x == v then return true end end
+  return false
+end
+local function excluded(list, v)
+  if list == nil then return false end
+  for _, x in ipairs(list) do if x == v then return true end end
+  return false
+end
+local function tags_match(list, tags)
+  if list == nil or #list == 0 then return true end
+  for _, t in ipairs(tags) do
+    for _, x in ipairs(list) do if x == t then return true end end
+  end
+  return false
+end
+local function matches(cap, ch, cat, camp, tags)
+  return in_list(cap.ch, ch) and in_list(cap.cat, cat) and not excluded(cap.xcat, cat)
+    and in_list(cap.camp, camp) and tags_match(cap.tag, tags)
+end
+
+-- blocked intervals of one cap for a message on channel ch
+local function cap_blocks(cap)
+  local times = {}
+  for _, e in ipairs(entries) do
+    if matches(cap, e.ch, e.cat, e.camp, e.tags) then times[#times + 1] = e.t end
+  end
+  local out = {}
+  local n = cap.n
+  if cap.w > 0 then
+    for a = 1, #times - n + 1 do
+      local first, last = times[a], times[a + n - 1]
+      if last - first < cap.w then out[#out + 1] = {last - cap.w + 1, first + cap.w} end
+    end
+  else
+    local b = cap.b
+    local counts = {}
+    local k = 1
+    for _, t in ipairs(times) do
+      while k < #b and b[k + 1] <= t do k = k + 1 end
+      if k < #b and b[k] <= t then counts[k] = (counts[k] or 0) + 1 end
+    end
+    for i = 1, #b - 1 do
+      if (counts[i] or 0) >= n then out[#out + 1] = {b[i], b[i + 1]} end
+    end
+  end
+  return out
+end
+
+local msg = plan.msg
+local cw = plan.cw
+
+-- 4. a duplicate offer suppresses the whole message, whatever the channel
+if cw > 0 and msg.og ~= '' then
+  for _, e in ipairs(entries) do
+    if e.og == msg.og and e.oid == msg.oid and e.t > now - cw then
+      local out = '{"d":"suppress","ch":null,"t":null,"r":[[' .. cjson.encode('duplicate_offer')
+        .. ',' .. cjson.encode('conflict_group:' .. msg.og) .. ',' .. fmt(e.t + cw) .. ','
+        .. cjson.encode(e.ch) .. ']]}'
+      if plan.dry == 0 then
+        redis.call('SET', KEYS[2], ARGV[2] .. '\n' .. out, 'PX', fmt(plan.ttl))
+      end
+      return {'new', out}
+    end
+  end
+end
+
+-- sort + merge
+local function normalize(ivs)
+  table.sort(ivs, function(x, y) return x[1] < y[1] end)
+  local out = {}
+  for _, iv in ipairs(ivs) do
+    if iv[2] > iv[1] then
+      local last = out[#out]
+      if last and iv[1] <= last[2] then
+        if iv[2] > last[2] then last[2] = iv[2] end
+      else
+        out[#out + 1] = {iv[1], iv[2]}
+      end
+    end
+  end
+  return out
+end
+
+-- earliest instant in [a, b) outside every block, or nil
+local function first_free(rules, a, b)
+  local all = {}
+  for _, r in ipairs(rules) do
+    for _, iv in ipairs(r.iv) do all[#all + 1] = iv end
+  end
+  local x = a
+  for _, iv in ipairs(normalize(all)) do
+    if iv[1] > x then break end
+    if iv[2] > x then x = iv[2] end
+  end
+  if x < b then return x end
+  return nil
+end
+
+-- why [a, target) is blocked: walk from a, each step naming the rules that cover it
+local function chain(rules, a, target, ch, out, seen)
+  local x = a
+  while x < target do
+    local nx = nil
+    for _, r in ipairs(rules) do
+      for _, iv in ipairs(r.iv) do
+        if iv[1] <= x and x < iv[2] then
+          local key = r.c .. '\0' .. r.r .. '\0' .. ch
+          local idx = seen[key]
+          if idx == nil then
+            out[#out + 1] = {r.c, r.r, iv[2], ch}
+            seen[key] = #out
+          elseif out[idx][3] < iv[2] then
+            out[idx][3] = iv[2]
+          end
+          if nx == nil or iv[2] > nx then nx = iv[2] end
+          break
+        end
+      end
+    end
+    if nx == nil then break end
+    x = nx
+  end
+end
+
+-- 5. every candidate's rules: Python's time blocks + caps + conflicting offers
+local evaluated = {}
+local chosen = nil
+for i, cand in ipairs(plan.cands) do
+  local rules = {}
+  for _, pb in ipairs(cand.pb) do rules[#rules + 1] = {c = pb.c, r = pb.r, iv = pb.iv} end
+  for _, cap in ipairs(plan.caps) do
+    if matches(cap, cand.ch, msg.cat, msg.camp, msg.tags) then
+      local iv = cap_blocks(cap)
+      if #iv > 0 then rules[#rules + 1] = {c = cap.code, r = cap.id, iv = normalize(iv)} end
+    end
+  end
+  if cw > 0 and msg.og ~= '' then
+    local iv = {}
+    for _, e in ipairs(entries) do
+      if e.og == msg.og and e.oid ~= msg.oid then iv[#iv + 1] = {e.t - cw + 1, e.t + cw} end
+    end
+    if #iv > 0 then
+      rules[#rules + 1] = {c = 'conflicting_offer', r = 'conflict_group:' .. msg.og,
+                           iv = normalize(iv)}
+    end
+  end
+  local t = first_free(rules, cand.a, cand.b)
+  evaluated[i] = {cand = cand, rules = rules, t = t}
+  if t ~= nil then
+    if plan.mode == 'first' then chosen = i break end
+    if chosen == nil or t < evaluated[chosen].t then chosen = i end
+  end
+end
+
+-- 6. reasons and the outcome
+local reasons, seen = {}, {}
+local decision, out_ch, out_t
+if chosen then
+  local ev = evaluated[chosen]
+  out_ch, out_t = ev.cand.ch, ev.t
+  decision = (out_t <= now) and 'send' or 'defer'
+  -- channels preferred over the chosen one: why they lost, at the instant it was chosen
+  for i = 1, chosen - 1 do
+    local other = evaluated[i]
+    if other.t == nil or other.t > out_t then
+      chain(other.rules, other.cand.a, math.min(out_t + 1, other.cand.b), other.cand.ch,
+            reasons, seen)
+    end
+  end
+  chain(ev.rules, ev.cand.a, out_t, out_ch, reasons, seen)
+else
+  decision = 'suppress'
+  for _, ev in ipairs(evaluated) do
+    chain(ev.rules, ev.cand.a, ev.cand.b, ev.cand.ch, reasons, seen)
+  end
+  if #plan.cands > 0 then
+    reasons[#reasons + 1] = {plan.endr.c, plan.endr.r, nil, nil}
+  end
+end
+
+local parts = {}
+for i, r in ipairs(reasons) do
+  parts[i] = '[' .. cjson.encode(r[1]) .. ',' .. cjson.encode(r[2]) .. ','
+    .. (r[3] and fmt(r[3]) or 'null') .. ',' .. (r[4] and cjson.encode(r[4]) or 'null') .. ']'
+end
+local out = '{"d":"' .. decision .. '","ch":' .. (out_ch and cjson.encode(out_ch) or 'null')
+  .. ',"t":' .. (out_t and fmt(out_t) or 'null') .. ',"r":[' .. table.concat(parts, ',') .. ']}'
+
+-- 7. write: the reservation, the trim, the TTLs, the idempotency record
+if plan.dry == 0 then
+  local ttl = plan.ttl
+  if out_t then
+    redis.call('ZADD', KEYS[1], fmt(out_t), plan.mpre .. out_ch .. plan.msuf)
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. fmt(now - plan.keep))
+    local want = out_t - now + plan.keep
+    if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], fmt(want)) end
+    ttl = math.max(ttl, out_t - now + plan.ttl)
+  end
+  redis.call('SET', KEYS[2], ARGV[2] .. '\n' .. out, 'PX', fmt(ttl))
+end
+return {'new', out}

@@ -1,0 +1,363 @@
+"""Turn one request into the plan the commit script executes (pure, no I/O).
+
+Python owns what needs the calendar: time zones, quiet hours, jurisdiction windows,
+calendar-cap bucket boundaries, consent. The Lua commit owns what needs the ledger: cap
+counts, conflicting offers, idempotency. The plan is the hand-over: per candidate channel
+the time blocks (each named by the rule that makes it), plus the compiled cap rules.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from api import intervals
+from api.intervals import Interval
+from api.jurisdictions import JurisdictionPack, applicable_packs, blocked_intervals
+from api.locale import Location
+from api.localtime import (
+    LocalWindow,
+    local_day_starts,
+    local_week_starts,
+    parse_hhmm,
+    window_intervals,
+)
+from api.policy import Policy, active_packs, conflict_window_minutes
+from api.reasons import ReasonCode
+from api.schemas import DecisionRequest
+from api.userstate import UserState
+
+MINUTE_MS = 60_000
+DAY_MS = 24 * 60 * MINUTE_MS
+#: quiet windows are computed this far past the deadline so `until` is the true end
+LOOKAHEAD_MS = 3 * DAY_MS
+
+
+class Block(msgspec.Struct, frozen=True):
+    c: str
+    r: str
+    iv: list[tuple[int, int]]
+
+
+class Candidate(msgspec.Struct, frozen=True):
+    ch: str
+    a: int
+    b: int
+    pb: list[Block]
+
+
+class CompiledCap(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    code: str
+    n: int
+    w: int
+    b: list[int] = []
+    ch: list[str] = []
+    cat: list[str] = []
+    xcat: list[str] = []
+    camp: list[str] = []
+    tag: list[str] = []
+
+
+class MessageFacts(msgspec.Struct, frozen=True):
+    cat: str
+    camp: str
+    tags: list[str]
+    oid: str
+    og: str
+
+
+class EndReason(msgspec.Struct, frozen=True):
+    c: str
+    r: str
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    now: int
+    rev: str
+    lo: int
+    keep: int
+    ttl: int
+    mid: str
+    mpre: str
+    msuf: str
+    msg: MessageFacts
+    caps: list[CompiledCap]
+    cw: int
+    cands: list[Candidate]
+    mode: str
+    endr: EndReason
+    dry: int
+
+
+class PreReason(msgspec.Struct, frozen=True, array_like=True):
+    """A reason decided before the commit (consent, topic, conversion)."""
+
+    code: str
+    rule: str
+    until: int | None = None
+    channel: str | None = None
+
+
+class Context(msgspec.Struct, frozen=True, kw_only=True):
+    """Stored verbatim in the idempotency record, so a replay renders the same answer."""
+
+    v: int = 1
+    did: str
+    mid: str
+    uid: str
+    pv: str
+    zone: str
+    now: int
+    fp: str
+    dry: bool
+    pre: list[PreReason]
+
+
+_json = msgspec.json.Encoder()
+
+
+def decision_id(user_id: str, message_id: str) -> str:
+    """Deterministic and self-routing: the id names the user, so cancel finds the user's
+    cluster slot without a global index, and a retry gets the same id by construction."""
+
+    def b64(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+    return f"d_{b64(user_id)}.{b64(message_id)}"
+
+
+def parse_decision_id(value: str) -> tuple[str, str]:
+    """Inverse of decision_id; ValueError when it is not one of ours."""
+    if not value.startswith("d_") or value.count(".") != 1:
+        raise ValueError("not a decision id")
+
+    def unb64(text: str) -> str:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+
+    user_part, message_part = value[2:].split(".")
+    try:
+        return unb64(user_part), unb64(message_part)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("not a decision id") from exc
+
+
+def fingerprint(request: DecisionRequest) -> str:
+    """What makes two requests "the same message" (dry_run aside)."""
+    canonical = msgspec.structs.replace(request, dry_run=False)
+    return hashlib.sha256(_json.encode(canonical)).hexdigest()[:20]
+
+
+def member_parts(request: DecisionRequest) -> tuple[str, str, str]:
+    """The ledger member is JSON [mid, channel, category, campaign, tags, offer_id, group];
+    Lua splices the channel between prefix and suffix."""
+    full = _json.encode([
+        request.message_id, "\x00", request.category, request.campaign_id or "",
+        request.tags, request.offer.id if request.offer else "",
+        request.offer.group if request.offer else "",
+    ]).decode()
+    prefix, suffix = full.split('"\\u0000"')
+    mid = _json.encode([request.message_id]).decode()[:-1] + ","
+    return mid, prefix + '"', '"' + suffix
+
+
+@lru_cache(maxsize=256)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def _window_blocks(zones: Sequence[str], window: LocalWindow, lo: int, hi: int) -> list[Interval]:
+    return intervals.union(*(window_intervals(_zone(z), window, lo, hi) for z in zones))
+
+
+def _pack_blocks(pack: JurisdictionPack, zones: Sequence[str], lo: int, hi: int) -> list[Interval]:
+    return intervals.union(*(blocked_intervals(pack, _zone(z), lo, hi) for z in zones))
+
+
+def effective_consent(state: UserState, channel: str) -> str:
+    if channel in state.event_opt_outs:
+        return "opted_out"
+    pref = state.preferences.channels.get(channel)  # type: ignore[call-overload]
+    return pref.consent if pref is not None else "unknown"
+
+
+def pre_checks(request: DecisionRequest, policy: Policy, state: UserState,
+               now: int) -> tuple[list[str], list[PreReason], bool]:
+    """Consent, topic opt-outs and conversions: (permitted channels, reasons, suppress_all)."""
+    reasons: list[PreReason] = []
+    topics = set(state.preferences.topic_opt_outs)
+    hit = next((t for t in [request.category, *request.tags] if t in topics), None)
+    if hit is not None:
+        reasons.append(PreReason(ReasonCode.TOPIC_OPTED_OUT, f"preferences.topic_opt_outs:{hit}"))
+        return [], reasons, True
+    if state.converted_at is not None and request.campaign_id:
+        until = state.converted_at + policy.converted_suppression_days * DAY_MS
+        if now < until:
+            reasons.append(PreReason(ReasonCode.ALREADY_CONVERTED,
+                                     f"events.converted:{request.campaign_id}", until))
+            return [], reasons, True
+    permitted: list[str] = []
+    for channel in request.channels:
+        consent = effective_consent(state, channel)
+        if consent == "opted_out":
+            rule = ("events.unsubscribed" if channel in state.event_opt_outs
+                    else f"preferences.channels.{channel}")
+            reasons.append(PreReason(ReasonCode.NO_CONSENT, rule, None, channel))
+        elif channel in policy.opt_in_only_channels and consent != "opted_in":
+            reasons.append(PreReason(ReasonCode.OPT_IN_REQUIRED, "policy.opt_in_only_channels",
+                                     None, channel))
+        else:
+            permitted.append(channel)
+    if not permitted:
+        reasons.append(PreReason(ReasonCode.NO_CHANNEL_AVAILABLE, "request.channels"))
+    return permitted, reasons, not permitted
+
+
+def _scope_lists(values: Iterable[str]) -> list[str]:
+    return sorted(set(values))
+
+
+def compile_caps(request: DecisionRequest, policy: Policy, state: UserState,
+                 location: Location, packs: Sequence[JurisdictionPack], *,
+                 lo: int, hi: int) -> tuple[list[CompiledCap], list[int]]:
+    """Cap rules for Lua, and the window lengths (ms) that decide how long history is kept."""
+    exempt = request.category in policy.exempt_categories
+    not_counted = [] if policy.exempt_count_toward_caps else list(policy.exempt_categories)
+    zone = _zone(location.zones[0])
+    caps: list[CompiledCap] = []
+    windows: list[int] = []
+
+    def bounds(calendar: str | None) -> list[int]:
+        if calendar == "day":
+            return local_day_starts(zone, lo, hi)
+        return local_week_starts(zone, lo, hi)
+
+    for cap in policy.caps:
+        windows.append((cap.window_minutes or 8 * 24 * 60) * MINUTE_MS)
+        if exempt:
+            continue
+        caps.append(CompiledCap(
+            id=cap.id, code=ReasonCode.FREQUENCY_CAP, n=cap.limit,
+            w=(cap.window_minutes or 0) * MINUTE_MS,
+            b=[] if cap.calendar is None else bounds(cap.calendar),
+            ch=_scope_lists(cap.scope.channels), cat=_scope_lists(cap.scope.categories),
+            xcat=not_counted, camp=_scope_lists(cap.scope.campaigns),
+            tag=_scope_lists(cap.scope.tags),
+        ))
+    for i, limit in enumerate(state.preferences.frequency_limits):
+        windows.append((limit.window_minutes or 8 * 24 * 60) * MINUTE_MS)
+        if exempt or limit.limit == 0 or (limit.window_minutes is None and limit.calendar is None):
+            continue  # limit 0 is a block, handled as a time block in candidate building
+        caps.append(CompiledCap(
+            id=f"preferences.frequency_limits[{i}]", code=ReasonCode.USER_FREQUENCY_LIMIT,
+            n=limit.limit, w=(limit.window_minutes or 0) * MINUTE_MS,
+            b=[] if limit.calendar is None else bounds(limit.calendar),
+            ch=_scope_lists(limit.channels), xcat=list(policy.exempt_categories),
+        ))
+    for pack in packs:
+        if pack.cap is None:
+            continue
+        windows.append(pack.cap.window_minutes * MINUTE_MS)
+        caps.append(CompiledCap(
+            id=pack.rule_id, code=ReasonCode.JURISDICTION_CAP, n=pack.cap.limit,
+            w=pack.cap.window_minutes * MINUTE_MS, ch=_scope_lists(pack.cap.channels),
+            xcat=list(pack.exempt_categories),
+        ))
+    return caps, windows
+
+
+def build_plan(request: DecisionRequest, policy: Policy, state: UserState, location: Location,
+               *, now: int, idempotency_ttl_ms: int, candidate_channels: Sequence[str],
+               pre_suppressed: bool) -> Plan:
+    deadline = None if request.deadline is None else int(request.deadline.timestamp() * 1000)
+    if deadline is not None:
+        end = deadline + 1
+        endr = EndReason(ReasonCode.DEADLINE_EXCEEDED, "request.deadline")
+    else:
+        end = now + policy.max_defer_minutes * MINUTE_MS
+        endr = EndReason(ReasonCode.MAX_DEFER_EXCEEDED, "policy.max_defer_minutes")
+    hi = max(end, now) + LOOKAHEAD_MS
+    history_lo = now - 8 * DAY_MS
+    exempt = request.category in policy.exempt_categories
+    packs = active_packs(policy)
+
+    location_packs: dict[str, JurisdictionPack] = {}
+    for channel in request.channels:
+        for pack in applicable_packs(packs, location.country, location.region, channel,
+                                     request.category):
+            location_packs[pack.id] = pack
+
+    caps, windows = compile_caps(request, policy, state, location, list(location_packs.values()),
+                                 lo=history_lo, hi=hi)
+    offer_group = request.offer.group if request.offer else ""
+    cw_minutes = conflict_window_minutes(policy, offer_group) if offer_group else None
+    cw = (cw_minutes or 0) * MINUTE_MS
+    keep = max([8 * DAY_MS, cw, *windows])
+
+    cache: dict[object, list[Interval]] = {}
+    cands: list[Candidate] = []
+    zones = location.zones
+    channels: list[str] = [] if pre_suppressed else list(candidate_channels)
+    for channel in channels:
+        blocks: list[Block] = []
+        if request.not_before is not None:
+            nb = int(request.not_before.timestamp() * 1000)
+            if nb > now:
+                blocks.append(Block(ReasonCode.NOT_BEFORE, "request.not_before", [(now, nb)]))
+        if not exempt:
+            for rule in policy.quiet_hours:
+                if rule.channels and channel not in rule.channels:
+                    continue
+                if rule.categories and request.category not in rule.categories:
+                    continue
+                key: tuple[str, object] = ("q", rule.id)
+                if key not in cache:
+                    window = LocalWindow(parse_hhmm(rule.start), parse_hhmm(rule.end),
+                                         frozenset(rule.weekdays) if rule.weekdays else None)
+                    cache[key] = _window_blocks(zones, window, now, hi)
+                if cache[key]:
+                    blocks.append(Block(ReasonCode.QUIET_HOURS, rule.id, cache[key]))
+            for i, quiet in enumerate(state.preferences.quiet_hours):
+                key = ("u", i)
+                if key not in cache:
+                    window = LocalWindow(parse_hhmm(quiet.start), parse_hhmm(quiet.end),
+                                         frozenset(quiet.weekdays) if quiet.weekdays else None)
+                    cache[key] = _window_blocks(zones, window, now, hi)
+                if cache[key]:
+                    blocks.append(Block(ReasonCode.USER_QUIET_HOURS,
+                                        f"preferences.quiet_hours[{i}]", cache[key]))
+            for i, limit in enumerate(state.preferences.frequency_limits):
+                if limit.limit == 0 and (not limit.channels or channel in limit.channels):
+                    blocks.append(Block(ReasonCode.USER_FREQUENCY_LIMIT,
+                                        f"preferences.frequency_limits[{i}]", [(now, hi)]))
+        for pack in applicable_packs(packs, location.country, location.region, channel,
+                                     request.category):
+            key = ("j", pack.id)
+            if key not in cache:
+                cache[key] = _pack_blocks(pack, zones, now, hi)
+            if cache[key]:
+                blocks.append(Block(ReasonCode.JURISDICTION_WINDOW, pack.rule_id, cache[key]))
+        cands.append(Candidate(channel, now, end, blocks))
+
+    mid, mpre, msuf = member_parts(request)
+    return Plan(
+        now=now, rev=state.revision, lo=now - keep, keep=keep, ttl=idempotency_ttl_ms,
+        mid=mid, mpre=mpre, msuf=msuf,
+        msg=MessageFacts(request.category, request.campaign_id or "", list(request.tags),
+                         request.offer.id if request.offer else "", offer_group),
+        caps=caps, cw=cw, cands=cands, mode="earliest", endr=endr,
+        dry=1 if request.dry_run else 0,
+    )
+
+
+def encode_plan(plan: Plan) -> bytes:
+    return _json.encode(plan)
+
+
+def encode_context(ctx: Context) -> bytes:
+    return _json.encode(ctx)

@@ -1,0 +1,191 @@
+"""The tenant policy: one versioned JSON document, validated whole, with a useful default.
+
+``GET/PUT /v1/policy`` read and replace it. Structural errors come from msgspec (type,
+range, unknown field); ``validate_policy`` adds the cross-field checks. Either way the
+error names the field path (``caps[1].window_minutes``) and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from api.jurisdictions import JurisdictionPack, load_builtin_packs, validate_pack
+from api.locale import is_valid_zone
+from api.schemas import Channel, CountryCode, Hhmm, Id, Name, Tag, ZoneName
+
+DEFAULT_CONFLICT_WINDOW_MINUTES = 72 * 60
+
+
+class PolicyInvalidError(ValueError):
+    """A policy document that parses but contradicts itself; ``field`` is its path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class Scope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which messages a cap counts. Empty lists match everything (a global cap)."""
+
+    channels: list[Channel] = []
+    categories: list[Name] = []
+    campaigns: list[Id] = []
+    tags: list[Tag] = []
+
+
+class CapRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """At most ``limit`` matching messages in any rolling ``window_minutes`` (or in one
+    local ``calendar`` day/week of the recipient)."""
+
+    id: Name
+    limit: Annotated[int, Meta(ge=1, le=10_000)]
+    window_minutes: Annotated[int, Meta(ge=1, le=43_200)] | None = None
+    calendar: Literal["day", "week"] | None = None
+    scope: Scope = msgspec.field(default_factory=Scope)
+
+
+class QuietHoursRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """No sends while the recipient's wall clock is in [start, end) (wrapping midnight).
+    Empty ``channels``/``categories`` mean all channels / all non-exempt categories."""
+
+    id: Name
+    start: Hhmm
+    end: Hhmm
+    channels: list[Channel] = []
+    categories: list[Name] = []
+    weekdays: list[Annotated[int, Meta(ge=0, le=6)]] | None = None
+
+
+class ConflictGroup(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Offers sharing ``group`` conflict within ``window_minutes``; ``*`` covers any group
+    without its own entry."""
+
+    group: Id
+    window_minutes: Annotated[int, Meta(ge=1, le=43_200)] = DEFAULT_CONFLICT_WINDOW_MINUTES
+
+
+class JurisdictionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    #: pack ids to apply; None applies every built-in and custom pack.
+    enabled: list[str] | None = None
+    #: the tenant's own packs, applied beside the built-in ones.
+    packs: list[JurisdictionPack] = []
+
+
+def _default_caps() -> list[CapRule]:
+    return [
+        CapRule(id="promotional-daily", limit=3, window_minutes=24 * 60,
+                scope=Scope(categories=["promotional"])),
+        CapRule(id="promotional-weekly", limit=10, window_minutes=7 * 24 * 60,
+                scope=Scope(categories=["promotional"])),
+    ]
+
+
+def _default_quiet_hours() -> list[QuietHoursRule]:
+    return [QuietHoursRule(id="default-quiet-hours", start="21:00", end="08:00")]
+
+
+def _default_conflicts() -> list[ConflictGroup]:
+    return [ConflictGroup(group="*", window_minutes=DEFAULT_CONFLICT_WINDOW_MINUTES)]
+
+
+class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A tenant's rules. ``version`` is assigned by the server on every accepted PUT; a PUT
+    that carries one must match the current version (optimistic concurrency)."""
+
+    version: int = 0
+    updated_at: dt.datetime | None = None
+    categories: list[Name] = msgspec.field(
+        default_factory=lambda: ["transactional", "promotional"])
+    exempt_categories: list[Name] = msgspec.field(default_factory=lambda: ["transactional"])
+    #: whether exempt (transactional) messages still count toward caps
+    exempt_count_toward_caps: bool = False
+    caps: list[CapRule] = msgspec.field(default_factory=_default_caps)
+    quiet_hours: list[QuietHoursRule] = msgspec.field(default_factory=_default_quiet_hours)
+    jurisdictions: JurisdictionSettings = msgspec.field(default_factory=JurisdictionSettings)
+    conflict_groups: list[ConflictGroup] = msgspec.field(default_factory=_default_conflicts)
+    opt_in_only_channels: list[Channel] = msgspec.field(default_factory=lambda: ["whatsapp"])
+    default_timezone: ZoneName = "UTC"
+    default_country: CountryCode | None = None
+    #: how far a message without a deadline may be deferred before it is suppressed
+    max_defer_minutes: Annotated[int, Meta(ge=1, le=43_200)] = 7 * 24 * 60
+    #: how long a `converted` event suppresses further messages of its campaign
+    converted_suppression_days: Annotated[int, Meta(ge=0, le=365)] = 30
+
+    @property
+    def version_label(self) -> str:
+        return str(self.version)
+
+
+DEFAULT_POLICY = Policy()
+
+
+def _unique(ids: list[str], field: str) -> None:
+    seen: set[str] = set()
+    for i, value in enumerate(ids):
+        if value in seen:
+            raise PolicyInvalidError(f"{field}[{i}]", f"duplicate id {value!r}")
+        seen.add(value)
+
+
+def validate_policy(policy: Policy) -> None:
+    """Cross-field checks msgspec cannot express. Raises PolicyInvalidError naming the field."""
+    categories = set(policy.categories)
+    _unique(policy.categories, "categories")
+    for i, cat in enumerate(policy.exempt_categories):
+        if cat not in categories:
+            raise PolicyInvalidError(f"exempt_categories[{i}]", f"unknown category {cat!r}")
+    _unique([c.id for c in policy.caps], "caps")
+    for i, cap in enumerate(policy.caps):
+        if (cap.window_minutes is None) == (cap.calendar is None):
+            raise PolicyInvalidError(f"caps[{i}].window_minutes",
+                                "a cap needs exactly one of window_minutes or calendar")
+        for j, cat in enumerate(cap.scope.categories):
+            if cat not in categories:
+                raise PolicyInvalidError(f"caps[{i}].scope.categories[{j}]", f"unknown category {cat!r}")
+    _unique([q.id for q in policy.quiet_hours], "quiet_hours")
+    for i, quiet in enumerate(policy.quiet_hours):
+        for j, cat in enumerate(quiet.categories):
+            if cat not in categories:
+                raise PolicyInvalidError(f"quiet_hours[{i}].categories[{j}]",
+                                    f"unknown category {cat!r}")
+    _unique([g.group for g in policy.conflict_groups], "conflict_groups")
+    if not is_valid_zone(policy.default_timezone):
+        raise PolicyInvalidError("default_timezone", f"unknown IANA time zone {policy.default_timezone!r}")
+    builtin_ids = {p.id for p in load_builtin_packs()}
+    custom_ids: set[str] = set()
+    for i, pack in enumerate(policy.jurisdictions.packs):
+        try:
+            validate_pack(pack)
+        except ValueError as exc:
+            raise PolicyInvalidError(f"jurisdictions.packs[{i}]", str(exc)) from exc
+        if pack.id in builtin_ids or pack.id in custom_ids:
+            raise PolicyInvalidError(f"jurisdictions.packs[{i}].id", f"duplicate pack id {pack.id!r}")
+        custom_ids.add(pack.id)
+    if policy.jurisdictions.enabled is not None:
+        for i, pack_id in enumerate(policy.jurisdictions.enabled):
+            if pack_id not in builtin_ids and pack_id not in custom_ids:
+                raise PolicyInvalidError(f"jurisdictions.enabled[{i}]", f"unknown pack {pack_id!r}")
+
+
+def active_packs(policy: Policy) -> list[JurisdictionPack]:
+    packs = [*load_builtin_packs(), *policy.jurisdictions.packs]
+    if policy.jurisdictions.enabled is None:
+        return packs
+    enabled = set(policy.jurisdictions.enabled)
+    return [p for p in packs if p.id in enabled]
+
+
+def conflict_window_minutes(policy: Policy, group: str) -> int | None:
+    """The window of ``group``, falling back to the ``*`` entry; None: no conflict rule."""
+    fallback: int | None = None
+    for entry in policy.conflict_groups:
+        if entry.group == group:
+            return entry.window_minutes
+        if entry.group == "*":
+            fallback = entry.window_minutes
+    return fallback

@@ -1,0 +1,62 @@
+"""The closed set of reason codes a decision can carry: the one source of truth.
+
+Codes are stable API: clients branch on them, dashboards count them. Add codes, never
+rename them. ``REASON_DOCS`` is what the README and ``GET /v1/reason-codes`` publish.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ReasonCode(StrEnum):
+    FREQUENCY_CAP = "frequency_cap"
+    USER_FREQUENCY_LIMIT = "user_frequency_limit"
+    JURISDICTION_CAP = "jurisdiction_cap"
+    QUIET_HOURS = "quiet_hours"
+    USER_QUIET_HOURS = "user_quiet_hours"
+    JURISDICTION_WINDOW = "jurisdiction_window"
+    NOT_BEFORE = "not_before"
+    CONFLICTING_OFFER = "conflicting_offer"
+    DUPLICATE_OFFER = "duplicate_offer"
+    NO_CONSENT = "no_consent"
+    OPT_IN_REQUIRED = "opt_in_required"
+    TOPIC_OPTED_OUT = "topic_opted_out"
+    ALREADY_CONVERTED = "already_converted"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    MAX_DEFER_EXCEEDED = "max_defer_exceeded"
+    NO_CHANNEL_AVAILABLE = "no_channel_available"
+    POLICY_STORE_UNAVAILABLE = "policy_store_unavailable"
+
+
+REASON_DOCS: dict[ReasonCode, str] = {
+    ReasonCode.FREQUENCY_CAP: "A policy frequency cap is full; `until` is when it frees.",
+    ReasonCode.USER_FREQUENCY_LIMIT: "The recipient's own frequency limit is reached; `until` is "
+    "when it frees.",
+    ReasonCode.JURISDICTION_CAP: "A jurisdiction pack's message cap (e.g. Florida's 3 per 24 h) "
+    "is reached; `rule` names the pack and version.",
+    ReasonCode.QUIET_HOURS: "The instant falls in the policy's quiet hours in the recipient's "
+    "local time; `until` is when they end.",
+    ReasonCode.USER_QUIET_HOURS: "The instant falls in the recipient's own quiet hours.",
+    ReasonCode.JURISDICTION_WINDOW: "A jurisdiction pack forbids sending then (hours, weekday "
+    "or public holiday); `rule` names the pack and version.",
+    ReasonCode.NOT_BEFORE: "The request's `not_before` is later than now.",
+    ReasonCode.CONFLICTING_OFFER: "The recipient holds another offer of the same conflict "
+    "group inside the group's window; `until` is when it expires.",
+    ReasonCode.DUPLICATE_OFFER: "The same offer was already sent or reserved (on any channel) "
+    "inside the conflict window.",
+    ReasonCode.NO_CONSENT: "The recipient opted out of this channel (preferences or an "
+    "`unsubscribed`/`complained` event).",
+    ReasonCode.OPT_IN_REQUIRED: "The channel needs an explicit recorded opt-in (policy "
+    "`opt_in_only_channels`, default WhatsApp) and there is none.",
+    ReasonCode.TOPIC_OPTED_OUT: "The recipient opted out of a topic the message carries (its "
+    "category or one of its tags).",
+    ReasonCode.ALREADY_CONVERTED: "A `converted` event was recorded for this campaign; further "
+    "messages of the campaign are suppressed until `until`.",
+    ReasonCode.DEADLINE_EXCEEDED: "No allowed instant exists before the request's `deadline`.",
+    ReasonCode.MAX_DEFER_EXCEEDED: "No allowed instant exists within the policy's "
+    "`max_defer_minutes` (the request had no deadline).",
+    ReasonCode.NO_CHANNEL_AVAILABLE: "None of the requested channels is permitted.",
+    ReasonCode.POLICY_STORE_UNAVAILABLE: "Redis could not be reached; this is the documented "
+    "fallback decision (transactional: send, others: defer), nothing was reserved.",
+}

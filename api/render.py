@@ -1,0 +1,78 @@
+"""Turn a stored context plus the commit's outcome into the public answer (pure).
+
+The idempotency record holds exactly these two inputs, so a retried request is rendered
+by the same function from the same bytes: the same answer, byte for byte.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from api.plan import Context
+from api.schemas import DecisionResponse, Reason
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    d: str
+    ch: str | None
+    t: int | None
+    r: list[tuple[str, str, int | None, str | None]]
+
+
+_context_decoder = msgspec.json.Decoder(Context)
+_outcome_decoder = msgspec.json.Decoder(Outcome)
+
+
+@lru_cache(maxsize=256)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def utc(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
+def decode_outcome(raw: bytes | str) -> Outcome:
+    return _outcome_decoder.decode(raw)
+
+
+def decode_context(raw: bytes | str) -> Context:
+    return _context_decoder.decode(raw)
+
+
+def render(ctx: Context, outcome: Outcome, *, replayed: bool = False,
+           cancelled_at: int | None = None) -> DecisionResponse:
+    reasons = [Reason(code=p.code, rule=p.rule,
+                      until=None if p.until is None else utc(p.until), channel=p.channel)
+               for p in ctx.pre]
+    reasons.extend(Reason(code=code, rule=rule, until=None if until is None else utc(until),
+                          channel=channel)
+                   for code, rule, until, channel in outcome.r)
+    send_at = None if outcome.t is None else utc(outcome.t)
+    return DecisionResponse(
+        decision_id=ctx.did,
+        message_id=ctx.mid,
+        decision=outcome.d,  # type: ignore[arg-type]
+        channel=outcome.ch,
+        send_at=send_at,
+        local_send_at=None if send_at is None else send_at.astimezone(_zone(ctx.zone)),
+        timezone=ctx.zone,
+        reasons=reasons,
+        policy_version=ctx.pv,
+        decided_at=utc(ctx.now),
+        dry_run=ctx.dry,
+        replayed=replayed,
+        cancelled_at=None if cancelled_at is None else utc(cancelled_at),
+    )
+
+
+def render_record(record: bytes) -> tuple[Context, DecisionResponse]:
+    """A stored record: context line, outcome line, and a cancellation instant if any."""
+    lines = record.split(b"\n")
+    ctx = decode_context(lines[0])
+    cancelled = int(lines[2]) if len(lines) > 2 else None
+    return ctx, render(ctx, decode_outcome(lines[1]), replayed=True, cancelled_at=cancelled)

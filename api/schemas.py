@@ -1,0 +1,193 @@
+"""Wire schemas of the public v1 contract (msgspec Structs).
+
+Request structs are strict (``forbid_unknown_fields``) so a typo is a 4xx naming the field,
+not a silently ignored option. Stored records (preferences) tolerate unknown fields so
+older and newer workers can share Redis during a rolling deploy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+Channel = Literal["email", "sms", "push", "whatsapp", "in_app", "web_push"]
+CHANNELS: tuple[str, ...] = ("email", "sms", "push", "whatsapp", "in_app", "web_push")
+
+Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+Name = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+Tag = Annotated[str, Meta(min_length=1, max_length=64)]
+Hhmm = Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+CountryCode = Annotated[str, Meta(pattern=r"^[A-Za-z]{2}$")]
+RegionCode = Annotated[str, Meta(min_length=1, max_length=8, pattern=r"^[A-Za-z0-9-]+$")]
+Phone = Annotated[str, Meta(min_length=3, max_length=20)]
+ZoneName = Annotated[str, Meta(min_length=1, max_length=64)]
+Decision = Literal["send", "defer", "suppress"]
+
+
+class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: Id
+    group: Id
+
+
+class DecisionRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/decisions``: one message a platform is about to send."""
+
+    message_id: Id
+    user_id: Id
+    channels: Annotated[list[Channel], Meta(min_length=1, max_length=6)]
+    category: Name = "promotional"
+    campaign_id: Id | None = None
+    tags: Annotated[list[Tag], Meta(max_length=32)] = []
+    offer: Offer | None = None
+    priority: Annotated[int, Meta(ge=0, le=10)] = 5
+    not_before: dt.datetime | None = None
+    deadline: dt.datetime | None = None
+    timezone: ZoneName | None = None
+    phone: Phone | None = None
+    country: CountryCode | None = None
+    region: RegionCode | None = None
+    dry_run: bool = False
+
+
+class Reason(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Why the decision is what it is: a closed-set code, the rule that fired, and when
+    that rule stops blocking (``until``), per channel where it applies to one channel."""
+
+    code: str
+    rule: str
+    until: dt.datetime | None = None
+    channel: str | None = None
+
+
+class DecisionResponse(msgspec.Struct, frozen=True, kw_only=True):
+    decision_id: str
+    message_id: str
+    decision: Decision
+    channel: str | None
+    send_at: dt.datetime | None
+    local_send_at: dt.datetime | None
+    timezone: str
+    reasons: list[Reason]
+    policy_version: str
+    decided_at: dt.datetime
+    score: float | None = None
+    model_version: str | None = None
+    dry_run: bool = False
+    replayed: bool = False
+    cancelled_at: dt.datetime | None = None
+
+
+class CancelResponse(msgspec.Struct, frozen=True, kw_only=True):
+    decision_id: str
+    message_id: str
+    released: bool
+    cancelled_at: dt.datetime
+
+
+# ---------------------------------------------------------------- preferences
+
+Consent = Literal["opted_in", "opted_out", "unknown"]
+
+
+class ChannelPreference(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    consent: Consent = "unknown"
+
+
+class FrequencyLimit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The recipient's own limit: ``limit`` messages per rolling ``window_minutes`` or per
+    local ``calendar`` day/week, optionally only on some channels."""
+
+    limit: Annotated[int, Meta(ge=0, le=10_000)]
+    window_minutes: Annotated[int, Meta(ge=1, le=43_200)] | None = None
+    calendar: Literal["day", "week"] | None = None
+    channels: list[Channel] = []
+
+
+class QuietHours(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    start: Hhmm
+    end: Hhmm
+    weekdays: list[Annotated[int, Meta(ge=0, le=6)]] | None = None
+
+
+class Preferences(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``PUT /v1/users/{user_id}/preferences``: the preference centre's state (replaced whole)."""
+
+    timezone: ZoneName | None = None
+    phone: Phone | None = None
+    country: CountryCode | None = None
+    region: RegionCode | None = None
+    channels: dict[Channel, ChannelPreference] = {}
+    frequency_limits: Annotated[list[FrequencyLimit], Meta(max_length=16)] = []
+    quiet_hours: Annotated[list[QuietHours], Meta(max_length=16)] = []
+    topic_opt_outs: Annotated[list[Tag], Meta(max_length=256)] = []
+
+
+class StoredPreferences(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``GET`` returns: the document, channels opted out by events, and the revision
+    (bumped by every change, so a decision racing a change is retried)."""
+
+    user_id: str
+    preferences: Preferences
+    event_opt_outs: dict[str, dt.datetime] = {}
+    revision: int = 0
+
+
+# --------------------------------------------------------------------- events
+
+EventType = Literal[
+    "delivered", "opened", "clicked", "converted", "unsubscribed", "bounced", "complained"
+]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    type: EventType
+    user_id: Id
+    at: dt.datetime
+    message_id: Id | None = None
+    campaign_id: Id | None = None
+    channel: Channel | None = None
+
+
+class EventBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    events: Annotated[list[Event], Meta(min_length=1)]
+
+
+class EventsAccepted(msgspec.Struct, frozen=True, kw_only=True):
+    accepted: int
+    opt_outs: int
+    conversions: int
+
+
+# ------------------------------------------------------------------- timeline
+
+
+class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
+    message_id: str
+    channel: str
+    category: str
+    campaign_id: str | None
+    tags: list[str]
+    offer: Offer | None
+    send_at: dt.datetime
+    local_send_at: dt.datetime
+    status: Literal["sent", "scheduled"]
+    decision_id: str
+    decision: Decision | None = None
+    reasons: list[Reason] | None = None
+
+
+class Timeline(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    timezone: str
+    entries: list[TimelineEntry]
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    """Every 4xx/5xx body: a stable machine code, a message, and the offending field."""
+
+    code: str
+    message: str
+    field: str | None = None

@@ -1,0 +1,191 @@
+"""Every Redis conversation of the service: one typed method per script or command group.
+
+Scripts are package data files, loaded once and registered once (EVALSHA with automatic
+SCRIPT LOAD on NOSCRIPT, so a restarted or failed-over Redis just works).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Literal, cast
+
+import msgspec
+import redis.asyncio as aioredis
+
+from api.keys import policy_key, user_keys
+from api.policy import Policy
+from api.schemas import Event, Preferences, StoredPreferences
+from api.userstate import UserState, decode_preferences, parse_read_reply
+
+#: how long a `converted` marker and an event opt-out are kept at most
+CONVERSION_TTL_MS = 366 * 24 * 3600 * 1000
+
+
+def _script(name: str) -> str:
+    return resources.files("api").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+def _ms(value: dt.datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+class CommitReply(msgspec.Struct, frozen=True):
+    status: Literal["new", "dup", "dup_ledger", "stale"]
+    payload: bytes
+    score: int | None = None
+
+
+class CancelReply(msgspec.Struct, frozen=True):
+    status: Literal["cancelled", "already", "ledger", "missing"]
+    removed: int
+    record: bytes | None
+
+
+class PolicyConflictError(Exception):
+    def __init__(self, current: int) -> None:
+        super().__init__(f"policy version is {current}")
+        self.current = current
+
+
+_policy_decoder = msgspec.json.Decoder(Policy)
+_json = msgspec.json.Encoder()
+
+
+class Store:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._read = client.register_script(_script("read.lua"))
+        self._commit = client.register_script(_script("commit.lua"))
+        self._cancel = client.register_script(_script("cancel.lua"))
+        self._policy_put = client.register_script(_script("policy_put.lua"))
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    # ---------------------------------------------------------------- decisions
+
+    async def read_user(self, tenant: str, user_id: str, message_id: str,
+                        campaign_id: str | None) -> UserState:
+        keys = user_keys(tenant, user_id)
+        reply = await self._read(keys=[keys.prefs, keys.record(message_id), keys.conv],
+                                 args=[campaign_id or ""])
+        return parse_read_reply(reply)
+
+    async def commit(self, tenant: str, user_id: str, message_id: str, plan: bytes,
+                     context: bytes) -> CommitReply:
+        keys = user_keys(tenant, user_id)
+        reply: list[Any] = await self._commit(
+            keys=[keys.ledger, keys.record(message_id), keys.prefs], args=[plan, context])
+        status = reply[0].decode()
+        if status == "dup_ledger":
+            return CommitReply("dup_ledger", reply[1], int(float(reply[2])))
+        return CommitReply(status, reply[1])
+
+    async def cancel(self, tenant: str, user_id: str, message_id: str, member_prefix: str,
+                     now: int) -> CancelReply:
+        keys = user_keys(tenant, user_id)
+        status, removed, record = await self._cancel(
+            keys=[keys.ledger, keys.record(message_id)], args=[member_prefix, now])
+        return CancelReply(status.decode(), int(removed),
+                           record if isinstance(record, bytes) else None)
+
+    async def ledger(self, tenant: str, user_id: str) -> list[tuple[bytes, float]]:
+        keys = user_keys(tenant, user_id)
+        entries = await self.client.zrange(keys.ledger, 0, -1, withscores=True)
+        return cast(list[tuple[bytes, float]], entries)
+
+    async def records(self, tenant: str, user_id: str,
+                      message_ids: Sequence[str]) -> list[bytes | None]:
+        if not message_ids:
+            return []
+        keys = user_keys(tenant, user_id)
+        values = await self.client.mget([keys.record(m) for m in message_ids])
+        return cast(list[bytes | None], values)
+
+    # -------------------------------------------------------------- preferences
+
+    async def get_preferences(self, tenant: str, user_id: str) -> StoredPreferences:
+        keys = user_keys(tenant, user_id)
+        fields = cast(dict[bytes, bytes], await self.client.hgetall(keys.prefs))
+        return StoredPreferences(
+            user_id=user_id,
+            preferences=decode_preferences(fields.get(b"doc")),
+            event_opt_outs={
+                k[len(b"optout:"):].decode(): dt.datetime.fromtimestamp(int(v) / 1000, dt.UTC)
+                for k, v in fields.items() if k.startswith(b"optout:")
+            },
+            revision=int(fields.get(b"rev", b"0")),
+        )
+
+    async def put_preferences(self, tenant: str, user_id: str, prefs: Preferences) -> None:
+        """Replace the document; an explicit opt-in clears that channel's event opt-out
+        (the recipient re-subscribed through the preference centre)."""
+        keys = user_keys(tenant, user_id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.prefs, "doc", _json.encode(prefs))
+            reopened = [f"optout:{ch}" for ch, p in prefs.channels.items()
+                        if p.consent == "opted_in"]
+            if reopened:
+                pipe.hdel(keys.prefs, *reopened)
+            pipe.hincrby(keys.prefs, "rev", 1)
+            await pipe.execute()
+
+    # ------------------------------------------------------------------ events
+
+    async def apply_events(self, tenant: str, events: Sequence[Event],
+                           all_channels: Sequence[str]) -> tuple[int, int]:
+        """Opt-outs and conversions, one MULTI per user (each user's keys share a slot).
+        Returns (opt-outs, conversions) applied."""
+        by_user: dict[str, list[Event]] = defaultdict(list)
+        for event in events:
+            by_user[event.user_id].append(event)
+        opt_outs = conversions = 0
+        for user_id, user_events in by_user.items():
+            keys = user_keys(tenant, user_id)
+            changed = False
+            async with self.client.pipeline(transaction=True) as pipe:
+                for event in user_events:
+                    if event.type in ("unsubscribed", "complained"):
+                        channels = [event.channel] if event.channel else list(all_channels)
+                        for channel in channels:
+                            pipe.hset(keys.prefs, f"optout:{channel}", _ms(event.at))
+                        opt_outs += 1
+                        changed = True
+                    elif event.type == "converted" and event.campaign_id:
+                        pipe.hset(keys.conv, event.campaign_id, _ms(event.at))
+                        pipe.pexpire(keys.conv, CONVERSION_TTL_MS)
+                        conversions += 1
+                        changed = True
+                if changed:
+                    pipe.hincrby(keys.prefs, "rev", 1)
+                    await pipe.execute()
+        return opt_outs, conversions
+
+    # ------------------------------------------------------------------ policy
+
+    async def get_policy(self, tenant: str) -> Policy | None:
+        fields = cast(dict[bytes, bytes], await self.client.hgetall(policy_key(tenant)))
+        if not fields:
+            return None
+        policy = _policy_decoder.decode(fields[b"doc"])
+        return msgspec.structs.replace(
+            policy, version=int(fields[b"version"]),
+            updated_at=dt.datetime.fromtimestamp(int(fields[b"updated_at"]) / 1000, dt.UTC))
+
+    async def get_policy_version(self, tenant: str) -> int:
+        raw = await self.client.hget(policy_key(tenant), "version")
+        return int(raw) if raw else 0
+
+    async def put_policy(self, tenant: str, policy: Policy, expected: int | None,
+                         now: int) -> Policy:
+        doc = _json.encode(msgspec.structs.replace(policy, version=0, updated_at=None))
+        status, version = await self._policy_put(
+            keys=[policy_key(tenant)],
+            args=["" if expected is None else str(expected), doc, now])
+        if status == b"conflict":
+            raise PolicyConflictError(int(version))
+        return msgspec.structs.replace(
+            policy, version=int(version), updated_at=dt.datetime.fromtimestamp(now / 1000, dt.UTC))

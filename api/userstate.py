@@ -1,0 +1,48 @@
+"""A user's decision-relevant state as read from Redis in one round trip (read.lua)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from api.schemas import Preferences
+
+_PREF_FIELDS = frozenset(Preferences.__struct_fields__)
+
+
+class UserState(msgspec.Struct, frozen=True, kw_only=True):
+    preferences: Preferences
+    revision: str
+    #: channel -> opted-out-at (ms) from `unsubscribed`/`complained` events
+    event_opt_outs: dict[str, int]
+    #: the idempotency record of this message, if it was decided before
+    record: bytes | None
+    #: converted-at (ms) of the message's campaign, if a conversion was recorded
+    converted_at: int | None
+
+
+def decode_preferences(raw: bytes | None) -> Preferences:
+    """Stored documents tolerate fields this worker does not know (rolling deploys)."""
+    if not raw:
+        return Preferences()
+    data = msgspec.json.decode(raw)
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k in _PREF_FIELDS}
+    return msgspec.convert(data, Preferences)
+
+
+def parse_read_reply(reply: list[object]) -> UserState:
+    flat, record, conv = reply
+    if not isinstance(flat, list):  # pragma: no cover - protocol violation
+        raise TypeError("read.lua must return the prefs hash as a list")
+    fields: dict[bytes, bytes] = dict(zip(flat[::2], flat[1::2], strict=True))
+    opt_outs = {
+        key[len(b"optout:"):].decode(): int(value)
+        for key, value in fields.items() if key.startswith(b"optout:")
+    }
+    return UserState(
+        preferences=decode_preferences(fields.get(b"doc")),
+        revision=fields.get(b"rev", b"0").decode(),
+        event_opt_outs=opt_outs,
+        record=record if isinstance(record, bytes) else None,
+        converted_at=int(conv) if isinstance(conv, bytes | str) else None,
+    )

@@ -1,0 +1,55 @@
+"""Engine fixtures: a real Redis, a fixed clock, the default policy unless a test sets one."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from api.clock import FixedClock
+from api.engine import Engine
+from api.policy import Policy, validate_policy
+from api.schemas import DecisionRequest
+from api.settings import Settings
+from api.store import Store
+
+#: Wednesday 2026-06-10 12:00 in New York (EDT, UTC-4)
+NOON_NY = int(dt.datetime(2026, 6, 10, 16, 0, tzinfo=dt.UTC).timestamp() * 1000)
+TENANT = "acme"
+
+
+def at(text: str) -> int:
+    return int(dt.datetime.fromisoformat(text).timestamp() * 1000)
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(NOON_NY)
+
+
+@pytest.fixture
+async def engine(redis_client: aioredis.Redis, clock: FixedClock) -> Engine:
+    return Engine(Store(redis_client), Settings(redis_url="unused"), clock)
+
+
+@pytest.fixture
+def set_policy(engine: Engine, clock: FixedClock) -> Callable[..., Any]:
+    async def apply(**fields: Any) -> Policy:
+        policy = msgspec.convert(fields, Policy)
+        validate_policy(policy)
+        stored = await engine.store.put_policy(TENANT, policy, None, clock.now_ms())
+        engine.policies.put(TENANT, stored)
+        return stored
+
+    return apply
+
+
+def req(**fields: Any) -> DecisionRequest:
+    base: dict[str, Any] = {"message_id": "m1", "user_id": "u1", "channels": ["email"],
+                            "timezone": "America/New_York"}
+    base.update(fields)
+    return msgspec.convert(base, DecisionRequest)
