@@ -19,6 +19,7 @@ from litestar import Litestar, Request, Response, get, post, put
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
+from litestar.params import FromPath, JSONBody
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from prometheus_client import generate_latest
@@ -94,8 +95,10 @@ def _validation_error(_: Request[Any, Any, State], exc: ValidationException) -> 
     if extra and isinstance(extra[0], dict):
         message, field = field_from_msgspec(str(extra[0].get("message", exc.detail)))
         key = extra[0].get("key")
-        if field is None and key and key != "data":
-            field = str(key)
+        if key and key != "data":
+            # litestar reports the path as `key`; msgspec names a missing/unknown field
+            # in the message, relative to that path
+            field = f"{key}.{field}" if field and field != key else str(key)
         return _error(400, ErrorBody(code="invalid_field", message=message, field=field))
     code = "invalid_json" if "malformed" in exc.detail.lower() else "invalid_request"
     return _error(400, ErrorBody(code=code, message=exc.detail))
@@ -108,6 +111,8 @@ _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
 def _http_error(_: Request[Any, Any, State], exc: HTTPException) -> Response[bytes]:
     code = _HTTP_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500
                            else "internal_error")
+    if exc.status_code == 400 and "malformed" in exc.detail.lower():
+        code = "invalid_json"
     return _error(exc.status_code, ErrorBody(code=code, message=exc.detail))
 
 
@@ -126,7 +131,7 @@ def _internal(_: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
 
 @post("/v1/decisions", status_code=HTTP_200_OK, summary="Decide send / defer / suppress")
 async def create_decision(request: Request[Any, Any, State],
-                          data: DecisionRequest) -> DecisionResponse:
+                          data: JSONBody[DecisionRequest]) -> DecisionResponse:
     """Decide one message. A send/defer answer is a reservation that already counts against
     every cap; the same ``message_id`` always returns the same decision."""
     return await _engine(request).decide(tenant_of(request), data)
@@ -134,7 +139,7 @@ async def create_decision(request: Request[Any, Any, State],
 
 @post("/v1/decisions/{decision_id:str}/cancel", status_code=HTTP_200_OK,
       summary="Release a reservation")
-async def cancel_decision(request: Request[Any, Any, State], decision_id: str) -> CancelResponse:
+async def cancel_decision(request: Request[Any, Any, State], decision_id: FromPath[str]) -> CancelResponse:
     return await _engine(request).cancel(tenant_of(request), decision_id)
 
 
@@ -144,14 +149,14 @@ def _check_user_id(user_id: str) -> None:
 
 
 @get("/v1/users/{user_id:str}/preferences", summary="Read a recipient's preferences")
-async def get_preferences(request: Request[Any, Any, State], user_id: str) -> StoredPreferences:
+async def get_preferences(request: Request[Any, Any, State], user_id: FromPath[str]) -> StoredPreferences:
     _check_user_id(user_id)
     return await _engine(request).store.get_preferences(tenant_of(request), user_id)
 
 
 @put("/v1/users/{user_id:str}/preferences", summary="Replace a recipient's preferences")
-async def put_preferences(request: Request[Any, Any, State], user_id: str,
-                          data: Preferences) -> StoredPreferences:
+async def put_preferences(request: Request[Any, Any, State], user_id: FromPath[str],
+                          data: JSONBody[Preferences]) -> StoredPreferences:
     _check_user_id(user_id)
     if data.timezone is not None and not is_valid_zone(data.timezone):
         raise InvalidRequestError(f"unknown IANA time zone {data.timezone!r}", field="timezone",
@@ -176,13 +181,13 @@ async def put_preferences(request: Request[Any, Any, State], user_id: str,
 
 
 @get("/v1/users/{user_id:str}/timeline", summary="What was sent or reserved, when and why")
-async def get_timeline(request: Request[Any, Any, State], user_id: str) -> Timeline:
+async def get_timeline(request: Request[Any, Any, State], user_id: FromPath[str]) -> Timeline:
     _check_user_id(user_id)
     return await _engine(request).timeline(tenant_of(request), user_id)
 
 
 @post("/v1/events", status_code=HTTP_202_ACCEPTED, summary="Report outcome events")
-async def post_events(request: Request[Any, Any, State], data: EventBatch) -> EventsAccepted:
+async def post_events(request: Request[Any, Any, State], data: JSONBody[EventBatch]) -> EventsAccepted:
     """Validated whole before anything is written: one bad event rejects the batch."""
     engine = _engine(request)
     if len(data.events) > engine.settings.max_events_per_batch:
@@ -209,7 +214,7 @@ async def get_policy(request: Request[Any, Any, State]) -> Policy:
 
 
 @put("/v1/policy", summary="Replace the tenant's policy (validated whole)")
-async def put_policy(request: Request[Any, Any, State], data: Policy) -> Policy:
+async def put_policy(request: Request[Any, Any, State], data: JSONBody[Policy]) -> Policy:
     """A ``version`` in the body must equal the current version (409 otherwise); the
     server assigns the next one."""
     try:
@@ -261,7 +266,7 @@ async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
 
 
 @post("/v1/_trivial", status_code=HTTP_200_OK, include_in_schema=False)
-async def trivial(data: DecisionRequest) -> dict[str, str]:
+async def trivial(data: JSONBody[DecisionRequest]) -> dict[str, str]:
     """The benchmark's yardstick: same app, same decoding, no Redis (DESIGN §7)."""
     return {"message_id": data.message_id}
 

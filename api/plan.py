@@ -287,8 +287,8 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
     packs = active_packs(policy)
 
     location_packs: dict[str, JurisdictionPack] = {}
-    for channel in request.channels:
-        for pack in applicable_packs(packs, location.country, location.region, channel,
+    for requested in request.channels:
+        for pack in applicable_packs(packs, location.country, location.region, requested,
                                      request.category):
             location_packs[pack.id] = pack
 
