@@ -19,8 +19,8 @@ from litestar import Litestar, Request, Response, get, post, put
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
-from litestar.params import FromPath, JSONBody
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from prometheus_client import generate_latest
 
@@ -37,6 +37,7 @@ from api.locale import is_valid_zone, normalize_region, parse_phone
 from api.metrics import Metrics
 from api.policy import DEFAULT_POLICY, Policy, PolicyInvalidError, validate_policy
 from api.reasons import REASON_DOCS
+from api.redis_client import make_redis
 from api.schemas import (
     CancelResponse,
     DecisionRequest,
@@ -274,24 +275,13 @@ async def trivial(data: JSONBody[DecisionRequest]) -> dict[str, str]:
 # ----------------------------------------------------------------------- app
 
 
-def _redis_client(settings: Settings) -> aioredis.Redis:
-    if settings.redis_url is None:
-        raise RuntimeError("create_app needs settings.redis_url or a redis client")
-    return aioredis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        health_check_interval=30,
-    )
-
-
 def create_app(settings: Settings, *, redis: aioredis.Redis | None = None,
                clock: Clock | None = None) -> Litestar:
     owned = redis is None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        client = redis if redis is not None else _redis_client(settings)
+        client = redis if redis is not None else make_redis(settings)
         app.state.engine = Engine(Store(client), settings, clock or SystemClock(), Metrics())
         app.state.settings = settings
         try:

@@ -67,6 +67,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fallback_defer_seconds: int = 3600
     #: Per-command Redis timeout; past it the decision degrades instead of hanging.
     redis_timeout_seconds: float = 0.25
+    #: connections per worker process; requests queue for one when all are busy
+    redis_max_connections: int = 64
     #: how long a decision is replayed for a retried message_id (the ledger still dedups
     #: a message for as long as its reservation is inside the longest cap window)
     idempotency_ttl_seconds: int = 72 * 3600
@@ -86,6 +88,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             data_dir=env.get("SENDWISE_DATA_DIR", ".sendwise"),
             fallback_defer_seconds=_int(env, "SENDWISE_FALLBACK_DEFER_SECONDS", 3600),
             redis_timeout_seconds=_float(env, "SENDWISE_REDIS_TIMEOUT_SECONDS", 0.25),
+            redis_max_connections=_int(env, "SENDWISE_REDIS_MAX_CONNECTIONS", 64, minimum=1),
             idempotency_ttl_seconds=_int(env, "SENDWISE_IDEMPOTENCY_TTL_SECONDS", 72 * 3600,
                                          minimum=60),
             max_body_bytes=_int(env, "SENDWISE_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
