@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def serve(*, host: str, port: int, workers: int) -> int:
               f"(data in {data_dir})", file=sys.stderr)
     print(f"sendwise: serving on http://{host}:{port} (docs at http://{host}:{port}/docs)",
           file=sys.stderr)
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default
+    # handler that kills the process before `finally` can stop the embedded server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run("api.app:app_from_env", factory=True, host=host, port=port,
                     workers=workers if workers > 1 else None, log_level="warning",
