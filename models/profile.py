@@ -112,12 +112,12 @@ class Profile:
             self.ref = at
         if at >= self.ref:
             if at > self.ref:
-                scaled = self.decayed.astype(np.float64) * decay(at - self.ref)
-                self.decayed = scaled.astype(np.float32)
+                factor = np.float64(2.0 ** (-(at - self.ref) / HALF_LIFE_SECONDS))
+                self.decayed = (self.decayed * factor).astype(np.float32)
                 self.ref = at
             self.decayed[index] = np.float32(float(self.decayed[index]) + 1.0)
         else:  # late event: fold it in at its own instant
-            late = float(self.decayed[index]) + float(decay(self.ref - at))
+            late = float(self.decayed[index]) + 2.0 ** (-(self.ref - at) / HALF_LIFE_SECONDS)
             self.decayed[index] = np.float32(late)
 
     def record_send(self, at: int, channel: int) -> None:
@@ -144,11 +144,15 @@ class Profile:
     def _remember_send(self, at: int, channel: int) -> None:
         # Keep the RECENT_SENDS largest (instant, channel) pairs, ascending; empty slots
         # are (0, 0) so they are always the smallest.
-        order = np.lexsort((self.recent_channel, self.recent_at))
-        smallest = int(order[0])
-        if (at, channel) > (int(self.recent_at[smallest]), int(self.recent_channel[smallest])):
-            self.recent_at[smallest] = at
-            self.recent_channel[smallest] = channel
+        if (at, channel) >= (int(self.recent_at[-1]), int(self.recent_channel[-1])):
+            self.recent_at[:-1] = self.recent_at[1:]  # the usual case: the newest send
+            self.recent_channel[:-1] = self.recent_channel[1:]
+            self.recent_at[-1] = at
+            self.recent_channel[-1] = channel
+            return
+        if (at, channel) > (int(self.recent_at[0]), int(self.recent_channel[0])):
+            self.recent_at[0] = at
+            self.recent_channel[0] = channel
             order = np.lexsort((self.recent_channel, self.recent_at))
             self.recent_at = self.recent_at[order]
             self.recent_channel = self.recent_channel[order]

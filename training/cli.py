@@ -1,0 +1,159 @@
+"""``sendwise simulate | train | rank``: the ML commands, plugged into ``sendwise.cli``.
+
+Everything heavy (numpy-heavy modules, pyarrow, lightgbm, matplotlib) is imported inside
+the command functions so ``sendwise --help`` and ``sendwise serve`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def _instant(text: str) -> int:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 instant: {text!r}") from exc
+    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
+
+
+def _duration(text: str) -> int:
+    """``7200``, ``120m``, ``2h``, ``1d`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 2h)") from exc
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from training.simulate import SimulationConfig, simulate
+
+    config = SimulationConfig(users=args.users, days=args.days, start=args.start,
+                              seed=args.seed, sends_per_day=args.sends_per_day,
+                              activity_per_day=args.activity_per_day, explore=args.explore)
+    summary = simulate(config, Path(args.out), progress=not args.quiet)
+    print(f"{summary['messages']} messages, {summary['activity']} activity events for "
+          f"{summary['users']} users in {summary['seconds']} s -> {summary['out']}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.fit import FitConfig
+    from training.pipeline import TrainConfig, summary_text, train
+    from training.schema import SchemaError
+
+    data = Path(args.data) if args.data else None
+    messages = Path(args.messages) if args.messages else None
+    activity = Path(args.activity) if args.activity else None
+    truth = Path(args.truth) if args.truth else None
+    if data is not None:  # a `sendwise simulate` directory (or any with these names)
+        messages = messages or (data / "messages.parquet" if not args.activity_only else None)
+        activity = activity or data / "activity.parquet"
+        truth = truth or (data / "truth.npz" if (data / "truth.npz").is_file() else None)
+        if messages is not None and not messages.is_file():
+            messages = None
+        if not activity.is_file():
+            activity = None
+    if messages is None and activity is None:
+        print("sendwise train: give --data DIR, --messages FILE and/or --activity FILE",
+              file=sys.stderr)
+        return 2
+    config = TrainConfig(
+        out=Path(args.out), messages=messages, activity=activity, truth=truth,
+        report=None if args.no_report else Path(args.report or Path(args.out) / "report.html"),
+        label=args.label, window_seconds=args.window, valid_days=args.valid_days,
+        tune_days=args.tune_days, max_train_rows=args.max_rows, seed=args.seed,
+        fit=FitConfig(max_trees=args.trees, num_leaves=args.leaves, seed=args.seed,
+                      num_threads=args.threads),
+        progress=not args.quiet)
+    try:
+        result = train(config)
+    except (SchemaError, ValueError) as exc:
+        print(f"sendwise train: {exc}", file=sys.stderr)
+        return 1
+    print(summary_text(result))
+    print(f"artifact: {result.out}" + (f"\nreport:   {result.report}" if result.report else ""))
+    return 0
+
+
+def _rank(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from models.scorer import Scorer
+    from training.rank import format_rankings, load_history, rank_users
+    from training.schema import SchemaError
+
+    try:
+        scorer = None if args.model == "none" else Scorer.load(args.model)
+        logs = load_history([Path(p) for p in args.history])
+        rankings = rank_users(logs, args.at, scorer=scorer, horizon_hours=args.horizon_hours,
+                              step_minutes=args.step_minutes, channels=args.channel,
+                              category=args.category, users=args.user, top=args.top)
+    except (SchemaError, ValueError) as exc:
+        print(f"sendwise rank: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps([asdict(r) for r in rankings], indent=1))
+    else:
+        print(format_rankings(rankings))
+    return 0
+
+
+def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sim = sub.add_parser("simulate", help="generate message + activity logs with known truth")
+    sim.add_argument("--out", default="data/sim", help="output directory (default data/sim)")
+    sim.add_argument("--users", type=int, default=20_000)
+    sim.add_argument("--days", type=int, default=56)
+    sim.add_argument("--start", default="2025-09-01", help="first simulated day (UTC date)")
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--sends-per-day", type=float, default=0.9)
+    sim.add_argument("--activity-per-day", type=float, default=1.5)
+    sim.add_argument("--explore", type=float, default=0.5,
+                     help="share of logged sends at a uniformly random hour")
+    sim.add_argument("--quiet", action="store_true")
+    sim.set_defaults(func=_simulate)
+
+    tr = sub.add_parser("train", help="train the send-time model, write artifact + report")
+    tr.add_argument("--data", help="directory with messages.parquet / activity.parquet "
+                                   "(/ truth.npz), e.g. the output of `sendwise simulate`")
+    tr.add_argument("--messages", help="message log (Parquet or CSV)")
+    tr.add_argument("--activity", help="activity log (Parquet or CSV)")
+    tr.add_argument("--activity-only", action="store_true",
+                    help="with --data: ignore the message log")
+    tr.add_argument("--truth", help="simulator truth.npz: adds oracle-gain evaluation")
+    tr.add_argument("--out", default="artifacts/model", help="artifact directory")
+    tr.add_argument("--report", help="HTML report path (default OUT/report.html)")
+    tr.add_argument("--no-report", action="store_true")
+    tr.add_argument("--label", choices=("opened", "clicked", "converted"), default="opened")
+    tr.add_argument("--window", type=_duration, default=7200,
+                    help="label window after the send, e.g. 2h (default)")
+    tr.add_argument("--valid-days", type=float, default=14.0)
+    tr.add_argument("--tune-days", type=float, default=7.0)
+    tr.add_argument("--max-rows", type=int, default=3_000_000)
+    tr.add_argument("--trees", type=int, default=200)
+    tr.add_argument("--leaves", type=int, default=31)
+    tr.add_argument("--threads", type=int, default=2)
+    tr.add_argument("--seed", type=int, default=7)
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=_train)
+
+    rk = sub.add_parser("rank", help="rank channels/hours per user of a history file")
+    rk.add_argument("--model", required=True, help="artifact directory ('none': heuristic)")
+    rk.add_argument("--history", required=True, action="append",
+                    help="message or activity log (repeatable)")
+    rk.add_argument("--at", required=True, type=_instant, help="decision instant (ISO-8601)")
+    rk.add_argument("--horizon-hours", type=int, default=24)
+    rk.add_argument("--step-minutes", type=int, default=60)
+    rk.add_argument("--channel", action="append", help="only these channels (repeatable)")
+    rk.add_argument("--category")
+    rk.add_argument("--user", action="append", help="only these users (repeatable)")
+    rk.add_argument("--top", type=int, default=5)
+    rk.add_argument("--format", choices=("text", "json"), default="text")
+    rk.set_defaults(func=_rank)
