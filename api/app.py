@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
 import structlog
 from litestar import Litestar, Request, Response, get, post, put
 from litestar.datastructures import State
@@ -37,7 +36,7 @@ from api.locale import is_valid_zone, normalize_region, parse_phone
 from api.metrics import Metrics
 from api.policy import DEFAULT_POLICY, Policy, PolicyInvalidError, validate_policy
 from api.reasons import REASON_DOCS
-from api.redis_client import make_redis
+from api.redis_client import RedisClient, make_redis
 from api.schemas import (
     CancelResponse,
     DecisionRequest,
@@ -275,14 +274,15 @@ async def trivial(data: JSONBody[DecisionRequest]) -> dict[str, str]:
 # ----------------------------------------------------------------------- app
 
 
-def create_app(settings: Settings, *, redis: aioredis.Redis | None = None,
+def create_app(settings: Settings, *, redis: RedisClient | None = None,
                clock: Clock | None = None) -> Litestar:
     owned = redis is None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         client = redis if redis is not None else make_redis(settings)
-        app.state.engine = Engine(Store(client), settings, clock or SystemClock(), Metrics())
+        store = Store(client, max_in_flight=settings.redis_max_connections)
+        app.state.engine = Engine(store, settings, clock or SystemClock(), Metrics())
         app.state.settings = settings
         try:
             yield

@@ -8,13 +8,24 @@ A *blocking* pool: under a burst, requests wait (up to the timeout) for one of a
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from api.settings import Settings
 
+#: what the store talks to: one Redis, or a Redis Cluster (every script touches one slot)
+RedisClient = aioredis.Redis | RedisCluster
 
-def make_redis(settings: Settings) -> aioredis.Redis:
+
+def make_redis(settings: Settings) -> RedisClient:
     if settings.redis_url is None:
         raise RuntimeError("a Redis URL is needed (REDIS_URL, or the embedded server)")
+    if settings.redis_cluster:
+        return RedisCluster.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+        )
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,

@@ -58,6 +58,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     redis_url: str | None = None
+    #: treat REDIS_URL as a Redis Cluster seed node (keys are hash-tagged per user)
+    redis_cluster: bool = False
     default_tenant: str = "default"
     #: API key -> tenant. Empty: no authentication, tenant from X-Sendwise-Tenant header.
     api_keys: dict[str, str] = msgspec.field(default_factory=dict)
@@ -82,6 +84,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         env = os.environ if env is None else env
         return cls(
             redis_url=env.get("REDIS_URL") or None,
+            redis_cluster=env.get("SENDWISE_REDIS_CLUSTER", "0").lower() in ("1", "true", "yes"),
             default_tenant=env.get("SENDWISE_DEFAULT_TENANT", "default"),
             api_keys=_api_keys(env.get("SENDWISE_API_KEYS", "")),
             model_dir=env.get("SENDWISE_MODEL_DIR") or None,

@@ -6,6 +6,7 @@ SCRIPT LOAD on NOSCRIPT, so a restarted or failed-over Redis just works).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
@@ -13,10 +14,10 @@ from importlib import resources
 from typing import Any, Literal, cast
 
 import msgspec
-import redis.asyncio as aioredis
 
 from api.keys import policy_key, user_keys
 from api.policy import Policy
+from api.redis_client import RedisClient
 from api.schemas import Event, Preferences, StoredPreferences
 from api.userstate import UserState, decode_preferences, parse_read_reply
 
@@ -55,30 +56,39 @@ _json = msgspec.json.Encoder()
 
 
 class Store:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: RedisClient, *, max_in_flight: int = 64) -> None:
+        """``max_in_flight`` should equal the client's connection limit: a burst of
+        requests then queues here instead of failing fast (redis-py's cluster client has
+        no blocking pool and raises MaxConnectionsError when a node's pool is empty)."""
         self.client = client
+        self._gate = asyncio.Semaphore(max_in_flight)
         self._read = client.register_script(_script("read.lua"))
         self._commit = client.register_script(_script("commit.lua"))
         self._cancel = client.register_script(_script("cancel.lua"))
         self._policy_put = client.register_script(_script("policy_put.lua"))
+        self._prefs_put = client.register_script(_script("prefs_put.lua"))
+        self._events = client.register_script(_script("events.lua"))
 
     async def ping(self) -> bool:
-        return bool(await self.client.ping())
+        async with self._gate:
+            return bool(await self.client.ping())
 
     # ---------------------------------------------------------------- decisions
 
     async def read_user(self, tenant: str, user_id: str, message_id: str,
                         campaign_id: str | None) -> UserState:
         keys = user_keys(tenant, user_id)
-        reply = await self._read(keys=[keys.prefs, keys.record(message_id), keys.conv],
-                                 args=[campaign_id or ""])
+        async with self._gate:
+            reply = await self._read(keys=[keys.prefs, keys.record(message_id), keys.conv],
+                                     args=[campaign_id or ""])
         return parse_read_reply(reply)
 
     async def commit(self, tenant: str, user_id: str, message_id: str, plan: bytes,
                      context: bytes) -> CommitReply:
         keys = user_keys(tenant, user_id)
-        reply: list[Any] = await self._commit(
-            keys=[keys.ledger, keys.record(message_id), keys.prefs], args=[plan, context])
+        async with self._gate:
+            reply: list[Any] = await self._commit(
+                keys=[keys.ledger, keys.record(message_id), keys.prefs], args=[plan, context])
         status = reply[0].decode()
         if status == "dup_ledger":
             return CommitReply("dup_ledger", reply[1], int(float(reply[2])))
@@ -87,14 +97,16 @@ class Store:
     async def cancel(self, tenant: str, user_id: str, message_id: str, member_prefix: str,
                      now: int) -> CancelReply:
         keys = user_keys(tenant, user_id)
-        status, removed, record = await self._cancel(
-            keys=[keys.ledger, keys.record(message_id)], args=[member_prefix, now])
+        async with self._gate:
+            status, removed, record = await self._cancel(
+                keys=[keys.ledger, keys.record(message_id)], args=[member_prefix, now])
         return CancelReply(status.decode(), int(removed),
                            record if isinstance(record, bytes) else None)
 
     async def ledger(self, tenant: str, user_id: str) -> list[tuple[bytes, float]]:
         keys = user_keys(tenant, user_id)
-        entries = await self.client.zrange(keys.ledger, 0, -1, withscores=True)
+        async with self._gate:
+            entries = await self.client.zrange(keys.ledger, 0, -1, withscores=True)
         return cast(list[tuple[bytes, float]], entries)
 
     async def records(self, tenant: str, user_id: str,
@@ -102,14 +114,16 @@ class Store:
         if not message_ids:
             return []
         keys = user_keys(tenant, user_id)
-        values = await self.client.mget([keys.record(m) for m in message_ids])
+        async with self._gate:
+            values = await self.client.mget([keys.record(m) for m in message_ids])
         return cast(list[bytes | None], values)
 
     # -------------------------------------------------------------- preferences
 
     async def get_preferences(self, tenant: str, user_id: str) -> StoredPreferences:
         keys = user_keys(tenant, user_id)
-        fields = cast(dict[bytes, bytes], await self.client.hgetall(keys.prefs))
+        async with self._gate:
+            fields = cast(dict[bytes, bytes], await self.client.hgetall(keys.prefs))
         return StoredPreferences(
             user_id=user_id,
             preferences=decode_preferences(fields.get(b"doc")),
@@ -124,50 +138,44 @@ class Store:
         """Replace the document; an explicit opt-in clears that channel's event opt-out
         (the recipient re-subscribed through the preference centre)."""
         keys = user_keys(tenant, user_id)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.prefs, "doc", _json.encode(prefs))
-            reopened = [f"optout:{ch}" for ch, p in prefs.channels.items()
-                        if p.consent == "opted_in"]
-            if reopened:
-                pipe.hdel(keys.prefs, *reopened)
-            pipe.hincrby(keys.prefs, "rev", 1)
-            await pipe.execute()
+        reopened = [ch for ch, p in prefs.channels.items() if p.consent == "opted_in"]
+        async with self._gate:
+            await self._prefs_put(keys=[keys.prefs], args=[_json.encode(prefs), *reopened])
 
     # ------------------------------------------------------------------ events
 
     async def apply_events(self, tenant: str, events: Sequence[Event],
                            all_channels: Sequence[str]) -> tuple[int, int]:
-        """Opt-outs and conversions, one MULTI per user (each user's keys share a slot).
-        Returns (opt-outs, conversions) applied."""
-        by_user: dict[str, list[Event]] = defaultdict(list)
-        for event in events:
-            by_user[event.user_id].append(event)
+        """Opt-outs and conversions: one atomic script per user (a user's keys share a
+        slot), users' scripts run concurrently. Returns (opt-outs,
+        conversions) applied; engagement events change no decision state yet."""
+        by_user: dict[str, list[str | int]] = defaultdict(list)
         opt_outs = conversions = 0
-        for user_id, user_events in by_user.items():
-            keys = user_keys(tenant, user_id)
-            changed = False
-            async with self.client.pipeline(transaction=True) as pipe:
-                for event in user_events:
-                    if event.type in ("unsubscribed", "complained"):
-                        channels = [event.channel] if event.channel else list(all_channels)
-                        for channel in channels:
-                            pipe.hset(keys.prefs, f"optout:{channel}", _ms(event.at))
-                        opt_outs += 1
-                        changed = True
-                    elif event.type == "converted" and event.campaign_id:
-                        pipe.hset(keys.conv, event.campaign_id, _ms(event.at))
-                        pipe.pexpire(keys.conv, CONVERSION_TTL_MS)
-                        conversions += 1
-                        changed = True
-                if changed:
-                    pipe.hincrby(keys.prefs, "rev", 1)
-                    await pipe.execute()
+        for event in events:
+            ops = by_user[event.user_id]
+            if event.type in ("unsubscribed", "complained"):
+                for channel in [event.channel] if event.channel else all_channels:
+                    ops += ["o", channel, _ms(event.at)]
+                opt_outs += 1
+            elif event.type == "converted" and event.campaign_id:
+                ops += ["c", event.campaign_id, _ms(event.at)]
+                conversions += 1
+        # concurrent calls, not a pipeline: redis-py refuses EVALSHA in cluster pipelines,
+        # and concurrent calls spread over the pool (and the cluster's nodes) just as well
+        await asyncio.gather(*(self._apply_user_events(tenant, user, ops)
+                               for user, ops in by_user.items() if ops))
         return opt_outs, conversions
+
+    async def _apply_user_events(self, tenant: str, user_id: str, ops: list[str | int]) -> None:
+        keys = user_keys(tenant, user_id)
+        async with self._gate:
+            await self._events(keys=[keys.prefs, keys.conv], args=[CONVERSION_TTL_MS, *ops])
 
     # ------------------------------------------------------------------ policy
 
     async def get_policy(self, tenant: str) -> Policy | None:
-        fields = cast(dict[bytes, bytes], await self.client.hgetall(policy_key(tenant)))
+        async with self._gate:
+            fields = cast(dict[bytes, bytes], await self.client.hgetall(policy_key(tenant)))
         if not fields:
             return None
         policy = _policy_decoder.decode(fields[b"doc"])
@@ -176,15 +184,17 @@ class Store:
             updated_at=dt.datetime.fromtimestamp(int(fields[b"updated_at"]) / 1000, dt.UTC))
 
     async def get_policy_version(self, tenant: str) -> int:
-        raw = await self.client.hget(policy_key(tenant), "version")
+        async with self._gate:
+            raw = await self.client.hget(policy_key(tenant), "version")
         return int(raw) if raw else 0
 
     async def put_policy(self, tenant: str, policy: Policy, expected: int | None,
                          now: int) -> Policy:
         doc = _json.encode(msgspec.structs.replace(policy, version=0, updated_at=None))
-        status, version = await self._policy_put(
-            keys=[policy_key(tenant)],
-            args=["" if expected is None else str(expected), doc, now])
+        async with self._gate:
+            status, version = await self._policy_put(
+                keys=[policy_key(tenant)],
+                args=["" if expected is None else str(expected), doc, now])
         if status == b"conflict":
             raise PolicyConflictError(int(version))
         return msgspec.structs.replace(

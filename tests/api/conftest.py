@@ -3,11 +3,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from api.clock import FixedClock
+from api.redis_client import RedisClient
 from api.settings import Settings
 from tests.integration.conftest import NOON_NY
 
@@ -18,11 +18,11 @@ def clock() -> FixedClock:
 
 
 @pytest.fixture
-async def client(redis_client: aioredis.Redis, redis_url: str,
+async def client(redis_client: RedisClient, redis_settings: Settings,
                  clock: FixedClock) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
     """The app builds its own client from the URL: litestar's test client runs the app on
     its own event loop, and a redis connection belongs to the loop that opened it.
     ``redis_client`` has flushed the database first."""
-    app = create_app(Settings(redis_url=redis_url, log_decisions=False), clock=clock)
+    app = create_app(redis_settings, clock=clock)
     async with AsyncTestClient(app=app) as test_client:
         yield test_client

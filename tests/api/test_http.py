@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
-import redis.asyncio as aioredis
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from api.clock import FixedClock
+from api.redis_client import RedisClient
 from api.settings import Settings
 
 Client = AsyncTestClient  # type: ignore[type-arg]
@@ -51,7 +52,7 @@ async def test_decision_round_trip(client: Client) -> None:
 ])
 async def test_bad_input_is_a_4xx_naming_the_field(client: Client, payload: dict[str, Any],
                                                    field: str, code: str,
-                                                   redis_client: aioredis.Redis) -> None:
+                                                   redis_client: RedisClient) -> None:
     r = await client.post("/v1/decisions", json=payload)
     assert r.status_code == 400, r.text
     assert r.json()["field"] == field, r.json()
@@ -118,7 +119,7 @@ async def test_policy_put_validates_whole_and_versions(client: Client) -> None:
 
 
 async def test_events_batch_is_validated_whole(client: Client,
-                                               redis_client: aioredis.Redis) -> None:
+                                               redis_client: RedisClient) -> None:
     events = [{"type": "unsubscribed", "user_id": "u1", "at": "2026-06-10T15:00:00Z",
                "channel": "email"},
               {"type": "converted", "user_id": "u1", "at": "2026-06-10T15:00:00Z"}]
@@ -161,10 +162,10 @@ async def test_health_docs_metrics_reason_codes(client: Client) -> None:
     assert (await client.get("/nope")).json()["code"] == "not_found"
 
 
-async def test_api_keys_select_the_tenant(redis_client: aioredis.Redis, redis_url: str,
+async def test_api_keys_select_the_tenant(redis_client: RedisClient, redis_settings: Settings,
                                           clock: FixedClock) -> None:
-    app = create_app(Settings(redis_url=redis_url, api_keys={"k1": "t1", "k2": "t2"},
-                              log_decisions=False), clock=clock)
+    settings = msgspec.structs.replace(redis_settings, api_keys={"k1": "t1", "k2": "t2"})
+    app = create_app(settings, clock=clock)
     async with AsyncTestClient(app=app) as c:
         assert (await c.post("/v1/decisions", json=body())).status_code == 401
         h1 = {"authorization": "Bearer k1"}

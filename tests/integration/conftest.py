@@ -8,11 +8,11 @@ from typing import Any
 
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 
 from api.clock import FixedClock
 from api.engine import Engine
 from api.policy import Policy, validate_policy
+from api.redis_client import RedisClient
 from api.schemas import DecisionRequest
 from api.settings import Settings
 from api.store import Store
@@ -32,7 +32,7 @@ def clock() -> FixedClock:
 
 
 @pytest.fixture
-async def engine(redis_client: aioredis.Redis, clock: FixedClock) -> Engine:
+async def engine(redis_client: RedisClient, clock: FixedClock) -> Engine:
     return Engine(Store(redis_client), Settings(redis_url="unused"), clock)
 
 

@@ -11,12 +11,11 @@ from typing import Any
 
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 
 from api.clock import FixedClock
 from api.engine import Engine
 from api.policy import Policy
-from api.redis_client import make_redis
+from api.redis_client import RedisClient, make_redis
 from api.settings import Settings
 from api.store import Store
 from tests.integration.conftest import NOON_NY, TENANT, req
@@ -27,12 +26,11 @@ WORKERS = 4
 
 
 @pytest.fixture
-async def workers(redis_url: str, redis_client: aioredis.Redis,
+async def workers(redis_settings: Settings, redis_client: RedisClient,
                   clock: FixedClock) -> AsyncIterator[list[Engine]]:
-    settings = Settings(redis_url=redis_url, log_decisions=False, redis_max_connections=16,
-                        redis_timeout_seconds=2.0)
+    settings = msgspec.structs.replace(redis_settings, redis_max_connections=16)
     clients = [make_redis(settings) for _ in range(WORKERS)]
-    engines = [Engine(Store(c), settings, clock) for c in clients]
+    engines = [Engine(Store(c, max_in_flight=16), settings, clock) for c in clients]
     yield engines
     for c in clients:
         await c.aclose()
