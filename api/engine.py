@@ -73,14 +73,18 @@ class Engine:
 
     # ------------------------------------------------------------- validation
 
-    def validate(self, request: DecisionRequest, policy: Policy, now: int) -> None:
-        """Semantic checks msgspec cannot express; raise before anything touches Redis."""
-        if len(set(request.channels)) != len(request.channels):
-            raise InvalidRequestError("channels must not repeat", field="channels", code="invalid_field")
+    @staticmethod
+    def check_category(request: DecisionRequest, policy: Policy) -> None:
+        """Categories are the tenant's: judged only against its current policy."""
         if request.category not in policy.categories:
             raise InvalidRequestError(
                 f"unknown category {request.category!r}; the policy defines "
                 f"{', '.join(policy.categories)}", field="category", code="invalid_field")
+
+    def validate(self, request: DecisionRequest, now: int) -> None:
+        """Semantic checks msgspec cannot express; raise before anything touches Redis."""
+        if len(set(request.channels)) != len(request.channels):
+            raise InvalidRequestError("channels must not repeat", field="channels", code="invalid_field")
         _check_instant(request.not_before, "not_before")
         _check_instant(request.deadline, "deadline")
         if request.deadline is not None:
@@ -119,10 +123,10 @@ class Engine:
 
     async def decide(self, tenant: str, request: DecisionRequest) -> DecisionResponse:
         now = self.clock.now_ms()
-        self.validate(request, self.policies.peek(tenant), now)
+        self.validate(request, now)
         try:
             policy = await self.policies.get(tenant)
-            self.validate(request, policy, now)  # the fresh policy may define other categories
+            self.check_category(request, policy)
             response = await self._decide(tenant, request, policy, now)
         except STORE_DOWN as exc:
             self.metrics.fallbacks.inc()

@@ -309,3 +309,18 @@ async def test_france_no_commercial_sms_on_sunday(engine: Engine, clock: FixedCl
     assert r.send_at == dt.datetime.fromisoformat("2026-06-15T08:00:00+02:00")
     assert r.timezone == "Europe/Paris"
     assert r.reasons[0].rule.startswith("fr-sms-commercial@")
+
+
+async def test_custom_category_accepted_on_a_cold_policy_cache(
+        engine: Engine, redis_client: Any, clock: FixedClock) -> None:
+    """A worker that has not cached the tenant's policy yet must not judge the category
+    against the default policy."""
+    from api.policy import Policy
+    from api.store import Store
+
+    policy = Policy(categories=["transactional", "promotional", "newsletter"])
+    await Store(redis_client).put_policy(TENANT, policy, None, clock.now_ms())
+    cold = Engine(Store(redis_client), engine.settings, clock)
+    r = await cold.decide(TENANT, req(category="newsletter"))
+    assert r.decision == "send"
+    assert r.policy_version == "1"
