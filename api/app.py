@@ -24,7 +24,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from prometheus_client import generate_latest
 
 from api.clock import Clock, SystemClock
-from api.engine import STORE_DOWN, Engine
+from api.engine import STORE_DOWN, Engine, check_location_fields
 from api.errors import (
     ApiError,
     ConflictError,
@@ -32,7 +32,6 @@ from api.errors import (
     UnauthorizedError,
     UnavailableError,
 )
-from api.locale import is_valid_zone, normalize_region, parse_phone
 from api.metrics import Metrics
 from api.policy import DEFAULT_POLICY, Policy, PolicyInvalidError, validate_policy
 from api.reasons import REASON_DOCS
@@ -158,18 +157,7 @@ async def get_preferences(request: Request[Any, Any, State], user_id: FromPath[s
 async def put_preferences(request: Request[Any, Any, State], user_id: FromPath[str],
                           data: JSONBody[Preferences]) -> StoredPreferences:
     _check_user_id(user_id)
-    if data.timezone is not None and not is_valid_zone(data.timezone):
-        raise InvalidRequestError(f"unknown IANA time zone {data.timezone!r}", field="timezone",
-                             code="invalid_timezone")
-    if data.phone is not None:
-        try:
-            parse_phone(data.phone)
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc), field="phone", code="invalid_phone") from exc
-    try:
-        normalize_region(data.country, data.region)
-    except ValueError as exc:
-        raise InvalidRequestError(str(exc), field="region") from exc
+    check_location_fields(data.timezone, data.phone, data.country, data.region)
     for i, limit in enumerate(data.frequency_limits):
         if (limit.window_minutes is None) == (limit.calendar is None):
             raise InvalidRequestError("a limit needs exactly one of window_minutes or calendar",
