@@ -113,7 +113,7 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sim.add_argument("--days", type=int, default=56)
     sim.add_argument("--start", default="2025-09-01", help="first simulated day (UTC date)")
     sim.add_argument("--seed", type=int, default=7)
-    sim.add_argument("--sends-per-day", type=float, default=0.9)
+    sim.add_argument("--sends-per-day", type=float, default=1.1)
     sim.add_argument("--activity-per-day", type=float, default=1.5)
     sim.add_argument("--explore", type=float, default=0.5,
                      help="share of logged sends at a uniformly random hour")

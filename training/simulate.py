@@ -75,7 +75,7 @@ class SimulationConfig:
     days: int = 56
     start: str = "2025-09-01"
     seed: int = 7
-    sends_per_day: float = 0.9
+    sends_per_day: float = 1.1
     activity_per_day: float = 1.5
     explore: float = 0.5
     label_window_seconds: int = 7200
