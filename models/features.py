@@ -49,7 +49,7 @@ from models.vocab import ANY_CHANNEL, CATEGORY_BUCKETS, CHANNELS, category_bucke
 
 FEATURE_VERSION = 1
 K_HOD = 8.0
-K_HOW = 24.0
+K_HOW = 96.0
 K_RATE = 10.0
 
 FEATURES: tuple[str, ...] = (

@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from models.artifact import MANIFEST_FILE, read_manifest, write_manifest
+from models.features import FEATURE_INDEX
 from models.scorer import Scorer
-from models.vocab import ANY_CHANNEL, category_bucket
+from models.vocab import ANY_CHANNEL, CHANNELS, category_bucket
 from training.dataset import (
     LABELS,
     Candidates,
@@ -30,19 +31,26 @@ from training.dataset import (
     activity_examples,
     estimate_priors,
     featurize,
+    localize,
     message_examples,
 )
 from training.evaluate import (
+    HOURS,
+    RankingSet,
     Segment,
     binary_metrics,
     calibration,
     evaluate_ranking,
     hour_of_week_grid,
+    ranking_metrics,
     ranking_set,
     user_mode_hours,
 )
 from training.fit import FitConfig, fit, iso, write_artifact
 from training.schema import ActivityLog, LoadReport, MessageLog, load_activity, load_messages
+
+if TYPE_CHECKING:
+    from training.simulate import World
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -108,6 +116,22 @@ def _subset(examples: Examples, rows: npt.NDArray[np.intp]) -> Examples:
                               instant=c.instant[rows], channel=c.channel[rows],
                               category=c.category[rows], zone=c.zone[rows]),
         label=examples.label[rows], propensity=examples.propensity[rows])
+
+
+def _truth_ceiling(logs: Logs, world: World, ranking: RankingSet, rows: F32) -> dict[str, float]:
+    """The ranking metrics of the simulator's true probabilities: the best any model can do.
+
+    Engagement is random even at the best hour, so hit@1 is far from 1 for everyone.
+    """
+    c = ranking.candidates
+    world_user = np.array([int(logs.users[u][1:]) for u in c.snap_user[c.snapshot]])
+    truth = world.open_probability(
+        world_user, np.minimum(c.channel, len(CHANNELS) - 1),
+        localize(logs.zones, c.zone, c.instant), np.ones(len(c), dtype=np.int64),
+        rows[:, FEATURE_INDEX["sends_24h"]].astype(np.float64),
+        rows[:, FEATURE_INDEX["sends_7d"]].astype(np.float64))
+    return ranking_metrics(truth.reshape(len(ranking), HOURS), ranking.actual_hour,
+                           ranking.weight)
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -224,6 +248,8 @@ def train(config: TrainConfig) -> TrainResult:
     ranking_scores = scorer.score(ranking_rows)
     baselines, segments = evaluate_ranking(ranking_rows, ranking_scores, ranking,
                                            user_mode_hours(logs, split))
+    if world is not None:
+        baselines["oracle_truth"] = _truth_ceiling(logs, world, ranking, ranking_rows)
     for key, value in baselines["model"].items():
         metrics[f"ranking_{key}"] = value
     policies: dict[str, dict[str, float]] = {}
@@ -236,6 +262,8 @@ def train(config: TrainConfig) -> TrainResult:
     manifest = msgspec.structs.replace(
         manifest, metrics=metrics,
         baselines={k: v for k, v in baselines.items() if k != "model"}, policies=policies)
+    if "oracle_truth" in baselines:  # keep it last in the tables
+        baselines["oracle_truth"] = baselines.pop("oracle_truth")
     write_manifest(config.out, manifest)
     extras = {
         "calibration": calibration(valid.label, predicted),

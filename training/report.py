@@ -129,8 +129,9 @@ def render(result: TrainResult) -> str:
     matplotlib.use("Agg")
     extras = result.extras
     base = result.baselines
-    best = {k: max(v[k] for v in base.values()) for k in ("hit@1", "hit@3")}
-    best["log_loss"] = min(v["log_loss"] for v in base.values())
+    real = {k: v for k, v in base.items() if k != "oracle_truth"}
+    best = {k: max(v[k] for v in real.values()) for k in ("hit@1", "hit@3")}
+    best["log_loss"] = min(v["log_loss"] for v in real.values())
 
     def cell(name: str, metric: str) -> str:
         value = base[name][metric]
@@ -177,7 +178,9 @@ hit@3 {m['hit@3']:.3f} vs {h['hit@3']:.3f}, log-loss {m['log_loss']:.4f} vs
 <p class="note">For each held-out engagement, every method ranks the 24 local hours of
 that day; hit@k = the actual hour is in its top k; log-loss of the actual hour under the
 method's distribution (mixed with 5% uniform). Weighted by 1/propensity when the log has
-propensities. Chance: hit@1 0.042, hit@3 0.125, log-loss 3.178.</p>
+propensities. Chance: hit@1 0.042, hit@3 0.125, log-loss 3.178. <i>oracle_truth</i> (simulated
+data only) ranks by the true probabilities: the ceiling, since engagement is random even at
+the best hour.</p>
 {_lift(base, result.policies)}
 <h3>By amount of user history</h3>{segments}
 {policies}

@@ -23,7 +23,7 @@ def test_training_writes_a_loadable_artifact(trained: TrainResult) -> None:
     assert manifest.row_counts["valid"] > 0
     assert manifest.data_window.start < manifest.data_window.split < manifest.data_window.end
     assert set(manifest.baselines) == {"smoothed_histogram", "user_mode_hour",
-                                       "global_popular_hours", "fixed_hour"}
+                                       "global_popular_hours", "fixed_hour", "oracle_truth"}
     assert {"valid_log_loss", "valid_auc", "ranking_hit@1"} <= set(manifest.metrics)
     scorer = Scorer.load(trained.out)
     scores = scorer.score(np.zeros((3, len(FEATURES)), dtype=np.float32))
@@ -98,3 +98,15 @@ def test_training_is_reproducible(trained: TrainResult, sim_dir: Path, tmp_path:
     first = (trained.out / MODEL_FILE).read_text().split("parameters:")[0]
     second = (again.out / MODEL_FILE).read_text().split("parameters:")[0]
     assert first == second
+
+
+def test_default_model_is_built_once(tmp_path: Path) -> None:
+    from training.default_model import ensure_default_model
+
+    target = tmp_path / "default"
+    assert ensure_default_model(target) == target
+    scorer = Scorer.load(target)
+    stamp = (target / MODEL_FILE).stat().st_mtime_ns
+    ensure_default_model(target)  # already there: untouched
+    assert (target / MODEL_FILE).stat().st_mtime_ns == stamp
+    assert scorer.manifest.row_counts["train"] > 1000
