@@ -47,11 +47,10 @@ from api.schemas import (
     StoredPreferences,
     Timeline,
 )
-from api.settings import Settings
+from api.settings import Settings, is_valid_tenant
 from api.store import PolicyConflictError, Store
 
 log = structlog.get_logger("sendwise.api")
-_TENANT_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
 def _engine(request: Request[Any, Any, State]) -> Engine:
@@ -73,7 +72,7 @@ def tenant_of(request: Request[Any, Any, State]) -> str:
                 return tenant
         raise UnauthorizedError("unknown API key", field="Authorization")
     tenant = request.headers.get("x-sendwise-tenant", settings.default_tenant)
-    if not tenant or len(tenant) > 64 or not set(tenant) <= _TENANT_OK:
+    if not is_valid_tenant(tenant):
         raise InvalidRequestError("tenant must be 1-64 of [A-Za-z0-9_.-]", field="X-Sendwise-Tenant")
     return tenant
 

@@ -2,7 +2,8 @@
 
 Every key of one user shares the hash tag ``{<tenant>:<user>}`` so each Lua script touches
 one cluster slot and the same code runs on a single Redis or a Redis Cluster. Ids are
-escaped so a ``{``, ``}`` or ``%`` inside a tenant or user id can never move the tag.
+escaped so a ``{``, ``}``, ``:`` or ``%`` inside a tenant or user id can never move the tag
+or make two (tenant, user) pairs share one.
 
     sw:{t:u}:ledger        ZSET  member = JSON [message_id, channel, category, campaign,
                                   tags, offer_id, offer_group]; score = send instant (ms)
@@ -20,7 +21,10 @@ PREFIX = "sw"
 
 
 def _escape(part: str) -> str:
-    return part.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    """Percent-escape the characters that delimit the tag and its two parts, so distinct
+    (tenant, user) pairs can never produce the same tag."""
+    return (part.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+            .replace(":", "%3A"))
 
 
 class UserKeys(NamedTuple):

@@ -133,7 +133,7 @@ def decision_id(user_id: str, message_id: str) -> str:
 
 
 def parse_decision_id(value: str) -> tuple[str, str]:
-    """Inverse of decision_id; ValueError when it is not one of ours."""
+    """Inverse of decision_id; ValueError for anything decision_id would not produce."""
     if not value.startswith("d_") or value.count(".") != 1:
         raise ValueError("not a decision id")
 
@@ -142,9 +142,12 @@ def parse_decision_id(value: str) -> tuple[str, str]:
 
     user_part, message_part = value[2:].split(".")
     try:
-        return unb64(user_part), unb64(message_part)
+        parsed = unb64(user_part), unb64(message_part)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError("not a decision id") from exc
+    if decision_id(*parsed) != value:  # non-canonical base64 spelling of a real id
+        raise ValueError("not a decision id")
+    return parsed
 
 
 def fingerprint(request: DecisionRequest) -> str:
@@ -155,15 +158,14 @@ def fingerprint(request: DecisionRequest) -> str:
 
 def member_parts(request: DecisionRequest) -> tuple[str, str, str]:
     """The ledger member is JSON [mid, channel, category, campaign, tags, offer_id, group];
-    Lua splices the channel between prefix and suffix."""
-    full = _json.encode([
-        request.message_id, "\x00", request.category, request.campaign_id or "",
-        request.tags, request.offer.id if request.offer else "",
-        request.offer.group if request.offer else "",
+    Lua splices the channel (a fixed word) between prefix and suffix. The parts are encoded
+    separately, so no id or tag content can be mistaken for the splice point."""
+    head = _json.encode([request.message_id]).decode()[:-1] + ","
+    tail = _json.encode([
+        request.category, request.campaign_id or "", request.tags,
+        request.offer.id if request.offer else "", request.offer.group if request.offer else "",
     ]).decode()
-    prefix, suffix = full.split('"\\u0000"')
-    mid = _json.encode([request.message_id]).decode()[:-1] + ","
-    return mid, prefix + '"', '"' + suffix
+    return head, head + '"', '",' + tail[1:]
 
 
 @lru_cache(maxsize=256)

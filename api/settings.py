@@ -6,7 +6,9 @@ without touching ``os.environ`` and nothing is cached at import time.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 
 import msgspec
@@ -29,14 +31,43 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError as exc:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from exc
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"{name} must be a positive, finite number of seconds, got {raw!r}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be a boolean (1/0, true/false, yes/no), got {raw!r}")
+
+
+_TENANT = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def is_valid_tenant(value: str) -> bool:
+    """The one rule for tenant names, wherever they come from (settings or a header)."""
+    return bool(_TENANT.match(value))
+
+
+def _tenant(name: str, value: str) -> str:
+    if not is_valid_tenant(value):
+        raise SettingsError(f"{name}: tenant {value!r} must be 1-64 of [A-Za-z0-9_.-]")
+    return value
 
 
 def _api_keys(raw: str) -> dict[str, str]:
@@ -46,7 +77,7 @@ def _api_keys(raw: str) -> dict[str, str]:
         key, sep, tenant = item.partition(":")
         if not sep or not key or not tenant:
             raise SettingsError("SENDWISE_API_KEYS entries must look like key:tenant")
-        keys[key] = tenant
+        keys[key] = _tenant("SENDWISE_API_KEYS", tenant)
     return keys
 
 
@@ -84,18 +115,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         env = os.environ if env is None else env
         return cls(
             redis_url=env.get("REDIS_URL") or None,
-            redis_cluster=env.get("SENDWISE_REDIS_CLUSTER", "0").lower() in ("1", "true", "yes"),
-            default_tenant=env.get("SENDWISE_DEFAULT_TENANT", "default"),
+            redis_cluster=_flag(env, "SENDWISE_REDIS_CLUSTER", False),
+            default_tenant=_tenant("SENDWISE_DEFAULT_TENANT",
+                                   env.get("SENDWISE_DEFAULT_TENANT", "default")),
             api_keys=_api_keys(env.get("SENDWISE_API_KEYS", "")),
             model_dir=env.get("SENDWISE_MODEL_DIR") or None,
             data_dir=env.get("SENDWISE_DATA_DIR", ".sendwise"),
             fallback_defer_seconds=_int(env, "SENDWISE_FALLBACK_DEFER_SECONDS", 3600),
-            redis_timeout_seconds=_float(env, "SENDWISE_REDIS_TIMEOUT_SECONDS", 0.25),
+            redis_timeout_seconds=_positive_seconds(env, "SENDWISE_REDIS_TIMEOUT_SECONDS", 0.25),
             redis_max_connections=_int(env, "SENDWISE_REDIS_MAX_CONNECTIONS", 64, minimum=1),
             idempotency_ttl_seconds=_int(env, "SENDWISE_IDEMPOTENCY_TTL_SECONDS", 72 * 3600,
                                          minimum=60),
             max_body_bytes=_int(env, "SENDWISE_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
             max_events_per_batch=_int(env, "SENDWISE_MAX_EVENTS_PER_BATCH", 1000, minimum=1),
             log_level=env.get("SENDWISE_LOG_LEVEL", "info"),
-            log_decisions=env.get("SENDWISE_LOG_DECISIONS", "1") not in ("0", "false", "no"),
+            log_decisions=_flag(env, "SENDWISE_LOG_DECISIONS", True),
         )

@@ -49,6 +49,7 @@ async def test_decision_round_trip(client: Client) -> None:
     (body(priority=99), "priority", "invalid_field"),
     (body(offer={"id": "x"}), "offer.group", "invalid_field"),
     (body(region="US-FL", country="FR"), "region", "invalid_field"),
+    (body(tags=["ok", "bad\x00"]), "tags[1]", "invalid_field"),
 ])
 async def test_bad_input_is_a_4xx_naming_the_field(client: Client, payload: dict[str, Any],
                                                    field: str, code: str,
