@@ -1,0 +1,1 @@
+"""Benchmarks and load scenarios (scripts, not tests): see docs/benchmarks.md."""

@@ -1,0 +1,480 @@
+"""HTTP benchmark: ``POST /v1/decisions`` against the trivial endpoint, same app, same run.
+
+DESIGN §7 reports the decision endpoint as a *ratio* to a trivial endpoint of the same app
+served the same way (absolute numbers on a shared 2-core box drift run to run), plus p50/p99
+latency at a fixed load. This script does both, end to end:
+
+1. starts an in-memory embedded redis-server and ``uvicorn api.app:app_from_env`` (uvloop,
+   httptools, ``--workers W``, decision logging off) on a free 127.0.0.1 port;
+2. installs a realistic policy and the preferences of ``--users`` recipients spread over
+   16 time zones (loadtests/population.py);
+3. closed loop at ``--concurrency`` connections: ``/v1/_trivial`` then ``/v1/decisions``
+   (unique message ids over the population), each after a short warm-up;
+4. open loop at a fixed rate (``--rate``; ``auto`` = 60% of the decisions ceiling just
+   measured) for both endpoints, latency counted from the scheduled start;
+5. prints req/s, p50/p90/p99, the decision mix, decisions/trivial, and the CPU seconds of
+   the server processes, of redis-server and of the load generator, so a reader can tell
+   whether the generator (which shares the two cores) was the bottleneck.
+
+The closed loop uses ``wrk`` when it is on PATH (a C generator costs the server far less CPU
+than Python does) and falls back to loadtests/httpload.py otherwise (``--generator python``
+forces it). The open loop is always httpload.py: Debian's wrk 4 has no fixed-rate mode.
+Everything started here is stopped on exit, Ctrl-C and errors included.
+
+    python -m loadtests.bench_decisions --seconds 15 --concurrency 64 --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import multiprocessing
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from array import array
+from pathlib import Path
+from types import FrameType
+
+import msgspec
+
+from api.redis_server import EmbeddedRedis
+from loadtests import httpload
+from loadtests.population import iso, policy_document, preferences, user_id
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA_TEMPLATE = Path(__file__).with_name("decisions.lua")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Phase(msgspec.Struct, kw_only=True):
+    """One measured phase, whichever generator produced it."""
+
+    name: str
+    generator: str
+    requests: int
+    seconds: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    decisions: dict[str, int]
+    non200: int
+    errors: int
+    server_cpu: float
+    server_processes: list[float] = msgspec.field(default_factory=list)
+    redis_cpu: float
+    generator_cpu: float
+    machine_busy: float = 0.0
+    target_rate: float = 0.0
+    max_lag_ms: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+# ------------------------------------------------------------------ processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _stat(pid: int) -> tuple[int, str, float] | None:
+    """(ppid, comm, user+system CPU seconds) of a live process, from /proc/<pid>/stat."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1: raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state): ppid is field 4, utime/stime are fields 14/15
+    return int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu(root: int) -> dict[int, float]:
+    """CPU seconds of ``root`` and every live descendant (uvicorn's master and workers),
+    per process: a worker that got most of the keep-alive connections shows up here."""
+    stats: dict[int, tuple[int, str, float]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _stat(int(entry))) is not None:
+            stats[int(entry)] = st
+    per_pid: dict[int, float] = {}
+    frontier = [root]
+    while frontier:
+        pid = frontier.pop()
+        if pid in stats:
+            per_pid[pid] = stats[pid][2]
+            frontier.extend(p for p, st in stats.items() if st[0] == pid)
+    return per_pid
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> list[float]:
+    """Per-process CPU seconds spent between two ``tree_cpu`` snapshots, largest first."""
+    return sorted((cpu - before.get(pid, 0.0) for pid, cpu in after.items()), reverse=True)
+
+
+def redis_pid() -> int | None:
+    """The embedded redis-server is our own child; find it by name among our children."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        st = _stat(int(entry)) if entry.isdigit() else None
+        if st is not None and st[0] == me and st[1].startswith("redis-server"):
+            return int(entry)
+    return None
+
+
+def pid_cpu(pid: int | None) -> float:
+    st = _stat(pid) if pid is not None else None
+    return st[2] if st else 0.0
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores spent not idle, machine-wide (/proc/stat): minus what the
+    phase's own processes used, it shows how much other work shared the box."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    values = [int(v) for v in fields[:8]]
+    return (sum(values) - values[3] - values[4]) / CLK_TCK
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Service:
+    """Embedded Redis + uvicorn subprocess; ``stop`` is idempotent and always safe."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.port = free_port()
+        self.redis: EmbeddedRedis | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.NamedTemporaryFile(prefix="sendwise-bench-", suffix=".log",  # noqa: SIM115
+                                               delete=False)
+        self.redis_pid: int | None = None
+
+    def start(self) -> None:
+        self.redis = EmbeddedRedis().start()
+        self.redis_pid = redis_pid()
+        env = dict(os.environ, REDIS_URL=self.redis.url, SENDWISE_LOG_DECISIONS="0",
+                   SENDWISE_LOG_LEVEL="warning")
+        env.pop("SENDWISE_API_KEYS", None)
+        cmd = [sys.executable, "-m", "uvicorn", "api.app:app_from_env", "--factory",
+               "--loop", "uvloop", "--http", "httptools", "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", str(self.workers),
+               "--log-level", "warning", "--no-access-log"]
+        self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.port}/health/ready"
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"uvicorn exited at start; see {self.log.name}:\n"
+                                   + Path(self.log.name).read_text()[-2000:])
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"service not ready within {timeout}s; see {self.log.name}")
+
+    def server_cpu(self) -> dict[int, float]:
+        return tree_cpu(self.proc.pid) if self.proc is not None else {}
+
+    def redis_cpu(self) -> float:
+        return pid_cpu(self.redis_pid)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)  # our own session: uvicorn + workers
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        redis, self.redis = self.redis, None
+        if redis is not None:
+            redis.stop()
+        self.log.close()
+
+
+# ---------------------------------------------------------------------- setup
+
+
+def seed_tenant(port: int, users: int) -> float:
+    """PUT the benchmark policy and every recipient's preferences through the API."""
+    enc = msgspec.json.Encoder()
+    reqs: list[tuple[str, str, bytes | None]] = [("PUT", "/v1/policy", enc.encode(policy_document()))]
+    reqs += [("PUT", f"/v1/users/{user_id(i)}/preferences", enc.encode(preferences(i)))
+             for i in range(users)]
+    t0 = time.perf_counter()
+    statuses = asyncio.run(httpload.send_all(port, reqs[:1], concurrency=1))
+    statuses.update(asyncio.run(httpload.send_all(port, reqs[1:], concurrency=32)))
+    if set(statuses) != {200}:
+        raise RuntimeError(f"seeding failed: status counts {statuses}")
+    return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------- generators
+
+
+def percentile(sorted_values: array[float] | list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+def run_wrk(service: Service, path: str, seconds: float, concurrency: int, users: int,
+            prefix: str, threads: int) -> dict[str, float]:
+    script = LUA_TEMPLATE.read_text()
+    deadline = iso(dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
+    for key, value in {"@PATH@": path, "@USERS@": str(users), "@PREFIX@": prefix,
+                       "@DEADLINE@": deadline, "@SEED@": str(abs(hash(prefix)) % 100_000)}.items():
+        script = script.replace(key, value)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    try:
+        cmd = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds:g}s",
+               "--timeout", "5s", "-s", handle.name, f"http://127.0.0.1:{service.port}{path}"]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True,  # noqa: S603
+                             timeout=seconds + 30).stdout
+    finally:
+        os.unlink(handle.name)
+    match = re.search(r"SENDWISE_JSON (\{.*\})", out)
+    if match is None:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    result: dict[str, float] = msgspec.json.decode(match.group(1))
+    return result
+
+
+def wrk_phase(service: Service, name: str, path: str, args: argparse.Namespace,
+              prefix: str) -> Phase:
+    threads = max(1, min(args.wrk_threads, args.concurrency))
+    run_wrk(service, path, args.warmup, args.concurrency, args.users, prefix + "w", threads)
+    s0, r0, g0, m0 = service.server_cpu(), service.redis_cpu(), children_cpu(), machine_busy()
+    res = run_wrk(service, path, args.seconds, args.concurrency, args.users, prefix, threads)
+    s1, r1, g1, m1 = service.server_cpu(), service.redis_cpu(), children_cpu(), machine_busy()
+    mix = {k: int(res[k]) for k in ("send", "defer", "suppress") if res[k]}
+    return Phase(
+        name=name, generator=f"wrk -t{threads}", requests=int(res["requests"]),
+        seconds=res["duration_us"] / 1e6, p50=res["p50_us"] / 1000, p90=res["p90_us"] / 1000,
+        p99=res["p99_us"] / 1000, max=res["max_us"] / 1000,
+        decisions=mix if path == "/v1/decisions" else {},
+        non200=int(res["non200"]),
+        errors=int(res["err_connect"] + res["err_read"] + res["err_write"] + res["err_timeout"]),
+        server_cpu=sum(cpu_delta(s0, s1)), server_processes=cpu_delta(s0, s1),
+        redis_cpu=r1 - r0, generator_cpu=g1 - g0, machine_busy=m1 - m0)
+
+
+def python_phase(service: Service, name: str, path: str, args: argparse.Namespace,
+                 prefix: str, *, rate: float = 0.0) -> Phase:
+    """Run httpload in ``--gen-processes`` spawned processes and merge their results."""
+    procs = max(1, args.gen_processes)
+    ctx = multiprocessing.get_context("spawn")
+
+    def specs(seconds: float, tag: str) -> list[httpload.PhaseSpec]:
+        conc = max(1, args.concurrency // procs)
+        return [httpload.PhaseSpec(port=service.port, path=path, seconds=seconds,
+                                   users=args.users, prefix=f"{tag}-{i}", seed=1000 * i + 17,
+                                   concurrency=conc, rate=rate / procs)
+                for i in range(procs)]
+
+    with ctx.Pool(procs) as pool:
+        pool.map(httpload.run_phase, specs(args.warmup, prefix + "w"))
+        s0, r0, m0 = service.server_cpu(), service.redis_cpu(), machine_busy()
+        results = pool.map(httpload.run_phase, specs(args.seconds, prefix))
+        s1, r1, m1 = service.server_cpu(), service.redis_cpu(), machine_busy()
+    lat = array("d")
+    mix: dict[str, int] = {}
+    statuses: dict[int, int] = {}
+    for res in results:
+        lat.extend(httpload.latencies_of(res))
+        for k, v in res.decisions.items():
+            mix[k] = mix.get(k, 0) + v
+        for code, v in res.statuses.items():
+            statuses[code] = statuses.get(code, 0) + v
+    ordered = sorted(lat)
+    seconds = max(r.elapsed for r in results)
+    return Phase(
+        name=name, generator=f"python x{procs}" + (" open-loop" if rate else ""),
+        requests=len(ordered), seconds=seconds, p50=percentile(ordered, 50),
+        p90=percentile(ordered, 90), p99=percentile(ordered, 99),
+        max=ordered[-1] if ordered else float("nan"),
+        decisions={k: v for k, v in mix.items() if k in ("send", "defer", "suppress")}
+        if path == "/v1/decisions" else {},
+        non200=sum(v for code, v in statuses.items() if code != 200),
+        errors=sum(r.errors for r in results), server_cpu=sum(cpu_delta(s0, s1)),
+        server_processes=cpu_delta(s0, s1), redis_cpu=r1 - r0,
+        generator_cpu=sum(r.cpu_seconds for r in results), machine_busy=m1 - m0,
+        target_rate=rate,
+        max_lag_ms=max(r.max_lag_ms for r in results))
+
+
+# ---------------------------------------------------------------------- report
+
+
+def print_phase(phase: Phase) -> None:
+    wall = phase.seconds or 1.0
+    rate = f" @ {phase.target_rate:,.0f}/s target" if phase.target_rate else ""
+    other = max(0.0, phase.machine_busy - phase.server_cpu - phase.redis_cpu - phase.generator_cpu)
+    print(f"{phase.name:<24} {phase.rps:>8,.0f} req/s  p50 {phase.p50:6.2f}  p90 {phase.p90:6.2f}  "
+          f"p99 {phase.p99:6.2f}  max {phase.max:7.1f} ms  [{phase.generator}{rate}]")
+    print(f"{'':<24} CPU s: server {phase.server_cpu:5.1f} ({phase.server_cpu / wall:.2f} cores)  "
+          f"redis {phase.redis_cpu:4.1f} ({phase.redis_cpu / wall:.2f})  "
+          f"generator {phase.generator_cpu:5.1f} ({phase.generator_cpu / wall:.2f})  "
+          f"other {other:4.1f} ({other / wall:.2f})  in {phase.seconds:.1f} s")
+    busy = [c for c in phase.server_processes if c >= 0.05]
+    if len(busy) > 1:
+        print(f"{'':<24} server processes: " + " + ".join(f"{c:.1f}" for c in busy) + " CPU s")
+    if phase.decisions:
+        total = sum(phase.decisions.values()) or 1
+        mix = "  ".join(f"{k} {v:,} ({100 * v / total:.0f}%)" for k, v in sorted(phase.decisions.items()))
+        print(f"{'':<24} decisions: {mix}")
+    if phase.non200 or phase.errors:
+        print(f"{'':<24} !! non-200: {phase.non200:,}  socket errors/timeouts: {phase.errors:,}")
+    if phase.max_lag_ms > 5:
+        print(f"{'':<24} !! generator fell behind its schedule by up to {phase.max_lag_ms:.0f} ms")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.bench_decisions",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each measured phase")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured warm-up per phase")
+    parser.add_argument("--concurrency", type=int, default=64, help="closed-loop connections")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--users", type=int, default=10_000, help="recipient population")
+    parser.add_argument("--rate", default="auto",
+                        help="open-loop requests/s for the fixed-load phases; 'auto' = 60%% of "
+                             "the measured decisions ceiling; 'off' skips them; a number "
+                             "skips the closed-loop phases")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the trivial/decisions pair (interleaved, so background load "
+                             "on a shared box hits both alike); the median ratio is printed")
+    parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto",
+                        help="closed-loop generator (auto: wrk when on PATH)")
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--gen-processes", type=int, default=1,
+                        help="python generator processes (closed loop splits the connections)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.seconds <= 600 or not 0 <= args.warmup <= 60:
+        parser.error("--seconds must be 1..600 and --warmup 0..60")
+    if not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be 1..20")
+    if not 1 <= args.concurrency <= 4096 or not 1 <= args.workers <= 32 or args.users < 1:
+        parser.error("--concurrency 1..4096, --workers 1..32, --users >= 1")
+    if args.generator == "wrk" and shutil.which("wrk") is None:
+        parser.error("wrk is not on PATH")
+    if args.rate not in ("auto", "off"):
+        try:
+            rate = float(args.rate)
+        except ValueError:
+            parser.error("--rate must be a number, 'auto' or 'off'")
+        if not 1 <= rate <= 100_000:
+            parser.error("--rate must be 1..100000 requests/s")
+    return args
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk"))
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    run = f"r{int(time.time())}"
+    load1 = os.getloadavg()[0]
+    if load1 > 0.5:
+        print(f"warning: 1-minute load average is {load1:.1f} before the run; the 'other' CPU "
+              "column shows how much foreign work shared the cores", file=sys.stderr)
+    service = Service(args.workers)
+    phases: list[Phase] = []
+    try:
+        service.start()
+        print(f"service: uvicorn --workers {args.workers} on 127.0.0.1:{service.port}, "
+              f"embedded redis {service.redis.url if service.redis else '?'}; "
+              f"{os.cpu_count()} CPUs")
+        took = seed_tenant(service.port, args.users)
+        print(f"seeded policy + {args.users:,} recipients' preferences in {took:.1f} s")
+        print(f"phases: {args.seconds:g} s each after {args.warmup:g} s warm-up; "
+              f"closed loop at {args.concurrency} connections\n")
+
+        closed = python_phase if not use_wrk else wrk_phase
+        fixed_rate = 0.0
+        if args.rate in ("auto", "off"):
+            ratios: list[float] = []
+            best = 0.0
+            for rnd in range(args.rounds):
+                pair: list[Phase] = []
+                for name, path in (("trivial", "/v1/_trivial"), ("decisions", "/v1/decisions")):
+                    label = name if args.rounds == 1 else f"{name} #{rnd + 1}"
+                    phase = closed(service, label, path, args, f"{run}-{name}-{rnd}")
+                    pair.append(phase)
+                    print_phase(phase)
+                trivial, decisions = pair
+                phases += pair
+                ratios.append(decisions.rps / trivial.rps)
+                best = max(best, decisions.rps)
+                print(f"\nratio decisions/trivial: {ratios[-1]:.2f} "
+                      f"(p50 {decisions.p50 / trivial.p50:.1f}x)\n")
+            if args.rounds > 1:
+                print(f"ratio over {args.rounds} rounds: median {statistics.median(ratios):.2f}, "
+                      f"range {min(ratios):.2f}-{max(ratios):.2f}\n")
+            if args.rate == "auto":
+                fixed_rate = round(0.6 * best, -1)
+        else:
+            fixed_rate = float(args.rate)
+        if fixed_rate > 0:
+            for name, path in (("trivial", "/v1/_trivial"), ("decisions", "/v1/decisions")):
+                phase = python_phase(service, f"{name} fixed-rate", path, args,
+                                     f"{run}-{name}-fixed", rate=fixed_rate)
+                phases.append(phase)
+                print_phase(phase)
+        print("\nsummary: " + msgspec.json.encode(
+            [{"name": p.name, "rps": round(p.rps), "p50_ms": round(p.p50, 2),
+              "p90_ms": round(p.p90, 2), "p99_ms": round(p.p99, 2),
+              "server_cpu_s": round(p.server_cpu, 1),
+              "server_processes_cpu_s": [round(c, 1) for c in p.server_processes if c >= 0.05],
+              "redis_cpu_s": round(p.redis_cpu, 1),
+              "generator_cpu_s": round(p.generator_cpu, 1),
+              "machine_busy_s": round(p.machine_busy, 1), "decisions": p.decisions,
+              "target_rate": p.target_rate, "generator": p.generator} for p in phases]).decode())
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping the service", file=sys.stderr)
+        return 130
+    finally:
+        service.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
