@@ -21,9 +21,11 @@ from api.plan import (
     Context,
     build_plan,
     decision_id,
+    decode_member,
     encode_context,
     encode_plan,
     fingerprint,
+    member_prefix,
     parse_decision_id,
     pre_checks,
 )
@@ -190,7 +192,7 @@ class Engine:
     def _replay_from_ledger(self, ctx: Context, member: bytes, score: int) -> DecisionResponse:
         """The record expired but the reservation is still in the ledger: the message was
         counted already, so answer with that reservation instead of counting it twice."""
-        entry = msgspec.json.decode(member)
+        entry = decode_member(member)
         outcome = Outcome("send" if score <= ctx.now else "defer", entry[1], score, [])
         return render(ctx, outcome, replayed=True)
 
@@ -219,8 +221,8 @@ class Engine:
         except ValueError as exc:
             raise NotFoundError("no such decision", field="decision_id") from exc
         now = self.clock.now_ms()
-        prefix = msgspec.json.encode([message_id]).decode()[:-1] + ","
-        reply = await self.store.cancel(tenant, user_id, message_id, prefix, now)
+        reply = await self.store.cancel(tenant, user_id, message_id, member_prefix(message_id),
+                                        now)
         if reply.status == "missing":
             raise NotFoundError("no such decision (or it has expired)", field="decision_id")
         cancelled_at = now
@@ -237,7 +239,7 @@ class Engine:
         state = await self.store.read_user(tenant, user_id, "", None)
         zone = self.locate_stored(state, policy)
         ledger = await self.store.ledger(tenant, user_id)
-        decoded = [(msgspec.json.decode(member), int(score)) for member, score in ledger]
+        decoded = [(decode_member(member), int(score)) for member, score in ledger]
         records = await self.store.records(tenant, user_id, [e[0] for e, _ in decoded])
         entries = []
         for (entry, score), record in zip(decoded, records, strict=True):

@@ -83,18 +83,20 @@ class Store:
                                      args=[campaign_id or ""])
         return parse_read_reply(reply)
 
-    async def commit(self, tenant: str, user_id: str, message_id: str, plan: bytes,
+    async def commit(self, tenant: str, user_id: str, message_id: str, plan: Sequence[bytes],
                      context: bytes) -> CommitReply:
+        """``plan`` is ``encode_plan``'s output: the packed plan, then its binary parts."""
         keys = user_keys(tenant, user_id)
         async with self._gate:
             reply: list[Any] = await self._commit(
-                keys=[keys.ledger, keys.record(message_id), keys.prefs], args=[plan, context])
+                keys=[keys.ledger, keys.record(message_id), keys.prefs],
+                args=[plan[0], context, *plan[1:]])
         status = reply[0].decode()
         if status == "dup_ledger":
             return CommitReply("dup_ledger", reply[1], int(float(reply[2])))
         return CommitReply(status, reply[1])
 
-    async def cancel(self, tenant: str, user_id: str, message_id: str, member_prefix: str,
+    async def cancel(self, tenant: str, user_id: str, message_id: str, member_prefix: bytes,
                      now: int) -> CancelReply:
         keys = user_keys(tenant, user_id)
         async with self._gate:

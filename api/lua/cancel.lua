@@ -1,5 +1,5 @@
 -- Release a reservation. KEYS[1] ledger, KEYS[2] idempotency record
--- ARGV[1] member prefix of the message ('["<message_id>",'), ARGV[2] now (ms)
+-- ARGV[1] the bytes every ledger member of the message starts with, ARGV[2] now (ms)
 -- Returns {status, removed, record}: status 'cancelled' | 'already' | 'ledger' | 'missing'
 local rec = redis.call('GET', KEYS[2])
 if rec then

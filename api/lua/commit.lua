@@ -2,7 +2,8 @@
 -- arithmetic lives here and only here, so the check and the reservation cannot race.
 --
 -- KEYS[1] ledger zset, KEYS[2] idempotency record, KEYS[3] prefs hash
--- ARGV[1] plan JSON (built by api/plan.py), ARGV[2] context JSON (stored verbatim)
+-- ARGV[1] plan (MessagePack, built by api/plan.py), ARGV[2] context JSON (stored verbatim),
+-- ARGV[3] prefix of this message's ledger members, ARGV[3 + i] member of candidate i
 --
 -- Returns {'new', outcome_json} | {'dup', record} | {'dup_ledger', member, score}
 --       | {'stale', current_rev}
@@ -12,7 +13,7 @@
 -- a span shorter than W; for N consecutive entries e_a..e_{a+N-1} (span < W) that is
 -- exactly t in [e_{a+N-1} - W + 1, e_a + W). So "the instant the window frees" is e_a + W.
 
-local plan = cjson.decode(ARGV[1])
+local plan = cmsgpack.unpack(ARGV[1])
 local now = plan.now
 
 local function fmt(x) return string.format('%.0f', x) end
@@ -28,14 +29,14 @@ if rev ~= plan.rev then return {'stale', rev} end
 -- 3. the ledger inside the longest window, past and future reservations alike
 local raw = redis.call('ZRANGEBYSCORE', KEYS[1], fmt(plan.lo), '+inf', 'WITHSCORES')
 local entries = {}
-local mid_prefix = plan.mid
+local mid_prefix = ARGV[3]
 for i = 1, #raw, 2 do
   local member = raw[i]
   if string.sub(member, 1, #mid_prefix) == mid_prefix then
     -- its record expired but the reservation still counts: same message, counted once
     return {'dup_ledger', member, raw[i + 1]}
   end
-  local d = cjson.decode(member)
+  local d = cmsgpack.unpack(member)
   entries[#entries + 1] = {t = tonumber(raw[i + 1]), ch = d[2], cat = d[3], camp = d[4],
                            tags = d[5], oid = d[6], og = d[7]}
 end
@@ -166,28 +167,35 @@ local function chain(rules, a, target, ch, out, seen)
   end
 end
 
--- 5. every candidate's rules: Python's time blocks + caps + conflicting offers
+-- 5. every candidate's rules: Python's time blocks + caps + conflicting offers.
+-- A cap's blocks depend on the ledger only, not on the candidate: computed once per call.
+local cap_cache = {}
+local conflict_rule = nil
+if cw > 0 and msg.og ~= '' then
+  local iv = {}
+  for _, e in ipairs(entries) do
+    if e.og == msg.og and e.oid ~= msg.oid then iv[#iv + 1] = {e.t - cw + 1, e.t + cw} end
+  end
+  if #iv > 0 then
+    conflict_rule = {c = 'conflicting_offer', r = 'conflict_group:' .. msg.og, iv = normalize(iv)}
+  end
+end
 local evaluated = {}
 local chosen = nil
 for i, cand in ipairs(plan.cands) do
   local rules = {}
-  for _, pb in ipairs(cand.pb) do rules[#rules + 1] = {c = pb.c, r = pb.r, iv = pb.iv} end
-  for _, cap in ipairs(plan.caps) do
+  for _, index in ipairs(cand.pb) do rules[#rules + 1] = plan.blocks[index + 1] end
+  for ci, cap in ipairs(plan.caps) do
     if matches(cap, cand.ch, msg.cat, msg.camp, msg.tags) then
-      local iv = cap_blocks(cap)
-      if #iv > 0 then rules[#rules + 1] = {c = cap.code, r = cap.id, iv = normalize(iv)} end
+      local rule = cap_cache[ci]
+      if rule == nil then
+        rule = {c = cap.code, r = cap.id, iv = normalize(cap_blocks(cap))}
+        cap_cache[ci] = rule
+      end
+      if #rule.iv > 0 then rules[#rules + 1] = rule end
     end
   end
-  if cw > 0 and msg.og ~= '' then
-    local iv = {}
-    for _, e in ipairs(entries) do
-      if e.og == msg.og and e.oid ~= msg.oid then iv[#iv + 1] = {e.t - cw + 1, e.t + cw} end
-    end
-    if #iv > 0 then
-      rules[#rules + 1] = {c = 'conflicting_offer', r = 'conflict_group:' .. msg.og,
-                           iv = normalize(iv)}
-    end
-  end
+  if conflict_rule then rules[#rules + 1] = conflict_rule end
   local t = first_free(rules, cand.a, cand.b)
   evaluated[i] = {cand = cand, rules = rules, t = t}
   if t ~= nil then
@@ -234,7 +242,7 @@ local out = '{"d":"' .. decision .. '","ch":' .. (out_ch and cjson.encode(out_ch
 if plan.dry == 0 then
   local ttl = plan.ttl
   if out_t then
-    redis.call('ZADD', KEYS[1], fmt(out_t), plan.mpre .. out_ch .. plan.msuf)
+    redis.call('ZADD', KEYS[1], fmt(out_t), ARGV[3 + chosen])
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. fmt(now - plan.keep))
     local want = out_t - now + plan.keep
     if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], fmt(want)) end

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from api.clock import FixedClock
 from api.engine import Engine
+from api.plan import decode_member
 from api.policy import Policy, validate_policy
 from api.redis_client import RedisClient
 from api.settings import Settings
@@ -364,7 +365,7 @@ async def test_caps_quiet_hours_and_minimality(redis_client: RedisClient,
     stored = await engine.store.ledger(TENANT, "u1")
     entries = []
     for member, score in stored:
-        mid, ch, cat, camp, tags, _, _ = msgspec.json.decode(member)
+        mid, ch, cat, camp, tags, _, _ = decode_member(member)
         entries.append(Sent(int(score), ch, cat, camp or None, tuple(tags)))
         assert mid.startswith("m")
     assert Counter(entries) == Counter(world.ledger)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,8 +20,11 @@ from api.plan import (
     PreReason,
     build_plan,
     decision_id,
+    decode_member,
+    encode_plan,
     fingerprint,
-    member_parts,
+    ledger_member,
+    member_prefix,
     parse_decision_id,
     pre_checks,
 )
@@ -127,35 +129,41 @@ tags = st.lists(st.text(alphabet=st.characters(codec="utf-8", min_codepoint=0x20
 @given(mid=ids, campaign=st.none() | ids, tag_list=tags,
        offer=st.none() | st.tuples(ids, ids),
        channel=st.sampled_from(["email", "sms", "push", "whatsapp", "in_app", "web_push"]))
-def test_member_parts_splice_to_the_ledger_member(mid: str, campaign: str | None,
-                                                  tag_list: list[str],
-                                                  offer: tuple[str, str] | None,
-                                                  channel: str) -> None:
+def test_ledger_member_round_trips(mid: str, campaign: str | None, tag_list: list[str],
+                                   offer: tuple[str, str] | None, channel: str) -> None:
     fields: dict[str, Any] = {"message_id": mid, "campaign_id": campaign, "tags": tag_list,
                               "channels": [channel]}
     if offer is not None:
         fields["offer"] = {"id": offer[0], "group": offer[1]}
-    req = request(**fields)
-    prefix, mpre, msuf = member_parts(req)
-    member = mpre + channel + msuf  # what commit.lua stores
-    assert json.loads(member) == [mid, channel, "promotional", campaign or "", tag_list,
-                                  offer[0] if offer else "", offer[1] if offer else ""]
-    assert member.startswith(prefix)
-    assert json.loads(prefix[:-1] + "]") == [mid]
+    member = ledger_member(request(**fields), channel)
+    assert decode_member(member) == [mid, channel, "promotional", campaign or "", tag_list,
+                                     offer[0] if offer else "", offer[1] if offer else ""]
+    assert member.startswith(member_prefix(mid))
 
 
 @given(a=ids, b=ids)
 def test_member_prefix_matches_only_its_own_message(a: str, b: str) -> None:
-    prefix, _, _ = member_parts(request(message_id=a))
-    _, mpre, msuf = member_parts(request(message_id=b))
-    assert (mpre + "email" + msuf).startswith(prefix) == (a == b)
+    member = ledger_member(request(message_id=b), "email")
+    assert member.startswith(member_prefix(a)) == (a == b)
 
 
-def test_member_parts_with_a_nul_tag() -> None:
-    """The API refuses control characters in tags (400); member_parts is robust anyway."""
+def test_ledger_member_with_a_nul_tag() -> None:
+    """The API refuses control characters in tags (400); the encoding is robust anyway."""
     req = msgspec.structs.replace(request(), tags=["\x00", '"\u0000"'])
-    _, mpre, msuf = member_parts(req)
-    assert json.loads(mpre + "email" + msuf)[4] == ["\x00", '"\u0000"']
+    assert decode_member(ledger_member(req, "email"))[4] == ["\x00", '"\u0000"']
+
+
+def test_encode_plan_ships_binary_parts_as_separate_arguments() -> None:
+    p = plan_for(request(channels=["email", "sms"]), policy(), state())
+    packed, prefix, *members = encode_plan(p)
+    core = msgspec.msgpack.decode(packed)
+    assert "mid" not in core and "members" not in core
+    assert prefix == member_prefix("m1")
+    assert [decode_member(m)[1] for m in members] == ["email", "sms"]
+    assert [c["ch"] for c in core["cands"]] == ["email", "sms"]
+    # a quiet-hours block shared by both channels is shipped once
+    assert core["cands"][0]["pb"] == core["cands"][1]["pb"]
+    assert [b["r"] for b in core["blocks"]] == ["default-quiet-hours"]
 
 
 # ------------------------------------------------------------------------ fingerprint
@@ -263,17 +271,17 @@ def test_exempt_category_has_no_caps_and_no_quiet_blocks() -> None:
     p = plan_for(request(category="transactional", channels=["sms", "email"]), pol,
                  state(prefs), location(country="US", region="FL"), now=night)
     assert p.caps == []
-    assert [c.pb for c in p.cands] == [[], []]
+    assert [p.blocks_of(c) for c in p.cands] == [[], []]
     promo = plan_for(request(channels=["sms", "email"]), pol, state(prefs),
                      location(country="US", region="FL"), now=night)
     assert {c.id for c in promo.caps} == {"one", "us-fl-ftsa@2026.1"}
-    assert {b.c for b in promo.cands[0].pb} == {"quiet_hours", "user_quiet_hours",
+    assert {b.c for b in promo.blocks_of(promo.cands[0])} == {"quiet_hours", "user_quiet_hours",
                                                 "user_frequency_limit", "jurisdiction_window"}
 
 
 def test_quiet_hours_block_the_local_night() -> None:
     p = plan_for(request())
-    (block,) = p.cands[0].pb
+    (block,) = p.blocks_of(p.cands[0])
     assert (block.c, block.r) == ("quiet_hours", "default-quiet-hours")
     assert (local_ms("2026-06-10T21:00"), local_ms("2026-06-11T08:00")) in block.iv
     assert not covered(block.iv, local_ms("2026-06-10T20:59"))
@@ -285,14 +293,14 @@ def test_quiet_hours_scoped_by_channel_and_category() -> None:
         {"id": "sms-night", "start": "20:00", "end": "09:00", "channels": ["sms"]},
         {"id": "news-night", "start": "22:00", "end": "07:00", "categories": ["news"]}])
     p = plan_for(request(channels=["email", "sms"]), pol)
-    assert [[b.r for b in c.pb] for c in p.cands] == [[], ["sms-night"]]
+    assert [[b.r for b in p.blocks_of(c)] for c in p.cands] == [[], ["sms-night"]]
     p = plan_for(request(channels=["email", "sms"], category="news"), pol)
-    assert [[b.r for b in c.pb] for c in p.cands] == [["news-night"], ["sms-night", "news-night"]]
+    assert [[b.r for b in p.blocks_of(c)] for c in p.cands] == [["news-night"], ["sms-night", "news-night"]]
 
 
 def test_quiet_hours_hold_in_every_candidate_zone() -> None:
     p = plan_for(request(), loc=location("America/New_York", "America/Los_Angeles"))
-    (block,) = p.cands[0].pb
+    (block,) = p.blocks_of(p.cands[0])
     # from 21:00 in New York to 08:00 in Los Angeles (11:00 in New York)
     assert (local_ms("2026-06-10T21:00"), local_ms("2026-06-11T11:00")) in block.iv
 
@@ -301,10 +309,10 @@ def test_not_before_blocks_until_then() -> None:
     nb = NOON + 90 * MINUTE_MS
     p = plan_for(request(not_before=dt.datetime.fromtimestamp(nb / 1000, dt.UTC)),
                  policy(quiet_hours=[]))
-    assert p.cands[0].pb == [Block("not_before", "request.not_before", [(NOON, nb)])]
+    assert p.blocks_of(p.cands[0]) == [Block("not_before", "request.not_before", [(NOON, nb)])]
     past = plan_for(request(not_before=dt.datetime.fromtimestamp((NOON - 1000) / 1000, dt.UTC)),
                     policy(quiet_hours=[]))
-    assert past.cands[0].pb == []
+    assert past.blocks_of(past.cands[0]) == []
 
 
 def test_deadline_sets_the_end_inclusive() -> None:
@@ -373,8 +381,8 @@ def test_user_frequency_limits() -> None:
         ("preferences.frequency_limits[2]", "user_frequency_limit", 1, 0, [])]
     assert p.caps[1].b
     email, push = p.cands
-    assert email.pb == []
-    assert push.pb == [Block("user_frequency_limit", "preferences.frequency_limits[1]",
+    assert p.blocks_of(email) == []
+    assert p.blocks_of(push) == [Block("user_frequency_limit", "preferences.frequency_limits[1]",
                              [(NOON, push.b + LOOKAHEAD_MS)])]
 
 
@@ -383,10 +391,10 @@ def test_florida_packs_block_sms_but_not_email() -> None:
     p = plan_for(request(channels=["sms", "email"]), policy(quiet_hours=[], caps=[]),
                  loc=location(country="US", region="FL"), now=local_ms("2026-06-10T12:00"))
     sms, email = p.cands
-    assert email.pb == []
-    rules = {b.r: b for b in sms.pb}
+    assert p.blocks_of(email) == []
+    rules = {b.r: b for b in p.blocks_of(sms)}
     assert set(rules) == {"us-tcpa@2026.1", "us-fl-ftsa@2026.1"}
-    assert all(b.c == "jurisdiction_window" for b in sms.pb)
+    assert all(b.c == "jurisdiction_window" for b in p.blocks_of(sms))
     assert covered(rules["us-fl-ftsa@2026.1"].iv, evening)
     assert not covered(rules["us-tcpa@2026.1"].iv, evening)
     (cap,) = p.caps
@@ -395,7 +403,7 @@ def test_florida_packs_block_sms_but_not_email() -> None:
     # another state: only the federal pack; no country: none at all
     tx = plan_for(request(channels=["sms"]), policy(quiet_hours=[], caps=[]),
                   loc=location(country="US", region="TX"))
-    assert [b.r for b in tx.cands[0].pb] == ["us-tcpa@2026.1"] and tx.caps == []
+    assert [b.r for b in tx.blocks_of(tx.cands[0])] == ["us-tcpa@2026.1"] and tx.caps == []
     unknown = plan_for(request(channels=["sms"]), policy(quiet_hours=[], caps=[]))
     assert unknown.cands[0].pb == [] and unknown.caps == []
 
@@ -403,7 +411,7 @@ def test_florida_packs_block_sms_but_not_email() -> None:
 def test_disabled_packs_do_not_apply() -> None:
     pol = policy(quiet_hours=[], caps=[], jurisdictions={"enabled": ["us-tcpa"]})
     p = plan_for(request(channels=["sms"]), pol, loc=location(country="US", region="FL"))
-    assert [b.r for b in p.cands[0].pb] == ["us-tcpa@2026.1"] and p.caps == []
+    assert [b.r for b in p.blocks_of(p.cands[0])] == ["us-tcpa@2026.1"] and p.caps == []
 
 
 def test_offer_and_message_facts() -> None:
