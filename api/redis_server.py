@@ -14,13 +14,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
+import threading
+from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -77,75 +79,130 @@ def find_redis_server() -> str:
     )
 
 
+class _ServerLog:
+    """redis-server's log, read from its stdout on a daemon thread.
+
+    Readiness becomes an event ("Ready to accept connections") instead of a poll against
+    the clock, and a failed start reports the server's own last lines.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._lines: deque[str] = deque(maxlen=200)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._closed = False
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True,
+                                        name="redis-server-log")
+        self._thread.start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            with self._changed:
+                self._lines.append(raw.decode(errors="replace").rstrip())
+                self._changed.notify_all()
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        """True once a line containing ``text`` (any case) was logged, before or after this
+        call; False if the server closed its output or ``timeout`` passed first."""
+        needle = text.lower()
+
+        def seen() -> bool:
+            return any(needle in line.lower() for line in self._lines)
+
+        with self._changed:
+            return self._changed.wait_for(lambda: self._closed or seen(), timeout) and seen()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def tail(self, n: int = 10) -> str:
+        with self._lock:
+            return "\n".join(list(self._lines)[-n:])
+
+
 class EmbeddedRedis:
     """Start and stop one redis-server process bound to a private unix socket.
 
     ``data_dir`` None: a throwaway in-memory server (tests). Otherwise the server keeps an
     append-only file there (``appendfsync everysec``), so a restarted service keeps its
-    ledgers, as production Redis would.
+    ledgers, as production Redis would. ``port`` also listens on 127.0.0.1 (tests start a
+    cluster-enabled node that way, with ``extra_args``).
     """
 
     def __init__(self, *, data_dir: str | os.PathLike[str] | None = None,
-                 binary: str | None = None, startup_timeout: float = 10.0) -> None:
+                 binary: str | None = None, startup_timeout: float = 30.0, port: int = 0,
+                 extra_args: Sequence[str] = ()) -> None:
         self._binary = binary or find_redis_server()
         self._persistent = data_dir is not None
         self._tmp = tempfile.mkdtemp(prefix="sendwise-redis-")
         self._dir = Path(data_dir) if data_dir is not None else Path(self._tmp)
         self._socket = Path(self._tmp) / "redis.sock"
         self._timeout = startup_timeout
+        self._port = port
+        self._extra = list(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log: _ServerLog | None = None
 
     @property
     def url(self) -> str:
         return f"unix://{self._socket}"
 
     @property
+    def tcp_url(self) -> str:
+        return f"redis://127.0.0.1:{self._port}"
+
+    @property
     def socket_path(self) -> str:
         return str(self._socket)
+
+    @property
+    def workdir(self) -> str:
+        return self._tmp
 
     def start(self) -> EmbeddedRedis:
         self._dir.mkdir(parents=True, exist_ok=True)
         args = [
             self._binary,
-            "--port", "0",
+            "--port", str(self._port),
             "--unixsocket", str(self._socket),
             "--unixsocketperm", "700",
             "--dir", str(self._dir.resolve()),
             "--save", "",
             "--daemonize", "no",
-            "--loglevel", "warning",
-            "--logfile", str(Path(self._tmp) / "redis.log"),
+            "--loglevel", "notice",
+            "--logfile", "",  # stdout, read by _ServerLog
         ]
+        if self._port:
+            args += ["--bind", "127.0.0.1"]
         if self._persistent:
             args += ["--appendonly", "yes", "--appendfsync", "everysec"]
         else:
             args += ["--appendonly", "no"]
         self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [*args, *self._extra], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
-        deadline = time.monotonic() + self._timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                raise EmbeddedRedisError(f"redis-server exited at start: {err.strip()}")
-            if self._ping():
-                return self
-            time.sleep(0.01)
-        self.stop()
-        raise EmbeddedRedisError(f"redis-server did not answer within {self._timeout}s")
+        if self._proc.stdout is None:  # pragma: no cover - PIPE was requested
+            raise EmbeddedRedisError("redis-server started without an output pipe")
+        self._log = _ServerLog(self._proc.stdout)
+        # 6.2: "...now ready to accept connections at <socket>"; 7.x: "Ready to accept
+        # connections unix" -- the socket line comes last, after TCP
+        if not self.wait_for_log("ready to accept connections"):
+            why = self._log.tail()
+            self.stop()
+            raise EmbeddedRedisError(f"redis-server did not start: {why}")
+        return self
 
-    def _ping(self) -> bool:
-        if not self._socket.exists():
-            return False
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(0.5)
-                sock.connect(str(self._socket))
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+    def wait_for_log(self, text: str) -> bool:
+        """Block until the server logs a line containing ``text`` (or exits / times out)."""
+        return self._log is not None and self._log.wait_for(text, self._timeout)
+
+    def log_tail(self) -> str:
+        return self._log.tail() if self._log else ""
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -156,8 +213,10 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if proc is not None and proc.stderr is not None:
-            proc.stderr.close()
+        if self._log is not None:
+            self._log.join(timeout=5)  # the reader ends at EOF once the process is gone
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedRedis:

@@ -9,11 +9,8 @@ set, against that external Redis too.
 from __future__ import annotations
 
 import os
-import shutil
+import random
 import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import msgspec
@@ -21,7 +18,7 @@ import pytest
 import redis
 
 from api.redis_client import RedisClient, make_redis
-from api.redis_server import EmbeddedRedis, find_redis_server
+from api.redis_server import EmbeddedRedis
 from api.settings import Settings
 
 REDIS_TARGETS = ["embedded", "cluster"] + (["external"] if os.environ.get("REDIS_URL") else [])
@@ -39,46 +36,34 @@ def embedded_redis() -> Iterator[EmbeddedRedis]:
         yield server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+def _free_cluster_port() -> int:
+    """A free loopback port whose cluster-bus port (+10000) is free too. Not the kernel's
+    ephemeral pick: that can exceed 55535, which a cluster node refuses to use."""
+    for port in random.Random().sample(range(20000, 30000), 200):
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
         return port
+    raise RuntimeError("no free port pair for the test cluster node")
 
 
 @pytest.fixture(scope="session")
 def embedded_cluster() -> Iterator[str]:
-    """One cluster-enabled node owning all 16384 slots, on loopback only."""
-    workdir = tempfile.mkdtemp(prefix="sendwise-cluster-")
-    port = _free_port()
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv
-        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
-         "--cluster-enabled", "yes", "--cluster-config-file", f"{workdir}/nodes.conf",
-         "--dir", workdir, "--save", "", "--appendonly", "no", "--daemonize", "no",
-         "--logfile", f"{workdir}/redis.log"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        node = redis.Redis(host="127.0.0.1", port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                node.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
+    """One cluster-enabled node owning all 16384 slots, on loopback only. Readiness is the
+    server's own log line, not a poll: a node only reports "Cluster state changed: ok"
+    once its slots are covered (and Redis holds that back ~2 s after start)."""
+    server = EmbeddedRedis(port=_free_cluster_port(), extra_args=[
+        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+    with server:
+        node = redis.Redis(unix_socket_path=server.socket_path)
         node.execute_command("CLUSTER", "ADDSLOTS", *range(16384))
-        while b"cluster_state:ok" not in node.execute_command("CLUSTER", "INFO"):
-            if time.monotonic() > deadline:
-                raise RuntimeError("single-node cluster did not become ready")
-            time.sleep(0.01)
         node.close()
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not server.wait_for_log("Cluster state changed: ok"):
+            raise RuntimeError(f"single-node cluster did not become ready: {server.log_tail()}")
+        yield server.tcp_url
 
 
 @pytest.fixture(params=REDIS_TARGETS, scope="session")
