@@ -187,8 +187,7 @@ async def post_events(request: Request[Any, Any, State], data: JSONBody[EventBat
         if event.type == "converted" and not event.campaign_id:
             raise InvalidRequestError("a converted event needs campaign_id",
                                  field=f"events[{i}].campaign_id")
-    opt_outs, conversions = await engine.store.apply_events(tenant_of(request), data.events,
-                                                            engine.all_channels())
+    opt_outs, conversions = await engine.store.apply_events(tenant_of(request), data.events)
     return EventsAccepted(accepted=len(data.events), opt_outs=opt_outs, conversions=conversions)
 
 

@@ -7,6 +7,7 @@ litestar shell around it.
 from __future__ import annotations
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 import msgspec
 import structlog
@@ -16,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from api.clock import Clock
 from api.errors import ConflictError, InvalidRequestError, NotFoundError
 from api.locale import Location, is_valid_zone, normalize_region, parse_phone, resolve_location
+from api.localtime import ms_to_utc, utc_to_ms
 from api.metrics import Metrics
 from api.plan import (
     Context,
@@ -32,30 +34,25 @@ from api.plan import (
 from api.policy import Policy
 from api.policy_cache import PolicyCache
 from api.reasons import ReasonCode
-from api.render import Outcome, decode_outcome, render, render_record, utc
+from api.render import Outcome, decode_outcome, render, render_record
 from api.schemas import (
-    CHANNELS,
     CancelResponse,
     DecisionRequest,
     DecisionResponse,
     Offer,
+    Preferences,
     Reason,
     Timeline,
     TimelineEntry,
 )
 from api.settings import Settings
 from api.store import Store
-from api.userstate import UserState
 
 log = structlog.get_logger("sendwise.decisions")
 
 #: Redis failures that trigger the documented fallback instead of an error
 STORE_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 _MAX_STALE_RETRIES = 3
-
-
-def _ms(value: dt.datetime) -> int:
-    return int(value.timestamp() * 1000)
 
 
 def _check_instant(value: dt.datetime | None, field: str) -> None:
@@ -108,7 +105,7 @@ class Engine:
         _check_instant(request.not_before, "not_before")
         _check_instant(request.deadline, "deadline")
         if request.deadline is not None:
-            if _ms(request.deadline) < now:
+            if utc_to_ms(request.deadline) < now:
                 raise InvalidRequestError("deadline is in the past", field="deadline",
                                      code="deadline_in_past")
             if request.not_before is not None and request.not_before > request.deadline:
@@ -116,12 +113,16 @@ class Engine:
                                      code="invalid_field")
         check_location_fields(request.timezone, request.phone, request.country, request.region)
 
-    def locate(self, request: DecisionRequest, state: UserState | None,
+    @staticmethod
+    def locate(request: DecisionRequest | None, prefs: Preferences | None,
                policy: Policy) -> Location:
-        prefs = state.preferences if state is not None else None
+        """Request > stored preferences > phone > tenant default. Request values were
+        validated already; invalid stored values are skipped, so this does not raise."""
         return resolve_location(
-            request_zone=request.timezone, request_country=request.country,
-            request_region=request.region, request_phone=request.phone,
+            request_zone=request.timezone if request else None,
+            request_country=request.country if request else None,
+            request_region=request.region if request else None,
+            request_phone=request.phone if request else None,
             pref_zone=prefs.timezone if prefs else None,
             pref_country=prefs.country if prefs else None,
             pref_region=prefs.region if prefs else None,
@@ -131,6 +132,10 @@ class Engine:
     # --------------------------------------------------------------- decisions
 
     async def decide(self, tenant: str, request: DecisionRequest) -> DecisionResponse:
+        with self.metrics.decision_seconds.time():
+            return await self._decide_observed(tenant, request)
+
+    async def _decide_observed(self, tenant: str, request: DecisionRequest) -> DecisionResponse:
         now = self.clock.now_ms()
         self.validate(request, now)
         try:
@@ -161,7 +166,7 @@ class Engine:
                                                request.campaign_id)
             if state.record is not None:
                 return self._replay(state.record, fp, request.dry_run)
-            location = self.locate(request, state, policy)
+            location = self.locate(request, state.preferences, policy)
             permitted, pre, suppressed = pre_checks(request, policy, state, now)
             plan = build_plan(request, policy, state, location, now=now,
                               idempotency_ttl_ms=self.settings.idempotency_ttl_seconds * 1000,
@@ -200,10 +205,7 @@ class Engine:
         """Invariant 7: Redis down is no 5xx. Exempt (transactional) messages send now on the
         first requested channel; the rest defer by the configured delay. Nothing is
         reserved, so the platform should ask again at send time."""
-        try:
-            zone = self.locate(request, None, policy).zones[0]
-        except ValueError:
-            zone = policy.default_timezone
+        zone = self.locate(request, None, policy).zones[0]
         exempt = request.category in policy.exempt_categories
         at = now if exempt else now + self.settings.fallback_defer_seconds * 1000
         ctx = Context(did=decision_id(request.user_id, request.message_id),
@@ -225,19 +227,19 @@ class Engine:
                                         now)
         if reply.status == "missing":
             raise NotFoundError("no such decision (or it has expired)", field="decision_id")
-        cancelled_at = now
+        cancelled_at = ms_to_utc(now)
         if reply.status == "already" and reply.record is not None:
-            cancelled_at = int(reply.record.split(b"\n")[2])
+            cancelled_at = render_record(reply.record)[1].cancelled_at or cancelled_at
         return CancelResponse(decision_id=decision, message_id=message_id,
-                              released=reply.removed > 0, cancelled_at=utc(cancelled_at))
+                              released=reply.removed > 0, cancelled_at=cancelled_at)
 
     # ---------------------------------------------------------------- timeline
 
     async def timeline(self, tenant: str, user_id: str) -> Timeline:
         now = self.clock.now_ms()
         policy = await self.policies.get(tenant)
-        state = await self.store.read_user(tenant, user_id, "", None)
-        zone = self.locate_stored(state, policy)
+        stored = await self.store.get_preferences(tenant, user_id)
+        zone = ZoneInfo(self.locate(None, stored.preferences, policy).zones[0])
         ledger = await self.store.ledger(tenant, user_id)
         decoded = [(decode_member(member), int(score)) for member, score in ledger]
         records = await self.store.records(tenant, user_id, [e[0] for e, _ in decoded])
@@ -248,36 +250,14 @@ class Engine:
             if record is not None:
                 _, response = render_record(record)
                 decision, reasons = response.decision, response.reasons
-            send_at = utc(score)
+            send_at = ms_to_utc(score)
             entries.append(TimelineEntry(
                 message_id=entry[0], channel=entry[1], category=entry[2],
                 campaign_id=entry[3] or None, tags=list(entry[4] or []),
                 offer=Offer(id=entry[5], group=entry[6]) if entry[5] else None,
-                send_at=send_at, local_send_at=send_at.astimezone(_zone(zone)),
+                send_at=send_at, local_send_at=send_at.astimezone(zone),
                 status="sent" if score <= now else "scheduled",
                 decision_id=decision_id(user_id, entry[0]),
                 decision=decision,  # type: ignore[arg-type]
                 reasons=reasons))
-        return Timeline(user_id=user_id, timezone=zone, entries=entries)
-
-    def locate_stored(self, state: UserState, policy: Policy) -> str:
-        prefs = state.preferences
-        try:
-            return resolve_location(
-                request_zone=None, request_country=None, request_region=None,
-                request_phone=None, pref_zone=prefs.timezone, pref_country=prefs.country,
-                pref_region=prefs.region, pref_phone=prefs.phone,
-                default_zone=policy.default_timezone,
-                default_country=policy.default_country).zones[0]
-        except ValueError:
-            return policy.default_timezone
-
-    @staticmethod
-    def all_channels() -> tuple[str, ...]:
-        return CHANNELS
-
-
-def _zone(name: str) -> dt.tzinfo:
-    from api.render import _zone as cached
-
-    return cached(name)
+        return Timeline(user_id=user_id, timezone=zone.key, entries=entries)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 
-import msgspec
-
 from api.schemas import ErrorBody
 
 
@@ -45,10 +43,6 @@ class ConflictError(ApiError):
     code = "conflict"
 
 
-class PayloadTooLargeError(ApiError):
-    status = 413
-    code = "payload_too_large"
-
 
 class UnavailableError(ApiError):
     """Only for endpoints with no safe fallback (reads of state, policy writes)."""
@@ -73,10 +67,3 @@ def field_from_msgspec(message: str) -> tuple[str, str | None]:
         if named:
             path = f"{path}.{named.group('name')}" if path else named.group("name")
     return text, path or None
-
-
-def from_validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidRequestError:
-    if isinstance(exc, msgspec.ValidationError):
-        text, field = field_from_msgspec(str(exc))
-        return InvalidRequestError(text, field=field, code="invalid_field")
-    return InvalidRequestError(f"body is not valid JSON: {exc}", code="invalid_json")

@@ -16,7 +16,7 @@ class Metrics:
         self.fallbacks = Counter("sendwise_fallback_decisions_total",
                                  "Decisions answered by the Redis-unavailable fallback",
                                  registry=self.registry)
-        self.latency = Histogram(
-            "sendwise_request_seconds", "Request latency by route", ["route"],
+        self.decision_seconds = Histogram(
+            "sendwise_decision_seconds", "Time to decide one message (validation to answer)",
             buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25),
             registry=self.registry)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,6 +25,7 @@ from api.localtime import (
     local_day_starts,
     local_week_starts,
     parse_hhmm,
+    utc_to_ms,
     window_intervals,
 )
 from api.policy import Policy, active_packs, conflict_window_minutes
@@ -191,17 +191,12 @@ def decode_member(raw: bytes) -> list[Any]:
     return entry
 
 
-@lru_cache(maxsize=256)
-def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
-
-
 def _window_blocks(zones: Sequence[str], window: LocalWindow, lo: int, hi: int) -> list[Interval]:
-    return intervals.union(*(window_intervals(_zone(z), window, lo, hi) for z in zones))
+    return intervals.union(*(window_intervals(ZoneInfo(z), window, lo, hi) for z in zones))
 
 
 def _pack_blocks(pack: JurisdictionPack, zones: Sequence[str], lo: int, hi: int) -> list[Interval]:
-    return intervals.union(*(blocked_intervals(pack, _zone(z), lo, hi) for z in zones))
+    return intervals.union(*(blocked_intervals(pack, ZoneInfo(z), lo, hi) for z in zones))
 
 
 def effective_consent(state: UserState, channel: str) -> str:
@@ -253,7 +248,7 @@ def compile_caps(request: DecisionRequest, policy: Policy, state: UserState,
     """Cap rules for Lua, and the window lengths (ms) that decide how long history is kept."""
     exempt = request.category in policy.exempt_categories
     not_counted = [] if policy.exempt_count_toward_caps else list(policy.exempt_categories)
-    zone = _zone(location.zones[0])
+    zone = ZoneInfo(location.zones[0])
     caps: list[CompiledCap] = []
     windows: list[int] = []
 
@@ -299,7 +294,7 @@ def compile_caps(request: DecisionRequest, policy: Policy, state: UserState,
 def build_plan(request: DecisionRequest, policy: Policy, state: UserState, location: Location,
                *, now: int, idempotency_ttl_ms: int, candidate_channels: Sequence[str],
                pre_suppressed: bool) -> Plan:
-    deadline = None if request.deadline is None else int(request.deadline.timestamp() * 1000)
+    deadline = None if request.deadline is None else utc_to_ms(request.deadline)
     if deadline is not None:
         end = deadline + 1
         endr = EndReason(ReasonCode.DEADLINE_EXCEEDED, "request.deadline")
@@ -335,7 +330,7 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
     for channel in channels:
         blocks: list[Block] = []
         if request.not_before is not None:
-            nb = int(request.not_before.timestamp() * 1000)
+            nb = utc_to_ms(request.not_before)
             if nb > now:
                 blocks.append(Block(ReasonCode.NOT_BEFORE, "request.not_before", [(now, nb)]))
         if not exempt:

@@ -6,12 +6,11 @@ by the same function from the same bytes: the same answer, byte for byte.
 
 from __future__ import annotations
 
-import datetime as dt
-from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import msgspec
 
+from api.localtime import ms_to_utc as utc
 from api.plan import Context
 from api.schemas import DecisionResponse, Reason
 
@@ -25,15 +24,6 @@ class Outcome(msgspec.Struct, frozen=True):
 
 _context_decoder = msgspec.json.Decoder(Context)
 _outcome_decoder = msgspec.json.Decoder(Outcome)
-
-
-@lru_cache(maxsize=256)
-def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
-
-
-def utc(ms: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 
 
 def decode_outcome(raw: bytes | str) -> Outcome:
@@ -59,7 +49,7 @@ def render(ctx: Context, outcome: Outcome, *, replayed: bool = False,
         decision=outcome.d,  # type: ignore[arg-type]
         channel=outcome.ch,
         send_at=send_at,
-        local_send_at=None if send_at is None else send_at.astimezone(_zone(ctx.zone)),
+        local_send_at=None if send_at is None else send_at.astimezone(ZoneInfo(ctx.zone)),
         timezone=ctx.zone,
         reasons=reasons,
         policy_version=ctx.pv,
@@ -71,7 +61,8 @@ def render(ctx: Context, outcome: Outcome, *, replayed: bool = False,
 
 
 def render_record(record: bytes) -> tuple[Context, DecisionResponse]:
-    """A stored record: context line, outcome line, and a cancellation instant if any."""
+    """A stored record: context line, outcome line, and a cancellation instant if any.
+    The only Python code that knows the record's layout (cancel.lua appends line 3)."""
     lines = record.split(b"\n")
     ctx = decode_context(lines[0])
     cancelled = int(lines[2]) if len(lines) > 2 else None

@@ -7,7 +7,6 @@ SCRIPT LOAD on NOSCRIPT, so a restarted or failed-over Redis just works).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
 from importlib import resources
@@ -16,9 +15,10 @@ from typing import Any, Literal, cast
 import msgspec
 
 from api.keys import policy_key, user_keys
+from api.localtime import ms_to_utc, utc_to_ms
 from api.policy import Policy
 from api.redis_client import RedisClient
-from api.schemas import Event, Preferences, StoredPreferences
+from api.schemas import CHANNELS, Event, Preferences, StoredPreferences
 from api.userstate import UserState, decode_preferences, parse_read_reply
 
 #: how long a `converted` marker and an event opt-out are kept at most
@@ -27,10 +27,6 @@ CONVERSION_TTL_MS = 366 * 24 * 3600 * 1000
 
 def _script(name: str) -> str:
     return resources.files("api").joinpath("lua", name).read_text(encoding="utf-8")
-
-
-def _ms(value: dt.datetime) -> int:
-    return int(value.timestamp() * 1000)
 
 
 class CommitReply(msgspec.Struct, frozen=True):
@@ -130,7 +126,7 @@ class Store:
             user_id=user_id,
             preferences=decode_preferences(fields.get(b"doc")),
             event_opt_outs={
-                k[len(b"optout:"):].decode(): dt.datetime.fromtimestamp(int(v) / 1000, dt.UTC)
+                k[len(b"optout:"):].decode(): ms_to_utc(int(v))
                 for k, v in fields.items() if k.startswith(b"optout:")
             },
             revision=int(fields.get(b"rev", b"0")),
@@ -146,8 +142,7 @@ class Store:
 
     # ------------------------------------------------------------------ events
 
-    async def apply_events(self, tenant: str, events: Sequence[Event],
-                           all_channels: Sequence[str]) -> tuple[int, int]:
+    async def apply_events(self, tenant: str, events: Sequence[Event]) -> tuple[int, int]:
         """Opt-outs and conversions: one atomic script per user (a user's keys share a
         slot), users' scripts run concurrently. Returns (opt-outs,
         conversions) applied; engagement events change no decision state yet."""
@@ -156,11 +151,11 @@ class Store:
         for event in events:
             ops = by_user[event.user_id]
             if event.type in ("unsubscribed", "complained"):
-                for channel in [event.channel] if event.channel else all_channels:
-                    ops += ["o", channel, _ms(event.at)]
+                for channel in [event.channel] if event.channel else CHANNELS:
+                    ops += ["o", channel, utc_to_ms(event.at)]
                 opt_outs += 1
             elif event.type == "converted" and event.campaign_id:
-                ops += ["c", event.campaign_id, _ms(event.at)]
+                ops += ["c", event.campaign_id, utc_to_ms(event.at)]
                 conversions += 1
         # concurrent calls, not a pipeline: redis-py refuses EVALSHA in cluster pipelines,
         # and concurrent calls spread over the pool (and the cluster's nodes) just as well
@@ -183,7 +178,7 @@ class Store:
         policy = _policy_decoder.decode(fields[b"doc"])
         return msgspec.structs.replace(
             policy, version=int(fields[b"version"]),
-            updated_at=dt.datetime.fromtimestamp(int(fields[b"updated_at"]) / 1000, dt.UTC))
+            updated_at=ms_to_utc(int(fields[b"updated_at"])))
 
     async def get_policy_version(self, tenant: str) -> int:
         async with self._gate:
@@ -200,4 +195,4 @@ class Store:
         if status == b"conflict":
             raise PolicyConflictError(int(version))
         return msgspec.structs.replace(
-            policy, version=int(version), updated_at=dt.datetime.fromtimestamp(now / 1000, dt.UTC))
+            policy, version=int(version), updated_at=ms_to_utc(now))

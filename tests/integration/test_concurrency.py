@@ -123,7 +123,7 @@ async def test_opt_out_racing_decisions_takes_effect_for_the_next(
         await asyncio.sleep(0)
         await workers[1].store.apply_events(
             TENANT, [Event(type="unsubscribed", user_id="u1", at=when, channel="email")],
-            workers[1].all_channels())
+            )
 
     before = [workers[i % WORKERS].decide(TENANT, req(message_id=f"b{i}")) for i in range(30)]
     await asyncio.gather(opt_out(), *before)

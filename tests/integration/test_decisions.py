@@ -142,7 +142,7 @@ async def test_whatsapp_needs_recorded_opt_in(engine: Engine) -> None:
 async def test_unsubscribed_event_takes_effect_next_decision(engine: Engine) -> None:
     when = dt.datetime.fromtimestamp(NOON_NY / 1000, dt.UTC)
     await engine.store.apply_events(TENANT, [Event(type="unsubscribed", user_id="u1", at=when,
-                                                   channel="email")], engine.all_channels())
+                                                   channel="email")])
     r = await engine.decide(TENANT, req(channels=["email"]))
     assert r.decision == "suppress"
     assert r.reasons[0].rule == "events.unsubscribed"
@@ -151,7 +151,7 @@ async def test_unsubscribed_event_takes_effect_next_decision(engine: Engine) -> 
 async def test_explicit_opt_in_clears_event_opt_out(engine: Engine) -> None:
     when = dt.datetime.fromtimestamp(NOON_NY / 1000, dt.UTC)
     await engine.store.apply_events(TENANT, [Event(type="complained", user_id="u1", at=when,
-                                                   channel="email")], engine.all_channels())
+                                                   channel="email")])
     await engine.store.put_preferences(TENANT, "u1", Preferences(
         channels={"email": ChannelPreference(consent="opted_in")}))
     assert (await engine.decide(TENANT, req())).decision == "send"
@@ -160,7 +160,7 @@ async def test_explicit_opt_in_clears_event_opt_out(engine: Engine) -> None:
 async def test_converted_campaign_is_suppressed(engine: Engine) -> None:
     when = dt.datetime.fromtimestamp(NOON_NY / 1000, dt.UTC)
     await engine.store.apply_events(TENANT, [Event(type="converted", user_id="u1", at=when,
-                                                   campaign_id="spring")], engine.all_channels())
+                                                   campaign_id="spring")])
     r = await engine.decide(TENANT, req(campaign_id="spring"))
     assert r.decision == "suppress" and codes(r) == ["already_converted"]
     assert r.reasons[0].until == when + dt.timedelta(days=30)

@@ -12,9 +12,7 @@ from hypothesis import strategies as st
 from api.errors import (
     ApiError,
     ConflictError,
-    InvalidRequestError,
     field_from_msgspec,
-    from_validation_error,
 )
 from api.keys import policy_key, user_keys
 from api.policy import Policy
@@ -133,19 +131,6 @@ def test_field_paths_inside_lists_of_structs() -> None:
         "Object contains unknown field `weekly`", "frequency_limits[0].weekly")
     body = b'{"quiet_hours":[{"start":"08:00"}]}'
     assert field_from_msgspec(error_of(body, Preferences))[1] == "quiet_hours[0].end"
-
-
-def test_from_validation_error() -> None:
-    with pytest.raises(msgspec.ValidationError) as exc:
-        msgspec.json.decode(b'{' + BASE + b',"priority":"x"}', type=DecisionRequest)
-    err = from_validation_error(exc.value)
-    assert isinstance(err, InvalidRequestError)
-    assert (err.status, err.code, err.field) == (400, "invalid_field", "priority")
-    with pytest.raises(msgspec.DecodeError) as bad:
-        msgspec.json.decode(b'{"message_id":', type=DecisionRequest)
-    err = from_validation_error(bad.value)
-    assert (err.code, err.field) == ("invalid_json", None)
-    assert err.message.startswith("body is not valid JSON")
 
 
 def test_api_error_bodies() -> None:
