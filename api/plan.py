@@ -306,11 +306,12 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
     exempt = request.category in policy.exempt_categories
     packs = active_packs(policy)
 
-    location_packs: dict[str, JurisdictionPack] = {}
-    for requested in request.channels:
-        for pack in applicable_packs(packs, location.country, location.region, requested,
-                                     request.category):
-            location_packs[pack.id] = pack
+    # which packs govern each requested channel here: computed once, used for the caps
+    # (any channel) and for each candidate's time blocks
+    packs_by_channel: dict[str, list[JurisdictionPack]] = {
+        ch: applicable_packs(packs, location.country, location.region, ch, request.category)
+        for ch in request.channels}
+    location_packs = {p.id: p for found in packs_by_channel.values() for p in found}
 
     caps, windows = compile_caps(request, policy, state, location, list(location_packs.values()),
                                  lo=history_lo, hi=hi)
@@ -359,8 +360,7 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
                 if limit.limit == 0 and (not limit.channels or channel in limit.channels):
                     blocks.append(Block(ReasonCode.USER_FREQUENCY_LIMIT,
                                         f"preferences.frequency_limits[{i}]", [(now, hi)]))
-        for pack in applicable_packs(packs, location.country, location.region, channel,
-                                     request.category):
+        for pack in packs_by_channel[channel]:
             key = ("j", pack.id)
             if key not in cache:
                 cache[key] = _pack_blocks(pack, zones, now, hi)

@@ -9,15 +9,19 @@ default, for a tenant never seen), which is what the fallback decision needs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from api.policy import DEFAULT_POLICY, Policy
 from api.store import Store
 
 
 class PolicyCache:
-    def __init__(self, store: Store, *, refresh_seconds: float = 1.0) -> None:
+    def __init__(self, store: Store, *, refresh_seconds: float = 1.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        """``monotonic`` is injectable so tests move time instead of sleeping."""
         self._store = store
         self._refresh = refresh_seconds
+        self._monotonic = monotonic
         self._entries: dict[str, tuple[Policy, float]] = {}
 
     def peek(self, tenant: str) -> Policy:
@@ -26,7 +30,7 @@ class PolicyCache:
 
     async def get(self, tenant: str) -> Policy:
         entry = self._entries.get(tenant)
-        now = time.monotonic()
+        now = self._monotonic()
         if entry is not None and now - entry[1] < self._refresh:
             return entry[0]
         if entry is not None:
@@ -39,4 +43,4 @@ class PolicyCache:
         return policy
 
     def put(self, tenant: str, policy: Policy) -> None:
-        self._entries[tenant] = (policy, time.monotonic())
+        self._entries[tenant] = (policy, self._monotonic())

@@ -160,6 +160,7 @@ async def test_health_docs_metrics_reason_codes(client: Client) -> None:
     await client.post("/v1/decisions", json=body())
     metrics = (await client.get("/metrics")).text
     assert 'sendwise_decisions_total{channel="email",decision="send"} 1.0' in metrics
+    assert "sendwise_decision_seconds_count 1.0" in metrics
     assert (await client.get("/nope")).json()["code"] == "not_found"
 
 
