@@ -38,7 +38,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -239,20 +239,42 @@ def _finish(report: LoadReport, ok: npt.NDArray[np.bool_]) -> None:
         raise SchemaError(f"every row was rejected\n{report.summary()}")
 
 
-def load_messages(path: Path | str) -> MessageLog:
-    """Read and validate a message log; bad rows are dropped and counted in ``.report``."""
-    path = Path(path)
-    columns = _read_table(path, MESSAGE_COLUMNS)
-    _require(path, columns, MESSAGE_REQUIRED)
+class _Rows(NamedTuple):
+    """What both loaders share once a file is read: its columns, the report, user ids,
+    zones, the row instant, and which rows are still good."""
+
+    columns: dict[str, Any]
+    n: int
+    report: LoadReport
+    user_ids: list[str]
+    ok: npt.NDArray[np.bool_]
+    zones: list[str]
+    zone_codes: I64
+    instants: I64
+
+
+def _read_rows(path: Path, wanted: tuple[str, ...], required: tuple[str, ...],
+               instant_column: str) -> _Rows:
+    """Read, require columns, and check the fields every log has: user id, time zone and
+    the row's instant (missing and malformed ones rejected with their reason)."""
+    columns = _read_table(path, wanted)
+    _require(path, columns, required)
     n = len(columns["user_id"])
     report = LoadReport(str(path), rows_read=n)
     user_ids = _strings(columns["user_id"], n)
     ok, zones, zone_codes = _check_common(report, n, user_ids,
                                           _strings(columns["time_zone"], n))
-    sent_at, sent_null, sent_bad = _instants(columns["sent_at"])
-    report.reject("sent_at: missing", np.flatnonzero(sent_null & ok))
-    report.reject("sent_at: not a valid timestamp", np.flatnonzero(sent_bad & ok))
-    ok &= ~(sent_null | sent_bad)
+    instants, null, bad = _instants(columns[instant_column])
+    report.reject(f"{instant_column}: missing", np.flatnonzero(null & ok))
+    report.reject(f"{instant_column}: not a valid timestamp", np.flatnonzero(bad & ok))
+    ok &= ~(null | bad)
+    return _Rows(columns, n, report, user_ids, ok, zones, zone_codes, instants)
+
+
+def load_messages(path: Path | str) -> MessageLog:
+    """Read and validate a message log; bad rows are dropped and counted in ``.report``."""
+    columns, n, report, user_ids, ok, zones, zone_codes, sent_at = _read_rows(
+        Path(path), MESSAGE_COLUMNS, MESSAGE_REQUIRED, "sent_at")
     channel_names = _strings(columns["channel"], n)
     channel_codes = np.full(n, -1, dtype=np.int64)
     names, codes = _factorize([c.lower() for c in channel_names])
@@ -299,18 +321,8 @@ def load_messages(path: Path | str) -> MessageLog:
 
 def load_activity(path: Path | str) -> ActivityLog:
     """Read and validate an activity log; bad rows are dropped and counted in ``.report``."""
-    path = Path(path)
-    columns = _read_table(path, ACTIVITY_COLUMNS)
-    _require(path, columns, ACTIVITY_REQUIRED)
-    n = len(columns["user_id"])
-    report = LoadReport(str(path), rows_read=n)
-    user_ids = _strings(columns["user_id"], n)
-    ok, zones, zone_codes = _check_common(report, n, user_ids,
-                                          _strings(columns["time_zone"], n))
-    at, null, bad = _instants(columns["occurred_at"])
-    report.reject("occurred_at: missing", np.flatnonzero(null & ok))
-    report.reject("occurred_at: not a valid timestamp", np.flatnonzero(bad & ok))
-    ok &= ~(null | bad)
+    _, _, report, user_ids, ok, zones, zone_codes, at = _read_rows(
+        Path(path), ACTIVITY_COLUMNS, ACTIVITY_REQUIRED, "occurred_at")
     _finish(report, ok)
     keep = np.flatnonzero(ok)
     users, user_codes = _factorize([user_ids[i] for i in keep])
