@@ -10,21 +10,24 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import structlog
 from litestar import Litestar, Request, Response, get, post, put
+from litestar._openapi.plugin import OpenAPIPlugin  # serves the dict we patch once
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from prometheus_client import generate_latest
 
+from api.body import BodyDecoder
 from api.clock import Clock, SystemClock
-from api.engine import STORE_DOWN, Engine, check_location_fields
+from api.engine import STORE_DOWN, Engine, check_instant, check_location_fields
 from api.errors import (
     ApiError,
     ConflictError,
@@ -32,7 +35,9 @@ from api.errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from api.localtime import utc_to_ms
 from api.metrics import Metrics
+from api.openapi import AUTHENTICATED, document_bodies, errors
 from api.policy import DEFAULT_POLICY, Policy, PolicyInvalidError, validate_policy
 from api.reasons import REASON_DOCS
 from api.redis_client import RedisClient, make_redis
@@ -51,6 +56,10 @@ from api.settings import Settings, is_valid_tenant
 from api.store import PolicyConflictError, Store
 
 log = structlog.get_logger("sendwise.api")
+
+#: how far ahead of the server's clock an event's ``at`` may be (clock skew between systems);
+#: an event further in the future is refused rather than stored
+MAX_EVENT_CLOCK_SKEW_MS = 24 * 3600 * 1000
 
 
 def _engine(request: Request[Any, Any, State]) -> Engine:
@@ -127,16 +136,34 @@ def _internal(_: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
 # --------------------------------------------------------------------- handlers
 
 
-@post("/v1/decisions", status_code=HTTP_200_OK, summary="Decide send / defer / suppress")
-async def create_decision(request: Request[Any, Any, State],
-                          data: JSONBody[DecisionRequest]) -> DecisionResponse:
+_DECISION_BODY = BodyDecoder(DecisionRequest)
+_PREFERENCES_BODY = BodyDecoder(Preferences)
+_EVENTS_BODY = BodyDecoder(EventBatch)
+_POLICY_BODY = BodyDecoder(Policy)
+
+#: (path, method) -> the body type its handler decodes strictly (for the OpenAPI document)
+REQUEST_BODIES: dict[tuple[str, str], type[Any]] = {
+    ("/v1/decisions", "POST"): DecisionRequest,
+    ("/v1/users/{user_id}/preferences", "PUT"): Preferences,
+    ("/v1/events", "POST"): EventBatch,
+    ("/v1/policy", "PUT"): Policy,
+}
+
+
+@post("/v1/decisions", status_code=HTTP_200_OK, summary="Decide send / defer / suppress",
+      responses=errors(400, 409, 413, *AUTHENTICATED))
+async def create_decision(request: Request[Any, Any, State]) -> DecisionResponse:
     """Decide one message. A send/defer answer is a reservation that already counts against
-    every cap; the same ``message_id`` always returns the same decision."""
-    return await _engine(request).decide(tenant_of(request), data)
+    every cap; the same ``message_id`` always returns the same decision. With Redis
+    unreachable the answer is the documented fallback (reason ``policy_store_unavailable``),
+    never an error."""
+    tenant = tenant_of(request)
+    data = await _DECISION_BODY.read(request)
+    return await _engine(request).decide(tenant, data)
 
 
 @post("/v1/decisions/{decision_id:str}/cancel", status_code=HTTP_200_OK,
-      summary="Release a reservation")
+      summary="Release a reservation", responses=errors(404, 503, *AUTHENTICATED))
 async def cancel_decision(request: Request[Any, Any, State], decision_id: FromPath[str]) -> CancelResponse:
     return await _engine(request).cancel(tenant_of(request), decision_id)
 
@@ -146,15 +173,19 @@ def _check_user_id(user_id: str) -> None:
         raise InvalidRequestError("user_id must be 1-128 characters", field="user_id")
 
 
-@get("/v1/users/{user_id:str}/preferences", summary="Read a recipient's preferences")
+@get("/v1/users/{user_id:str}/preferences", summary="Read a recipient's preferences",
+     responses=errors(400, 503, *AUTHENTICATED))
 async def get_preferences(request: Request[Any, Any, State], user_id: FromPath[str]) -> StoredPreferences:
     _check_user_id(user_id)
     return await _engine(request).store.get_preferences(tenant_of(request), user_id)
 
 
-@put("/v1/users/{user_id:str}/preferences", summary="Replace a recipient's preferences")
-async def put_preferences(request: Request[Any, Any, State], user_id: FromPath[str],
-                          data: JSONBody[Preferences]) -> StoredPreferences:
+@put("/v1/users/{user_id:str}/preferences", summary="Replace a recipient's preferences",
+     responses=errors(400, 413, 503, *AUTHENTICATED))
+async def put_preferences(request: Request[Any, Any, State],
+                          user_id: FromPath[str]) -> StoredPreferences:
+    tenant = tenant_of(request)
+    data = await _PREFERENCES_BODY.read(request)
     _check_user_id(user_id)
     check_location_fields(data.timezone, data.phone, data.country, data.region)
     for i, limit in enumerate(data.frequency_limits):
@@ -162,36 +193,43 @@ async def put_preferences(request: Request[Any, Any, State], user_id: FromPath[s
             raise InvalidRequestError("a limit needs exactly one of window_minutes or calendar",
                                  field=f"frequency_limits[{i}].window_minutes")
     engine = _engine(request)
-    tenant = tenant_of(request)
     await engine.store.put_preferences(tenant, user_id, data)
     return await engine.store.get_preferences(tenant, user_id)
 
 
-@get("/v1/users/{user_id:str}/timeline", summary="What was sent or reserved, when and why")
+@get("/v1/users/{user_id:str}/timeline", summary="What was sent or reserved, when and why",
+     responses=errors(400, 503, *AUTHENTICATED))
 async def get_timeline(request: Request[Any, Any, State], user_id: FromPath[str]) -> Timeline:
     _check_user_id(user_id)
     return await _engine(request).timeline(tenant_of(request), user_id)
 
 
-@post("/v1/events", status_code=HTTP_202_ACCEPTED, summary="Report outcome events")
-async def post_events(request: Request[Any, Any, State], data: JSONBody[EventBatch]) -> EventsAccepted:
+@post("/v1/events", status_code=HTTP_202_ACCEPTED, summary="Report outcome events",
+      responses=errors(400, 413, 503, *AUTHENTICATED))
+async def post_events(request: Request[Any, Any, State]) -> EventsAccepted:
     """Validated whole before anything is written: one bad event rejects the batch."""
+    tenant = tenant_of(request)
+    data = await _EVENTS_BODY.read(request)
     engine = _engine(request)
+    latest = engine.clock.now_ms() + MAX_EVENT_CLOCK_SKEW_MS
     if len(data.events) > engine.settings.max_events_per_batch:
         raise InvalidRequestError(f"at most {engine.settings.max_events_per_batch} events per batch",
                              field="events")
     for i, event in enumerate(data.events):
-        if event.at.tzinfo is None:
-            raise InvalidRequestError("must be an RFC 3339 instant with an offset",
-                                 field=f"events[{i}].at")
+        check_instant(event.at, f"events[{i}].at")
+        if utc_to_ms(event.at) > latest:
+            raise InvalidRequestError("the event is in the future (more than 24 h ahead of the "
+                                      "server's clock)", field=f"events[{i}].at",
+                                      code="invalid_field")
         if event.type == "converted" and not event.campaign_id:
             raise InvalidRequestError("a converted event needs campaign_id",
                                  field=f"events[{i}].campaign_id")
-    opt_outs, conversions = await engine.store.apply_events(tenant_of(request), data.events)
+    opt_outs, conversions = await engine.store.apply_events(tenant, data.events)
     return EventsAccepted(accepted=len(data.events), opt_outs=opt_outs, conversions=conversions)
 
 
-@get("/v1/policy", summary="The tenant's policy document")
+@get("/v1/policy", summary="The tenant's policy document",
+     responses=errors(503, *AUTHENTICATED))
 async def get_policy(request: Request[Any, Any, State]) -> Policy:
     engine = _engine(request)
     tenant = tenant_of(request)
@@ -199,16 +237,18 @@ async def get_policy(request: Request[Any, Any, State]) -> Policy:
     return policy if policy is not None else DEFAULT_POLICY
 
 
-@put("/v1/policy", summary="Replace the tenant's policy (validated whole)")
-async def put_policy(request: Request[Any, Any, State], data: JSONBody[Policy]) -> Policy:
+@put("/v1/policy", summary="Replace the tenant's policy (validated whole)",
+     responses=errors(400, 409, 413, 503, *AUTHENTICATED))
+async def put_policy(request: Request[Any, Any, State]) -> Policy:
     """A ``version`` in the body must equal the current version (409 otherwise); the
     server assigns the next one."""
+    tenant = tenant_of(request)
+    data = await _POLICY_BODY.read(request)
     try:
         validate_policy(data)
     except PolicyInvalidError as exc:
         raise InvalidRequestError(exc.message, field=exc.field, code="invalid_policy") from exc
     engine = _engine(request)
-    tenant = tenant_of(request)
     expected = data.version if data.version else None
     try:
         stored = await engine.store.put_policy(tenant, data, expected, engine.clock.now_ms())
@@ -229,20 +269,24 @@ async def reason_codes() -> list[ReasonDoc]:
     return [ReasonDoc(code=str(code), description=text) for code, text in REASON_DOCS.items()]
 
 
+class Health(msgspec.Struct, frozen=True):
+    status: Literal["ok", "redis_unreachable"]
+
+
 @get("/health/live", summary="The process is up")
-async def live() -> dict[str, str]:
-    return {"status": "ok"}
+async def live() -> Health:
+    return Health("ok")
 
 
-@get("/health/ready", summary="Redis is reachable")
-async def ready(request: Request[Any, Any, State]) -> Response[bytes]:
+@get("/health/ready", summary="Redis is reachable",
+     responses={503: ResponseSpec(data_container=Health, generate_examples=False,
+                                  description="Redis is unreachable")})
+async def ready(request: Request[Any, Any, State]) -> Response[Health]:
     try:
         ok = await _engine(request).store.ping()
     except STORE_DOWN:
         ok = False
-    status = 200 if ok else 503
-    return Response(content=msgspec.json.encode({"status": "ok" if ok else "redis_unreachable"}),
-                    status_code=status, media_type="application/json")
+    return Response(Health("ok" if ok else "redis_unreachable"), status_code=200 if ok else 503)
 
 
 @get("/metrics", summary="Prometheus metrics of this worker")
@@ -252,8 +296,9 @@ async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
 
 
 @post("/v1/_trivial", status_code=HTTP_200_OK, include_in_schema=False)
-async def trivial(data: JSONBody[DecisionRequest]) -> dict[str, str]:
-    """The benchmark's yardstick: same app, same decoding, no Redis (DESIGN §7)."""
+async def trivial(request: Request[Any, Any, State]) -> dict[str, str]:
+    """The benchmark's yardstick: same app, same decoding, no Redis (docs/benchmarks.md)."""
+    data = await _DECISION_BODY.read(request)
     return {"message_id": data.message_id}
 
 
@@ -277,7 +322,7 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
                 await client.aclose()
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    return Litestar(
+    app = Litestar(
         route_handlers=[create_decision, cancel_decision, get_preferences, put_preferences,
                         get_timeline, post_events, get_policy, put_policy, reason_codes, live,
                         ready, metrics, trivial],
@@ -298,6 +343,8 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
         ),
         debug=False,
     )
+    document_bodies(app.plugins.get(OpenAPIPlugin).provide_openapi_schema(), REQUEST_BODIES)
+    return app
 
 
 def app_from_env() -> Litestar:

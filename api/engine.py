@@ -16,7 +16,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.clock import Clock
 from api.errors import ConflictError, InvalidRequestError, NotFoundError
-from api.locale import Location, is_valid_zone, normalize_region, parse_phone, resolve_location
+from api.locale import (
+    Location,
+    is_valid_zone,
+    normalize_country,
+    normalize_region,
+    parse_phone,
+    resolve_location,
+)
 from api.localtime import ms_to_utc, utc_to_ms
 from api.metrics import Metrics
 from api.plan import (
@@ -55,10 +62,20 @@ STORE_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutE
 _MAX_STALE_RETRIES = 3
 
 
-def _check_instant(value: dt.datetime | None, field: str) -> None:
-    if value is not None and value.tzinfo is None:
+def check_instant(value: dt.datetime | None, field: str) -> None:
+    """An instant the service can compute with: it has an offset, and it is still a valid
+    datetime in UTC (``9999-12-31T23:59:59-23:59`` is year 10000 there, which Python's
+    datetime cannot hold: refused here instead of overflowing while rendering)."""
+    if value is None:
+        return
+    if value.tzinfo is None:
         raise InvalidRequestError("must be an RFC 3339 instant with an offset (e.g. Z)", field=field,
-                             code="invalid_field")
+                                  code="invalid_field")
+    try:
+        value.astimezone(dt.UTC)
+    except OverflowError as exc:
+        raise InvalidRequestError("instant is out of range (it must fall in years 1-9999 in UTC)",
+                                  field=field, code="invalid_field") from exc
 
 
 def check_location_fields(timezone: str | None, phone: str | None, country: str | None,
@@ -66,13 +83,18 @@ def check_location_fields(timezone: str | None, phone: str | None, country: str 
     """The location fields a request or a preference document may carry, checked the same
     way everywhere: a 4xx naming the field, before anything is stored."""
     if timezone is not None and not is_valid_zone(timezone):
-        raise InvalidRequestError(f"unknown IANA time zone {timezone!r}", field="timezone",
+        raise InvalidRequestError(f"unknown IANA time zone {timezone!r} (use a name such as "
+                                  "'America/New_York')", field="timezone",
                                   code="invalid_timezone")
     if phone is not None:
         try:
             parse_phone(phone)
         except ValueError as exc:
             raise InvalidRequestError(str(exc), field="phone", code="invalid_phone") from exc
+    try:
+        normalize_country(country)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), field="country", code="invalid_field") from exc
     try:
         normalize_region(country, region)
     except ValueError as exc:
@@ -102,8 +124,8 @@ class Engine:
         """Semantic checks msgspec cannot express; raise before anything touches Redis."""
         if len(set(request.channels)) != len(request.channels):
             raise InvalidRequestError("channels must not repeat", field="channels", code="invalid_field")
-        _check_instant(request.not_before, "not_before")
-        _check_instant(request.deadline, "deadline")
+        check_instant(request.not_before, "not_before")
+        check_instant(request.deadline, "deadline")
         if request.deadline is not None:
             if utc_to_ms(request.deadline) < now:
                 raise InvalidRequestError("deadline is in the past", field="deadline",
@@ -117,7 +139,17 @@ class Engine:
     def locate(request: DecisionRequest | None, prefs: Preferences | None,
                policy: Policy) -> Location:
         """Request > stored preferences > phone > tenant default. Request values were
-        validated already; invalid stored values are skipped, so this does not raise."""
+        validated already and invalid stored values are skipped; the one request check left
+        is a bare ``region`` against the country it resolves to (a 4xx naming the field)."""
+        try:
+            return Engine._resolve(request, prefs, policy)
+        except ValueError as exc:
+            field, _, _ = str(exc).partition(":")
+            raise InvalidRequestError(str(exc), field=field, code="invalid_field") from exc
+
+    @staticmethod
+    def _resolve(request: DecisionRequest | None, prefs: Preferences | None,
+                 policy: Policy) -> Location:
         return resolve_location(
             request_zone=request.timezone if request else None,
             request_country=request.country if request else None,

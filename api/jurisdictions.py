@@ -30,6 +30,7 @@ import holidays
 import msgspec
 
 from api.intervals import Interval, union
+from api.locale import is_country, is_subdivision
 from api.localtime import LocalWindow, day_intervals, parse_hhmm, window_intervals
 
 __all__ = [
@@ -121,10 +122,10 @@ def validate_pack(pack: JurisdictionPack) -> None:
         raise _bad(pack, "version", "must not be empty")
     if not pack.name.strip():
         raise _bad(pack, "name", "must not be empty")
-    if not _COUNTRY.fullmatch(pack.country):
+    if not _COUNTRY.fullmatch(pack.country) or not is_country(pack.country):
         raise _bad(pack, "country", f"{pack.country!r} is not an upper-case ISO 3166-1 code")
     for region in pack.regions:
-        if not _REGION.fullmatch(region):
+        if not _REGION.fullmatch(region) or not is_subdivision(pack.country, region):
             why = f"{region!r} is not an ISO 3166-2 subdivision code without prefix (e.g. 'FL')"
             raise _bad(pack, "regions", why)
     if not pack.channels:

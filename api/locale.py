@@ -21,15 +21,20 @@ from __future__ import annotations
 import re
 import zoneinfo
 from functools import lru_cache
+from importlib import resources
 
 import msgspec
 import phonenumbers
+import pycountry
 from phonenumbers import geocoder
 from phonenumbers import timezone as pn_timezone
 
 __all__ = [
+    "ZONE_NAMES",
     "Location",
     "PhoneInfo",
+    "is_country",
+    "is_subdivision",
     "is_valid_zone",
     "normalize_country",
     "normalize_region",
@@ -99,10 +104,26 @@ class Location(msgspec.Struct, frozen=True):
 # zones, countries, regions
 
 
+def _canonical_zone_names() -> frozenset[str]:
+    """The IANA names the ``tzdata`` package lists (zones and their backward-compatible links,
+    e.g. ``US/Eastern``), minus ``Factory``, which is a placeholder, not a place.
+
+    Not ``zoneinfo.available_timezones()``: on a machine with a system zoneinfo tree that also
+    yields file names that are not IANA zones (``localtime``, ``posixrules``, ``right/UTC``,
+    ``posix/...``), and the answer would differ between machines.
+    """
+    listed = resources.files("tzdata").joinpath("zones").read_text(encoding="utf-8").split()
+    return frozenset(listed) - {"Factory"}
+
+
+#: every zone name the API accepts; the same set on every machine
+ZONE_NAMES: frozenset[str] = _canonical_zone_names()
+
+
 @lru_cache(maxsize=1024)
 def is_valid_zone(name: str) -> bool:
-    """Whether ``name`` is an IANA zone zoneinfo can load (cached: loading reads a file)."""
-    if not name or name != name.strip() or name.startswith("/") or ".." in name:
+    """Whether ``name`` is an IANA zone name (``ZONE_NAMES``) that zoneinfo can load."""
+    if name not in ZONE_NAMES:
         return False
     try:
         zoneinfo.ZoneInfo(name)
@@ -116,11 +137,26 @@ def normalize_country(country: str | None) -> str | None:
     if country is None or not country.strip():
         return None
     code = country.strip().upper()
-    if not _COUNTRY.fullmatch(code):
+    if not _COUNTRY.fullmatch(code) or not is_country(code):
         raise ValueError(
-            f"country: {country!r} is not an ISO 3166-1 alpha-2 code (two letters, e.g. 'US')"
+            f"country: {country!r} is not an ISO 3166-1 alpha-2 country code (e.g. 'US')"
         )
     return code
+
+
+@lru_cache(maxsize=512)
+def is_country(code: str) -> bool:
+    """ISO 3166-1 membership, from ``pycountry``'s copy of the standard (``ZZ``, ``XX`` and
+    other user-assigned codes are not countries)."""
+    return pycountry.countries.get(alpha_2=code) is not None
+
+
+@lru_cache(maxsize=4096)
+def is_subdivision(country: str, code: str) -> bool:
+    """Whether ``country-code`` is an ISO 3166-2 subdivision (``US-FL`` yes; ``US-FLA``,
+    ``US-F1`` and ``FR-FL`` no)."""
+    found = pycountry.subdivisions.get(code=f"{country}-{code}")  # type: ignore[no-untyped-call]
+    return found is not None
 
 
 def normalize_region(country: str | None, region: str | None) -> str | None:
@@ -145,6 +181,9 @@ def normalize_region(country: str | None, region: str | None) -> str | None:
         raise ValueError(
             f"region: {region!r} is not an ISO 3166-2 subdivision code (e.g. 'FL' or 'US-FL')"
         )
+    owner = country.strip().upper() if country is not None else (prefix if "-" in text else None)
+    if owner is not None and not is_subdivision(owner, code):
+        raise ValueError(f"region: {region!r} is not an ISO 3166-2 subdivision of {owner}")
     return code
 
 
@@ -328,6 +367,12 @@ def resolve_location(
     if req_country is None and req_region is not None and country is not None:
         # A bare request region ("FL") names no country of its own: it describes the recipient
         # whose country we resolved, and as request data it outranks a stored or phone region.
+        # It must be a subdivision of that country: a rule silently not applied is worse
+        # than a 4xx.
+        if not is_subdivision(country, req_region):
+            raise ValueError(
+                f"region: {request_region!r} is not an ISO 3166-2 subdivision of {country}, "
+                "the recipient's country; send country with it or the full form ('US-FL')")
         region = req_region
     return Location(
         zones=zones,

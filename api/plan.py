@@ -291,16 +291,27 @@ def compile_caps(request: DecisionRequest, policy: Policy, state: UserState,
     return caps, windows
 
 
+def decision_horizon(request: DecisionRequest, policy: Policy, now: int) -> tuple[int, EndReason]:
+    """The exclusive end of the instants a decision may choose, and the reason cited when
+    nothing before it is allowed.
+
+    Always at most ``policy.max_defer_minutes`` (at most 30 days) after ``now``: a deadline
+    further out is treated as that horizon. Every calendar expansion of the plan (quiet hours,
+    jurisdiction windows, holidays, calendar-cap boundaries) stops ``LOOKAHEAD_MS`` past this
+    end, so the work of one decision is bounded whatever the request says (a deadline in the
+    year 9999 costs what a deadline in a week costs)."""
+    horizon = now + policy.max_defer_minutes * MINUTE_MS
+    if request.deadline is not None:
+        deadline = utc_to_ms(request.deadline)
+        if deadline < horizon:
+            return deadline + 1, EndReason(ReasonCode.DEADLINE_EXCEEDED, "request.deadline")
+    return horizon, EndReason(ReasonCode.MAX_DEFER_EXCEEDED, "policy.max_defer_minutes")
+
+
 def build_plan(request: DecisionRequest, policy: Policy, state: UserState, location: Location,
                *, now: int, idempotency_ttl_ms: int, candidate_channels: Sequence[str],
                pre_suppressed: bool) -> Plan:
-    deadline = None if request.deadline is None else utc_to_ms(request.deadline)
-    if deadline is not None:
-        end = deadline + 1
-        endr = EndReason(ReasonCode.DEADLINE_EXCEEDED, "request.deadline")
-    else:
-        end = now + policy.max_defer_minutes * MINUTE_MS
-        endr = EndReason(ReasonCode.MAX_DEFER_EXCEEDED, "policy.max_defer_minutes")
+    end, endr = decision_horizon(request, policy, now)
     hi = max(end, now) + LOOKAHEAD_MS
     history_lo = now - 8 * DAY_MS
     exempt = request.category in policy.exempt_categories

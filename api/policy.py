@@ -14,7 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from api.jurisdictions import JurisdictionPack, load_builtin_packs, validate_pack
-from api.locale import is_valid_zone
+from api.locale import is_valid_zone, normalize_country
 from api.schemas import Channel, CountryCode, Hhmm, Id, Name, Tag, ZoneName
 
 DEFAULT_CONFLICT_WINDOW_MINUTES = 72 * 60
@@ -156,6 +156,10 @@ def validate_policy(policy: Policy) -> None:
     _unique([g.group for g in policy.conflict_groups], "conflict_groups")
     if not is_valid_zone(policy.default_timezone):
         raise PolicyInvalidError("default_timezone", f"unknown IANA time zone {policy.default_timezone!r}")
+    try:
+        normalize_country(policy.default_country)
+    except ValueError as exc:
+        raise PolicyInvalidError("default_country", str(exc)) from exc
     builtin_ids = {p.id for p in load_builtin_packs()}
     custom_ids: set[str] = set()
     for i, pack in enumerate(policy.jurisdictions.packs):

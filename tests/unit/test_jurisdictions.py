@@ -193,5 +193,9 @@ def test_decode_packs() -> None:
         decode_packs([_pack(unknown_field=1)])
     with pytest.raises(ValueError, match="allowed_start"):
         decode_packs([_pack(allowed_start="25:00")])
-    # no holiday calendar needed when holidays are not blocked
-    assert decode_packs([_pack(country="XX", blocked_public_holidays=False)])
+    # any ISO 3166 country and subdivision, holidays blocked or not
+    assert decode_packs([_pack(country="DE", regions=["BY"], blocked_public_holidays=False)])
+    for bad in ({"country": "ZZ"}, {"country": "US", "regions": ["FLA"]},
+                {"country": "FR", "regions": ["FL"]}):
+        with pytest.raises(ValueError, match="ISO 3166"):
+            decode_packs([_pack(**bad)])

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from api.locale import (
+    ZONE_NAMES,
     Location,
     PhoneInfo,
     is_valid_zone,
@@ -216,3 +217,39 @@ def test_resolve_location_rejects_bad_request_fields(given: dict[str, Any], fiel
     with pytest.raises(ValueError, match=field) as info:
         resolve_location(**{**BASE, **given})
     assert str(info.value).startswith(field)
+
+
+@pytest.mark.parametrize("name", ["localtime", "Factory", "posixrules", "right/UTC",
+                                  "posix/Europe/Paris", "Mars/Olympus", "", "../etc/passwd"])
+def test_only_iana_zone_names_are_zones(name: str) -> None:
+    assert not is_valid_zone(name)
+
+
+@pytest.mark.parametrize("name", ["UTC", "Europe/Paris", "America/Argentina/Buenos_Aires",
+                                  "US/Eastern", "Etc/GMT+5"])
+def test_iana_names_and_their_links_are_zones(name: str) -> None:
+    assert is_valid_zone(name)
+    assert name in ZONE_NAMES
+
+
+@pytest.mark.parametrize("code", ["ZZ", "XX", "AA", "UK"])
+def test_user_assigned_or_unassigned_codes_are_not_countries(code: str) -> None:
+    with pytest.raises(ValueError, match=r"^country:"):
+        normalize_country(code)
+
+
+@pytest.mark.parametrize(("country", "region"), [
+    ("US", "US-FLA"), ("US", "Fla"), ("US", "F1"), ("FR", "FL"), (None, "FR-FL"), ("US", "XX")])
+def test_subdivisions_must_exist_in_their_country(country: str | None, region: str) -> None:
+    with pytest.raises(ValueError, match=r"^region:"):
+        normalize_region(country, region)
+
+
+def test_a_bare_request_region_is_checked_against_the_resolved_country() -> None:
+    kwargs: dict[str, Any] = {
+        "request_zone": None, "request_country": None, "request_phone": None,
+        "pref_zone": None, "pref_country": None, "pref_region": None, "pref_phone": None,
+        "default_zone": "UTC"}
+    assert resolve_location(request_region="FL", default_country="US", **kwargs).region == "FL"
+    with pytest.raises(ValueError, match=r"^region:"):
+        resolve_location(request_region="FL", default_country="FR", **kwargs)

@@ -329,11 +329,56 @@ def test_without_deadline_max_defer_sets_the_end() -> None:
     assert (p.endr.c, p.endr.r) == (ReasonCode.MAX_DEFER_EXCEEDED, "policy.max_defer_minutes")
 
 
-def test_deadline_beyond_max_defer_wins() -> None:
+def test_deadline_beyond_max_defer_is_treated_as_the_horizon() -> None:
     deadline = NOON + 5 * DAYS
     p = plan_for(request(deadline=dt.datetime.fromtimestamp(deadline / 1000, dt.UTC)),
                  policy(max_defer_minutes=60))
-    assert p.cands[0].b == deadline + 1
+    assert p.cands[0].b == NOON + 60 * MINUTE_MS
+    assert (p.endr.c, p.endr.r) == (ReasonCode.MAX_DEFER_EXCEEDED, "policy.max_defer_minutes")
+    inside = plan_for(request(deadline=dt.datetime.fromtimestamp((NOON + 30 * MINUTE_MS) / 1000,
+                                                                 dt.UTC)),
+                      policy(max_defer_minutes=60))
+    assert inside.cands[0].b == NOON + 30 * MINUTE_MS + 1
+    assert (inside.endr.c, inside.endr.r) == (ReasonCode.DEADLINE_EXCEEDED, "request.deadline")
+
+
+def _work(p: Any) -> int:
+    """What a plan made the calendar code build: every interval of every time block and every
+    calendar-cap boundary (each one a window computed from zone rules or holidays)."""
+    return sum(len(b.iv) for b in p.blocks) + sum(len(c.b) for c in p.caps)
+
+
+def _heavy_plan(deadline: dt.datetime | None) -> Any:
+    """The most calendar work a request can ask for: every rule kind in force at once."""
+    prefs = msgspec.convert({
+        "quiet_hours": [{"start": "12:00", "end": "13:00"}, {"start": "18:00", "end": "19:00"}],
+        "frequency_limits": [{"limit": 2, "calendar": "day"}, {"limit": 5, "calendar": "week"}],
+    }, Preferences)
+    pol = policy(caps=[{"id": "daily", "limit": 3, "calendar": "day"},
+                       {"id": "weekly", "limit": 9, "calendar": "week"}],
+                 quiet_hours=[{"id": "night", "start": "21:00", "end": "08:00"}],
+                 max_defer_minutes=43_200)
+    return plan_for(request(channels=["sms", "email", "push"], deadline=deadline), pol,
+                    state(prefs), location("America/New_York", "America/Chicago",
+                                           country="US", region="FL"))
+
+
+@pytest.mark.parametrize("deadline", [
+    "9999-12-31T23:59:59+00:00", "9999-12-31T23:59:59-23:59", "2100-01-01T00:00:00+00:00"])
+def test_calendar_work_is_bounded_by_the_horizon_whatever_the_deadline(deadline: str) -> None:
+    """Regression: a deadline in 9999 used to expand quiet hours, jurisdiction windows and
+    holidays day by day up to that year (61-65 s of CPU in the event loop, then a 500)."""
+    far = _heavy_plan(dt.datetime.fromisoformat(deadline))
+    at_horizon = _heavy_plan(None)  # no deadline: exactly the policy's horizon (30 days)
+    assert _work(far) == _work(at_horizon)
+    # 30 days of horizon + 3 of lookahead + 8 of history, a few windows per local day
+    assert _work(far) < 41 * 40
+
+
+@given(st.integers(min_value=0, max_value=(253402300799 * 1000 - NOON) // MINUTE_MS))
+def test_work_never_exceeds_the_work_at_the_horizon(minutes_ahead: int) -> None:
+    deadline = dt.datetime.fromtimestamp((NOON + minutes_ahead * MINUTE_MS) / 1000, dt.UTC)
+    assert _work(_heavy_plan(deadline)) <= _work(_heavy_plan(None))
 
 
 def test_rolling_and_calendar_caps_compile() -> None:
