@@ -120,7 +120,10 @@ def _http_error(_: Request[Any, Any, State], exc: HTTPException) -> Response[byt
                            else "internal_error")
     if exc.status_code == 400 and "malformed" in exc.detail.lower():
         code = "invalid_json"
-    return _error(exc.status_code, ErrorBody(code=code, message=exc.detail))
+    response = _error(exc.status_code, ErrorBody(code=code, message=exc.detail))
+    if exc.headers:  # e.g. Allow on a 405, as RFC 9110 requires
+        response.headers.update(exc.headers)
+    return response
 
 
 def _store_down(_: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
@@ -289,7 +292,7 @@ async def ready(request: Request[Any, Any, State]) -> Response[Health]:
     return Response(Health("ok" if ok else "redis_unreachable"), status_code=200 if ok else 503)
 
 
-@get("/metrics", summary="Prometheus metrics of this worker")
+@get("/metrics", summary="Prometheus metrics of this worker", media_type="text/plain")
 async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
     registry = _engine(request).metrics.registry
     return Response(content=generate_latest(registry), media_type="text/plain; version=0.0.4")
