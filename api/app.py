@@ -17,16 +17,16 @@ import structlog
 from litestar import Litestar, Request, Response, get, post, put
 from litestar._openapi.plugin import OpenAPIPlugin  # serves the dict we patch once
 from litestar.datastructures import State
+from litestar.datastructures.response_header import ResponseHeader
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
-from prometheus_client import generate_latest
 
 from api.body import BodyDecoder
 from api.clock import Clock, SystemClock
+from api.docs_assets import docs_handlers, render_plugins
 from api.engine import STORE_DOWN, Engine, check_instant, check_location_fields
 from api.errors import (
     ApiError,
@@ -41,6 +41,7 @@ from api.openapi import AUTHENTICATED, document_bodies, errors
 from api.policy import DEFAULT_POLICY, Policy, PolicyInvalidError, validate_policy
 from api.reasons import REASON_DOCS
 from api.redis_client import RedisClient, make_redis
+from api.requestlog import RequestLogMiddleware
 from api.schemas import (
     CancelResponse,
     DecisionRequest,
@@ -54,6 +55,7 @@ from api.schemas import (
 )
 from api.settings import Settings, is_valid_tenant
 from api.store import PolicyConflictError, Store
+from api.ui import ui_handlers
 
 log = structlog.get_logger("sendwise.api")
 
@@ -126,7 +128,8 @@ def _http_error(_: Request[Any, Any, State], exc: HTTPException) -> Response[byt
     return response
 
 
-def _store_down(_: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
+def _store_down(request: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
+    _engine(request).metrics.redis_errors.labels("request").inc()
     err = UnavailableError("the state store (Redis) is unreachable; retry later")
     return _error(err.status, err.body())
 
@@ -153,16 +156,24 @@ REQUEST_BODIES: dict[tuple[str, str], type[Any]] = {
 }
 
 
+#: the decision id of a decision answer, as a header too (proxies and access logs see it
+#: without parsing the body)
+DECISION_ID_HEADER = "X-Sendwise-Decision-Id"
+
+
 @post("/v1/decisions", status_code=HTTP_200_OK, summary="Decide send / defer / suppress",
-      responses=errors(400, 409, 413, *AUTHENTICATED))
-async def create_decision(request: Request[Any, Any, State]) -> DecisionResponse:
+      responses=errors(400, 409, 413, *AUTHENTICATED),
+      response_headers=[ResponseHeader(name=DECISION_ID_HEADER, documentation_only=True, required=True,
+                                       description="The answer's `decision_id`")])
+async def create_decision(request: Request[Any, Any, State]) -> Response[DecisionResponse]:
     """Decide one message. A send/defer answer is a reservation that already counts against
     every cap; the same ``message_id`` always returns the same decision. With Redis
     unreachable the answer is the documented fallback (reason ``policy_store_unavailable``),
     never an error."""
     tenant = tenant_of(request)
     data = await _DECISION_BODY.read(request)
-    return await _engine(request).decide(tenant, data)
+    answer = await _engine(request).decide(tenant, data)
+    return Response(answer, headers={DECISION_ID_HEADER: answer.decision_id})
 
 
 @post("/v1/decisions/{decision_id:str}/cancel", status_code=HTTP_200_OK,
@@ -292,15 +303,18 @@ async def ready(request: Request[Any, Any, State]) -> Response[Health]:
     return Response(Health("ok" if ok else "redis_unreachable"), status_code=200 if ok else 503)
 
 
-@get("/metrics", summary="Prometheus metrics of this worker", media_type="text/plain")
+@get("/metrics", summary="Prometheus metrics (all workers when served by `sendwise serve`)",
+     media_type="text/plain")
 async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
-    registry = _engine(request).metrics.registry
-    return Response(content=generate_latest(registry), media_type="text/plain; version=0.0.4")
+    return Response(content=_engine(request).metrics.scrape(),
+                    media_type="text/plain; version=0.0.4")
 
 
 @post("/v1/_trivial", status_code=HTTP_200_OK, include_in_schema=False)
 async def trivial(request: Request[Any, Any, State]) -> dict[str, str]:
-    """The benchmark's yardstick: same app, same decoding, no Redis (docs/benchmarks.md)."""
+    """The benchmark's yardstick: same app, same decoding, no Redis (docs/benchmarks.md).
+    Routed only with ``SENDWISE_BENCHMARK_ENDPOINTS=1`` (the benchmarks set it): a production
+    service has no use for an endpoint that parses bodies without authentication."""
     data = await _DECISION_BODY.read(request)
     return {"message_id": data.message_id}
 
@@ -321,6 +335,7 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
         try:
             yield
         finally:
+            app.state.engine.metrics.close()
             if owned:
                 await client.aclose()
 
@@ -328,7 +343,9 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
     app = Litestar(
         route_handlers=[create_decision, cancel_decision, get_preferences, put_preferences,
                         get_timeline, post_events, get_policy, put_policy, reason_codes, live,
-                        ready, metrics, trivial],
+                        ready, metrics, *docs_handlers(), *ui_handlers(tenant_of),
+                        *([trivial] if settings.benchmark_endpoints else [])],
+        middleware=[RequestLogMiddleware],
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,
@@ -342,7 +359,7 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
             title="sendwise", version="1",
             description="Send-time and frequency-capping decisions.",
             path="/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/swagger"), RedocRenderPlugin(path="/")],
+            render_plugins=render_plugins(),
         ),
         debug=False,
     )

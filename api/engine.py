@@ -172,13 +172,17 @@ class Engine:
         self.validate(request, now)
         try:
             policy = await self.policies.get(tenant)
+            self.metrics.policy_version.labels(tenant).set(policy.version)
             self.check_category(request, policy)
             response = await self._decide(tenant, request, policy, now)
         except STORE_DOWN as exc:
             self.metrics.fallbacks.inc()
+            self.metrics.redis_errors.labels("decision").inc()
             log.warning("store_unavailable", error=type(exc).__name__, tenant=tenant)
             response = self.fallback(request, self.policies.peek(tenant), now)
         self.metrics.decisions.labels(response.decision, response.channel or "none").inc()
+        for code in {reason.code for reason in response.reasons}:
+            self.metrics.decision_reasons.labels(response.decision, code).inc()
         if self.settings.log_decisions:
             log.info("decision", tenant=tenant, decision_id=response.decision_id,
                      message_id=response.message_id, decision=response.decision,
@@ -194,8 +198,9 @@ class Engine:
         fp = fingerprint(request)
         did = decision_id(request.user_id, request.message_id)
         for _ in range(_MAX_STALE_RETRIES):
-            state = await self.store.read_user(tenant, request.user_id, request.message_id,
-                                               request.campaign_id)
+            with self.metrics.redis_read.time():
+                state = await self.store.read_user(tenant, request.user_id, request.message_id,
+                                                   request.campaign_id)
             if state.record is not None:
                 return self._replay(state.record, fp, request.dry_run)
             location = self.locate(request, state.preferences, policy)
@@ -206,8 +211,9 @@ class Engine:
             ctx = Context(did=did, mid=request.message_id, uid=request.user_id,
                           pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
                           dry=request.dry_run, pre=pre)
-            reply = await self.store.commit(tenant, request.user_id, request.message_id,
-                                            encode_plan(plan), encode_context(ctx))
+            with self.metrics.redis_commit.time():
+                reply = await self.store.commit(tenant, request.user_id, request.message_id,
+                                                encode_plan(plan), encode_context(ctx))
             if reply.status == "stale":
                 continue
             if reply.status == "dup":
@@ -246,6 +252,19 @@ class Engine:
         outcome = Outcome("send" if exempt else "defer", request.channels[0], at,
                           [(ReasonCode.POLICY_STORE_UNAVAILABLE, "fallback", None, None)])
         return render(ctx, outcome)
+
+    async def probe(self, tenant: str, request: DecisionRequest) -> DecisionResponse:
+        """What a decision would answer now, without reserving, counting it in the metrics
+        or writing the decision log: the timeline page's "if a message were asked now"
+        (``request`` must be a dry run). The same code path as a real decision, so the page
+        can never disagree with the service."""
+        if not request.dry_run:
+            raise ValueError("a probe is a dry run")
+        now = self.clock.now_ms()
+        self.validate(request, now)
+        policy = await self.policies.get(tenant)
+        self.check_category(request, policy)
+        return await self._decide(tenant, request, policy, now)
 
     # ------------------------------------------------------------------ cancel
 

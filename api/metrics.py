@@ -1,22 +1,126 @@
-"""Prometheus metrics of one worker process (served at /metrics).
+"""Prometheus metrics, served at ``/metrics``: one scrape covers every worker process.
 
-Each app gets its own registry so tests and several apps in one process never collide.
+With several uvicorn workers each process counts its own requests, and a scrape lands on
+one of them at random: per-process registries would make every counter jump between
+workers' values. prometheus_client's multiprocess mode fixes that: each process writes its
+values to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` and a scrape, served by any
+worker, sums the files of all of them.
+
+That variable must be set *before* a worker first imports ``prometheus_client`` (the library
+picks its value class at import), so the parent process prepares the directory and puts it
+in the environment the workers inherit: ``prepare_multiprocess_dir`` (called by
+``sendwise serve``; empties the directory so a restart does not add the previous run's
+counts). Without the variable (tests, one process) each ``Metrics`` keeps its own registry,
+so several apps in one process never collide.
+
+The metric names are a contract with ``deploy/grafana/sendwise.json`` and
+``deploy/prometheus/alerts.yml``; ``tests/unit/test_dashboards.py`` checks that every metric
+they query is defined here.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import os
+from pathlib import Path
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+#: the environment variable prometheus_client reads (set by the parent, inherited by workers)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: the model's label values until a model is wired into decisions (no fake numbers)
+NO_MODEL = "none"
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25)
+_REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.25, 1.0)
+
+
+def prepare_multiprocess_dir(directory: Path) -> Path:
+    """Create (or empty) ``directory`` and export it as ``PROMETHEUS_MULTIPROC_DIR`` for the
+    worker processes started after this call. Call it in the parent, before any worker."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+def multiprocess_dir() -> str | None:
+    """The shared directory when this process runs in multiprocess mode, else None."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class Metrics:
+    """Every metric of one worker. Decisions, their reasons, Redis round trips, the fallback
+    and the versions in force: what an operator needs to tell "Redis is slow" from "the
+    policy caps everything" from "we are answering with the fallback"."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        r = self.registry
         self.decisions = Counter("sendwise_decisions_total", "Decisions by outcome",
-                                 ["decision", "channel"], registry=self.registry)
+                                 ["decision", "channel"], registry=r)
+        self.decision_reasons = Counter(
+            "sendwise_decision_reasons_total",
+            "Reason codes cited by decisions (a decision citing two codes counts once for each)",
+            ["decision", "reason"], registry=r)
         self.fallbacks = Counter("sendwise_fallback_decisions_total",
                                  "Decisions answered by the Redis-unavailable fallback",
-                                 registry=self.registry)
+                                 registry=r)
         self.decision_seconds = Histogram(
             "sendwise_decision_seconds", "Time to decide one message (validation to answer)",
-            buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25),
-            registry=self.registry)
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.redis_seconds = Histogram(
+            "sendwise_redis_seconds", "Round-trip time of the decision path's Redis calls",
+            ["op"], buckets=_REDIS_BUCKETS, registry=r)
+        self.redis_errors = Counter(
+            "sendwise_redis_errors_total",
+            "Requests that found Redis unreachable or timed out: 'decision' (answered with the "
+            "fallback) or 'request' (any other endpoint, answered 503)", ["op"], registry=r)
+        self.model_seconds = Histogram(
+            "sendwise_model_score_seconds",
+            "Time to score one decision's candidates with the model (no observations while "
+            "decisions use the heuristic)", buckets=_LATENCY_BUCKETS, registry=r)
+        self.model_refused = Counter(
+            "sendwise_model_refused_total",
+            "Model artifacts refused at load (feature hash or format mismatch)", registry=r)
+        self.model_info = Gauge(
+            "sendwise_model_info",
+            "The model in force (1 for the active version; 'none' while decisions use the "
+            "heuristic)", ["model_version"], multiprocess_mode="livemax", registry=r)
+        self.policy_version = Gauge(
+            "sendwise_policy_version", "The policy version the last decision of each tenant used",
+            ["tenant"], multiprocess_mode="livemax", registry=r)
+        self.workers = Gauge("sendwise_workers", "API worker processes serving (1 per process)",
+                             multiprocess_mode="livesum", registry=r)
+        self.model_info.labels(NO_MODEL).set(1)
+        # bound once: the decision path observes these on every request
+        self.redis_read = self.redis_seconds.labels("read")
+        self.redis_commit = self.redis_seconds.labels("commit")
+        # the series operators alert on exist at 0 before the first error
+        self.redis_errors.labels("decision")
+        self.redis_errors.labels("request")
+        self.workers.set(1)
+
+    def scrape(self) -> bytes:
+        """The text exposition: every worker's values when in multiprocess mode."""
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """At worker shutdown: drop this process's live gauges (workers, versions) from the
+        shared directory, so a scrape no longer counts a worker that has gone."""
+        directory = multiprocess_dir()
+        if directory is not None:
+            multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]

@@ -109,6 +109,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_events_per_batch: int = 1000
     log_level: str = "info"
     log_decisions: bool = True
+    #: serve ``POST /v1/_trivial`` (the benchmarks' yardstick); off in production
+    benchmark_endpoints: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -130,4 +132,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             max_events_per_batch=_int(env, "SENDWISE_MAX_EVENTS_PER_BATCH", 1000, minimum=1),
             log_level=env.get("SENDWISE_LOG_LEVEL", "info"),
             log_decisions=_flag(env, "SENDWISE_LOG_DECISIONS", True),
+            benchmark_endpoints=_flag(env, "SENDWISE_BENCHMARK_ENDPOINTS", False),
         )
