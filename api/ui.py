@@ -179,9 +179,9 @@ def _local(ms: int, zone: ZoneInfo) -> str:
     return ms_to_utc(ms).astimezone(zone).strftime("%a %d %b %H:%M")
 
 
-def _reason_text(code: str, rule: str, until: dt.datetime | None, channel: str | None,
+def _reason_text(rule: str, until: dt.datetime | None, channel: str | None,
                  zone: ZoneInfo) -> str:
-    text = f"{code} ({rule})"
+    text = rule
     if channel:
         text += f" on {channel}"
     if until is not None:
@@ -222,7 +222,7 @@ def render_page(page: TimelinePage) -> str:
     index = {id(e): i for i, e in enumerate(page.entries)}
     probe = page.probe
     probe_reasons = "".join(
-        f"<li><code>{_e(r.code)}</code> {_e(_reason_text(r.code, r.rule, r.until, r.channel, zone))}</li>"
+        f"<li><code>{_e(r.code)}</code> {_e(_reason_text(r.rule, r.until, r.channel, zone))}</li>"
         for r in probe.reasons) or "<li>nothing blocks it</li>"
     probe_at = (f" on <b>{_e(probe.channel)}</b> at <b>{_e(_local(utc_to_ms(probe.send_at), zone))}</b>"
                 if probe.send_at is not None and probe.channel else "")
@@ -262,7 +262,7 @@ def render_page(page: TimelinePage) -> str:
                          f"data-until='{_e(ms_to_utc(span.end).isoformat())}' "
                          f"style='{axis.box(span.start, span.end)}' title='{_e(title)}'></div>")
         for at, entry in lane.entries:
-            reasons = "; ".join(_reason_text(r.code, r.rule, r.until, r.channel, zone)
+            reasons = "; ".join(f"{r.code} ({_reason_text(r.rule, r.until, r.channel, zone)})"
                                 for r in entry.reasons or []) or "no reason: nothing blocked it"
             title = (f"{entry.message_id}: {entry.decision or 'reserved'} {entry.status} at "
                      f"{_local(at, zone)} ({entry.category}) · {reasons}")
@@ -282,7 +282,7 @@ def render_page(page: TimelinePage) -> str:
                  "<th>message</th><th>status</th><th>decision</th><th>reasons</th></tr></thead><tbody>")
     for i, entry in enumerate(page.entries):
         reasons = "".join(
-            f"<li><code>{_e(r.code)}</code> {_e(_reason_text(r.code, r.rule, r.until, r.channel, zone))}</li>"
+            f"<li><code>{_e(r.code)}</code> {_e(_reason_text(r.rule, r.until, r.channel, zone))}</li>"
             for r in entry.reasons or []) or "<li>none: nothing blocked it</li>"
         parts.append(f"<tr id='entry-{i}' data-message-id='{_e(entry.message_id)}'>"
                      f"<td>{_e(entry.local_send_at.strftime('%a %d %b %H:%M'))}</td>"

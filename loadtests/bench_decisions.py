@@ -174,7 +174,7 @@ class Service:
         self.redis = EmbeddedRedis().start()
         self.redis_pid = redis_pid()
         env = dict(os.environ, REDIS_URL=self.redis.url, SENDWISE_LOG_DECISIONS="0",
-                   SENDWISE_LOG_LEVEL="warning")
+                   SENDWISE_LOG_LEVEL="warning", SENDWISE_BENCHMARK_ENDPOINTS="1")
         env.pop("SENDWISE_API_KEYS", None)
         cmd = [sys.executable, "-m", "uvicorn", "api.app:app_from_env", "--factory",
                "--loop", "uvloop", "--http", "httptools", "--host", "127.0.0.1",
