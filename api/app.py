@@ -37,7 +37,7 @@ from api.errors import (
 )
 from api.localtime import utc_to_ms
 from api.metrics import Metrics
-from api.openapi import AUTHENTICATED, document_bodies, errors
+from api.openapi import AUTHENTICATED, document_bodies, document_errors, errors
 from api.policy import DEFAULT_POLICY, Policy, PolicyInvalidError, validate_policy
 from api.reasons import REASON_DOCS
 from api.redis_client import RedisClient, make_redis
@@ -364,6 +364,7 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
         debug=False,
     )
     document_bodies(app.plugins.get(OpenAPIPlugin).provide_openapi_schema(), REQUEST_BODIES)
+    document_errors(app.plugins.get(OpenAPIPlugin).provide_openapi_schema())
     return app
 
 

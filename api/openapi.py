@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
 
 from api.schemas import ErrorBody
 
@@ -32,6 +33,23 @@ ERROR_STATUSES: dict[int, str] = {
     503: "The state store (Redis) is unreachable; retry later",
 }
 
+#: what each error status looks like on the wire (real bodies of the service)
+ERROR_EXAMPLES: dict[int, dict[str, Any]] = {
+    400: {"code": "invalid_field", "message": "Invalid enum value 'fax'",
+          "field": "channels[0]"},
+    401: {"code": "unauthorized", "message": "missing bearer API key", "field": "Authorization"},
+    403: {"code": "forbidden", "message": "this API key's role does not allow this operation",
+          "field": "Authorization"},
+    404: {"code": "not_found", "message": "no such decision (or it has expired)",
+          "field": "decision_id"},
+    409: {"code": "idempotency_conflict", "message": "message_id was already decided for a "
+          "different message (idempotency key reuse)", "field": "message_id"},
+    413: {"code": "payload_too_large", "message": "Request Entity Too Large", "field": None},
+    429: {"code": "rate_limited", "message": "too many requests; retry later", "field": None},
+    503: {"code": "store_unavailable",
+          "message": "the state store (Redis) is unreachable; retry later", "field": None},
+}
+
 #: the statuses every authenticated operation can return
 AUTHENTICATED = (401, 403, 429)
 
@@ -41,13 +59,87 @@ _REF = "#/components/schemas/{name}"
 def errors(*statuses: int) -> dict[int, ResponseSpec]:
     """Response documentation for the given error statuses, all with the ``ErrorBody`` shape."""
     return {status: ResponseSpec(data_container=ErrorBody, description=ERROR_STATUSES[status],
-                                 generate_examples=False)
+                                 generate_examples=False,
+                                 examples=[Example(id=ERROR_EXAMPLES[status]["code"],
+                                                   summary=ERROR_STATUSES[status],
+                                                   value=ERROR_EXAMPLES[status])])
             for status in sorted(set(statuses))}
+
+
+def document_errors(schema: dict[str, Any]) -> None:
+    """Make every documented 4xx/5xx of every operation the ``ErrorBody`` it really is, in
+    place.
+
+    Litestar adds a 400 to each operation that has parameters, with the body of *its*
+    validation exception (``{status_code, detail, extra}``); this service never answers with
+    that shape (``api/app.py`` maps every error to ``{code, message, field}``), and a client
+    generated from the document would otherwise expect it. Responses that name a schema of
+    their own (``/health/ready``'s 503 is a ``Health``) are left as they are."""
+    ref = {"$ref": _REF.format(name=ErrorBody.__name__)}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            for status, response in operation.get("responses", {}).items():
+                if not str(status).isdigit() or int(status) < 400:
+                    continue
+                media = response.setdefault("content", {}).setdefault("application/json", {})
+                if "$ref" not in media.get("schema", {}):  # litestar's inline default
+                    media["schema"] = ref
+                    media.pop("examples", None)
+                    response["description"] = ERROR_STATUSES.get(int(status),
+                                                                 response.get("description", ""))
+
+
+#: named examples of the main request bodies (each is decoded by the strict decoder in
+#: tests/api/test_generated_client.py, so an example can never drift from the contract)
+REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("/v1/decisions", "POST"): {
+        "promotional": {"summary": "A promotion, email preferred, push allowed", "value": {
+            "message_id": "promo-1", "user_id": "ada", "channels": ["email", "push"],
+            "campaign_id": "spring"}},
+        "deadline_and_offer": {"summary": "An SMS offer that is worthless after its deadline",
+                               "value": {
+            "message_id": "promo-4", "user_id": "ada", "channels": ["sms"],
+            "campaign_id": "spring", "offer": {"id": "bogo-1", "group": "spring-sale"},
+            "deadline": "2026-11-24T18:00:00Z", "phone": "+33612345678"}},
+        "transactional": {"summary": "A receipt: exempt from caps and quiet hours", "value": {
+            "message_id": "receipt-9", "user_id": "ada", "channels": ["email"],
+            "category": "transactional"}},
+    },
+    ("/v1/users/{user_id}/preferences", "PUT"): {
+        "berlin_two_a_day": {"summary": "Berlin, at most 2 messages per rolling 24 h, no SMS",
+                             "value": {
+            "timezone": "Europe/Berlin",
+            "frequency_limits": [{"limit": 2, "window_minutes": 1440}],
+            "channels": {"sms": {"consent": "opted_out"}, "whatsapp": {"consent": "opted_in"}},
+            "quiet_hours": [{"start": "22:00", "end": "07:30"}]}},
+    },
+    ("/v1/events", "POST"): {
+        "outcomes": {"summary": "Delivered, clicked, then converted", "value": {"events": [
+            {"type": "delivered", "user_id": "ada", "at": "2026-11-23T15:40:00Z",
+             "message_id": "promo-1", "channel": "email"},
+            {"type": "clicked", "user_id": "ada", "at": "2026-11-23T15:52:00Z",
+             "message_id": "promo-1", "channel": "email"},
+            {"type": "converted", "user_id": "ada", "at": "2026-11-23T16:05:00Z",
+             "campaign_id": "spring"}]}},
+    },
+    ("/v1/policy", "PUT"): {
+        "caps_and_quiet_hours": {"summary": "Two caps and quiet hours (replaces the policy)",
+                                 "value": {
+            "caps": [{"id": "promo-daily", "limit": 2, "window_minutes": 1440,
+                      "scope": {"categories": ["promotional"]}},
+                     {"id": "sms-weekly", "limit": 3, "calendar": "week",
+                      "scope": {"channels": ["sms"]}}],
+            "quiet_hours": [{"id": "night", "start": "21:00", "end": "08:00"}]}},
+    },
+}
 
 
 def document_bodies(schema: dict[str, Any], bodies: Mapping[tuple[str, str], type[Any]]) -> None:
     """Add a required JSON ``requestBody`` to each ``(path, method)`` in ``bodies``, and the
-    body types' schemas (from msgspec) to the document's components, in place.
+    body types' schemas (from msgspec) to the document's components, in place, with the
+    ``REQUEST_EXAMPLES`` of that operation.
 
     ``schema`` is the dict litestar serves at ``/docs/openapi.json`` (it builds it once and
     caches it), so patching it once at startup is what every client sees.
@@ -58,7 +150,7 @@ def document_bodies(schema: dict[str, Any], bodies: Mapping[tuple[str, str], typ
     schemas.update(components)
     for (path, method), kind in bodies.items():
         operation = schema["paths"][path][method.lower()]
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": refs[types.index(kind)]}},
-        }
+        media: dict[str, Any] = {"schema": refs[types.index(kind)]}
+        if (path, method) in REQUEST_EXAMPLES:
+            media["examples"] = REQUEST_EXAMPLES[(path, method)]
+        operation["requestBody"] = {"required": True, "content": {"application/json": media}}
