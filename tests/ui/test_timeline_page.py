@@ -137,6 +137,12 @@ def test_timeline_of_a_capped_user(browser: Browser, client: Client,
     assert any(b > r + 20 and b > 200 and r < 230 for r, _, b in colours)  # quiet-hours blue tint
     assert page.blocked == [] and page.failed == []
 
+    # the page's dry-run probe is not a decision: metrics count the three real ones only
+    metrics = client.get("/metrics").text
+    assert 'sendwise_decision_reasons_total{decision="defer",reason="user_frequency_limit"} 1.0' in metrics
+    assert 'sendwise_decisions_total{channel="email",decision="send"} 2.0' in metrics
+    assert "sendwise_decision_seconds_count 3.0" in metrics
+
 
 def test_timeline_of_an_unknown_user_and_bad_parameters(browser: Browser, client: Client) -> None:
     page = OfflinePage(browser.new_page(), client)
