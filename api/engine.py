@@ -240,7 +240,7 @@ class Engine:
         return render(ctx, outcome, replayed=True)
 
     def fallback(self, request: DecisionRequest, policy: Policy, now: int) -> DecisionResponse:
-        """Invariant 7: Redis down is no 5xx. Exempt (transactional) messages send now on the
+        """Invariant 7 (docs/architecture.md): Redis down is no 5xx. Exempt (transactional) messages send now on the
         first requested channel; the rest defer by the configured delay. Nothing is
         reserved, so the platform should ask again at send time."""
         zone = self.locate(request, None, policy).zones[0]

@@ -1,6 +1,6 @@
 """Where is the recipient? Time zone(s), country and subdivision for quiet hours and jurisdiction.
 
-DESIGN §3 step 2: request > stored preferences > phone number (``phonenumbers``) > tenant
+docs/architecture.md (the hot path, step 4): request > stored preferences > phone number (``phonenumbers``) > tenant
 default.  Quiet hours (invariant 3) are only as good as the zone they are evaluated in, so:
 
 * a phone number whose prefix spans several zones yields all of them (at most 3; quiet hours must

@@ -1,6 +1,6 @@
 """Wall-clock windows in a recipient's IANA time zone, exact across DST transitions.
 
-Invariant 3 (DESIGN.md) defines quiet hours by the recipient's *wall clock*: an instant is inside a
+Invariant 3 (docs/architecture.md) defines quiet hours by the recipient's *wall clock*: an instant is inside a
 local window iff what a clock on the recipient's wall shows at that instant falls in the window.
 Consequences that this module implements exactly:
 

@@ -1,6 +1,6 @@
 """HTTP benchmark: ``POST /v1/decisions`` against the trivial endpoint, same app, same run.
 
-DESIGN §7 reports the decision endpoint as a *ratio* to a trivial endpoint of the same app
+docs/architecture.md (Performance) reports the decision endpoint as a *ratio* to a trivial endpoint of the same app
 served the same way (absolute numbers on a shared 2-core box drift run to run), plus p50/p99
 latency at a fixed load. This script does both, end to end:
 

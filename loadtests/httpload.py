@@ -2,7 +2,7 @@
 
 Why not httpx/aiohttp: on a 2-core box the load generator shares the CPU with the server,
 and a client library costs more per request than the service's trivial endpoint does
-(MEASURED.md: one locust process tops out below one uvicorn worker). A bare
+(docs/architecture.md, Performance: one locust process tops out below one uvicorn worker). A bare
 ``asyncio.Protocol`` that writes a prebuilt request and parses ``Content-Length`` framing is
 several times cheaper, so the numbers describe the server rather than the client.
 
@@ -13,7 +13,7 @@ Two shapes:
 * open loop (``open_loop``): requests start on a fixed schedule (``rate`` per second)
   whatever the server does, on as many connections as needed. Latency is measured from the
   *scheduled* start, so a stall is charged to every request it delayed (no coordinated
-  omission). This is the "p50/p99 at a fixed load" of DESIGN §7.
+  omission). This is the "p50/p99 at a fixed load" of docs/benchmarks.md.
 
 Both run inside ``run_phase`` in a child process (``multiprocessing`` spawn), which reports
 its own CPU time so the caller can show the generator's cost beside the server's.

@@ -1,4 +1,4 @@
--- The atomic decision commit (DESIGN §3 step 7). All cap, conflict and idempotency
+-- The atomic decision commit (docs/architecture.md, the hot path, step 7). All cap, conflict and idempotency
 -- arithmetic lives here and only here, so the check and the reservation cannot race.
 --
 -- KEYS[1] ledger zset, KEYS[2] idempotency record, KEYS[3] prefs hash

@@ -1,4 +1,4 @@
-"""Property tests of the decision core against a real Redis (DESIGN §2 invariants 1 and 3).
+"""Property tests of the decision core against a real Redis (invariants 1 and 3 of docs/architecture.md).
 
 Hypothesis draws a policy (1-3 cap rules: rolling windows in whole minutes or a local
 calendar day, scoped by channel/category/campaign/tag), quiet hours (off or a random
@@ -6,7 +6,7 @@ wall-clock window, optionally per channel), optionally a Florida recipient (the 
 FTSA + TCPA packs), and a sequence of decisions while the clock advances by whole minutes.
 
 Every answer is then checked against a pure-Python reference written from the definitions
-in DESIGN.md, not from api/ code:
+in docs/architecture.md, not from api/ code:
 
 * caps hold exactly: every half-open window of length W holds <= limit counted sends
   (brute force over windows starting at each entry), every local day <= limit;

@@ -1,4 +1,4 @@
-"""The decision core end to end against a real redis-server (DESIGN §2 invariants)."""
+"""The decision core end to end against a real redis-server (the invariants of docs/architecture.md)."""
 
 from __future__ import annotations
 
