@@ -240,9 +240,9 @@ class Engine:
         return render(ctx, outcome, replayed=True)
 
     def fallback(self, request: DecisionRequest, policy: Policy, now: int) -> DecisionResponse:
-        """Invariant 7 (docs/architecture.md): Redis down is no 5xx. Exempt (transactional) messages send now on the
-        first requested channel; the rest defer by the configured delay. Nothing is
-        reserved, so the platform should ask again at send time."""
+        """Invariant 7 (docs/architecture.md): Redis down is no 5xx. Exempt (transactional)
+        messages send now on the first requested channel; the rest defer by the configured
+        delay. Nothing is reserved, so the platform should ask again at send time."""
         zone = self.locate(request, None, policy).zones[0]
         exempt = request.category in policy.exempt_categories
         at = now if exempt else now + self.settings.fallback_defer_seconds * 1000

@@ -1,7 +1,8 @@
 """Where is the recipient? Time zone(s), country and subdivision for quiet hours and jurisdiction.
 
-docs/architecture.md (the hot path, step 4): request > stored preferences > phone number (``phonenumbers``) > tenant
-default.  Quiet hours (invariant 3) are only as good as the zone they are evaluated in, so:
+docs/architecture.md (the hot path, step 4): request > stored preferences > phone number
+(``phonenumbers``) > tenant default.  Quiet hours (invariant 3) are only as good as the zone
+they are evaluated in, so:
 
 * a phone number whose prefix spans several zones yields all of them (at most 3; quiet hours must
   then hold in every one), and one that spans many (toll-free, non-geographic) yields none rather

@@ -1,8 +1,8 @@
 """HTTP benchmark: ``POST /v1/decisions`` against the trivial endpoint, same app, same run.
 
-docs/architecture.md (Performance) reports the decision endpoint as a *ratio* to a trivial endpoint of the same app
-served the same way (absolute numbers on a shared 2-core box drift run to run), plus p50/p99
-latency at a fixed load. This script does both, end to end:
+docs/architecture.md (Performance) reports the decision endpoint as a *ratio* to a trivial
+endpoint of the same app served the same way (absolute numbers on a shared 2-core box drift
+run to run), plus p50/p99 latency at a fixed load. This script does both, end to end:
 
 1. starts an in-memory embedded redis-server and ``uvicorn api.app:app_from_env`` (uvloop,
    httptools, ``--workers W``, decision logging off) on a free 127.0.0.1 port;
