@@ -10,7 +10,8 @@ One locust process tops out near 2,500 req/s at a full core (measured on the 2-c
 development box), which is less than ONE uvicorn worker serves, so always use several
 locust processes to find a ceiling, and record locust's CPU beside the server's
 (``top``/``pidstat``). On the 2-core box the generator and the server share the cores:
-prefer ``python -m loadtests.bench_decisions`` (wrk) for ceilings, and this file for the realistic mix and for a remote/staging target.
+prefer ``python -m loadtests.bench_decisions`` (wrk) for ceilings, and this file for the
+realistic mix and for a remote/staging target.
 
 Run the service, then locust headless with worker processes (locust >= 2.19):
 
