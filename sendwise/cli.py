@@ -25,8 +25,35 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.set_defaults(func=run)
 
 
+_DESCRIPTION = """\
+sendwise: a low-latency send-time and frequency-capping decision API, plus the commands
+that train and inspect its send-time model. `sendwise COMMAND --help` describes each command."""
+
+_EXAMPLES = """\
+examples:
+  sendwise serve                                  # API on http://127.0.0.1:8000 (docs at /docs),
+                                                  # embedded Redis under ./.sendwise when REDIS_URL is unset
+  REDIS_URL=redis://redis:6379/0 sendwise serve --host 0.0.0.0 --workers 4
+  sendwise simulate --out data/sim                # realistic logs with known ground truth
+  sendwise train --data data/sim --out artifacts/model
+  sendwise rank --model artifacts/model --history data/sim/messages.parquet \\
+      --at 2025-10-20T08:00:00Z --top 5            # best channels and hours per user
+"""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sendwise")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sendwise", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sendwise", description=_DESCRIPTION, epilog=_EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     try:
