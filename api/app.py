@@ -345,7 +345,6 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
                         get_timeline, post_events, get_policy, put_policy, reason_codes, live,
                         ready, metrics, *docs_handlers(), *ui_handlers(tenant_of),
                         *([trivial] if settings.benchmark_endpoints else [])],
-        middleware=[RequestLogMiddleware],
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,
@@ -365,6 +364,10 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
     )
     document_bodies(app.plugins.get(OpenAPIPlugin).provide_openapi_schema(), REQUEST_BODIES)
     document_errors(app.plugins.get(OpenAPIPlugin).provide_openapi_schema())
+    # around litestar's whole handler (not as route middleware), so 404s and 405s of unknown
+    # routes get a request id and an access line too
+    app.asgi_handler = RequestLogMiddleware(
+        app.asgi_handler, access_log=settings.log_level.lower() in ("debug", "info"))
     return app
 
 

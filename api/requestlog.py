@@ -13,8 +13,10 @@ access line, the decision line, a warning about Redis. So the middleware:
 * writes one ``request`` line when the response is done: method, path, status, duration.
 
 It is plain ASGI (no per-request objects beyond one closure) because it runs on the decision
-hot path. The access line is written at ``info``: ``SENDWISE_LOG_LEVEL=warning`` turns it off
-(the benchmarks do, to measure the service rather than its logging).
+hot path. The access line is an ``info`` line, and the app turns it off below that level
+(``SENDWISE_LOG_LEVEL=warning``; the benchmarks do, to measure the service rather than its
+logging) by passing ``access_log=False``: the decision is made here rather than left to the
+logging configuration, which a worker process may not have received.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def incoming_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 class RequestLogMiddleware:
     """ASGI middleware: request id (bound, echoed) and one access-log line per request."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -74,6 +77,7 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            log.info("request", method=method, path=scope["path"], status=status,
-                     duration_ms=round((time.perf_counter() - started) * 1000, 3))
+            if self.access_log:
+                log.info("request", method=method, path=scope["path"], status=status,
+                         duration_ms=round((time.perf_counter() - started) * 1000, 3))
             structlog.contextvars.reset_contextvars(**tokens)

@@ -58,10 +58,21 @@ def test_caller_request_ids_are_kept_when_safe(client: Client) -> None:
 
 def test_errors_are_logged_with_their_status(client: Client) -> None:
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as lines:
-        r = client.post("/v1/decisions", json={**DECISION, "channels": ["fax"]})
-    assert r.status_code == 400 and r.headers["x-request-id"]
-    access = next(line for line in lines if line["event"] == "request")
-    assert access["status"] == 400 and access["request_id"] == r.headers["x-request-id"]
+        bad = client.post("/v1/decisions", json={**DECISION, "channels": ["fax"]})
+        unknown = client.get("/no/such/route")
+        wrong_method = client.delete("/v1/policy")
+    assert [bad.status_code, unknown.status_code, wrong_method.status_code] == [400, 404, 405]
+    access = [line for line in lines if line["event"] == "request"]
+    assert [(a["status"], a["request_id"]) for a in access] == [
+        (r.status_code, r.headers["x-request-id"]) for r in (bad, unknown, wrong_method)]
+
+
+def test_no_access_line_below_info(embedded_redis: EmbeddedRedis) -> None:
+    with _client(embedded_redis, log_level="warning", log_decisions=False) as c, \
+            capture_logs() as lines:
+        r = c.get("/health/live")
+    assert r.headers["x-request-id"]
+    assert [line for line in lines if line["event"] == "request"] == []
 
 
 def test_trivial_endpoint_only_when_benchmarking(embedded_redis: EmbeddedRedis) -> None:
