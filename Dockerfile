@@ -30,7 +30,7 @@ FROM ${BASE}
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 ca-certificates libgomp1 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --home-dir /var/lib/sendwise --create-home sendwise
+    && useradd --uid 10001 --user-group --no-log-init --home-dir /var/lib/sendwise --create-home sendwise
 COPY --from=build /opt/sendwise /opt/sendwise
 ENV PATH=/opt/sendwise/bin:$PATH \
     PYTHONUNBUFFERED=1 \
