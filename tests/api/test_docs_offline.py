@@ -4,6 +4,7 @@ the pages do not even try to reach another host (no CDN, no web fonts, no remote
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -39,8 +40,11 @@ def client(embedded_redis: EmbeddedRedis) -> Iterator[TestClient]:  # type: igno
 def test_docs_html_names_no_other_host(client: TestClient) -> None:  # type: ignore[type-arg]
     for path in ("/docs", "/docs/swagger"):
         page = client.get(path).text
-        assert "https://" not in page and "http://" not in page, page
+        assert not re.findall(r"""(?:src|href)=["'](?:https?:)?//""", page), page
         assert "/docs/assets/" in page
+    bundle = client.get("/docs/redoc.standalone.js")
+    assert bundle.status_code == 200 and "cdn.redoc.ly" not in bundle.text
+    assert bundle.headers["cache-control"] == "max-age=86400"
 
 
 def test_redoc_renders_every_operation_offline(browser: Browser, client: TestClient) -> None:  # type: ignore[type-arg]
