@@ -113,7 +113,9 @@ class Served:
                          headers={"content-type": "application/json"} if body is not None else {})
             response = conn.getresponse()
             raw = response.read()
-            return response.status, json.loads(raw) if raw else None
+            if response.getheader("content-type", "").startswith("application/json"):
+                return response.status, json.loads(raw)
+            return response.status, raw.decode(errors="replace")
         finally:
             conn.close()
 

@@ -13,12 +13,12 @@ import pytest
 from api.serve import BindRefusedError, check_bind, is_loopback
 from api.settings import Settings
 from tests.process.serving import (
+    descendants,
     port_is_free,
     requires_linux,
     served,
     wait_gone,
 )
-from tests.process.serving import descendants as descendants_of
 
 DEATH_DEADLINE = 20.0
 
@@ -33,7 +33,7 @@ def test_killed_supervisor_takes_its_workers_along_and_frees_port_and_data_dir(
     env = {"SENDWISE_DATA_DIR": str(tmp_path)}
     with served("--workers", "2", env=env) as first:
         workers = set(first.wait_workers(2))
-        tree = descendants_of(first.pid)
+        tree = descendants(first.pid)
         assert workers <= tree
         assert len(tree) >= 4, tree  # 2 workers, redis-server, multiprocessing's tracker
         status, _ = first.request("GET", "/health/ready")
