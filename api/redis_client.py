@@ -77,11 +77,24 @@ class FreshUnixConnection(_FreshConnectionMixin, UnixDomainSocketConnection):
     """Unix-socket connection with the two guards of this module."""
 
 
+class InitFirstRedisCluster(RedisCluster):
+    """redis-py's cluster client (7.x and 8.1) breaks when its first commands arrive
+    concurrently on a multi-master cluster: they route before the slot map is loaded, then
+    its recovery disconnects connections other commands are using ("'NoneType' object has
+    no attribute 'writelines'", "Connection closed by server"). Every command first waits
+    for the (locked, once-only) initialization, which is what a warmed-up client does."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+
 def make_redis(settings: Settings) -> RedisClient:
     if settings.redis_url is None:
         raise RuntimeError("a Redis URL is needed (REDIS_URL, or the embedded server)")
     if settings.redis_cluster:
-        return RedisCluster.from_url(
+        return InitFirstRedisCluster.from_url(
             settings.redis_url,
             max_connections=settings.redis_max_connections,
             socket_timeout=settings.redis_timeout_seconds,
