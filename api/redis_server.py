@@ -28,16 +28,25 @@ from types import TracebackType
 from typing import IO
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: the server gets SIGTERM if the process that started it dies, even by SIGKILL,
-    so a crashed service never leaves an orphaned redis-server behind."""
+def set_parent_death_signal(sig: signal.Signals) -> bool:
+    """Linux prctl(PR_SET_PDEATHSIG): the kernel sends ``sig`` to this process when its
+    parent dies, even by SIGKILL, where no handler of the parent can run. False elsewhere
+    or when the call fails."""
+    if not sys.platform.startswith("linux"):  # pragma: no cover
+        return False
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+        return int(libc.prctl(1, int(sig), 0, 0, 0)) == 0  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover
+        return False
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """The server gets SIGTERM if the process that started it dies, so a crashed service
+    never leaves an orphaned redis-server behind."""
+    set_parent_death_signal(signal.SIGTERM)
 
 
 class EmbeddedRedisError(RuntimeError):

@@ -17,7 +17,6 @@ against the service (docs/production.md has the operator's view):
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import functools
 import ipaddress
@@ -37,13 +36,12 @@ import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from api.http_protocol import ReadDeadlineHttpToolsProtocol
-from api.redis_server import EmbeddedRedis, EmbeddedRedisError
+from api.redis_server import EmbeddedRedis, EmbeddedRedisError, set_parent_death_signal
 from api.settings import Settings, _int, _positive_seconds
 
 #: set by the supervisor of a multi-worker server: a worker whose parent is not this pid
 #: was orphaned before it could arm its parent-death signal, and exits at once
 SUPERVISOR_PID_ENV = "SENDWISE_SUPERVISOR_PID"
-_PR_SET_PDEATHSIG = 1
 
 
 class ServeOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,18 +125,6 @@ def configure_logging(level: str) -> None:
 # ------------------------------------------------------------------------- workers
 
 
-def _set_parent_death_signal(sig: signal.Signals) -> bool:
-    """Linux prctl(PR_SET_PDEATHSIG): the kernel sends ``sig`` when the parent dies, even
-    by SIGKILL, where no handler of the parent can run."""
-    if not sys.platform.startswith("linux"):  # pragma: no cover
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        return int(libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)) == 0
-    except (OSError, AttributeError):  # pragma: no cover
-        return False
-
-
 def prepare_worker(settings: Settings, env: Mapping[str, str] | None = None) -> None:
     """Run first in every worker process (from ``app_from_env``).
 
@@ -151,7 +137,7 @@ def prepare_worker(settings: Settings, env: Mapping[str, str] | None = None) -> 
     configure_logging(settings.log_level)
     supervisor = env.get(SUPERVISOR_PID_ENV)
     if supervisor and int(supervisor) != os.getpid():
-        _set_parent_death_signal(signal.SIGTERM)
+        set_parent_death_signal(signal.SIGTERM)
         if os.getppid() != int(supervisor):
             structlog.get_logger("sendwise.serve").warning(
                 "worker_orphaned", supervisor=int(supervisor), parent=os.getppid())
@@ -260,7 +246,10 @@ def serve(*, host: str, port: int, workers: int, insecure_no_auth: bool = False)
         if workers > 1:
             Multiprocess(config, sockets=[listener]).run()
         else:
-            uvicorn.Server(config).run(sockets=[listener])
+            server = uvicorn.Server(config)
+            server.run(sockets=[listener])
+            if not server.started:
+                return 3  # uvicorn's STARTUP_FAILURE: the app did not load
     finally:
         listener.close()
         if embedded is not None:

@@ -128,3 +128,20 @@ def test_idle_keep_alive_connection_is_closed_and_a_trickled_request_gets_a_dead
         assert READ_TIMEOUT * 0.8 <= ended - started <= READ_TIMEOUT + SLACK
         kept.close()
         trickle.close()
+
+
+def test_serve_options_from_env() -> None:
+    from api.serve import ServeOptions
+    from api.settings import SettingsError
+
+    assert ServeOptions.from_env({}) == ServeOptions(
+        read_timeout_seconds=5.0, keepalive_timeout_seconds=5, limit_concurrency=1000,
+        graceful_shutdown_seconds=10)
+    options = ServeOptions.from_env({"SENDWISE_HTTP_READ_TIMEOUT_SECONDS": "0.5",
+                                     "SENDWISE_HTTP_LIMIT_CONCURRENCY": "4"})
+    assert (options.read_timeout_seconds, options.limit_concurrency) == (0.5, 4)
+    for name, bad in [("SENDWISE_HTTP_READ_TIMEOUT_SECONDS", "0"),
+                      ("SENDWISE_HTTP_KEEPALIVE_TIMEOUT_SECONDS", "0"),
+                      ("SENDWISE_HTTP_LIMIT_CONCURRENCY", "many")]:
+        with pytest.raises(SettingsError, match=name):
+            ServeOptions.from_env({name: bad})

@@ -73,3 +73,13 @@ def test_internal_error_logs_its_traceback() -> None:
     assert trace.startswith("Traceback (most recent call last)")
     assert "RuntimeError: boom in the engine" in trace
     assert "in broken" in trace
+
+
+def test_enums_log_as_their_values() -> None:
+    from api.reasons import ReasonCode
+    from api.serve import _plain_values
+
+    event = {"reasons": [ReasonCode.QUIET_HOURS, "x"], "code": ReasonCode.NO_CONSENT, "n": 1}
+    assert _plain_values(None, "info", event) == {
+        "reasons": ["quiet_hours", "x"], "code": "no_consent", "n": 1}
+    assert type(event["code"]) is str
