@@ -48,12 +48,14 @@ class ServeOptions(msgspec.Struct, frozen=True, kw_only=True):
     """HTTP-level limits of one worker, from the environment (defaults in docs/production.md).
 
     They bound what a misbehaving or malicious client can hold: a slow or silent
-    connection for ``read_timeout_seconds``, an idle keep-alive one for
+    connection for ``read_timeout_seconds`` (and ``max_header_bytes`` of headers in that
+    time), an idle keep-alive one for
     ``keepalive_timeout_seconds``, and at most ``limit_concurrency`` connections or
     in-flight requests (beyond it new requests get a 503 at once instead of queueing).
     """
 
     read_timeout_seconds: float = 5.0
+    max_header_bytes: int = 32 * 1024
     keepalive_timeout_seconds: int = 5
     limit_concurrency: int = 1000
     graceful_shutdown_seconds: int = 10
@@ -63,6 +65,8 @@ class ServeOptions(msgspec.Struct, frozen=True, kw_only=True):
         env = os.environ if env is None else env
         return cls(
             read_timeout_seconds=_positive_seconds(env, "SENDWISE_HTTP_READ_TIMEOUT_SECONDS", 5.0),
+            max_header_bytes=_int(env, "SENDWISE_HTTP_MAX_HEADER_BYTES", 32 * 1024,
+                                  minimum=1024),
             keepalive_timeout_seconds=_int(env, "SENDWISE_HTTP_KEEPALIVE_TIMEOUT_SECONDS", 5,
                                            minimum=1),
             limit_concurrency=_int(env, "SENDWISE_HTTP_LIMIT_CONCURRENCY", 1000, minimum=1),
@@ -213,7 +217,8 @@ def serve(*, host: str, port: int, workers: int, insecure_no_auth: bool = False)
         print(f"sendwise: {warning}", file=sys.stderr)
     _raise_open_file_limit()
     protocol = functools.partial(ReadDeadlineHttpToolsProtocol,
-                                 read_timeout=options.read_timeout_seconds)
+                                 read_timeout=options.read_timeout_seconds,
+                                 max_header_bytes=options.max_header_bytes)
     config = uvicorn.Config(
         "api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
         log_level="warning", log_config=None, access_log=False, loop="uvloop",

@@ -88,12 +88,24 @@ def test_idle_and_half_sent_connections_time_out_and_the_limit_sheds_load(
 def test_idle_keep_alive_connection_is_closed_and_a_trickled_request_gets_a_deadline(
         embedded_redis: EmbeddedRedis) -> None:
     """After a response the keep-alive timeout applies; a later request that trickles in
-    gets the read deadline from its first byte, however often bytes arrive."""
+    gets the read deadline from its first byte, however often bytes arrive. Headers past
+    the size cap get a 431 at once."""
     env = {"REDIS_URL": embedded_redis.url,
            "SENDWISE_HTTP_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT),
-           "SENDWISE_HTTP_KEEPALIVE_TIMEOUT_SECONDS": "1"}
+           "SENDWISE_HTTP_KEEPALIVE_TIMEOUT_SECONDS": "1",
+           "SENDWISE_HTTP_MAX_HEADER_BYTES": "4096"}
     with served(env=env) as server:
         server.wait_workers(1)
+        with socket.create_connection(("127.0.0.1", server.port)) as fine:
+            fine.sendall(b"GET /health/live HTTP/1.1\r\nHost: sendwise\r\nX-Pad: "
+                         + b"a" * 2000 + b"\r\n\r\n")
+            assert _one_response(fine).startswith(b"HTTP/1.1 200 ")
+        with socket.create_connection(("127.0.0.1", server.port)) as huge:
+            huge.sendall(b"GET /health/live HTTP/1.1\r\nHost: sendwise\r\nX-Pad: "
+                         + b"a" * 8000)
+            reply, _ = _closed_by_server(huge, READ_TIMEOUT)  # well before the read deadline
+            assert reply.startswith(b"HTTP/1.1 431 ")
+
         kept = socket.create_connection(("127.0.0.1", server.port))
         kept.sendall(b"GET /health/live HTTP/1.1\r\nHost: sendwise\r\n\r\n")
         assert _one_response(kept).startswith(b"HTTP/1.1 200 ")
