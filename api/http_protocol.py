@@ -9,7 +9,7 @@ total read deadline, counted from the connection's opening (first request) or it
 byte (later keep-alive requests), and closes the connection when it passes. A deadline on
 the whole request, not on the gap between bytes, is what stops a client that trickles one
 byte every few seconds. Within that deadline the headers are also capped in size (uvicorn's
-``h11_max_incomplete_event_size`` does that for h11 only; httptools buffers any amount).
+``h11_max_incomplete_event_size`` does that for h11 only; it sets none for httptools).
 See docs/production.md for the values and the proxy in front.
 """
 
