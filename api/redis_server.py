@@ -243,7 +243,11 @@ class EmbeddedRedis:
         self._dir.mkdir(parents=True, exist_ok=True)
         Path(self._tmp).mkdir(exist_ok=True)
         if self._persistent and self._lock_fd is None:
-            self._lock_fd = _lock_data_dir(self._dir, self._lock_wait)
+            try:
+                self._lock_fd = _lock_data_dir(self._dir, self._lock_wait)
+            except EmbeddedRedisError:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                raise
         args = [
             self._binary,
             "--port", str(self._port),

@@ -132,10 +132,10 @@ class Served:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        self.stdout.wait_closed(5)
+        self.stderr.wait_closed(5)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
-                self.stdout.wait_closed(5)
-                self.stderr.wait_closed(5)
                 stream.close()
 
 

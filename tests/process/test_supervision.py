@@ -104,3 +104,16 @@ def test_socket_helper_sanity() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         assert not port_is_free(s.getsockname()[1])
+
+
+def test_a_second_embedded_redis_on_one_data_dir_is_refused_at_once(tmp_path: Path) -> None:
+    """The lock alone, without a service around it: the holder is alive, so no waiting."""
+    from api.redis_server import LOCK_FILE, EmbeddedRedis, EmbeddedRedisError
+
+    with EmbeddedRedis(data_dir=tmp_path, lock_wait=30) as first:
+        assert (tmp_path / LOCK_FILE).read_text().strip() == str(os.getpid())
+        with pytest.raises(EmbeddedRedisError, match="is in use by another sendwise service"):
+            EmbeddedRedis(data_dir=tmp_path, lock_wait=30).start()
+        assert first.pid is not None
+    with EmbeddedRedis(data_dir=tmp_path) as again:  # released on stop
+        assert again.pid is not None
