@@ -21,6 +21,7 @@ from tests.conftest import _free_cluster_port
 from tests.process.serving import requires_linux, served
 
 CONCURRENCY = 8
+BURST = 32
 USERS = [f"u{i}" for i in range(12)]
 CAP = 3
 REDIS_TIMEOUT = 0.25
@@ -96,8 +97,12 @@ async def test_redis_crash_and_restart_under_load(tmp_path: Path) -> None:
 
 
 async def _drive(port: int, redis: EmbeddedRedis) -> tuple[list[Sample], float]:
-    """Load until: 120 decisions before the crash, 20 fallbacks during it, AFTER_RESTART
-    seconds after Redis is back. Returns the samples and the instant Redis was ready."""
+    """Steady load from CONCURRENCY loops, plus two bursts of BURST simultaneous decisions:
+    one before the crash (the worker's Redis pool grows to about BURST connections, more
+    than the steady load then uses) and one RECOVERY_BOUND after the restart (it needs the
+    connections the steady load never touched, idle since the crash). The crash comes
+    after 120 decisions, the restart after 20 fallbacks, the end AFTER_RESTART seconds
+    after Redis is back. Returns the samples and the instant Redis was ready."""
     samples: list[Sample] = []
     ids = itertools.count()
     healthy = asyncio.Event()
@@ -121,11 +126,26 @@ async def _drive(port: int, redis: EmbeddedRedis) -> tuple[list[Sample], float]:
         if crashed and sum(s.fallback for s in samples) >= 20:
             outage_seen.set()
 
-    async def loop() -> None:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            while not stop.is_set():
-                await one(client)
+    def client() -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                                 limits=httpx.Limits(max_connections=BURST))
 
+    async def burst() -> None:
+        async with client() as c:
+            await asyncio.gather(*(one(c) for _ in range(BURST)))
+
+    async def loop() -> None:
+        async with client() as c:
+            while not stop.is_set():
+                await one(c)
+
+    async def run_for(seconds: float) -> None:
+        """Let the steady load run (this is the load's duration, not a pause in it)."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0 and not any(t.done() for t in loops):
+            await asyncio.wait(loops, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+
+    await burst()
     loops = [asyncio.create_task(loop()) for _ in range(CONCURRENCY)]
     await healthy.wait()
     await asyncio.to_thread(redis.kill)
@@ -133,10 +153,9 @@ async def _drive(port: int, redis: EmbeddedRedis) -> tuple[list[Sample], float]:
     await outage_seen.wait()
     await asyncio.to_thread(redis.start)  # returns once Redis logged it accepts connections
     restarted_at = time.monotonic()
-    while time.monotonic() < restarted_at + AFTER_RESTART:
-        await asyncio.wait(loops, timeout=AFTER_RESTART, return_when=asyncio.FIRST_COMPLETED)
-        if any(t.done() for t in loops):
-            break
+    await run_for(RECOVERY_BOUND)
+    await burst()
+    await run_for(restarted_at + AFTER_RESTART - time.monotonic())
     stop.set()
     await asyncio.gather(*loops)
     return samples, restarted_at
