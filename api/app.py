@@ -351,6 +351,11 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
 
 
 def app_from_env() -> Litestar:
-    """Factory for uvicorn workers: settings (and the Redis URL) come from the environment."""
-    return create_app(Settings.from_env())
+    """Factory for uvicorn workers: settings (and the Redis URL) come from the environment.
+    Each worker first sets up logging and ties its life to the supervisor's."""
+    from api.serve import prepare_worker
+
+    settings = Settings.from_env()
+    prepare_worker(settings)
+    return create_app(settings)
 

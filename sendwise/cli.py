@@ -16,11 +16,15 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="API worker processes")
+    serve.add_argument("--insecure-no-auth", action="store_true",
+                       help="allow a non-loopback --host without API keys (SENDWISE_API_KEYS): "
+                            "every client can then act as any tenant")
 
     def run(args: argparse.Namespace) -> int:
         from api.serve import serve as run_serve
 
-        return run_serve(host=args.host, port=args.port, workers=args.workers)
+        return run_serve(host=args.host, port=args.port, workers=args.workers,
+                         insecure_no_auth=args.insecure_no_auth)
 
     serve.set_defaults(func=run)
 
