@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,24 +161,37 @@ def _result(booster: Any, best: int, curve: list[float], refit_rows: int,
                      tune_scores=tune_scores)
 
 
-def _dask_arrays(part: Split, groups_per_chunk: int) -> tuple[Any, Any, Any]:
-    """The rows as Dask arrays whose partitions never split a query (24-row days)."""
+def _dask_arrays(client: Any, part: Split, groups_per_chunk: int) -> tuple[Any, Any, Any]:
+    """The rows as Dask arrays whose partitions never split a query (24-row days).
+
+    Each partition is scattered to the workers once and referenced by the arrays, rather
+    than embedded in the task graph (which Dask warns about and ships on every compute).
+    """
     import dask.array as da
 
+    n = int(part.x.shape[0])
     if part.group is None:
-        rows = max(1, groups_per_chunk * 24)
-        return (da.from_array(part.x, chunks=(rows, -1)),
-                da.from_array(part.y.astype(np.float64), chunks=rows), None)
-    ends = np.cumsum(part.group)
-    cuts = ends[groups_per_chunk - 1::groups_per_chunk].tolist()
-    if not cuts or cuts[-1] != int(ends[-1]):
-        cuts.append(int(ends[-1]))
-    row_chunks = tuple(int(b - a) for a, b in zip([0, *cuts[:-1]], cuts, strict=True))
-    group_chunks = tuple(int(np.searchsorted(ends, b, "right") - np.searchsorted(ends, a, "right"))
-                         for a, b in zip([0, *cuts[:-1]], cuts, strict=True))
-    return (da.from_array(part.x, chunks=(row_chunks, -1)),
-            da.from_array(part.y.astype(np.float64), chunks=(row_chunks,)),
-            da.from_array(part.group, chunks=(group_chunks,)))
+        step = max(1, groups_per_chunk * 24)
+        cuts = [*range(step, n, step), n]
+        groups: list[npt.NDArray[np.int64]] = []
+    else:
+        ends = np.cumsum(part.group)
+        cuts = ends[groups_per_chunk - 1::groups_per_chunk].tolist()
+        if not cuts or cuts[-1] != n:
+            cuts.append(n)
+        first = np.searchsorted(ends, [0, *cuts[:-1]], "right")
+        last = np.searchsorted(ends, cuts, "right")
+        groups = [part.group[a:b] for a, b in zip(first.tolist(), last.tolist(), strict=True)]
+    starts = [0, *cuts[:-1]]
+    xs = [part.x[a:b] for a, b in zip(starts, cuts, strict=True)]
+    ys = [part.y[a:b].astype(np.float64) for a, b in zip(starts, cuts, strict=True)]
+
+    def to_dask(chunks: list[npt.NDArray[Any]]) -> Any:
+        futures = client.scatter(chunks)
+        return da.concatenate([da.from_delayed(f, shape=c.shape, dtype=c.dtype)
+                               for f, c in zip(futures, chunks, strict=True)])
+
+    return to_dask(xs), to_dask(ys), (to_dask(groups) if groups else None)
 
 
 def fit_dask(address: str, train: Split, tune: Split, config: FitConfig, progress: Progress,
@@ -186,54 +200,81 @@ def fit_dask(address: str, train: Split, tune: Split, config: FitConfig, progres
 
     The rows go to the workers as Dask partitions that never split a query; each worker
     trains on its partitions and LightGBM's network reduces the histograms. Early stopping
-    is not available through Dask, so all ``max_trees`` are grown with the tune slice as
-    an evaluation set and the best iteration is read off the recorded curve (the same
-    choice ``fit`` makes); the refit on train + tune then runs on the cluster too.
+    is not available through Dask, so all ``max_trees`` are grown, the tune curve is
+    computed here (``tune_curve``, the same metric ``fit`` stops on) and the best
+    iteration is the same choice ``fit`` makes; the refit on train + tune then runs on the
+    cluster too. Feature rows are built on this machine (the profile replay is one pass
+    over the events); only the boosting is distributed.
     """
     from distributed import Client
     from lightgbm.dask import DaskLGBMClassifier, DaskLGBMRanker
 
     params = config.params()
-    params.pop("num_threads")  # each worker uses its own threads
-    params.pop("metric")
+    for key in ("num_threads", "metric", "eval_at"):  # per worker / evaluated here instead
+        params.pop(key, None)
     ranking = config.ranking
     estimator_cls = DaskLGBMRanker if ranking else DaskLGBMClassifier
-    with Client(address) as client:
+    try:
+        client = Client(address)
+    except (OSError, TimeoutError) as exc:
+        raise ValueError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+    with client:
         progress(f"training on the Dask cluster at {address} "
                  f"({len(client.scheduler_info()['workers'])} workers)")
 
-        def grow(part: Split, trees: int, evaluate: Split | None) -> Any:
-            x, y, group = _dask_arrays(part, groups_per_chunk)
+        def grow(part: Split, trees: int) -> Any:
+            x, y, group = _dask_arrays(client, part, groups_per_chunk)
             model = estimator_cls(client=client, n_estimators=trees, **params)
             kwargs: dict[str, Any] = {"categorical_feature": list(CATEGORICAL_FEATURES),
                                       "feature_name": list(FEATURES)}
             if group is not None:
                 kwargs["group"] = group
-            if evaluate is not None:
-                ex, ey, eg = _dask_arrays(evaluate, groups_per_chunk)
-                kwargs["eval_set"] = [(ex, ey)]
-                kwargs["eval_names"] = ["tune"]
-                if ranking:
-                    kwargs["eval_group"] = [eg]
-                    kwargs["eval_at"] = [3]
-                    kwargs["eval_metric"] = "ndcg"
-                else:
-                    kwargs["eval_metric"] = "binary_logloss"
-            model.fit(x, y, **kwargs)
+            with warnings.catch_warnings():
+                # the sklearn-style estimator always carries n_jobs, which the Dask path
+                # replaces by each worker's own thread count, and says so
+                warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+                model.fit(x, y, **kwargs)
             return model
 
-        first = grow(train, config.max_trees, tune)
-        curve = next(iter(first.evals_result_["tune"].values()))
+        first = grow(train, config.max_trees).booster_
+        curve = tune_curve(first, tune, ranking)
         best = _best(curve, ranking)
-        tune_scores = np.asarray(first.booster_.predict(tune.x, num_iteration=best),
-                                 np.float64)
+        tune_scores = np.asarray(first.predict(tune.x, num_iteration=best), np.float64)
         if not config.refit:
-            return _result(first.booster_, best, curve, 0, tune_scores)
+            return _result(first, best, curve, 0, tune_scores)
         everything = _join(train, tune)
         progress(f"best iteration {best} on the tune slice; refitting on all "
                  f"{everything.x.shape[0]} rows on the cluster")
-        final = grow(everything, best, None)
-        return _result(final.booster_, best, curve, int(everything.x.shape[0]), tune_scores)
+        final = grow(everything, best).booster_
+        return _result(final, best, curve, int(everything.x.shape[0]), tune_scores)
+
+
+def ndcg_at_3(scores: F64, label: npt.NDArray[np.integer]) -> float:
+    """Mean NDCG@3 over queries of equal size (rows of ``scores``/``label``), LightGBM's
+    definition: gain 2^label - 1, discount 1 / log2(rank + 1), empty queries count 1."""
+    gain = np.exp2(np.asarray(label, np.float64)) - 1
+    discount = 1 / np.log2(np.arange(2, 5))
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :3]
+    dcg = (np.take_along_axis(gain, top, axis=1) * discount).sum(axis=1)
+    ideal = (-np.sort(-gain, axis=1)[:, :3] * discount).sum(axis=1)
+    return float(np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1), 1.0).mean())
+
+
+def tune_curve(booster: Any, tune: Split, ranking: bool) -> list[float]:
+    """The tune metric after each tree (NDCG@3 for a ranker, log-loss for a classifier),
+    computed here from one pass of per-tree predictions, so it covers the whole tune slice
+    (LightGBM's Dask evaluation only sees each worker's share)."""
+    raw = np.zeros(tune.x.shape[0])
+    curve: list[float] = []
+    y = tune.y.astype(np.float64)
+    for k in range(booster.num_trees() if not ranking else booster.current_iteration()):
+        raw += booster.predict(tune.x, start_iteration=k, num_iteration=1, raw_score=True)
+        if ranking:
+            curve.append(ndcg_at_3(raw.reshape(-1, 24), tune.y.reshape(-1, 24)))
+        else:
+            p = np.clip(1 / (1 + np.exp(-raw)), 1e-7, 1 - 1e-7)
+            curve.append(float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))))
+    return curve
 
 
 def fit_calibration(scores: F64, heuristic: F64, label: npt.NDArray[np.integer]) -> tuple[float, float]:

@@ -402,9 +402,10 @@ def simulate(config: SimulationConfig, out_dir: Path, *, progress: bool = True) 
     clicked_at = opened_at + rng.exponential(90, user.size).astype(np.int64) + 1
     converted_at = clicked_at + rng.exponential(1800, user.size).astype(np.int64) + 1
     unsubscribed_at = sent_at + rng.exponential(600, user.size).astype(np.int64) + 1
-    say(f"open rate {opened.mean():.3f}, opened within "
-        f"{config.label_window_seconds // 3600} h "
-        f"{(opened & (notice <= config.label_window_seconds)).mean():.3f}")
+    if user.size:
+        say(f"open rate {opened.mean():.3f}, opened within "
+            f"{config.label_window_seconds // 3600} h "
+            f"{(opened & (notice <= config.label_window_seconds)).mean():.3f}")
 
     # -- write -------------------------------------------------------------------------
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -432,7 +433,8 @@ def simulate(config: SimulationConfig, out_dir: Path, *, progress: bool = True) 
         "unsubscribed_at": ts(unsubscribed_at, unsubscribed),
         "propensity": pa.array(propensity),
     })
-    pq.write_table(messages, out_dir / "messages.parquet")
+    if user.size:  # --sends-per-day 0: an activity log only, like a platform before messaging
+        pq.write_table(messages, out_dir / "messages.parquet")
     order = np.lexsort((act_at, act_user))
     act_user, act_at = act_user[order], act_at[order]
     kinds = np.array(["session", "visit", "purchase"])[
@@ -446,7 +448,8 @@ def simulate(config: SimulationConfig, out_dir: Path, *, progress: bool = True) 
     pq.write_table(activity, out_dir / "activity.parquet")
     world.save(out_dir / "truth.npz")
     summary = {"users": config.users, "days": config.days, "messages": int(user.size),
-               "activity": int(act_user.size), "open_rate": round(float(opened.mean()), 4),
+               "activity": int(act_user.size), "open_rate":
+               round(float(opened.mean()), 4) if user.size else 0.0,
                "seconds": round(time.perf_counter() - started, 1), "out": str(out_dir)}
     (out_dir / "simulation.json").write_text(json.dumps(
         {"config": asdict(config), "summary": summary}, indent=2) + "\n")
