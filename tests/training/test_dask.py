@@ -18,7 +18,7 @@ pytest.importorskip("distributed", reason="needs the dask extra: pip install -e 
 @pytest.fixture(scope="module")
 def activity_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sparse-sim")
-    simulate(SimulationConfig(users=250, days=50, seed=3, sends_per_day=0.0), out,
+    simulate(SimulationConfig(users=200, days=45, seed=3, sends_per_day=0.0), out,
              progress=False)
     assert not (out / "messages.parquet").exists()  # an activity log only
     return out
