@@ -21,6 +21,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,6 +103,19 @@ class Split:
     group: I64 | None = None
 
 
+@dataclass
+class Selection:
+    """Choose the number of trees by a *decision* metric on other rows (higher is better).
+
+    ``metric`` maps raw scores of ``x`` to a number, e.g. hit@3 of the actual hour among
+    each held-out engagement's 24 slots: for a per-send classifier, per-send log-loss is
+    not the decision, the ranking of a day's hours is.
+    """
+
+    x: F32
+    metric: Callable[[F64], float]
+
+
 def _dataset(lgb: Any, part: Split, reference: Any = None) -> Any:
     return lgb.Dataset(part.x, label=part.y, group=part.group, feature_name=list(FEATURES),
                        categorical_feature=list(CATEGORICAL_FEATURES), reference=reference,
@@ -119,8 +133,10 @@ def _join(a: Split, b: Split) -> Split:
     return Split(np.concatenate([a.x, b.x]), np.concatenate([a.y, b.y]), group)
 
 
-def fit(train: Split, tune: Split, config: FitConfig, progress: Progress) -> FitResult:
-    """Select the number of trees on ``tune``, then refit on train + tune with that many."""
+def fit(train: Split, tune: Split, config: FitConfig, progress: Progress,
+        select: Selection | None = None) -> FitResult:
+    """Select the number of trees on ``tune`` (or by ``select``), then refit on train + tune
+    with that many."""
     import lightgbm as lgb
 
     params = config.params()
@@ -141,6 +157,9 @@ def fit(train: Split, tune: Split, config: FitConfig, progress: Progress) -> Fit
                                    lgb.record_evaluation(record), log])
     curve = next(iter(record["tune"].values()))
     best = _best(curve, config.ranking)
+    if select is not None:
+        curve = selection_curve(booster, select)
+        best = _best(curve, True)
     tune_scores = np.asarray(booster.predict(tune.x, num_iteration=best), np.float64)
     if not config.refit:
         return _result(booster, best, curve, 0, tune_scores)
@@ -195,7 +214,7 @@ def _dask_arrays(client: Any, part: Split, groups_per_chunk: int) -> tuple[Any, 
 
 
 def fit_dask(address: str, train: Split, tune: Split, config: FitConfig, progress: Progress,
-             *, groups_per_chunk: int = 2000) -> FitResult:
+             select: Selection | None = None, *, groups_per_chunk: int = 2000) -> FitResult:
     """The same model as ``fit``, trained by LightGBM's Dask interface on a cluster.
 
     The rows go to the workers as Dask partitions that never split a query; each worker
@@ -237,8 +256,12 @@ def fit_dask(address: str, train: Split, tune: Split, config: FitConfig, progres
             return model
 
         first = grow(train, config.max_trees).booster_
-        curve = tune_curve(first, tune, ranking)
-        best = _best(curve, ranking)
+        if select is not None:
+            curve = selection_curve(first, select)
+            best = _best(curve, True)
+        else:
+            curve = tune_curve(first, tune, ranking)
+            best = _best(curve, ranking)
         tune_scores = np.asarray(first.predict(tune.x, num_iteration=best), np.float64)
         if not config.refit:
             return _result(first, best, curve, 0, tune_scores)
@@ -267,13 +290,23 @@ def tune_curve(booster: Any, tune: Split, ranking: bool) -> list[float]:
     raw = np.zeros(tune.x.shape[0])
     curve: list[float] = []
     y = tune.y.astype(np.float64)
-    for k in range(booster.num_trees() if not ranking else booster.current_iteration()):
+    for k in range(booster.current_iteration()):
         raw += booster.predict(tune.x, start_iteration=k, num_iteration=1, raw_score=True)
         if ranking:
             curve.append(ndcg_at_3(raw.reshape(-1, 24), tune.y.reshape(-1, 24)))
         else:
             p = np.clip(1 / (1 + np.exp(-raw)), 1e-7, 1 - 1e-7)
             curve.append(float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))))
+    return curve
+
+
+def selection_curve(booster: Any, select: Selection) -> list[float]:
+    """``select.metric`` after each tree (one pass of per-tree raw predictions)."""
+    raw = np.zeros(select.x.shape[0])
+    curve: list[float] = []
+    for k in range(booster.current_iteration()):
+        raw += booster.predict(select.x, start_iteration=k, num_iteration=1, raw_score=True)
+        curve.append(select.metric(raw))
     return curve
 
 

@@ -52,6 +52,7 @@ from training.fit import (
     RANKING_OBJECTIVES,
     FitConfig,
     FitResult,
+    Selection,
     Split,
     fit,
     fit_calibration,
@@ -210,6 +211,7 @@ def train(config: TrainConfig) -> TrainResult:
     train_c: Candidates
     tune_c: Candidates
     valid_part: Examples | None = None
+    tune_ranking: RankingSet | None = None
     if ranker:
         train_days = day_examples(logs, start, tune)
         tune_days = day_examples(logs, tune, split)
@@ -253,18 +255,23 @@ def train(config: TrainConfig) -> TrainResult:
         valid_part = parts["valid"]
         row_counts = {"train": int(train_rows.size), "tune": int(tune_rows.size),
                       "valid": int(valid_rows.size)}
-        hit = np.flatnonzero(valid_part.label == 1)
-        c = valid_part.candidates
-        pick = rng.choice(hit, min(hit.size, config.ranking_instances), replace=False)
-        ranking = ranking_set(logs, user=c.snap_user[pick], at=c.instant[pick],
-                              zone=c.zone[pick], channel=c.channel[pick],
-                              category=c.category[pick], propensity=valid_part.propensity[pick])
+        def engagements(part: Examples) -> RankingSet:
+            hit = np.flatnonzero(part.label == 1)
+            c = part.candidates
+            pick = rng.choice(hit, min(hit.size, config.ranking_instances), replace=False)
+            return ranking_set(logs, user=c.snap_user[pick], at=c.instant[pick],
+                               zone=c.zone[pick], channel=c.channel[pick],
+                               category=c.category[pick], propensity=part.propensity[pick])
+
+        ranking = engagements(valid_part)
+        # the tune slice's engagements choose the number of trees by the decision metric
+        tune_ranking = engagements(parts["tune"])
     if len(ranking) == 0:
         raise ValueError(f"no engagement after the split at {iso(split)}: nothing to "
                          "evaluate on")
     sets = [train_c, tune_c, ranking.candidates]
-    if valid_part is not None:
-        sets.append(valid_part.candidates)
+    if valid_part is not None and tune_ranking is not None:
+        sets.extend([valid_part.candidates, tune_ranking.candidates])
     world = None
     oracle = None
     if config.truth is not None:
@@ -286,8 +293,17 @@ def train(config: TrainConfig) -> TrainResult:
     tune_split = Split(rows[slices[1]], tune_y, group(tune_y))
     say(f"features built; fitting LightGBM ({fit_config.objective})"
         + (f" on the Dask cluster {config.dask}" if config.dask else ""))
-    fitted: FitResult = (fit_dask(config.dask, train_split, tune_split, fit_config, say)
-                         if config.dask else fit(train_split, tune_split, fit_config, say))
+    select = None
+    if tune_ranking is not None and len(tune_ranking):
+        tr = tune_ranking
+
+        def tune_hit3(raw: F64) -> float:
+            return ranking_metrics(raw.reshape(-1, HOURS), tr.actual_hour, tr.weight)["hit@3"]
+
+        select = Selection(rows[slices[4]], tune_hit3)
+    fitted: FitResult = (
+        fit_dask(config.dask, train_split, tune_split, fit_config, say, select)
+        if config.dask else fit(train_split, tune_split, fit_config, say, select))
     calib_weights = (1.0, 0.0)
     heuristic_col = FEATURE_INDEX["heuristic_share"]
     if ranker:
