@@ -294,10 +294,11 @@ def _simulate_activity(world: World, rng: np.random.Generator) -> tuple[I64, I64
         at_out.append(_to_utc(world, ev_users, local))
     users_all = np.concatenate(users_out)
     at_all = np.concatenate(at_out)
-    # 5% background noise: events at uniformly random instants (bots, stray taps).
+    # 5% background noise: events at uniformly random instants (bots, stray taps), spread
+    # over users in proportion to their own activity (a sparse user gets few stray taps).
     noise = int(0.05 * users_all.size)
     start = first_hour * 3600
-    noise_users = rng.integers(0, world.n_users, noise)
+    noise_users = rng.choice(world.n_users, size=noise, p=world.level / world.level.sum())
     noise_at = rng.integers(start, start + config.days * 86400, noise)
     return np.concatenate([users_all, noise_users]), np.concatenate([at_all, noise_at])
 
