@@ -2,8 +2,9 @@
 
 Serving keeps one ``Profile`` per user in Redis and updates it from events; training
 replays the logs through the very same methods. It keeps two memories of when the user
-is active, because real activity is sparse (a typical household has ~40 events in nine
-months, so a 21-day half-life alone would leave ~4 effective events to rank 24 hours):
+is active, because real activity is sparse (the median household of the real sample in
+``docs/model.md`` has 33 trips in nine months; a 21-day half-life alone keeps only the
+last few weeks' handful of trips to rank 24 hours with):
 
 * **long memory** ``counts``: plain (undecayed) event counts by local hour-of-week since
   the first event (``first_seen``): the user's stable rhythm;
