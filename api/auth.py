@@ -1,0 +1,129 @@
+"""API keys, roles and the guard that checks them before anything else runs.
+
+Keys are stored hashed: the service only ever holds SHA-256 digests, so a leaked key file
+or environment dump grants nothing. A plain SHA-256 (no salt, no slow KDF) is enough
+because minted keys carry 256 random bits; there is nothing to brute-force.
+
+Two roles. ``decide`` is what a sending platform needs on its hot path: decisions,
+cancel, outcome events, reason codes. ``admin`` also changes what decisions mean or reads
+recipients' data: policy, preferences, timelines, user lifecycle, models, metrics. A
+``/v1`` endpoint that declares no role needs ``admin``, so a new endpoint is closed to
+``decide`` keys until someone decides otherwise.
+
+The check is a litestar guard: guards run after routing and before the handler's
+parameters are resolved, so an anonymous request is answered 401 without its body ever
+being read or parsed (and a rate-limited key gets its 429 just as cheaply).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Literal
+
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from api.errors import ForbiddenError, RateLimitedError, UnauthorizedError
+from api.ratelimit import RateLimiter
+
+Role = Literal["decide", "admin"]
+ROLES: Final[tuple[Role, ...]] = ("decide", "admin")
+#: what each role may do; admin includes everything decide may
+_GRANTS: Final[dict[Role, frozenset[Role]]] = {"decide": frozenset({"decide"}),
+                                               "admin": frozenset({"decide", "admin"})}
+#: route handler ``opt`` naming the role an endpoint needs (``opt=DECIDE``)
+DECIDE: Final[dict[str, Any]] = {"role": "decide"}
+ADMIN: Final[dict[str, Any]] = {"role": "admin"}
+#: where the guard leaves the authenticated key for the handler (request scope state)
+_STATE_KEY = "sendwise_api_key"
+KEY_PREFIX = "sw_"
+
+
+class ApiKey(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One line of the key file; also what an env entry turns into."""
+
+    sha256: str
+    tenant: str
+    role: Role
+    #: a label for humans and logs (never the key itself)
+    name: str = ""
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def mint_key() -> str:
+    """256 random bits, URL-safe, with a prefix secret scanners can recognize."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def find_key(keys: Mapping[str, ApiKey], authorization: str) -> ApiKey:
+    """The key an ``Authorization: Bearer <key>`` header presents, or 401.
+
+    Every stored digest is compared with ``hmac.compare_digest``, without stopping at a
+    match, so the time taken says nothing about which digests exist."""
+    scheme, _, presented = authorization.partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        raise UnauthorizedError("missing bearer API key", field="Authorization")
+    digest = hash_key(presented).encode()
+    found: ApiKey | None = None
+    for known, key in keys.items():
+        if hmac.compare_digest(known.encode(), digest):
+            found = key
+    if found is None:
+        raise UnauthorizedError("unknown API key", field="Authorization")
+    return found
+
+
+def required_role(handler: BaseRouteHandler, path: str) -> Role | None:
+    """The handler's declared role; ``admin`` for an undeclared ``/v1`` endpoint; None
+    (open) for the rest: health checks and the API docs."""
+    declared = handler.opt.get("role")
+    if declared is not None:
+        if declared not in ROLES:
+            raise ValueError(f"route handler declares unknown role {declared!r}")
+        role: Role = declared
+        return role
+    return "admin" if path.startswith("/v1/") else None
+
+
+def make_guard(keys: Mapping[str, ApiKey],
+               limiter: RateLimiter | None) -> Callable[[ASGIConnection[Any, Any, Any, Any],
+                                                         BaseRouteHandler], None]:
+    """The app-wide guard. With no keys configured it lets everything through: the tenant
+    then comes from a header, which is only acceptable behind the operator's own gateway."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        if not keys:
+            return
+        role = required_role(handler, connection.scope["path"])
+        if role is None:
+            return
+        key = find_key(keys, connection.headers.get("authorization", ""))
+        if limiter is not None:
+            wait = limiter.take(key.sha256)
+            if wait > 0:
+                raise RateLimitedError(f"rate limit of this API key exceeded; retry in {wait:.3f} s",
+                                       retry_after=max(1, math.ceil(wait)))
+        if role not in _GRANTS[key.role]:
+            raise ForbiddenError(f"this API key has role {key.role!r}; this endpoint needs {role!r}",
+                                 field="Authorization")
+        connection.state[_STATE_KEY] = key
+
+    return guard
+
+
+def authenticated_key(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiKey:
+    """The key the guard accepted for this request; 401 if the guard did not run (an open
+    endpoint asking for a tenant)."""
+    key = connection.state.get(_STATE_KEY)
+    if not isinstance(key, ApiKey):
+        raise UnauthorizedError("missing bearer API key", field="Authorization")
+    return key
