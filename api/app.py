@@ -331,7 +331,7 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
                         get_timeline, post_events, get_policy, put_policy, reason_codes, live,
                         ready, metrics, trivial],
         lifespan=[lifespan],
-        guards=[make_guard(settings.api_keys, limiter)],
+        guards=[make_guard(settings.api_keys, limiter, settings.max_body_bytes)],
         exception_handlers={
             ApiError: _api_error,
             ValidationException: _validation_error,

@@ -28,7 +28,7 @@ import msgspec
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from api.errors import ForbiddenError, RateLimitedError, UnauthorizedError
+from api.errors import ForbiddenError, PayloadTooLargeError, RateLimitedError, UnauthorizedError
 from api.ratelimit import RateLimiter
 
 Role = Literal["decide", "admin"]
@@ -94,17 +94,26 @@ def required_role(handler: BaseRouteHandler, path: str) -> Role | None:
     return "admin" if path.startswith("/v1/") else None
 
 
-def make_guard(keys: Mapping[str, ApiKey],
-               limiter: RateLimiter | None) -> Callable[[ASGIConnection[Any, Any, Any, Any],
-                                                         BaseRouteHandler], None]:
-    """The app-wide guard. With no keys configured it lets everything through: the tenant
-    then comes from a header, which is only acceptable behind the operator's own gateway."""
+def _check_declared_length(connection: ASGIConnection[Any, Any, Any, Any], max_body: int) -> None:
+    """A body announced larger than the limit is refused on every endpoint, including
+    those that never read a body (cancel); litestar enforces the limit on the bytes
+    actually received (chunked bodies too) wherever a body is read."""
+    declared = connection.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body:
+        raise PayloadTooLargeError(f"request body is larger than {max_body} bytes")
+
+
+def make_guard(keys: Mapping[str, ApiKey], limiter: RateLimiter | None,
+               max_body: int) -> Callable[[ASGIConnection[Any, Any, Any, Any],
+                                           BaseRouteHandler], None]:
+    """The app-wide guard. With no keys configured it only checks the announced body size:
+    the tenant then comes from a header, which is only acceptable behind the operator's
+    own gateway."""
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-        if not keys:
-            return
-        role = required_role(handler, connection.scope["path"])
+        role = required_role(handler, connection.scope["path"]) if keys else None
         if role is None:
+            _check_declared_length(connection, max_body)
             return
         key = find_key(keys, connection.headers.get("authorization", ""))
         if limiter is not None:
@@ -115,6 +124,7 @@ def make_guard(keys: Mapping[str, ApiKey],
         if role not in _GRANTS[key.role]:
             raise ForbiddenError(f"this API key has role {key.role!r}; this endpoint needs {role!r}",
                                  field="Authorization")
+        _check_declared_length(connection, max_body)
         connection.state[_STATE_KEY] = key
 
     return guard

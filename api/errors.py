@@ -54,6 +54,11 @@ class ConflictError(ApiError):
     code = "conflict"
 
 
+class PayloadTooLargeError(ApiError):
+    status = 413
+    code = "payload_too_large"
+
+
 class RateLimitedError(ApiError):
     status = 429
     code = "rate_limited"
