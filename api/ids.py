@@ -122,9 +122,9 @@ class IdKey:
     def parse_decision_id(self, tenant: str, value: str) -> tuple[str, str]:
         """(user_id, message_id) of an id this key sealed for this tenant; ValueError for
         anything else: other tenants' ids, other keys' ids, tampered or foreign values."""
-        body = value[len(PREFIX):]
         if not value.startswith(PREFIX) or len(value) > _MAX_ID_CHARS:
             raise ValueError("not a decision id")
+        body = value[len(PREFIX):]
         try:
             sealed = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         except (binascii.Error, ValueError) as exc:
