@@ -108,7 +108,7 @@ class Engine:
         self.clock = clock
         #: seals decision ids; without SENDWISE_ID_KEY, the data dir's persistent secret
         self.ids = ids if ids is not None else IdKey(
-            settings.id_key or load_or_create_secret(settings.data_dir))
+            settings.id_key or load_or_create_secret(settings.data_dir), settings.id_keys_previous)
         self.policies = PolicyCache(store)
         self.metrics = metrics or Metrics()
 

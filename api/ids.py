@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -108,10 +109,16 @@ def _b64(raw: bytes) -> str:
 
 
 class IdKey:
-    """Seals and opens decision ids; pseudonymizes values for logs. One per process."""
+    """Seals and opens decision ids; pseudonymizes values for logs. One per process.
 
-    def __init__(self, secret: Secret) -> None:
+    ``previous`` secrets (``SENDWISE_ID_KEY_PREVIOUS``) still open ids, so the secret can be
+    rotated without making outstanding reservations uncancellable; only ``secret`` seals.
+    """
+
+    def __init__(self, secret: Secret, previous: Sequence[Secret] = ()) -> None:
         self._siv = AESSIV(_derive(secret, b"decision-id/v1", 64))
+        self._openers = [self._siv, *(AESSIV(_derive(old, b"decision-id/v1", 64))
+                                      for old in previous)]
         self._log_key = _derive(secret, b"log-pseudonym/v1", 32)
 
     def decision_id(self, tenant: str, user_id: str, message_id: str) -> str:
@@ -131,11 +138,12 @@ class IdKey:
             raise ValueError("not a decision id") from exc
         if _b64(sealed) != body:  # skipped characters or a non-canonical spelling
             raise ValueError("not a decision id")
-        try:
-            plain = self._siv.decrypt(sealed, [tenant.encode()])
-        except (InvalidTag, ValueError) as exc:
-            raise ValueError("not a decision id") from exc
-        return _unpack.decode(plain)
+        for siv in self._openers:
+            try:
+                return _unpack.decode(siv.decrypt(sealed, [tenant.encode()]))
+            except (InvalidTag, ValueError):
+                continue
+        raise ValueError("not a decision id")
 
     def pseudonym(self, value: str) -> str:
         """A stable, keyed, truncated hash: log lines about one user can be correlated, but

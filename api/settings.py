@@ -160,6 +160,14 @@ def _id_key(env: Mapping[str, str], api_keys: Mapping[str, ApiKey]) -> Secret | 
         raise SettingsError(f"SENDWISE_ID_KEY {exc}") from exc
 
 
+def _previous_id_keys(raw: str) -> tuple[Secret, ...]:
+    """``SENDWISE_ID_KEY_PREVIOUS``: comma-separated retired secrets that still open ids."""
+    try:
+        return tuple(decode_secret(part) for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise SettingsError(f"SENDWISE_ID_KEY_PREVIOUS: every entry {exc}") from exc
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the service reads from its environment.
 
@@ -176,6 +184,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_keys: dict[str, ApiKey] = msgspec.field(default_factory=dict)
     #: the secret sealing decision ids; None: the embedded default's file in ``data_dir``
     id_key: Secret | None = None
+    #: retired id secrets: they still open ids issued before a rotation, never seal new ones
+    id_keys_previous: tuple[Secret, ...] = ()
     #: per API key and per worker process (N workers: up to N x this); 0 turns it off
     rate_limit_per_second: int = 1000
     rate_limit_burst: int = 2000
@@ -206,6 +216,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                                    env.get("SENDWISE_DEFAULT_TENANT", "default")),
             api_keys=api_keys,
             id_key=_id_key(env, api_keys),
+            id_keys_previous=_previous_id_keys(env.get("SENDWISE_ID_KEY_PREVIOUS", "")),
             rate_limit_per_second=_int(env, "SENDWISE_RATE_LIMIT_PER_SECOND", 1000),
             rate_limit_burst=_int(env, "SENDWISE_RATE_LIMIT_BURST", 2000, minimum=1),
             model_dir=env.get("SENDWISE_MODEL_DIR") or None,

@@ -100,6 +100,14 @@ def test_keys_require_an_id_key_and_a_valid_one() -> None:
         Settings.from_env({"SENDWISE_ID_KEY": "c2hvcnQ="})
 
 
+def test_previous_id_keys() -> None:
+    s = from_env(SENDWISE_ID_KEY_PREVIOUS=f"{ID_KEY}, {ID_KEY.rstrip('=')}")
+    assert len(s.id_keys_previous) == 2 and s.id_keys_previous[0] == s.id_key
+    assert Settings.from_env({}).id_keys_previous == ()
+    with pytest.raises(SettingsError, match="SENDWISE_ID_KEY_PREVIOUS"):
+        from_env(SENDWISE_ID_KEY_PREVIOUS=f"{ID_KEY},c2hvcnQ=")
+
+
 def test_settings_repr_shows_no_secret() -> None:
     s = from_env(SENDWISE_API_KEYS="sw_secret:acme")
     assert "sw_secret" not in repr(s) and "key key" not in repr(s)

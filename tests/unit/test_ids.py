@@ -82,6 +82,19 @@ def test_foreign_values_are_rejected(value: str) -> None:
         KEY.parse_decision_id("acme", value)
 
 
+def test_rotation_previous_secrets_open_but_never_seal() -> None:
+    old_id = OTHER_KEY.decision_id("acme", "ada@example.com", "m1")
+    rotated = IdKey(Secret(b"0123456789abcdef0123456789abcdef"),
+                    previous=[Secret(b"fedcba9876543210fedcba9876543210")])
+    assert rotated.parse_decision_id("acme", old_id) == ("ada@example.com", "m1")
+    assert rotated.decision_id("acme", "ada@example.com", "m1") == \
+        KEY.decision_id("acme", "ada@example.com", "m1")
+    with pytest.raises(ValueError, match="not a decision id"):
+        rotated.parse_decision_id("beta", old_id)
+    with pytest.raises(ValueError, match="not a decision id"):
+        KEY.parse_decision_id("acme", old_id)
+
+
 def test_pseudonyms_are_keyed_stable_and_short() -> None:
     p = KEY.pseudonym("ada@example.com")
     assert p == KEY.pseudonym("ada@example.com") and len(p) == 16
