@@ -35,6 +35,8 @@ class InvalidRequestError(ApiError):
 class UnauthorizedError(ApiError):
     status = 401
     code = "unauthorized"
+    #: RFC 9110: a 401 names the scheme the client should use
+    headers = MappingProxyType({"WWW-Authenticate": 'Bearer realm="sendwise"'})
 
 
 class ForbiddenError(ApiError):

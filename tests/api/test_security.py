@@ -11,10 +11,11 @@ from typing import Any
 import msgspec
 import pytest
 import structlog
+from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
-from api.auth import ApiKey, Role, hash_key
+from api.auth import ApiKey, Role, hash_key, required_role
 from api.clock import FixedClock
 from api.redis_client import RedisClient
 from api.settings import Settings
@@ -66,6 +67,8 @@ def assert_error(r: Any, status: int, code: str, field: str | None) -> None:
     body = r.json()
     assert set(body) == {"code", "message", "field"}
     assert (body["code"], body["field"]) == (code, field)
+    if status == 401:
+        assert r.headers["www-authenticate"] == 'Bearer realm="sendwise"'
 
 
 # ------------------------------------------------------------- defect 7: auth first
@@ -124,6 +127,26 @@ async def test_the_guard_answers_without_receiving_the_body(redis_settings: Sett
 
 
 # ------------------------------------------------------------------------ roles
+
+
+def test_every_route_has_the_intended_role(redis_settings: Settings) -> None:
+    """The decide role is exactly the hot path; every other /v1 route (including ones added
+    later) is admin; outside /v1 only /metrics needs a key."""
+    app = create_app(keyed(redis_settings))
+    roles = {(method, route.path): required_role(handler, route.path)
+             for route in app.routes if isinstance(route, HTTPRoute)
+             for handler in route.route_handlers for method in handler.http_methods
+             if method != "OPTIONS"}  # litestar's own OPTIONS handlers
+    decide = {k for k, role in roles.items() if role == "decide"}
+    assert decide == {("POST", "/v1/decisions"), ("POST", "/v1/decisions/{decision_id:str}/cancel"),
+                      ("POST", "/v1/events"), ("GET", "/v1/reason-codes"),
+                      ("POST", "/v1/_trivial")}
+    for (method, path), role in roles.items():
+        if path.startswith("/v1/") and (method, path) not in decide:
+            assert role == "admin", (method, path)
+        elif not path.startswith("/v1/"):
+            assert role == ("admin" if path == "/metrics" else None), (method, path)
+    assert ("PUT", "/v1/policy") in roles and ("GET", "/health/live") in roles
 
 
 async def test_decide_key_decides_but_cannot_administer(secured: Client) -> None:
