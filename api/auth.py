@@ -6,9 +6,10 @@ because minted keys carry 256 random bits; there is nothing to brute-force.
 
 Two roles. ``decide`` is what a sending platform needs on its hot path: decisions,
 cancel, outcome events, reason codes. ``admin`` also changes what decisions mean or reads
-recipients' data: policy, preferences, timelines, user lifecycle, models, metrics. A
-``/v1`` endpoint that declares no role needs ``admin``, so a new endpoint is closed to
-``decide`` keys until someone decides otherwise.
+recipients' data: policy, preferences, timelines, user lifecycle, models, metrics. Only
+the health probes and the API docs are open; any other route that declares no role needs
+``admin``, so a new endpoint is closed to anonymous callers and ``decide`` keys until
+someone decides otherwise.
 
 The check is a litestar guard: guards run after routing and before the handler's
 parameters are resolved, so an anonymous request is answered 401 without its body ever
@@ -81,16 +82,26 @@ def find_key(keys: Mapping[str, ApiKey], authorization: str) -> ApiKey:
     return found
 
 
-def required_role(handler: BaseRouteHandler, path: str) -> Role | None:
-    """The handler's declared role; ``admin`` for an undeclared ``/v1`` endpoint; None
-    (open) for the rest: health checks and the API docs."""
+#: probes a load balancer calls without credentials
+HEALTH_PREFIX = "/health/"
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix.rstrip("/") or path.startswith(prefix.rstrip("/") + "/")
+
+
+def required_role(handler: BaseRouteHandler, path: str, docs_path: str | None) -> Role | None:
+    """The handler's declared role; None (open) for the health probes and the API docs
+    (``docs_path``, the app's OpenAPI path); ``admin`` for anything else."""
     declared = handler.opt.get("role")
     if declared is not None:
         if declared not in ROLES:
             raise ValueError(f"route handler declares unknown role {declared!r}")
         role: Role = declared
         return role
-    return "admin" if path.startswith("/v1/") else None
+    if _under(path, HEALTH_PREFIX) or (docs_path is not None and _under(path, docs_path)):
+        return None
+    return "admin"
 
 
 def _check_declared_length(connection: ASGIConnection[Any, Any, Any, Any], max_body: int) -> None:
@@ -110,7 +121,8 @@ def make_guard(keys: Mapping[str, ApiKey], limiter: RateLimiter | None,
     own gateway."""
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-        role = required_role(handler, connection.scope["path"]) if keys else None
+        docs = connection.app.openapi_config.path if connection.app.openapi_config else None
+        role = required_role(handler, connection.scope["path"], docs) if keys else None
         if role is None:
             _check_declared_length(connection, max_body)
             return

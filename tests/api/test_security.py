@@ -130,10 +130,10 @@ async def test_the_guard_answers_without_receiving_the_body(redis_settings: Sett
 
 
 def test_every_route_has_the_intended_role(redis_settings: Settings) -> None:
-    """The decide role is exactly the hot path; every other /v1 route (including ones added
-    later) is admin; outside /v1 only /metrics needs a key."""
+    """The decide role is exactly the hot path; only health probes and docs are open; every
+    other route (including ones added later) is admin."""
     app = create_app(keyed(redis_settings))
-    roles = {(method, route.path): required_role(handler, route.path)
+    roles = {(method, route.path): required_role(handler, route.path, "/docs")
              for route in app.routes if isinstance(route, HTTPRoute)
              for handler in route.route_handlers for method in handler.http_methods
              if method != "OPTIONS"}  # litestar's own OPTIONS handlers
@@ -141,12 +141,11 @@ def test_every_route_has_the_intended_role(redis_settings: Settings) -> None:
     assert decide == {("POST", "/v1/decisions"), ("POST", "/v1/decisions/{decision_id:str}/cancel"),
                       ("POST", "/v1/events"), ("GET", "/v1/reason-codes"),
                       ("POST", "/v1/_trivial")}
-    for (method, path), role in roles.items():
-        if path.startswith("/v1/") and (method, path) not in decide:
-            assert role == "admin", (method, path)
-        elif not path.startswith("/v1/"):
-            assert role == ("admin" if path == "/metrics" else None), (method, path)
-    assert ("PUT", "/v1/policy") in roles and ("GET", "/health/live") in roles
+    open_ = {path for (_, path), role in roles.items() if role is None}
+    assert open_ == {"/health/live", "/health/ready", "/docs", "/docs/openapi.json",
+                     "/docs/swagger"} | {p for p in open_ if p.startswith("/docs/")}
+    assert roles[("GET", "/metrics")] == roles[("PUT", "/v1/policy")] == "admin"
+    assert set(roles.values()) == {"decide", "admin", None}
 
 
 async def test_decide_key_decides_but_cannot_administer(secured: Client) -> None:

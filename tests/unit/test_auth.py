@@ -134,16 +134,22 @@ def test_minted_keys_are_long_random_and_recognizable() -> None:
 async def _handler() -> None: ...
 
 
-def test_required_role() -> None:
-    assert required_role(get("/v1/decide-thing", opt=DECIDE)(_handler), "/v1/decide-thing") == \
-        "decide"
-    assert required_role(get("/metrics", opt=ADMIN)(_handler), "/metrics") == "admin"
-    # a /v1 endpoint that declares nothing (a future /v1/users/* or /v1/models route) is admin
-    assert required_role(get("/v1/users/{u:str}/erase")(_handler), "/v1/users/x/erase") == "admin"
-    assert required_role(get("/v1/models")(_handler), "/v1/models") == "admin"
-    assert required_role(get("/health/live")(_handler), "/health/live") is None
+@pytest.mark.parametrize(("path", "opt", "role"), [
+    ("/v1/decide-thing", DECIDE, "decide"), ("/metrics", ADMIN, "admin"),
+    # a route that declares nothing (a future /v1/users/* or /v1/models route, a UI page) is admin
+    ("/v1/users/x/erase", {}, "admin"), ("/v1/models", {}, "admin"), ("/ui/users/x", {}, "admin"),
+    ("/healthz", {}, "admin"), ("/docsearch", {}, "admin"),
+    # only the probes and the docs are open
+    ("/health/live", {}, None), ("/docs", {}, None), ("/docs/openapi.json", {}, None),
+    ("/docs/assets/x.js", {}, None),
+])
+def test_required_role(path: str, opt: dict[str, str], role: str | None) -> None:
+    assert required_role(get(path, opt=opt)(_handler), path, "/docs") == role
+
+
+def test_unknown_role_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown role"):
-        required_role(get("/v1/x", opt={"role": "root"})(_handler), "/v1/x")
+        required_role(get("/v1/x", opt={"role": "root"})(_handler), "/v1/x", "/docs")
 
 
 # ------------------------------------------------------------------- rate limit
