@@ -121,8 +121,10 @@ def make_guard(keys: Mapping[str, ApiKey], limiter: RateLimiter | None,
     own gateway."""
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-        docs = connection.app.openapi_config.path if connection.app.openapi_config else None
-        role = required_role(handler, connection.scope["path"], docs) if keys else None
+        role: Role | None = None
+        if keys:
+            docs = connection.app.openapi_config.path if connection.app.openapi_config else None
+            role = required_role(handler, connection.scope["path"], docs)
         if role is None:
             _check_declared_length(connection, max_body)
             return
