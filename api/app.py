@@ -6,9 +6,9 @@ Redis client and a fixed clock; without them the lifespan builds them from setti
 
 from __future__ import annotations
 
-import hmac
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from prometheus_client import generate_latest
 
+from api.auth import ADMIN, DECIDE, authenticated_key, make_guard
 from api.body import BodyDecoder
 from api.clock import Clock, SystemClock
 from api.engine import STORE_DOWN, Engine, check_instant, check_location_fields
@@ -32,13 +33,13 @@ from api.errors import (
     ApiError,
     ConflictError,
     InvalidRequestError,
-    UnauthorizedError,
     UnavailableError,
 )
 from api.localtime import utc_to_ms
 from api.metrics import Metrics
 from api.openapi import AUTHENTICATED, document_bodies, errors
 from api.policy import DEFAULT_POLICY, Policy, PolicyInvalidError, validate_policy
+from api.ratelimit import RateLimiter
 from api.reasons import REASON_DOCS
 from api.redis_client import RedisClient, make_redis
 from api.schemas import (
@@ -68,31 +69,25 @@ def _engine(request: Request[Any, Any, State]) -> Engine:
 
 
 def tenant_of(request: Request[Any, Any, State]) -> str:
-    """API keys (when configured) decide the tenant; otherwise the X-Sendwise-Tenant header
-    does, defaulting to the settings' default tenant."""
+    """API keys (when configured) decide the tenant: the app's guard checked the key, and
+    its role, before the body was read. Otherwise the X-Sendwise-Tenant header does,
+    defaulting to the settings' default tenant."""
     settings: Settings = request.app.state.settings
     if settings.api_keys:
-        auth = request.headers.get("authorization", "")
-        scheme, _, key = auth.partition(" ")
-        if scheme.lower() != "bearer" or not key:
-            raise UnauthorizedError("missing bearer API key", field="Authorization")
-        for known, tenant in settings.api_keys.items():
-            if hmac.compare_digest(known.encode(), key.encode()):
-                return tenant
-        raise UnauthorizedError("unknown API key", field="Authorization")
+        return authenticated_key(request).tenant
     tenant = request.headers.get("x-sendwise-tenant", settings.default_tenant)
     if not is_valid_tenant(tenant):
         raise InvalidRequestError("tenant must be 1-64 of [A-Za-z0-9_.-]", field="X-Sendwise-Tenant")
     return tenant
 
 
-def _error(status: int, body: ErrorBody) -> Response[bytes]:
+def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response[bytes]:
     return Response(content=msgspec.json.encode(body), status_code=status,
-                    media_type="application/json")
+                    media_type="application/json", headers=headers)
 
 
 def _api_error(_: Request[Any, Any, State], exc: ApiError) -> Response[bytes]:
-    return _error(exc.status, exc.body())
+    return _error(exc.status, exc.body(), dict(exc.headers))
 
 
 def _validation_error(_: Request[Any, Any, State], exc: ValidationException) -> Response[bytes]:
@@ -154,7 +149,7 @@ REQUEST_BODIES: dict[tuple[str, str], type[Any]] = {
 
 
 @post("/v1/decisions", status_code=HTTP_200_OK, summary="Decide send / defer / suppress",
-      responses=errors(400, 409, 413, *AUTHENTICATED))
+      responses=errors(400, 409, 413, *AUTHENTICATED), opt=DECIDE)
 async def create_decision(request: Request[Any, Any, State]) -> DecisionResponse:
     """Decide one message. A send/defer answer is a reservation that already counts against
     every cap; the same ``message_id`` always returns the same decision. With Redis
@@ -166,7 +161,8 @@ async def create_decision(request: Request[Any, Any, State]) -> DecisionResponse
 
 
 @post("/v1/decisions/{decision_id:str}/cancel", status_code=HTTP_200_OK,
-      summary="Release a reservation", responses=errors(404, 503, *AUTHENTICATED))
+      summary="Release a reservation", responses=errors(404, 503, *AUTHENTICATED),
+      opt=DECIDE)
 async def cancel_decision(request: Request[Any, Any, State], decision_id: FromPath[str]) -> CancelResponse:
     return await _engine(request).cancel(tenant_of(request), decision_id)
 
@@ -208,7 +204,7 @@ async def get_timeline(request: Request[Any, Any, State], user_id: FromPath[str]
 
 
 @post("/v1/events", status_code=HTTP_202_ACCEPTED, summary="Report outcome events",
-      responses=errors(400, 413, 503, *AUTHENTICATED))
+      responses=errors(400, 413, 503, *AUTHENTICATED), opt=DECIDE)
 async def post_events(request: Request[Any, Any, State]) -> EventsAccepted:
     """Validated whole before anything is written: one bad event rejects the batch."""
     tenant = tenant_of(request)
@@ -267,7 +263,7 @@ class ReasonDoc(msgspec.Struct, frozen=True):
     description: str
 
 
-@get("/v1/reason-codes", summary="The closed set of reason codes")
+@get("/v1/reason-codes", summary="The closed set of reason codes", opt=DECIDE)
 async def reason_codes() -> list[ReasonDoc]:
     return [ReasonDoc(code=str(code), description=text) for code, text in REASON_DOCS.items()]
 
@@ -292,13 +288,14 @@ async def ready(request: Request[Any, Any, State]) -> Response[Health]:
     return Response(Health("ok" if ok else "redis_unreachable"), status_code=200 if ok else 503)
 
 
-@get("/metrics", summary="Prometheus metrics of this worker", media_type="text/plain")
+@get("/metrics", summary="Prometheus metrics of this worker", media_type="text/plain",
+     opt=ADMIN)
 async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
     registry = _engine(request).metrics.registry
     return Response(content=generate_latest(registry), media_type="text/plain; version=0.0.4")
 
 
-@post("/v1/_trivial", status_code=HTTP_200_OK, include_in_schema=False)
+@post("/v1/_trivial", status_code=HTTP_200_OK, include_in_schema=False, opt=DECIDE)
 async def trivial(request: Request[Any, Any, State]) -> dict[str, str]:
     """The benchmark's yardstick: same app, same decoding, no Redis (docs/benchmarks.md)."""
     data = await _DECISION_BODY.read(request)
@@ -309,8 +306,12 @@ async def trivial(request: Request[Any, Any, State]) -> dict[str, str]:
 
 
 def create_app(settings: Settings, *, redis: RedisClient | None = None,
-               clock: Clock | None = None) -> Litestar:
+               clock: Clock | None = None,
+               monotonic: Callable[[], float] = time.monotonic) -> Litestar:
+    """``monotonic`` drives the per-key rate limiter (tests move it instead of sleeping)."""
     owned = redis is None
+    limiter = (RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst,
+                           monotonic=monotonic) if settings.rate_limit_per_second else None)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -330,6 +331,7 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
                         get_timeline, post_events, get_policy, put_policy, reason_codes, live,
                         ready, metrics, trivial],
         lifespan=[lifespan],
+        guards=[make_guard(settings.api_keys, limiter, settings.max_body_bytes)],
         exception_handlers={
             ApiError: _api_error,
             ValidationException: _validation_error,

@@ -19,11 +19,14 @@ import msgspec
 import pytest
 import redis
 
+from api.ids import Secret
 from api.redis_client import RedisClient, make_redis
 from api.redis_server import EmbeddedRedis
 from api.settings import Settings
 
 REDIS_TARGETS = ["embedded", "cluster3"] + (["external"] if os.environ.get("REDIS_URL") else [])
+#: the decision-id secret of every test (none falls back to a file in the working directory)
+TEST_ID_KEY = Secret(b"sendwise tests: decision-id key!")
 
 
 class RedisTarget(msgspec.Struct, frozen=True):
@@ -98,7 +101,7 @@ def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
 @pytest.fixture
 def redis_settings(redis_target: RedisTarget) -> Settings:
     return Settings(redis_url=redis_target.url, redis_cluster=redis_target.cluster,
-                    log_decisions=False, redis_timeout_seconds=2.0)
+                    log_decisions=False, redis_timeout_seconds=2.0, id_key=TEST_ID_KEY)
 
 
 @pytest.fixture
