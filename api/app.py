@@ -325,10 +325,12 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
                 await client.aclose()
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from api.lifecycle import lifecycle_router  # it imports tenant_of from here
+
     app = Litestar(
         route_handlers=[create_decision, cancel_decision, get_preferences, put_preferences,
                         get_timeline, post_events, get_policy, put_policy, reason_codes, live,
-                        ready, metrics, trivial],
+                        ready, metrics, trivial, lifecycle_router],
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,

@@ -1,0 +1,19 @@
+-- Merge step 1, on the source user: record where it is going (the tombstone), or undo that.
+-- Bumping the revision makes any decision that read the source before the mark retry
+-- (commit.lua's revision check) and, re-reading, follow the tombstone to the target.
+-- KEYS[1] source prefs hash; ARGV[1] target user id, ARGV[2] 'mark' | 'unmark'
+-- Returns {'ok', target} | {'elsewhere', the other target}
+local cur = redis.call('HGET', KEYS[1], 'moved_into')
+if ARGV[2] == 'unmark' then
+  if cur == ARGV[1] then
+    redis.call('HDEL', KEYS[1], 'moved_into')
+    redis.call('HINCRBY', KEYS[1], 'rev', 1)
+  end
+  return {'ok', ARGV[1]}
+end
+if cur and cur ~= ARGV[1] then return {'elsewhere', cur} end
+if not cur then
+  redis.call('HSET', KEYS[1], 'moved_into', ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'rev', 1)
+end
+return {'ok', ARGV[1]}
