@@ -237,20 +237,26 @@ async def merge(store: Store, tenant: str, source: str, target: str, now: int) -
     target_doc = decode_preferences((await store.preference_fields(tenant, into)).get(b"doc"))
     check_document(merge_preferences(target_doc, source_doc))
 
+    marked = into
     elsewhere = await store.mark_merge(tenant, source, into)
     if elsewhere is not None:
-        raise ConflictError(f"{source!r} was merged into {elsewhere!r} already",
-                            field="user_id", code="already_merged")
+        if await resolve(store, tenant, elsewhere) != into:
+            raise ConflictError(f"{source!r} was merged into {elsewhere!r} already",
+                                field="user_id", code="already_merged")
+        # an unfinished merge into an id that has since moved on to ``into``: finish it
+        marked = elsewhere
     dump = await snapshot(store, tenant, source)
-    moved = await _apply(store, tenant, dump, source, into, now)
-    await clear(store, tenant, source, into, dump)
+    moved = await _apply(store, tenant, dump, source, into, now, marked=marked)
+    await clear(store, tenant, source, marked, dump)
     return moved
 
 
 async def _apply(store: Store, tenant: str, dump: UserDump, source: str, into: str,
-                 now: int) -> MergeMoved:
+                 now: int, *, marked: str | None = None) -> MergeMoved:
     """Step 2, recomputing the document while the target's revision moves. A refusal
-    undoes step 1 (nothing else was written)."""
+    undoes step 1 (the source's tombstone, which names ``marked``); nothing else was
+    written."""
+    marked = marked or into
     for _ in range(MERGE_APPLY_ATTEMPTS):
         fields = await store.preference_fields(tenant, into)
         current = decode_preferences(fields.get(b"doc"))
@@ -258,7 +264,7 @@ async def _apply(store: Store, tenant: str, dump: UserDump, source: str, into: s
         try:
             check_document(merged)
         except ConflictError:
-            await store.mark_merge(tenant, source, into, undo=True)
+            await store.mark_merge(tenant, source, marked, undo=True)
             raise
         doc = b"" if merged == current else _json.encode(merged)
         args, mids = _apply_args(dump, source, fields.get(b"rev", b"0").decode(), doc, now)
@@ -268,18 +274,18 @@ async def _apply(store: Store, tenant: str, dump: UserDump, source: str, into: s
                               conversions=len(dump.conversions),
                               event_opt_outs=len(dump.event_opt_outs))
         if reply[0] == b"moved":
-            await store.mark_merge(tenant, source, into, undo=True)
+            await store.mark_merge(tenant, source, marked, undo=True)
             raise ConflictError(f"{into!r} was itself merged into {reply[1].decode()!r}; retry",
                                 field="into_user_id", code="merge_target_moved")
-    await store.mark_merge(tenant, source, into, undo=True)
+    await store.mark_merge(tenant, source, marked, undo=True)
     raise ConflictError("the target's preferences kept changing during the merge; retry",
                         code="concurrent_update")
 
 
-async def clear(store: Store, tenant: str, source: str, into: str, dump: UserDump) -> None:
-    """Step 3."""
+async def clear(store: Store, tenant: str, source: str, marked: str, dump: UserDump) -> None:
+    """Step 3 (only on a source whose tombstone names ``marked``)."""
     keys = user_keys(tenant, source)
-    await store.clear_merged(tenant, source, into, [keys.record(m) for m in dump.records])
+    await store.clear_merged(tenant, source, marked, [keys.record(m) for m in dump.records])
 
 
 async def erase(store: Store, tenant: str, user_id: str) -> EraseResponse:

@@ -99,6 +99,21 @@ async def test_merge_interrupted_after_the_mark_is_completed_by_a_retry(
     assert await _ledger_ids(engine, "anon") == []
 
 
+async def test_an_unfinished_merge_completes_after_its_target_moved_on(
+        engine: Engine, clock: FixedClock, redis_client: RedisClient) -> None:
+    """anon -> known crashed after the apply; known -> person merged since. The retry of
+    anon -> known finishes the first merge (into where known went) instead of refusing."""
+    await _seed(engine, clock)
+    await _interrupted(engine, clock, steps=2)
+    await lifecycle.merge(engine.store, TENANT, "known", "person", clock.now_ms())
+    await lifecycle.merge(engine.store, TENANT, "anon", "known", clock.now_ms())
+    assert await _ledger_ids(engine, "person") == ["a0", "a1", "a2", "k0", "k1", "k2"]
+    assert await _keys_of(redis_client, "anon") == [user_keys(TENANT, "anon").prefs.encode()]
+    assert await lifecycle.resolve(engine.store, TENANT, "anon") == "person"
+    r = await engine.decide(TENANT, req(user_id="anon", message_id="a1"))
+    assert r.replayed
+
+
 async def test_decisions_racing_a_merge_are_neither_lost_nor_counted_twice(
         engine: Engine, clock: FixedClock, set_policy: Callable[..., Any],
         redis_client: RedisClient) -> None:
