@@ -203,8 +203,9 @@ class MergeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class MergeMoved(msgspec.Struct, frozen=True, kw_only=True):
-    """What the merge copied from the source to the target (0 on a retry that found it
-    there already)."""
+    """What the merge did: ledger entries and decision records newly added to the target
+    (0 on a retry that found them there already); conversions and event opt-outs found on
+    the source (folded in by the conflict rules)."""
 
     ledger_entries: int
     decisions: int

@@ -114,6 +114,41 @@ async def test_an_unfinished_merge_completes_after_its_target_moved_on(
     assert r.replayed
 
 
+async def test_a_preference_change_racing_the_apply_is_merged_not_overwritten(
+        engine: Engine, clock: FixedClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The document is merged against the target's revision: a PUT landing between the
+    read and the apply makes the apply recompute, so neither side's opt-outs are lost."""
+    await engine.store.put_preferences(TENANT, "anon", Preferences(topic_opt_outs=["a"]))
+    original = engine.store.apply_merge
+    raced: list[bool] = []
+
+    async def apply_after_a_put(*args: Any) -> list[Any]:
+        if not raced:
+            raced.append(True)
+            await engine.store.put_preferences(TENANT, "known", Preferences(topic_opt_outs=["k"]))
+        return await original(*args)
+
+    monkeypatch.setattr(engine.store, "apply_merge", apply_after_a_put)
+    await lifecycle.merge(engine.store, TENANT, "anon", "known", clock.now_ms())
+    stored = await engine.store.get_preferences(TENANT, "known")
+    assert stored.preferences.topic_opt_outs == ["k", "a"]
+
+
+async def test_ids_with_glob_characters_erase_only_themselves(
+        engine: Engine, redis_client: RedisClient) -> None:
+    """SCAN MATCH patterns are escaped: erasing ``a*`` or ``a[b]`` never touches ``ab``."""
+    users = ["a*", "a?", "a[b]", "a\\", "ab", "a"]
+    for user in users:
+        await engine.decide(TENANT, req(user_id=user, message_id="m"))
+    for user in ["a*", "a?", "a[b]", "a\\"]:
+        erased = await lifecycle.erase(engine.store, TENANT, user)
+        assert (erased.erased.ledger_entries, erased.erased.decisions) == (1, 1), user
+        assert await _keys_of(redis_client, user) == []
+    for user in ["ab", "a"]:
+        assert len(await _keys_of(redis_client, user)) == 2  # ledger and record remain
+    assert await redis_client.dbsize() == 4
+
+
 async def test_decisions_racing_a_merge_are_neither_lost_nor_counted_twice(
         engine: Engine, clock: FixedClock, set_policy: Callable[..., Any],
         redis_client: RedisClient) -> None:
