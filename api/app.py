@@ -184,7 +184,7 @@ async def get_preferences(request: Request[Any, Any, State], user_id: FromPath[s
 
 
 @put("/v1/users/{user_id:str}/preferences", summary="Replace a recipient's preferences",
-     responses=errors(400, 413, 503, *AUTHENTICATED))
+     responses=errors(400, 409, 413, 503, *AUTHENTICATED))
 async def put_preferences(request: Request[Any, Any, State],
                           user_id: FromPath[str]) -> StoredPreferences:
     tenant = tenant_of(request)
@@ -325,7 +325,7 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
                 await client.aclose()
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from api.lifecycle import lifecycle_router  # it imports tenant_of from here
+    from api.lifecycle import LIFECYCLE_BODIES, lifecycle_router  # imports tenant_of from here
 
     app = Litestar(
         route_handlers=[create_decision, cancel_decision, get_preferences, put_preferences,
@@ -348,7 +348,8 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
         ),
         debug=False,
     )
-    document_bodies(app.plugins.get(OpenAPIPlugin).provide_openapi_schema(), REQUEST_BODIES)
+    document_bodies(app.plugins.get(OpenAPIPlugin).provide_openapi_schema(),
+                    {**REQUEST_BODIES, **LIFECYCLE_BODIES})
     return app
 
 

@@ -53,14 +53,16 @@ from zoneinfo import ZoneInfo
 import msgspec
 from litestar import Request, Router, delete, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK
 
 from api.app import tenant_of
+from api.body import BodyDecoder
 from api.engine import Engine
 from api.errors import ConflictError, InvalidRequestError
 from api.keys import user_keys
 from api.localtime import ms_to_utc
+from api.openapi import AUTHENTICATED, errors
 from api.plan import decision_id, decode_member
 from api.render import render_record
 from api.schemas import (
@@ -349,10 +351,18 @@ def _check_user_id(user_id: str, field: str = "user_id") -> None:
         raise InvalidRequestError("user_id must be 1-128 characters", field=field)
 
 
+_MERGE_BODY = BodyDecoder(MergeRequest)
+
+#: (path, method) -> body type, for the OpenAPI document (as app.REQUEST_BODIES)
+LIFECYCLE_BODIES: dict[tuple[str, str], type[Any]] = {
+    ("/v1/users/{user_id}/merge", "POST"): MergeRequest,
+}
+
+
 @post("/{user_id:str}/merge", status_code=HTTP_200_OK,
-      summary="Merge a user id into another (one person)")
-async def merge_user(request: Request[Any, Any, State], user_id: FromPath[str],
-                     data: JSONBody[MergeRequest]) -> MergeResponse:
+      summary="Merge a user id into another (one person)",
+      responses=errors(400, 409, 413, 503, *AUTHENTICATED))
+async def merge_user(request: Request[Any, Any, State], user_id: FromPath[str]) -> MergeResponse:
     """``user_id`` and ``into_user_id`` are one person: everything of ``user_id`` moves to
     ``into_user_id``, and later decisions, cancels and events for ``user_id`` follow it
     there. Conflict rules: the most restrictive consent per channel (opted_out > opted_in >
@@ -362,9 +372,10 @@ async def merge_user(request: Request[Any, Any, State], user_id: FromPath[str],
     instants and are honoured even where they now exceed a cap together; new decisions
     see the merged ledger. Safe to retry: a repeated or interrupted merge completes.
     409 ``already_merged`` / ``merge_cycle`` / ``merge_limit_exceeded`` change nothing."""
+    tenant = tenant_of(request)
+    data = await _MERGE_BODY.read(request)
     _check_user_id(user_id)
     engine = _engine(request)
-    tenant = tenant_of(request)
     moved = await merge(engine.store, tenant, user_id, data.into_user_id,
                         engine.clock.now_ms())
     into = await resolve(engine.store, tenant, data.into_user_id)
@@ -372,7 +383,8 @@ async def merge_user(request: Request[Any, Any, State], user_id: FromPath[str],
                          preferences=await engine.store.get_preferences(tenant, into))
 
 
-@delete("/{user_id:str}", status_code=HTTP_200_OK, summary="Erase everything about a user")
+@delete("/{user_id:str}", status_code=HTTP_200_OK, summary="Erase everything about a user",
+        responses=errors(400, 503, *AUTHENTICATED))
 async def delete_user(request: Request[Any, Any, State], user_id: FromPath[str]) -> EraseResponse:
     """Removes every key of the user (ledger, preferences, event opt-outs, conversions,
     idempotency records) and of every id merged into it, and answers what was removed.
@@ -382,7 +394,8 @@ async def delete_user(request: Request[Any, Any, State], user_id: FromPath[str])
     return await erase(engine.store, tenant_of(request), user_id)
 
 
-@get("/{user_id:str}/export", summary="Everything stored about a user, as JSON")
+@get("/{user_id:str}/export", summary="Everything stored about a user, as JSON",
+     responses=errors(400, 503, *AUTHENTICATED))
 async def export_user(request: Request[Any, Any, State], user_id: FromPath[str]) -> UserExport:
     """One atomic snapshot: the preference document, event opt-outs, conversions, the
     ledger (decoded, as the timeline shows it) and every decision still replayable,
