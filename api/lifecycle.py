@@ -145,8 +145,6 @@ class UserDump(msgspec.Struct, frozen=True, kw_only=True):
     ledger_pttl: int
     #: message id -> (record, remaining ms; -1 without TTL)
     records: dict[str, tuple[bytes, int]]
-    #: every key of the user the SCAN found (the records among them included)
-    key_names: list[str]
 
     @property
     def preferences(self) -> Preferences:
@@ -190,7 +188,6 @@ async def snapshot(store: Store, tenant: str, user_id: str) -> UserDump:
         ledger=[(member, int(float(score))) for member, score in _pairs(ledger)],
         ledger_pttl=int(ledger_pttl),
         records=found,
-        key_names=names,
     )
 
 
@@ -240,7 +237,7 @@ async def merge(store: Store, tenant: str, source: str, target: str, now: int) -
     check_document(merge_preferences(target_doc, source_doc))
 
     marked = into
-    elsewhere = await store.mark_merge(tenant, source, into)
+    created, elsewhere = await store.mark_merge(tenant, source, into)
     if elsewhere is not None:
         if await resolve(store, tenant, elsewhere) != into:
             raise ConflictError(f"{source!r} was merged into {elsewhere!r} already",
@@ -248,26 +245,33 @@ async def merge(store: Store, tenant: str, source: str, target: str, now: int) -
         # an unfinished merge into an id that has since moved on to ``into``: finish it
         marked = elsewhere
     dump = await snapshot(store, tenant, source)
-    moved = await _apply(store, tenant, dump, source, into, now, marked=marked)
+    moved = await _apply(store, tenant, dump, source, into, now, marked=marked,
+                         undo_mark=created)
     await clear(store, tenant, source, marked, dump)
     return moved
 
 
 async def _apply(store: Store, tenant: str, dump: UserDump, source: str, into: str,
-                 now: int, *, marked: str | None = None) -> MergeMoved:
+                 now: int, *, marked: str | None = None, undo_mark: bool = True) -> MergeMoved:
     """Step 2, recomputing the document while the target's revision moves. A refusal
-    undoes step 1 (the source's tombstone, which names ``marked``); nothing else was
-    written."""
+    undoes step 1 when this call made it (``undo_mark``; the tombstone names ``marked``):
+    nothing else was written then. A mark left by an earlier, interrupted call stays, since
+    that call's apply may have succeeded: the retry completes it."""
     marked = marked or into
+
+    async def refuse(error: ConflictError) -> ConflictError:
+        if undo_mark:
+            await store.mark_merge(tenant, source, marked, undo=True)
+        return error
+
     for _ in range(MERGE_APPLY_ATTEMPTS):
         fields = await store.preference_fields(tenant, into)
         current = decode_preferences(fields.get(b"doc"))
         merged = merge_preferences(current, dump.preferences)
         try:
             check_document(merged)
-        except ConflictError:
-            await store.mark_merge(tenant, source, marked, undo=True)
-            raise
+        except ConflictError as exc:
+            raise await refuse(exc) from None
         doc = b"" if merged == current else _json.encode(merged)
         args, mids = _apply_args(dump, source, fields.get(b"rev", b"0").decode(), doc, now)
         reply = await store.apply_merge(tenant, into, args, mids)
@@ -276,12 +280,12 @@ async def _apply(store: Store, tenant: str, dump: UserDump, source: str, into: s
                               conversions=len(dump.conversions),
                               event_opt_outs=len(dump.event_opt_outs))
         if reply[0] == b"moved":
-            await store.mark_merge(tenant, source, marked, undo=True)
-            raise ConflictError(f"{into!r} was itself merged into {reply[1].decode()!r}; retry",
-                                field="into_user_id", code="merge_target_moved")
-    await store.mark_merge(tenant, source, marked, undo=True)
-    raise ConflictError("the target's preferences kept changing during the merge; retry",
-                        code="concurrent_update")
+            raise await refuse(ConflictError(
+                f"{into!r} was itself merged into {reply[1].decode()!r}; retry",
+                field="into_user_id", code="merge_target_moved"))
+    raise await refuse(ConflictError(
+        "the target's preferences kept changing during the merge; retry",
+        code="concurrent_update"))
 
 
 async def clear(store: Store, tenant: str, source: str, marked: str, dump: UserDump) -> None:

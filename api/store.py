@@ -270,14 +270,15 @@ class Store:
         return cast(dict[bytes, bytes], fields)
 
     async def mark_merge(self, tenant: str, source: str, target: str, *,
-                         undo: bool = False) -> str | None:
-        """Set (or, with ``undo``, remove) the source's tombstone. Returns None when done,
-        or the other id the source is already merged into."""
+                         undo: bool = False) -> tuple[bool, str | None]:
+        """Set (or, with ``undo``, remove) the source's tombstone. Returns (whether this
+        call set it, the other id the source is already merged into if so)."""
         async with self._gate:
             status, where = await self._merge_mark(
                 keys=[user_keys(tenant, source).prefs],
                 args=[target, "unmark" if undo else "mark"])
-        return cast(bytes, where).decode() if status == b"elsewhere" else None
+        return status == b"marked", cast(bytes, where).decode() if status == b"elsewhere" \
+            else None
 
     async def apply_merge(self, tenant: str, target: str, args: Sequence[bytes | str | int],
                           message_ids: Sequence[str]) -> list[Any]:

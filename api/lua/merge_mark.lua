@@ -2,7 +2,8 @@
 -- Bumping the revision makes any decision that read the source before the mark retry
 -- (commit.lua's revision check) and, re-reading, follow the tombstone to the target.
 -- KEYS[1] source prefs hash; ARGV[1] target user id, ARGV[2] 'mark' | 'unmark'
--- Returns {'ok', target} | {'elsewhere', the other target}
+-- Returns {'marked', target} (set now) | {'ok', target} (it was set already, or unmarked)
+--       | {'elsewhere', the other target} (nothing changed)
 local cur = redis.call('HGET', KEYS[1], 'moved_into')
 if ARGV[2] == 'unmark' then
   if cur == ARGV[1] then
@@ -12,8 +13,7 @@ if ARGV[2] == 'unmark' then
   return {'ok', ARGV[1]}
 end
 if cur and cur ~= ARGV[1] then return {'elsewhere', cur} end
-if not cur then
-  redis.call('HSET', KEYS[1], 'moved_into', ARGV[1])
-  redis.call('HINCRBY', KEYS[1], 'rev', 1)
-end
-return {'ok', ARGV[1]}
+if cur then return {'ok', ARGV[1]} end
+redis.call('HSET', KEYS[1], 'moved_into', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
+return {'marked', ARGV[1]}

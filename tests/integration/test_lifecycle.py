@@ -53,7 +53,7 @@ async def _seed(engine: Engine, clock: FixedClock) -> None:
 async def _interrupted(engine: Engine, clock: FixedClock, *, steps: int) -> None:
     """Run the first ``steps`` steps of a merge of anon into known, then "crash"."""
     store = engine.store
-    assert await store.mark_merge(TENANT, "anon", "known") is None
+    assert await store.mark_merge(TENANT, "anon", "known") == (True, None)
     if steps >= 2:
         dump = await lifecycle.snapshot(store, TENANT, "anon")
         await lifecycle._apply(store, TENANT, dump, "anon", "known", clock.now_ms())
@@ -132,6 +132,27 @@ async def test_a_preference_change_racing_the_apply_is_merged_not_overwritten(
     await lifecycle.merge(engine.store, TENANT, "anon", "known", clock.now_ms())
     stored = await engine.store.get_preferences(TENANT, "known")
     assert stored.preferences.topic_opt_outs == ["k", "a"]
+
+
+async def test_a_target_merged_away_during_the_merge_refuses_and_unmarks(
+        engine: Engine, clock: FixedClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    await _seed(engine, clock)
+    original = engine.store.apply_merge
+
+    async def target_moves_first(*args: Any) -> list[Any]:
+        monkeypatch.setattr(engine.store, "apply_merge", original)
+        await lifecycle.merge(engine.store, TENANT, "known", "person", clock.now_ms())
+        return await original(*args)
+
+    monkeypatch.setattr(engine.store, "apply_merge", target_moves_first)
+    with pytest.raises(ConflictError) as refused:
+        await lifecycle.merge(engine.store, TENANT, "anon", "known", clock.now_ms())
+    assert refused.value.code == "merge_target_moved"
+    assert await engine.store.moved_into(TENANT, "anon") is None  # step 1 undone
+    assert await _ledger_ids(engine, "anon") == ["a0", "a1", "a2"]  # nothing moved
+    assert await _ledger_ids(engine, "person") == ["k0", "k1", "k2"]
+    await lifecycle.merge(engine.store, TENANT, "anon", "known", clock.now_ms())  # a retry
+    assert await _ledger_ids(engine, "person") == ["a0", "a1", "a2", "k0", "k1", "k2"]
 
 
 async def test_ids_with_glob_characters_erase_only_themselves(
