@@ -4,7 +4,8 @@ Hypothesis draws a policy (caps, quiet hours, one conflict window), three recipi
 different zones, and a history mixing decisions (channels incl. opt-in-only WhatsApp,
 categories incl. exempt transactional, campaigns, tags, offers of two conflict groups,
 deadlines, not_before), cancels, preference documents (consent, own frequency limits,
-own quiet hours, topic opt-outs) and events (unsubscribed, converted) while a
+own quiet hours, topic opt-outs), events (unsubscribed, converted) and identity merges
+(after which the old id's decisions, cancels and events are the person's) while a
 ``FixedClock`` advances. A pure model of what the recipient allowed *at decision time*
 then judges every send/defer answer:
 
@@ -16,7 +17,8 @@ then judges every send/defer answer:
   in, nothing when a topic is opted out or the campaign converted;
 * conflicts: two different offers of one group are never within the group's window.
 
-Finally the ledger in Redis is exactly the model's (sends and defers minus cancels).
+Finally the ledger in Redis is exactly the model's (sends and defers minus cancels, each
+under the person's current id).
 """
 
 from __future__ import annotations
@@ -27,18 +29,20 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from api import lifecycle
 from api.clock import FixedClock
 from api.engine import Engine
-from api.errors import NotFoundError
+from api.errors import ConflictError, InvalidRequestError, NotFoundError
 from api.plan import decode_member
 from api.policy import Policy, validate_policy
 from api.redis_client import RedisClient
 from api.schemas import Event, Preferences
 from api.settings import Settings
-from api.store import Store
+from api.store import Store, UserMergedError
 from tests.integration.conftest import TENANT, req
 from tests.integration.test_cap_properties import (
     MIN,
@@ -102,7 +106,13 @@ class Convert:
     campaign: str
 
 
-Op = Decide | Cancel | PutPrefs | Unsubscribe | Convert
+@dataclass(frozen=True)
+class Merge:
+    source: int
+    into: int
+
+
+Op = Decide | Cancel | PutPrefs | Unsubscribe | Convert | Merge
 
 
 @st.composite
@@ -158,6 +168,7 @@ def _ops() -> st.SearchStrategy[Op]:
         st.builds(PutPrefs, user, _documents()),
         st.builds(Unsubscribe, user, st.one_of(st.none(), st.sampled_from(CHANNELS))),
         st.builds(Convert, user, st.sampled_from(CAMPAIGNS)),
+        st.builds(Merge, user, user),
     )
 
 
@@ -189,7 +200,6 @@ class Entry:
 
 @dataclass
 class Person:
-    zone: ZoneInfo
     doc: dict[str, Any] = field(default_factory=dict)
     event_opt_outs: set[str] = field(default_factory=set)
     converted: dict[str, int] = field(default_factory=dict)
@@ -201,21 +211,40 @@ class Person:
         pref = self.doc.get("channels", {}).get(channel)
         return "unknown" if pref is None else str(pref["consent"])
 
-    def world(self, rules: list[Rule], quiet: list[Quiet]) -> World:
-        """The policy's rules plus this recipient's own, in force now."""
+    def absorb(self, other: Person) -> None:
+        """The merge's conflict rules, restated: the most restrictive consent per channel,
+        every limit, quiet window and topic of both, every opt-out, every conversion (the
+        latest), both ledgers."""
+        rank = {"unknown": 0, "opted_in": 1, "opted_out": 2}
+        channels = dict(self.doc.get("channels", {}))
+        for ch, pref in other.doc.get("channels", {}).items():
+            if ch not in channels or rank[pref["consent"]] > rank[channels[ch]["consent"]]:
+                channels[ch] = pref
+        doc = {"channels": channels}
+        for key in ("frequency_limits", "quiet_hours", "topic_opt_outs"):
+            doc[key] = [*self.doc.get(key, []), *other.doc.get(key, [])]
+        self.doc = doc
+        self.event_opt_outs |= other.event_opt_outs
+        for campaign, at in other.converted.items():
+            self.converted[campaign] = max(at, self.converted.get(campaign, at))
+        self.ledger.update(other.ledger)
+
+    def world(self, zone: ZoneInfo, rules: list[Rule], quiet: list[Quiet]) -> World:
+        """The policy's rules plus this recipient's own, in force now, in the zone the
+        request names."""
         own_rules = [Rule(f"own{i}", limit["limit"],
                           limit["window_minutes"] * MIN if "window_minutes" in limit else None,
                           frozenset(limit["channels"]))
                      for i, limit in enumerate(self.doc.get("frequency_limits", []))]
         own_quiet = [Quiet(_hhmm(q["start"]), _hhmm(q["end"]))
                      for q in self.doc.get("quiet_hours", [])]
-        world = World(self.zone, [*rules, *own_rules], [*quiet, *own_quiet], max_defer=0)
+        world = World(zone, [*rules, *own_rules], [*quiet, *own_quiet], max_defer=0)
         world.ledger = [Sent(e.t, e.ch, e.cat, e.camp, e.tags) for e in self.ledger.values()]
         return world
 
 
-def _check_answer(person: Person, op: Decide, answer: Any, now: int, rules: list[Rule],
-                  quiet: list[Quiet], conflict_ms: int) -> Entry | None:
+def _check_answer(person: Person, zone: ZoneInfo, op: Decide, answer: Any, now: int,
+                  rules: list[Rule], quiet: list[Quiet], conflict_ms: int) -> Entry | None:
     """Judge one answer against the model at decision time; the new entry, if reserved."""
     ask = op.ask
     context = f"{op} at {_utc(now)} -> {answer}"
@@ -233,7 +262,7 @@ def _check_answer(person: Person, op: Decide, answer: Any, now: int, rules: list
     if ask.camp is not None and ask.camp in person.converted:
         assert now >= person.converted[ask.camp] + CONVERTED_DAYS * 24 * 60 * MIN, context
     # caps (policy's and own) and quiet hours (policy's and own), by brute force
-    feasible = Feasibility(person.world(rules, quiet), ask, now)
+    feasible = Feasibility(person.world(zone, rules, quiet), ask, now)
     assert feasible.allowed(t, ch, local(feasible.world, t)), f"cap or quiet hours: {context}"
     # conflicting offers: never two different offers of one group within the window
     if op.offer is not None:
@@ -264,15 +293,20 @@ async def test_random_histories_keep_every_invariant(redis_client: RedisClient,
     rules = _reference_rules(h["caps"])
     quiet = [Quiet(_hhmm(q["start"]), _hhmm(q["end"]), frozenset(q.get("channels", [])))
              for q in h["quiet_hours"]]
-    people = [Person(ZoneInfo(zone)) for zone in h["zones"]]
+    people = [Person() for _ in USERS]
+    owner = list(range(len(USERS)))  # user id (index) -> the person it names now
+    merged_away: set[int] = set()  # user ids that are merge tombstones
     decided: list[tuple[int, str, str]] = []  # (user index, message id, decision id)
+
+    def person_of(user: int) -> Person:
+        return people[owner[user]]
 
     for i, op in enumerate(h["ops"]):
         now = clock.now_ms()
         if isinstance(op, Decide):
             clock.advance(op.ask.advance * MIN)
             now = clock.now_ms()
-            person, ask = people[op.user], op.ask
+            person, ask = person_of(op.user), op.ask
             fields: dict[str, Any] = {
                 "message_id": f"m{i}", "user_id": USERS[op.user], "channels": list(ask.channels),
                 "category": ask.cat, "tags": list(ask.tags), "timezone": h["zones"][op.user]}
@@ -288,7 +322,8 @@ async def test_random_histories_keep_every_invariant(redis_client: RedisClient,
             event(f"decision: {answer.decision}")  # coverage, with --hypothesis-show-statistics
             for code in {str(r.code) for r in answer.reasons}:
                 event(f"reason: {code}")
-            entry = _check_answer(person, op, answer, now, rules, quiet, conflict_ms)
+            entry = _check_answer(person, ZoneInfo(h["zones"][op.user]), op, answer, now, rules,
+                                  quiet, conflict_ms)
             if entry is not None:
                 person.ledger[entry.mid] = entry
             decided.append((op.user, answer.message_id, answer.decision_id))
@@ -299,29 +334,68 @@ async def test_random_histories_keep_every_invariant(redis_client: RedisClient,
                     released = (await engine.cancel(TENANT, did)).released
                 except NotFoundError:  # its record expired and it holds no reservation
                     released = False
-                assert released == (mid in people[user].ledger)
-                people[user].ledger.pop(mid, None)
+                assert released == (mid in person_of(user).ledger)
+                person_of(user).ledger.pop(mid, None)
         elif isinstance(op, PutPrefs):
-            await engine.store.put_preferences(TENANT, USERS[op.user],
-                                               msgspec.convert(op.doc, Preferences))
-            person = people[op.user]
+            doc = msgspec.convert(op.doc, Preferences)
+            if op.user in merged_away:
+                with pytest.raises(UserMergedError):
+                    await engine.store.put_preferences(TENANT, USERS[op.user], doc)
+                continue
+            await engine.store.put_preferences(TENANT, USERS[op.user], doc)
+            person = person_of(op.user)
             person.doc = op.doc
             person.event_opt_outs -= {ch for ch, p in op.doc["channels"].items()
                                       if p["consent"] == "opted_in"}
         elif isinstance(op, Unsubscribe):
             await engine.store.apply_events(TENANT, [Event(
                 type="unsubscribed", user_id=USERS[op.user], at=_utc(now), channel=op.channel)])
-            people[op.user].event_opt_outs |= {op.channel} if op.channel else set(CHANNELS)
-        else:
+            person_of(op.user).event_opt_outs |= {op.channel} if op.channel else set(CHANNELS)
+        elif isinstance(op, Convert):
             await engine.store.apply_events(TENANT, [Event(
                 type="converted", user_id=USERS[op.user], at=_utc(now),
                 campaign_id=op.campaign)])
-            people[op.user].converted[op.campaign] = now
+            person_of(op.user).converted[op.campaign] = now
+        else:
+            await _merge(engine, op, owner, merged_away, people, now)
 
-    # the ledgers in Redis are exactly the model's
-    for user, person in zip(USERS, people, strict=True):
-        stored = Counter()
-        for member, score in await engine.store.ledger(TENANT, user):
+    # the ledgers in Redis are exactly the model's (a merged-away id holds nothing)
+    for user, name in enumerate(USERS):
+        stored: Counter[tuple[str, int, str, str]] = Counter()
+        for member, score in await engine.store.ledger(TENANT, name):
             mid, ch, cat, *_ = decode_member(member)
             stored[(mid, int(score), ch, cat)] += 1
-        assert stored == Counter((e.mid, e.t, e.ch, e.cat) for e in person.ledger.values())
+        model = [] if user in merged_away else list(person_of(user).ledger.values())
+        assert stored == Counter((e.mid, e.t, e.ch, e.cat) for e in model)
+
+
+async def _merge(engine: Engine, op: Merge, owner: list[int], merged_away: set[int],
+                 people: list[Person], now: int) -> None:
+    """A merge, and what the model expects of it: refused into itself, into an id of the
+    same person that this one is the current id of (a cycle), or for an id already merged
+    into another person; a no-op for an id already part of the target's person."""
+    src, dst = op.source, op.into
+    call = lifecycle.merge(engine.store, TENANT, USERS[src], USERS[dst], now)
+    if src == dst:
+        with pytest.raises(InvalidRequestError):
+            await call
+    elif owner[src] == owner[dst] and src not in merged_away:
+        with pytest.raises(ConflictError, match="merged into") as refused:
+            await call
+        assert refused.value.code == "merge_cycle"
+    elif owner[src] != owner[dst] and src in merged_away:
+        with pytest.raises(ConflictError) as refused:
+            await call
+        assert refused.value.code == "already_merged"
+    elif owner[src] == owner[dst]:
+        moved = await call  # a repeat: everything is there already
+        assert (moved.ledger_entries, moved.decisions) == (0, 0)
+    else:
+        await call
+        event("merge")
+        gone, into = owner[src], owner[dst]
+        people[into].absorb(people[gone])
+        for user, person in enumerate(owner):
+            if person == gone:
+                owner[user] = into
+        merged_away.add(src)
