@@ -19,12 +19,15 @@ both; the merge is three single-slot steps, each safe to repeat:
    document becomes ``merge_preferences(target, source)`` checked against the target's
    revision (a concurrent change makes it recompute).
 3. *clear* (``merge_clear.lua`` on the source): drop what was copied; only the tombstone
-   and the (bumped, never reset) revision stay.
+   and the (bumped, never reset) revision stay. Ids merged into the source earlier are
+   first re-pointed at the target, so every tombstone names the person's current id.
 
 A crash or timeout anywhere leaves a state the same call completes: the mark is kept for
-the same target, the apply is idempotent, the clear only runs on a marked source. When the
-apply is refused (the target was itself merged meanwhile, or the joint document would
-exceed a list limit) the mark is removed again and nothing else was written.
+the same target (or for an id that has since been merged into it), the apply is
+idempotent, the clear only runs on a marked source. When the apply is refused (the target
+was itself merged meanwhile, or the joint document would exceed a list limit) a mark this
+call made is removed again and nothing else was written. The tombstone stays until the old
+id is erased: any later call with the old id keeps reaching the person.
 
 **Conflict rules** of ``merge_preferences``: per channel the most restrictive consent wins
 (``opted_out`` > ``opted_in`` > ``unknown``); topic opt-outs, frequency limits and quiet
@@ -247,6 +250,8 @@ async def merge(store: Store, tenant: str, source: str, target: str, now: int) -
     dump = await snapshot(store, tenant, source)
     moved = await _apply(store, tenant, dump, source, into, now, marked=marked,
                          undo_mark=created)
+    for earlier in dump.merged_from:  # ids merged into the source point at the person now
+        await store.repoint_merged(tenant, earlier, source, into)
     await clear(store, tenant, source, marked, dump)
     return moved
 

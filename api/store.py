@@ -280,6 +280,12 @@ class Store:
         return status == b"marked", cast(bytes, where).decode() if status == b"elsewhere" \
             else None
 
+    async def repoint_merged(self, tenant: str, user_id: str, was: str, now_into: str) -> None:
+        """``user_id`` was merged into ``was``, which has been merged into ``now_into``."""
+        async with self._gate:
+            await self._merge_mark(keys=[user_keys(tenant, user_id).prefs],
+                                   args=[now_into, "repoint", was])
+
     async def apply_merge(self, tenant: str, target: str, args: Sequence[bytes | str | int],
                           message_ids: Sequence[str]) -> list[Any]:
         """merge_apply.lua on the target; ``args`` as that script documents, with one record

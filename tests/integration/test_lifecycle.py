@@ -170,6 +170,22 @@ async def test_ids_with_glob_characters_erase_only_themselves(
     assert await redis_client.dbsize() == 4
 
 
+async def test_erasing_an_intermediate_id_keeps_older_ids_reaching_the_person(
+        engine: Engine, clock: FixedClock) -> None:
+    """anon -> mid, then mid -> known: anon's tombstone is re-pointed at known, so erasing
+    the alias ``mid`` alone does not cut anon off from the person."""
+    first = await engine.decide(TENANT, req(user_id="anon", message_id="a1"))
+    await lifecycle.merge(engine.store, TENANT, "anon", "mid", clock.now_ms())
+    await lifecycle.merge(engine.store, TENANT, "mid", "known", clock.now_ms())
+    assert await engine.store.moved_into(TENANT, "anon") == "known"
+    erased = await lifecycle.erase(engine.store, TENANT, "mid")
+    assert erased.merged_ids == []
+    replay = await engine.decide(TENANT, req(user_id="anon", message_id="a1"))
+    assert replay.replayed and replay.send_at == first.send_at
+    fields = await engine.store.preference_fields(TENANT, "known")
+    assert sorted(k for k in fields if k.startswith(b"merged_from:")) == [b"merged_from:anon"]
+
+
 async def test_decisions_racing_a_merge_are_neither_lost_nor_counted_twice(
         engine: Engine, clock: FixedClock, set_policy: Callable[..., Any],
         redis_client: RedisClient) -> None:
