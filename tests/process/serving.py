@@ -82,7 +82,7 @@ class Served:
         full_env = {k: v for k, v in os.environ.items()
                     if not k.startswith("SENDWISE_") and k != "REDIS_URL"}
         full_env.update(env)
-        self.proc = subprocess.Popen(  # noqa: S603 - fixed argv
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", "sendwise", "serve", "--port", str(self.port), *args],
             cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True)

@@ -62,7 +62,7 @@ _PROVOKE = textwrap.dedent("""
 
 def test_internal_error_logs_its_traceback() -> None:
     """In a fresh interpreter: structlog's configuration is process-global and cached."""
-    done = subprocess.run([sys.executable, "-c", _PROVOKE], cwd=ROOT, capture_output=True,  # noqa: S603
+    done = subprocess.run([sys.executable, "-c", _PROVOKE], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     errors = [json.loads(line) for line in done.stdout.splitlines()
