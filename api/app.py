@@ -180,7 +180,7 @@ async def get_preferences(request: Request[Any, Any, State], user_id: FromPath[s
 
 
 @put("/v1/users/{user_id:str}/preferences", summary="Replace a recipient's preferences",
-     responses=errors(400, 413, 503, *AUTHENTICATED))
+     responses=errors(400, 409, 413, 503, *AUTHENTICATED))
 async def put_preferences(request: Request[Any, Any, State],
                           user_id: FromPath[str]) -> StoredPreferences:
     tenant = tenant_of(request)
@@ -326,10 +326,12 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
                 await client.aclose()
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from api.lifecycle import LIFECYCLE_BODIES, lifecycle_router  # imports tenant_of from here
+
     app = Litestar(
         route_handlers=[create_decision, cancel_decision, get_preferences, put_preferences,
                         get_timeline, post_events, get_policy, put_policy, reason_codes, live,
-                        ready, metrics, trivial],
+                        ready, metrics, trivial, lifecycle_router],
         lifespan=[lifespan],
         guards=[make_guard(settings.api_keys, limiter, settings.max_body_bytes)],
         exception_handlers={
@@ -348,7 +350,8 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
         ),
         debug=False,
     )
-    document_bodies(app.plugins.get(OpenAPIPlugin).provide_openapi_schema(), REQUEST_BODIES)
+    document_bodies(app.plugins.get(OpenAPIPlugin).provide_openapi_schema(),
+                    {**REQUEST_BODIES, **LIFECYCLE_BODIES})
     return app
 
 

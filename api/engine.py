@@ -53,6 +53,7 @@ from api.schemas import (
 )
 from api.settings import Settings
 from api.store import Store
+from api.userstate import MAX_MERGE_HOPS
 
 log = structlog.get_logger("sendwise.decisions")
 
@@ -197,9 +198,16 @@ class Engine:
                       now: int) -> DecisionResponse:
         fp = fingerprint(request)
         did = self.ids.decision_id(tenant, request.user_id, request.message_id)
+        user = request.user_id
         for _ in range(_MAX_STALE_RETRIES):
-            state = await self.store.read_user(tenant, request.user_id, request.message_id,
+            state = await self.store.read_user(tenant, user, request.message_id,
                                                request.campaign_id)
+            for _hop in range(MAX_MERGE_HOPS):  # a merged id: decide for the person's new id
+                if state.moved_into is None:
+                    break
+                user = state.moved_into
+                state = await self.store.read_user(tenant, user, request.message_id,
+                                                   request.campaign_id)
             if state.record is not None:
                 return self._replay(state.record, fp, request.dry_run)
             location = self.locate(request, state.preferences, policy)
@@ -210,7 +218,7 @@ class Engine:
             ctx = Context(did=did, mid=request.message_id, uid=request.user_id,
                           pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
                           dry=request.dry_run, pre=pre)
-            reply = await self.store.commit(tenant, request.user_id, request.message_id,
+            reply = await self.store.commit(tenant, user, request.message_id,
                                             encode_plan(plan), encode_context(ctx))
             if reply.status == "stale":
                 continue
@@ -262,6 +270,15 @@ class Engine:
         now = self.clock.now_ms()
         reply = await self.store.cancel(tenant, user_id, message_id, member_prefix(message_id),
                                         now)
+        for _hop in range(MAX_MERGE_HOPS):  # the user was merged: its decisions moved too
+            if reply.status != "missing":
+                break
+            moved = await self.store.moved_into(tenant, user_id)
+            if moved is None:
+                break
+            user_id = moved
+            reply = await self.store.cancel(tenant, user_id, message_id,
+                                            member_prefix(message_id), now)
         if reply.status == "missing":
             raise NotFoundError("no such decision (or it has expired)", field="decision_id")
         cancelled_at = ms_to_utc(now)

@@ -336,8 +336,10 @@ async def test_caps_quiet_hours_and_minimality(redis_client: RedisClient,
         r = await engine.decide(TENANT, req(**fields))
 
         assert _ms_of(r.decided_at) == now
-        horizon = (now + ask.deadline * MIN + 1 if ask.deadline is not None
-                   else now + world.max_defer * MIN)
+        # the horizon is the deadline, but never past max_defer_minutes (plan.decision_horizon)
+        horizon = now + world.max_defer * MIN
+        if ask.deadline is not None:
+            horizon = min(horizon, now + ask.deadline * MIN + 1)
         ref = Feasibility(world, ask, now)
         context = f"decision {i} ({ask}) at {_utc(now)}: {r}"
         if r.decision == "suppress":
