@@ -6,9 +6,9 @@ Redis client and a fixed clock; without them the lifespan builds them from setti
 
 from __future__ import annotations
 
-import hmac
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
+from api.auth import ADMIN, DECIDE, authenticated_key, make_guard
 from api.body import BodyDecoder
 from api.clock import Clock, SystemClock
 from api.docs_assets import docs_handlers, render_plugins
@@ -32,13 +33,13 @@ from api.errors import (
     ApiError,
     ConflictError,
     InvalidRequestError,
-    UnauthorizedError,
     UnavailableError,
 )
 from api.localtime import utc_to_ms
 from api.metrics import Metrics
 from api.openapi import AUTHENTICATED, document_bodies, document_errors, errors
 from api.policy import DEFAULT_POLICY, Policy, PolicyInvalidError, validate_policy
+from api.ratelimit import RateLimiter
 from api.reasons import REASON_DOCS
 from api.redis_client import RedisClient, make_redis
 from api.requestlog import RequestLogMiddleware
@@ -70,31 +71,25 @@ def _engine(request: Request[Any, Any, State]) -> Engine:
 
 
 def tenant_of(request: Request[Any, Any, State]) -> str:
-    """API keys (when configured) decide the tenant; otherwise the X-Sendwise-Tenant header
-    does, defaulting to the settings' default tenant."""
+    """API keys (when configured) decide the tenant: the app's guard checked the key, and
+    its role, before the body was read. Otherwise the X-Sendwise-Tenant header does,
+    defaulting to the settings' default tenant."""
     settings: Settings = request.app.state.settings
     if settings.api_keys:
-        auth = request.headers.get("authorization", "")
-        scheme, _, key = auth.partition(" ")
-        if scheme.lower() != "bearer" or not key:
-            raise UnauthorizedError("missing bearer API key", field="Authorization")
-        for known, tenant in settings.api_keys.items():
-            if hmac.compare_digest(known.encode(), key.encode()):
-                return tenant
-        raise UnauthorizedError("unknown API key", field="Authorization")
+        return authenticated_key(request).tenant
     tenant = request.headers.get("x-sendwise-tenant", settings.default_tenant)
     if not is_valid_tenant(tenant):
         raise InvalidRequestError("tenant must be 1-64 of [A-Za-z0-9_.-]", field="X-Sendwise-Tenant")
     return tenant
 
 
-def _error(status: int, body: ErrorBody) -> Response[bytes]:
+def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response[bytes]:
     return Response(content=msgspec.json.encode(body), status_code=status,
-                    media_type="application/json")
+                    media_type="application/json", headers=headers)
 
 
 def _api_error(_: Request[Any, Any, State], exc: ApiError) -> Response[bytes]:
-    return _error(exc.status, exc.body())
+    return _error(exc.status, exc.body(), dict(exc.headers))
 
 
 def _validation_error(_: Request[Any, Any, State], exc: ValidationException) -> Response[bytes]:
@@ -162,7 +157,7 @@ DECISION_ID_HEADER = "X-Sendwise-Decision-Id"
 
 
 @post("/v1/decisions", status_code=HTTP_200_OK, summary="Decide send / defer / suppress",
-      responses=errors(400, 409, 413, *AUTHENTICATED),
+      responses=errors(400, 409, 413, *AUTHENTICATED), opt=DECIDE,
       response_headers=[ResponseHeader(name=DECISION_ID_HEADER, documentation_only=True, required=True,
                                        description="The answer's `decision_id`")])
 async def create_decision(request: Request[Any, Any, State]) -> Response[DecisionResponse]:
@@ -177,7 +172,8 @@ async def create_decision(request: Request[Any, Any, State]) -> Response[Decisio
 
 
 @post("/v1/decisions/{decision_id:str}/cancel", status_code=HTTP_200_OK,
-      summary="Release a reservation", responses=errors(404, 503, *AUTHENTICATED))
+      summary="Release a reservation", responses=errors(404, 503, *AUTHENTICATED),
+      opt=DECIDE)
 async def cancel_decision(request: Request[Any, Any, State], decision_id: FromPath[str]) -> CancelResponse:
     return await _engine(request).cancel(tenant_of(request), decision_id)
 
@@ -195,7 +191,7 @@ async def get_preferences(request: Request[Any, Any, State], user_id: FromPath[s
 
 
 @put("/v1/users/{user_id:str}/preferences", summary="Replace a recipient's preferences",
-     responses=errors(400, 413, 503, *AUTHENTICATED))
+     responses=errors(400, 409, 413, 503, *AUTHENTICATED))
 async def put_preferences(request: Request[Any, Any, State],
                           user_id: FromPath[str]) -> StoredPreferences:
     tenant = tenant_of(request)
@@ -219,7 +215,7 @@ async def get_timeline(request: Request[Any, Any, State], user_id: FromPath[str]
 
 
 @post("/v1/events", status_code=HTTP_202_ACCEPTED, summary="Report outcome events",
-      responses=errors(400, 413, 503, *AUTHENTICATED))
+      responses=errors(400, 413, 503, *AUTHENTICATED), opt=DECIDE)
 async def post_events(request: Request[Any, Any, State]) -> EventsAccepted:
     """Validated whole before anything is written: one bad event rejects the batch."""
     tenant = tenant_of(request)
@@ -278,7 +274,8 @@ class ReasonDoc(msgspec.Struct, frozen=True):
     description: str
 
 
-@get("/v1/reason-codes", summary="The closed set of reason codes")
+@get("/v1/reason-codes", summary="The closed set of reason codes", opt=DECIDE,
+     responses=errors(*AUTHENTICATED))
 async def reason_codes() -> list[ReasonDoc]:
     return [ReasonDoc(code=str(code), description=text) for code, text in REASON_DOCS.items()]
 
@@ -304,13 +301,13 @@ async def ready(request: Request[Any, Any, State]) -> Response[Health]:
 
 
 @get("/metrics", summary="Prometheus metrics (all workers when served by `sendwise serve`)",
-     media_type="text/plain")
+     media_type="text/plain", opt=ADMIN, responses=errors(*AUTHENTICATED))
 async def metrics(request: Request[Any, Any, State]) -> Response[bytes]:
     return Response(content=_engine(request).metrics.scrape(),
                     media_type="text/plain; version=0.0.4")
 
 
-@post("/v1/_trivial", status_code=HTTP_200_OK, include_in_schema=False)
+@post("/v1/_trivial", status_code=HTTP_200_OK, include_in_schema=False, opt=DECIDE)
 async def trivial(request: Request[Any, Any, State]) -> dict[str, str]:
     """The benchmark's yardstick: same app, same decoding, no Redis (docs/benchmarks.md).
     Routed only with ``SENDWISE_BENCHMARK_ENDPOINTS=1`` (the benchmarks set it): a production
@@ -323,8 +320,12 @@ async def trivial(request: Request[Any, Any, State]) -> dict[str, str]:
 
 
 def create_app(settings: Settings, *, redis: RedisClient | None = None,
-               clock: Clock | None = None) -> Litestar:
+               clock: Clock | None = None,
+               monotonic: Callable[[], float] = time.monotonic) -> Litestar:
+    """``monotonic`` drives the per-key rate limiter (tests move it instead of sleeping)."""
     owned = redis is None
+    limiter = (RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst,
+                           monotonic=monotonic) if settings.rate_limit_per_second else None)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -340,12 +341,15 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
                 await client.aclose()
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from api.lifecycle import LIFECYCLE_BODIES, lifecycle_router  # imports tenant_of from here
+
     app = Litestar(
         route_handlers=[create_decision, cancel_decision, get_preferences, put_preferences,
                         get_timeline, post_events, get_policy, put_policy, reason_codes, live,
-                        ready, metrics, *docs_handlers(), *ui_handlers(tenant_of),
+                        ready, metrics, *docs_handlers(), *ui_handlers(tenant_of), lifecycle_router,
                         *([trivial] if settings.benchmark_endpoints else [])],
         lifespan=[lifespan],
+        guards=[make_guard(settings.api_keys, limiter, settings.max_body_bytes)],
         exception_handlers={
             ApiError: _api_error,
             ValidationException: _validation_error,
@@ -362,7 +366,8 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
         ),
         debug=False,
     )
-    document_bodies(app.plugins.get(OpenAPIPlugin).provide_openapi_schema(), REQUEST_BODIES)
+    document_bodies(app.plugins.get(OpenAPIPlugin).provide_openapi_schema(),
+                    {**REQUEST_BODIES, **LIFECYCLE_BODIES})
     document_errors(app.plugins.get(OpenAPIPlugin).provide_openapi_schema())
     # around litestar's whole handler (not as route middleware), so 404s and 405s of unknown
     # routes get a request id and an access line too
@@ -372,6 +377,11 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
 
 
 def app_from_env() -> Litestar:
-    """Factory for uvicorn workers: settings (and the Redis URL) come from the environment."""
-    return create_app(Settings.from_env())
+    """Factory for uvicorn workers: settings (and the Redis URL) come from the environment.
+    Each worker first sets up logging and ties its life to the supervisor's."""
+    from api.serve import prepare_worker
+
+    settings = Settings.from_env()
+    prepare_worker(settings)
+    return create_app(settings)
 

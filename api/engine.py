@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.clock import Clock
 from api.errors import ConflictError, InvalidRequestError, NotFoundError
+from api.ids import IdKey, load_or_create_secret
 from api.locale import (
     Location,
     is_valid_zone,
@@ -29,13 +30,11 @@ from api.metrics import Metrics
 from api.plan import (
     Context,
     build_plan,
-    decision_id,
     decode_member,
     encode_context,
     encode_plan,
     fingerprint,
     member_prefix,
-    parse_decision_id,
     pre_checks,
 )
 from api.policy import Policy
@@ -54,6 +53,7 @@ from api.schemas import (
 )
 from api.settings import Settings
 from api.store import Store
+from api.userstate import MAX_MERGE_HOPS
 
 log = structlog.get_logger("sendwise.decisions")
 
@@ -103,10 +103,13 @@ def check_location_fields(timezone: str | None, phone: str | None, country: str 
 
 class Engine:
     def __init__(self, store: Store, settings: Settings, clock: Clock,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, ids: IdKey | None = None) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
+        #: seals decision ids; without SENDWISE_ID_KEY, the data dir's persistent secret
+        self.ids = ids if ids is not None else IdKey(
+            settings.id_key or load_or_create_secret(settings.data_dir), settings.id_keys_previous)
         self.policies = PolicyCache(store)
         self.metrics = metrics or Metrics()
 
@@ -179,13 +182,15 @@ class Engine:
             self.metrics.fallbacks.inc()
             self.metrics.redis_errors.labels("decision").inc()
             log.warning("store_unavailable", error=type(exc).__name__, tenant=tenant)
-            response = self.fallback(request, self.policies.peek(tenant), now)
+            response = self.fallback(tenant, request, self.policies.peek(tenant), now)
         self.metrics.decisions.labels(response.decision, response.channel or "none").inc()
         for code in {reason.code for reason in response.reasons}:
             self.metrics.decision_reasons.labels(response.decision, code).inc()
         if self.settings.log_decisions:
+            # never the raw user id (often an email address) or phone: a keyed pseudonym
             log.info("decision", tenant=tenant, decision_id=response.decision_id,
-                     message_id=response.message_id, decision=response.decision,
+                     message_id=response.message_id, user=self.ids.pseudonym(request.user_id),
+                     decision=response.decision,
                      channel=response.channel,
                      send_at=None if response.send_at is None else response.send_at.isoformat(),
                      reasons=[r.code for r in response.reasons],
@@ -196,11 +201,18 @@ class Engine:
     async def _decide(self, tenant: str, request: DecisionRequest, policy: Policy,
                       now: int) -> DecisionResponse:
         fp = fingerprint(request)
-        did = decision_id(request.user_id, request.message_id)
+        did = self.ids.decision_id(tenant, request.user_id, request.message_id)
+        user = request.user_id
         for _ in range(_MAX_STALE_RETRIES):
-            with self.metrics.redis_read.time():
-                state = await self.store.read_user(tenant, request.user_id, request.message_id,
+            with self.metrics.redis_read.time():  # one observation, merge hops included
+                state = await self.store.read_user(tenant, user, request.message_id,
                                                    request.campaign_id)
+                for _hop in range(MAX_MERGE_HOPS):  # a merged id: decide for the person's new id
+                    if state.moved_into is None:
+                        break
+                    user = state.moved_into
+                    state = await self.store.read_user(tenant, user, request.message_id,
+                                                       request.campaign_id)
             if state.record is not None:
                 return self._replay(state.record, fp, request.dry_run)
             location = self.locate(request, state.preferences, policy)
@@ -212,7 +224,7 @@ class Engine:
                           pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
                           dry=request.dry_run, pre=pre)
             with self.metrics.redis_commit.time():
-                reply = await self.store.commit(tenant, request.user_id, request.message_id,
+                reply = await self.store.commit(tenant, user, request.message_id,
                                                 encode_plan(plan), encode_context(ctx))
             if reply.status == "stale":
                 continue
@@ -239,14 +251,15 @@ class Engine:
         outcome = Outcome("send" if score <= ctx.now else "defer", entry[1], score, [])
         return render(ctx, outcome, replayed=True)
 
-    def fallback(self, request: DecisionRequest, policy: Policy, now: int) -> DecisionResponse:
+    def fallback(self, tenant: str, request: DecisionRequest, policy: Policy,
+                 now: int) -> DecisionResponse:
         """Invariant 7 (docs/architecture.md): Redis down is no 5xx. Exempt (transactional)
         messages send now on the first requested channel; the rest defer by the configured
         delay. Nothing is reserved, so the platform should ask again at send time."""
         zone = self.locate(request, None, policy).zones[0]
         exempt = request.category in policy.exempt_categories
         at = now if exempt else now + self.settings.fallback_defer_seconds * 1000
-        ctx = Context(did=decision_id(request.user_id, request.message_id),
+        ctx = Context(did=self.ids.decision_id(tenant, request.user_id, request.message_id),
                       mid=request.message_id, uid=request.user_id, pv=policy.version_label,
                       zone=zone, now=now, fp="", dry=request.dry_run, pre=[])
         outcome = Outcome("send" if exempt else "defer", request.channels[0], at,
@@ -270,12 +283,21 @@ class Engine:
 
     async def cancel(self, tenant: str, decision: str) -> CancelResponse:
         try:
-            user_id, message_id = parse_decision_id(decision)
+            user_id, message_id = self.ids.parse_decision_id(tenant, decision)
         except ValueError as exc:
             raise NotFoundError("no such decision", field="decision_id") from exc
         now = self.clock.now_ms()
         reply = await self.store.cancel(tenant, user_id, message_id, member_prefix(message_id),
                                         now)
+        for _hop in range(MAX_MERGE_HOPS):  # the user was merged: its decisions moved too
+            if reply.status != "missing":
+                break
+            moved = await self.store.moved_into(tenant, user_id)
+            if moved is None:
+                break
+            user_id = moved
+            reply = await self.store.cancel(tenant, user_id, message_id,
+                                            member_prefix(message_id), now)
         if reply.status == "missing":
             raise NotFoundError("no such decision (or it has expired)", field="decision_id")
         cancelled_at = ms_to_utc(now)
@@ -308,7 +330,7 @@ class Engine:
                 offer=Offer(id=entry[5], group=entry[6]) if entry[5] else None,
                 send_at=send_at, local_send_at=send_at.astimezone(zone),
                 status="sent" if score <= now else "scheduled",
-                decision_id=decision_id(user_id, entry[0]),
+                decision_id=self.ids.decision_id(tenant, user_id, entry[0]),
                 decision=decision,  # type: ignore[arg-type]
                 reasons=reasons))
         return Timeline(user_id=user_id, timezone=zone.key, entries=entries)

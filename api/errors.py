@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from api.schemas import ErrorBody
 
@@ -11,6 +13,8 @@ from api.schemas import ErrorBody
 class ApiError(Exception):
     status: int = 400
     code: str = "invalid_request"
+    #: extra response headers (e.g. Retry-After)
+    headers: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, message: str, *, field: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -31,6 +35,15 @@ class InvalidRequestError(ApiError):
 class UnauthorizedError(ApiError):
     status = 401
     code = "unauthorized"
+    #: RFC 9110: a 401 names the scheme the client should use
+    headers = MappingProxyType({"WWW-Authenticate": 'Bearer realm="sendwise"'})
+
+
+class ForbiddenError(ApiError):
+    """Authenticated, but the key's role does not allow the endpoint."""
+
+    status = 403
+    code = "forbidden"
 
 
 class NotFoundError(ApiError):
@@ -42,6 +55,19 @@ class ConflictError(ApiError):
     status = 409
     code = "conflict"
 
+
+class PayloadTooLargeError(ApiError):
+    status = 413
+    code = "payload_too_large"
+
+
+class RateLimitedError(ApiError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, field="Authorization")
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class UnavailableError(ApiError):

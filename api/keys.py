@@ -5,9 +5,11 @@ one cluster slot and the same code runs on a single Redis or a Redis Cluster. Id
 escaped so a ``{``, ``}``, ``:`` or ``%`` inside a tenant or user id can never move the tag
 or make two (tenant, user) pairs share one.
 
-    sw:{t:u}:ledger        ZSET  member = JSON [message_id, channel, category, campaign,
+    sw:{t:u}:ledger        ZSET  member = MessagePack [message_id, channel, category, campaign,
                                   tags, offer_id, offer_group]; score = send instant (ms)
-    sw:{t:u}:prefs         HASH  doc (preferences JSON), rev (int), optout:<channel> (ms)
+    sw:{t:u}:prefs         HASH  doc (preferences JSON), rev (int), optout:<channel> (ms),
+                                  moved_into (the user id this one was merged into),
+                                  merged_from:<user id> (ms: when that id was merged in)
     sw:{t:u}:conv          HASH  campaign_id -> converted-at (ms)
     sw:{t:u}:m:<message>   STR   idempotency record: context JSON + "\n" + outcome JSON
     sw:policy:{t}          STR   the tenant's policy document (JSON, with its version)
@@ -32,14 +34,28 @@ class UserKeys(NamedTuple):
     prefs: str
     conv: str
     record_prefix: str
+    #: SCAN MATCH pattern of every key of this user, whatever its kind (erasure, export)
+    pattern: str
 
     def record(self, message_id: str) -> str:
         return self.record_prefix + message_id
 
+    def message_id_of(self, record_key: str) -> str | None:
+        """Inverse of ``record``: the message id, or None for a key that is no record."""
+        if not record_key.startswith(self.record_prefix):
+            return None
+        return record_key[len(self.record_prefix):]
+
 
 def user_keys(tenant: str, user_id: str) -> UserKeys:
     base = f"{PREFIX}:{{{_escape(tenant)}:{_escape(user_id)}}}:"
-    return UserKeys(base + "ledger", base + "prefs", base + "conv", base + "m:")
+    return UserKeys(base + "ledger", base + "prefs", base + "conv", base + "m:",
+                    _glob_escape(base) + "*")
+
+
+def _glob_escape(text: str) -> str:
+    """Redis glob patterns treat ``*?[]\\`` as special: ids may contain them."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def policy_key(tenant: str) -> str:

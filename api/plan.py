@@ -8,7 +8,6 @@ the time blocks (each named by the rule that makes it), plus the compiled cap ru
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -128,34 +127,6 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _json = msgspec.json.Encoder()
-
-
-def decision_id(user_id: str, message_id: str) -> str:
-    """Deterministic and self-routing: the id names the user, so cancel finds the user's
-    cluster slot without a global index, and a retry gets the same id by construction."""
-
-    def b64(text: str) -> str:
-        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
-
-    return f"d_{b64(user_id)}.{b64(message_id)}"
-
-
-def parse_decision_id(value: str) -> tuple[str, str]:
-    """Inverse of decision_id; ValueError for anything decision_id would not produce."""
-    if not value.startswith("d_") or value.count(".") != 1:
-        raise ValueError("not a decision id")
-
-    def unb64(text: str) -> str:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-
-    user_part, message_part = value[2:].split(".")
-    try:
-        parsed = unb64(user_part), unb64(message_part)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("not a decision id") from exc
-    if decision_id(*parsed) != value:  # non-canonical base64 spelling of a real id
-        raise ValueError("not a decision id")
-    return parsed
 
 
 def fingerprint(request: DecisionRequest) -> str:

@@ -3,12 +3,39 @@
 A *blocking* pool: under a burst, requests wait (up to the timeout) for one of at most
 ``redis_max_connections`` connections instead of failing fast with MaxConnectionsError
 (redis-py's default pool) or opening unbounded connections against Redis' maxclients.
+
+After Redis restarts, every pooled connection is dead, and redis-py does not always notice
+before it writes a command on one: its check at checkout is skipped on TCP while
+"maintenance notifications" are on (redis-py 8's default), and elsewhere reads with a zero
+timeout, which can expire before the event loop has polled the socket. The command then
+fails and the decision falls back although Redis is up. The notifications are turned off,
+and two guards added, both safe for scripts that write:
+
+- at checkout, the kernel is asked directly (``poll``) whether an idle connection has
+  input pending; on a connection with no request in flight that can only be the server's
+  close (or garbage), so the connection is replaced before anything is sent on it;
+- a command whose *sending* failed (the socket broke before the command left this
+  process; Redis executes nothing it has not fully read) is retried once on a fresh
+  connection. A failure while reading the reply is never retried: the script may have
+  run, and running a commit twice is exactly what must not happen. That decision falls
+  back instead.
+
+docs/production.md describes what the operator sees.
 """
 
 from __future__ import annotations
 
+import select
+from typing import Any
+
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, Connection, UnixDomainSocketConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from api.settings import Settings
 
@@ -16,11 +43,58 @@ from api.settings import Settings
 RedisClient = aioredis.Redis | RedisCluster
 
 
+class CommandNotSentError(RedisConnectionError):
+    """Writing a command failed: Redis cannot have executed it, so it may be sent again."""
+
+
+def _input_pending(conn: AbstractConnection) -> bool:
+    """True when the kernel holds input (or the peer's close) for an idle connection."""
+    writer = getattr(conn, "_writer", None)
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
+
+
+class _FreshConnectionMixin(AbstractConnection):
+    async def can_read(self) -> bool:
+        return _input_pending(self) or await super().can_read()
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise CommandNotSentError(f"command not sent: {exc}") from exc
+
+
+class FreshConnection(_FreshConnectionMixin, Connection):
+    """TCP connection with the two guards of this module."""
+
+
+class FreshUnixConnection(_FreshConnectionMixin, UnixDomainSocketConnection):
+    """Unix-socket connection with the two guards of this module."""
+
+
+class InitFirstRedisCluster(RedisCluster):
+    """redis-py's cluster client (7.x and 8.1) breaks when its first commands arrive
+    concurrently on a multi-master cluster: they route before the slot map is loaded, then
+    its recovery disconnects connections other commands are using ("'NoneType' object has
+    no attribute 'writelines'", "Connection closed by server"). Every command first waits
+    for the (locked, once-only) initialization, which is what a warmed-up client does."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+
 def make_redis(settings: Settings) -> RedisClient:
     if settings.redis_url is None:
         raise RuntimeError("a Redis URL is needed (REDIS_URL, or the embedded server)")
     if settings.redis_cluster:
-        return RedisCluster.from_url(
+        return InitFirstRedisCluster.from_url(
             settings.redis_url,
             max_connections=settings.redis_max_connections,
             socket_timeout=settings.redis_timeout_seconds,
@@ -33,5 +107,18 @@ def make_redis(settings: Settings) -> RedisClient:
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
         health_check_interval=30,
+        # only CommandNotSentError is retried: a Retry's default error list would also
+        # re-send commands whose reply was lost
+        retry=Retry(NoBackoff(), 1, supported_errors=(CommandNotSentError,)),
+        retry_on_error=[CommandNotSentError],
+        # redis-py 8 enables these on TCP by default ("auto"), and while enabled its pool
+        # skips the stale-connection check at checkout entirely: after a Redis restart the
+        # first command on each pooled connection failed. They are a managed-Redis
+        # feature over RESP3; this client speaks RESP2.
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
+    # from_url picks the class from the URL's scheme; keep that choice, add the guards
+    # (TLS connections keep redis-py's class: the kernel cannot see into their stream)
+    guarded = {Connection: FreshConnection, UnixDomainSocketConnection: FreshUnixConnection}
+    pool.connection_class = guarded.get(pool.connection_class, pool.connection_class)
     return aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool

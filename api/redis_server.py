@@ -11,6 +11,8 @@ reach it, and two instances never fight over a TCP port.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,20 +28,72 @@ from types import TracebackType
 from typing import IO
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: the server gets SIGTERM if the process that started it dies, even by SIGKILL,
-    so a crashed service never leaves an orphaned redis-server behind."""
+def set_parent_death_signal(sig: signal.Signals) -> bool:
+    """Linux prctl(PR_SET_PDEATHSIG): the kernel sends ``sig`` to this process when its
+    parent dies, even by SIGKILL, where no handler of the parent can run. False elsewhere
+    or when the call fails."""
+    if not sys.platform.startswith("linux"):  # pragma: no cover
+        return False
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+        return int(libc.prctl(1, int(sig), 0, 0, 0)) == 0  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover
+        return False
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """The server gets SIGTERM if the process that started it dies, so a crashed service
+    never leaves an orphaned redis-server behind."""
+    set_parent_death_signal(signal.SIGTERM)
 
 
 class EmbeddedRedisError(RuntimeError):
-    """The embedded redis-server could not be found or did not come up."""
+    """The embedded redis-server could not be found, did not come up, or its data directory
+    is in use by another service."""
+
+
+#: the lock file in a persistent data directory (see ``_lock_data_dir``)
+LOCK_FILE = "sendwise.lock"
+
+
+def _lock_data_dir(data_dir: Path, wait_seconds: float) -> int:
+    """Take an exclusive ``flock`` on ``data_dir/sendwise.lock`` and return its descriptor.
+
+    Two redis-servers on one append-only file each load it, then append their own writes:
+    each sees only its own, and a restart replays an interleaving neither served. The lock
+    is held for the service's life (the descriptor is inherited by the redis-server, so it
+    outlives a SIGKILLed supervisor until that server has exited too) and released by the
+    kernel however the holders end. A predecessor that is still shutting down gets
+    ``wait_seconds`` to let go; a live second service makes this raise.
+    """
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            # the pid in the file is the service that took the lock: alive means a second
+            # service (refuse now); gone means its redis-server still holds the inherited
+            # descriptor while it writes its AOF and exits (wait for it)
+            if _alive(holder) or time.monotonic() >= deadline:
+                os.close(fd)
+                raise EmbeddedRedisError(
+                    f"data directory {data_dir} is in use by another sendwise service "
+                    f"(pid {holder or 'unknown'}; lock {path}): two Redis servers on one "
+                    "append-only file would each lose the other's writes. Stop it, or use "
+                    "another SENDWISE_DATA_DIR.") from None
+            time.sleep(0.05)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _bundled_binaries() -> list[str]:
@@ -123,18 +178,34 @@ class _ServerLog:
             return "\n".join(list(self._lines)[-n:])
 
 
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's live process
+        return True
+    return True
+
+
 class EmbeddedRedis:
     """Start and stop one redis-server process bound to a private unix socket.
 
     ``data_dir`` None: a throwaway in-memory server (tests). Otherwise the server keeps an
     append-only file there (``appendfsync everysec``), so a restarted service keeps its
-    ledgers, as production Redis would. ``port`` also listens on 127.0.0.1 (tests start a
-    cluster-enabled node that way, with ``extra_args``).
+    ledgers, as production Redis would, and the directory is locked for this object's life
+    (``lock_wait`` seconds are given to a predecessor still exiting). ``port`` also listens
+    on 127.0.0.1 (tests start a cluster-enabled node that way, with ``extra_args``).
+
+    After ``kill()`` (tests: a crashed Redis) ``start()`` brings it back on the same socket,
+    port and data.
     """
 
     def __init__(self, *, data_dir: str | os.PathLike[str] | None = None,
                  binary: str | None = None, startup_timeout: float = 30.0, port: int = 0,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), lock_wait: float = 10.0) -> None:
         self._binary = binary or find_redis_server()
         self._persistent = data_dir is not None
         self._tmp = tempfile.mkdtemp(prefix="sendwise-redis-")
@@ -145,6 +216,8 @@ class EmbeddedRedis:
         self._extra = list(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: _ServerLog | None = None
+        self._lock_wait = lock_wait
+        self._lock_fd: int | None = None
 
     @property
     def url(self) -> str:
@@ -162,8 +235,19 @@ class EmbeddedRedis:
     def workdir(self) -> str:
         return self._tmp
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> EmbeddedRedis:
         self._dir.mkdir(parents=True, exist_ok=True)
+        Path(self._tmp).mkdir(exist_ok=True)
+        if self._persistent and self._lock_fd is None:
+            try:
+                self._lock_fd = _lock_data_dir(self._dir, self._lock_wait)
+            except EmbeddedRedisError:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                raise
         args = [
             self._binary,
             "--port", str(self._port),
@@ -185,6 +269,7 @@ class EmbeddedRedis:
             [*args, *self._extra], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            pass_fds=() if self._lock_fd is None else (self._lock_fd,),
         )
         if self._proc.stdout is None:  # pragma: no cover - PIPE was requested
             raise EmbeddedRedisError("redis-server started without an output pipe")
@@ -204,10 +289,15 @@ class EmbeddedRedis:
     def log_tail(self) -> str:
         return self._log.tail() if self._log else ""
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would: no AOF flush, no goodbye to clients. The
+        socket path, port, data and lock stay, for ``start()`` to bring it back."""
+        self._end(signal.SIGKILL)
+
+    def _end(self, sig: signal.Signals) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            proc.terminate()
+            proc.send_signal(sig)
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -217,6 +307,12 @@ class EmbeddedRedis:
             self._log.join(timeout=5)  # the reader ends at EOF once the process is gone
         if proc is not None and proc.stdout is not None:
             proc.stdout.close()
+
+    def stop(self) -> None:
+        self._end(signal.SIGTERM)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedRedis:

@@ -191,3 +191,65 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     code: str
     message: str
     field: str | None = None
+
+
+# ------------------------------------------------------- user data lifecycle
+
+
+class MergeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/users/{user_id}/merge``: ``user_id`` and ``into_user_id`` are one person."""
+
+    into_user_id: Id
+
+
+class MergeMoved(msgspec.Struct, frozen=True, kw_only=True):
+    """What the merge did: ledger entries and decision records newly added to the target
+    (0 on a retry that found them there already); conversions and event opt-outs found on
+    the source (folded in by the conflict rules)."""
+
+    ledger_entries: int
+    decisions: int
+    conversions: int
+    event_opt_outs: int
+
+
+class MergeResponse(msgspec.Struct, frozen=True, kw_only=True):
+    from_user_id: str
+    into_user_id: str
+    moved: MergeMoved
+    #: the target's preferences after the merge
+    preferences: StoredPreferences
+
+
+class ErasedCounts(msgspec.Struct, frozen=True, kw_only=True):
+    ledger_entries: int = 0
+    decisions: int = 0
+    conversions: int = 0
+    event_opt_outs: int = 0
+    preferences: int = 0
+    keys: int = 0
+
+
+class EraseResponse(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    #: ids merged into this one earlier: the same person, erased too
+    merged_ids: list[str]
+    erased: ErasedCounts
+
+
+class UserExport(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/users/{user_id}/export``: everything stored about one user id."""
+
+    user_id: str
+    exported_at: dt.datetime
+    #: set when this id was merged into another (its data lives there now)
+    merged_into: str | None
+    #: ids merged into this one, with when
+    merged_from: dict[str, dt.datetime]
+    preferences: Preferences
+    revision: int
+    event_opt_outs: dict[str, dt.datetime]
+    conversions: dict[str, dt.datetime]
+    ledger: list[TimelineEntry]
+    #: every idempotency record, rendered as the decision answer it replays
+    decisions: list[DecisionResponse]

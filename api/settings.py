@@ -10,8 +10,12 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import msgspec
+
+from api.auth import ROLES, ApiKey, Role, hash_key
+from api.ids import Secret, decode_secret
 
 
 class SettingsError(ValueError):
@@ -57,6 +61,7 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 _TENANT = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 def is_valid_tenant(value: str) -> bool:
@@ -70,15 +75,97 @@ def _tenant(name: str, value: str) -> str:
     return value
 
 
-def _api_keys(raw: str) -> dict[str, str]:
-    """Parse ``key1:tenantA,key2:tenantB`` into {key: tenant}."""
-    keys: dict[str, str] = {}
+def _role(name: str, value: str) -> Role:
+    for role in ROLES:
+        if value == role:
+            return role
+    raise SettingsError(f"{name}: role {value!r} must be one of {', '.join(ROLES)}")
+
+
+def _env_keys(raw: str) -> list[ApiKey]:
+    """``SENDWISE_API_KEYS``, comma-separated entries of three forms:
+
+    ``key:tenant`` (the original form: role ``admin``, so deployments that predate roles
+    keep every permission they had), ``key:tenant:role``, and
+    ``sha256:<hex digest of the key>:tenant[:role]`` so the plaintext need not sit in the
+    environment at all."""
+    name = "SENDWISE_API_KEYS"
+    keys: list[ApiKey] = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
-        key, sep, tenant = item.partition(":")
-        if not sep or not key or not tenant:
-            raise SettingsError("SENDWISE_API_KEYS entries must look like key:tenant")
-        keys[key] = _tenant("SENDWISE_API_KEYS", tenant)
+        parts = item.split(":")
+        if parts[0] == "sha256":
+            if len(parts) not in (3, 4) or not _SHA256.match(parts[1]):
+                raise SettingsError(f"{name} entries of the hashed form must look like "
+                                    "sha256:<64 hex digits>:tenant[:role]")
+            digest, rest = parts[1].lower(), parts[2:]
+        else:
+            if len(parts) not in (2, 3) or not parts[0]:
+                raise SettingsError(f"{name} entries must look like key:tenant[:role] or "
+                                    "sha256:<hex>:tenant[:role]")
+            digest, rest = hash_key(parts[0]), parts[1:]
+        role = _role(name, rest[1]) if len(rest) > 1 else "admin"
+        keys.append(ApiKey(sha256=digest, tenant=_tenant(name, rest[0]), role=role))
     return keys
+
+
+_key_line = msgspec.json.Decoder(ApiKey)
+
+
+def _file_keys(path: str) -> list[ApiKey]:
+    """``SENDWISE_API_KEYS_FILE``: JSON lines ``{"sha256", "tenant", "role", "name"}`` (what
+    ``sendwise keys new`` prints); blank lines and ``#`` comments are skipped."""
+    name = "SENDWISE_API_KEYS_FILE"
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SettingsError(f"{name}: cannot read {path!r}: {exc.strerror}") from exc
+    keys: list[ApiKey] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            key = _key_line.decode(line)
+        except msgspec.DecodeError as exc:
+            raise SettingsError(f"{name}: line {number}: {exc}") from exc
+        if not _SHA256.match(key.sha256):
+            raise SettingsError(f"{name}: line {number}: sha256 must be 64 hex digits")
+        keys.append(msgspec.structs.replace(key, sha256=key.sha256.lower(),
+                                            tenant=_tenant(name, key.tenant)))
+    return keys
+
+
+def _api_keys(env: Mapping[str, str]) -> dict[str, ApiKey]:
+    """Both sources together, by digest. A digest listed twice must say the same thing."""
+    keys: dict[str, ApiKey] = {}
+    file = env.get("SENDWISE_API_KEYS_FILE")
+    for key in [*_env_keys(env.get("SENDWISE_API_KEYS", "")), *(_file_keys(file) if file else [])]:
+        known = keys.setdefault(key.sha256, key)
+        if (known.tenant, known.role) != (key.tenant, key.role):
+            raise SettingsError(f"SENDWISE_API_KEYS: key {key.sha256[:12]}... is listed twice with "
+                                "different tenants or roles")
+    return keys
+
+
+def _id_key(env: Mapping[str, str], api_keys: Mapping[str, ApiKey]) -> Secret | None:
+    raw = env.get("SENDWISE_ID_KEY")
+    if not raw:
+        if api_keys:
+            raise SettingsError("SENDWISE_ID_KEY must be set when API keys are configured: every "
+                                "host sharing the Redis needs the same decision-id secret "
+                                "(make one with `sendwise keys id-key`)")
+        return None
+    try:
+        return decode_secret(raw)
+    except ValueError as exc:
+        raise SettingsError(f"SENDWISE_ID_KEY {exc}") from exc
+
+
+def _previous_id_keys(raw: str) -> tuple[Secret, ...]:
+    """``SENDWISE_ID_KEY_PREVIOUS``: comma-separated retired secrets that still open ids."""
+    try:
+        return tuple(decode_secret(part) for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise SettingsError(f"SENDWISE_ID_KEY_PREVIOUS: every entry {exc}") from exc
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,8 +179,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: treat REDIS_URL as a Redis Cluster seed node (keys are hash-tagged per user)
     redis_cluster: bool = False
     default_tenant: str = "default"
-    #: API key -> tenant. Empty: no authentication, tenant from X-Sendwise-Tenant header.
-    api_keys: dict[str, str] = msgspec.field(default_factory=dict)
+    #: SHA-256 hex digest of an API key -> that key's tenant and role. Empty exactly when no
+    #: keys are configured: no authentication, tenant from the X-Sendwise-Tenant header.
+    api_keys: dict[str, ApiKey] = msgspec.field(default_factory=dict)
+    #: the secret sealing decision ids; None: the embedded default's file in ``data_dir``
+    id_key: Secret | None = None
+    #: retired id secrets: they still open ids issued before a rotation, never seal new ones
+    id_keys_previous: tuple[Secret, ...] = ()
+    #: per API key and per worker process (N workers: up to N x this); 0 turns it off
+    rate_limit_per_second: int = 1000
+    rate_limit_burst: int = 2000
     model_dir: str | None = None
     data_dir: str = ".sendwise"
     #: Fallback when Redis is unreachable: promotional messages are deferred by this much.
@@ -115,12 +210,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        api_keys = _api_keys(env)
         return cls(
             redis_url=env.get("REDIS_URL") or None,
             redis_cluster=_flag(env, "SENDWISE_REDIS_CLUSTER", False),
             default_tenant=_tenant("SENDWISE_DEFAULT_TENANT",
                                    env.get("SENDWISE_DEFAULT_TENANT", "default")),
-            api_keys=_api_keys(env.get("SENDWISE_API_KEYS", "")),
+            api_keys=api_keys,
+            id_key=_id_key(env, api_keys),
+            id_keys_previous=_previous_id_keys(env.get("SENDWISE_ID_KEY_PREVIOUS", "")),
+            rate_limit_per_second=_int(env, "SENDWISE_RATE_LIMIT_PER_SECOND", 1000),
+            rate_limit_burst=_int(env, "SENDWISE_RATE_LIMIT_BURST", 2000, minimum=1),
             model_dir=env.get("SENDWISE_MODEL_DIR") or None,
             data_dir=env.get("SENDWISE_DATA_DIR", ".sendwise"),
             fallback_defer_seconds=_int(env, "SENDWISE_FALLBACK_DEFER_SECONDS", 3600),

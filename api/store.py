@@ -13,13 +13,15 @@ from importlib import resources
 from typing import Any, Literal, cast
 
 import msgspec
+from redis.asyncio.cluster import RedisCluster
 
+from api.errors import ConflictError
 from api.keys import policy_key, user_keys
 from api.localtime import ms_to_utc, utc_to_ms
 from api.policy import Policy
 from api.redis_client import RedisClient
 from api.schemas import CHANNELS, Event, Preferences, StoredPreferences
-from api.userstate import UserState, decode_preferences, parse_read_reply
+from api.userstate import MAX_MERGE_HOPS, UserState, decode_preferences, parse_read_reply
 
 #: how long a `converted` marker and an event opt-out are kept at most
 CONVERSION_TTL_MS = 366 * 24 * 3600 * 1000
@@ -39,6 +41,15 @@ class CancelReply(msgspec.Struct, frozen=True):
     status: Literal["cancelled", "already", "ledger", "missing"]
     removed: int
     record: bytes | None
+
+
+class UserMergedError(ConflictError):
+    """A write addressed to a user id that was merged into another one."""
+
+    def __init__(self, user_id: str, into: str) -> None:
+        super().__init__(f"user {user_id!r} was merged into {into!r}; use that id",
+                         field="user_id", code="user_merged")
+        self.into = into
 
 
 class PolicyConflictError(Exception):
@@ -64,6 +75,11 @@ class Store:
         self._policy_put = client.register_script(_script("policy_put.lua"))
         self._prefs_put = client.register_script(_script("prefs_put.lua"))
         self._events = client.register_script(_script("events.lua"))
+        self._dump = client.register_script(_script("user_dump.lua"))
+        self._merge_mark = client.register_script(_script("merge_mark.lua"))
+        self._merge_apply = client.register_script(_script("merge_apply.lua"))
+        self._merge_clear = client.register_script(_script("merge_clear.lua"))
+        self._erase = client.register_script(_script("erase.lua"))
 
     async def ping(self) -> bool:
         async with self._gate:
@@ -138,7 +154,10 @@ class Store:
         keys = user_keys(tenant, user_id)
         reopened = [ch for ch, p in prefs.channels.items() if p.consent == "opted_in"]
         async with self._gate:
-            await self._prefs_put(keys=[keys.prefs], args=[_json.encode(prefs), *reopened])
+            reply = await self._prefs_put(keys=[keys.prefs],
+                                          args=[_json.encode(prefs), *reopened])
+        if isinstance(reply, list):
+            raise UserMergedError(user_id, cast(bytes, reply[1]).decode())
 
     # ------------------------------------------------------------------ events
 
@@ -163,10 +182,15 @@ class Store:
                                for user, ops in by_user.items() if ops))
         return opt_outs, conversions
 
-    async def _apply_user_events(self, tenant: str, user_id: str, ops: list[str | int]) -> None:
+    async def _apply_user_events(self, tenant: str, user_id: str, ops: list[str | int],
+                                 hops: int = 0) -> None:
         keys = user_keys(tenant, user_id)
         async with self._gate:
-            await self._events(keys=[keys.prefs, keys.conv], args=[CONVERSION_TTL_MS, *ops])
+            reply = await self._events(keys=[keys.prefs, keys.conv],
+                                       args=[CONVERSION_TTL_MS, *ops])
+        if isinstance(reply, list) and hops < MAX_MERGE_HOPS:
+            # merged into another id: an opt-out sent for the old id binds the person
+            await self._apply_user_events(tenant, cast(bytes, reply[1]).decode(), ops, hops + 1)
 
     # ------------------------------------------------------------------ policy
 
@@ -196,3 +220,102 @@ class Store:
             raise PolicyConflictError(int(version))
         return msgspec.structs.replace(
             policy, version=int(version), updated_at=ms_to_utc(now))
+
+    # --------------------------------------------------------- user data lifecycle
+
+    async def scan_user(self, tenant: str, user_id: str) -> list[str]:
+        """Every key carrying the user's hash tag. SCAN MATCH walks the whole keyspace of the
+        node that owns the user's slot (O(keys on that node), in steps of 1000), so it is for
+        the rare admin calls (erase, export, merge), never for decisions. In a cluster the
+        SCAN goes to that node only: the user's keys all live there."""
+        keys = user_keys(tenant, user_id)
+        found: set[str] = set()
+        cursor: int = 0
+        async with self._gate:
+            while True:
+                if isinstance(self.client, RedisCluster):
+                    node = self.client.get_node_from_key(keys.prefs)
+                    if node is None:  # pragma: no cover - the slot map has a hole
+                        raise ConnectionError(f"no cluster node owns {keys.prefs!r}")
+                    reply = await self.client.execute_command(
+                        "SCAN", cursor, "MATCH", keys.pattern, "COUNT", 1000, target_nodes=node)
+                    # the cluster client answers ({node name: cursor}, keys)
+                    raw, batch = reply
+                    cursor = int(raw[node.name] if isinstance(raw, dict) else raw)
+                else:
+                    cursor, batch = await self.client.scan(cursor, match=keys.pattern,
+                                                           count=1000)
+                found.update(k.decode() if isinstance(k, bytes) else str(k) for k in batch)
+                if cursor == 0:
+                    return sorted(found)
+
+    async def dump_user(self, tenant: str, user_id: str,
+                        record_keys: Sequence[str]) -> list[Any]:
+        """user_dump.lua's raw snapshot (api/lifecycle.py decodes it)."""
+        keys = user_keys(tenant, user_id)
+        async with self._gate:
+            reply: list[Any] = await self._dump(
+                keys=[keys.ledger, keys.prefs, keys.conv, *record_keys])
+        return reply
+
+    async def moved_into(self, tenant: str, user_id: str) -> str | None:
+        """The id this user was merged into, if it was."""
+        async with self._gate:
+            raw = await self.client.hget(user_keys(tenant, user_id).prefs, "moved_into")
+        return None if raw is None else cast(bytes, raw).decode()
+
+    async def preference_fields(self, tenant: str, user_id: str) -> dict[bytes, bytes]:
+        async with self._gate:
+            fields = await self.client.hgetall(user_keys(tenant, user_id).prefs)
+        return cast(dict[bytes, bytes], fields)
+
+    async def mark_merge(self, tenant: str, source: str, target: str, *,
+                         undo: bool = False) -> tuple[bool, str | None]:
+        """Set (or, with ``undo``, remove) the source's tombstone. Returns (whether this
+        call set it, the other id the source is already merged into if so)."""
+        async with self._gate:
+            status, where = await self._merge_mark(
+                keys=[user_keys(tenant, source).prefs],
+                args=[target, "unmark" if undo else "mark"])
+        return status == b"marked", cast(bytes, where).decode() if status == b"elsewhere" \
+            else None
+
+    async def repoint_merged(self, tenant: str, user_id: str, was: str, now_into: str) -> None:
+        """``user_id`` was merged into ``was``, which has been merged into ``now_into``."""
+        async with self._gate:
+            await self._merge_mark(keys=[user_keys(tenant, user_id).prefs],
+                                   args=[now_into, "repoint", was])
+
+    async def apply_merge(self, tenant: str, target: str, args: Sequence[bytes | str | int],
+                          message_ids: Sequence[str]) -> list[Any]:
+        """merge_apply.lua on the target; ``args`` as that script documents, with one record
+        pair per message id."""
+        keys = user_keys(tenant, target)
+        async with self._gate:
+            reply: list[Any] = await self._merge_apply(
+                keys=[keys.ledger, keys.prefs, keys.conv,
+                      *(keys.record(m) for m in message_ids)], args=list(args))
+        return reply
+
+    async def clear_merged(self, tenant: str, source: str, target: str,
+                           record_keys: Sequence[str]) -> int:
+        keys = user_keys(tenant, source)
+        async with self._gate:
+            removed = await self._merge_clear(
+                keys=[keys.ledger, keys.prefs, keys.conv, *record_keys], args=[target])
+        return int(removed)
+
+    async def erase_user(self, tenant: str, user_id: str,
+                         other_keys: Sequence[str]) -> list[int]:
+        """erase.lua: [ledger entries, event opt-outs, document (0/1), conversions,
+        idempotency records, keys removed]."""
+        keys = user_keys(tenant, user_id)
+        async with self._gate:
+            reply = await self._erase(keys=[keys.ledger, keys.prefs, keys.conv, *other_keys],
+                                      args=[keys.record_prefix])
+        return [int(x) for x in reply]
+
+    async def forget_merged_from(self, tenant: str, user_id: str, source: str) -> None:
+        """Drop the trace of ``source`` from the id it was merged into (source erased)."""
+        async with self._gate:
+            await self.client.hdel(user_keys(tenant, user_id).prefs, f"merged_from:{source}")

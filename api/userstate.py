@@ -7,6 +7,8 @@ import msgspec
 from api.schemas import Preferences
 
 _PREF_FIELDS = frozenset(Preferences.__struct_fields__)
+#: how many merge tombstones a lookup follows (each merge adds at most one hop)
+MAX_MERGE_HOPS = 8
 
 
 class UserState(msgspec.Struct, frozen=True, kw_only=True):
@@ -18,6 +20,8 @@ class UserState(msgspec.Struct, frozen=True, kw_only=True):
     record: bytes | None
     #: converted-at (ms) of the message's campaign, if a conversion was recorded
     converted_at: int | None
+    #: set when this user id was merged into another: decisions follow it there
+    moved_into: str | None = None
 
 
 def decode_preferences(raw: bytes | None) -> Preferences:
@@ -45,4 +49,5 @@ def parse_read_reply(reply: list[object]) -> UserState:
         event_opt_outs=opt_outs,
         record=record if isinstance(record, bytes) else None,
         converted_at=int(conv) if isinstance(conv, bytes | str) else None,
+        moved_into=fields[b"moved_into"].decode() if b"moved_into" in fields else None,
     )

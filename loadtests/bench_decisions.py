@@ -176,6 +176,7 @@ class Service:
         env = dict(os.environ, REDIS_URL=self.redis.url, SENDWISE_LOG_DECISIONS="0",
                    SENDWISE_LOG_LEVEL="warning", SENDWISE_BENCHMARK_ENDPOINTS="1")
         env.pop("SENDWISE_API_KEYS", None)
+        env.pop("SENDWISE_API_KEYS_FILE", None)
         cmd = [sys.executable, "-m", "uvicorn", "api.app:app_from_env", "--factory",
                "--loop", "uvloop", "--http", "httptools", "--host", "127.0.0.1",
                "--port", str(self.port), "--workers", str(self.workers),

@@ -39,7 +39,6 @@ from api.engine import Engine
 from api.plan import (
     Context,
     build_plan,
-    decision_id,
     encode_context,
     encode_plan,
     fingerprint,
@@ -116,7 +115,7 @@ class Bench:
             policy = await engine.policies.get(TENANT)
             engine.check_category(request, policy)
             fp = fingerprint(request)
-            did = decision_id(request.user_id, request.message_id)
+            did = engine.ids.decision_id(TENANT, request.user_id, request.message_id)
             t1 = clock()
             state = await store.read_user(TENANT, request.user_id, request.message_id,
                                           request.campaign_id)

@@ -9,15 +9,20 @@ stores the hash in its manifest and ``models.scorer`` refuses a model whose hash
 (channel, instant) candidates, training passes one replayed profile per example. There
 is no Python loop over candidates or features, so 96 candidates cost well under 1 ms.
 
-Smoothing (empirical Bayes with pseudo-counts, so a user with little data looks like the
-population and a heavy user looks like themselves):
+The user's rhythm comes mostly from the profile's **long memory** (undecayed counts):
+real users are sparse, and what predicts the hour of their next visit is every visit
+they ever made, not the last three weeks (``docs/model.md`` has the measurements). The
+**smoothed-histogram heuristic** (``heuristic_distribution``) is defined here once and
+used three ways: as a feature, as the no-model fallback (``fallback_scores``) and as the
+baseline the champion gate compares a model with:
 
-* hour-of-day share = (user's hour-of-day mass + K_HOD * global hour-of-day share)
-  / (user's mass + K_HOD);
-* hour-of-week share = (user's bin mass + K_HOW * hour-of-day share * P(weekday | hour))
-  / (user's mass + K_HOW), i.e. weekday detail shrinks toward the user's own daily
-  rhythm spread over the week like the population does;
-* channel rate = (engaged sends + K_RATE * global channel rate) / (sends + K_RATE).
+    P(hour h) ∝ count[h-1] + count[h] + count[h+1]  +  K_PRIOR * tenant share of h
+
+(circular ±1 h, undecayed counts over all days, tenant prior from ``models.priors``).
+Other shrinkage: day-type share = (user's ±1 h count on that weekday/weekend type +
+K_PRIOR * tenant day-type share) / (user's day-type events * 3 + K_PRIOR); recent share
+= (decayed ±1 h mass + K_RECENT * heuristic share) / (3 * decayed mass + K_RECENT);
+channel rate = (engaged sends + K_RATE * tenant channel rate) / (sends + K_RATE).
 """
 
 from __future__ import annotations
@@ -47,9 +52,13 @@ from models.timeutil import (
 )
 from models.vocab import ANY_CHANNEL, CATEGORY_BUCKETS, CHANNELS, category_bucket
 
-FEATURE_VERSION = 1
-K_HOD = 8.0
-K_HOW = 96.0
+FEATURE_VERSION = 2
+HOURS = 24
+#: Pseudo-events of the tenant prior in the heuristic (and the day-type share).
+K_PRIOR = 5.0
+#: Pseudo-events of the heuristic share in the recent (decayed) share.
+K_RECENT = 3.0
+#: Pseudo-sends of the tenant channel rate in the per-user channel rate.
 K_RATE = 10.0
 
 FEATURES: tuple[str, ...] = (
@@ -60,16 +69,24 @@ FEATURES: tuple[str, ...] = (
     "cand_is_holiday",          # public holiday in the user's country
     "channel",                  # categorical: index in CHANNELS, len(CHANNELS) = any
     "category",                 # categorical: crc32 bucket of the message category
-    # the user's rhythm (smoothed engagement histogram)
-    "user_mass",                # decayed engagement count: how much we know
-    "user_share_how",           # smoothed share of the candidate hour-of-week, x168
-    "user_share_hod",           # smoothed share of the candidate hour-of-day, x24
-    "user_share_next2h",        # share of [h, h+2): engagement comes after the send, x12
-    "user_share_prev2h",        # share of [h-2, h), x12
-    "user_raw_how",             # unsmoothed decayed count in the candidate bin
-    "user_peak_distance",       # hours between candidate and the user's peak hour (circular)
-    "user_weekend_lift",        # user's weekend share / population's weekend share
-    "global_share_how",         # population share of the candidate hour-of-week, x168
+    # the user's long memory (undecayed counts): how much we know and their rhythm
+    "user_events",              # events ever counted: how far to trust the user's own hours
+    "user_days_known",          # days since the first event (NaN: none)
+    "heuristic_share",          # the smoothed-histogram heuristic's P(candidate hour), x24
+    "user_count_hour",          # user's events in the candidate hour-of-day
+    "user_count_3h",            # ... in the candidate hour +-1 h
+    "user_share_hour",          # user_count_hour / user_events (NaN: no events)
+    "user_share_daytype",       # +-1 h share on the candidate's day type, shrunk, x24
+    "user_events_daytype",      # user's events on the candidate's day type (weekday/weekend)
+    "user_count_how_3h",        # user's events on the candidate weekday, hour +-1 h
+    "user_mode_distance",       # circular hours from candidate to the user's mode hour
+    "user_hour_spread",         # 1 - circular concentration of the user's hours (0: one hour)
+    # the short memory (decayed, 21-day half-life): what changed lately
+    "recent_mass",              # decayed event mass
+    "recent_share_3h",          # decayed +-1 h share shrunk toward the heuristic, x24
+    # the tenant's own priors
+    "prior_share_hour",         # tenant share of the candidate hour-of-day, x24
+    "prior_share_how",          # tenant share of the candidate hour-of-week, x168
     # the channel
     "ch_sends",                 # decayed sends on the candidate channel
     "ch_engagements",           # decayed engaged sends on it
@@ -98,7 +115,7 @@ def _fingerprint() -> str:
         "channels": CHANNELS,
         "category_buckets": CATEGORY_BUCKETS,
         "half_life_seconds": HALF_LIFE_SECONDS,
-        "smoothing": [K_HOD, K_HOW, K_RATE],
+        "smoothing": [K_PRIOR, K_RECENT, K_RATE],
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -111,23 +128,46 @@ I64 = npt.NDArray[np.int64]
 Ints = npt.NDArray[np.integer]
 
 
-class SmoothedRhythm:
-    """Per-profile smoothed shares (rows = profiles), computed once and gathered per candidate."""
+def smooth3(hod: F64) -> F64:
+    """Circular ±1 h sum over the last axis (24 hours): ``x[h-1] + x[h] + x[h+1]``."""
+    result: F64 = hod + np.roll(hod, 1, axis=-1) + np.roll(hod, -1, axis=-1)
+    return result
 
-    __slots__ = ("hod_share", "how_share", "mass", "peak_hour", "weekend_lift")
 
-    def __init__(self, hist: F64, priors: Priors) -> None:
-        mass = hist.sum(axis=1)
-        week = hist.reshape(-1, 7, 24)
-        hod = week.sum(axis=1)
-        self.mass: F64 = mass
-        self.hod_share: F64 = (hod + K_HOD * priors.hod) / (mass + K_HOD)[:, None]
-        spread = self.hod_share[:, None, :] * priors.cond_day[None, :, :]
-        how = (week + K_HOW * spread) / (mass + K_HOW)[:, None, None]
-        self.how_share: F64 = how.reshape(-1, HOURS_PER_WEEK)
-        self.peak_hour: F64 = np.argmax(self.hod_share, axis=1) + 0.5
-        prior_weekend = priors.how[5 * 24:].sum()
-        self.weekend_lift: F64 = self.how_share[:, 5 * 24:].sum(axis=1) / prior_weekend
+def heuristic_distribution(counts_hod: F64, prior_hod: F64) -> F64:
+    """The smoothed-histogram heuristic: P(hour) for each row of 24 undecayed counts.
+
+    ``(smooth3(counts) + K_PRIOR * prior) / (3 * events + K_PRIOR)``; with no events it
+    is the tenant prior itself. Rows sum to 1.
+    """
+    scores = smooth3(counts_hod) + K_PRIOR * prior_hod
+    result: F64 = scores / scores.sum(axis=-1, keepdims=True)
+    return result
+
+
+class Rhythm:
+    """Per-profile long- and short-memory hour distributions (rows = profiles)."""
+
+    __slots__ = ("counts_hod", "counts_week", "events", "heuristic", "mode_hour",
+                 "recent_3h_share", "recent_mass", "spread")
+
+    def __init__(self, counts: F64, decayed_hist: F64, priors: Priors) -> None:
+        week = counts.reshape(-1, 7, HOURS)
+        self.counts_week: F64 = week
+        self.counts_hod: F64 = week.sum(axis=1)
+        self.events: F64 = counts.sum(axis=1)
+        self.heuristic: F64 = heuristic_distribution(self.counts_hod, priors.hod)
+        # the raw mode; the heuristic only breaks ties (smoothing alone would tie h-1..h+1)
+        self.mode_hour: F64 = np.argmax(self.counts_hod + 1e-3 * self.heuristic, axis=1) + 0.5
+        angle = 2 * np.pi * (np.arange(HOURS) + 0.5) / HOURS
+        resultant = np.hypot(self.counts_hod @ np.cos(angle), self.counts_hod @ np.sin(angle))
+        self.spread: F64 = np.where(self.events > 0,
+                                    1.0 - resultant / np.maximum(self.events, 1e-9), np.nan)
+        recent_hod = decayed_hist.reshape(-1, 7, HOURS).sum(axis=1)
+        self.recent_mass: F64 = recent_hod.sum(axis=1)
+        self.recent_3h_share: F64 = (
+            (smooth3(recent_hod) + K_RECENT * self.heuristic)
+            / (3 * self.recent_mass + K_RECENT)[:, None])
 
 
 def _hours_since(instant: I64, last: I64) -> F64:
@@ -162,7 +202,7 @@ def build_features(
     ch = np.asarray(channel, dtype=np.intp)
     scale = np.where(profiles.ref > 0, decay(now - profiles.ref), 0.0)
     decayed = profiles.decayed.astype(np.float64) * scale[:, None]
-    rhythm = SmoothedRhythm(decayed[:, :HOURS_PER_WEEK], priors)
+    rhythm = Rhythm(profiles.counts.astype(np.float64), decayed[:, :HOURS_PER_WEEK], priors)
 
     sends = decayed[:, SENDS_OFFSET:ENGAGEMENTS_OFFSET]
     engaged = decayed[:, ENGAGEMENTS_OFFSET:]
@@ -183,28 +223,49 @@ def build_features(
     hod = seconds_of_day // 3600
     local_hour = seconds_of_day / 3600.0
     weekday = how // 24
-    hod_share = rhythm.hod_share[p]  # (n, 24): small, and makes the window sums simple
+    weekend = weekday >= 5
     rows = np.empty((n, len(FEATURES)), dtype=np.float32)
     col = FEATURE_INDEX
 
     rows[:, col["cand_local_hour"]] = local_hour
     rows[:, col["cand_weekday"]] = weekday
-    rows[:, col["cand_is_weekend"]] = weekday >= 5
+    rows[:, col["cand_is_weekend"]] = weekend
     rows[:, col["cand_is_holiday"]] = holiday
     rows[:, col["channel"]] = ch
     rows[:, col["category"]] = category
-    rows[:, col["user_mass"]] = rhythm.mass[p]
-    rows[:, col["user_share_how"]] = rhythm.how_share[p, how] * HOURS_PER_WEEK
-    at = np.arange(n)
-    rows[:, col["user_share_hod"]] = hod_share[at, hod] * 24
-    rows[:, col["user_share_next2h"]] = (hod_share[at, hod] + hod_share[at, (hod + 1) % 24]) * 12
-    rows[:, col["user_share_prev2h"]] = (hod_share[at, (hod - 1) % 24]
-                                         + hod_share[at, (hod - 2) % 24]) * 12
-    rows[:, col["user_raw_how"]] = decayed[p, how]
-    distance = np.abs(local_hour - rhythm.peak_hour[p])
-    rows[:, col["user_peak_distance"]] = np.minimum(distance, 24 - distance)
-    rows[:, col["user_weekend_lift"]] = rhythm.weekend_lift[p]
-    rows[:, col["global_share_how"]] = priors.how[how] * HOURS_PER_WEEK
+
+    # Per-profile tables first, then one gather per column: a (candidates, 168) copy of
+    # the counts would cost gigabytes on a training set.
+    events = rhythm.events[p]
+    first_seen = profiles.first_seen[p]
+    count_hour = rhythm.counts_hod[p, hod]
+    rows[:, col["user_events"]] = events
+    rows[:, col["user_days_known"]] = np.where(
+        first_seen > 0, np.maximum(instant - first_seen, 0) / 86400.0, np.nan)
+    rows[:, col["heuristic_share"]] = rhythm.heuristic[p, hod] * HOURS
+    rows[:, col["user_count_hour"]] = count_hour
+    rows[:, col["user_count_3h"]] = smooth3(rhythm.counts_hod)[p, hod]
+    rows[:, col["user_share_hour"]] = np.where(
+        events > 0, count_hour / np.maximum(events, 1e-9), np.nan)
+    week = rhythm.counts_week  # (profiles, 7, 24)
+    type_hod = np.stack([week[:, :5].sum(axis=1), week[:, 5:].sum(axis=1)], axis=1)
+    type_events = type_hod.sum(axis=2)  # (profiles, 2)
+    prior_week = priors.how.reshape(7, HOURS)
+    prior_type = np.stack([prior_week[:5].sum(axis=0), prior_week[5:].sum(axis=0)])
+    prior_type /= prior_type.sum(axis=1, keepdims=True)
+    type_share = ((smooth3(type_hod) + K_PRIOR * prior_type[None])
+                  / (3 * type_events + K_PRIOR)[:, :, None])
+    day_type = weekend.astype(np.intp)
+    rows[:, col["user_share_daytype"]] = type_share[p, day_type, hod] * HOURS
+    rows[:, col["user_events_daytype"]] = type_events[p, day_type]
+    rows[:, col["user_count_how_3h"]] = smooth3(week)[p, weekday, hod]
+    distance = np.abs(local_hour - rhythm.mode_hour[p])
+    rows[:, col["user_mode_distance"]] = np.minimum(distance, HOURS - distance)
+    rows[:, col["user_hour_spread"]] = rhythm.spread[p]
+    rows[:, col["recent_mass"]] = rhythm.recent_mass[p]
+    rows[:, col["recent_share_3h"]] = rhythm.recent_3h_share[p, hod] * HOURS
+    rows[:, col["prior_share_hour"]] = priors.hod[hod] * HOURS
+    rows[:, col["prior_share_how"]] = priors.how[how] * HOURS_PER_WEEK
 
     rows[:, col["ch_sends"]] = sends_x[p, ch]
     rows[:, col["ch_engagements"]] = engaged_x[p, ch]
@@ -231,13 +292,14 @@ def build_features(
 
 
 def fallback_scores(rows: F32) -> F64:
-    """Engagement estimate without a model: smoothed channel rate x the user's hour lift.
+    """Engagement estimate without a model: smoothed channel rate x the heuristic's lift.
 
-    The strongest simple heuristic (the user's smoothed histogram, shrunk toward the
-    global prior) turned into a probability-like number so serving can rank candidates
-    and compare them with a value floor the same way it does with model scores.
+    Within one channel it ranks hours exactly like the smoothed-histogram heuristic
+    (``heuristic_distribution``, with the tenant priors the rows were built with), so the
+    fallback is never worse than that heuristic; the channel rate turns it into a
+    probability-like number serving can compare across channels and with a value floor.
     """
-    lift = rows[:, FEATURE_INDEX["user_share_how"]].astype(np.float64)
+    lift = rows[:, FEATURE_INDEX["heuristic_share"]].astype(np.float64)
     rate = rows[:, FEATURE_INDEX["ch_rate"]].astype(np.float64)
     result: F64 = np.clip(rate * lift, 0.0, 1.0)
     return result

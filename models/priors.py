@@ -2,9 +2,12 @@
 
 A user with three events has no reliable histogram of their own; features and the
 fallback ranking blend the user's counts with these population-level distributions
-(empirical-Bayes style pseudo-counts, see ``models.features``). Training estimates the
-priors from its data and stores them in the artifact's manifest, so serving shrinks
-toward exactly what the model saw. ``DEFAULT_PRIORS`` serves when there is no model.
+(empirical-Bayes style pseudo-counts, see ``models.features``). They come from the
+tenant's own data: training estimates them on its training period and stores them in the
+artifact's manifest, so serving (and the no-model fallback) shrinks toward exactly what
+the model saw, and ``sendwise rank --model none`` estimates them from the history it is
+given. Built-in rhythms are wrong for most tenants (a grocery chain peaks at 15-19 h, a
+news app at 7 h), so ``DEFAULT_PRIORS`` is only for a tenant with no data at all.
 """
 
 from __future__ import annotations
@@ -64,9 +67,15 @@ class Priors:
     @classmethod
     def estimate(cls, how_counts: F64, channel_sends: F64, channel_engagements: F64,
                  fallback: Priors | None = None) -> Priors:
-        """Priors from population counts, smoothed toward ``fallback`` where data is thin."""
+        """Priors from the tenant's population counts.
+
+        The hour-of-week shares add one pseudo-event per bin spread *uniformly* (not
+        toward a built-in rhythm), so a tenant's own data decides its rhythm as soon as it
+        has a few hundred events; channel rates, which need message outcomes the tenant
+        may not have yet, shrink toward ``fallback`` (default ``DEFAULT_PRIORS``).
+        """
         base = fallback or DEFAULT_PRIORS
-        how = np.asarray(how_counts, np.float64) + 20.0 * base.how  # 20 pseudo-events
+        how = np.asarray(how_counts, np.float64) + 1.0
         sends = np.asarray(channel_sends, np.float64)
         engaged = np.asarray(channel_engagements, np.float64)
         rates = (engaged + 50.0 * base.channel_rates) / (sends + 50.0)

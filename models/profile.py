@@ -1,8 +1,16 @@
 """The compact per-user aggregate that features are computed from.
 
 Serving keeps one ``Profile`` per user in Redis and updates it from events; training
-replays the logs through the very same methods. The update rule is an exponentially
-decayed count: an event at instant ``t`` with weight ``w`` contributes
+replays the logs through the very same methods. It keeps two memories of when the user
+is active, because real activity is sparse (the median household of the real sample in
+``docs/model.md`` has 33 trips in nine months; a 21-day half-life alone keeps only the
+last few weeks' handful of trips to rank 24 hours with):
+
+* **long memory** ``counts``: plain (undecayed) event counts by local hour-of-week since
+  the first event (``first_seen``): the user's stable rhythm;
+* **short memory**: exponentially decayed counts (recent behaviour, channel rates).
+
+The decayed update rule is: an event at instant ``t`` with weight ``w`` contributes
 ``w * 2 ** (-(T - t) / HALF_LIFE_SECONDS)`` to a counter read at instant ``T``. Because
 that is a plain sum, the order of updates does not matter (out-of-order events are folded
 in at their own instant) and folding events one by one equals the closed-form batch sum
@@ -10,6 +18,8 @@ in at their own instant) and folding events one by one equals the closed-form ba
 
 Contents (all instants are integer UTC epoch seconds, 0 = never):
 
+* ``counts``: undecayed engagement counts by local hour-of-week (168 bins, float32 so
+  they stay exact up to 2**24 events), and ``first_seen``, the first event's instant.
 * ``hist``: decayed engagement counts over the user's local hour-of-week (168 bins).
   Activity events and message engagements (first open/click of a message) both count.
 * per channel: decayed sends, decayed engaged sends, last send, last engagement.
@@ -17,8 +27,9 @@ Contents (all instants are integer UTC epoch seconds, 0 = never):
   fatigue counters "sends in the 24 h / 7 days before a candidate instant" are exact up
   to 16 (more is saturated fatigue anyway).
 
-Serialised size: 845 bytes (168 float32 bins dominate; float16 would halve them but its
-3-digit precision drifts when a value is decayed and re-rounded at every event).
+Serialised size: ``SERIALIZED_SIZE`` = 1,521 bytes, within the 2 KB per-user Redis budget
+(the two 168-bin float32 histograms dominate; float16 would halve the decayed one but
+its 3-digit precision drifts when a value is decayed and re-rounded at every event).
 """
 
 from __future__ import annotations
@@ -37,7 +48,9 @@ N_CHANNELS = len(CHANNELS)
 SENDS_OFFSET = HOURS_PER_WEEK
 ENGAGEMENTS_OFFSET = HOURS_PER_WEEK + N_CHANNELS
 DECAYED_SIZE = HOURS_PER_WEEK + 2 * N_CHANNELS
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Per-user budget in Redis (``docs/model.md``); a test holds the layout to it.
+MAX_SERIALIZED_SIZE = 2048
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -47,6 +60,8 @@ I8 = npt.NDArray[np.int8]
 _LAYOUT: tuple[tuple[str, str, int], ...] = (
     ("ref", "<i8", 1),
     ("decayed", "<f4", DECAYED_SIZE),
+    ("counts", "<f4", HOURS_PER_WEEK),
+    ("first_seen", "<u4", 1),
     ("last_send", "<u4", N_CHANNELS),
     ("last_engagement", "<u4", N_CHANNELS),
     ("last_active", "<u4", 1),
@@ -68,13 +83,17 @@ def decay(seconds: float | npt.NDArray[np.floating[Any]] | npt.NDArray[np.intege
 class Profile:
     """One user's aggregate; mutable, updated in place by the ``record_*`` methods."""
 
-    __slots__ = ("decayed", "last_active", "last_engagement", "last_send", "recent_at",
-                 "recent_channel", "ref")
+    __slots__ = ("counts", "decayed", "first_seen", "last_active", "last_engagement",
+                 "last_send", "recent_at", "recent_channel", "ref")
 
     def __init__(self) -> None:
         #: Instant the decayed counters are expressed at (the latest event seen).
         self.ref = 0
         self.decayed: F32 = np.zeros(DECAYED_SIZE, dtype=np.float32)
+        #: Undecayed engagement/activity counts by local hour-of-week (long memory).
+        self.counts: F32 = np.zeros(HOURS_PER_WEEK, dtype=np.float32)
+        #: Instant of the first engagement/activity event (0 = none yet).
+        self.first_seen = 0
         self.last_send: I64 = np.zeros(N_CHANNELS, dtype=np.int64)
         self.last_engagement: I64 = np.zeros(N_CHANNELS, dtype=np.int64)
         self.last_active = 0
@@ -103,7 +122,8 @@ class Profile:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        return (f"Profile(ref={self.ref}, mass={float(self.hist.sum()):.3f}, "
+        return (f"Profile(ref={self.ref}, events={float(self.counts.sum()):.0f}, "
+                f"mass={float(self.hist.sum()):.3f}, "
                 f"sends={self.sends.tolist()}, engagements={self.engagements.tolist()})")
 
     # -- updating --------------------------------------------------------------------
@@ -132,13 +152,18 @@ class Profile:
         ``how`` is the local hour-of-week of ``at`` (``models.timeutil.hour_of_week``).
         """
         self._add(at, ENGAGEMENTS_OFFSET + channel)
-        self._add(at, how)
+        self._count(at, how)
         self.last_engagement[channel] = max(int(self.last_engagement[channel]), at)
-        self.last_active = max(self.last_active, at)
 
     def record_activity(self, at: int, how: int) -> None:
         """The user was active (session, visit, purchase...) at ``at`` (local ``how``)."""
+        self._count(at, how)
+
+    def _count(self, at: int, how: int) -> None:
+        """One sign of life at local hour-of-week ``how``: both memories, recency."""
         self._add(at, how)
+        self.counts[how] = np.float32(float(self.counts[how]) + 1.0)
+        self.first_seen = at if self.first_seen == 0 else min(self.first_seen, at)
         self.last_active = max(self.last_active, at)
 
     def _remember_send(self, at: int, channel: int) -> None:
@@ -161,7 +186,8 @@ class Profile:
     def to_bytes(self) -> bytes:
         """Fixed-size little-endian record (``SERIALIZED_SIZE`` bytes) for Redis."""
         values = {
-            "ref": self.ref, "decayed": self.decayed, "last_send": self.last_send,
+            "ref": self.ref, "decayed": self.decayed, "counts": self.counts,
+            "first_seen": self.first_seen, "last_send": self.last_send,
             "last_engagement": self.last_engagement, "last_active": self.last_active,
             "recent_at": self.recent_at, "recent_channel": self.recent_channel,
         }
@@ -184,6 +210,8 @@ class Profile:
             offset += np.dtype(dtype).itemsize * count
         profile.ref = int(fields["ref"][0])
         profile.decayed = fields["decayed"].astype(np.float32)
+        profile.counts = fields["counts"].astype(np.float32)
+        profile.first_seen = int(fields["first_seen"][0])
         profile.last_send = fields["last_send"].astype(np.int64)
         profile.last_engagement = fields["last_engagement"].astype(np.int64)
         profile.last_active = int(fields["last_active"][0])
@@ -217,6 +245,8 @@ def profile_from_events(
     np.add.at(decayed, np.asarray(activity_how, np.int64), decay(ref - activity_at))
     profile.ref = ref
     profile.decayed = decayed.astype(np.float32)
+    hows = np.concatenate([np.asarray(engagement_how, np.int64), np.asarray(activity_how, np.int64)])
+    profile.counts = np.bincount(hows, minlength=HOURS_PER_WEEK).astype(np.float32)
     for channel in range(N_CHANNELS):
         sent = send_at[send_channel == channel]
         engaged = engagement_at[engagement_channel == channel]
@@ -224,6 +254,7 @@ def profile_from_events(
         profile.last_engagement[channel] = int(engaged.max()) if engaged.size else 0
     active = np.concatenate([engagement_at, activity_at])
     profile.last_active = int(active.max()) if active.size else 0
+    profile.first_seen = int(active.min()) if active.size else 0
     order = np.lexsort((send_channel, send_at))[-RECENT_SENDS:]
     kept = order.size
     profile.recent_at[RECENT_SENDS - kept:] = send_at[order]
@@ -238,12 +269,14 @@ class ProfileBatch:
     training example with the replayed profile as of that example's instant.
     """
 
-    __slots__ = ("decayed", "last_active", "last_engagement", "last_send", "recent_at",
-                 "recent_channel", "ref")
+    __slots__ = ("counts", "decayed", "first_seen", "last_active", "last_engagement",
+                 "last_send", "recent_at", "recent_channel", "ref")
 
     def __init__(self, size: int) -> None:
         self.ref: I64 = np.zeros(size, dtype=np.int64)
         self.decayed: F32 = np.zeros((size, DECAYED_SIZE), dtype=np.float32)
+        self.counts: F32 = np.zeros((size, HOURS_PER_WEEK), dtype=np.float32)
+        self.first_seen: I64 = np.zeros(size, dtype=np.int64)
         self.last_send: I64 = np.zeros((size, N_CHANNELS), dtype=np.int64)
         self.last_engagement: I64 = np.zeros((size, N_CHANNELS), dtype=np.int64)
         self.last_active: I64 = np.zeros(size, dtype=np.int64)
@@ -257,6 +290,8 @@ class ProfileBatch:
         """Copy ``profile`` into row ``row`` (a snapshot: later updates do not leak in)."""
         self.ref[row] = profile.ref
         self.decayed[row] = profile.decayed
+        self.counts[row] = profile.counts
+        self.first_seen[row] = profile.first_seen
         self.last_send[row] = profile.last_send
         self.last_engagement[row] = profile.last_engagement
         self.last_active[row] = profile.last_active

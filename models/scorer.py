@@ -23,7 +23,7 @@ class FeatureMismatchError(ArtifactError):
 
 
 class Scorer:
-    """A loaded model: ``score(rows)`` gives P(engagement within the label window)."""
+    """A loaded model: ``score(rows)``, and ``day_distribution`` for probabilities."""
 
     __slots__ = ("_booster", "_num_threads", "manifest", "priors")
 
@@ -65,8 +65,34 @@ class Scorer:
                                        "manifest")
         return cls(booster, manifest, num_threads=num_threads)
 
+    @property
+    def is_ranker(self) -> bool:
+        return self.manifest.objective != "binary"
+
+    def day_distribution(self, scores: npt.NDArray[np.float64],
+                         heuristic: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """P(slot) over each row of ``scores`` (one row = the slots of one day, e.g. 24).
+
+        ``heuristic`` is the rows' ``heuristic_share`` column in the same shape. A ranker's
+        scores only order slots, so they go through the calibration fitted at training
+        (softmax of the score and the heuristic's log-share, weights in the manifest); a
+        classifier's probabilities are just normalised.
+        """
+        if self.is_ranker:
+            m = self.manifest
+            z = (m.score_weight * scores
+                 + m.heuristic_weight * np.log(np.maximum(heuristic, 1e-12)))
+            z = np.exp(z - z.max(axis=-1, keepdims=True))
+            result: npt.NDArray[np.float64] = z / z.sum(axis=-1, keepdims=True)
+            return result
+        total = scores.sum(axis=-1, keepdims=True)
+        normalised: npt.NDArray[np.float64] = scores / np.where(total > 0, total, 1.0)
+        return normalised
+
     def score(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        """Probabilities for rows built by ``models.features`` (shape ``(n, len(FEATURES))``)."""
+        """Model output for rows built by ``models.features`` (shape ``(n, len(FEATURES))``):
+        P(engagement within the window) for a classifier, an ordering score for a ranker
+        (``day_distribution`` turns a day's scores into probabilities)."""
         if rows.ndim != 2 or rows.shape[1] != len(FEATURES):
             raise ValueError(f"expected rows of {len(FEATURES)} features, got {rows.shape}")
         if rows.shape[0] == 0:

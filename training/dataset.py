@@ -5,9 +5,12 @@ Two kinds of examples, depending on what the platform has:
 * **message log** (with or without activity): one example per message sent, at its
   ``sent_at`` on its channel; label = the chosen outcome (default: opened) within the
   label window after ``sent_at``. The activity log, when present, only enriches profiles.
-* **activity log only**: ``samples_per_day`` random instants per user and active day;
-  channel "any"; label = any activity within the window after the instant. This ranks
-  hours by "will this person be around soon", the signal such platforms start with.
+* **activity log only** (``day_examples``): one *query* per user and local day with
+  activity: the 24 local hours of that day (candidates at hh:30, channel "any", profile
+  as of local midnight, exactly the decision serving makes), each labelled with the
+  number of events in that hour. A ranking objective (LightGBM ``lambdarank``) learns to
+  order one user's hours within their day, which is the decision; a per-instant binary
+  "active soon" target mostly learns which users and days are active (``docs/model.md``).
 """
 
 from __future__ import annotations
@@ -282,36 +285,63 @@ def message_examples(logs: Logs, label: str, window: int, end: int) -> Examples:
         label=hit.astype(np.int8), propensity=m.propensity[keep])
 
 
-def activity_examples(logs: Logs, window: int, end: int, *, samples_per_day: int,
-                      seed: int) -> Examples:
-    """Random candidate instants on each user's active days; label = activity soon after."""
+def day_slots(logs: Logs, user: I64, zone_code: I64, day_start_local: I64) -> Candidates:
+    """The 24 hh:30 candidates of each (user, local day), profiles as of local midnight."""
+    n = int(user.shape[0])
+    snap_at = local_to_utc(logs.zones, zone_code, day_start_local)
+    slots = (day_start_local[:, None] + np.arange(24)[None, :] * 3600 + 1800).ravel()
+    rep_zone = np.repeat(zone_code, 24)
+    return Candidates(snap_user=user, snap_at=snap_at,
+                      snapshot=np.repeat(np.arange(n, dtype=np.int64), 24),
+                      instant=local_to_utc(logs.zones, rep_zone, slots),
+                      channel=np.full(n * 24, ANY_CHANNEL, np.int64),
+                      category=np.zeros(n * 24, np.int64), zone=rep_zone)
+
+
+@dataclass
+class DayExamples:
+    """One query per (user, local day): ``candidates`` has 24 rows per day, in hour order."""
+
+    candidates: Candidates
+    label: npt.NDArray[np.int8]      # events in that local hour, capped at MAX_RELEVANCE
+    day_start: I64                   # UTC instant of each day's local midnight
+
+    def __len__(self) -> int:
+        return int(self.day_start.shape[0])
+
+
+MAX_RELEVANCE = 3
+
+
+def day_examples(logs: Logs, start: int, end: int) -> DayExamples:
+    """Every (user, local day) with activity whose local midnight is in ``[start, end)``."""
     a = logs.activity
     if a is None:
         raise ValueError("no activity log")
-    rng = np.random.default_rng(seed)
-    user, at = logs.act_user, a.occurred_at
-    day = at // 86400
-    pairs = np.unique(user * 1_000_000 + day)  # active (user, UTC day)
-    pair_user, pair_day = pairs // 1_000_000, pairs % 1_000_000
-    # the day after an active day too, so quiet days are represented
-    pair_user = np.concatenate([pair_user, pair_user])
-    pair_day = np.concatenate([pair_day, pair_day + 1])
-    snap_user = np.repeat(pair_user, samples_per_day)
-    instant = np.repeat(pair_day, samples_per_day) * 86400 + rng.integers(0, 86400,
-                                                                          snap_user.size)
-    keep = instant + window <= end
-    snap_user, instant = snap_user[keep], instant[keep]
-    order = np.lexsort((at, user))
-    key = user[order] * (1 << 34) + at[order]
-    query = snap_user * (1 << 34) + instant
-    hit = np.searchsorted(key, query + window, "right") > np.searchsorted(key, query, "left")
-    n = snap_user.size
-    return Examples(
-        candidates=Candidates(snap_user=snap_user, snap_at=instant,
-                              snapshot=np.arange(n, dtype=np.int64), instant=instant,
-                              channel=np.full(n, ANY_CHANNEL, np.int64),
-                              category=np.zeros(n, np.int64), zone=logs.user_zone[snap_user]),
-        label=hit.astype(np.int8), propensity=np.full(n, np.nan))
+    local = localize(logs.zones, logs.act_zone, a.occurred_at)
+    day = local // 86400
+    key = logs.act_user * 1_000_000 + day
+    pairs, first = np.unique(key, return_index=True)
+    user, zone_code, local_day = logs.act_user[first], logs.act_zone[first], day[first]
+    cands = day_slots(logs, user, zone_code, local_day * 86400)
+    keep = np.flatnonzero((cands.snap_at >= start) & (cands.snap_at < end))
+    hour = (local % 86400) // 3600
+    counts = np.zeros((pairs.size, 24), dtype=np.int64)
+    np.add.at(counts, (np.searchsorted(pairs, key), hour), 1)
+    rows = (keep[:, None] * 24 + np.arange(24)[None, :]).ravel()
+    c = cands
+    return DayExamples(
+        candidates=Candidates(snap_user=c.snap_user[keep], snap_at=c.snap_at[keep],
+                              snapshot=np.repeat(np.arange(keep.size, dtype=np.int64), 24),
+                              instant=c.instant[rows], channel=c.channel[rows],
+                              category=c.category[rows], zone=c.zone[rows]),
+        label=np.minimum(counts[keep], MAX_RELEVANCE).astype(np.int8).ravel(),
+        day_start=c.snap_at[keep])
+
+
+def priors_from_logs(logs: Logs, before: int) -> Priors:
+    """The tenant's priors from its own events before ``before`` (one replay-free pass)."""
+    return estimate_priors(logs, logs.stream(before=before), before)
 
 
 def estimate_priors(logs: Logs, stream: EventStream, before: int) -> Priors:

@@ -1,18 +1,21 @@
 """Held-out evaluation: the model against the simple baselines, on the later period.
 
-Ranking task: for each engagement in the validation period (an opened message, or an
-activity event for activity-only data) take the user's profile as of the local midnight
-starting that day and rank the 24 local hours of that day (candidates at hh:30, on the
-message's channel). Each method turns its scores into a distribution over the hours
-(mixed with 5% uniform so a point guess has a finite log-loss) and is scored on the hour
-that actually happened: hit@1, hit@3, log-loss. When the log carries propensities, each
+Ranking task, as deployed: for each engagement in the held-out period (an opened message,
+or an activity event for activity-only data) take the user's profile as of the local
+midnight starting that day (every earlier event folded in, held-out ones included, as
+serving would have) and rank the 24 local hours of that day (candidates at hh:30, on the
+message's channel). Each method's scores are normalised over the day's 24 slots and scored
+on the hour that actually happened: hit@1, hit@3 (the true hour is among the top 1 / 3)
+and log-loss (-log p(true hour), nats). Point guesses (mode hour, fixed hour) are mixed
+with 5% uniform so their log-loss is finite. When the log carries propensities, each
 engagement is weighted by 1 / propensity, so the metrics estimate what they would be had
 sends been spread uniformly over hours (the logging policy favours daytime).
 
-Baselines: a fixed hour (10:30), the global popular hours (the population prior for that
-weekday), the user's historical mode hour (from the training period), and the user's
-smoothed histogram with a global prior (``models.features`` ``user_share_how``: also the
-serving fallback, the strongest simple heuristic).
+Baselines: a fixed hour (10:30), the tenant's popular hours (its prior for that weekday),
+the user's mode hour (undecayed counts), and the smoothed-histogram heuristic
+(``models.features.heuristic_distribution``: the user's undecayed hour counts smoothed
+±1 h plus 5 x the tenant's hour share); ``fallback_no_model`` is what serving does with
+no model (``fallback_scores``), which ranks like the heuristic by construction.
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.features import FEATURE_INDEX, fallback_scores
-from training.dataset import Candidates, Logs, local_to_utc, localize
-from training.schema import NEVER
+from training.dataset import Candidates, Logs, day_slots, localize
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -33,21 +35,28 @@ I64 = npt.NDArray[np.int64]
 HOURS = 24
 UNIFORM_MIX = 0.05
 FIXED_HOUR = 10
-METHODS = ("model", "smoothed_histogram", "user_mode_hour", "global_popular_hours",
-           "fixed_hour")
-MASS_SEGMENTS = ((0.0, 5.0, "little history (<5 decayed events)"),
-                 (5.0, 30.0, "some history (5-30)"),
-                 (30.0, np.inf, "rich history (>=30)"))
+METHODS = ("model", "smoothed_histogram", "fallback_no_model", "user_mode_hour",
+           "global_popular_hours", "fixed_hour")
+#: Methods that are simple heuristics (candidates for the champion gate's opponent).
+HEURISTICS = ("smoothed_histogram", "user_mode_hour", "global_popular_hours", "fixed_hour")
+_POINT_GUESSES = ("user_mode_hour", "fixed_hour")
+#: Buckets of the user's past events (undecayed) at the decision instant.
+HISTORY_SEGMENTS = ((0.0, 1.0, "no history (0 events)"),
+                    (1.0, 5.0, "1-4 events"),
+                    (5.0, 15.0, "5-14 events"),
+                    (15.0, 40.0, "15-39 events"),
+                    (40.0, np.inf, "40+ events"))
 
 
 @dataclass
 class Segment:
-    """Model vs the strongest heuristic on users with a given amount of history."""
+    """Model vs the heuristic vs the no-model fallback on users with this much history."""
 
     label: str
     n: int
     model: dict[str, float]
     heuristic: dict[str, float]
+    fallback: dict[str, float]
 
 
 @dataclass
@@ -66,35 +75,13 @@ class RankingSet:
 def ranking_set(logs: Logs, *, user: I64, at: I64, zone: I64, channel: I64, category: I64,
                 propensity: F64) -> RankingSet:
     """Candidates for the engagements (user, at) described by the arrays."""
-    n = int(user.shape[0])
     local = localize(logs.zones, zone, at)
-    day_start = local - local % 86400
-    snap_at = local_to_utc(logs.zones, zone, day_start)
-    slots = (day_start[:, None] + np.arange(HOURS)[None, :] * 3600 + 1800).ravel()
-    rep_zone = np.repeat(zone, HOURS)
-    instants = local_to_utc(logs.zones, rep_zone, slots)
+    slots = day_slots(logs, user, zone, local - local % 86400)
+    slots.channel = np.repeat(channel, HOURS)
+    slots.category = np.repeat(category, HOURS)
     weight = np.where(np.isfinite(propensity) & (propensity > 0), 1.0 / propensity, 1.0)
-    return RankingSet(
-        candidates=Candidates(snap_user=user, snap_at=snap_at,
-                              snapshot=np.repeat(np.arange(n, dtype=np.int64), HOURS),
-                              instant=instants, channel=np.repeat(channel, HOURS),
-                              category=np.repeat(category, HOURS), zone=rep_zone),
-        actual_hour=(local % 86400) // 3600, weight=weight / weight.mean(), user=user)
-
-
-def user_mode_hours(logs: Logs, before: int) -> I64:
-    """Each user's most frequent local hour of engagement/activity before ``before`` (-1: none)."""
-    counts = np.zeros((len(logs.users), HOURS), dtype=np.float64)
-    if logs.messages is not None:
-        hit = (logs.engaged_at != NEVER) & (logs.engaged_at < before)
-        local = localize(logs.zones, logs.msg_zone[hit], logs.engaged_at[hit])
-        np.add.at(counts, (logs.msg_user[hit], (local % 86400) // 3600), 1.0)
-    if logs.activity is not None:
-        past = logs.activity.occurred_at < before
-        local = localize(logs.zones, logs.act_zone[past], logs.activity.occurred_at[past])
-        np.add.at(counts, (logs.act_user[past], (local % 86400) // 3600), 1.0)
-    mode: I64 = np.where(counts.sum(axis=1) > 0, np.argmax(counts, axis=1), -1)
-    return mode
+    return RankingSet(candidates=slots, actual_hour=(local % 86400) // 3600,
+                      weight=weight / weight.mean(), user=user)
 
 
 def _bump(center: I64) -> F64:
@@ -105,58 +92,81 @@ def _bump(center: I64) -> F64:
     return result
 
 
-def method_scores(rows: F32, model_scores: F64, ranking: RankingSet,
-                  mode_hour: I64) -> dict[str, F64]:
-    """(n, 24) scores per method, higher = better hour."""
-    n = len(ranking)
-    global_scores = rows[:, FEATURE_INDEX["global_share_how"]].reshape(n, HOURS).astype(float)
-    mode = mode_hour[ranking.user]
-    global_mode = np.argmax(global_scores, axis=1)
+def method_scores(rows: F32, model_dist: F64, n: int) -> dict[str, F64]:
+    """(n, 24) scores per method, higher = better hour; ``model_dist`` is (n, 24)."""
+    def column(name: str) -> F64:
+        return rows[:, FEATURE_INDEX[name]].reshape(n, HOURS).astype(np.float64)
+
+    tenant = column("prior_share_how")
+    counts = column("user_count_hour")
+    mode = np.where(counts.sum(axis=1) > 0, np.argmax(counts, axis=1), np.argmax(tenant, axis=1))
     return {
-        "model": model_scores.reshape(n, HOURS),
-        "smoothed_histogram":
-            rows[:, FEATURE_INDEX["user_share_how"]].reshape(n, HOURS).astype(float),
-        "user_mode_hour": _bump(np.where(mode >= 0, mode, global_mode)),
-        "global_popular_hours": global_scores,
+        "model": model_dist,
+        "smoothed_histogram": column("heuristic_share"),
+        "fallback_no_model": fallback_scores(rows).reshape(n, HOURS),
+        "user_mode_hour": _bump(mode),
+        "global_popular_hours": tenant,
         "fixed_hour": _bump(np.full(n, FIXED_HOUR)),
     }
 
 
-def ranking_metrics(scores: F64, actual: I64, weight: F64) -> dict[str, float]:
-    """Weighted hit@1, hit@3 and log-loss of the actual hour under ``scores``."""
+def ranking_metrics(scores: F64, actual: I64, weight: F64, *, mix: float = 0.0) -> dict[str, float]:
+    """Weighted hit@1, hit@3 and log-loss of the actual hour under ``scores``.
+
+    Scores are normalised over the 24 hours (``mix`` of uniform added for point guesses);
+    ties rank by hour index, so a method cannot win by tying.
+    """
     n = scores.shape[0]
     at = np.arange(n)
     mine = scores[at, actual][:, None]
     hours = np.arange(HOURS)[None, :]
-    # rank = hours scored higher, ties broken by hour index (deterministic)
     rank = ((scores > mine) | ((scores == mine) & (hours < actual[:, None]))).sum(axis=1)
     positive = np.clip(scores, 0, None)
     total = positive.sum(axis=1, keepdims=True)
     dist = np.where(total > 0, positive / np.where(total > 0, total, 1), 1.0 / HOURS)
-    prob = (1 - UNIFORM_MIX) * dist[at, actual] + UNIFORM_MIX / HOURS
+    prob = np.maximum((1 - mix) * dist[at, actual] + mix / HOURS, 1e-12)
     w = weight / weight.sum()
     return {"hit@1": float((w * (rank < 1)).sum()), "hit@3": float((w * (rank < 3)).sum()),
             "log_loss": float(-(w * np.log(prob)).sum()), "n": float(n)}
 
 
-def evaluate_ranking(rows: F32, model_scores: F64, ranking: RankingSet,
-                     mode_hour: I64) -> tuple[dict[str, dict[str, float]], list[Segment]]:
-    """Metrics per method, and model-vs-heuristic per history-size segment."""
-    scores = method_scores(rows, model_scores, ranking, mode_hour)
-    table = {name: ranking_metrics(scores[name], ranking.actual_hour, ranking.weight)
-             for name in METHODS}
-    mass = rows[::HOURS, FEATURE_INDEX["user_mass"]]
+def evaluate_ranking(rows: F32, model_dist: F64, ranking: RankingSet,
+                     ) -> tuple[dict[str, dict[str, float]], list[Segment]]:
+    """Metrics per method, and model / heuristic / fallback per amount of user history."""
+    n = len(ranking)
+    scores = method_scores(rows, model_dist, n)
+
+    def metrics(name: str, sel: npt.NDArray[np.bool_] | slice) -> dict[str, float]:
+        mix = UNIFORM_MIX if name in _POINT_GUESSES else 0.0
+        return ranking_metrics(scores[name][sel], ranking.actual_hour[sel],
+                               ranking.weight[sel], mix=mix)
+
+    table = {name: metrics(name, slice(None)) for name in METHODS}
+    events = rows[::HOURS, FEATURE_INDEX["user_events"]]
     segments: list[Segment] = []
-    for lo, hi, label in MASS_SEGMENTS:
-        sel = (mass >= lo) & (mass < hi)
+    for lo, hi, label in HISTORY_SEGMENTS:
+        sel = (events >= lo) & (events < hi)
         if sel.sum() < 20:
             continue
-        model = ranking_metrics(scores["model"][sel], ranking.actual_hour[sel],
-                                ranking.weight[sel])
-        heuristic = ranking_metrics(scores["smoothed_histogram"][sel],
-                                    ranking.actual_hour[sel], ranking.weight[sel])
-        segments.append(Segment(label, int(sel.sum()), model, heuristic))
+        segments.append(Segment(label, int(sel.sum()), metrics("model", sel),
+                                metrics("smoothed_histogram", sel),
+                                metrics("fallback_no_model", sel)))
     return table, segments
+
+
+def champion_gate(table: dict[str, dict[str, float]]) -> dict[str, float | str | bool]:
+    """Did the model beat the strongest heuristic on the held-out period, and by how much?
+
+    Strongest = best hit@3 among ``HEURISTICS``. Passing needs a higher hit@3 *and* a
+    lower log-loss: a model that ranks better but is worse calibrated (or the reverse) is
+    not promoted over a heuristic that needs no training.
+    """
+    rival = max(HEURISTICS, key=lambda name: (table[name]["hit@3"], -table[name]["log_loss"]))
+    model, best = table["model"], table[rival]
+    deltas = {f"{k}_delta": model[k] - best[k] for k in ("hit@1", "hit@3", "log_loss")}
+    return {"passed": bool(deltas["hit@3_delta"] > 0 and deltas["log_loss_delta"] < 0),
+            "rival": rival, "better_than_chance": bool(model["hit@3"] > 3 / HOURS),
+            **deltas, "n": model["n"]}
 
 
 def _auc(y: npt.NDArray[np.int8], p: F64) -> float:

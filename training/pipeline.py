@@ -1,16 +1,17 @@
 """``sendwise train``: logs in, artifact + evaluation + report out.
 
 Time-based split of the logged period: ``[start, tune)`` trains, ``[tune, split)``
-decides early stopping, ``[split, end)`` is held out for every number we report.
-A training example needs its whole label window before the next period starts, so no
-label peeks across a boundary. Profiles at any instant use every event before it,
-as serving would.
+selects the number of trees (and the ranker's temperature), then the model is refit on
+``[start, split)``; ``[split, end)`` is held out for every number we report and for the
+champion gate. A training example needs its whole label window before the next period
+starts, so no label peeks across a boundary. Profiles at any instant use every event
+before it, as serving would (held-out events included, one by one).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,17 +19,18 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from models.artifact import MANIFEST_FILE, read_manifest, write_manifest
+from models.artifact import MANIFEST_FILE, ChampionGate, read_manifest, write_manifest
 from models.features import FEATURE_INDEX
 from models.scorer import Scorer
 from models.vocab import ANY_CHANNEL, CHANNELS, category_bucket
 from training.dataset import (
     LABELS,
     Candidates,
+    DayExamples,
     Examples,
     Logs,
     Progress,
-    activity_examples,
+    day_examples,
     estimate_priors,
     featurize,
     localize,
@@ -40,13 +42,24 @@ from training.evaluate import (
     Segment,
     binary_metrics,
     calibration,
+    champion_gate,
     evaluate_ranking,
     hour_of_week_grid,
     ranking_metrics,
     ranking_set,
-    user_mode_hours,
 )
-from training.fit import FitConfig, fit, iso, write_artifact
+from training.fit import (
+    RANKING_OBJECTIVES,
+    FitConfig,
+    FitResult,
+    Selection,
+    Split,
+    fit,
+    fit_calibration,
+    fit_dask,
+    iso,
+    write_artifact,
+)
 from training.schema import ActivityLog, LoadReport, MessageLog, load_activity, load_messages
 
 if TYPE_CHECKING:
@@ -68,11 +81,14 @@ class TrainConfig:
     window_seconds: int = 7200
     valid_days: float = 14.0
     tune_days: float = 7.0
+    #: Start of the held-out period (UTC instant); default: ``valid_days`` before the end.
+    split: int | None = None
     max_train_rows: int = 3_000_000
     ranking_instances: int = 20_000
     oracle_pairs: int = 3_000
-    samples_per_day: int = 3
     seed: int = 7
+    #: Address of a Dask scheduler: train there through LightGBM's Dask interface.
+    dask: str | None = None
     fit: FitConfig = field(default_factory=FitConfig)
     progress: bool = True
 
@@ -118,6 +134,17 @@ def _subset(examples: Examples, rows: npt.NDArray[np.intp]) -> Examples:
         label=examples.label[rows], propensity=examples.propensity[rows])
 
 
+def _subset_days(days: DayExamples, keep: npt.NDArray[np.intp]) -> DayExamples:
+    c = days.candidates
+    rows = (keep[:, None] * HOURS + np.arange(HOURS)[None, :]).ravel()
+    return DayExamples(
+        candidates=Candidates(snap_user=c.snap_user[keep], snap_at=c.snap_at[keep],
+                              snapshot=np.repeat(np.arange(keep.size, dtype=np.int64), HOURS),
+                              instant=c.instant[rows], channel=c.channel[rows],
+                              category=c.category[rows], zone=c.zone[rows]),
+        label=days.label[rows], day_start=days.day_start[keep])
+
+
 def _truth_ceiling(logs: Logs, world: World, ranking: RankingSet, rows: F32) -> dict[str, float]:
     """The ranking metrics of the simulator's true probabilities: the best any model can do.
 
@@ -134,10 +161,7 @@ def _truth_ceiling(logs: Logs, world: World, ranking: RankingSet, rows: F32) -> 
                            ranking.weight)
 
 
-def train(config: TrainConfig) -> TrainResult:
-    say = Progress(config.progress)
-    if config.label not in LABELS:
-        raise ValueError(f"label must be one of {', '.join(LABELS)}")
+def _load(config: TrainConfig, say: Progress) -> tuple[Logs, list[LoadReport], str]:
     messages: MessageLog | None = None
     activity: ActivityLog | None = None
     reports: list[LoadReport] = []
@@ -149,62 +173,105 @@ def train(config: TrainConfig) -> TrainResult:
         activity = load_activity(config.activity)
         reports.append(activity.report)
         say(activity.report.summary())
-    logs = Logs.combine(messages, activity)
+    mode = "messages" if messages is not None else "activity"
+    return Logs.combine(messages, activity), reports, mode
+
+
+def _check_labels(name: str, label: npt.NDArray[np.int8]) -> None:
+    if label.size == 0 or label.min() == label.max():
+        raise ValueError(f"the {name} period has {label.size} examples, all with the same "
+                         "label: not enough data to train")
+
+
+def train(config: TrainConfig) -> TrainResult:
+    say = Progress(config.progress)
+    if config.label not in LABELS:
+        raise ValueError(f"label must be one of {', '.join(LABELS)}")
+    logs, reports, mode = _load(config, say)
     start, end = logs.span()
     end += 1
-    split = end - int(config.valid_days * 86400)
+    split = config.split if config.split is not None else end - int(config.valid_days * 86400)
     tune = split - int(config.tune_days * 86400)
-    if tune <= start + 86400:
-        raise ValueError(f"the logs span {(end - start) / 86400:.1f} days: too short for "
-                         f"{config.tune_days} tune + {config.valid_days} validation days")
+    if tune <= start + 86400 or split >= end:
+        raise ValueError(f"the logs span {(end - start) / 86400:.1f} days ({iso(start)} .. "
+                         f"{iso(end)}): too short for {config.tune_days} tune days before the "
+                         f"split at {iso(split)} and a held-out period after it")
     window = config.window_seconds
-    mode = "messages" if messages is not None else "activity"
     say(f"{len(logs.users)} users, {mode} examples, data {iso(start)} .. {iso(end)}, "
-        f"validation from {iso(split)}")
+        f"tune from {iso(tune)}, held out from {iso(split)}")
 
     stream = logs.stream()
     priors = estimate_priors(logs, stream, split)
-    if mode == "messages":
-        examples = message_examples(logs, config.label, window, end)
-    else:
-        examples = activity_examples(logs, window, end, samples_per_day=config.samples_per_day,
-                                     seed=config.seed)
-    instant = examples.candidates.instant
     rng = np.random.default_rng(config.seed)
-    train_rows = np.flatnonzero(instant + window <= tune)
-    if train_rows.size > config.max_train_rows:
-        train_rows = np.sort(rng.choice(train_rows, config.max_train_rows, replace=False))
-    tune_rows = np.flatnonzero((instant >= tune) & (instant + window <= split))
-    valid_rows = np.flatnonzero(instant >= split)
-    parts = {name: _subset(examples, rows) for name, rows in
-             (("train", train_rows), ("tune", tune_rows), ("valid", valid_rows))}
-    for name, part in parts.items():
-        if part.label.size == 0 or part.label.min() == part.label.max():
-            raise ValueError(f"the {name} period has {part.label.size} examples, all with "
-                             "the same label: not enough data to train")
-
-    # ranking instances: engagements in the validation period
-    valid = parts["valid"]
-    if mode == "messages":
-        hit = np.flatnonzero(valid.label == 1)
-        c = valid.candidates
-        pick = rng.choice(hit, min(hit.size, config.ranking_instances), replace=False)
-        ranking = ranking_set(logs, user=c.snap_user[pick], at=c.instant[pick],
-                              zone=c.zone[pick], channel=c.channel[pick],
-                              category=c.category[pick], propensity=valid.propensity[pick])
-    elif logs.activity is not None:
-        later = np.flatnonzero(logs.activity.occurred_at >= split)
-        pick = rng.choice(later, min(later.size, config.ranking_instances), replace=False)
+    ranker = mode == "activity"
+    objective = "binary"
+    if ranker:
+        objective = config.fit.objective if config.fit.ranking else RANKING_OBJECTIVES[0]
+    fit_config = replace(config.fit, objective=objective)
+    train_c: Candidates
+    tune_c: Candidates
+    valid_part: Examples | None = None
+    tune_ranking: RankingSet | None = None
+    if ranker:
+        train_days = day_examples(logs, start, tune)
+        tune_days = day_examples(logs, tune, split)
+        limit = max(1, config.max_train_rows // HOURS)
+        if len(train_days) > limit:
+            train_days = _subset_days(train_days, np.sort(rng.choice(len(train_days), limit,
+                                                                     replace=False)))
+        for name, days in (("train", train_days), ("tune", tune_days)):
+            if len(days) == 0:
+                raise ValueError(f"the {name} period has no active user-day: not enough data")
+        train_c, tune_c = train_days.candidates, tune_days.candidates
+        train_y, tune_y = train_days.label, tune_days.label
+        row_counts = {"train": int(train_y.size), "tune": int(tune_y.size),
+                      "train_days": len(train_days), "tune_days": len(tune_days)}
+        a = logs.activity
+        if a is None:  # mode "activity" means there is an activity log
+            raise ValueError("no activity log")
+        later = np.flatnonzero(a.occurred_at >= split)
+        pick = np.sort(rng.choice(later, min(later.size, config.ranking_instances),
+                                  replace=False))
         n = pick.size
-        ranking = ranking_set(logs, user=logs.act_user[pick],
-                              at=logs.activity.occurred_at[pick], zone=logs.act_zone[pick],
+        ranking = ranking_set(logs, user=logs.act_user[pick], at=a.occurred_at[pick],
+                              zone=logs.act_zone[pick],
                               channel=np.full(n, ANY_CHANNEL, np.int64),
                               category=np.full(n, category_bucket(None), np.int64),
                               propensity=np.full(n, np.nan))
     else:
-        raise ValueError("no log to evaluate on")
-    sets = [parts["train"].candidates, parts["tune"].candidates, valid.candidates,
-            ranking.candidates]
+        examples = message_examples(logs, config.label, window, end)
+        instant = examples.candidates.instant
+        train_rows = np.flatnonzero(instant + window <= tune)
+        if train_rows.size > config.max_train_rows:
+            train_rows = np.sort(rng.choice(train_rows, config.max_train_rows, replace=False))
+        tune_rows = np.flatnonzero((instant >= tune) & (instant + window <= split))
+        valid_rows = np.flatnonzero(instant >= split)
+        parts = {name: _subset(examples, rows) for name, rows in
+                 (("train", train_rows), ("tune", tune_rows), ("valid", valid_rows))}
+        for name, part in parts.items():
+            _check_labels(name, part.label)
+        train_c, tune_c = parts["train"].candidates, parts["tune"].candidates
+        train_y, tune_y = parts["train"].label, parts["tune"].label
+        valid_part = parts["valid"]
+        row_counts = {"train": int(train_rows.size), "tune": int(tune_rows.size),
+                      "valid": int(valid_rows.size)}
+        def engagements(part: Examples) -> RankingSet:
+            hit = np.flatnonzero(part.label == 1)
+            c = part.candidates
+            pick = rng.choice(hit, min(hit.size, config.ranking_instances), replace=False)
+            return ranking_set(logs, user=c.snap_user[pick], at=c.instant[pick],
+                               zone=c.zone[pick], channel=c.channel[pick],
+                               category=c.category[pick], propensity=part.propensity[pick])
+
+        ranking = engagements(valid_part)
+        # the tune slice's engagements choose the number of trees by the decision metric
+        tune_ranking = engagements(parts["tune"])
+    if len(ranking) == 0:
+        raise ValueError(f"no engagement after the split at {iso(split)}: nothing to "
+                         "evaluate on")
+    sets = [train_c, tune_c, ranking.candidates]
+    if valid_part is not None and tune_ranking is not None:
+        sets.extend([valid_part.candidates, tune_ranking.candidates])
     world = None
     oracle = None
     if config.truth is not None:
@@ -216,65 +283,112 @@ def train(config: TrainConfig) -> TrainResult:
                             seed=config.seed)
         sets.append(oracle.candidates)
     joined, slices = _concat(sets)
-    say(f"building features for {len(joined)} rows ({len(parts['train'].label)} train, "
-        f"{len(parts['tune'].label)} tune, {len(valid.label)} validation, "
-        f"{len(ranking.candidates)} ranking candidates"
+    say(f"building features for {len(joined)} rows ({len(train_y)} train, {len(tune_y)} "
+        f"tune, {len(ranking.candidates)} held-out ranking candidates"
         + (f", {len(oracle.candidates)} oracle slots" if oracle else "") + ")")
     rows = featurize(logs, stream, joined, priors, say)
-    say("features built; fitting LightGBM")
-    result = fit(rows[slices[0]], parts["train"].label, rows[slices[1]], parts["tune"].label,
-                 config.fit, say)
-    say(f"best iteration {result.best_iteration}; writing the artifact and evaluating")
+    group = (lambda y: np.full(y.size // HOURS, HOURS, np.int64)) if ranker else \
+        (lambda y: None)
+    train_split = Split(rows[slices[0]], train_y, group(train_y))
+    tune_split = Split(rows[slices[1]], tune_y, group(tune_y))
+    say(f"features built; fitting LightGBM ({fit_config.objective})"
+        + (f" on the Dask cluster {config.dask}" if config.dask else ""))
+    select = None
+    if tune_ranking is not None and len(tune_ranking):
+        tr = tune_ranking
 
-    row_counts = {"train": int(train_rows.size), "tune": int(tune_rows.size),
-                  "valid": int(valid_rows.size), "users": len(logs.users),
-                  "events": len(stream),
-                  "rejected": sum(r.rows_rejected for r in reports)}
+        def tune_hit3(raw: F64) -> float:
+            return ranking_metrics(raw.reshape(-1, HOURS), tr.actual_hour, tr.weight)["hit@3"]
+
+        select = Selection(rows[slices[4]], tune_hit3)
+    fitted: FitResult = (
+        fit_dask(config.dask, train_split, tune_split, fit_config, say, select)
+        if config.dask else fit(train_split, tune_split, fit_config, say, select))
+    calib_weights = (1.0, 0.0)
+    heuristic_col = FEATURE_INDEX["heuristic_share"]
+    if ranker:
+        calib_weights = fit_calibration(
+            fitted.tune_scores.reshape(-1, HOURS),
+            tune_split.x[:, heuristic_col].astype(np.float64).reshape(-1, HOURS),
+            tune_y.reshape(-1, HOURS))
+    say(f"{fitted.best_iteration} trees"
+        + (f", calibration P(hour) ~ exp({calib_weights[0]:.3f} * score + "
+           f"{calib_weights[1]:.3f} * log heuristic)" if ranker else "")
+        + "; writing the artifact and evaluating")
+
+    row_counts.update({"refit": fitted.refit_rows, "users": len(logs.users),
+                       "events": len(stream),
+                       "rejected": sum(r.rows_rejected for r in reports)})
     sources = [str(p) for p in (config.messages, config.activity) if p is not None]
-    params = {"label": config.label, "mode": mode, "best_iteration": result.best_iteration,
-              **{k: v for k, v in asdict(config.fit).items()}}
+    params = {"label": config.label, "mode": mode, "best_iteration": fitted.best_iteration,
+              "tune_split": iso(tune), "dask": config.dask or "",
+              **{k: v for k, v in asdict(fit_config).items()}}
     label_text = f"{config.label} within {window // 60} min of the send" if mode == "messages" \
-        else f"activity within {window // 60} min"
-    write_artifact(config.out, result, label=label_text, window=window,
+        else "events per local hour of an active day (one query per user-day)"
+    write_artifact(config.out, fitted, label=label_text, window=window,
                    data_window=(start, split, end), row_counts=row_counts, metrics={},
                    baselines={}, policies={}, priors=priors.to_dict(), params=params,
-                   sources=sources)
+                   sources=sources, objective=fit_config.objective,
+                   calibration=calib_weights)
     scorer = Scorer.load(config.out)  # evaluate exactly what serving will load
 
-    valid_rows_x = rows[slices[2]]
-    predicted = scorer.score(valid_rows_x)
-    metrics = binary_metrics(valid.label, predicted, valid_rows_x)
-    ranking_rows = rows[slices[3]]
-    ranking_scores = scorer.score(ranking_rows)
-    baselines, segments = evaluate_ranking(ranking_rows, ranking_scores, ranking,
-                                           user_mode_hours(logs, split))
+    ranking_rows = rows[slices[2]]
+    ranking_dist = scorer.day_distribution(
+        scorer.score(ranking_rows).reshape(-1, HOURS),
+        ranking_rows[:, heuristic_col].astype(np.float64).reshape(-1, HOURS))
+    baselines, segments = evaluate_ranking(ranking_rows, ranking_dist, ranking)
+    gate = champion_gate(baselines)
     if world is not None:
         baselines["oracle_truth"] = _truth_ceiling(logs, world, ranking, ranking_rows)
+    metrics: dict[str, float] = {}
+    observed_hour = np.zeros(ranking_dist.shape)
+    observed_hour[np.arange(len(ranking)), ranking.actual_hour] = 1.0
+    if valid_part is not None:
+        valid_rows_x = rows[slices[3]]
+        predicted = scorer.score(valid_rows_x)
+        metrics.update(binary_metrics(valid_part.label, predicted, valid_rows_x))
+        calib = calibration(valid_part.label, predicted)
+        grids = (hour_of_week_grid(valid_rows_x, predicted),
+                 hour_of_week_grid(valid_rows_x, valid_part.label.astype(np.float64)))
+    else:
+        calib = calibration(observed_hour.ravel().astype(np.int8), ranking_dist.ravel())
+        grids = (hour_of_week_grid(ranking_rows, ranking_dist.ravel()),
+                 hour_of_week_grid(ranking_rows, observed_hour.ravel()))
+        metrics["tune_ndcg@3"] = max(fitted.tune_curve) if fitted.tune_curve else float("nan")
+        metrics["calibration_score_weight"] = calib_weights[0]
+        metrics["calibration_heuristic_weight"] = calib_weights[1]
     for key, value in baselines["model"].items():
         metrics[f"ranking_{key}"] = value
     policies: dict[str, dict[str, float]] = {}
     if oracle is not None and world is not None:
         from training.oracle import evaluate_policies
 
-        oracle_rows = rows[slices[4]]
+        oracle_rows = rows[slices[-1]]
         policies = evaluate_policies(oracle, world, oracle_rows, scorer.score(oracle_rows))
     manifest = read_manifest(config.out)
     manifest = msgspec.structs.replace(
         manifest, metrics=metrics,
-        baselines={k: v for k, v in baselines.items() if k != "model"}, policies=policies)
-    if "oracle_truth" in baselines:  # keep it last in the tables
-        baselines["oracle_truth"] = baselines.pop("oracle_truth")
+        baselines={k: v for k, v in baselines.items() if k != "model"}, policies=policies,
+        champion=ChampionGate(passed=bool(gate["passed"]), rival=str(gate["rival"]),
+                              better_than_chance=bool(gate["better_than_chance"]),
+                              hit1_delta=float(gate["hit@1_delta"]),
+                              hit3_delta=float(gate["hit@3_delta"]),
+                              log_loss_delta=float(gate["log_loss_delta"]),
+                              n=int(gate["n"])))
     write_manifest(config.out, manifest)
     extras = {
-        "calibration": calibration(valid.label, predicted),
-        "grid_predicted": hour_of_week_grid(valid_rows_x, predicted),
-        "grid_observed": hour_of_week_grid(valid_rows_x, valid.label.astype(np.float64)),
-        "importance": result.importance_gain,
+        "calibration": calib,
+        "calibration_of": "P(engaged within the window | sent), validation sends"
+        if valid_part is not None else "P(hour | active day), held-out days",
+        "grid_predicted": grids[0],
+        "grid_observed": grids[1],
+        "importance": fitted.importance_gain,
         "mode": mode,
         "label": label_text,
         "data_window": (iso(start), iso(split), iso(end)),
         "model_version": manifest.model_version,
-        "best_iteration": result.best_iteration,
+        "best_iteration": fitted.best_iteration,
+        "champion": manifest.champion,
     }
     train_result = TrainResult(out=config.out, report=config.report, metrics=metrics,
                                baselines=baselines, segments=segments, policies=policies,
@@ -291,26 +405,40 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def summary_text(result: TrainResult) -> str:
-    """The evaluation tables as plain text (what ``sendwise train`` prints)."""
-    lines = ["", "Ranking the 24 hours of the day of each held-out engagement "
-             f"({int(result.baselines['model']['n'])} engagements):",
+    """The evaluation tables as plain text (what ``sendwise train`` prints).
+
+    The first line is the champion gate's verdict: whether to serve this model at all.
+    """
+    gate: ChampionGate = result.extras["champion"]
+    lines = [gate.summary(), "",
+             "Ranking the 24 local hours of the day of each held-out engagement "
+             f"({int(result.baselines['model']['n'])} engagements; log-loss in nats):",
              f"  {'method':24s} {'hit@1':>7s} {'hit@3':>7s} {'log-loss':>9s}"]
     for name, m in result.baselines.items():
         lines.append(f"  {name:24s} {m['hit@1']:7.3f} {m['hit@3']:7.3f} {m['log_loss']:9.4f}")
-    model, heuristic = result.baselines["model"], result.baselines["smoothed_histogram"]
-    lines.append(f"  model vs smoothed histogram: hit@1 {model['hit@1'] - heuristic['hit@1']:+.3f}"
-                 f", hit@3 {model['hit@3'] - heuristic['hit@3']:+.3f}, log-loss "
-                 f"{model['log_loss'] - heuristic['log_loss']:+.4f} (lower is better)")
+    lines.append("  chance                     0.042   0.125    3.1781")
+    lines.append("By amount of user history (events before the day), hit@1 / hit@3 / log-loss:")
     for seg in result.segments:
-        m, h = seg.model, seg.heuristic
-        lines.append(f"    {seg.label:36s} n={seg.n:6d}  hit@1 model "
-                     f"{m['hit@1']:.3f} vs {h['hit@1']:.3f}, log-loss {m['log_loss']:.4f} vs "
-                     f"{h['log_loss']:.4f}")
+        cells = "  ".join(f"{name} {m['hit@1']:.3f} / {m['hit@3']:.3f} / {m['log_loss']:.3f}"
+                          for name, m in (("model", seg.model), ("heuristic", seg.heuristic),
+                                          ("fallback", seg.fallback)))
+        lines.append(f"  {seg.label:22s} n={seg.n:6d}  {cells}")
     met = result.metrics
-    lines.append(f"Per-send probabilities on the validation period: log-loss "
-                 f"{met['valid_log_loss']:.4f} (base rate {met['base_rate_log_loss']:.4f}, "
-                 f"heuristic {met['heuristic_log_loss']:.4f}), AUC {met['valid_auc']:.3f} "
-                 f"(heuristic {met['heuristic_auc']:.3f})")
+    if "valid_log_loss" in met:
+        lines.append(f"Per-send probabilities on the validation period: log-loss "
+                     f"{met['valid_log_loss']:.4f} (base rate {met['base_rate_log_loss']:.4f}, "
+                     f"heuristic {met['heuristic_log_loss']:.4f}), AUC {met['valid_auc']:.3f} "
+                     f"(heuristic {met['heuristic_auc']:.3f})")
+    else:
+        lines.append(f"Ranker: tune NDCG@3 {met['tune_ndcg@3']:.4f}; calibrated P(hour | day) = "
+                     f"softmax({met['calibration_score_weight']:.3f} * score + "
+                     f"{met['calibration_heuristic_weight']:.3f} * log heuristic share), "
+                     "weights fitted on the tune slice")
+    calib = result.extras["calibration"]
+    if calib:
+        lines.append(f"Calibration of {result.extras['calibration_of']} (mean predicted -> "
+                     "observed, by decile): " + ", ".join(f"{p:.3f}->{o:.3f}"
+                                                          for p, o, _ in calib))
     if result.policies:
         lines.append("Expected value per decision against the simulator's truth "
                      "(P(open in window) - channel cost):")

@@ -26,7 +26,7 @@ color:#222;line-height:1.45}
 h1{margin-bottom:.2rem} .sub{color:#666;margin-top:0}
 table{border-collapse:collapse;margin:.6rem 0 1.2rem} td,th{padding:.25rem .7rem;
 border-bottom:1px solid #ddd;text-align:right} th{background:#f5f5f5}
-td:first-child,th:first-child{text-align:left} .best{font-weight:700;color:#0a6}
+td:first-child,th:first-child{text-align:left} .best{font-weight:700;color:#0a6} .bad{color:#b00}
 .worse{color:#b00} img{max-width:100%} .note{color:#555;font-size:.92rem}
 pre{background:#f7f7f7;padding:.6rem;overflow:auto}
 """
@@ -141,11 +141,12 @@ def render(result: TrainResult) -> str:
     ranking = _table(["method", "hit@1", "hit@3", "log-loss"],
                      [[html.escape(n), cell(n, "hit@1"), cell(n, "hit@3"),
                        cell(n, "log_loss")] for n in base])
-    segments = _table(["users with", "n", "model hit@1", "heuristic hit@1", "model log-loss",
-                       "heuristic log-loss"],
-                      [[html.escape(s.label), str(s.n), f"{s.model['hit@1']:.3f}",
-                        f"{s.heuristic['hit@1']:.3f}", f"{s.model['log_loss']:.4f}",
-                        f"{s.heuristic['log_loss']:.4f}"] for s in result.segments])
+    segments = _table(["users with", "n", "model hit@1 / hit@3 / log-loss",
+                       "heuristic", "fallback (no model)"],
+                      [[html.escape(s.label), str(s.n)]
+                       + [f"{m['hit@1']:.3f} / {m['hit@3']:.3f} / {m['log_loss']:.3f}"
+                          for m in (s.model, s.heuristic, s.fallback)]
+                       for s in result.segments])
     metrics = _table(["metric", "value"], [[html.escape(k), f"{v:.4f}"]
                                            for k, v in result.metrics.items()])
     policies = ""
@@ -159,9 +160,8 @@ def render(result: TrainResult) -> str:
             "hour. Random = a uniformly random slot; oracle = the best slot.</p>")
     loads = "".join(f"<pre>{html.escape(r.summary())}</pre>" for r in result.load_reports)
     start, split, end = extras["data_window"]
-    m, h = base["model"], base["smoothed_histogram"]
-    verdict = ("beats" if m["hit@1"] > h["hit@1"] and m["log_loss"] < h["log_loss"]
-               else "does <b>not</b> clearly beat")
+    gate = extras["champion"]
+    m, h = base["model"], base[gate.rival]
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>sendwise model {html.escape(str(extras['model_version']))}</title>
 <style>{_CSS}</style></head><body>
@@ -170,21 +170,22 @@ def render(result: TrainResult) -> str:
 label: {html.escape(str(extras['label']))} &middot; trained on {start} .. {split},
 held out {split} .. {end} &middot; {extras['best_iteration']} trees &middot;
 {result.seconds:.0f} s</p>
-<p>On the held-out period the model {verdict} the strongest simple heuristic (the user's
-smoothed histogram with a global prior): hit@1 {m['hit@1']:.3f} vs {h['hit@1']:.3f},
+<p class="{'best' if gate.passed else 'bad'}"><b>{html.escape(gate.summary())}</b></p>
+<p>Model vs {html.escape(gate.rival)}: hit@1 {m['hit@1']:.3f} vs {h['hit@1']:.3f},
 hit@3 {m['hit@3']:.3f} vs {h['hit@3']:.3f}, log-loss {m['log_loss']:.4f} vs
 {h['log_loss']:.4f}.</p>
 <h2>Ranking the hours of the day</h2>{ranking}
 <p class="note">For each held-out engagement, every method ranks the 24 local hours of
-that day; hit@k = the actual hour is in its top k; log-loss of the actual hour under the
-method's distribution (mixed with 5% uniform). Weighted by 1/propensity when the log has
+that day from the profile as of that day's local midnight; hit@k = the actual hour is in
+its top k; log-loss = -log p(actual hour), scores normalised over the day's 24 slots (point
+guesses, i.e. mode and fixed hour, mixed with 5% uniform). Weighted by 1/propensity when the log has
 propensities. Chance: hit@1 0.042, hit@3 0.125, log-loss 3.178. <i>oracle_truth</i> (simulated
 data only) ranks by the true probabilities: the ceiling, since engagement is random even at
 the best hour.</p>
 {_lift(base, result.policies)}
 <h3>By amount of user history</h3>{segments}
 {policies}
-<h2>Probabilities</h2>{metrics}
+<h2>Probabilities</h2><p class="note">Calibration: {html.escape(str(extras['calibration_of']))}.</p>{metrics}
 <div style="display:flex;gap:1rem;flex-wrap:wrap">{_calibration(extras['calibration'])}
 {_importance(extras['importance'])}</div>
 {_heatmaps(extras['grid_predicted'], extras['grid_observed'])}

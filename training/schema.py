@@ -34,6 +34,7 @@ missing required column rejects the file; a file whose rows are all rejected is 
 from __future__ import annotations
 
 import csv
+import gzip
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -143,7 +144,9 @@ def _read_table(path: Path, wanted: tuple[str, ...]) -> dict[str, Any]:
             names = pq.read_schema(path).names
             table = pq.read_table(path, columns=[c for c in names if c in wanted])
         else:
-            with path.open(newline="", encoding="utf-8") as handle:
+            # pyarrow decompresses .csv.gz / .csv.bz2 by extension; the header too must
+            opener = gzip.open if path.suffix.lower() == ".gz" else open
+            with opener(path, "rt", newline="", encoding="utf-8") as handle:
                 names = next(csv.reader(handle), [])
             table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in names},
@@ -260,6 +263,8 @@ def _read_rows(path: Path, wanted: tuple[str, ...], required: tuple[str, ...],
     columns = _read_table(path, wanted)
     _require(path, columns, required)
     n = len(columns["user_id"])
+    if n == 0:  # a header and nothing else: say so, rather than fail later on empty arrays
+        raise SchemaError(f"{path}: no data rows (the file has a header but no rows)")
     report = LoadReport(str(path), rows_read=n)
     user_ids = _strings(columns["user_id"], n)
     ok, zones, zone_codes = _check_common(report, n, user_ids,

@@ -16,6 +16,14 @@ exp(-FATIGUE_24H * sends_24h - FATIGUE_7D * sends_7d)``. So P(open within the wi
 Every send risks an unsubscribe from its channel, more so when the user is fatigued and
 much more in local quiet hours (22:00-07:00).
 
+Two kinds of users. *Dense* users (app-like: ~1.5 events a day, personal multi-peak
+rhythms). *Sparse* users (``sparse_share`` of them) look like real shoppers: a median of
+~33 events in nine months and a quarter under 15 (lognormal rate), an afternoon/early
+evening weekday rhythm (peaks 15-19 h) with a later-morning weekend one, and irregular
+days (each day's rate is multiplied by a Gamma(0.3) draw, so visits come in bursts and
+gaps). They are what made a short-memory profile fail on real data; a simulator of dense
+users alone hides that failure.
+
 Logging policy (known, randomised): each day a user gets Poisson(send rate) messages;
 each picks a channel uniformly among the consented ones and a local hour uniformly from
 0-23 with probability ``explore``, else uniformly from 09-20; the minute is uniform.
@@ -67,6 +75,11 @@ QUIET_START, QUIET_END = 22, 7
 PEAKS = ((7.5, 1.0, 0.6), (12.5, 0.8, 0.5), (17.0, 1.5, 0.4), (20.5, 1.3, 0.8),
          (23.0, 1.0, 0.2))
 ENGAGEMENT_HORIZON_HOURS = 48
+#: Sparse users: events per day (median 33 in 270 days; sigma puts a quarter under 15).
+SPARSE_MEDIAN_PER_DAY = 33 / 270
+SPARSE_SIGMA = 1.17
+#: Shape of the per-day Gamma multiplier of sparse users' rates (mean 1; small = bursty).
+SPARSE_DAY_SHAPE = 0.3
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,7 @@ class SimulationConfig:
     activity_per_day: float = 1.5
     explore: float = 0.5
     label_window_seconds: int = 7200
+    sparse_share: float = 0.5
 
 
 class World:
@@ -205,8 +219,36 @@ def make_world(config: SimulationConfig, rng: np.random.Generator) -> World:
                        * rng.lognormal(-0.125, 0.5, (n, len(CHANNELS))), 0.0, 0.95)
     consent = rng.random((n, len(CHANNELS))) < CONSENT[None, :]
     consent[~consent.any(axis=1), 0] = True
+    sparse = sparse_users(config)
+    if sparse.any():
+        k = int(sparse.sum())
+        level[sparse] = SPARSE_MEDIAN_PER_DAY * rng.lognormal(0.0, SPARSE_SIGMA, k)
+        rhythm[sparse] = _shopper_rhythm(k, rng)
     return World(config=config, zones=names, user_zone=user_zone.astype(np.int64),
                  level=level, rhythm=rhythm, interest=interest, consent=consent)
+
+
+def sparse_users(config: SimulationConfig) -> Bools:
+    """Which users are sparse: the last ``sparse_share`` of the ids (deterministic)."""
+    n = config.users
+    flags = np.zeros(n, dtype=np.bool_)
+    flags[n - round(n * config.sparse_share):] = True
+    return flags
+
+
+def _shopper_rhythm(n: int, rng: np.random.Generator) -> F64:
+    """(n, 2, 24) weekday/weekend hour shares of shopper-like users (peaks 15-19 h)."""
+    hours: F64 = np.arange(24, dtype=np.float64) + 0.5
+    night = 0.005
+    main = _bump(hours, rng.normal(16.5, 2.0, n), rng.uniform(1.5, 3.0, n))
+    late_morning = _bump(hours, rng.normal(11.0, 1.5, n), rng.uniform(1.0, 2.0, n))
+    weekday = night + main + (rng.random(n) < 0.5)[:, None] * rng.uniform(0.3, 0.8, n)[:, None] \
+        * late_morning
+    weekend = night + _bump(hours, rng.normal(13.0, 2.0, n), rng.uniform(2.0, 3.5, n))
+    weekend_level = rng.uniform(0.9, 1.4, n)[:, None]
+    result: F64 = np.stack([weekday / weekday.sum(axis=1, keepdims=True),
+                            weekend / weekend.sum(axis=1, keepdims=True) * weekend_level], axis=1)
+    return result
 
 
 def _to_utc(world: World, users: I64, local: I64) -> I64:
@@ -233,23 +275,30 @@ def _simulate_activity(world: World, rng: np.random.Generator) -> tuple[I64, I64
     config = world.config
     first_hour = _day_number(config.start) * 24
     hours = first_hour + np.arange(config.days * 24, dtype=np.int64)
+    sparse = sparse_users(config)
     users_out: list[I64] = []
     at_out: list[I64] = []
     for lo in range(0, world.n_users, 2000):
         users = np.arange(lo, min(lo + 2000, world.n_users), dtype=np.int64)
         grid_users = np.repeat(users, hours.size)
         grid_hours = np.tile(hours, users.size)
-        counts = rng.poisson(world.hourly_rate(grid_users, grid_hours))
+        rate = world.hourly_rate(grid_users, grid_hours)
+        # sparse users' days are irregular: one Gamma(shape, 1/shape) factor per user-day
+        day_factor = rng.gamma(SPARSE_DAY_SHAPE, 1 / SPARSE_DAY_SHAPE, (users.size, config.days))
+        bursty = np.repeat(sparse[users], hours.size)
+        rate = np.where(bursty, rate * np.repeat(day_factor, 24, axis=1).ravel(), rate)
+        counts = rng.poisson(rate)
         ev_users = np.repeat(grid_users, counts)
         local = np.repeat(grid_hours, counts) * 3600 + rng.integers(0, 3600, ev_users.size)
         users_out.append(ev_users)
         at_out.append(_to_utc(world, ev_users, local))
     users_all = np.concatenate(users_out)
     at_all = np.concatenate(at_out)
-    # 5% background noise: events at uniformly random instants (bots, stray taps).
+    # 5% background noise: events at uniformly random instants (bots, stray taps), spread
+    # over users in proportion to their own activity (a sparse user gets few stray taps).
     noise = int(0.05 * users_all.size)
     start = first_hour * 3600
-    noise_users = rng.integers(0, world.n_users, noise)
+    noise_users = rng.choice(world.n_users, size=noise, p=world.level / world.level.sum())
     noise_at = rng.integers(start, start + config.days * 86400, noise)
     return np.concatenate([users_all, noise_users]), np.concatenate([at_all, noise_at])
 
@@ -354,9 +403,10 @@ def simulate(config: SimulationConfig, out_dir: Path, *, progress: bool = True) 
     clicked_at = opened_at + rng.exponential(90, user.size).astype(np.int64) + 1
     converted_at = clicked_at + rng.exponential(1800, user.size).astype(np.int64) + 1
     unsubscribed_at = sent_at + rng.exponential(600, user.size).astype(np.int64) + 1
-    say(f"open rate {opened.mean():.3f}, opened within "
-        f"{config.label_window_seconds // 3600} h "
-        f"{(opened & (notice <= config.label_window_seconds)).mean():.3f}")
+    if user.size:
+        say(f"open rate {opened.mean():.3f}, opened within "
+            f"{config.label_window_seconds // 3600} h "
+            f"{(opened & (notice <= config.label_window_seconds)).mean():.3f}")
 
     # -- write -------------------------------------------------------------------------
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -367,7 +417,7 @@ def simulate(config: SimulationConfig, out_dir: Path, *, progress: bool = True) 
         mask = None if present is None else ~present
         return pa.array(values, type=pa.int64(), mask=mask).cast(pa.timestamp("s", tz="UTC"))
 
-    campaign_week = (sent_at - sent_at.min()) // (7 * 86400)
+    campaign_week = (sent_at - (sent_at.min() if sent_at.size else 0)) // (7 * 86400)
     messages = pa.table({
         "message_id": pa.array([f"m{i:08d}" for i in range(user.size)]),
         "user_id": pa.array(np.array(ids)[user]),
@@ -384,7 +434,8 @@ def simulate(config: SimulationConfig, out_dir: Path, *, progress: bool = True) 
         "unsubscribed_at": ts(unsubscribed_at, unsubscribed),
         "propensity": pa.array(propensity),
     })
-    pq.write_table(messages, out_dir / "messages.parquet")
+    if user.size:  # --sends-per-day 0: an activity log only, like a platform before messaging
+        pq.write_table(messages, out_dir / "messages.parquet")
     order = np.lexsort((act_at, act_user))
     act_user, act_at = act_user[order], act_at[order]
     kinds = np.array(["session", "visit", "purchase"])[
@@ -398,7 +449,8 @@ def simulate(config: SimulationConfig, out_dir: Path, *, progress: bool = True) 
     pq.write_table(activity, out_dir / "activity.parquet")
     world.save(out_dir / "truth.npz")
     summary = {"users": config.users, "days": config.days, "messages": int(user.size),
-               "activity": int(act_user.size), "open_rate": round(float(opened.mean()), 4),
+               "activity": int(act_user.size), "open_rate":
+               round(float(opened.mean()), 4) if user.size else 0.0,
                "seconds": round(time.perf_counter() - started, 1), "out": str(out_dir)}
     (out_dir / "simulation.json").write_text(json.dumps(
         {"config": asdict(config), "summary": summary}, indent=2) + "\n")

@@ -28,6 +28,7 @@ import redis
 from litestar.testing import TestClient
 
 from api.app import DECISION_ID_HEADER, REQUEST_BODIES, create_app
+from api.auth import ApiKey, hash_key
 from api.body import BodyDecoder
 from api.clock import FixedClock
 from api.openapi import REQUEST_EXAMPLES
@@ -44,8 +45,8 @@ PACKAGE = "sendwise_generated_client"
 @pytest.fixture
 def settings(embedded_redis: EmbeddedRedis) -> Settings:
     redis.Redis.from_url(embedded_redis.url).flushdb()
-    return Settings(redis_url=embedded_redis.url, log_decisions=False,
-                    api_keys={"key-acme": "acme"})
+    key = ApiKey(sha256=hash_key("key-acme"), tenant="acme", role="admin")
+    return Settings(redis_url=embedded_redis.url, log_decisions=False, api_keys={key.sha256: key})
 
 
 @pytest.fixture
@@ -158,14 +159,19 @@ def test_the_readme_scenario_through_a_generated_client(
     assert reuse.status_code == 409 and reuse.parsed.code == "idempotency_conflict"
     huge = decide(client=client, body=message("promo-7", tags=["x" * 60] * 2000))
     assert huge.status_code == 413 and huge.parsed.code == "payload_too_large"
-    del served.headers["Authorization"]
-    anonymous = decide(client=client, body=message("promo-8"))
-    assert anonymous.status_code == 401 and anonymous.parsed.code == "unauthorized"
-
     # the health endpoints and the reason codes parse too
     assert _op(generated, "health_ready_ready").sync(client=client).status.value == "ok"
     codes = _op(generated, "v1_reason_codes_reason_codes").sync(client=client)
     assert "user_frequency_limit" in {c.code for c in codes}
+
+    # without a key: a documented 401 everywhere but the health probes
+    del served.headers["Authorization"]
+    anonymous = decide(client=client, body=message("promo-8"))
+    assert anonymous.status_code == 401 and anonymous.parsed.code == "unauthorized"
+    for name in ("v1_reason_codes_reason_codes", "metrics_metrics", "v1_policy_get_policy"):
+        refused = _op(generated, name).sync_detailed(client=client)
+        assert refused.status_code == 401 and refused.parsed.code == "unauthorized", name
+    assert _op(generated, "health_live_live").sync(client=client).status.value == "ok"
 
 
 def test_redis_down_through_a_generated_client(generated: ModuleType) -> None:

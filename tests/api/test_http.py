@@ -9,9 +9,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
+from api.auth import ApiKey, hash_key
 from api.clock import FixedClock
 from api.redis_client import RedisClient
 from api.settings import Settings
+from tests.conftest import TEST_ID_KEY
 
 Client = AsyncTestClient  # type: ignore[type-arg]
 BASE = {"message_id": "m1", "user_id": "u1", "channels": ["email"],
@@ -166,7 +168,9 @@ async def test_health_docs_metrics_reason_codes(client: Client) -> None:
 
 async def test_api_keys_select_the_tenant(redis_client: RedisClient, redis_settings: Settings,
                                           clock: FixedClock) -> None:
-    settings = msgspec.structs.replace(redis_settings, api_keys={"k1": "t1", "k2": "t2"})
+    keys = [ApiKey(sha256=hash_key(k), tenant=t, role="admin") for k, t in (("k1", "t1"),
+                                                                           ("k2", "t2"))]
+    settings = msgspec.structs.replace(redis_settings, api_keys={k.sha256: k for k in keys})
     app = create_app(settings, clock=clock)
     async with AsyncTestClient(app=app) as c:
         assert (await c.post("/v1/decisions", json=body())).status_code == 401
@@ -184,7 +188,7 @@ async def test_redis_down_degrades_instead_of_failing(clock: FixedClock, tmp_pat
     """Invariant 7: no 5xx on decisions; transactional sends, promotional defers."""
     app = create_app(Settings(redis_url=f"unix://{tmp_path}/nothing.sock",
                               fallback_defer_seconds=600, redis_timeout_seconds=0.2,
-                              log_decisions=False), clock=clock)
+                              log_decisions=False, id_key=TEST_ID_KEY), clock=clock)
     async with AsyncTestClient(app=app) as c:
         promo = await c.post("/v1/decisions", json=body())
         assert promo.status_code == 200

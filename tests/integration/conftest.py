@@ -16,6 +16,7 @@ from api.redis_client import RedisClient
 from api.schemas import DecisionRequest
 from api.settings import Settings
 from api.store import Store
+from tests.conftest import TEST_ID_KEY
 
 #: Wednesday 2026-06-10 12:00 in New York (EDT, UTC-4)
 NOON_NY = int(dt.datetime(2026, 6, 10, 16, 0, tzinfo=dt.UTC).timestamp() * 1000)
@@ -33,7 +34,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 async def engine(redis_client: RedisClient, clock: FixedClock) -> Engine:
-    return Engine(Store(redis_client), Settings(redis_url="unused"), clock)
+    return Engine(Store(redis_client), Settings(redis_url="unused", id_key=TEST_ID_KEY), clock)
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from api.policy import Policy, validate_policy
 from api.redis_client import RedisClient
 from api.settings import Settings
 from api.store import Store
+from tests.conftest import TEST_ID_KEY
 from tests.integration.conftest import TENANT, req
 
 MIN = 60_000
@@ -301,7 +302,8 @@ async def test_caps_quiet_hours_and_minimality(redis_client: RedisClient,
                                                sc: dict[str, Any]) -> None:
     await redis_client.flushdb()
     clock = FixedClock(sc["start"])
-    engine = Engine(Store(redis_client), Settings(redis_url="unused", log_decisions=False), clock)
+    engine = Engine(Store(redis_client), Settings(redis_url="unused", log_decisions=False,
+                                                  id_key=TEST_ID_KEY), clock)
     policy = msgspec.convert({"categories": CATEGORIES, "caps": sc["caps"],
                               "quiet_hours": sc["quiet_hours"],
                               "max_defer_minutes": sc["max_defer"]}, Policy)
@@ -334,8 +336,10 @@ async def test_caps_quiet_hours_and_minimality(redis_client: RedisClient,
         r = await engine.decide(TENANT, req(**fields))
 
         assert _ms_of(r.decided_at) == now
-        horizon = (now + ask.deadline * MIN + 1 if ask.deadline is not None
-                   else now + world.max_defer * MIN)
+        # the horizon is the deadline, but never past max_defer_minutes (plan.decision_horizon)
+        horizon = now + world.max_defer * MIN
+        if ask.deadline is not None:
+            horizon = min(horizon, now + ask.deadline * MIN + 1)
         ref = Feasibility(world, ask, now)
         context = f"decision {i} ({ask}) at {_utc(now)}: {r}"
         if r.decision == "suppress":

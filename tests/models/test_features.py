@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.features import (
     FEATURE_HASH,
@@ -11,6 +13,7 @@ from models.features import (
     build_features,
     candidate_features,
     fallback_scores,
+    heuristic_distribution,
 )
 from models.priors import DEFAULT_PRIORS
 from models.profile import Profile, ProfileBatch
@@ -81,7 +84,9 @@ def test_values_reflect_history() -> None:
     assert row[col["sends_7d"]] == 7  # 6 daily emails at 09:00 + the push
     assert row[col["hours_since_send_ch"]] == np.float32((3600 + 60) / 3600)
     assert np.isnan(row[col["hours_since_engagement_ch"]])
-    assert row[col["user_peak_distance"]] == np.float32(19.5 - (12 + 14 / 60 + 20 / 3600))
+    assert row[col["user_mode_distance"]] == np.float32(19.5 - (12 + 14 / 60 + 20 / 3600))
+    assert row[col["user_events"]] == 30
+    assert row[col["user_count_3h"]] == 0  # 12:00 is far from the 19:00 habit
 
 
 def test_empty_profile_falls_back_to_the_prior() -> None:
@@ -89,9 +94,38 @@ def test_empty_profile_falls_back_to_the_prior() -> None:
     rows = candidate_features(Profile(), now=NOW, channels=np.zeros(24, np.int64),
                               instants=instants, zone_name="UTC", priors=DEFAULT_PRIORS)
     col = FEATURE_INDEX
-    np.testing.assert_allclose(rows[:, col["user_share_how"]], rows[:, col["global_share_how"]],
+    np.testing.assert_allclose(rows[:, col["heuristic_share"]], rows[:, col["prior_share_hour"]],
                                rtol=1e-5)
     scores = fallback_scores(rows)
     assert np.all((scores > 0) & (scores <= 1))
     best_hour = rows[int(np.argmax(scores)), col["cand_local_hour"]]
     assert 19 <= best_hour < 23  # the default evening peak
+
+
+def test_heuristic_is_the_documented_formula() -> None:
+    """Undecayed hour counts smoothed +-1 h (circular) plus 5 x the tenant share, normalised."""
+    counts = np.zeros((1, 24))
+    counts[0, [0, 17, 17, 18, 23]] = [2, 3, 0, 1, 1]  # the 17 h bin gets 3
+    prior = np.full(24, 1 / 24)
+    got = heuristic_distribution(counts, prior)[0]
+    smoothed = np.array([counts[0, (h - 1) % 24] + counts[0, h] + counts[0, (h + 1) % 24]
+                         for h in range(24)])
+    expected = (smoothed + 5 * prior) / (smoothed + 5 * prior).sum()
+    np.testing.assert_allclose(got, expected)
+    assert got[23] > got[12]  # 23 h neighbours 0 h (circular)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 167), max_size=40))
+def test_fallback_ranks_hours_exactly_like_the_heuristic(hows: list[int]) -> None:
+    """Without a model serving is never worse than the heuristic: it *is* the heuristic."""
+    profile = Profile()
+    for i, how in enumerate(sorted(hows)):
+        profile.record_activity(MIDNIGHT - 30 * 86400 + i * 3600, how)
+    instants = MIDNIGHT + np.arange(24, dtype=np.int64) * 3600 + 1800
+    rows = candidate_features(profile, now=MIDNIGHT, channels=np.full(24, ANY_CHANNEL),
+                              instants=instants, zone_name="UTC", priors=DEFAULT_PRIORS)
+    counts = profile.counts.reshape(7, 24).sum(axis=0)[None, :].astype(np.float64)
+    expected = heuristic_distribution(counts, DEFAULT_PRIORS.hod)[0]
+    scores = fallback_scores(rows)
+    np.testing.assert_allclose(scores / scores.sum(), expected, rtol=1e-5)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.profile import (
+    MAX_SERIALIZED_SIZE,
     RECENT_SENDS,
     SERIALIZED_SIZE,
     Profile,
@@ -50,6 +51,8 @@ def apply(profile: Profile, item: tuple[object, ...]) -> None:
 def assert_same(incremental: Profile, expected: Profile) -> None:
     assert incremental.ref == expected.ref
     np.testing.assert_allclose(incremental.decayed, expected.decayed, rtol=2e-5, atol=1e-6)
+    np.testing.assert_array_equal(incremental.counts, expected.counts)
+    assert incremental.first_seen == expected.first_seen
     np.testing.assert_array_equal(incremental.last_send, expected.last_send)
     np.testing.assert_array_equal(incremental.last_engagement, expected.last_engagement)
     assert incremental.last_active == expected.last_active
@@ -84,7 +87,21 @@ def test_round_trip_is_lossless(items: list[tuple[object, ...]]) -> None:
 
 
 def test_serialized_size_fits_redis_budget() -> None:
-    assert SERIALIZED_SIZE <= 1024
+    assert SERIALIZED_SIZE == 1521  # docs/model.md quotes this number
+    assert SERIALIZED_SIZE <= MAX_SERIALIZED_SIZE == 2048
+
+
+def test_long_memory_does_not_forget() -> None:
+    """A sparse user's rhythm survives months of silence in the undecayed counts."""
+    profile = Profile()
+    for week in range(10):
+        profile.record_activity(T0 + week * 7 * 86400, 40)  # Tuesday 16:00 local
+    profile.record_activity(T0 + 300 * 86400, 100)
+    assert profile.counts[40] == 10
+    assert profile.counts[100] == 1
+    assert profile.hist[40] < 0.01  # the short memory has all but forgotten it
+    assert profile.first_seen == T0
+    assert profile.last_active == T0 + 300 * 86400
 
 
 def test_recent_sends_keep_the_latest_ones() -> None:
@@ -102,7 +119,7 @@ def test_decay_halves_every_half_life() -> None:
     assert profile.hist[11] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("data", [b"", b"\x02" + bytes(SERIALIZED_SIZE - 1), b"\x01abc"])
+@pytest.mark.parametrize("data", [b"", b"\x01" + bytes(SERIALIZED_SIZE - 1), b"\x02abc"])
 def test_bad_bytes_are_refused(data: bytes) -> None:
     with pytest.raises(ProfileFormatError, match="profile"):
         Profile.from_bytes(data)

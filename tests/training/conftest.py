@@ -26,5 +26,7 @@ def trained(sim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainRes
     return train(TrainConfig(
         out=out, messages=sim_dir / "messages.parquet", activity=sim_dir / "activity.parquet",
         truth=sim_dir / "truth.npz", report=out.parent / "report.html", valid_days=5,
-        tune_days=3, oracle_pairs=300, fit=FitConfig(max_trees=40, min_data_in_leaf=50),
+        tune_days=3, oracle_pairs=300,
+        # one thread: OpenMP threads spin on a busy machine (CI shares its cores)
+        fit=FitConfig(max_trees=40, min_data_in_leaf=50, num_threads=1),
         progress=False))

@@ -6,10 +6,19 @@ import json
 import shutil
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
-from models.artifact import MANIFEST_FILE, MODEL_FILE, ArtifactError, read_manifest
+from models.artifact import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    ArtifactError,
+    NotChampionError,
+    check_champion,
+    read_manifest,
+    write_manifest,
+)
 from models.features import FEATURE_HASH, FEATURES
 from models.scorer import FeatureMismatchError, Scorer
 from training.pipeline import TrainResult, summary_text
@@ -22,9 +31,17 @@ def test_training_writes_a_loadable_artifact(trained: TrainResult) -> None:
     assert manifest.row_counts["train"] > 0
     assert manifest.row_counts["valid"] > 0
     assert manifest.data_window.start < manifest.data_window.split < manifest.data_window.end
-    assert set(manifest.baselines) == {"smoothed_histogram", "user_mode_hour",
-                                       "global_popular_hours", "fixed_hour", "oracle_truth"}
+    assert set(manifest.baselines) == {"smoothed_histogram", "fallback_no_model",
+                                       "user_mode_hour", "global_popular_hours", "fixed_hour",
+                                       "oracle_truth"}
+    gate = manifest.champion
+    assert gate is not None
+    model, rival = trained.baselines["model"], trained.baselines[gate.rival]
+    assert gate.hit3_delta == pytest.approx(model["hit@3"] - rival["hit@3"])
+    assert gate.passed == (gate.hit3_delta > 0 and gate.log_loss_delta < 0)
+    assert summary_text(trained).startswith("Champion gate ")
     assert {"valid_log_loss", "valid_auc", "ranking_hit@1"} <= set(manifest.metrics)
+    assert manifest.objective == "binary"  # a message log: P(open | sent)
     scorer = Scorer.load(trained.out)
     scores = scorer.score(np.zeros((3, len(FEATURES)), dtype=np.float32))
     assert scores.shape == (3,)
@@ -94,7 +111,7 @@ def test_training_is_reproducible(trained: TrainResult, sim_dir: Path, tmp_path:
     again = train(TrainConfig(
         out=tmp_path / "again", messages=sim_dir / "messages.parquet",
         activity=sim_dir / "activity.parquet", valid_days=5, tune_days=3,
-        fit=FitConfig(max_trees=40, min_data_in_leaf=50), progress=False))
+        fit=FitConfig(max_trees=40, min_data_in_leaf=50, num_threads=1), progress=False))
     first = (trained.out / MODEL_FILE).read_text().split("parameters:")[0]
     second = (again.out / MODEL_FILE).read_text().split("parameters:")[0]
     assert first == second
@@ -110,3 +127,20 @@ def test_default_model_is_built_once(tmp_path: Path) -> None:
     ensure_default_model(target)  # already there: untouched
     assert (target / MODEL_FILE).stat().st_mtime_ns == stamp
     assert scorer.manifest.row_counts["train"] > 1000
+
+
+def test_champion_gate_refuses_a_loser_unless_forced(trained: TrainResult, tmp_path: Path) -> None:
+    target = copy_artifact(trained, tmp_path)
+    manifest = read_manifest(target)
+    assert manifest.champion is not None
+    lost = msgspec.structs.replace(manifest.champion, passed=False, hit3_delta=-0.01)
+    write_manifest(target, msgspec.structs.replace(manifest, champion=lost))
+    with pytest.raises(NotChampionError, match="does NOT beat"):
+        check_champion(read_manifest(target))
+    check_champion(read_manifest(target), force=True)
+    won = msgspec.structs.replace(lost, passed=True)
+    write_manifest(target, msgspec.structs.replace(manifest, champion=won))
+    check_champion(read_manifest(target))
+    write_manifest(target, msgspec.structs.replace(manifest, champion=None))
+    with pytest.raises(NotChampionError, match="no champion gate"):
+        check_champion(read_manifest(target))

@@ -48,3 +48,18 @@ def test_rank_command_reports_bad_history(tmp_path: Path,
     code = main(["rank", "--model", "none", "--history", str(path), "--at", AT])
     assert code == 1
     assert "neither a message log" in capsys.readouterr().err
+
+
+def test_rank_by_hour_of_day_over_a_week(sim_dir: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a model: the heuristic with priors from the history, one slot per hour."""
+    code = main(["rank", "--model", "none", "--history", str(sim_dir / "activity.parquet"),
+                 "--at", AT, "--user", "u000003", "--by-hour-of-day", "--top", "24",
+                 "--format", "json"])
+    assert code == 0
+    slots = json.loads(capsys.readouterr().out)[0]["slots"]
+    assert sorted(s["hour_of_day"] for s in slots) == list(range(24))
+    assert {"channel", "instant", "local", "score"} <= set(slots[0])
+    scores = [s["score"] for s in slots]
+    assert scores == sorted(scores, reverse=True)
+    assert slots[-1]["instant"] < "2025-09-19T06:00:00Z"  # dated at its first occurrence

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from models.timeutil import local_seconds, zone
-from training.simulate import SimulationConfig, World, make_world
+from training.simulate import SimulationConfig, World, make_world, simulate, sparse_users
 
 
 def test_world_is_reproducible() -> None:
@@ -67,3 +67,25 @@ def test_logs_match_the_truth(sim_dir: Path) -> None:
     low, high = truth < np.quantile(truth, 0.3), truth > np.quantile(truth, 0.7)
     assert hit[high].mean() > 2.5 * hit[low].mean()
     assert 0.5 < hit.mean() / truth.mean() < 1.3
+
+
+def test_sparse_users_look_like_the_real_sample(tmp_path: Path) -> None:
+    """Median ~33 events in nine months, a quarter under 15, afternoon weekday peak."""
+    config = SimulationConfig(users=600, days=270, seed=5, sends_per_day=0.0,
+                              sparse_share=1.0)
+    simulate(config, tmp_path, progress=False)
+    table = pq.read_table(tmp_path / "activity.parquet").to_pydict()
+    _, counts = np.unique(np.array(table["user_id"]), return_counts=True)
+    counts = np.concatenate([counts, np.zeros(600 - counts.size, np.int64)])
+    assert 25 <= np.median(counts) <= 45
+    assert 8 <= np.quantile(counts, 0.25) <= 20
+    world = make_world(config, np.random.default_rng(5))
+    weekday_peak = np.argmax(world.rhythm[:, 0, :].mean(axis=0))
+    assert 14 <= weekday_peak <= 19
+
+
+def test_dense_and_sparse_users_share_one_world() -> None:
+    world = make_world(SimulationConfig(users=100, days=7, sparse_share=0.3),
+                       np.random.default_rng(1))
+    assert sparse_users(world.config).sum() == 30
+    assert world.level[sparse_users(world.config)].mean() < world.level[:70].mean() / 5

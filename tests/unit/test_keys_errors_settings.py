@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from api.auth import hash_key
 from api.errors import (
     ApiError,
     ConflictError,
@@ -160,14 +161,19 @@ def test_settings_defaults() -> None:
 def test_settings_parse_every_variable() -> None:
     s = Settings.from_env({
         "REDIS_URL": "redis://h:1/0", "SENDWISE_REDIS_CLUSTER": "TRUE",
-        "SENDWISE_DEFAULT_TENANT": "t", "SENDWISE_API_KEYS": " k1:acme , ,k2:beta,",
+        "SENDWISE_DEFAULT_TENANT": "t", "SENDWISE_API_KEYS": " k1:acme , ,k2:beta:decide,",
+        "SENDWISE_ID_KEY": "a2V5IGtleSBrZXkga2V5IGtleSBrZXkga2V5IGtleSE=",
+        "SENDWISE_RATE_LIMIT_PER_SECOND": "5", "SENDWISE_RATE_LIMIT_BURST": "7",
         "SENDWISE_MODEL_DIR": "/m", "SENDWISE_DATA_DIR": "/d",
         "SENDWISE_FALLBACK_DEFER_SECONDS": "60", "SENDWISE_REDIS_TIMEOUT_SECONDS": "1.5",
         "SENDWISE_REDIS_MAX_CONNECTIONS": "8", "SENDWISE_IDEMPOTENCY_TTL_SECONDS": "60",
         "SENDWISE_MAX_BODY_BYTES": "2048", "SENDWISE_MAX_EVENTS_PER_BATCH": "5",
         "SENDWISE_LOG_LEVEL": "debug", "SENDWISE_LOG_DECISIONS": "0"})
     assert (s.redis_url, s.redis_cluster, s.default_tenant) == ("redis://h:1/0", True, "t")
-    assert s.api_keys == {"k1": "acme", "k2": "beta"}
+    assert {k.sha256: (k.tenant, k.role) for k in s.api_keys.values()} == {
+        hash_key("k1"): ("acme", "admin"), hash_key("k2"): ("beta", "decide")}
+    assert s.id_key is not None and s.id_key.value == b"key key key key key key key key!"
+    assert (s.rate_limit_per_second, s.rate_limit_burst) == (5, 7)
     assert (s.model_dir, s.data_dir, s.fallback_defer_seconds) == ("/m", "/d", 60)
     assert (s.redis_timeout_seconds, s.redis_max_connections) == (1.5, 8)
     assert (s.idempotency_ttl_seconds, s.max_body_bytes, s.max_events_per_batch) == (60, 2048, 5)

@@ -1,4 +1,4 @@
-"""api/plan.py: ids, ledger members, fingerprints, pre-checks and the plan handed to Lua."""
+"""api/plan.py: ledger members, fingerprints, pre-checks and the plan handed to Lua."""
 
 from __future__ import annotations
 
@@ -19,13 +19,11 @@ from api.plan import (
     Block,
     PreReason,
     build_plan,
-    decision_id,
     decode_member,
     encode_plan,
     fingerprint,
     ledger_member,
     member_prefix,
-    parse_decision_id,
     pre_checks,
 )
 from api.policy import DEFAULT_POLICY, Policy
@@ -80,41 +78,6 @@ def local_ms(text: str) -> int:
 
 def covered(blocks: list[tuple[int, int]], t: int) -> bool:
     return any(a <= t < b for a, b in blocks)
-
-
-# ----------------------------------------------------------------------- decision ids
-
-nasty_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
-    ["", ".", "..", "a.b", "d_", "d_x.y", '"', "'", "\\", "{}", "%7B", "é😀", "\x00", "=="])
-
-
-@given(user=nasty_text, message=nasty_text)
-def test_decision_id_round_trips(user: str, message: str) -> None:
-    did = decision_id(user, message)
-    assert did.startswith("d_") and did.count(".") == 1
-    assert did.isascii() and " " not in did and "=" not in did
-    assert parse_decision_id(did) == (user, message)
-
-
-@given(a=st.tuples(nasty_text, nasty_text), b=st.tuples(nasty_text, nasty_text))
-def test_decision_ids_are_injective(a: tuple[str, str], b: tuple[str, str]) -> None:
-    assert (decision_id(*a) == decision_id(*b)) == (a == b)
-
-
-@pytest.mark.parametrize("value", ["", "x", "d_", "d_abc", "d_a.b.c", "e_dTE.bTE", "d_u1!.m1",
-                                   "d_dT!E.bTE", "d_/w.bTE", "d_dTE.b"])
-def test_parse_decision_id_refuses_foreign_values(value: str) -> None:
-    with pytest.raises(ValueError, match="not a decision id"):
-        parse_decision_id(value)
-
-
-@pytest.mark.parametrize("value", ["d_dTF.bTE", "d_dTE=.bTE"])
-def test_parse_decision_id_accepts_only_canonical_ids(value: str) -> None:
-    try:
-        parsed = parse_decision_id(value)
-    except ValueError:
-        return
-    assert decision_id(*parsed) == value
 
 
 # --------------------------------------------------------------------- ledger members

@@ -9,11 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.plan import Context, PreReason, decision_id, encode_context
+from api.ids import IdKey, Secret
+from api.plan import Context, PreReason, encode_context
 from api.render import Outcome, decode_context, decode_outcome, render, render_record, utc
 
 NOW = int(dt.datetime(2026, 6, 10, 16, 0, tzinfo=dt.UTC).timestamp() * 1000)
 MIN = 60_000
+IDS = IdKey(Secret(b"k" * 32))
 
 
 def ms(text: str) -> int:
@@ -22,7 +24,7 @@ def ms(text: str) -> int:
 
 def context(zone: str = "America/New_York", now: int = NOW, pre: list[PreReason] | None = None,
             mid: str = "m1", uid: str = "u1", dry: bool = False) -> Context:
-    return Context(did=decision_id(uid, mid), mid=mid, uid=uid, pv="3", zone=zone, now=now,
+    return Context(did=IDS.decision_id("t", uid, mid), mid=mid, uid=uid, pv="3", zone=zone, now=now,
                    fp="f" * 20, dry=dry, pre=pre or [])
 
 
@@ -85,7 +87,7 @@ def test_any_record_replays_identically(zone: str, now: int, delay: int | None, 
     assert decoded == ctx == decode_context(encode_context(ctx))
     assert msgspec.json.encode(a) == msgspec.json.encode(b)
     assert a == render(ctx, decode_outcome(out), replayed=True, cancelled_at=cancelled)
-    assert a.decision_id == decision_id(uid, mid) and a.message_id == mid
+    assert a.decision_id == IDS.decision_id("t", uid, mid) and a.message_id == mid
     assert a.decided_at == utc(now) and a.dry_run is dry and a.replayed
     assert a.cancelled_at == (None if cancelled is None else utc(cancelled))
     if t is None:
