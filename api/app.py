@@ -7,6 +7,7 @@ Redis client and a fixed clock; without them the lifespan builds them from setti
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -333,6 +334,8 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
         store = Store(client, max_in_flight=settings.redis_max_connections)
         app.state.engine = Engine(store, settings, clock or SystemClock(), Metrics())
         app.state.settings = settings
+        # the worker counts in /metrics from here on (its Metrics exist)
+        log.info("app_started", pid=os.getpid())
         try:
             yield
         finally:

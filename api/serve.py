@@ -36,6 +36,7 @@ import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from api.http_protocol import ReadDeadlineHttpToolsProtocol
+from api.metrics import prepare_multiprocess_dir
 from api.redis_server import EmbeddedRedis, EmbeddedRedisError, set_parent_death_signal
 from api.settings import Settings, _int, _positive_seconds
 
@@ -102,6 +103,7 @@ def configure_logging(level: str) -> None:
     """
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,  # the request id (api/requestlog.py)
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _plain_values,
@@ -242,6 +244,8 @@ def serve(*, host: str, port: int, workers: int, insecure_no_auth: bool = False)
               f"(data in {data_dir})", file=sys.stderr)
     if workers > 1:
         os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
+        # one /metrics scrape sums every worker (api/metrics.py)
+        prepare_multiprocess_dir(Path(settings.data_dir) / "metrics")
     print(f"sendwise: serving on http://{host}:{port} (docs at http://{host}:{port}/docs)",
           file=sys.stderr)
     # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default
