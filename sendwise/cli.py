@@ -37,7 +37,9 @@ _EXAMPLES = """\
 examples:
   sendwise serve                                  # API on http://127.0.0.1:8000 (docs at /docs),
                                                   # embedded Redis under ./.sendwise when REDIS_URL is unset
-  REDIS_URL=redis://redis:6379/0 sendwise serve --host 0.0.0.0 --workers 4
+  SENDWISE_API_KEYS_FILE=keys.jsonl REDIS_URL=redis://redis:6379/0 \\
+      sendwise serve --host 0.0.0.0 --workers 4   # public bind: API keys required
+  sendwise keys new --tenant acme --role decide >> keys.jsonl   # mint a key
   sendwise simulate --out data/sim                # realistic logs with known ground truth
   sendwise train --data data/sim --out artifacts/model
   sendwise rank --model artifacts/model --history data/sim/messages.parquet \\
