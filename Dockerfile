@@ -2,10 +2,11 @@
 #
 #   docker build -t sendwise .            (or: podman build --format docker -t sendwise .)
 #   docker run -p 8000:8000 -e SENDWISE_API_KEYS=sha256:<hex>:acme:admin \
-#       -e REDIS_URL=redis://my-redis:6379/0 sendwise
+#       -e SENDWISE_ID_KEY=<secret> -e REDIS_URL=redis://my-redis:6379/0 sendwise
 #
 # It listens on 0.0.0.0, so `sendwise serve` requires API keys (`sendwise keys new ...
-# --format env` prints an entry; SENDWISE_API_KEYS_FILE works too).
+# --format env` prints an entry; SENDWISE_API_KEYS_FILE works too) and, with keys, the
+# decision-id secret SENDWISE_ID_KEY (`sendwise keys id-key`).
 # Without REDIS_URL the container starts the embedded redis-server (data in
 # /var/lib/sendwise/redis: mount a volume there to keep it). compose.yaml runs it with Redis.
 #
