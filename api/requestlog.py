@@ -10,7 +10,10 @@ access line, the decision line, a warning about Redis. So the middleware:
   structlog line of the request carries ``request_id`` (the logging configuration must
   include ``structlog.contextvars.merge_contextvars``, as structlog's default does);
 * echoes it as the ``X-Request-Id`` response header;
-* writes one ``request`` line when the response is done: method, path, status, duration.
+* writes one ``request`` line when the response is done: method, route, status, duration.
+  The route is the matched *template* (``/v1/users/{user_id:str}/preferences``), never the
+  raw path: user ids are personal data and stay out of the logs (null when no route matched:
+  an unknown path, or a method the path does not have).
 
 It is plain ASGI (no per-request objects beyond one closure) because it runs on the decision
 hot path. The access line is an ``info`` line, and the app turns it off below that level
@@ -78,6 +81,7 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             if self.access_log:
-                log.info("request", method=method, path=scope["path"], status=status,
+                log.info("request", method=method, route=scope.get("path_template"),
+                         status=status,
                          duration_ms=round((time.perf_counter() - started) * 1000, 3))
             structlog.contextvars.reset_contextvars(**tokens)

@@ -132,7 +132,8 @@ async def test_the_guard_answers_without_receiving_the_body(redis_settings: Sett
 def test_every_route_has_the_intended_role(redis_settings: Settings) -> None:
     """The decide role is exactly the hot path; only health probes and docs are open; every
     other route (including ones added later) is admin."""
-    app = create_app(keyed(redis_settings))
+    # with the benchmark-only endpoint routed, so its role is checked too
+    app = create_app(msgspec.structs.replace(keyed(redis_settings), benchmark_endpoints=True))
     roles = {(method, route.path): required_role(handler, route.path, "/docs")
              for route in app.routes if isinstance(route, HTTPRoute)
              for handler in route.route_handlers for method in handler.http_methods
@@ -145,6 +146,7 @@ def test_every_route_has_the_intended_role(redis_settings: Settings) -> None:
     assert open_ == {"/health/live", "/health/ready", "/docs", "/docs/openapi.json",
                      "/docs/swagger"} | {p for p in open_ if p.startswith("/docs/")}
     assert roles[("GET", "/metrics")] == roles[("PUT", "/v1/policy")] == "admin"
+    assert roles[("GET", "/ui/users/{user_id:str}")] == "admin"
     assert set(roles.values()) == {"decide", "admin", None}
 
 
