@@ -40,16 +40,13 @@ from api.plan import (
 from api.policy import Policy
 from api.policy_cache import PolicyCache
 from api.reasons import ReasonCode
-from api.render import Outcome, decode_outcome, render, render_record
+from api.render import Outcome, decode_outcome, render, render_record, timeline_entry
 from api.schemas import (
     CancelResponse,
     DecisionRequest,
     DecisionResponse,
-    Offer,
     Preferences,
-    Reason,
     Timeline,
-    TimelineEntry,
 )
 from api.settings import Settings
 from api.store import Store
@@ -314,23 +311,11 @@ class Engine:
         stored = await self.store.get_preferences(tenant, user_id)
         zone = ZoneInfo(self.locate(None, stored.preferences, policy).zones[0])
         ledger = await self.store.ledger(tenant, user_id)
-        decoded = [(decode_member(member), int(score)) for member, score in ledger]
-        records = await self.store.records(tenant, user_id, [e[0] for e, _ in decoded])
-        entries = []
-        for (entry, score), record in zip(decoded, records, strict=True):
-            decision: str | None = None
-            reasons: list[Reason] | None = None
-            if record is not None:
-                _, response = render_record(record)
-                decision, reasons = response.decision, response.reasons
-            send_at = ms_to_utc(score)
-            entries.append(TimelineEntry(
-                message_id=entry[0], channel=entry[1], category=entry[2],
-                campaign_id=entry[3] or None, tags=list(entry[4] or []),
-                offer=Offer(id=entry[5], group=entry[6]) if entry[5] else None,
-                send_at=send_at, local_send_at=send_at.astimezone(zone),
-                status="sent" if score <= now else "scheduled",
-                decision_id=self.ids.decision_id(tenant, user_id, entry[0]),
-                decision=decision,  # type: ignore[arg-type]
-                reasons=reasons))
+        mids = [decode_member(member)[0] for member, _ in ledger]
+        records = await self.store.records(tenant, user_id, mids)
+        entries = [
+            timeline_entry(member, int(score), zone, now,
+                           self.ids.decision_id(tenant, user_id, mid),
+                           None if record is None else render_record(record)[1])
+            for (member, score), mid, record in zip(ledger, mids, records, strict=True)]
         return Timeline(user_id=user_id, timezone=zone.key, entries=entries)

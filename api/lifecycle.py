@@ -68,7 +68,7 @@ from api.keys import user_keys
 from api.localtime import ms_to_utc
 from api.openapi import AUTHENTICATED, errors
 from api.plan import decode_member
-from api.render import render_record
+from api.render import render_record, timeline_entry
 from api.schemas import (
     CHANNELS,
     ChannelPreference,
@@ -78,9 +78,7 @@ from api.schemas import (
     MergeMoved,
     MergeRequest,
     MergeResponse,
-    Offer,
     Preferences,
-    TimelineEntry,
     UserExport,
 )
 from api.store import Store
@@ -328,20 +326,9 @@ def render_export(dump: UserDump, user_id: str, zone_name: str, now: int,
     responses: dict[str, DecisionResponse] = {}
     for mid, (record, _) in sorted(dump.records.items()):
         responses[mid] = render_record(record)[1]
-    ledger = []
-    for member, score in dump.ledger:
-        entry = decode_member(member)
-        answer = responses.get(entry[0])
-        send_at = ms_to_utc(score)
-        ledger.append(TimelineEntry(
-            message_id=entry[0], channel=entry[1], category=entry[2],
-            campaign_id=entry[3] or None, tags=list(entry[4] or []),
-            offer=Offer(id=entry[5], group=entry[6]) if entry[5] else None,
-            send_at=send_at, local_send_at=send_at.astimezone(zone),
-            status="sent" if score <= now else "scheduled",
-            decision_id=ids(entry[0]),
-            decision=None if answer is None else answer.decision,
-            reasons=None if answer is None else answer.reasons))
+    ledger = [timeline_entry(member, score, zone, now, ids(mid), responses.get(mid))
+              for member, score in dump.ledger
+              for mid in [decode_member(member)[0]]]
     return UserExport(
         user_id=user_id, exported_at=ms_to_utc(now), merged_into=dump.merged_into,
         merged_from={k: ms_to_utc(v) for k, v in sorted(dump.merged_from.items())},

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from api.localtime import ms_to_utc as utc
-from api.plan import Context
-from api.schemas import DecisionResponse, Reason
+from api.plan import Context, decode_member
+from api.schemas import DecisionResponse, Offer, Reason, TimelineEntry
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -67,3 +67,20 @@ def render_record(record: bytes) -> tuple[Context, DecisionResponse]:
     ctx = decode_context(lines[0])
     cancelled = int(lines[2]) if len(lines) > 2 else None
     return ctx, render(ctx, decode_outcome(lines[1]), replayed=True, cancelled_at=cancelled)
+
+
+def timeline_entry(member: bytes, score: int, zone: ZoneInfo, now: int, decision_id: str,
+                   answer: DecisionResponse | None) -> TimelineEntry:
+    """One ledger entry as the timeline and the export show it: the decoded member, its
+    instant in UTC and in the recipient's zone, and the decision it came from (``answer``,
+    from the idempotency record while that lives)."""
+    entry = decode_member(member)
+    send_at = utc(score)
+    return TimelineEntry(
+        message_id=entry[0], channel=entry[1], category=entry[2],
+        campaign_id=entry[3] or None, tags=list(entry[4] or []),
+        offer=Offer(id=entry[5], group=entry[6]) if entry[5] else None,
+        send_at=send_at, local_send_at=send_at.astimezone(zone),
+        status="sent" if score <= now else "scheduled", decision_id=decision_id,
+        decision=None if answer is None else answer.decision,
+        reasons=None if answer is None else answer.reasons)
