@@ -103,8 +103,11 @@ def _add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     new = actions.add_parser(
         "new", help="mint an API key: the key goes to stderr (shown once), the line to store "
                     "to stdout (append it to SENDWISE_API_KEYS_FILE)")
-    new.add_argument("--tenant", required=True)
-    new.add_argument("--role", choices=["decide", "admin"], required=True)
+    new.add_argument("--tenant", required=True,
+                     help="the tenant the key acts for (1-64 of [A-Za-z0-9_.-]; required)")
+    new.add_argument("--role", choices=["decide", "admin"], required=True,
+                     help="decide: decisions, cancel, events, reason codes; admin: also policy, "
+                          "preferences, user data, the timeline page and metrics (required)")
     new.add_argument("--name", default="", help="a label for humans (never secret)")
     new.add_argument("--format", choices=["jsonl", "env"], default="jsonl",
                      help="jsonl: a key-file line; env: a SENDWISE_API_KEYS entry (hash only)")

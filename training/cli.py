@@ -119,8 +119,18 @@ def _rank(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except ``None``: an option whose default depends on
+    others (``--horizon-hours``) says so in its own help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter  # every option's help shows its default
+    fmt = _DefaultsShown  # every option's help shows its default
     sim = sub.add_parser("simulate", help="generate message + activity logs with known truth",
                          formatter_class=fmt)
     sim.add_argument("--out", default="data/sim", help="output directory")
