@@ -223,8 +223,7 @@ async def post_events(request: Request[Any, Any, State]) -> EventsAccepted:
         if event.type == "converted" and not event.campaign_id:
             raise InvalidRequestError("a converted event needs campaign_id",
                                  field=f"events[{i}].campaign_id")
-    opt_outs, conversions = await engine.store.apply_events(tenant, data.events)
-    return EventsAccepted(accepted=len(data.events), opt_outs=opt_outs, conversions=conversions)
+    return await engine.record_events(tenant, data.events)
 
 
 @get("/v1/policy", summary="The tenant's policy document",

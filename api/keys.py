@@ -12,6 +12,9 @@ or make two (tenant, user) pairs share one.
                                   merged_from:<user id> (ms: when that id was merged in)
     sw:{t:u}:conv          HASH  campaign_id -> converted-at (ms)
     sw:{t:u}:m:<message>   STR   idempotency record: context JSON + "\n" + outcome JSON
+    sw:{t:u}:profile       HASH  p (models.profile.Profile bytes), rev (int, bumped by every
+                                  write), seen / eng (recent event and engaged-message
+                                  fingerprints, 8 bytes each: api/profiles.py)
     sw:policy:{t}          STR   the tenant's policy document (JSON, with its version)
 """
 
@@ -36,6 +39,8 @@ class UserKeys(NamedTuple):
     record_prefix: str
     #: SCAN MATCH pattern of every key of this user, whatever its kind (erasure, export)
     pattern: str
+    #: the send-time profile the model's features are computed from (api/profiles.py)
+    profile: str
 
     def record(self, message_id: str) -> str:
         return self.record_prefix + message_id
@@ -50,7 +55,7 @@ class UserKeys(NamedTuple):
 def user_keys(tenant: str, user_id: str) -> UserKeys:
     base = f"{PREFIX}:{{{_escape(tenant)}:{_escape(user_id)}}}:"
     return UserKeys(base + "ledger", base + "prefs", base + "conv", base + "m:",
-                    _glob_escape(base) + "*")
+                    _glob_escape(base) + "*", base + "profile")
 
 
 def _glob_escape(text: str) -> str:

@@ -73,8 +73,15 @@ class DecisionResponse(msgspec.Struct, frozen=True, kw_only=True):
     reasons: list[Reason]
     policy_version: str
     decided_at: dt.datetime
+    #: P(engagement) of the reserved slot, by ``model_version`` (a LightGBM model's sha256
+    #: prefix, or ``heuristic-v2``); ``score_now``: the same channel sent at once
     score: float | None = None
+    score_now: float | None = None
     model_version: str | None = None
+    #: "profile" (the user's event history) or "prior" (no history: the tenant's priors)
+    features_source: str | None = None
+    #: probability the decision policy had of choosing this slot (exploration included)
+    propensity: float | None = None
     dry_run: bool = False
     replayed: bool = False
     cancelled_at: dt.datetime | None = None
@@ -138,7 +145,8 @@ class StoredPreferences(msgspec.Struct, frozen=True, kw_only=True):
 # --------------------------------------------------------------------- events
 
 EventType = Literal[
-    "delivered", "opened", "clicked", "converted", "unsubscribed", "bounced", "complained"
+    "delivered", "opened", "clicked", "converted", "unsubscribed", "bounced", "complained",
+    "activity",
 ]
 
 
@@ -149,6 +157,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     message_id: Id | None = None
     campaign_id: Id | None = None
     channel: Channel | None = None
+    #: ``activity`` only: what the sign of life was (session, visit, purchase...); kept for
+    #: the logs, the profile counts every kind the same way (``docs/model.md``)
+    kind: Name | None = None
 
 
 class EventBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -159,6 +170,9 @@ class EventsAccepted(msgspec.Struct, frozen=True, kw_only=True):
     accepted: int
     opt_outs: int
     conversions: int
+    #: events that changed a send-time profile (duplicates and events without a timing
+    #: signal do not)
+    profile_updates: int = 0
 
 
 # ------------------------------------------------------------------- timeline

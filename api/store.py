@@ -80,6 +80,7 @@ class Store:
         self._merge_apply = client.register_script(_script("merge_apply.lua"))
         self._merge_clear = client.register_script(_script("merge_clear.lua"))
         self._erase = client.register_script(_script("erase.lua"))
+        self._profile_put = client.register_script(_script("profile_put.lua"))
 
     async def ping(self) -> bool:
         async with self._gate:
@@ -91,8 +92,9 @@ class Store:
                         campaign_id: str | None) -> UserState:
         keys = user_keys(tenant, user_id)
         async with self._gate:
-            reply = await self._read(keys=[keys.prefs, keys.record(message_id), keys.conv],
-                                     args=[campaign_id or ""])
+            reply = await self._read(
+                keys=[keys.prefs, keys.record(message_id), keys.conv, keys.profile],
+                args=[campaign_id or ""])
         return parse_read_reply(reply)
 
     async def commit(self, tenant: str, user_id: str, message_id: str, plan: Sequence[bytes],
@@ -191,6 +193,20 @@ class Store:
         if isinstance(reply, list) and hops < MAX_MERGE_HOPS:
             # merged into another id: an opt-out sent for the old id binds the person
             await self._apply_user_events(tenant, cast(bytes, reply[1]).decode(), ops, hops + 1)
+
+    async def profile_fields(self, key: str) -> dict[bytes, bytes]:
+        """The send-time profile hash (``key`` from ``api.keys``; api/profiles.py)."""
+        async with self._gate:
+            fields = await self.client.hgetall(key)
+        return cast(dict[bytes, bytes], fields)
+
+    async def put_profile(self, key: str, expected_rev: str, profile: bytes, seen: bytes,
+                          engaged: bytes, ttl_ms: int) -> bool:
+        """profile_put.lua: write unless the revision moved since the read."""
+        async with self._gate:
+            ok = await self._profile_put(keys=[key],
+                                         args=[expected_rev, profile, seen, engaged, ttl_ms])
+        return bool(int(ok))
 
     # ------------------------------------------------------------------ policy
 

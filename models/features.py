@@ -53,6 +53,9 @@ from models.timeutil import (
 from models.vocab import ANY_CHANNEL, CATEGORY_BUCKETS, CHANNELS, category_bucket
 
 FEATURE_VERSION = 2
+#: What decisions report as their model version when the heuristic scored them
+#: (``fallback_scores``): it changes exactly when the features' definition does.
+HEURISTIC_VERSION = f"heuristic-v{FEATURE_VERSION}"
 HOURS = 24
 #: Pseudo-events of the tenant prior in the heuristic (and the day-type share).
 K_PRIOR = 5.0

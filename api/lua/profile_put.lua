@@ -1,0 +1,13 @@
+-- Compare-and-set of one user's send-time profile (api/profiles.py computes the new value
+-- with models.profile's update rule; the rule lives only there, never in Lua).
+-- KEYS[1] profile hash
+-- ARGV[1] the revision the new value was computed from ('0' for a new profile)
+-- ARGV[2] profile bytes, ARGV[3] recent event fingerprints, ARGV[4] engaged-message
+-- fingerprints, ARGV[5] time to live (ms)
+-- Returns 1 when written, 0 when another writer got there first (the caller re-reads).
+local rev = redis.call('HGET', KEYS[1], 'rev') or '0'
+if rev ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'p', ARGV[2], 'seen', ARGV[3], 'eng', ARGV[4],
+           'rev', tostring(tonumber(rev) + 1))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
