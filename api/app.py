@@ -269,6 +269,8 @@ async def reason_codes() -> list[ReasonDoc]:
 
 class Health(msgspec.Struct, frozen=True):
     status: Literal["ok", "redis_unreachable"]
+    #: the model scoring decisions in this worker (``/health/ready`` only)
+    model_version: str | None = None
 
 
 @get("/health/live", summary="The process is up")
@@ -284,7 +286,9 @@ async def ready(request: Request[Any, Any, State]) -> Response[Health]:
         ok = await _engine(request).store.ping()
     except STORE_DOWN:
         ok = False
-    return Response(Health("ok" if ok else "redis_unreachable"), status_code=200 if ok else 503)
+    return Response(Health("ok" if ok else "redis_unreachable",
+                           _engine(request).models.active.version),
+                    status_code=200 if ok else 503)
 
 
 @get("/metrics", summary="Prometheus metrics of this worker", media_type="text/plain",
@@ -326,11 +330,12 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from api.lifecycle import LIFECYCLE_BODIES, lifecycle_router  # imports tenant_of from here
+    from api.models_http import MODEL_BODIES, models_router
 
     app = Litestar(
         route_handlers=[create_decision, cancel_decision, get_preferences, put_preferences,
                         get_timeline, post_events, get_policy, put_policy, reason_codes, live,
-                        ready, metrics, trivial, lifecycle_router],
+                        ready, metrics, trivial, lifecycle_router, models_router],
         lifespan=[lifespan],
         guards=[make_guard(settings.api_keys, limiter, settings.max_body_bytes)],
         exception_handlers={
@@ -350,7 +355,7 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
         debug=False,
     )
     document_bodies(app.plugins.get(OpenAPIPlugin).provide_openapi_schema(),
-                    {**REQUEST_BODIES, **LIFECYCLE_BODIES})
+                    {**REQUEST_BODIES, **LIFECYCLE_BODIES, **MODEL_BODIES})
     return app
 
 

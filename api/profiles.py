@@ -23,7 +23,11 @@ Which events change what (the training schema's meaning, ``docs/model.md``):
 arrival order does not matter (``tests/models/test_profile.py``). **Duplicates** (a
 platform retrying a batch) are recognised by an 8-byte fingerprint of (type, instant,
 message, channel, kind) among the user's last ``SEEN_KEPT`` events; a second open of a
-message by its message id among the last ``SEEN_KEPT`` engaged messages. Past those
+message by its message id among the last ``SEEN_KEPT`` engaged messages: the first open
+or click *to arrive* is the one counted, so a click that arrives before its message's
+earlier open is counted at the click's instant (training counts the earlier one; the
+difference is the minutes between them, a decay factor of ~1 - 5e-5 for two minutes, and
+an hour-of-week bin only when they straddle an hour). Past those
 bounds a duplicate would count twice: a retry arrives within seconds, long before a user
 has 256 newer events. The local hour-of-week uses the user's stored time zone (else the
 tenant default) at the time the event is applied.
