@@ -19,8 +19,13 @@ from models.artifact import (
     file_sha256,
     write_manifest,
 )
-from models.features import CATEGORICAL_FEATURES, FEATURE_HASH, FEATURE_INDEX, FEATURES, \
-    FEATURE_VERSION
+from models.features import (
+    CATEGORICAL_FEATURES,
+    FEATURE_HASH,
+    FEATURE_INDEX,
+    FEATURE_VERSION,
+    FEATURES,
+)
 from models.priors import DEFAULT_PRIORS
 
 
