@@ -35,6 +35,7 @@ from api.errors import (
     InvalidRequestError,
     UnavailableError,
 )
+from api.locale import is_valid_zone
 from api.localtime import utc_to_ms
 from api.metrics import Metrics
 from api.openapi import AUTHENTICATED, document_bodies, errors
@@ -220,6 +221,9 @@ async def post_events(request: Request[Any, Any, State]) -> EventsAccepted:
             raise InvalidRequestError("the event is in the future (more than 24 h ahead of the "
                                       "server's clock)", field=f"events[{i}].at",
                                       code="invalid_field")
+        if event.timezone is not None and not is_valid_zone(event.timezone):
+            raise InvalidRequestError(f"unknown IANA time zone {event.timezone!r}",
+                                      field=f"events[{i}].timezone", code="invalid_timezone")
         if event.type == "converted" and not event.campaign_id:
             raise InvalidRequestError("a converted event needs campaign_id",
                                  field=f"events[{i}].campaign_id")

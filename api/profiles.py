@@ -29,8 +29,8 @@ earlier open is counted at the click's instant (training counts the earlier one;
 difference is the minutes between them, a decay factor of ~1 - 5e-5 for two minutes, and
 an hour-of-week bin only when they straddle an hour). Past those
 bounds a duplicate would count twice: a retry arrives within seconds, long before a user
-has 256 newer events. The local hour-of-week uses the user's stored time zone (else the
-tenant default) at the time the event is applied.
+has 256 newer events. The local hour-of-week uses the event's ``timezone``, else the
+user's stored time zone, else the tenant default, at the time the event is applied.
 """
 
 from __future__ import annotations
@@ -84,10 +84,11 @@ def how_of(at_seconds: int, zone_name: str) -> int:
     return int(hour_of_week(local)[0])
 
 
-def apply_to_profile(profile: Profile, events: Sequence[Event], zone_name: str,
+def apply_to_profile(profile: Profile, events: Sequence[Event], user_zone: str,
                      seen: list[bytes], engaged: list[bytes]) -> int:
     """Fold ``events`` into ``profile`` (in place) with ``models.profile``'s rule; ``seen``
-    and ``engaged`` are updated too (bounded). Returns how many events changed it."""
+    and ``engaged`` are updated too (bounded). An event's own ``timezone`` wins over
+    ``user_zone``. Returns how many events changed it."""
     applied = 0
     seen_set, engaged_set = set(seen), set(engaged)
     for event in events:
@@ -97,6 +98,7 @@ def apply_to_profile(profile: Profile, events: Sequence[Event], zone_name: str,
         seen_set.add(fp)
         seen.append(fp)
         at = utc_to_ms(event.at) // 1000
+        zone_name = event.timezone or user_zone
         if event.type == "activity":
             profile.record_activity(at, how_of(at, zone_name))
         elif event.type == "delivered" and event.channel in CHANNELS:

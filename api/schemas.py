@@ -160,6 +160,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     #: ``activity`` only: what the sign of life was (session, visit, purchase...); kept for
     #: the logs, the profile counts every kind the same way (``docs/model.md``)
     kind: Name | None = None
+    #: IANA zone the event's local hour is counted in (the profile's hour-of-week);
+    #: default: the user's stored time zone, else the tenant's default
+    timezone: ZoneName | None = None
 
 
 class EventBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
