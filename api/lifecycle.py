@@ -68,6 +68,7 @@ from api.keys import user_keys
 from api.localtime import ms_to_utc
 from api.openapi import AUTHENTICATED, errors
 from api.plan import decode_member
+from api.profiles import export_profile, merge_profiles
 from api.render import render_record
 from api.schemas import (
     CHANNELS,
@@ -251,6 +252,7 @@ async def merge(store: Store, tenant: str, source: str, target: str, now: int) -
     dump = await snapshot(store, tenant, source)
     moved = await _apply(store, tenant, dump, source, into, now, marked=marked,
                          undo_mark=created)
+    await merge_profiles(store, tenant, source, into)
     for earlier in dump.merged_from:  # ids merged into the source point at the person now
         await store.repoint_merged(tenant, earlier, source, into)
     await clear(store, tenant, source, marked, dump)
@@ -419,8 +421,10 @@ async def export_user(request: Request[Any, Any, State], user_id: FromPath[str])
     dump = await snapshot(engine.store, tenant, user_id)
     policy = await engine.policies.get(tenant)
     zone = engine.locate(None, dump.preferences, policy).zones[0]
-    return render_export(dump, user_id, zone, engine.clock.now_ms(),
-                         lambda mid: engine.ids.decision_id(tenant, user_id, mid))
+    export = render_export(dump, user_id, zone, engine.clock.now_ms(),
+                           lambda mid: engine.ids.decision_id(tenant, user_id, mid))
+    fields = await engine.store.profile_fields(user_keys(tenant, user_id).profile)
+    return msgspec.structs.replace(export, profile=export_profile(fields.get(b"p")))
 
 
 #: the admin routes; create_app registers the router (a guard can be attached to it)

@@ -36,6 +36,7 @@ user's stored time zone, else the tenant default, at the time the event is appli
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -44,7 +45,7 @@ import numpy as np
 
 from api.keys import user_keys
 from api.localtime import utc_to_ms
-from api.schemas import Event
+from api.schemas import Event, ProfileExport
 from api.store import Store
 from models.profile import Profile, ProfileFormatError
 from models.timeutil import hour_of_week, local_seconds, zone
@@ -168,3 +169,55 @@ async def _apply_user(store: Store, tenant: str, user_id: str, events: Sequence[
                                    b"".join(engaged), PROFILE_TTL_MS):
             return applied
     raise ProfileUpdateConflictError(f"profile of {user_id!r} kept changing; retry the batch")
+
+
+async def merge_profiles(store: Store, tenant: str, source: str, target: str) -> bool:
+    """Fold ``source``'s profile into ``target``'s (``Profile.absorb``) and drop the
+    source's. The target records ``merged:<source>`` in the same compare-and-set, so a
+    retried merge never folds twice. Returns whether there was a profile to move."""
+    src_key = user_keys(tenant, source).profile
+    dst_key = user_keys(tenant, target).profile
+    marker = f"merged:{source}"
+    for _ in range(_MAX_CAS_RETRIES):
+        src = await store.profile_fields(src_key)
+        other = decode_profile(src.get(b"p"))
+        if other is None:
+            return False
+        dst = await store.profile_fields(dst_key)
+        if marker.encode() in dst:
+            break  # an interrupted earlier merge folded it already
+        profile = decode_profile(dst.get(b"p")) or Profile()
+        profile.absorb(other)
+        seen = [*_split(dst.get(b"seen")), *_split(src.get(b"seen"))][-SEEN_KEPT:]
+        engaged = [*_split(dst.get(b"eng")), *_split(src.get(b"eng"))][-SEEN_KEPT:]
+        if await store.put_profile(dst_key, dst.get(b"rev", b"0").decode(), profile.to_bytes(),
+                                   b"".join(seen), b"".join(engaged), PROFILE_TTL_MS,
+                                   marker=marker):
+            break
+    else:
+        raise ProfileUpdateConflictError(f"profile of {target!r} kept changing; retry")
+    await store.delete_key(src_key)
+    return True
+
+
+def export_profile(raw: bytes | None) -> ProfileExport | None:
+    """The stored profile in readable form (``GET /v1/users/{id}/export``)."""
+    profile = decode_profile(raw)
+    if profile is None:
+        return None
+
+    def instant(seconds: int) -> dt.datetime | None:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC) if seconds else None
+
+    return ProfileExport(
+        events=int(profile.counts.sum()),
+        counts_by_local_hour_of_week=[int(x) for x in profile.counts],
+        decayed_as_of=instant(profile.ref),
+        decayed=[round(float(x), 6) for x in profile.decayed],
+        first_seen=instant(profile.first_seen), last_active=instant(profile.last_active),
+        last_send={c: instant(int(t)) for c, t in zip(CHANNELS, profile.last_send, strict=True)
+                   if t},
+        last_engagement={c: instant(int(t)) for c, t in
+                         zip(CHANNELS, profile.last_engagement, strict=True) if t},
+        recent_sends=[(instant(int(t)), CHANNELS[int(c)]) for t, c in
+                      zip(profile.recent_at, profile.recent_channel, strict=True) if t])

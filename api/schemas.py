@@ -254,6 +254,22 @@ class EraseResponse(msgspec.Struct, frozen=True, kw_only=True):
     erased: ErasedCounts
 
 
+class ProfileExport(msgspec.Struct, frozen=True, kw_only=True):
+    """The send-time profile kept for the user (``docs/model.md``): counts of activity and
+    engagements by local hour-of-week (168, Monday 00h first), the decayed counters
+    (168 hours, then sends and engagements per model channel) as of ``decayed_as_of``."""
+
+    events: int
+    counts_by_local_hour_of_week: list[int]
+    decayed_as_of: dt.datetime | None
+    decayed: list[float]
+    first_seen: dt.datetime | None
+    last_active: dt.datetime | None
+    last_send: dict[str, dt.datetime | None]
+    last_engagement: dict[str, dt.datetime | None]
+    recent_sends: list[tuple[dt.datetime | None, str]]
+
+
 class UserExport(msgspec.Struct, frozen=True, kw_only=True):
     """``GET /v1/users/{user_id}/export``: everything stored about one user id."""
 
@@ -270,3 +286,5 @@ class UserExport(msgspec.Struct, frozen=True, kw_only=True):
     ledger: list[TimelineEntry]
     #: every idempotency record, rendered as the decision answer it replays
     decisions: list[DecisionResponse]
+    #: the send-time profile built from the user's events (None: no events yet)
+    profile: ProfileExport | None = None

@@ -201,12 +201,16 @@ class Store:
         return cast(dict[bytes, bytes], fields)
 
     async def put_profile(self, key: str, expected_rev: str, profile: bytes, seen: bytes,
-                          engaged: bytes, ttl_ms: int) -> bool:
+                          engaged: bytes, ttl_ms: int, marker: str | None = None) -> bool:
         """profile_put.lua: write unless the revision moved since the read."""
+        args: list[bytes | str | int] = [expected_rev, profile, seen, engaged, ttl_ms]
         async with self._gate:
-            ok = await self._profile_put(keys=[key],
-                                         args=[expected_rev, profile, seen, engaged, ttl_ms])
+            ok = await self._profile_put(keys=[key], args=[*args, *([marker] if marker else [])])
         return bool(int(ok))
+
+    async def delete_key(self, key: str) -> None:
+        async with self._gate:
+            await self.client.delete(key)
 
     # ------------------------------------------------------------------ policy
 

@@ -183,3 +183,29 @@ async def test_model_reload_is_vetted_and_atomic(client: Client, tmp_path: Path)
                                json={"directory": str(refused["lost"]), "force": True})
     assert forced.status_code == 200 and forced.json()["note"].startswith("forced")
     assert forced.json()["last_error"] is None
+
+
+async def test_profiles_follow_merge_export_and_erase(client: Client,
+                                                      redis_client: RedisClient) -> None:
+    for user in ("a", "b"):
+        await put_zone(client, user)
+        r = await client.post("/v1/events", json={"events": local_evening_history(user, 4)})
+        assert r.status_code == 202
+    expected = await stored_profile(redis_client, "a")
+    expected.absorb(await stored_profile(redis_client, "b"))
+    for _ in range(2):  # a retried merge folds the profile once
+        r = await client.post("/v1/users/b/merge", json={"into_user_id": "a"})
+        assert r.status_code == 200, r.text
+    assert await redis_client.exists(user_keys("default", "b").profile) == 0
+    assert await stored_profile(redis_client, "a") == expected
+    # events for the merged id land on the person's profile
+    r = await client.post("/v1/events", json={"events": [
+        {"type": "activity", "user_id": "b", "at": iso(NOW - dt.timedelta(hours=1))}]})
+    assert r.json()["profile_updates"] == 1
+    exported = (await client.get("/v1/users/a/export")).json()
+    assert exported["profile"]["events"] == 24 + 1
+    assert sum(exported["profile"]["counts_by_local_hour_of_week"]) == 25
+    r = await client.delete("/v1/users/a")
+    assert r.status_code == 200
+    assert await redis_client.exists(user_keys("default", "a").profile) == 0
+    assert (await client.get("/v1/users/a/export")).json()["profile"] is None
