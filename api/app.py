@@ -271,7 +271,7 @@ async def reason_codes() -> list[ReasonDoc]:
     return [ReasonDoc(code=str(code), description=text) for code, text in REASON_DOCS.items()]
 
 
-class Health(msgspec.Struct, frozen=True):
+class Health(msgspec.Struct, frozen=True, omit_defaults=True):
     status: Literal["ok", "redis_unreachable"]
     #: the model scoring decisions in this worker (``/health/ready`` only)
     model_version: str | None = None
@@ -329,6 +329,7 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
         try:
             yield
         finally:
+            await app.state.engine.log.drain()
             if owned:
                 await client.aclose()
 

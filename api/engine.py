@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.clock import Clock
+from api.decision_log import DecisionLog
 from api.errors import ConflictError, InvalidRequestError, NotFoundError
 from api.ids import IdKey, load_or_create_secret
 from api.locale import (
@@ -118,6 +119,10 @@ class Engine:
             settings.id_key or load_or_create_secret(settings.data_dir), settings.id_keys_previous)
         self.policies = PolicyCache(store)
         self.metrics = metrics or Metrics()
+        #: decisions and events for training (``sendwise export``)
+        self.log = DecisionLog(store.client, max_len=settings.decision_log_max_len,
+                               retention_days=settings.decision_log_retention_days,
+                               enabled=settings.decision_log)
         #: the model scoring decisions (the heuristic until one is loaded and vetted)
         self.models = models if models is not None else ModelRegistry()
         if models is None and settings.model_dir:
@@ -241,7 +246,9 @@ class Engine:
                 return self._replay(reply.payload, fp, request.dry_run)
             if reply.status == "dup_ledger":
                 return self._replay_from_ledger(ctx, reply.payload, reply.score or now)
-            return render(ctx, decode_outcome(reply.payload))
+            response = render(ctx, decode_outcome(reply.payload))
+            self.log.decision(tenant, request, response, now)
+            return response
         raise ConflictError("the recipient's preferences kept changing during the decision; retry",
                        code="concurrent_update")
 
@@ -271,7 +278,9 @@ class Engine:
             except (InvalidRequestError, ValueError):
                 return policy.default_timezone
 
-        updates = await apply_profile_events(self.store, tenant, events, zone_of)
+        zones: dict[str, str] = {}
+        updates = await apply_profile_events(self.store, tenant, events, zone_of, zones)
+        self.log.events(tenant, events, zones, self.clock.now_ms())
         return EventsAccepted(accepted=len(events), opt_outs=opt_outs,
                               conversions=conversions, profile_updates=updates)
 

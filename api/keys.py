@@ -16,6 +16,8 @@ or make two (tenant, user) pairs share one.
                                   write), seen / eng (recent event and engaged-message
                                   fingerprints, 8 bytes each: api/profiles.py)
     sw:policy:{t}          STR   the tenant's policy document (JSON, with its version)
+    sw:log:{t:b}           STREAM the decision and event log of bucket b (0..LOG_BUCKETS-1)
+                                  of the tenant's users (api/decision_log.py)
 """
 
 from __future__ import annotations
@@ -61,6 +63,21 @@ def user_keys(tenant: str, user_id: str) -> UserKeys:
 def _glob_escape(text: str) -> str:
     """Redis glob patterns treat ``*?[]\\`` as special: ids may contain them."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+#: a tenant's log is sharded by user so one busy tenant spreads over LOG_BUCKETS cluster
+#: slots instead of one
+LOG_BUCKETS = 16
+
+
+def log_bucket(user_id: str) -> int:
+    import zlib
+
+    return zlib.crc32(user_id.encode()) % LOG_BUCKETS
+
+
+def log_key(tenant: str, bucket: int) -> str:
+    return f"{PREFIX}:log:{{{_escape(tenant)}:{bucket}}}"
 
 
 def policy_key(tenant: str) -> str:

@@ -136,26 +136,32 @@ def decode_profile(raw: bytes | None) -> Profile | None:
 
 
 async def apply_profile_events(store: Store, tenant: str, events: Sequence[Event],
-                               zone_of: Callable[[dict[bytes, bytes]], str]) -> int:
+                               zone_of: Callable[[dict[bytes, bytes]], str],
+                               zones: dict[str, str] | None = None) -> int:
     """Fold a batch into every concerned user's profile; one compare-and-set per user,
     users concurrently. ``zone_of`` turns the user's preference hash into a zone name.
-    Returns the number of events that changed a profile."""
+    Returns the number of events that changed a profile; ``zones`` (if given) receives
+    the zone each user's events were counted in."""
     by_user: dict[str, list[Event]] = defaultdict(list)
     for event in events:
         by_user[event.user_id].append(event)
-    counts = await asyncio.gather(*(_apply_user(store, tenant, user, evs, zone_of)
+    out = zones if zones is not None else {}
+    counts = await asyncio.gather(*(_apply_user(store, tenant, user, evs, zone_of, out)
                                     for user, evs in by_user.items()))
     return sum(counts)
 
 
 async def _apply_user(store: Store, tenant: str, user_id: str, events: Sequence[Event],
-                      zone_of: Callable[[dict[bytes, bytes]], str]) -> int:
+                      zone_of: Callable[[dict[bytes, bytes]], str],
+                      zones: dict[str, str]) -> int:
+    original = user_id
     prefs = await store.preference_fields(tenant, user_id)
     moved = prefs.get(b"moved_into")
     if moved is not None:  # merged: the person's profile lives under the new id
         user_id = moved.decode()
         prefs = await store.preference_fields(tenant, user_id)
     zone_name = zone_of(prefs)
+    zones[original] = zone_name
     key = user_keys(tenant, user_id).profile
     for _ in range(_MAX_CAS_RETRIES):
         fields = await store.profile_fields(key)

@@ -204,6 +204,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_events_per_batch: int = 1000
     log_level: str = "info"
     log_decisions: bool = True
+    #: append decisions and events to the tenant's Redis Streams (api/decision_log.py); on
+    #: by default from the environment (SENDWISE_DECISION_LOG), off for an engine built
+    #: directly (tests, benchmarks), whose event loop may end before the appends
+    decision_log: bool = False
+    decision_log_max_len: int = 1_000_000
+    decision_log_retention_days: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -230,4 +236,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             max_events_per_batch=_int(env, "SENDWISE_MAX_EVENTS_PER_BATCH", 1000, minimum=1),
             log_level=env.get("SENDWISE_LOG_LEVEL", "info"),
             log_decisions=_flag(env, "SENDWISE_LOG_DECISIONS", True),
+            decision_log=_flag(env, "SENDWISE_DECISION_LOG", True),
         )
