@@ -329,7 +329,6 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
         try:
             yield
         finally:
-            await app.state.engine.log.drain()
             if owned:
                 await client.aclose()
 

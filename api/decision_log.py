@@ -3,11 +3,15 @@ data (``training/export.py``), so the loop serve -> export -> train -> reload cl
 
 One Redis Stream per (tenant, bucket of users) (``api.keys.log_key``): a tenant's log
 spreads over ``LOG_BUCKETS`` cluster slots instead of pinning one node. Each append trims
-by age (``MINID``, ``log_retention_days``) and length (``MAXLEN`` per bucket, approximate,
-so trimming stays O(1)). Appends run after the answer is decided, off the request's
-critical path (a background task); a failed append is logged and counted, never an error
-for the caller: the log is for learning, the decision already stands. Only new decisions
-are logged (a replay is the same decision) and dry runs never are.
+by age (``MINID``, ``decision_log_retention_days``) and length (``MAXLEN`` per bucket,
+approximate, so trimming stays O(1)), in one script call (``lua/log_append.lua``, one
+slot, so it runs on a cluster as on one Redis). An append is one round trip after the
+commit (a different slot, so it cannot be part of the commit script): the decision is
+already stored when it runs, so a lost append loses a training row, never a reservation.
+A failed append is logged and counted, never an error for the caller. Only new decisions
+are logged (a replay is the same decision) and dry runs never are. Awaited rather than
+spawned: a background task could outlive its event loop (worker shutdown) and its
+connection.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import structlog
 
 from api.keys import log_bucket, log_key
 from api.localtime import utc_to_ms
-from api.redis_client import RedisClient
 from api.schemas import DecisionRequest, DecisionResponse, Event
+from api.store import Store
 
 log = structlog.get_logger("sendwise.log")
 
@@ -28,39 +32,28 @@ DAY_MS = 86_400_000
 
 
 class DecisionLog:
-    def __init__(self, client: RedisClient, *, max_len: int = 1_000_000,
+    def __init__(self, store: Store, *, max_len: int = 1_000_000,
                  retention_days: int = 30, enabled: bool = True) -> None:
-        self.client = client
+        self.store = store
         self.max_len = max_len
         self.retention_ms = retention_days * DAY_MS
         self.enabled = enabled
-        self._pending: set[asyncio.Task[None]] = set()
         self.failures = 0
 
-    def _spawn(self, coro: asyncio.Future[None] | object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def drain(self) -> None:
-        """Wait for the appends under way (tests, shutdown)."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
-
     async def _append(self, key: str, entries: list[dict[str, str]], now: int) -> None:
+        args: list[str | int] = [max(0, now - self.retention_ms), self.max_len]
+        for fields in entries:
+            args.append(len(fields))
+            for name, value in fields.items():
+                args += [name, value]
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for fields in entries:
-                pipe.xadd(key, fields,  # type: ignore[arg-type]
-                          minid=str(max(0, now - self.retention_ms)), approximate=True)
-            pipe.xtrim(key, maxlen=self.max_len, approximate=True)
-            await pipe.execute()
+            await self.store.append_log(key, args)
         except Exception as exc:  # the log must never fail a decision
             self.failures += 1
             log.warning("log_append_failed", error=f"{type(exc).__name__}: {exc}")
 
-    def decision(self, tenant: str, request: DecisionRequest, response: DecisionResponse,
-                 now: int) -> None:
+    async def decision(self, tenant: str, request: DecisionRequest,
+                       response: DecisionResponse, now: int) -> None:
         if not self.enabled or response.replayed or response.dry_run:
             return
         fields = {
@@ -74,10 +67,10 @@ class DecisionLog:
             "model_version": response.model_version or "",
             "features_source": response.features_source or "",
         }
-        self._spawn(self._append(log_key(tenant, log_bucket(request.user_id)), [fields], now))
+        await self._append(log_key(tenant, log_bucket(request.user_id)), [fields], now)
 
-    def events(self, tenant: str, events: Sequence[Event], zones: dict[str, str],
-               now: int) -> None:
+    async def events(self, tenant: str, events: Sequence[Event], zones: dict[str, str],
+                     now: int) -> None:
         """``zones``: the zone each user's profile counted the events in."""
         if not self.enabled:
             return
@@ -90,5 +83,6 @@ class DecisionLog:
                 "event_kind": event.kind or "",
                 "timezone": event.timezone or zones.get(event.user_id, ""),
             })
-        for key, entries in by_key.items():  # one pipeline per bucket
-            self._spawn(self._append(key, entries, now))
+        # one pipeline per bucket, concurrently
+        await asyncio.gather(*(self._append(key, entries, now)
+                               for key, entries in by_key.items()))

@@ -120,7 +120,7 @@ class Engine:
         self.policies = PolicyCache(store)
         self.metrics = metrics or Metrics()
         #: decisions and events for training (``sendwise export``)
-        self.log = DecisionLog(store.client, max_len=settings.decision_log_max_len,
+        self.log = DecisionLog(store, max_len=settings.decision_log_max_len,
                                retention_days=settings.decision_log_retention_days,
                                enabled=settings.decision_log)
         #: the model scoring decisions (the heuristic until one is loaded and vetted)
@@ -247,7 +247,7 @@ class Engine:
             if reply.status == "dup_ledger":
                 return self._replay_from_ledger(ctx, reply.payload, reply.score or now)
             response = render(ctx, decode_outcome(reply.payload))
-            self.log.decision(tenant, request, response, now)
+            await self.log.decision(tenant, request, response, now)
             return response
         raise ConflictError("the recipient's preferences kept changing during the decision; retry",
                        code="concurrent_update")
@@ -280,7 +280,7 @@ class Engine:
 
         zones: dict[str, str] = {}
         updates = await apply_profile_events(self.store, tenant, events, zone_of, zones)
-        self.log.events(tenant, events, zones, self.clock.now_ms())
+        await self.log.events(tenant, events, zones, self.clock.now_ms())
         return EventsAccepted(accepted=len(events), opt_outs=opt_outs,
                               conversions=conversions, profile_updates=updates)
 

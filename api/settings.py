@@ -204,10 +204,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_events_per_batch: int = 1000
     log_level: str = "info"
     log_decisions: bool = True
-    #: append decisions and events to the tenant's Redis Streams (api/decision_log.py); on
-    #: by default from the environment (SENDWISE_DECISION_LOG), off for an engine built
-    #: directly (tests, benchmarks), whose event loop may end before the appends
-    decision_log: bool = False
+    #: append decisions and events to the tenant's Redis Streams (api/decision_log.py)
+    decision_log: bool = True
     decision_log_max_len: int = 1_000_000
     decision_log_retention_days: int = 30
 

@@ -81,6 +81,7 @@ class Store:
         self._merge_clear = client.register_script(_script("merge_clear.lua"))
         self._erase = client.register_script(_script("erase.lua"))
         self._profile_put = client.register_script(_script("profile_put.lua"))
+        self._log_append = client.register_script(_script("log_append.lua"))
 
     async def ping(self) -> bool:
         async with self._gate:
@@ -207,6 +208,11 @@ class Store:
         async with self._gate:
             ok = await self._profile_put(keys=[key], args=[*args, *([marker] if marker else [])])
         return bool(int(ok))
+
+    async def append_log(self, key: str, args: Sequence[str | int]) -> None:
+        """log_append.lua (api/decision_log.py builds ``args``)."""
+        async with self._gate:
+            await self._log_append(keys=[key], args=list(args))
 
     async def delete_key(self, key: str) -> None:
         async with self._gate:
