@@ -64,7 +64,7 @@ from api.app import tenant_of
 from api.body import BodyDecoder
 from api.engine import Engine
 from api.errors import ConflictError, InvalidRequestError
-from api.keys import user_keys
+from api.keys import log_bucket, log_key, user_keys
 from api.localtime import ms_to_utc
 from api.openapi import AUTHENTICATED, errors
 from api.plan import decode_member
@@ -317,6 +317,8 @@ async def erase(store: Store, tenant: str, user_id: str) -> EraseResponse:
         others = [k for k in await store.scan_user(tenant, uid) if k not in fixed]
         counts = await store.erase_user(tenant, uid, others)
         totals = [a + b for a, b in zip(totals, counts, strict=True)]
+        # and the id's entries in the decision log (api/decision_log.py)
+        await store.erase_log_entries(log_key(tenant, log_bucket(uid)), uid)
     return EraseResponse(user_id=user_id, merged_ids=merged_ids, erased=ErasedCounts(
         ledger_entries=totals[0], event_opt_outs=totals[1], preferences=totals[2],
         conversions=totals[3], decisions=totals[4], keys=totals[5]))

@@ -214,6 +214,25 @@ class Store:
         async with self._gate:
             await self._log_append(keys=[key], args=list(args))
 
+    async def erase_log_entries(self, key: str, user_id: str) -> int:
+        """Delete ``user_id``'s entries from one log stream, 1000 entries per step, so a long
+        stream never blocks Redis in one call. Returns how many went."""
+        removed, start = 0, "-"
+        while True:
+            async with self._gate:
+                batch = cast(list[tuple[bytes, dict[bytes, bytes]]], await self.client.xrange(
+                    key, min=start, max="+", count=1000))
+            if start != "-":
+                batch = batch[1:]  # the inclusive start repeats the last entry seen
+            if not batch:
+                return removed
+            mine = [entry_id for entry_id, fields in batch
+                    if fields.get(b"user_id") == user_id.encode()]
+            if mine:
+                async with self._gate:
+                    removed += int(await self.client.xdel(key, *mine))
+            start = batch[-1][0].decode()
+
     async def delete_key(self, key: str) -> None:
         async with self._gate:
             await self.client.delete(key)
