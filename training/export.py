@@ -86,7 +86,11 @@ def export(client: Any, tenant: str, out: Path, *, now_ms: int | None = None) ->
         for c in columns:
             messages[c].append(row[c])
     out.mkdir(parents=True, exist_ok=True)
-    ts = pa.timestamp("ms")
+    # whole seconds: the schema's instants are epoch seconds (``training/schema.py``)
+    ts = pa.timestamp("s")
+    for column in ("sent_at", *OUTCOME_OF.values()):
+        messages[column] = [None if v is None else v // 1000 for v in messages[column]]
+    activity["occurred_at"] = [v // 1000 for v in activity["occurred_at"]]
     message_types = {c: ts for c in ("sent_at", *OUTCOME_OF.values())}
     pq.write_table(pa.table({c: pa.array(v, type=message_types.get(c, pa.float64()
                                                                   if c == "propensity"
