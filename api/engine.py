@@ -56,7 +56,13 @@ from api.schemas import (
     Timeline,
     TimelineEntry,
 )
-from api.scoring import Choice, ModelRefusedError, ModelRegistry, choose
+from api.scoring import (
+    Choice,
+    ModelRefusedError,
+    ModelRegistry,
+    choose,
+    score_without_profile,
+)
 from api.settings import Settings
 from api.store import Store
 from api.userstate import MAX_MERGE_HOPS, UserState, decode_preferences
@@ -307,11 +313,21 @@ class Engine:
         zone = self.locate(request, None, policy).zones[0]
         exempt = request.category in policy.exempt_categories
         at = now if exempt else now + self.settings.fallback_defer_seconds * 1000
+        model = self.models.active
+        try:  # the tenant prior's score: the profile is in the Redis that is down
+            score, score_now = score_without_profile(
+                model, request.channels[0], [at, now], zone_name=zone,
+                category=request.category, now=now)
+            note: tuple[float, float, float] | None = (score, score_now, 1.0)
+        except Exception as exc:  # degrade, do not fail
+            log.error("scoring_failed", error=f"{type(exc).__name__}: {exc}")
+            note = None
         ctx = Context(did=self.ids.decision_id(tenant, request.user_id, request.message_id),
                       mid=request.message_id, uid=request.user_id, pv=policy.version_label,
-                      zone=zone, now=now, fp="", dry=request.dry_run, pre=[])
+                      zone=zone, now=now, fp="", dry=request.dry_run, pre=[],
+                      mv=model.version if note else None, fs="prior" if note else None)
         outcome = Outcome("send" if exempt else "defer", request.channels[0], at,
-                          [(ReasonCode.POLICY_STORE_UNAVAILABLE, "fallback", None, None)])
+                          [(ReasonCode.POLICY_STORE_UNAVAILABLE, "fallback", None, None)], note)
         return render(ctx, outcome)
 
     # ------------------------------------------------------------------ cancel

@@ -242,6 +242,24 @@ def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone
                   source=SOURCE_PROFILE if events + sends > 0 else SOURCE_PRIOR)
 
 
+def score_without_profile(model: ActiveModel, channel: str, instants: list[int], *,
+                          zone_name: str, category: str, now: int) -> list[float]:
+    """P(engagement) of one channel at ``instants`` (ms) for a user whose profile cannot be
+    read (Redis down): the tenant prior alone, so even the fallback answer has a score."""
+    rows = candidate_features(Profile(), now=now // 1000,
+                              channels=np.full(len(instants), model_channel(channel)),
+                              instants=np.asarray(instants, dtype=np.int64) // 1000,
+                              zone_name=zone_name, priors=model.priors, category=category)
+    scorer = model.scorer
+    if scorer is None:
+        p = fallback_scores(rows)
+    elif not scorer.is_ranker:
+        p = np.clip(scorer.score(rows), 0.0, 1.0)
+    else:  # one slot at a time: the calibrated distribution is 1, P is the channel rate
+        p = rows[:, FEATURE_INDEX["ch_rate"]].astype(np.float64)
+    return [round(float(x), 6) for x in p]
+
+
 # ---------------------------------------------------------------------- choice
 
 

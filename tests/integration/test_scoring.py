@@ -100,3 +100,14 @@ async def test_a_failing_model_degrades_to_an_unscored_earliest_decision(
     response = await engine.decide(TENANT, req(message_id="m1"))
     assert response.decision == "send" and response.send_at is not None
     assert response.score is None and response.model_version is None
+
+
+def test_the_redis_down_fallback_still_carries_the_prior_score(engine: Engine) -> None:
+    from api.policy import DEFAULT_POLICY
+
+    answer = engine.fallback(TENANT, req(message_id="m1", category="promotional"),
+                             DEFAULT_POLICY, NOON_NY)
+    assert answer.decision == "defer"
+    assert [r.code for r in answer.reasons] == ["policy_store_unavailable"]
+    assert answer.model_version == "heuristic-v2" and answer.features_source == "prior"
+    assert answer.score is not None and answer.score_now is not None and answer.score > 0
