@@ -11,6 +11,7 @@ import numpy as np
 
 from api.clock import FixedClock
 from api.engine import Engine
+from api.policy import DEFAULT_POLICY
 from api.schemas import Event
 from api.scoring import ActiveModel
 from models.priors import DEFAULT_PRIORS
@@ -103,8 +104,6 @@ async def test_a_failing_model_degrades_to_an_unscored_earliest_decision(
 
 
 def test_the_redis_down_fallback_still_carries_the_prior_score(engine: Engine) -> None:
-    from api.policy import DEFAULT_POLICY
-
     answer = engine.fallback(TENANT, req(message_id="m1", category="promotional"),
                              DEFAULT_POLICY, NOON_NY)
     assert answer.decision == "defer"
