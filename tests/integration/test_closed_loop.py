@@ -50,6 +50,7 @@ async def test_serve_export_train_reload(engine: Engine, set_policy: Callable[..
         counts = export(client, TENANT, tmp_path / "data", now_ms=NOON_NY)
     finally:
         client.close()
+        client.connection_pool.disconnect()
     assert counts["activity"] == len(events)
     result = train(TrainConfig(out=tmp_path / "model",
                                activity=tmp_path / "data" / "activity.parquet",

@@ -57,6 +57,7 @@ async def test_logged_decisions_and_events_export_to_the_training_schema(
             client.disconnect_connection_pools()
         else:
             client.close()
+            client.connection_pool.disconnect()
     assert counts == {"messages": 2, "activity": 42}
     messages = load_messages(tmp_path / "messages.parquet")
     assert len(messages) == 2 and messages.report.rows_rejected == 0
