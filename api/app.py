@@ -36,6 +36,7 @@ from api.errors import (
     InvalidRequestError,
     UnavailableError,
 )
+from api.locale import is_valid_zone
 from api.localtime import utc_to_ms
 from api.metrics import Metrics
 from api.openapi import AUTHENTICATED, document_bodies, document_errors, errors
@@ -232,11 +233,13 @@ async def post_events(request: Request[Any, Any, State]) -> EventsAccepted:
             raise InvalidRequestError("the event is in the future (more than 24 h ahead of the "
                                       "server's clock)", field=f"events[{i}].at",
                                       code="invalid_field")
+        if event.timezone is not None and not is_valid_zone(event.timezone):
+            raise InvalidRequestError(f"unknown IANA time zone {event.timezone!r}",
+                                      field=f"events[{i}].timezone", code="invalid_timezone")
         if event.type == "converted" and not event.campaign_id:
             raise InvalidRequestError("a converted event needs campaign_id",
                                  field=f"events[{i}].campaign_id")
-    opt_outs, conversions = await engine.store.apply_events(tenant, data.events)
-    return EventsAccepted(accepted=len(data.events), opt_outs=opt_outs, conversions=conversions)
+    return await engine.record_events(tenant, data.events)
 
 
 @get("/v1/policy", summary="The tenant's policy document",
@@ -281,8 +284,10 @@ async def reason_codes() -> list[ReasonDoc]:
     return [ReasonDoc(code=str(code), description=text) for code, text in REASON_DOCS.items()]
 
 
-class Health(msgspec.Struct, frozen=True):
+class Health(msgspec.Struct, frozen=True, omit_defaults=True):
     status: Literal["ok", "redis_unreachable"]
+    #: the model scoring decisions in this worker (``/health/ready`` only)
+    model_version: str | None = None
 
 
 @get("/health/live", summary="The process is up")
@@ -298,7 +303,9 @@ async def ready(request: Request[Any, Any, State]) -> Response[Health]:
         ok = await _engine(request).store.ping()
     except STORE_DOWN:
         ok = False
-    return Response(Health("ok" if ok else "redis_unreachable"), status_code=200 if ok else 503)
+    return Response(Health("ok" if ok else "redis_unreachable",
+                           _engine(request).models.active.version),
+                    status_code=200 if ok else 503)
 
 
 @get("/metrics", summary="Prometheus metrics (all workers when served by `sendwise serve`)",
@@ -345,12 +352,13 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from api.lifecycle import LIFECYCLE_BODIES, lifecycle_router  # imports tenant_of from here
+    from api.models_http import MODEL_BODIES, models_router
 
     app = Litestar(
         route_handlers=[create_decision, cancel_decision, get_preferences, put_preferences,
                         get_timeline, post_events, get_policy, put_policy, reason_codes, live,
                         ready, metrics, *docs_handlers(), *ui_handlers(tenant_of), lifecycle_router,
-                        *([trivial] if settings.benchmark_endpoints else [])],
+                        models_router, *([trivial] if settings.benchmark_endpoints else [])],
         lifespan=[lifespan],
         guards=[make_guard(settings.api_keys, limiter, settings.max_body_bytes)],
         exception_handlers={
@@ -370,7 +378,7 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
         debug=False,
     )
     document_bodies(app.plugins.get(OpenAPIPlugin).provide_openapi_schema(),
-                    {**REQUEST_BODIES, **LIFECYCLE_BODIES})
+                    {**REQUEST_BODIES, **LIFECYCLE_BODIES, **MODEL_BODIES})
     document_errors(app.plugins.get(OpenAPIPlugin).provide_openapi_schema())
     # around litestar's whole handler (not as route middleware), so 404s and 405s of unknown
     # routes get a request id and an access line too

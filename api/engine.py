@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.clock import Clock
+from api.decision_log import DecisionLog
 from api.errors import ConflictError, InvalidRequestError, NotFoundError
 from api.ids import IdKey, load_or_create_secret
 from api.locale import (
@@ -29,6 +30,7 @@ from api.localtime import ms_to_utc, utc_to_ms
 from api.metrics import Metrics
 from api.plan import (
     Context,
+    Plan,
     build_plan,
     decode_member,
     encode_context,
@@ -39,18 +41,28 @@ from api.plan import (
 )
 from api.policy import Policy
 from api.policy_cache import PolicyCache
+from api.profiles import apply_profile_events, decode_profile
 from api.reasons import ReasonCode
 from api.render import Outcome, decode_outcome, render, render_record, timeline_entry
 from api.schemas import (
     CancelResponse,
     DecisionRequest,
     DecisionResponse,
+    Event,
+    EventsAccepted,
     Preferences,
     Timeline,
 )
+from api.scoring import (
+    Choice,
+    ModelRefusedError,
+    ModelRegistry,
+    choose,
+    score_without_profile,
+)
 from api.settings import Settings
 from api.store import Store
-from api.userstate import MAX_MERGE_HOPS
+from api.userstate import MAX_MERGE_HOPS, UserState, decode_preferences
 
 log = structlog.get_logger("sendwise.decisions")
 
@@ -100,7 +112,8 @@ def check_location_fields(timezone: str | None, phone: str | None, country: str 
 
 class Engine:
     def __init__(self, store: Store, settings: Settings, clock: Clock,
-                 metrics: Metrics | None = None, ids: IdKey | None = None) -> None:
+                 metrics: Metrics | None = None, ids: IdKey | None = None,
+                 models: ModelRegistry | None = None) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
@@ -109,6 +122,17 @@ class Engine:
             settings.id_key or load_or_create_secret(settings.data_dir), settings.id_keys_previous)
         self.policies = PolicyCache(store)
         self.metrics = metrics or Metrics()
+        #: decisions and events for training (``sendwise export``)
+        self.log = DecisionLog(store, max_len=settings.decision_log_max_len,
+                               retention_days=settings.decision_log_retention_days,
+                               enabled=settings.decision_log)
+        #: the model scoring decisions (the heuristic until one is loaded and vetted)
+        self.models = models if models is not None else ModelRegistry()
+        if models is None and settings.model_dir:
+            try:
+                self.models.load(settings.model_dir)
+            except ModelRefusedError as exc:  # degrade, don't fail: the heuristic serves
+                log.error("model_refused", directory=settings.model_dir, error=str(exc))
 
     # ------------------------------------------------------------- validation
 
@@ -217,21 +241,57 @@ class Engine:
             plan = build_plan(request, policy, state, location, now=now,
                               idempotency_ttl_ms=self.settings.idempotency_ttl_seconds * 1000,
                               candidate_channels=permitted, pre_suppressed=suppressed)
+            choice = self._choose(request, policy, state, plan, location.zones[0], now)
             ctx = Context(did=did, mid=request.message_id, uid=request.user_id,
                           pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
-                          dry=request.dry_run, pre=pre)
+                          dry=request.dry_run, pre=pre, mv=choice.version, fs=choice.source)
             with self.metrics.redis_commit.time():
                 reply = await self.store.commit(tenant, user, request.message_id,
-                                                encode_plan(plan), encode_context(ctx))
+                                                encode_plan(choice.plan, choice.annotations),
+                                                encode_context(ctx))
             if reply.status == "stale":
                 continue
             if reply.status == "dup":
                 return self._replay(reply.payload, fp, request.dry_run)
             if reply.status == "dup_ledger":
                 return self._replay_from_ledger(ctx, reply.payload, reply.score or now)
-            return render(ctx, decode_outcome(reply.payload))
+            response = render(ctx, decode_outcome(reply.payload))
+            await self.log.decision(tenant, request, response, now)
+            return response
         raise ConflictError("the recipient's preferences kept changing during the decision; retry",
                        code="concurrent_update")
+
+    def _choose(self, request: DecisionRequest, policy: Policy, state: UserState, plan: Plan,
+                zone: str, now: int) -> Choice:
+        """Score and rank the plan's candidates (api/scoring.py). A scoring failure never
+        fails the decision: the plan goes unscored, its earliest allowed instant wins."""
+        try:
+            return choose(self.models.active, plan, decode_profile(state.profile),
+                          zone_name=zone, category=request.category,
+                          message_id=request.message_id,
+                          exempt=request.category in policy.exempt_categories,
+                          policy=policy, now=now)
+        except Exception as exc:  # degrade, do not fail
+            log.error("scoring_failed", error=f"{type(exc).__name__}: {exc}")
+            return Choice(plan, [], None, None)
+
+    async def record_events(self, tenant: str, events: list[Event]) -> EventsAccepted:
+        """Opt-outs and conversions (decision state), then the send-time profiles."""
+        opt_outs, conversions = await self.store.apply_events(tenant, events)
+        policy = await self.policies.get(tenant)
+
+        def zone_of(fields: dict[bytes, bytes]) -> str:
+            try:
+                prefs = decode_preferences(fields.get(b"doc"))
+                return self.locate(None, prefs, policy).zones[0]
+            except (InvalidRequestError, ValueError):
+                return policy.default_timezone
+
+        zones: dict[str, str] = {}
+        updates = await apply_profile_events(self.store, tenant, events, zone_of, zones)
+        await self.log.events(tenant, events, zones, self.clock.now_ms())
+        return EventsAccepted(accepted=len(events), opt_outs=opt_outs,
+                              conversions=conversions, profile_updates=updates)
 
     def _replay(self, record: bytes, fp: str, dry_run: bool) -> DecisionResponse:
         ctx, response = render_record(record)
@@ -256,11 +316,21 @@ class Engine:
         zone = self.locate(request, None, policy).zones[0]
         exempt = request.category in policy.exempt_categories
         at = now if exempt else now + self.settings.fallback_defer_seconds * 1000
+        model = self.models.active
+        try:  # the tenant prior's score: the profile is in the Redis that is down
+            score, score_now = score_without_profile(
+                model, request.channels[0], [at, now], zone_name=zone,
+                category=request.category, now=now)
+            note: tuple[float, float, float] | None = (score, score_now, 1.0)
+        except Exception as exc:  # degrade, do not fail
+            log.error("scoring_failed", error=f"{type(exc).__name__}: {exc}")
+            note = None
         ctx = Context(did=self.ids.decision_id(tenant, request.user_id, request.message_id),
                       mid=request.message_id, uid=request.user_id, pv=policy.version_label,
-                      zone=zone, now=now, fp="", dry=request.dry_run, pre=[])
+                      zone=zone, now=now, fp="", dry=request.dry_run, pre=[],
+                      mv=model.version if note else None, fs="prior" if note else None)
         outcome = Outcome("send" if exempt else "defer", request.channels[0], at,
-                          [(ReasonCode.POLICY_STORE_UNAVAILABLE, "fallback", None, None)])
+                          [(ReasonCode.POLICY_STORE_UNAVAILABLE, "fallback", None, None)], note)
         return render(ctx, outcome)
 
     async def probe(self, tenant: str, request: DecisionRequest) -> DecisionResponse:

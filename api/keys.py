@@ -12,7 +12,12 @@ or make two (tenant, user) pairs share one.
                                   merged_from:<user id> (ms: when that id was merged in)
     sw:{t:u}:conv          HASH  campaign_id -> converted-at (ms)
     sw:{t:u}:m:<message>   STR   idempotency record: context JSON + "\n" + outcome JSON
+    sw:{t:u}:profile       HASH  p (models.profile.Profile bytes), rev (int, bumped by every
+                                  write), seen / eng (recent event and engaged-message
+                                  fingerprints, 8 bytes each: api/profiles.py)
     sw:policy:{t}          STR   the tenant's policy document (JSON, with its version)
+    sw:log:{t:b}           STREAM the decision and event log of bucket b (0..LOG_BUCKETS-1)
+                                  of the tenant's users (api/decision_log.py)
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class UserKeys(NamedTuple):
     record_prefix: str
     #: SCAN MATCH pattern of every key of this user, whatever its kind (erasure, export)
     pattern: str
+    #: the send-time profile the model's features are computed from (api/profiles.py)
+    profile: str
 
     def record(self, message_id: str) -> str:
         return self.record_prefix + message_id
@@ -50,12 +57,27 @@ class UserKeys(NamedTuple):
 def user_keys(tenant: str, user_id: str) -> UserKeys:
     base = f"{PREFIX}:{{{_escape(tenant)}:{_escape(user_id)}}}:"
     return UserKeys(base + "ledger", base + "prefs", base + "conv", base + "m:",
-                    _glob_escape(base) + "*")
+                    _glob_escape(base) + "*", base + "profile")
 
 
 def _glob_escape(text: str) -> str:
     """Redis glob patterns treat ``*?[]\\`` as special: ids may contain them."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+#: a tenant's log is sharded by user so one busy tenant spreads over LOG_BUCKETS cluster
+#: slots instead of one
+LOG_BUCKETS = 16
+
+
+def log_bucket(user_id: str) -> int:
+    import zlib
+
+    return zlib.crc32(user_id.encode()) % LOG_BUCKETS
+
+
+def log_key(tenant: str, bucket: int) -> str:
+    return f"{PREFIX}:log:{{{_escape(tenant)}:{bucket}}}"
 
 
 def policy_key(tenant: str) -> str:

@@ -64,10 +64,11 @@ from api.app import tenant_of
 from api.body import BodyDecoder
 from api.engine import Engine
 from api.errors import ConflictError, InvalidRequestError
-from api.keys import user_keys
+from api.keys import log_bucket, log_key, user_keys
 from api.localtime import ms_to_utc
 from api.openapi import AUTHENTICATED, errors
 from api.plan import decode_member
+from api.profiles import export_profile, merge_profiles
 from api.render import render_record, timeline_entry
 from api.schemas import (
     CHANNELS,
@@ -249,6 +250,7 @@ async def merge(store: Store, tenant: str, source: str, target: str, now: int) -
     dump = await snapshot(store, tenant, source)
     moved = await _apply(store, tenant, dump, source, into, now, marked=marked,
                          undo_mark=created)
+    await merge_profiles(store, tenant, source, into)
     for earlier in dump.merged_from:  # ids merged into the source point at the person now
         await store.repoint_merged(tenant, earlier, source, into)
     await clear(store, tenant, source, marked, dump)
@@ -313,6 +315,8 @@ async def erase(store: Store, tenant: str, user_id: str) -> EraseResponse:
         others = [k for k in await store.scan_user(tenant, uid) if k not in fixed]
         counts = await store.erase_user(tenant, uid, others)
         totals = [a + b for a, b in zip(totals, counts, strict=True)]
+        # and the id's entries in the decision log (api/decision_log.py)
+        await store.erase_log_entries(log_key(tenant, log_bucket(uid)), uid)
     return EraseResponse(user_id=user_id, merged_ids=merged_ids, erased=ErasedCounts(
         ledger_entries=totals[0], event_opt_outs=totals[1], preferences=totals[2],
         conversions=totals[3], decisions=totals[4], keys=totals[5]))
@@ -406,8 +410,10 @@ async def export_user(request: Request[Any, Any, State], user_id: FromPath[str])
     dump = await snapshot(engine.store, tenant, user_id)
     policy = await engine.policies.get(tenant)
     zone = engine.locate(None, dump.preferences, policy).zones[0]
-    return render_export(dump, user_id, zone, engine.clock.now_ms(),
-                         lambda mid: engine.ids.decision_id(tenant, user_id, mid))
+    export = render_export(dump, user_id, zone, engine.clock.now_ms(),
+                           lambda mid: engine.ids.decision_id(tenant, user_id, mid))
+    fields = await engine.store.profile_fields(user_keys(tenant, user_id).profile)
+    return msgspec.structs.replace(export, profile=export_profile(fields.get(b"p")))
 
 
 #: the admin routes; create_app registers the router (a guard can be attached to it)

@@ -50,6 +50,11 @@ class Candidate(msgspec.Struct, frozen=True):
     b: int
     #: indices (0-based) into Plan.blocks: the time rules that apply on this channel
     pb: list[int]
+    #: 1: a scored slot [a, a + 1) of mode "ranked" (api/scoring.py), 0: a channel window
+    s: int = 0
+    #: [code, rule] cited when this slot is reserved later than now (a better send time,
+    #: exploration); empty for none
+    why: list[str] = []
 
 
 class CompiledCap(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,6 +129,10 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     fp: str
     dry: bool
     pre: list[PreReason]
+    #: the model version that scored the candidates and where their features came from
+    #: ("profile" / "prior"); None in records written before scoring existed
+    mv: str | None = None
+    fs: str | None = None
 
 
 _json = msgspec.json.Encoder()
@@ -368,13 +377,15 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
     )
 
 
-def encode_plan(plan: Plan) -> list[bytes]:
+def encode_plan(plan: Plan, annotations: Sequence[bytes] = ()) -> list[bytes]:
     """The commit script's arguments after the context: the plan as MessagePack (Redis'
     Lua decodes it several times faster than JSON: no decimal number parsing), then the
-    member prefix, then one ledger member per candidate, as raw strings."""
+    member prefix, then one ledger member per candidate, as raw strings, then optionally
+    one JSON annotation per candidate (``[score, score_now, propensity]``, copied into the
+    outcome of the candidate reserved)."""
     core = msgspec.structs.asdict(plan)
     mid, members = core.pop("mid"), core.pop("members")
-    return [_pack.encode(core), mid, *members]
+    return [_pack.encode(core), mid, *members, *annotations]
 
 
 def encode_context(ctx: Context) -> bytes:

@@ -93,6 +93,39 @@ def _default_conflicts() -> list[ConflictGroup]:
     return [ConflictGroup(group="*", window_minutes=DEFAULT_CONFLICT_WINDOW_MINUTES)]
 
 
+def _default_values() -> dict[Channel, float]:
+    return {"email": 1.0, "push": 1.0, "web_push": 1.0, "sms": 1.0, "whatsapp": 1.0,
+            "in_app": 1.0}
+
+
+def _default_costs() -> dict[Channel, float]:
+    """Paid channels cost a little, so equal engagement prefers the free ones."""
+    return {"email": 0.0, "push": 0.0, "web_push": 0.0, "sms": 0.005, "whatsapp": 0.005,
+            "in_app": 0.0}
+
+
+class SendTimeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the model's scores choose the channel and the instant (``docs/model.md``,
+    "Serving"). A candidate's expected value is ``P(engagement) * value[channel] -
+    cost[channel]``, in the tenant's own unit (values 1 and costs 0 rank by probability)."""
+
+    #: how far past ``not_before`` (or now) candidates are scored when there is no earlier
+    #: deadline: "now" plus every local hour start up to it
+    horizon_minutes: Annotated[int, Meta(ge=60, le=10_080)] = 24 * 60
+    #: a later slot wins only if its expected value beats sending now by this share
+    margin: Annotated[float, Meta(ge=0.0, le=10.0)] = 0.1
+    #: users with fewer profile events keep the earliest allowed instant (their score is
+    #: the tenant prior, which says nothing about this user; 0 lets the prior move them)
+    min_history_events: Annotated[int, Meta(ge=0, le=1_000_000)] = 1
+    channel_values: dict[Channel, Annotated[float, Meta(ge=0.0, le=1e6)]] = msgspec.field(
+        default_factory=_default_values)
+    channel_costs: dict[Channel, Annotated[float, Meta(ge=0.0, le=1e6)]] = msgspec.field(
+        default_factory=_default_costs)
+    #: share of promotional decisions that take a random allowed slot (deterministic per
+    #: message), so logs keep showing what other hours would have done
+    exploration_rate: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.05
+
+
 class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A tenant's rules. ``version`` is assigned by the server on every accepted PUT; a PUT
     that carries one must match the current version (optimistic concurrency)."""
@@ -115,6 +148,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_defer_minutes: Annotated[int, Meta(ge=1, le=43_200)] = 7 * 24 * 60
     #: how long a `converted` event suppresses further messages of its campaign
     converted_suppression_days: Annotated[int, Meta(ge=0, le=365)] = 30
+    send_time: SendTimeSettings = msgspec.field(default_factory=SendTimeSettings)
 
     @property
     def version_label(self) -> str:

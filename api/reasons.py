@@ -27,6 +27,8 @@ class ReasonCode(StrEnum):
     MAX_DEFER_EXCEEDED = "max_defer_exceeded"
     NO_CHANNEL_AVAILABLE = "no_channel_available"
     POLICY_STORE_UNAVAILABLE = "policy_store_unavailable"
+    BETTER_SEND_TIME = "better_send_time"
+    EXPLORATION = "exploration"
 
 
 REASON_DOCS: dict[ReasonCode, str] = {
@@ -59,4 +61,10 @@ REASON_DOCS: dict[ReasonCode, str] = {
     ReasonCode.NO_CHANNEL_AVAILABLE: "None of the requested channels is permitted.",
     ReasonCode.POLICY_STORE_UNAVAILABLE: "Redis could not be reached; this is the documented "
     "fallback decision (transactional: send, others: defer), nothing was reserved.",
+    ReasonCode.BETTER_SEND_TIME: "The model (or the heuristic, see `model_version`) expects "
+    "more engagement at the chosen later slot than now, by more than the policy's "
+    "`send_time.margin`; `rule` names the model version.",
+    ReasonCode.EXPLORATION: "This message was picked for exploration (policy "
+    "`send_time.exploration_rate`): a random allowed slot, so the logs keep showing how "
+    "other hours do; `propensity` is the chance it had.",
 }

@@ -20,6 +20,8 @@ class Outcome(msgspec.Struct, frozen=True):
     ch: str | None
     t: int | None
     r: list[tuple[str, str, int | None, str | None]]
+    #: the reserved candidate's [score, score now, propensity] (api/scoring.py)
+    s: tuple[float, float, float] | None = None
 
 
 _context_decoder = msgspec.json.Decoder(Context)
@@ -54,6 +56,11 @@ def render(ctx: Context, outcome: Outcome, *, replayed: bool = False,
         reasons=reasons,
         policy_version=ctx.pv,
         decided_at=utc(ctx.now),
+        score=None if outcome.s is None else outcome.s[0],
+        score_now=None if outcome.s is None else outcome.s[1],
+        propensity=None if outcome.s is None else outcome.s[2],
+        model_version=ctx.mv,
+        features_source=ctx.fs,
         dry_run=ctx.dry,
         replayed=replayed,
         cancelled_at=None if cancelled_at is None else utc(cancelled_at),

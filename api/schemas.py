@@ -73,8 +73,15 @@ class DecisionResponse(msgspec.Struct, frozen=True, kw_only=True):
     reasons: list[Reason]
     policy_version: str
     decided_at: dt.datetime
+    #: P(engagement) of the reserved slot, by ``model_version`` (a LightGBM model's sha256
+    #: prefix, or ``heuristic-v2``); ``score_now``: the same channel sent at once
     score: float | None = None
+    score_now: float | None = None
     model_version: str | None = None
+    #: "profile" (the user's event history) or "prior" (no history: the tenant's priors)
+    features_source: str | None = None
+    #: probability the decision policy had of choosing this slot (exploration included)
+    propensity: float | None = None
     dry_run: bool = False
     replayed: bool = False
     cancelled_at: dt.datetime | None = None
@@ -138,7 +145,8 @@ class StoredPreferences(msgspec.Struct, frozen=True, kw_only=True):
 # --------------------------------------------------------------------- events
 
 EventType = Literal[
-    "delivered", "opened", "clicked", "converted", "unsubscribed", "bounced", "complained"
+    "delivered", "opened", "clicked", "converted", "unsubscribed", "bounced", "complained",
+    "activity",
 ]
 
 
@@ -149,6 +157,12 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     message_id: Id | None = None
     campaign_id: Id | None = None
     channel: Channel | None = None
+    #: ``activity`` only: what the sign of life was (session, visit, purchase...); kept for
+    #: the logs, the profile counts every kind the same way (``docs/model.md``)
+    kind: Name | None = None
+    #: IANA zone the event's local hour is counted in (the profile's hour-of-week);
+    #: default: the user's stored time zone, else the tenant's default
+    timezone: ZoneName | None = None
 
 
 class EventBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -159,6 +173,9 @@ class EventsAccepted(msgspec.Struct, frozen=True, kw_only=True):
     accepted: int
     opt_outs: int
     conversions: int
+    #: events that changed a send-time profile (duplicates and events without a timing
+    #: signal do not)
+    profile_updates: int = 0
 
 
 # ------------------------------------------------------------------- timeline
@@ -237,6 +254,22 @@ class EraseResponse(msgspec.Struct, frozen=True, kw_only=True):
     erased: ErasedCounts
 
 
+class ProfileExport(msgspec.Struct, frozen=True, kw_only=True):
+    """The send-time profile kept for the user (``docs/model.md``): counts of activity and
+    engagements by local hour-of-week (168, Monday 00h first), the decayed counters
+    (168 hours, then sends and engagements per model channel) as of ``decayed_as_of``."""
+
+    events: int
+    counts_by_local_hour_of_week: list[int]
+    decayed_as_of: dt.datetime | None
+    decayed: list[float]
+    first_seen: dt.datetime | None
+    last_active: dt.datetime | None
+    last_send: dict[str, dt.datetime | None]
+    last_engagement: dict[str, dt.datetime | None]
+    recent_sends: list[tuple[dt.datetime | None, str]]
+
+
 class UserExport(msgspec.Struct, frozen=True, kw_only=True):
     """``GET /v1/users/{user_id}/export``: everything stored about one user id."""
 
@@ -253,3 +286,5 @@ class UserExport(msgspec.Struct, frozen=True, kw_only=True):
     ledger: list[TimelineEntry]
     #: every idempotency record, rendered as the decision answer it replays
     decisions: list[DecisionResponse]
+    #: the send-time profile built from the user's events (None: no events yet)
+    profile: ProfileExport | None = None

@@ -206,6 +206,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_decisions: bool = True
     #: serve ``POST /v1/_trivial`` (the benchmarks' yardstick); off in production
     benchmark_endpoints: bool = False
+    #: append decisions and events to the tenant's Redis Streams (api/decision_log.py)
+    decision_log: bool = True
+    decision_log_max_len: int = 1_000_000
+    decision_log_retention_days: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -233,4 +237,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             log_level=env.get("SENDWISE_LOG_LEVEL", "info"),
             log_decisions=_flag(env, "SENDWISE_LOG_DECISIONS", True),
             benchmark_endpoints=_flag(env, "SENDWISE_BENCHMARK_ENDPOINTS", False),
+            decision_log=_flag(env, "SENDWISE_DECISION_LOG", True),
         )

@@ -80,6 +80,8 @@ class Store:
         self._merge_apply = client.register_script(_script("merge_apply.lua"))
         self._merge_clear = client.register_script(_script("merge_clear.lua"))
         self._erase = client.register_script(_script("erase.lua"))
+        self._profile_put = client.register_script(_script("profile_put.lua"))
+        self._log_append = client.register_script(_script("log_append.lua"))
 
     async def ping(self) -> bool:
         async with self._gate:
@@ -91,8 +93,9 @@ class Store:
                         campaign_id: str | None) -> UserState:
         keys = user_keys(tenant, user_id)
         async with self._gate:
-            reply = await self._read(keys=[keys.prefs, keys.record(message_id), keys.conv],
-                                     args=[campaign_id or ""])
+            reply = await self._read(
+                keys=[keys.prefs, keys.record(message_id), keys.conv, keys.profile],
+                args=[campaign_id or ""])
         return parse_read_reply(reply)
 
     async def commit(self, tenant: str, user_id: str, message_id: str, plan: Sequence[bytes],
@@ -191,6 +194,48 @@ class Store:
         if isinstance(reply, list) and hops < MAX_MERGE_HOPS:
             # merged into another id: an opt-out sent for the old id binds the person
             await self._apply_user_events(tenant, cast(bytes, reply[1]).decode(), ops, hops + 1)
+
+    async def profile_fields(self, key: str) -> dict[bytes, bytes]:
+        """The send-time profile hash (``key`` from ``api.keys``; api/profiles.py)."""
+        async with self._gate:
+            fields = await self.client.hgetall(key)
+        return cast(dict[bytes, bytes], fields)
+
+    async def put_profile(self, key: str, expected_rev: str, profile: bytes, seen: bytes,
+                          engaged: bytes, ttl_ms: int, marker: str | None = None) -> bool:
+        """profile_put.lua: write unless the revision moved since the read."""
+        args: list[bytes | str | int] = [expected_rev, profile, seen, engaged, ttl_ms]
+        async with self._gate:
+            ok = await self._profile_put(keys=[key], args=[*args, *([marker] if marker else [])])
+        return bool(int(ok))
+
+    async def append_log(self, key: str, args: Sequence[str | int]) -> None:
+        """log_append.lua (api/decision_log.py builds ``args``)."""
+        async with self._gate:
+            await self._log_append(keys=[key], args=list(args))
+
+    async def erase_log_entries(self, key: str, user_id: str) -> int:
+        """Delete ``user_id``'s entries from one log stream, 1000 entries per step, so a long
+        stream never blocks Redis in one call. Returns how many went."""
+        removed, start = 0, "-"
+        while True:
+            async with self._gate:
+                batch = cast(list[tuple[bytes, dict[bytes, bytes]]], await self.client.xrange(
+                    key, min=start, max="+", count=1000))
+            if start != "-":
+                batch = batch[1:]  # the inclusive start repeats the last entry seen
+            if not batch:
+                return removed
+            mine = [entry_id for entry_id, fields in batch
+                    if fields.get(b"user_id") == user_id.encode()]
+            if mine:
+                async with self._gate:
+                    removed += int(await self.client.xdel(key, *mine))
+            start = batch[-1][0].decode()
+
+    async def delete_key(self, key: str) -> None:
+        async with self._gate:
+            await self.client.delete(key)
 
     # ------------------------------------------------------------------ policy
 

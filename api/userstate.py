@@ -22,6 +22,8 @@ class UserState(msgspec.Struct, frozen=True, kw_only=True):
     converted_at: int | None
     #: set when this user id was merged into another: decisions follow it there
     moved_into: str | None = None
+    #: the serialised send-time profile (``models.profile.Profile``), None without history
+    profile: bytes | None = None
 
 
 def decode_preferences(raw: bytes | None) -> Preferences:
@@ -35,7 +37,8 @@ def decode_preferences(raw: bytes | None) -> Preferences:
 
 
 def parse_read_reply(reply: list[object]) -> UserState:
-    flat, record, conv = reply
+    flat, record, conv = reply[:3]
+    profile = reply[3] if len(reply) > 3 else None
     if not isinstance(flat, list):  # pragma: no cover - protocol violation
         raise TypeError("read.lua must return the prefs hash as a list")
     fields: dict[bytes, bytes] = dict(zip(flat[::2], flat[1::2], strict=True))
@@ -50,4 +53,5 @@ def parse_read_reply(reply: list[object]) -> UserState:
         record=record if isinstance(record, bytes) else None,
         converted_at=int(conv) if isinstance(conv, bytes | str) else None,
         moved_into=fields[b"moved_into"].decode() if b"moved_into" in fields else None,
+        profile=profile if isinstance(profile, bytes) else None,
     )

@@ -6,7 +6,8 @@ embedded redis-server with the real clock, then replays the same sequence as
 ``Engine._decide`` step by step with a timer around each piece:
 
     validate -> read round trip (Store.read_user) -> locate + pre_checks
-    -> build_plan -> encode plan/context -> commit round trip (Store.commit)
+    -> build_plan -> score (api/scoring.py) -> encode plan/context
+    -> commit round trip (Store.commit)
     -> render (decode outcome + DecisionResponse) -> JSON encode (what litestar does)
 
 Sequential timings are per-decision service times (no queueing). A final concurrent run
@@ -54,8 +55,8 @@ from api.store import Store
 from loadtests.population import RequestFactory, policy_document, preferences, user_id
 
 TENANT = "bench"
-STEPS = ("validate", "read_user", "locate+pre_checks", "build_plan", "encode", "commit",
-         "render", "json_encode")
+STEPS = ("validate", "read_user", "locate+pre_checks", "build_plan", "score", "encode",
+         "commit", "render", "json_encode")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -69,9 +70,11 @@ def cpu() -> float:
 
 
 class Bench:
-    def __init__(self, client: aioredis.Redis, users: int) -> None:
+    def __init__(self, client: aioredis.Redis, users: int, model: str | None = None) -> None:
         self.settings = Settings(redis_url="unused", log_decisions=False)
         self.engine = Engine(Store(client), self.settings, SystemClock())
+        if model:  # forced: the benchmark measures cost, not whether the model is good
+            self.engine.models.load(model, force=True)
         self.users = users
         self.factory = RequestFactory(users, prefix=f"e{time.time_ns()}", seed=3)
         self.json = msgspec.json.Encoder()
@@ -120,17 +123,20 @@ class Bench:
             state = await store.read_user(TENANT, request.user_id, request.message_id,
                                           request.campaign_id)
             t2 = clock()
-            location = engine.locate(request, state, policy)
+            location = engine.locate(request, state.preferences, policy)
             permitted, pre, suppressed = pre_checks(request, policy, state, now)
             t3 = clock()
             plan = build_plan(request, policy, state, location, now=now,
                               idempotency_ttl_ms=settings.idempotency_ttl_seconds * 1000,
                               candidate_channels=permitted, pre_suppressed=suppressed)
             t4 = clock()
+            choice = engine._choose(request, policy, state, plan, location.zones[0], now)
+            t4b = clock()
             ctx = Context(did=did, mid=request.message_id, uid=request.user_id,
                           pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
-                          dry=request.dry_run, pre=pre)
-            plan_bytes, ctx_bytes = encode_plan(plan), encode_context(ctx)
+                          dry=request.dry_run, pre=pre, mv=choice.version, fs=choice.source)
+            plan_bytes = encode_plan(choice.plan, choice.annotations)
+            ctx_bytes = encode_context(ctx)
             t5 = clock()
             reply = await store.commit(TENANT, request.user_id, request.message_id,
                                        plan_bytes, ctx_bytes)
@@ -141,7 +147,7 @@ class Bench:
             t7 = clock()
             self.json.encode(response)
             t8 = clock()
-            marks = (t0, t1, t2, t3, t4, t5, t6, t7, t8)
+            marks = (t0, t1, t2, t3, t4, t4b, t5, t6, t7, t8)
             for name, (a, b) in zip(STEPS, itertools.pairwise(marks), strict=True):
                 steps[name].append((b - a) / 1000)
             steps["total"].append((t8 - t0) / 1000)
@@ -207,7 +213,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
     client = make_redis(Settings(redis_url=url, redis_max_connections=max(64, args.concurrency),
                                  redis_timeout_seconds=5.0))
     try:
-        bench = Bench(client, args.users)
+        bench = Bench(client, args.users, args.model)
+        print(f"scoring with {bench.engine.models.active.version}")
         t0 = time.perf_counter()
         await bench.seed()
         print(f"seeded policy + {args.users:,} recipients in {time.perf_counter() - t0:.1f} s")
@@ -264,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decisions", type=int, default=5000, help="decisions per measurement")
     parser.add_argument("--users", type=int, default=2000, help="recipient population")
     parser.add_argument("--concurrency", type=int, default=64, help="tasks in the concurrent run")
+    parser.add_argument("--model", help="model artifact scoring the decisions (default: the "
+                        "heuristic); forced even if it did not pass its champion gate")
     args = parser.parse_args(argv)
     if not 100 <= args.decisions <= 200_000 or args.users < 1 or not 1 <= args.concurrency <= 1024:
         parser.error("--decisions 100..200000, --users >= 1, --concurrency 1..1024")

@@ -182,6 +182,32 @@ class Profile:
             self.recent_at = self.recent_at[order]
             self.recent_channel = self.recent_channel[order]
 
+    def absorb(self, other: Profile) -> None:
+        """Fold ``other``'s events into this profile, as if they had been recorded here
+        (two ids of one person merged). Counts add; decayed counters are brought to the
+        later ``ref`` and added, which is the same sum ``profile_from_events`` computes
+        over both event sets; last instants take the maximum, ``first_seen`` the minimum,
+        and the recent sends keep the ``RECENT_SENDS`` latest of both."""
+        if other.ref == 0 and other.first_seen == 0 and not other.recent_at.any():
+            return
+        ref = max(self.ref, other.ref)
+        mine = self.decayed.astype(np.float64) * (decay(ref - self.ref) if self.ref else 0.0)
+        theirs = other.decayed.astype(np.float64) * (decay(ref - other.ref) if other.ref
+                                                     else 0.0)
+        self.decayed = (mine + theirs).astype(np.float32)
+        self.ref = ref
+        self.counts = (self.counts.astype(np.float64) + other.counts).astype(np.float32)
+        firsts = [x for x in (self.first_seen, other.first_seen) if x]
+        self.first_seen = min(firsts) if firsts else 0
+        self.last_send = np.maximum(self.last_send, other.last_send)
+        self.last_engagement = np.maximum(self.last_engagement, other.last_engagement)
+        self.last_active = max(self.last_active, other.last_active)
+        at = np.concatenate([self.recent_at, other.recent_at])
+        channel = np.concatenate([self.recent_channel, other.recent_channel])
+        order = np.lexsort((channel, at))[-RECENT_SENDS:]
+        self.recent_at = at[order].astype(np.int64)
+        self.recent_channel = channel[order].astype(np.int8)
+
     # -- storage ---------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """Fixed-size little-endian record (``SERIALIZED_SIZE`` bytes) for Redis."""

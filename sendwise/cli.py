@@ -60,9 +60,18 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--insecure-no-auth", action="store_true",
                        help="allow a non-loopback --host without API keys (SENDWISE_API_KEYS): "
                             "every client can then act as any tenant")
+    serve.add_argument("--model", metavar="DIR",
+                       help="model artifact scoring decisions (sets SENDWISE_MODEL_DIR for "
+                            "every worker); refused unless it passed its champion gate, and "
+                            "then the heuristic scores")
 
     def run(args: argparse.Namespace) -> int:
+        import os
+
         from api.serve import serve as run_serve
+
+        if args.model:
+            os.environ["SENDWISE_MODEL_DIR"] = str(args.model)
 
         return run_serve(host=args.host, port=args.port, workers=args.workers,
                          insecure_no_auth=args.insecure_no_auth)

@@ -48,6 +48,25 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import os
+
+    import redis
+
+    from training.export import export
+
+    url = args.redis_url or os.environ.get("REDIS_URL")
+    if not url:
+        print("sendwise export: give --redis-url or set REDIS_URL", file=sys.stderr)
+        return 2
+    client = (redis.RedisCluster.from_url(url) if args.cluster
+              else redis.Redis.from_url(url))
+    counts = export(client, args.tenant, Path(args.out))
+    print(f"wrote {counts['messages']} messages and {counts['activity']} activity rows "
+          f"to {args.out}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from training.fit import FitConfig
     from training.pipeline import TrainConfig, summary_text, train
@@ -213,3 +232,13 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rk.add_argument("--top", type=int, default=5, help="slots listed per user")
     rk.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     rk.set_defaults(func=_rank)
+
+    ex = sub.add_parser("export", help="the API's decision and event log as training input "
+                        "(messages.parquet + activity.parquet)", formatter_class=fmt)
+    ex.add_argument("--tenant", required=True)
+    ex.add_argument("--out", required=True, help="directory to write (then `sendwise train "
+                    "--data DIR`)")
+    ex.add_argument("--redis-url", default=None,
+                    help="the API's Redis (default: $REDIS_URL)")
+    ex.add_argument("--cluster", action="store_true", help="REDIS_URL is a Redis Cluster")
+    ex.set_defaults(func=_export)

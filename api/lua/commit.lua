@@ -3,7 +3,14 @@
 --
 -- KEYS[1] ledger zset, KEYS[2] idempotency record, KEYS[3] prefs hash
 -- ARGV[1] plan (MessagePack, built by api/plan.py), ARGV[2] context JSON (stored verbatim),
--- ARGV[3] prefix of this message's ledger members, ARGV[3 + i] member of candidate i
+-- ARGV[3] prefix of this message's ledger members, ARGV[3 + i] member of candidate i,
+-- ARGV[3 + #cands + i] (optional) JSON annotation of candidate i, copied as "s" into the
+-- outcome of the candidate reserved (score, score now, propensity: api/scoring.py)
+--
+-- Modes: 'earliest' reserves the earliest free instant over all candidates; 'first' the
+-- first candidate with a free instant; 'ranked' the first scored slot (cand.s == 1, in
+-- the order given: best expected value first) that is free, else the earliest free
+-- instant of the remaining (window) candidates.
 --
 -- Returns {'new', outcome_json} | {'dup', record} | {'dup_ledger', member, score}
 --       | {'stale', current_rev}
@@ -200,6 +207,7 @@ for i, cand in ipairs(plan.cands) do
   evaluated[i] = {cand = cand, rules = rules, t = t}
   if t ~= nil then
     if plan.mode == 'first' then chosen = i break end
+    if plan.mode == 'ranked' and cand.s == 1 then chosen = i break end
     if chosen == nil or t < evaluated[chosen].t then chosen = i end
   end
 end
@@ -220,6 +228,10 @@ if chosen then
     end
   end
   chain(ev.rules, ev.cand.a, out_t, out_ch, reasons, seen)
+  local why = ev.cand.why
+  if why ~= nil and #why == 2 and out_t > now then
+    reasons[#reasons + 1] = {why[1], why[2], nil, out_ch}
+  end
 else
   decision = 'suppress'
   for _, ev in ipairs(evaluated) do
@@ -236,7 +248,10 @@ for i, r in ipairs(reasons) do
     .. (r[3] and fmt(r[3]) or 'null') .. ',' .. (r[4] and cjson.encode(r[4]) or 'null') .. ']'
 end
 local out = '{"d":"' .. decision .. '","ch":' .. (out_ch and cjson.encode(out_ch) or 'null')
-  .. ',"t":' .. (out_t and fmt(out_t) or 'null') .. ',"r":[' .. table.concat(parts, ',') .. ']}'
+  .. ',"t":' .. (out_t and fmt(out_t) or 'null') .. ',"r":[' .. table.concat(parts, ',') .. ']'
+local note = chosen and ARGV[3 + #plan.cands + chosen]
+if note then out = out .. ',"s":' .. note end
+out = out .. '}'
 
 -- 7. write: the reservation, the trim, the TTLs, the idempotency record
 if plan.dry == 0 then

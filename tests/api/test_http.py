@@ -132,7 +132,7 @@ async def test_events_batch_is_validated_whole(client: Client,
     events[1]["campaign_id"] = "c1"
     r = await client.post("/v1/events", json={"events": events})
     assert r.status_code == 202
-    assert r.json() == {"accepted": 2, "opt_outs": 1, "conversions": 1}
+    assert r.json() == {"accepted": 2, "opt_outs": 1, "conversions": 1, "profile_updates": 0}
     d = (await client.post("/v1/decisions", json=body())).json()
     assert d["decision"] == "suppress" and d["reasons"][0]["code"] == "no_consent"
     bad = await client.post("/v1/events", json={"events": [{"type": "teleported",

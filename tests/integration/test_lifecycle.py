@@ -167,7 +167,12 @@ async def test_ids_with_glob_characters_erase_only_themselves(
         assert await _keys_of(redis_client, user) == []
     for user in ["ab", "a"]:
         assert len(await _keys_of(redis_client, user)) == 2  # ledger and record remain
-    assert len([k async for k in redis_client.scan_iter(count=1000)]) == 4  # every node
+    keys = [k async for k in redis_client.scan_iter(count=1000)]  # every node
+    assert len([k for k in keys if not k.startswith(b"sw:log:")]) == 4
+    # the decision log keeps the survivors' entries only
+    logged = [fields[b"user_id"].decode() for k in keys if k.startswith(b"sw:log:")
+              for _, fields in await redis_client.xrange(k)]
+    assert sorted(logged) == ["a", "ab"]
 
 
 async def test_erasing_an_intermediate_id_keeps_older_ids_reaching_the_person(

@@ -123,3 +123,32 @@ def test_decay_halves_every_half_life() -> None:
 def test_bad_bytes_are_refused(data: bytes) -> None:
     with pytest.raises(ProfileFormatError, match="profile"):
         Profile.from_bytes(data)
+
+
+def test_absorb_equals_the_batch_profile_of_both_event_sets() -> None:
+    """Merging two ids' profiles = the profile of all their events (issue 8, merge)."""
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        parts = []
+        for _side in range(2):
+            n_s, n_e, n_a = (int(x) for x in rng.integers(0, 12, 3))
+            parts.append({
+                "send_at": rng.integers(1_700_000_000, 1_705_000_000, n_s),
+                "send_channel": rng.integers(0, 5, n_s),
+                "engagement_at": rng.integers(1_700_000_000, 1_705_000_000, n_e),
+                "engagement_channel": rng.integers(0, 5, n_e),
+                "engagement_how": rng.integers(0, 168, n_e),
+                "activity_at": rng.integers(1_700_000_000, 1_705_000_000, n_a),
+                "activity_how": rng.integers(0, 168, n_a)})
+        merged = profile_from_events(**parts[0])
+        merged.absorb(profile_from_events(**parts[1]))
+        both = profile_from_events(**{k: np.concatenate([parts[0][k], parts[1][k]])
+                                      for k in parts[0]})
+        assert merged.ref == both.ref and merged.first_seen == both.first_seen
+        assert np.array_equal(merged.counts, both.counts)
+        np.testing.assert_allclose(merged.decayed, both.decayed, rtol=1e-6, atol=1e-7)
+        assert np.array_equal(merged.last_send, both.last_send)
+        assert np.array_equal(merged.last_engagement, both.last_engagement)
+        assert merged.last_active == both.last_active
+        assert np.array_equal(merged.recent_at, both.recent_at)
+        assert np.array_equal(merged.recent_channel, both.recent_channel)

@@ -54,7 +54,7 @@ def test_killed_supervisor_takes_its_workers_along_and_frees_port_and_data_dir(
     with served(env=env, port=port) as again:
         again.wait_workers(1)
         status, body = again.request("GET", "/health/ready")
-        assert (status, body) == (200, {"status": "ok"})
+        assert (status, body) == (200, {"status": "ok", "model_version": "heuristic-v2"})
 
 
 def test_non_loopback_without_keys_is_refused_before_anything_starts(tmp_path: Path) -> None:

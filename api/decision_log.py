@@ -1,0 +1,88 @@
+"""The durable log of decisions and events: what ``sendwise export`` turns into training
+data (``training/export.py``), so the loop serve -> export -> train -> reload closes.
+
+One Redis Stream per (tenant, bucket of users) (``api.keys.log_key``): a tenant's log
+spreads over ``LOG_BUCKETS`` cluster slots instead of pinning one node. Each append trims
+by age (``MINID``, ``decision_log_retention_days``) and length (``MAXLEN`` per bucket,
+approximate, so trimming stays O(1)), in one script call (``lua/log_append.lua``, one
+slot, so it runs on a cluster as on one Redis). An append is one round trip after the
+commit (a different slot, so it cannot be part of the commit script): the decision is
+already stored when it runs, so a lost append loses a training row, never a reservation.
+A failed append is logged and counted, never an error for the caller. Only new decisions
+are logged (a replay is the same decision) and dry runs never are. Awaited rather than
+spawned: a background task could outlive its event loop (worker shutdown) and its
+connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import structlog
+
+from api.keys import log_bucket, log_key
+from api.localtime import utc_to_ms
+from api.schemas import DecisionRequest, DecisionResponse, Event
+from api.store import Store
+
+log = structlog.get_logger("sendwise.log")
+
+DAY_MS = 86_400_000
+
+
+class DecisionLog:
+    def __init__(self, store: Store, *, max_len: int = 1_000_000,
+                 retention_days: int = 30, enabled: bool = True) -> None:
+        self.store = store
+        self.max_len = max_len
+        self.retention_ms = retention_days * DAY_MS
+        self.enabled = enabled
+        self.failures = 0
+
+    async def _append(self, key: str, entries: list[dict[str, str]], now: int) -> None:
+        args: list[str | int] = [max(0, now - self.retention_ms), self.max_len]
+        for fields in entries:
+            args.append(len(fields))
+            for name, value in fields.items():
+                args += [name, value]
+        try:
+            await self.store.append_log(key, args)
+        except Exception as exc:  # the log must never fail a decision
+            self.failures += 1
+            log.warning("log_append_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def decision(self, tenant: str, request: DecisionRequest,
+                       response: DecisionResponse, now: int) -> None:
+        if not self.enabled or response.replayed or response.dry_run:
+            return
+        fields = {
+            "kind": "decision", "user_id": request.user_id, "message_id": request.message_id,
+            "decision": response.decision, "channel": response.channel or "",
+            "send_at": "" if response.send_at is None else str(utc_to_ms(response.send_at)),
+            "decided_at": str(now), "timezone": response.timezone,
+            "category": request.category, "campaign": request.campaign_id or "",
+            "score": "" if response.score is None else repr(response.score),
+            "propensity": "" if response.propensity is None else repr(response.propensity),
+            "model_version": response.model_version or "",
+            "features_source": response.features_source or "",
+        }
+        await self._append(log_key(tenant, log_bucket(request.user_id)), [fields], now)
+
+    async def events(self, tenant: str, events: Sequence[Event], zones: dict[str, str],
+                     now: int) -> None:
+        """``zones``: the zone each user's profile counted the events in."""
+        if not self.enabled:
+            return
+        by_key: dict[str, list[dict[str, str]]] = {}
+        for event in events:
+            by_key.setdefault(log_key(tenant, log_bucket(event.user_id)), []).append({
+                "kind": "event", "type": event.type, "user_id": event.user_id,
+                "at": str(utc_to_ms(event.at)), "message_id": event.message_id or "",
+                "channel": event.channel or "", "campaign": event.campaign_id or "",
+                "event_kind": event.kind or "",
+                "timezone": event.timezone or zones.get(event.user_id, ""),
+            })
+        # one pipeline per bucket, concurrently
+        await asyncio.gather(*(self._append(key, entries, now)
+                               for key, entries in by_key.items()))

@@ -1,0 +1,342 @@
+"""The model in the decision loop: which model scores, and how its scores pick a slot.
+
+``ModelRegistry`` holds the active scorer: a LightGBM model that passed its champion gate
+(``models.artifact.check_champion``; or was forced), else the smoothed-histogram
+heuristic (``models.features.fallback_scores``, version ``HEURISTIC_VERSION``). A swap is
+one reference assignment, so a decision scores wholly with the old or wholly with the
+new model; a model that fails to load, has another feature hash or lost its gate is
+refused and the active one stays.
+
+``choose`` turns a plan (``api.plan.build_plan``: consent, quiet hours, jurisdiction
+windows already applied) into ranked candidates for the one atomic commit:
+
+* candidates: every permitted channel x {its first allowed instant, every local hour
+  start} from ``not_before`` (or now) up to the deadline or ``send_time.horizon_minutes``,
+  minus the plan's own time blocks (the rules are never recomputed here);
+* one vectorised feature build (``models.features.candidate_features``) and one model
+  call for all of them;
+* expected value = P(engagement) x ``channel_values[ch]`` - ``channel_costs[ch]``; each
+  channel's first allowed instant gets the ``margin`` bonus, so a later slot wins only
+  when it beats sending now by that share;
+* the ranked slots go to ``commit.lua`` (mode ``ranked``): it reserves the best one that
+  still passes every cap and conflict; when caps take them all it falls back to the
+  earliest instant any channel frees, exactly as without a model.
+
+Users with fewer than ``min_history_events`` profile events, and exempt (transactional)
+messages, keep the earliest allowed instant: their score says nothing about *this* user,
+and moving a message by hours on a population prior alone is not worth the delay. They
+are still scored (every decision carries a score). Caps are evaluated only in Lua, so
+the propensity reported is that of the ranking before caps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from api.plan import Candidate, Plan
+from api.policy import Policy
+from api.reasons import ReasonCode
+from models.artifact import ArtifactError, NotChampionError, check_champion
+from models.features import (
+    FEATURE_INDEX,
+    HEURISTIC_VERSION,
+    candidate_features,
+    fallback_scores,
+)
+from models.priors import DEFAULT_PRIORS, Priors
+from models.profile import Profile
+from models.scorer import Scorer
+from models.timeutil import utc_offsets
+from models.vocab import ANY_CHANNEL, CHANNELS, channel_index
+
+HOUR_MS = 3_600_000
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+#: ``features_source`` values: the user's stored profile, or only the tenant's priors
+SOURCE_PROFILE = "profile"
+SOURCE_PRIOR = "prior"
+
+
+class ModelRefusedError(ValueError):
+    """A model directory that must not serve (unreadable, other feature hash, lost its
+    champion gate); the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """What scores decisions now. ``scorer`` None = the heuristic."""
+
+    scorer: Scorer | None
+    version: str
+    priors: Priors
+    directory: str | None = None
+    #: why this one: "champion gate passed", "forced", or why the heuristic serves
+    note: str = "no model configured: the smoothed-histogram heuristic scores decisions"
+    loaded_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+HEURISTIC = ActiveModel(None, HEURISTIC_VERSION, DEFAULT_PRIORS)
+
+
+class ModelRegistry:
+    """The active model of one worker process; reloads swap it atomically."""
+
+    def __init__(self, *, num_threads: int = 1) -> None:
+        self.active: ActiveModel = HEURISTIC
+        #: the last refusal, shown by ``GET /v1/models`` until a load succeeds
+        self.last_error: str | None = None
+        self._num_threads = num_threads
+        self._lock = asyncio.Lock()
+
+    def prepare(self, directory: str | Path, *, force: bool = False) -> ActiveModel:
+        """Load and vet ``directory`` without activating it; ``ModelRefusedError`` if it
+        must not serve. Any failure of LightGBM on a corrupt file is a refusal too."""
+        try:
+            scorer = Scorer.load(directory, num_threads=self._num_threads)
+            check_champion(scorer.manifest, force=force)
+        except NotChampionError as exc:
+            raise ModelRefusedError(f"refused: {exc} (reload with force to serve it anyway)"
+                                    ) from exc
+        except ArtifactError as exc:
+            raise ModelRefusedError(f"refused: {exc}") from exc
+        except Exception as exc:  # lightgbm raises its own errors on bad trees
+            raise ModelRefusedError(f"refused: {directory} could not be loaded: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+        gate = scorer.manifest.champion
+        passed = gate is not None and gate.passed
+        return ActiveModel(scorer, scorer.model_version, scorer.priors, str(directory),
+                           "champion gate passed" if passed else
+                           "forced: it did not pass its champion gate")
+
+    def load(self, directory: str | Path, *, force: bool = False) -> ActiveModel:
+        """Activate ``directory`` or raise (the active model stays)."""
+        try:
+            model = self.prepare(directory, force=force)
+        except ModelRefusedError as exc:
+            self.last_error = str(exc)
+            raise
+        self.active, self.last_error = model, None
+        return model
+
+    async def reload(self, directory: str | Path, *, force: bool = False) -> ActiveModel:
+        """``load`` off the event loop (parsing trees takes milliseconds to seconds)."""
+        async with self._lock:
+            try:
+                model = await asyncio.to_thread(self.prepare, directory, force=force)
+            except ModelRefusedError as exc:
+                self.last_error = str(exc)
+                raise
+            self.active, self.last_error = model, None
+            return model
+
+    def use_heuristic(self, note: str) -> None:
+        self.active = ActiveModel(None, HEURISTIC_VERSION, DEFAULT_PRIORS, note=note)
+
+
+# ------------------------------------------------------------------- candidates
+
+
+def model_channel(name: str) -> int:
+    """The model's channel index; an API channel the model has no column for (web_push)
+    is scored as "any channel" (the all-channel aggregate)."""
+    return channel_index(name) if name in CHANNELS else ANY_CHANNEL
+
+
+
+def _blocked(instants: I64, plan: Plan, cand: Candidate) -> npt.NDArray[np.bool_]:
+    mask = np.zeros(instants.shape[0], dtype=np.bool_)
+    for block in plan.blocks_of(cand):
+        if not block.iv:
+            continue
+        iv = np.asarray(block.iv, dtype=np.int64)
+        mask |= ((instants[:, None] >= iv[None, :, 0])
+                 & (instants[:, None] < iv[None, :, 1])).any(axis=1)
+    return mask
+
+
+def slot_instants(plan: Plan, cand: Candidate, zone_name: str, horizon_ms: int) -> I64:
+    """Allowed instants (ms) of one channel window: its first allowed instant, the ends of
+    its blocks (the first moment after quiet hours etc.) and every local hour start,
+    within ``[cand.a, min(cand.b, cand.a + horizon))``, ascending, without blocked ones."""
+    end = min(cand.b, cand.a + horizon_ms)
+    tz = ZoneInfo(zone_name)
+    offset = int(utc_offsets(tz, np.array([cand.a // 1000], dtype=np.int64))[0]) * 1000
+    first = ((cand.a + offset) // HOUR_MS + 1) * HOUR_MS - offset
+    hours = np.arange(first, end, HOUR_MS, dtype=np.int64)
+    if hours.size:  # keep local hour starts across a DST change inside the horizon
+        shift = offset - utc_offsets(tz, hours // 1000) * 1000
+        hours = hours + shift
+    ends = [e for block in plan.blocks_of(cand) for _, e in block.iv if cand.a < e < end]
+    instants = np.unique(np.concatenate([np.array([cand.a, *ends], dtype=np.int64), hours]))
+    instants = instants[(instants >= cand.a) & (instants < end)]
+    result: I64 = instants[~_blocked(instants, plan, cand)]
+    return result
+
+
+@dataclass
+class Scored:
+    """Every candidate slot of one decision with its probability and expected value."""
+
+    cand: npt.NDArray[np.intp]       # index into plan.cands (the channel window)
+    at: I64                          # instant, ms
+    p: F64                           # P(engagement) estimate
+    ev: F64                          # expected value
+    first: npt.NDArray[np.bool_]     # the channel's first allowed instant ("now")
+    version: str
+    source: str
+
+
+def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name: str,
+                category: str, policy: Policy, now: int) -> Scored:
+    """All slots of all channel windows, scored in one feature build and one model call."""
+    settings = policy.send_time
+    horizon = settings.horizon_minutes * 60_000
+    per = [slot_instants(plan, c, zone_name, horizon) for c in plan.cands]
+    # a window without an allowed slot in the horizon is still scored at its start (it
+    # may be the fallback that gets reserved)
+    per = [s if s.size else np.array([c.a], dtype=np.int64) for s, c in zip(per, plan.cands,
+                                                                          strict=True)]
+    cand = np.concatenate([np.full(s.size, i, dtype=np.intp) for i, s in enumerate(per)])
+    at = np.concatenate(per)
+    first = np.concatenate([np.arange(s.size) == 0 for s in per])
+    channels = [plan.cands[i].ch for i in range(len(plan.cands))]
+    ch_model = np.array([model_channel(c) for c in channels], dtype=np.int64)[cand]
+    rows = candidate_features(profile or Profile(), now=now // 1000, channels=ch_model,
+                              instants=at // 1000, zone_name=zone_name, priors=model.priors,
+                              category=category)
+    scorer = model.scorer
+    if scorer is None:
+        p = fallback_scores(rows)
+    elif not scorer.is_ranker:
+        p = np.clip(scorer.score(rows), 0.0, 1.0)
+    else:
+        # a ranker orders slots: its calibrated distribution over each channel's slots,
+        # times the number of slots (mean lift 1, like the heuristic's share x 24), times
+        # the channel's smoothed rate
+        raw = scorer.score(rows)
+        heuristic = rows[:, FEATURE_INDEX["heuristic_share"]].astype(np.float64)
+        rate = rows[:, FEATURE_INDEX["ch_rate"]].astype(np.float64)
+        p = np.empty_like(raw)
+        for i in range(len(plan.cands)):
+            sel = cand == i
+            dist = scorer.day_distribution(raw[sel][None, :], heuristic[sel][None, :])[0]
+            p[sel] = np.clip(rate[sel] * dist * sel.sum(), 0.0, 1.0)
+    values_of: dict[str, float] = {str(k): v for k, v in settings.channel_values.items()}
+    costs_of: dict[str, float] = {str(k): v for k, v in settings.channel_costs.items()}
+    values = np.array([values_of.get(c, 1.0) for c in channels])[cand]
+    costs = np.array([costs_of.get(c, 0.0) for c in channels])[cand]
+    events = float(profile.counts.sum()) if profile is not None else 0.0
+    sends = float(profile.sends.sum()) if profile is not None else 0.0
+    return Scored(cand=cand, at=at, p=p, ev=p * values - costs, first=first,
+                  version=model.version,
+                  source=SOURCE_PROFILE if events + sends > 0 else SOURCE_PRIOR)
+
+
+def score_without_profile(model: ActiveModel, channel: str, instants: list[int], *,
+                          zone_name: str, category: str, now: int) -> list[float]:
+    """P(engagement) of one channel at ``instants`` (ms) for a user whose profile cannot be
+    read (Redis down): the tenant prior alone, so even the fallback answer has a score."""
+    rows = candidate_features(Profile(), now=now // 1000,
+                              channels=np.full(len(instants), model_channel(channel)),
+                              instants=np.asarray(instants, dtype=np.int64) // 1000,
+                              zone_name=zone_name, priors=model.priors, category=category)
+    scorer = model.scorer
+    if scorer is None:
+        p = fallback_scores(rows)
+    elif not scorer.is_ranker:
+        p = np.clip(scorer.score(rows), 0.0, 1.0)
+    else:  # one slot at a time: the calibrated distribution is 1, P is the channel rate
+        p = rows[:, FEATURE_INDEX["ch_rate"]].astype(np.float64)
+    return [round(float(x), 6) for x in p]
+
+
+# ---------------------------------------------------------------------- choice
+
+
+class Choice(msgspec.Struct, frozen=True):
+    plan: Plan
+    #: one JSON ``[score, score_now, propensity]`` per plan candidate (commit.lua copies
+    #: the chosen one into the outcome, so the record and its replays carry it)
+    annotations: list[bytes]
+    version: str | None
+    source: str | None
+
+
+_json = msgspec.json.Encoder()
+
+
+def _unit(message_id: str, salt: str) -> float:
+    """A uniform number in [0, 1) fixed by the message: retries explore identically."""
+    digest = hashlib.sha256(f"{salt}\x1f{message_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name: str,
+           category: str, message_id: str, exempt: bool, policy: Policy,
+           now: int) -> Choice:
+    """Rank the plan's slots (module docstring). ``plan.cands`` empty: nothing to do."""
+    if not plan.cands:
+        return Choice(plan, [], model.version, SOURCE_PRIOR)
+    scored = score_slots(model, plan, profile, zone_name=zone_name, category=category,
+                         policy=policy, now=now)
+    settings = policy.send_time
+    n_windows = len(plan.cands)
+    now_p = {int(i): float(scored.p[(scored.cand == i) & scored.first][0])
+             for i in range(n_windows)}
+    events = float(profile.counts.sum()) if profile is not None else 0.0
+    if exempt or events < settings.min_history_events:
+        # the earliest allowed instant, as without a model; the score is that of each
+        # channel's first allowed slot
+        earliest = [_json.encode([round(now_p[i], 6), round(now_p[i], 6), 1.0])
+                    for i in range(n_windows)]
+        return Choice(plan, earliest, scored.version, scored.source)
+
+    adjusted = np.where(scored.first, scored.ev + settings.margin * np.abs(scored.ev),
+                        scored.ev)
+    # best first; ties: earlier instant, then the request's channel order
+    order = np.lexsort((scored.cand, scored.at, -adjusted))
+    n = order.size
+    propensity = np.full(n, 0.0)
+    rate = settings.exploration_rate
+    explored = -1
+    if rate > 0 and _unit(message_id, "explore") < rate:
+        explored = int(order[min(int(_unit(message_id, "slot") * n), n - 1)])
+        order = np.concatenate([[explored], order[order != explored]])
+    greedy = int(np.lexsort((scored.cand, scored.at, -adjusted))[0])
+    propensity[:] = rate / n
+    propensity[greedy] += 1.0 - rate
+
+    slots: list[Candidate] = []
+    notes: list[bytes] = []
+    model_rule = f"send_time.model:{scored.version}"
+    for j in order.tolist():
+        window = plan.cands[int(scored.cand[j])]
+        t = int(scored.at[j])
+        why = ([ReasonCode.EXPLORATION.value, "policy.send_time.exploration_rate"]
+               if j == explored else [] if scored.first[j]
+               else [ReasonCode.BETTER_SEND_TIME.value, model_rule])
+        slots.append(Candidate(window.ch, t, t + 1, window.pb, s=1, why=why))
+        notes.append(_json.encode([round(float(scored.p[j]), 6),
+                                   round(now_p[int(scored.cand[j])], 6),
+                                   round(float(propensity[j]), 6)]))
+    # the windows last: when caps take every slot, the earliest instant any channel frees
+    fallback_notes = [_json.encode([round(now_p[i], 6), round(now_p[i], 6), 1.0])
+                      for i in range(n_windows)]
+    cands = [*slots, *plan.cands]
+    ranked = msgspec.structs.replace(
+        plan, cands=cands, mode="ranked",
+        members=[*(plan.members[int(scored.cand[j])] for j in order.tolist()),
+                 *plan.members])
+    return Choice(ranked, [*notes, *fallback_notes], scored.version, scored.source)
+
+
