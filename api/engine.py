@@ -132,7 +132,9 @@ class Engine:
             try:
                 self.models.load(settings.model_dir)
             except ModelRefusedError as exc:  # degrade, don't fail: the heuristic serves
+                self.metrics.model_refused.inc()
                 log.error("model_refused", directory=settings.model_dir, error=str(exc))
+        self.metrics.set_model(self.models.active.version)
 
     # ------------------------------------------------------------- validation
 
@@ -266,11 +268,12 @@ class Engine:
         """Score and rank the plan's candidates (api/scoring.py). A scoring failure never
         fails the decision: the plan goes unscored, its earliest allowed instant wins."""
         try:
-            return choose(self.models.active, plan, decode_profile(state.profile),
-                          zone_name=zone, category=request.category,
-                          message_id=request.message_id,
-                          exempt=request.category in policy.exempt_categories,
-                          policy=policy, now=now)
+            with self.metrics.model_seconds.time():
+                return choose(self.models.active, plan, decode_profile(state.profile),
+                              zone_name=zone, category=request.category,
+                              message_id=request.message_id,
+                              exempt=request.category in policy.exempt_categories,
+                              policy=policy, now=now)
         except Exception as exc:  # degrade, do not fail
             log.error("scoring_failed", error=f"{type(exc).__name__}: {exc}")
             return Choice(plan, [], None, None)

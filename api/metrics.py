@@ -35,7 +35,7 @@ from prometheus_client import (
 #: the environment variable prometheus_client reads (set by the parent, inherited by workers)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-#: the model's label values until a model is wired into decisions (no fake numbers)
+#: the model label before the engine has said which model (or heuristic) scores decisions
 NO_MODEL = "none"
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25)
@@ -86,20 +86,23 @@ class Metrics:
             "fallback) or 'request' (any other endpoint, answered 503)", ["op"], registry=r)
         self.model_seconds = Histogram(
             "sendwise_model_score_seconds",
-            "Time to score one decision's candidates with the model (no observations while "
-            "decisions use the heuristic)", buckets=_LATENCY_BUCKETS, registry=r)
+            "Time to score one decision's candidates (features and the model, or the heuristic "
+            "fallback when no model is active)", buckets=_LATENCY_BUCKETS, registry=r)
         self.model_refused = Counter(
             "sendwise_model_refused_total",
-            "Model artifacts refused at load (feature hash or format mismatch)", registry=r)
+            "Model artifacts refused at load or reload (feature hash or format mismatch, "
+            "corrupt file, champion gate not passed)", registry=r)
         self.model_info = Gauge(
             "sendwise_model_info",
-            "The model in force (1 for the active version; 'none' while decisions use the "
-            "heuristic)", ["model_version"], multiprocess_mode="livemax", registry=r)
+            "The model in force: 1 for the active version (a model's version, or the "
+            "heuristic fallback's label such as heuristic-v2), 0 for versions it replaced",
+            ["model_version"], multiprocess_mode="livemax", registry=r)
         self.policy_version = Gauge(
             "sendwise_policy_version", "The policy version the last decision of each tenant used",
             ["tenant"], multiprocess_mode="livemax", registry=r)
         self.workers = Gauge("sendwise_workers", "API worker processes serving (1 per process)",
                              multiprocess_mode="livesum", registry=r)
+        self._model_version = NO_MODEL
         self.model_info.labels(NO_MODEL).set(1)
         # bound once: the decision path observes these on every request
         self.redis_read = self.redis_seconds.labels("read")
@@ -124,3 +127,11 @@ class Metrics:
         directory = multiprocess_dir()
         if directory is not None:
             multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+
+    def set_model(self, version: str) -> None:
+        """Publish the version now scoring decisions (at start and after each reload)."""
+        if version == self._model_version:
+            return
+        self.model_info.labels(self._model_version).set(0)
+        self.model_info.labels(version).set(1)
+        self._model_version = version

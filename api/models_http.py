@@ -87,7 +87,9 @@ async def reload_model(request: Request[Any, Any, State]) -> ModelInfo:
     try:
         await engine.models.reload(directory, force=data.force)
     except ModelRefusedError as exc:
+        engine.metrics.model_refused.inc()
         raise ConflictError(str(exc), field="directory", code="model_refused") from exc
+    engine.metrics.set_model(engine.models.active.version)
     return model_info(engine)
 
 

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import MULTIPROC_ENV, NO_MODEL, prepare_multiprocess_dir
 from api.redis_server import EmbeddedRedis
+from models.features import HEURISTIC_VERSION
 
 pytestmark = pytest.mark.slow
 DECISIONS = 24
@@ -86,8 +87,10 @@ def test_one_scrape_covers_every_worker(two_workers: str, tmp_path: Path) -> Non
         assert samples[("sendwise_redis_seconds_count", (("op", "read"),))] == DECISIONS
         assert samples[("sendwise_redis_seconds_count", (("op", "commit"),))] == DECISIONS
         assert samples[("sendwise_policy_version", (("tenant", "default"),))] == 0
-        assert samples[("sendwise_model_info", (("model_version", NO_MODEL),))] == 1
-        assert samples[("sendwise_model_score_seconds_count", ())] == 0
+        # no model directory: the heuristic fallback scores every decision, and says so
+        assert samples[("sendwise_model_info", (("model_version", HEURISTIC_VERSION),))] == 1
+        assert samples[("sendwise_model_info", (("model_version", NO_MODEL),))] == 0
+        assert samples[("sendwise_model_score_seconds_count", ())] == DECISIONS
         assert samples[("sendwise_fallback_decisions_total", ())] == 0
         assert samples[("sendwise_redis_errors_total", (("op", "decision"),))] == 0
     # both workers wrote their own files into the shared directory

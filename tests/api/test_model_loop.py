@@ -184,6 +184,13 @@ async def test_model_reload_is_vetted_and_atomic(client: Client, tmp_path: Path)
     assert forced.status_code == 200 and forced.json()["note"].startswith("forced")
     assert forced.json()["last_error"] is None
 
+    # what operators alert on: the refusals counted, the active version published
+    metrics = (await client.get("/metrics")).text
+    assert "sendwise_model_refused_total 6.0" in metrics  # 4 refusals + the 2 message checks
+    assert f'sendwise_model_info{{model_version="{forced.json()["model_version"]}"}} 1.0' in metrics
+    assert f'sendwise_model_info{{model_version="{version}"}} 0.0' in metrics
+    assert f'sendwise_model_info{{model_version="{HEURISTIC_VERSION}"}} 0.0' in metrics
+
 
 async def test_profiles_follow_merge_export_and_erase(client: Client,
                                                       redis_client: RedisClient) -> None:

@@ -82,8 +82,8 @@ def test_a_bad_query_is_caught() -> None:
         _check_query("sum(rate(sendwise_decisions_total[5m])", "broken")
 
 
-def test_metrics_say_none_while_no_model_is_wired() -> None:
-    """No fake model numbers: the model series exist, at 'none' and zero."""
+def test_model_series_exist_before_any_engine_says_which_model() -> None:
+    """No fake model numbers: before an engine publishes its model, 'none' and zero."""
     metrics = Metrics()
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
