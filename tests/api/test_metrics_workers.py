@@ -7,10 +7,6 @@ lands on either worker; every one of them must report the totals of both.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,16 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.metrics import MULTIPROC_ENV, NO_MODEL, prepare_multiprocess_dir
 from api.redis_server import EmbeddedRedis
 from models.features import HEURISTIC_VERSION
+from tests.uvicorn_server import uvicorn_app
 
 pytestmark = pytest.mark.slow
 DECISIONS = 24
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -40,27 +30,8 @@ def two_workers(embedded_redis: EmbeddedRedis, tmp_path: Path,
     redis.Redis.from_url(embedded_redis.url).flushdb()
     monkeypatch.setenv(MULTIPROC_ENV, "")  # restored after the test: this process stays single
     prepare_multiprocess_dir(tmp_path / "metrics")
-    port = _free_port()
-    env = {**os.environ, "REDIS_URL": embedded_redis.url, "SENDWISE_LOG_DECISIONS": "0"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:app_from_env", "--factory", "--workers", "2",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"],
-        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=Path.cwd())
-    assert server.stderr is not None
-    seen: list[str] = []
-    for raw in server.stderr:  # readiness: both workers' own startup lines
-        seen.append(raw.decode(errors="replace"))
-        if sum("Application startup complete" in line for line in seen) == 2:
-            break
-    else:
-        server.wait(timeout=10)
-        pytest.fail(f"uvicorn did not start: {''.join(seen)}")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-        server.stderr.close()
+    with uvicorn_app(embedded_redis.url, workers=2) as base:
+        yield base
 
 
 def _scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

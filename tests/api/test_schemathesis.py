@@ -19,7 +19,6 @@ Two of its checks are left out, on purpose:
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ import pytest
 import redis
 
 from api.redis_server import EmbeddedRedis
+from tests.uvicorn_server import uvicorn_app
 
 pytestmark = pytest.mark.slow
 
@@ -36,40 +36,12 @@ SEED = os.environ.get("SENDWISE_SCHEMATHESIS_SEED", "20261124")
 MAX_EXAMPLES = os.environ.get("SENDWISE_SCHEMATHESIS_EXAMPLES", "30")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-def served(embedded_redis: EmbeddedRedis, tmp_path: Path) -> Iterator[str]:
-    """A real uvicorn worker on loopback, on the embedded Redis (flushed first). Readiness is
-    uvicorn's own startup line, not a poll."""
+def served(embedded_redis: EmbeddedRedis) -> Iterator[str]:
+    """A real uvicorn worker on loopback, on the embedded Redis (flushed first)."""
     redis.Redis(unix_socket_path=embedded_redis.socket_path).flushdb()
-    port = _free_port()
-    env = {**os.environ, "REDIS_URL": embedded_redis.url, "SENDWISE_LOG_DECISIONS": "0"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:app_from_env", "--factory",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"],
-        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=Path.cwd())
-    assert server.stderr is not None
-    seen = []
-    for raw in server.stderr:
-        seen.append(raw.decode(errors="replace"))
-        if "Application startup complete" in seen[-1]:
-            break
-    else:
-        server.wait(timeout=10)
-        server.stderr.close()
-        pytest.fail(f"uvicorn did not start: {''.join(seen)}")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-        server.stderr.close()
+    with uvicorn_app(embedded_redis.url) as base:
+        yield base
 
 
 def test_no_5xx_and_every_response_conforms_to_the_document(served: str, tmp_path: Path) -> None:
