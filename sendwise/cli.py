@@ -42,6 +42,7 @@ environment (defaults in brackets; README.md "Configuration" explains each):
   SENDWISE_GRACEFUL_SHUTDOWN_SECONDS       drain on SIGTERM [10]
   SENDWISE_LOG_LEVEL                 info (request lines) or warning [info]
   SENDWISE_LOG_DECISIONS             one JSON line per decision [1]
+  SENDWISE_DECISION_LOG              decisions and events to Redis Streams (export) [1]
   SENDWISE_BENCHMARK_ENDPOINTS       1: route POST /v1/_trivial [0]
   PROMETHEUS_MULTIPROC_DIR           shared metrics directory [<data dir>/metrics with --workers > 1]
 """
