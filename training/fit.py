@@ -160,14 +160,23 @@ def fit(train: Split, tune: Split, config: FitConfig, progress: Progress,
     if select is not None:
         curve = selection_curve(booster, select)
         best = _best(curve, True)
+    return _refit(booster, best, curve, train, tune, config, progress, "up to the split",
+                  lambda rows: lgb.train(params, _dataset(lgb, rows), num_boost_round=best))
+
+
+def _refit(booster: Any, best: int, curve: list[float], train: Split, tune: Split,
+           config: FitConfig, progress: Progress, where: str,
+           grow: Callable[[Split], Any]) -> FitResult:
+    """The common end of both trainers: score the tune slice with the selected number of
+    trees (for calibration), then, unless ``config.refit`` is off, grow ``best`` trees on
+    train + tune with ``grow``."""
     tune_scores = np.asarray(booster.predict(tune.x, num_iteration=best), np.float64)
     if not config.refit:
         return _result(booster, best, curve, 0, tune_scores)
     everything = _join(train, tune)
     progress(f"best iteration {best} on the tune slice; refitting on all "
-             f"{everything.x.shape[0]} rows up to the split")
-    final = lgb.train(params, _dataset(lgb, everything), num_boost_round=best)
-    return _result(final, best, curve, int(everything.x.shape[0]), tune_scores)
+             f"{everything.x.shape[0]} rows {where}")
+    return _result(grow(everything), best, curve, int(everything.x.shape[0]), tune_scores)
 
 
 def _result(booster: Any, best: int, curve: list[float], refit_rows: int,
@@ -262,14 +271,8 @@ def fit_dask(address: str, train: Split, tune: Split, config: FitConfig, progres
         else:
             curve = tune_curve(first, tune, ranking)
             best = _best(curve, ranking)
-        tune_scores = np.asarray(first.predict(tune.x, num_iteration=best), np.float64)
-        if not config.refit:
-            return _result(first, best, curve, 0, tune_scores)
-        everything = _join(train, tune)
-        progress(f"best iteration {best} on the tune slice; refitting on all "
-                 f"{everything.x.shape[0]} rows on the cluster")
-        final = grow(everything, best).booster_
-        return _result(final, best, curve, int(everything.x.shape[0]), tune_scores)
+        return _refit(first, best, curve, train, tune, config, progress, "on the cluster",
+                      lambda rows: grow(rows, best).booster_)
 
 
 def ndcg_at_3(scores: F64, label: npt.NDArray[np.integer]) -> float:
