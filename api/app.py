@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import msgspec
 import structlog
-from litestar import Litestar, Request, Response, get, post, put
+from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar._openapi.plugin import OpenAPIPlugin  # serves the dict we patch once
 from litestar.datastructures import State
 from litestar.datastructures.response_header import ResponseHeader
@@ -23,7 +23,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
-from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from api.auth import ADMIN, DECIDE, authenticated_key, make_guard
 from api.body import BodyDecoder
@@ -34,6 +34,7 @@ from api.errors import (
     ApiError,
     ConflictError,
     InvalidRequestError,
+    NotFoundError,
     UnavailableError,
 )
 from api.locale import is_valid_zone
@@ -57,7 +58,15 @@ from api.schemas import (
     Timeline,
 )
 from api.settings import Settings, is_valid_tenant
-from api.store import PolicyConflictError, Store
+from api.shadow import (
+    PolicyDocument,
+    PromoteRequest,
+    PromoteResponse,
+    ShadowReport,
+    document,
+    policy_of,
+)
+from api.store import PolicyConflictError, ShadowConflictError, Store
 from api.ui import ui_handlers
 
 log = structlog.get_logger("sendwise.api")
@@ -142,14 +151,15 @@ def _internal(_: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
 _DECISION_BODY = BodyDecoder(DecisionRequest)
 _PREFERENCES_BODY = BodyDecoder(Preferences)
 _EVENTS_BODY = BodyDecoder(EventBatch)
-_POLICY_BODY = BodyDecoder(Policy)
+_POLICY_BODY = BodyDecoder(PolicyDocument)
+_PROMOTE_BODY = BodyDecoder(PromoteRequest)
 
 #: (path, method) -> the body type its handler decodes strictly (for the OpenAPI document)
 REQUEST_BODIES: dict[tuple[str, str], type[Any]] = {
     ("/v1/decisions", "POST"): DecisionRequest,
     ("/v1/users/{user_id}/preferences", "PUT"): Preferences,
     ("/v1/events", "POST"): EventBatch,
-    ("/v1/policy", "PUT"): Policy,
+    ("/v1/policy", "PUT"): PolicyDocument,
 }
 
 
@@ -251,26 +261,111 @@ async def get_policy(request: Request[Any, Any, State]) -> Policy:
     return policy if policy is not None else DEFAULT_POLICY
 
 
-@put("/v1/policy", summary="Replace the tenant's policy (validated whole)",
+@put("/v1/policy", summary="Replace the tenant's policy, or install a shadow policy",
      responses=errors(400, 409, 413, 503, *AUTHENTICATED))
-async def put_policy(request: Request[Any, Any, State]) -> Policy:
+async def put_policy(request: Request[Any, Any, State]) -> PolicyDocument:
     """A ``version`` in the body must equal the current version (409 otherwise); the
-    server assigns the next one."""
+    server assigns the next one. ``"mode": "shadow"`` stores the document as the tenant's
+    shadow policy instead (validated the same way, with its own version): evaluated beside
+    the live policy on every decision, without effect (``GET /v1/policy/shadow/report``)."""
     tenant = tenant_of(request)
     data = await _POLICY_BODY.read(request)
     try:
         validate_policy(data)
     except PolicyInvalidError as exc:
         raise InvalidRequestError(exc.message, field=exc.field, code="invalid_policy") from exc
+    if data.mode == "live" and data.sample_rate is not None:
+        raise InvalidRequestError("sample_rate applies to a shadow policy only "
+                                  '("mode": "shadow")', field="sample_rate",
+                                  code="invalid_policy")
     engine = _engine(request)
     expected = data.version if data.version else None
+    policy = policy_of(data)
     try:
-        stored = await engine.store.put_policy(tenant, data, expected, engine.clock.now_ms())
+        if data.mode == "shadow":
+            rate = 1.0 if data.sample_rate is None else data.sample_rate
+            return await engine.shadow.install(engine, tenant, policy, rate, expected)
+        stored = await engine.store.put_policy(tenant, policy, expected, engine.clock.now_ms())
     except PolicyConflictError as exc:
-        raise ConflictError(f"policy version is {exc.current}, not {expected}", field="version",
+        which = "shadow policy" if isinstance(exc, ShadowConflictError) else "policy"
+        raise ConflictError(f"{which} version is {exc.current}, not {expected}", field="version",
                        code="policy_version_conflict") from exc
     engine.policies.put(tenant, stored)
-    return stored
+    return document(stored, "live", None)
+
+
+def _version_param(request: Request[Any, Any, State]) -> int | None:
+    raw = request.query_params.get("version")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise InvalidRequestError("version must be a non-negative integer", field="version")
+    return int(raw)
+
+
+def _no_shadow() -> NotFoundError:
+    return NotFoundError("this tenant has no shadow policy (PUT /v1/policy with "
+                         '"mode": "shadow" installs one)', field="mode")
+
+
+@get("/v1/policy/shadow", summary="The tenant's shadow policy",
+     responses=errors(404, 503, *AUTHENTICATED))
+async def get_shadow_policy(request: Request[Any, Any, State]) -> PolicyDocument:
+    found = await _engine(request).shadow.get(tenant_of(request))
+    if found is None:
+        raise _no_shadow()
+    return found
+
+
+@delete("/v1/policy/shadow", status_code=HTTP_204_NO_CONTENT,
+        summary="Remove the shadow policy and its report",
+        responses=errors(400, 404, 409, 503, *AUTHENTICATED))
+async def delete_shadow_policy(request: Request[Any, Any, State]) -> None:
+    """``?version=`` guards against removing a shadow someone has just replaced (409)."""
+    tenant = tenant_of(request)
+    expected = _version_param(request)
+    try:
+        removed = await _engine(request).shadow.remove(tenant, expected)
+    except ShadowConflictError as exc:
+        raise ConflictError(f"shadow policy version is {exc.current}, not {expected}",
+                            field="version", code="policy_version_conflict") from exc
+    if not removed:
+        raise _no_shadow()
+
+
+@post("/v1/policy/shadow/promote", status_code=HTTP_200_OK,
+      summary="Make the shadow policy the live one, in one step",
+      responses=errors(400, 404, 409, 413, 503, *AUTHENTICATED))
+async def promote_shadow_policy(request: Request[Any, Any, State]) -> PromoteResponse:
+    """Atomically: the shadow becomes the live policy (next live version), the shadow and
+    its report are removed, and the final report is answered. The body is optional;
+    ``version`` / ``live_version`` guard against promoting a shadow or replacing a live
+    policy that changed meanwhile (409)."""
+    tenant = tenant_of(request)
+    raw = await request.body()
+    guard = _PROMOTE_BODY.decode(raw) if raw.strip() else PromoteRequest()
+    engine = _engine(request)
+    try:
+        promoted = await engine.shadow.promote(engine, tenant, guard.version, guard.live_version)
+    except ShadowConflictError as exc:
+        raise ConflictError(f"shadow policy version is {exc.current}, not {guard.version}",
+                            field="version", code="policy_version_conflict") from exc
+    except PolicyConflictError as exc:
+        raise ConflictError(f"policy version is {exc.current}, not {guard.live_version}",
+                            field="live_version", code="policy_version_conflict") from exc
+    if promoted is None:
+        raise _no_shadow()
+    return promoted
+
+
+@get("/v1/policy/shadow/report", summary="What the shadow policy would have changed",
+     responses=errors(404, 503, *AUTHENTICATED))
+async def shadow_report(request: Request[Any, Any, State]) -> ShadowReport:
+    engine = _engine(request)
+    report = await engine.shadow.report(engine, tenant_of(request))
+    if report is None:
+        raise _no_shadow()
+    return report
 
 
 class ReasonDoc(msgspec.Struct, frozen=True):
@@ -346,7 +441,10 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
         try:
             yield
         finally:
-            app.state.engine.metrics.close()
+            try:  # this worker's unflushed shadow report counts (api/shadow.py)
+                await app.state.engine.shadow.flush_all(app.state.engine)
+            finally:
+                app.state.engine.metrics.close()
             if owned:
                 await client.aclose()
 
@@ -356,7 +454,9 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
 
     app = Litestar(
         route_handlers=[create_decision, cancel_decision, get_preferences, put_preferences,
-                        get_timeline, post_events, get_policy, put_policy, reason_codes, live,
+                        get_timeline, post_events, get_policy, put_policy, get_shadow_policy,
+                        delete_shadow_policy, promote_shadow_policy, shadow_report,
+                        reason_codes, live,
                         ready, metrics, *docs_handlers(), *ui_handlers(tenant_of), lifecycle_router,
                         models_router, *([trivial] if settings.benchmark_endpoints else [])],
         lifespan=[lifespan],

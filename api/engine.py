@@ -61,6 +61,7 @@ from api.scoring import (
     score_without_profile,
 )
 from api.settings import Settings
+from api.shadow import ShadowService
 from api.store import Store
 from api.userstate import MAX_MERGE_HOPS, UserState, decode_preferences
 
@@ -121,6 +122,8 @@ class Engine:
         self.ids = ids if ids is not None else IdKey(
             settings.id_key or load_or_create_secret(settings.data_dir), settings.id_keys_previous)
         self.policies = PolicyCache(store)
+        #: the tenant's shadow policy, evaluated beside the live one (api/shadow.py)
+        self.shadow = ShadowService(store, self.policies)
         self.metrics = metrics or Metrics()
         #: decisions and events for training (``sendwise export``)
         self.log = DecisionLog(store, max_len=settings.decision_log_max_len,
@@ -247,6 +250,10 @@ class Engine:
             ctx = Context(did=did, mid=request.message_id, uid=request.user_id,
                           pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
                           dry=request.dry_run, pre=pre, mv=choice.version, fs=choice.source)
+            # before the live commit, which would add its own reservation to what it sees
+            shadow = (await self.shadow.evaluate(self, tenant, user, request, state, did, fp,
+                                                 now)
+                      if self.shadow.active(tenant, request) else None)
             with self.metrics.redis_commit.time():
                 reply = await self.store.commit(tenant, user, request.message_id,
                                                 encode_plan(choice.plan, choice.annotations),
@@ -258,6 +265,8 @@ class Engine:
             if reply.status == "dup_ledger":
                 return self._replay_from_ledger(ctx, reply.payload, reply.score or now)
             response = render(ctx, decode_outcome(reply.payload))
+            if shadow is not None:
+                await self.shadow.record(self, tenant, shadow, response)
             await self.log.decision(tenant, request, response, now)
             return response
         raise ConflictError("the recipient's preferences kept changing during the decision; retry",

@@ -15,7 +15,12 @@ or make two (tenant, user) pairs share one.
     sw:{t:u}:profile       HASH  p (models.profile.Profile bytes), rev (int, bumped by every
                                   write), seen / eng (recent event and engaged-message
                                   fingerprints, 8 bytes each: api/profiles.py)
-    sw:policy:{t}          STR   the tenant's policy document (JSON, with its version)
+    sw:policy:{t}          HASH  the tenant's live policy: doc (JSON), version, updated_at,
+                                  shadow (the shadow policy's version while one is installed)
+    sw:policy:{t}:shadow   HASH  the candidate (shadow) policy: doc, version (its own counter,
+                                  kept when the shadow is removed), installed_at, sample_rate
+    sw:policy:{t}:shadow:report   HASH  the shadow's counts (api/shadow.py)
+    sw:policy:{t}:shadow:samples  LIST  recent changed decisions (JSON), bounded
     sw:log:{t:b}           STREAM the decision and event log of bucket b (0..LOG_BUCKETS-1)
                                   of the tenant's users (api/decision_log.py)
 """
@@ -82,3 +87,16 @@ def log_key(tenant: str, bucket: int) -> str:
 
 def policy_key(tenant: str) -> str:
     return f"{PREFIX}:policy:{{{_escape(tenant)}}}"
+
+
+def shadow_key(tenant: str) -> str:
+    """The shadow policy: same hash tag as the live policy, so one script can promote it."""
+    return policy_key(tenant) + ":shadow"
+
+
+def shadow_report_key(tenant: str) -> str:
+    return shadow_key(tenant) + ":report"
+
+
+def shadow_samples_key(tenant: str) -> str:
+    return shadow_key(tenant) + ":samples"

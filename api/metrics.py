@@ -100,6 +100,20 @@ class Metrics:
         self.policy_version = Gauge(
             "sendwise_policy_version", "The policy version the last decision of each tenant used",
             ["tenant"], multiprocess_mode="livemax", registry=r)
+        self.shadow_decisions = Counter(
+            "sendwise_shadow_decisions_total",
+            "Decisions also evaluated under the tenant's shadow policy, by the live decision, "
+            "the shadow's (send/defer/suppress, or invalid: the shadow policy would have "
+            "refused the request) and whether the answer would have changed (decision, "
+            "channel or instant)", ["tenant", "live", "shadow", "changed"], registry=r)
+        self.shadow_reasons = Counter(
+            "sendwise_shadow_reasons_total",
+            "Reason codes the shadow policy would have added to or removed from decisions",
+            ["tenant", "change", "reason"], registry=r)
+        self.shadow_errors = Counter(
+            "sendwise_shadow_errors_total",
+            "Shadow evaluations that failed (the live answer is unaffected) or report flushes "
+            "that failed (those counts are lost)", ["stage"], registry=r)
         self.workers = Gauge("sendwise_workers", "API worker processes serving (1 per process)",
                              multiprocess_mode="livesum", registry=r)
         self._model_version = NO_MODEL
@@ -107,9 +121,13 @@ class Metrics:
         # bound once: the decision path observes these on every request
         self.redis_read = self.redis_seconds.labels("read")
         self.redis_commit = self.redis_seconds.labels("commit")
+        #: the shadow policy's dry commit (only for tenants with a shadow policy)
+        self.redis_shadow = self.redis_seconds.labels("shadow")
         # the series operators alert on exist at 0 before the first error
         self.redis_errors.labels("decision")
         self.redis_errors.labels("request")
+        self.shadow_errors.labels("evaluate")
+        self.shadow_errors.labels("flush")
         self.workers.set(1)
 
     def scrape(self) -> bytes:

@@ -16,7 +16,13 @@ import msgspec
 from redis.asyncio.cluster import RedisCluster
 
 from api.errors import ConflictError
-from api.keys import policy_key, user_keys
+from api.keys import (
+    policy_key,
+    shadow_key,
+    shadow_report_key,
+    shadow_samples_key,
+    user_keys,
+)
 from api.localtime import ms_to_utc, utc_to_ms
 from api.policy import Policy
 from api.redis_client import RedisClient
@@ -58,6 +64,34 @@ class PolicyConflictError(Exception):
         self.current = current
 
 
+class ShadowConflictError(PolicyConflictError):
+    """The shadow policy's version is not the one the caller expected."""
+
+
+class StoredShadow(msgspec.Struct, frozen=True):
+    """A tenant's shadow policy: ``policy.version`` is the shadow's own version and
+    ``policy.updated_at`` when it was installed."""
+
+    policy: Policy
+    sample_rate: float
+
+
+class ShadowCounts(msgspec.Struct, frozen=True):
+    """The raw report of one shadow (api/shadow.py turns it into the public report)."""
+
+    version: int
+    installed_at: int
+    sample_rate: float
+    counts: dict[str, int]
+    #: JSON documents, newest first
+    samples: list[bytes]
+
+
+class ShadowPromoted(msgspec.Struct, frozen=True):
+    policy: Policy
+    report: ShadowCounts
+
+
 _policy_decoder = msgspec.json.Decoder(Policy)
 _json = msgspec.json.Encoder()
 
@@ -82,6 +116,11 @@ class Store:
         self._erase = client.register_script(_script("erase.lua"))
         self._profile_put = client.register_script(_script("profile_put.lua"))
         self._log_append = client.register_script(_script("log_append.lua"))
+        self._shadow_put = client.register_script(_script("shadow_put.lua"))
+        self._shadow_delete = client.register_script(_script("shadow_delete.lua"))
+        self._shadow_promote = client.register_script(_script("shadow_promote.lua"))
+        self._shadow_flush = client.register_script(_script("shadow_flush.lua"))
+        self._shadow_report = client.register_script(_script("shadow_report.lua"))
 
     async def ping(self) -> bool:
         async with self._gate:
@@ -240,14 +279,21 @@ class Store:
     # ------------------------------------------------------------------ policy
 
     async def get_policy(self, tenant: str) -> Policy | None:
+        return (await self.get_policy_and_shadow(tenant))[0]
+
+    async def get_policy_and_shadow(self, tenant: str) -> tuple[Policy | None, int]:
+        """The live policy (None: never set) and the shadow's version (0: no shadow), in
+        one read: the hash holds a ``shadow`` field while a shadow is installed (and only
+        that field for a tenant with a shadow but no live policy of its own)."""
         async with self._gate:
             fields = cast(dict[bytes, bytes], await self.client.hgetall(policy_key(tenant)))
-        if not fields:
-            return None
+        shadow = int(fields.get(b"shadow", b"0"))
+        if b"doc" not in fields:
+            return None, shadow
         policy = _policy_decoder.decode(fields[b"doc"])
         return msgspec.structs.replace(
             policy, version=int(fields[b"version"]),
-            updated_at=ms_to_utc(int(fields[b"updated_at"])))
+            updated_at=ms_to_utc(int(fields[b"updated_at"]))), shadow
 
     async def get_policy_version(self, tenant: str) -> int:
         async with self._gate:
@@ -265,6 +311,92 @@ class Store:
             raise PolicyConflictError(int(version))
         return msgspec.structs.replace(
             policy, version=int(version), updated_at=ms_to_utc(now))
+
+    async def get_policy_versions(self, tenant: str) -> tuple[int, int]:
+        """(live version, shadow version or 0): the policy cache's once-a-second check,
+        the same single round trip as ``get_policy_version``."""
+        async with self._gate:
+            live, shadow = await self.client.hmget(policy_key(tenant), ["version", "shadow"])
+        return int(live) if live else 0, int(shadow) if shadow else 0
+
+    # ------------------------------------------------------------ shadow policy
+
+    def _shadow_keys(self, tenant: str) -> list[str]:
+        return [policy_key(tenant), shadow_key(tenant), shadow_report_key(tenant),
+                shadow_samples_key(tenant)]
+
+    async def get_shadow(self, tenant: str) -> StoredShadow | None:
+        async with self._gate:
+            fields = cast(dict[bytes, bytes], await self.client.hgetall(shadow_key(tenant)))
+        if b"doc" not in fields:
+            return None
+        policy = msgspec.structs.replace(
+            _policy_decoder.decode(fields[b"doc"]), version=int(fields[b"version"]),
+            updated_at=ms_to_utc(int(fields[b"installed_at"])))
+        return StoredShadow(policy, float(fields[b"sample_rate"]))
+
+    async def put_shadow(self, tenant: str, policy: Policy, sample_rate: float,
+                         expected: int | None, now: int) -> StoredShadow:
+        """shadow_put.lua; ShadowConflictError when ``expected`` is not the shadow's version."""
+        doc = _json.encode(msgspec.structs.replace(policy, version=0, updated_at=None))
+        async with self._gate:
+            status, version = await self._shadow_put(
+                keys=self._shadow_keys(tenant),
+                args=["" if expected is None else str(expected), doc, now, repr(sample_rate)])
+        if status == b"conflict":
+            raise ShadowConflictError(int(version))
+        return StoredShadow(msgspec.structs.replace(policy, version=int(version),
+                                                    updated_at=ms_to_utc(now)), sample_rate)
+
+    async def delete_shadow(self, tenant: str, expected: int | None) -> bool:
+        """shadow_delete.lua: False when there is no shadow."""
+        async with self._gate:
+            status, version = await self._shadow_delete(
+                keys=self._shadow_keys(tenant),
+                args=["" if expected is None else str(expected)])
+        if status == b"conflict":
+            raise ShadowConflictError(int(version))
+        return bool(status == b"ok")
+
+    async def promote_shadow(self, tenant: str, expected_shadow: int | None,
+                             expected_live: int | None, now: int) -> ShadowPromoted | None:
+        """shadow_promote.lua: None when there is no shadow; ShadowConflictError or
+        PolicyConflictError when a version does not match."""
+        async with self._gate:
+            reply: list[Any] = await self._shadow_promote(
+                keys=self._shadow_keys(tenant),
+                args=["" if expected_shadow is None else str(expected_shadow),
+                      "" if expected_live is None else str(expected_live), now])
+        status = reply[0]
+        if status == b"missing":
+            return None
+        if status == b"shadow_conflict":
+            raise ShadowConflictError(int(reply[1]))
+        if status == b"conflict":
+            raise PolicyConflictError(int(reply[1]))
+        live = await self.get_policy(tenant)
+        if live is None:  # pragma: no cover - the script has just written it
+            raise RuntimeError("promoted policy vanished")
+        counts = _shadow_counts(int(reply[2]), reply[3], reply[4], reply[5], reply[6])
+        return ShadowPromoted(live, counts)
+
+    async def shadow_counts(self, tenant: str) -> ShadowCounts | None:
+        """shadow_report.lua: None when there is no shadow."""
+        async with self._gate:
+            reply: list[Any] = await self._shadow_report(keys=self._shadow_keys(tenant)[1:])
+        if not reply:
+            return None
+        return _shadow_counts(int(reply[0]), reply[1], reply[2], reply[3], reply[4])
+
+    async def flush_shadow(self, tenant: str, version: int, counts: dict[str, int],
+                           samples: Sequence[bytes], max_samples: int) -> bool:
+        """shadow_flush.lua: False when that shadow version is no longer installed."""
+        pairs: list[str | int] = [x for field, n in counts.items() for x in (field, n)]
+        async with self._gate:
+            added = await self._shadow_flush(
+                keys=self._shadow_keys(tenant)[1:],
+                args=[version, max_samples, len(counts), *pairs, *samples])
+        return bool(int(added))
 
     # --------------------------------------------------------- user data lifecycle
 
@@ -364,3 +496,9 @@ class Store:
         """Drop the trace of ``source`` from the id it was merged into (source erased)."""
         async with self._gate:
             await self.client.hdel(user_keys(tenant, user_id).prefs, f"merged_from:{source}")
+
+
+def _shadow_counts(version: int, installed_at: bytes, sample_rate: bytes,
+                   flat: list[bytes], samples: list[bytes]) -> ShadowCounts:
+    counts = {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return ShadowCounts(version, int(installed_at), float(sample_rate), counts, list(samples))
