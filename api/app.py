@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import structlog
@@ -22,7 +22,7 @@ from litestar.datastructures.response_header import ResponseHeader
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath
+from litestar.params import FromPath, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from api.auth import ADMIN, DECIDE, authenticated_key, make_guard
@@ -60,7 +60,6 @@ from api.schemas import (
 from api.settings import Settings, is_valid_tenant
 from api.shadow import (
     PolicyDocument,
-    PromoteRequest,
     PromoteResponse,
     ShadowReport,
     document,
@@ -152,7 +151,6 @@ _DECISION_BODY = BodyDecoder(DecisionRequest)
 _PREFERENCES_BODY = BodyDecoder(Preferences)
 _EVENTS_BODY = BodyDecoder(EventBatch)
 _POLICY_BODY = BodyDecoder(PolicyDocument)
-_PROMOTE_BODY = BodyDecoder(PromoteRequest)
 
 #: (path, method) -> the body type its handler decodes strictly (for the OpenAPI document)
 REQUEST_BODIES: dict[tuple[str, str], type[Any]] = {
@@ -294,13 +292,11 @@ async def put_policy(request: Request[Any, Any, State]) -> PolicyDocument:
     return document(stored, "live", None)
 
 
-def _version_param(request: Request[Any, Any, State]) -> int | None:
-    raw = request.query_params.get("version")
-    if raw is None:
-        return None
-    if not raw.isdigit() or len(raw) > 18:
-        raise InvalidRequestError("version must be a non-negative integer", field="version")
-    return int(raw)
+#: the optimistic-concurrency guards of the shadow routes (409 when one does not match)
+ShadowVersion = Annotated[int | None, Parameter(
+    ge=0, description="Act only if the shadow policy still has this version (409 otherwise)")]
+LiveVersion = Annotated[int | None, Parameter(
+    ge=0, description="Act only if the live policy still has this version (409 otherwise)")]
 
 
 def _no_shadow() -> NotFoundError:
@@ -320,10 +316,11 @@ async def get_shadow_policy(request: Request[Any, Any, State]) -> PolicyDocument
 @delete("/v1/policy/shadow", status_code=HTTP_204_NO_CONTENT,
         summary="Remove the shadow policy and its report",
         responses=errors(400, 404, 409, 503, *AUTHENTICATED))
-async def delete_shadow_policy(request: Request[Any, Any, State]) -> None:
+async def delete_shadow_policy(request: Request[Any, Any, State],
+                               version: ShadowVersion = None) -> None:
     """``?version=`` guards against removing a shadow someone has just replaced (409)."""
     tenant = tenant_of(request)
-    expected = _version_param(request)
+    expected = version
     try:
         removed = await _engine(request).shadow.remove(tenant, expected)
     except ShadowConflictError as exc:
@@ -335,23 +332,22 @@ async def delete_shadow_policy(request: Request[Any, Any, State]) -> None:
 
 @post("/v1/policy/shadow/promote", status_code=HTTP_200_OK,
       summary="Make the shadow policy the live one, in one step",
-      responses=errors(400, 404, 409, 413, 503, *AUTHENTICATED))
-async def promote_shadow_policy(request: Request[Any, Any, State]) -> PromoteResponse:
+      responses=errors(400, 404, 409, 503, *AUTHENTICATED))
+async def promote_shadow_policy(request: Request[Any, Any, State], version: ShadowVersion = None,
+                                live_version: LiveVersion = None) -> PromoteResponse:
     """Atomically: the shadow becomes the live policy (next live version), the shadow and
-    its report are removed, and the final report is answered. The body is optional;
-    ``version`` / ``live_version`` guard against promoting a shadow or replacing a live
-    policy that changed meanwhile (409)."""
+    its report are removed, and the final report is answered. ``?version=`` and
+    ``?live_version=`` guard against promoting a shadow or replacing a live policy that
+    changed meanwhile (409)."""
     tenant = tenant_of(request)
-    raw = await request.body()
-    guard = _PROMOTE_BODY.decode(raw) if raw.strip() else PromoteRequest()
     engine = _engine(request)
     try:
-        promoted = await engine.shadow.promote(engine, tenant, guard.version, guard.live_version)
+        promoted = await engine.shadow.promote(engine, tenant, version, live_version)
     except ShadowConflictError as exc:
-        raise ConflictError(f"shadow policy version is {exc.current}, not {guard.version}",
+        raise ConflictError(f"shadow policy version is {exc.current}, not {version}",
                             field="version", code="policy_version_conflict") from exc
     except PolicyConflictError as exc:
-        raise ConflictError(f"policy version is {exc.current}, not {guard.live_version}",
+        raise ConflictError(f"policy version is {exc.current}, not {live_version}",
                             field="live_version", code="policy_version_conflict") from exc
     if promoted is None:
         raise _no_shadow()

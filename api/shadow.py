@@ -94,15 +94,6 @@ def document(policy: Policy, mode: Literal["live", "shadow"],
                           mode=mode, sample_rate=sample_rate)
 
 
-class PromoteRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Optional guards of ``POST /v1/policy/shadow/promote`` (409 when one does not match)."""
-
-    #: the shadow version being promoted (what ``GET /v1/policy/shadow`` answered)
-    version: Annotated[int, Meta(ge=0)] | None = None
-    #: the live version being replaced
-    live_version: Annotated[int, Meta(ge=0)] | None = None
-
-
 class ReasonCount(msgspec.Struct, frozen=True):
     code: str
     decisions: int

@@ -56,11 +56,11 @@ async def test_install_report_promote(client: Client) -> None:
     assert report["samples"][0]["decision_id"] == answers[1]["decision_id"]
     assert report["samples"][0]["shadow"]["decision"] == "defer"
 
-    stale = await client.post("/v1/policy/shadow/promote", json={"version": 2})
+    stale = await client.post("/v1/policy/shadow/promote?version=2")
     assert_error(stale, 409, "policy_version_conflict", "version")
-    stale = await client.post("/v1/policy/shadow/promote", json={"live_version": 3})
+    stale = await client.post("/v1/policy/shadow/promote?live_version=3")
     assert_error(stale, 409, "policy_version_conflict", "live_version")
-    r = await client.post("/v1/policy/shadow/promote", json={"version": 1, "live_version": 0})
+    r = await client.post("/v1/policy/shadow/promote?version=1&live_version=0")
     assert r.status_code == 200, r.text
     assert r.json()["policy"]["version"] == 1 and r.json()["report"]["evaluated"] == 2
     live = (await client.get("/v1/policy")).json()
@@ -97,11 +97,11 @@ async def test_validation_names_the_field(client: Client) -> None:
     assert_error(await client.get("/v1/policy/shadow"), 404, "not_found", "mode")  # nothing stored
 
     assert (await client.put("/v1/policy", json={"mode": "shadow"})).status_code == 200
-    r = await client.post("/v1/policy/shadow/promote", json={"versoin": 1})
-    assert_error(r, 400, "invalid_field", "versoin")
-    r = await client.post("/v1/policy/shadow/promote", json={"version": -1})
+    r = await client.post("/v1/policy/shadow/promote?version=-1")
     assert_error(r, 400, "invalid_field", "version")
-    assert_error(await client.delete("/v1/policy/shadow?version=x"), 400, "invalid_request",
+    r = await client.post("/v1/policy/shadow/promote?live_version=one")
+    assert_error(r, 400, "invalid_field", "live_version")
+    assert_error(await client.delete("/v1/policy/shadow?version=x"), 400, "invalid_field",
                  "version")
 
 
