@@ -231,8 +231,10 @@ class ShadowService:
                                         now)
         except Exception as exc:  # degrade, do not fail: the live decision goes on
             engine.metrics.shadow_errors.labels("evaluate").inc()
-            self._count(tenant, self._policies.shadow_version(tenant), {"errors": 1})
             log.error("shadow_failed", tenant=tenant, error=f"{type(exc).__name__}: {exc}")
+            pending = self._count(tenant, self._policies.shadow_version(tenant), {"errors": 1})
+            if self._due(pending):
+                await self.flush(engine, tenant)  # never raises
             return None
 
     async def _evaluate(self, engine: Engine, tenant: str, user: str, request: DecisionRequest,
@@ -303,13 +305,15 @@ class ShadowService:
                 sample = _encoder.encode(ShadowSample(
                     decision_id=response.decision_id, message_id=response.message_id,
                     decided_at=response.decided_at, live=live, shadow=shadow))
-            pending = self._count(tenant, run.version, counts, sample)
-            if (pending.decisions >= FLUSH_DECISIONS
-                    or self._monotonic() - pending.since >= FLUSH_SECONDS):
+            if self._due(self._count(tenant, run.version, counts, sample)):
                 await self.flush(engine, tenant)
         except Exception as exc:  # counting must never fail a decision
             engine.metrics.shadow_errors.labels("evaluate").inc()
             log.error("shadow_record_failed", tenant=tenant, error=f"{type(exc).__name__}: {exc}")
+
+    def _due(self, pending: _Pending) -> bool:
+        return (pending.decisions >= FLUSH_DECISIONS
+                or self._monotonic() - pending.since >= FLUSH_SECONDS)
 
     def _count(self, tenant: str, version: int, counts: dict[str, int],
                sample: bytes | None = None) -> _Pending:
