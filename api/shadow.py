@@ -232,9 +232,9 @@ class ShadowService:
         except Exception as exc:  # degrade, do not fail: the live decision goes on
             engine.metrics.shadow_errors.labels("evaluate").inc()
             log.error("shadow_failed", tenant=tenant, error=f"{type(exc).__name__}: {exc}")
-            pending = self._count(tenant, self._policies.shadow_version(tenant), {"errors": 1})
-            if self._due(pending):
-                await self.flush(engine, tenant)  # never raises
+            # counted in the batch, which the next evaluated decision (or the report) flushes:
+            # no flush here, where Redis may well be what failed
+            self._count(tenant, self._policies.shadow_version(tenant), {"errors": 1})
             return None
 
     async def _evaluate(self, engine: Engine, tenant: str, user: str, request: DecisionRequest,

@@ -121,13 +121,30 @@ async def test_replays_and_dry_runs_are_not_evaluated(engine: Engine) -> None:
     assert (await _report(engine)).evaluated == 1
 
 
-async def test_no_shadow_no_round_trip(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The hot path of a tenant without a shadow never touches the shadow code's I/O."""
-    async def forbidden(*_: Any, **__: Any) -> None:
-        raise AssertionError("no shadow: no shadow read")
+async def test_one_extra_round_trip_only_with_a_shadow(engine: Engine,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a shadow a decision makes its usual two round trips (read, commit); with
+    one, one more: the dry commit (the shadow document is read once per version)."""
+    calls: list[str] = []
+    for name in ("read_user", "commit", "get_shadow"):
+        original = getattr(engine.store, name)
 
-    monkeypatch.setattr(engine.store, "get_shadow", forbidden)
-    assert (await engine.decide(TENANT, req())).decision == "send"
+        def spy(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
+            calls.append(_name)
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(engine.store, name, spy)
+    await engine.decide(TENANT, req(message_id="m1"))
+    assert calls == ["read_user", "commit"]
+    await _shadow(engine, STRICTER)
+    for mid in ("m2", "m3"):
+        calls.clear()
+        await engine.decide(TENANT, req(message_id=mid))
+        assert calls == ["read_user", "commit", "commit"]
+    engine.shadow = ShadowService(engine.store, engine.policies)  # a worker that must load it
+    calls.clear()
+    await engine.decide(TENANT, req(message_id="m4"))
+    assert calls == ["read_user", "get_shadow", "commit", "commit"]
 
 
 async def test_sample_rate_is_deterministic_per_message(engine: Engine) -> None:
