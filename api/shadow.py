@@ -99,11 +99,16 @@ class ReasonCount(msgspec.Struct, frozen=True):
     decisions: int
 
 
-class SideOutcome(msgspec.Struct, frozen=True):
+class SideOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """One side's answer, as far as the comparison goes."""
+
     decision: str
-    channel: str | None
-    send_at: dt.datetime | None
-    reasons: list[str]
+    channel: str | None = None
+    send_at: dt.datetime | None = None
+    #: the reason codes the answer cites (sorted, each once)
+    reasons: list[str] = []
+    #: decision ``invalid`` only: the request field the shadow policy would have refused
+    field: str | None = None
 
 
 class ShadowSample(msgspec.Struct, frozen=True, kw_only=True):
@@ -179,8 +184,9 @@ def sampled(message_id: str, rate: float) -> bool:
 
 
 def _side(response: DecisionResponse) -> SideOutcome:
-    return SideOutcome(response.decision, response.channel, response.send_at,
-                       sorted({r.code for r in response.reasons}))
+    return SideOutcome(decision=response.decision, channel=response.channel,
+                       send_at=response.send_at,
+                       reasons=sorted({r.code for r in response.reasons}))
 
 
 _encoder = msgspec.json.Encoder()
@@ -214,8 +220,11 @@ class ShadowService:
         loaded = await self._store.get_shadow(tenant)  # once per shadow version and worker
         if loaded is None:
             self._loaded.pop(tenant, None)
+            self._policies.put_shadow_version(tenant, 0)  # removed since the last check
             return None
         self._loaded[tenant] = loaded
+        # newer than the last policy check, perhaps: no reload per decision until the next
+        self._policies.put_shadow_version(tenant, loaded.policy.version)
         return loaded
 
     async def evaluate(self, engine: Engine, tenant: str, user: str, request: DecisionRequest,
@@ -246,7 +255,7 @@ class ShadowService:
             engine.check_category(request, policy)
             location = engine.locate(request, state.preferences, policy)
         except InvalidRequestError as exc:
-            return ShadowRun(version, SideOutcome(INVALID, None, None, [exc.field or ""]))
+            return ShadowRun(version, SideOutcome(decision=INVALID, field=exc.field))
         permitted, pre, suppressed = pre_checks(request, policy, state, now)
         plan = build_plan(request, policy, state, location, now=now,
                           idempotency_ttl_ms=engine.settings.idempotency_ttl_seconds * 1000,
@@ -282,10 +291,10 @@ class ShadowService:
             channel = live.channel != shadow.channel
             instant = live.send_at != shadow.send_at
             changed = decision or channel or instant
-            added = sorted(set(shadow.reasons) - set(live.reasons)) if shadow.decision != \
-                INVALID else []
-            removed = sorted(set(live.reasons) - set(shadow.reasons)) if shadow.decision != \
-                INVALID else []
+            added = sorted(set(shadow.reasons) - set(live.reasons))
+            removed = sorted(set(live.reasons) - set(shadow.reasons))
+            if shadow.decision == INVALID:  # no answer, so no reasons to compare
+                added = removed = []
             m = engine.metrics
             m.shadow_decisions.labels(tenant, live.decision, shadow.decision,
                                       "true" if changed else "false").inc()
