@@ -13,6 +13,7 @@ from api.app import create_app
 from api.clock import FixedClock
 from api.redis_client import RedisClient
 from api.settings import Settings
+from api.store import Store
 from tests.api.test_security import A_ADMIN, A_DECIDE, B_ADMIN, DECISION, assert_error, keyed
 
 Client = AsyncTestClient  # type: ignore[type-arg]
@@ -152,3 +153,15 @@ async def test_the_document_describes_the_routes(client: Client) -> None:
     name = body["schema"]["$ref"].rsplit("/", 1)[1]
     props = doc["components"]["schemas"][name]["properties"]
     assert props["mode"]["enum"] == ["live", "shadow"] and "sample_rate" in props
+
+
+async def test_a_worker_flushes_its_counts_when_it_stops(redis_client: RedisClient,
+                                                         redis_settings: Settings,
+                                                         clock: FixedClock) -> None:
+    """Counts batched in a worker reach the report at shutdown, not only on the next flush."""
+    async with AsyncTestClient(app=create_app(redis_settings, clock=clock)) as c:
+        assert (await c.put("/v1/policy", json={"mode": "shadow", **STRICTER})).status_code == 200
+        for i in range(3):
+            assert (await c.post("/v1/decisions", json=decision(f"m{i}"))).status_code == 200
+    counts = await Store(redis_client).shadow_counts("default")
+    assert counts is not None and counts.counts["total"] == 3
