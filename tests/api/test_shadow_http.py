@@ -113,9 +113,14 @@ async def test_versions_guard_shadow_writes(client: Client) -> None:
     r = await client.put("/v1/policy", json={"mode": "shadow", "version": 1, "sample_rate": 0.5})
     assert (r.json()["version"], r.json()["sample_rate"]) == (2, 0.5)
     assert (await client.get("/v1/policy")).json()["version"] == 0  # live versions apart
+    read = (await client.get("/v1/policy/shadow")).json()  # read, edit, put back
+    r = await client.put("/v1/policy", json={**read, "max_defer_minutes": 60})
+    assert (r.json()["version"], r.json()["max_defer_minutes"]) == (3, 60)
+    r = await client.put("/v1/policy", json=read)  # the version it read has moved on
+    assert_error(r, 409, "policy_version_conflict", "version")
     assert_error(await client.delete("/v1/policy/shadow?version=1"), 409,
                  "policy_version_conflict", "version")
-    assert (await client.delete("/v1/policy/shadow?version=2")).status_code == 204
+    assert (await client.delete("/v1/policy/shadow?version=3")).status_code == 204
     assert_error(await client.delete("/v1/policy/shadow"), 404, "not_found", "mode")
     assert_error(await client.post("/v1/policy/shadow/promote"), 404, "not_found", "mode")
 
