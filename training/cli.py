@@ -62,7 +62,8 @@ def _export(args: argparse.Namespace) -> int:
     client = (redis.RedisCluster.from_url(url) if args.cluster
               else redis.Redis.from_url(url))
     counts = export(client, args.tenant, Path(args.out))
-    print(f"wrote {counts['messages']} messages and {counts['activity']} activity rows "
+    print(f"wrote {counts['messages']} messages, {counts['activity']} activity rows, "
+          f"{counts['decisions']} decisions and {counts['outcomes']} outcome events "
           f"to {args.out}")
     return 0
 
