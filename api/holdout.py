@@ -49,8 +49,23 @@ class HoldoutSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     salt: Annotated[str, Meta(min_length=1, max_length=128)]
     #: share of all recipients held out of every non-exempt message
     global_percent: Percent = 0.0
-    #: campaign id -> share of that campaign's recipients held out of its messages
-    campaigns: Annotated[dict[Id, Percent], Meta(max_length=10_000)] = {}
+    #: campaign id -> share (0-100) of that campaign's recipients held out of its messages
+    #: (keys and values checked by ``validate_holdout``, which names the campaign)
+    campaigns: Annotated[dict[str, float], Meta(max_length=10_000)] = {}
+
+
+def validate_holdout(settings: HoldoutSettings) -> tuple[str, str] | None:
+    """(field path, message) of the first invalid campaign entry, or None. Done here rather
+    than by msgspec so the error names the campaign (``holdout.campaigns.spring-sale``)."""
+    for campaign, percent in settings.campaigns.items():
+        try:
+            msgspec.convert(campaign, Id)
+        except msgspec.ValidationError:
+            return ("holdout.campaigns", f"invalid campaign id {campaign!r} (1-128 characters, "
+                    "no control characters)")
+        if not 0.0 <= percent <= 100.0:
+            return f"holdout.campaigns.{campaign}", f"must be a percentage in [0, 100], got {percent}"
+    return None
 
 
 def unit(salt: str, tenant: str, user_id: str, scope: str) -> float:
