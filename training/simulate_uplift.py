@@ -42,12 +42,15 @@ HOUR_MS = 3_600_000
 
 @dataclass(frozen=True)
 class UpliftSimulation:
-    recipients: int = 20_000
+    recipients: int = 50_000
     base_rate: float = 0.04
     treated_rate: float = 0.05
     global_percent: float = 5.0
     campaign_percent: float = 10.0
     campaign: str = "spring-sale"
+    #: treated recipients click their message with this chance whatever its send time:
+    #: the true effect of model timing vs exploration is 0 in this world
+    click_rate: float = 0.10
     seed: int = 7
     tenant: str = "uplift-demo"
 
@@ -61,6 +64,7 @@ class SimulationResult:
     treated: int
     held_out: int
     conversions: int
+    explored: int
 
 
 def _instant(ms: int) -> dt.datetime:
@@ -74,6 +78,9 @@ async def run_through_engine(engine: Engine, config: UpliftSimulation,
     now = engine.clock.now_ms()
     policy = msgspec.convert({
         "quiet_hours": [],
+        # recipients have no history: let the tenant prior rank the slots, so exploration
+        # (and the timing comparison) happens
+        "send_time": {"min_history_events": 0},
         "holdout": {"salt": f"demo-{config.seed}", "global_percent": config.global_percent,
                     "campaigns": {config.campaign: config.campaign_percent}}}, Policy)
     validate_policy(policy)
@@ -85,11 +92,14 @@ async def run_through_engine(engine: Engine, config: UpliftSimulation,
                                 campaign_id=config.campaign, timezone="UTC")
                 for i in range(config.recipients)]
     held: list[bool] = []
+    explored = 0
     for start in range(0, len(requests), BATCH):
         answers = await asyncio.gather(*(engine.decide(config.tenant, r)
                                          for r in requests[start:start + BATCH]))
         held += [any(reason.code == ReasonCode.HOLDOUT for reason in a.reasons)
                  for a in answers]
+        explored += sum(any(reason.code == ReasonCode.EXPLORATION for reason in a.reasons)
+                        for a in answers)
 
     advance(2 * HOUR_MS)
     rng = random.Random(config.seed)
@@ -99,10 +109,15 @@ async def run_through_engine(engine: Engine, config: UpliftSimulation,
             events.append(Event(type="converted", user_id=request.user_id,
                                 at=_instant(now + HOUR_MS), campaign_id=config.campaign,
                                 message_id=None if out else request.message_id))
+        if not out and rng.random() < config.click_rate:
+            events.append(Event(type="clicked", user_id=request.user_id,
+                                at=_instant(now + HOUR_MS), campaign_id=config.campaign,
+                                message_id=request.message_id, channel="email"))
     for start in range(0, len(events), 1000):
         await engine.record_events(config.tenant, events[start:start + 1000])
     return SimulationResult(treated=held.count(False), held_out=held.count(True),
-                            conversions=len(events))
+                            conversions=sum(e.type == "converted" for e in events),
+                            explored=explored)
 
 
 def export_and_analyse(client: Any, config: UpliftSimulation, out: Path, *,
@@ -155,20 +170,27 @@ def main(argv: list[str] | None = None) -> int:
         sync = redis.Redis.from_url(server.url)
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                report = export_and_analyse(sync, config, Path(args.out or tmp))
+                out = Path(args.out or tmp)
+                report = export_and_analyse(sync, config, out)
+                clicks = analyse(*load(out), outcome="clicked")
         finally:
             sync.close()
-    print(f"{config.recipients} recipients, {result.treated} treated, {result.held_out} held "
-          f"out, {result.conversions} conversions; true effect "
-          f"{100 * config.base_rate:.2f}% -> {100 * config.treated_rate:.2f}% "
-          f"({100 * config.true_effect:+.2f} pp)\n")
+    print(f"{config.recipients} recipients, {result.treated} treated ({result.explored} "
+          f"explored), {result.held_out} held out, {result.conversions} conversions; true "
+          f"effect {100 * config.base_rate:.2f}% -> {100 * config.treated_rate:.2f}% "
+          f"({100 * config.true_effect:+.2f} pp); clicks {100 * config.click_rate:.0f}% "
+          "whatever the send time (true timing effect 0)\n")
     print(format_report(report))
+    print("\n" + format_report(clicks))
     campaign = next(c for c in report.holdout if c.name == config.campaign)
     lift = campaign.absolute_lift
     inside = lift is not None and lift.ci[0] <= config.true_effect <= lift.ci[1]
+    timing = clicks.timing.absolute_lift if clicks.timing else None
+    null_inside = timing is not None and timing.ci[0] <= 0.0 <= timing.ci[1]
     print(f"\ntrue effect {100 * config.true_effect:+.2f} pp inside the campaign's interval: "
-          f"{'yes' if inside else 'NO'}")
-    return 0 if inside else 1
+          f"{'yes' if inside else 'NO'}; true timing effect 0 inside the timing interval: "
+          f"{'yes' if null_inside else 'NO'}")
+    return 0 if inside and null_inside else 1
 
 
 if __name__ == "__main__":

@@ -211,6 +211,9 @@ async def test_known_effect_through_the_engine_is_inside_the_interval(
     assert lift is not None
     assert lift.ci[0] <= config.true_effect <= lift.ci[1]
     assert lift.ci[0] > 0
+    # exploration ran (the policy lets the prior rank slots) and was logged with it
+    assert report.timing is not None and report.timing.control.units == result.explored > 0
+    assert report.timing.treated.units + result.explored == result.treated
 
     assert main(["uplift", "--data", str(tmp_path), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
