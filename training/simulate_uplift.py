@@ -35,8 +35,8 @@ from api.schemas import DecisionRequest, Event
 from training.export import export
 from training.uplift import UpliftReport, analyse, format_report, load
 
-#: decisions in flight at once (the engine is async; Redis serialises per slot anyway)
-BATCH = 256
+#: decisions in flight at once (the engine is async; Redis serialises them anyway)
+BATCH = 64
 HOUR_MS = 3_600_000
 
 
@@ -96,6 +96,8 @@ async def run_through_engine(engine: Engine, config: UpliftSimulation,
     for start in range(0, len(requests), BATCH):
         answers = await asyncio.gather(*(engine.decide(config.tenant, r)
                                          for r in requests[start:start + BATCH]))
+        if any(r.code == ReasonCode.POLICY_STORE_UNAVAILABLE for a in answers for r in a.reasons):
+            raise RuntimeError("Redis timed out: a fallback decision would blur the experiment")
         held += [any(reason.code == ReasonCode.HOLDOUT for reason in a.reasons)
                  for a in answers]
         explored += sum(any(reason.code == ReasonCode.EXPLORATION for reason in a.reasons)
@@ -154,15 +156,20 @@ def main(argv: list[str] | None = None) -> int:
                               campaign_percent=args.campaign_percent, seed=args.seed)
 
     with EmbeddedRedis() as server:
-        settings = Settings(redis_url=server.url, log_decisions=False,
+        # a generous timeout: on a busy machine a 0.25 s one would turn some decisions
+        # into the Redis-down fallback and drop some log appends, blurring the experiment
+        settings = Settings(redis_url=server.url, log_decisions=False, redis_timeout_seconds=10.0,
                             id_key=Secret(b"sendwise uplift simulation key!!"))
         clock = FixedClock(int(dt.datetime(2026, 3, 2, 15, tzinfo=dt.UTC).timestamp() * 1000))
 
         async def decide() -> SimulationResult:
             client = make_redis(settings)
             try:
-                return await run_through_engine(Engine(Store(client), settings, clock), config,
-                                                clock.advance)
+                engine = Engine(Store(client), settings, clock)
+                result = await run_through_engine(engine, config, clock.advance)
+                if engine.log.failures:
+                    raise RuntimeError(f"{engine.log.failures} decision log appends failed")
+                return result
             finally:
                 await client.aclose()
 
