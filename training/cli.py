@@ -252,7 +252,8 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rk.set_defaults(func=_rank)
 
     ex = sub.add_parser("export", help="the API's decision and event log as training input "
-                        "(messages.parquet + activity.parquet)", formatter_class=fmt)
+                        "(messages.parquet + activity.parquet; decisions.parquet + outcomes.parquet for "
+                        "`sendwise uplift`)", formatter_class=fmt)
     ex.add_argument("--tenant", required=True)
     ex.add_argument("--out", required=True, help="directory to write (then `sendwise train "
                     "--data DIR`)")
