@@ -51,7 +51,7 @@ class HoldoutSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     global_percent: Percent = 0.0
     #: campaign id -> share (0-100) of that campaign's recipients held out of its messages
     #: (keys and values checked by ``validate_holdout``, which names the campaign)
-    campaigns: Annotated[dict[str, float], Meta(max_length=10_000)] = {}
+    campaigns: Annotated[dict[str, float], Meta(max_length=1000)] = {}
 
 
 def validate_holdout(settings: HoldoutSettings) -> tuple[str, str] | None:
