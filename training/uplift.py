@@ -63,7 +63,9 @@ def wilson(k: int, n: int, z: float) -> tuple[float, float]:
     denominator = 1.0 + z * z / n
     center = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, center - half), min(1.0, center + half)
+    # the bounds at k = 0 and k = n are exactly 0 and 1 (rounding would leave 1e-18)
+    return (0.0 if k == 0 else max(0.0, center - half),
+            1.0 if k == n else min(1.0, center + half))
 
 
 def newcombe(k1: int, n1: int, k2: int, n2: int, z: float) -> tuple[float, float, float]:

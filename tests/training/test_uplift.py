@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from api.clock import FixedClock
 from api.engine import Engine
@@ -71,6 +73,26 @@ def test_katz_relative_risk_matches_published_values() -> None:
     assert lift is not None
     assert lift == pytest.approx((1.4495, 0.5837, 2.7887), abs=5e-5)
     assert relative_lift(0, 10, 3, 10, Z) is None
+
+
+counts = st.integers(1, 5000).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(treated=counts, control=counts, confidence=st.sampled_from([0.8, 0.9, 0.95, 0.99]))
+def test_intervals_hold_their_estimates_and_stay_in_range(
+        treated: tuple[int, int], control: tuple[int, int], confidence: float) -> None:
+    z = z_value(confidence)
+    (k1, n1), (k0, n0) = treated, control
+    lo, hi = wilson(k1, n1, z)
+    assert 0.0 <= lo <= k1 / n1 <= hi <= 1.0
+    d, dlo, dhi = newcombe(k1, n1, k0, n0, z)
+    assert -1.0 <= dlo <= d <= dhi <= 1.0
+    wider = newcombe(k1, n1, k0, n0, z_value(0.999))
+    assert wider[1] <= dlo + 1e-12 and dhi <= wider[2] + 1e-12
+    rel = relative_lift(k1, n1, k0, n0, z)
+    if rel is not None:
+        assert rel[1] <= rel[0] <= rel[2] and rel[1] > -1.0
 
 
 def test_newcombe_interval_covers_the_truth_95_percent_of_the_time() -> None:
