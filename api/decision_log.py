@@ -21,8 +21,10 @@ from collections.abc import Sequence
 
 import structlog
 
+from api.holdout import group_of_rule
 from api.keys import log_bucket, log_key
 from api.localtime import utc_to_ms
+from api.reasons import ReasonCode
 from api.schemas import DecisionRequest, DecisionResponse, Event
 from api.store import Store
 
@@ -66,6 +68,11 @@ class DecisionLog:
             "propensity": "" if response.propensity is None else repr(response.propensity),
             "model_version": response.model_version or "",
             "features_source": response.features_source or "",
+            # what `sendwise uplift` needs: every reason code (holdout, exploration...) and
+            # the holdout group of a held-out decision
+            "reasons": ",".join(r.code for r in response.reasons),
+            "holdout": next((group_of_rule(r.rule) for r in response.reasons
+                             if r.code == ReasonCode.HOLDOUT), ""),
         }
         await self._append(log_key(tenant, log_bucket(request.user_id)), [fields], now)
 

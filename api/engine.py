@@ -242,7 +242,8 @@ class Engine:
             if state.record is not None:
                 return self._replay(state.record, fp, request.dry_run)
             location = self.locate(request, state.preferences, policy)
-            permitted, pre, suppressed = pre_checks(request, policy, state, now)
+            permitted, pre, suppressed = pre_checks(request, policy, state, now,
+                                                    tenant=tenant, user_id=user)
             plan = build_plan(request, policy, state, location, now=now,
                               idempotency_ttl_ms=self.settings.idempotency_ttl_seconds * 1000,
                               candidate_channels=permitted, pre_suppressed=suppressed)

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from api import intervals
+from api.holdout import held_out_rule
 from api.intervals import Interval
 from api.jurisdictions import JurisdictionPack, applicable_packs, blocked_intervals
 from api.locale import Location
@@ -187,8 +188,21 @@ def effective_consent(state: UserState, channel: str) -> str:
 
 
 def pre_checks(request: DecisionRequest, policy: Policy, state: UserState,
-               now: int) -> tuple[list[str], list[PreReason], bool]:
-    """Consent, topic opt-outs and conversions: (permitted channels, reasons, suppress_all)."""
+               now: int, *, tenant: str = "",
+               user_id: str | None = None) -> tuple[list[str], list[PreReason], bool]:
+    """Holdouts, consent, topic opt-outs and conversions: (permitted channels, reasons,
+    suppress_all).
+
+    The holdout comes first and alone: a held-out recipient's message is suppressed
+    whatever else applies, so the held-out group stays a random sample of everyone asked
+    about (with consent, caps and conversions as in the treated group). ``user_id`` is the
+    id the decision is made for (a merged id's current one, ``api/holdout.py``); the engine
+    passes it and ``tenant``, callers that only read per-channel reasons may omit them."""
+    held = held_out_rule(policy.holdout, tenant=tenant, user_id=user_id or request.user_id,
+                         campaign_id=request.campaign_id,
+                         exempt=request.category in policy.exempt_categories)
+    if held is not None:
+        return [], [PreReason(ReasonCode.HOLDOUT, held)], True
     reasons: list[PreReason] = []
     topics = set(state.preferences.topic_opt_outs)
     hit = next((t for t in [request.category, *request.tags] if t in topics), None)

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from api.holdout import HoldoutSettings, validate_holdout
 from api.jurisdictions import JurisdictionPack, load_builtin_packs, validate_pack
 from api.locale import is_valid_zone, normalize_country
 from api.schemas import Channel, CountryCode, Hhmm, Id, Name, Tag, ZoneName
@@ -149,6 +150,8 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: how long a `converted` event suppresses further messages of its campaign
     converted_suppression_days: Annotated[int, Meta(ge=0, le=365)] = 30
     send_time: SendTimeSettings = msgspec.field(default_factory=SendTimeSettings)
+    #: global control group and per-campaign holdouts (``api/holdout.py``); None: none
+    holdout: HoldoutSettings | None = None
 
     @property
     def version_label(self) -> str:
@@ -194,6 +197,8 @@ def validate_policy(policy: Policy) -> None:
         normalize_country(policy.default_country)
     except ValueError as exc:
         raise PolicyInvalidError("default_country", str(exc)) from exc
+    if policy.holdout is not None and (problem := validate_holdout(policy.holdout)):
+        raise PolicyInvalidError(*problem)
     builtin_ids = {p.id for p in load_builtin_packs()}
     custom_ids: set[str] = set()
     for i, pack in enumerate(policy.jurisdictions.packs):

@@ -29,6 +29,7 @@ class ReasonCode(StrEnum):
     POLICY_STORE_UNAVAILABLE = "policy_store_unavailable"
     BETTER_SEND_TIME = "better_send_time"
     EXPLORATION = "exploration"
+    HOLDOUT = "holdout"
 
 
 REASON_DOCS: dict[ReasonCode, str] = {
@@ -67,4 +68,8 @@ REASON_DOCS: dict[ReasonCode, str] = {
     ReasonCode.EXPLORATION: "This message was picked for exploration (policy "
     "`send_time.exploration_rate`): a random allowed slot, so the logs keep showing how "
     "other hours do; `propensity` is the chance it had.",
+    ReasonCode.HOLDOUT: "The recipient is in a holdout group (policy `holdout`): the global "
+    "control group (`rule` `policy.holdout.global_percent`) or this campaign's holdout (`rule` "
+    "`policy.holdout.campaigns.<id>`), kept out so `sendwise uplift` can measure what the "
+    "messages are worth. Exempt categories are never held out.",
 }

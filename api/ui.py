@@ -109,7 +109,7 @@ async def build_page(engine: Engine, tenant: str, user_id: str, *, category: str
             // HOUR_MS) * HOUR_MS
 
     lanes = {channel: Lane(channel) for channel in channels}
-    _, pre, _ = pre_checks(request, policy, state, now)
+    _, pre, _ = pre_checks(request, policy, state, now, tenant=tenant)
     for reason in pre:
         if reason.channel in lanes:
             lanes[reason.channel].blocked_by = reason.code

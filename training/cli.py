@@ -1,4 +1,4 @@
-"""``sendwise simulate | train | rank``: the ML commands, plugged into ``sendwise.cli``.
+"""``sendwise simulate | train | rank | export | uplift``: the ML commands, plugged into ``sendwise.cli``.
 
 Everything heavy (numpy-heavy modules, pyarrow, lightgbm, matplotlib) is imported inside
 the command functions so ``sendwise --help`` and ``sendwise serve`` stay fast.
@@ -62,7 +62,8 @@ def _export(args: argparse.Namespace) -> int:
     client = (redis.RedisCluster.from_url(url) if args.cluster
               else redis.Redis.from_url(url))
     counts = export(client, args.tenant, Path(args.out))
-    print(f"wrote {counts['messages']} messages and {counts['activity']} activity rows "
+    print(f"wrote {counts['messages']} messages, {counts['activity']} activity rows, "
+          f"{counts['decisions']} decisions and {counts['outcomes']} outcome events "
           f"to {args.out}")
     return 0
 
@@ -105,6 +106,23 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     print(summary_text(result))
     print(f"artifact: {result.out}" + (f"\nreport:   {result.report}" if result.report else ""))
+    return 0
+
+
+def _uplift(args: argparse.Namespace) -> int:
+    import json
+
+    from training.uplift import analyse, format_report, load
+
+    try:
+        decisions, outcomes = load(Path(args.data))
+        report = analyse(decisions, outcomes, outcome=args.outcome, confidence=args.confidence,
+                         window_seconds=args.window,
+                         exempt_categories=args.exempt_category or ["transactional"])
+    except ValueError as exc:
+        print(f"sendwise uplift: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.to_json(), indent=1) if args.json else format_report(report))
     return 0
 
 
@@ -234,7 +252,8 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rk.set_defaults(func=_rank)
 
     ex = sub.add_parser("export", help="the API's decision and event log as training input "
-                        "(messages.parquet + activity.parquet)", formatter_class=fmt)
+                        "(messages.parquet + activity.parquet; decisions.parquet + outcomes.parquet for "
+                        "`sendwise uplift`)", formatter_class=fmt)
     ex.add_argument("--tenant", required=True)
     ex.add_argument("--out", required=True, help="directory to write (then `sendwise train "
                     "--data DIR`)")
@@ -242,3 +261,23 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     help="the API's Redis (default: $REDIS_URL)")
     ex.add_argument("--cluster", action="store_true", help="REDIS_URL is a Redis Cluster")
     ex.set_defaults(func=_export)
+
+    from training.uplift import OUTCOMES  # stdlib only at import: --help stays fast
+
+    up = sub.add_parser("uplift", help="outcome rates of treated vs held-out recipients and of "
+                        "model-timed vs exploration decisions, with confidence intervals "
+                        "(docs/uplift.md)", formatter_class=fmt)
+    up.add_argument("--data", required=True,
+                    help="a `sendwise export` directory (decisions.parquet + outcomes.parquet)")
+    up.add_argument("--outcome", choices=OUTCOMES, default="converted",
+                    help="the outcome event whose rate is compared")
+    up.add_argument("--window", type=_duration,
+                    help="count an outcome only this long (seconds, or e.g. 7d) after the "
+                         "recipient's first decision (default: any time up to the export)")
+    up.add_argument("--confidence", type=float, default=0.95,
+                    help="confidence level of every interval")
+    up.add_argument("--exempt-category", action="append",
+                    help="categories never held out, left out of both arms (repeatable; "
+                         "default: transactional)")
+    up.add_argument("--json", action="store_true", help="the report as JSON")
+    up.set_defaults(func=_uplift)

@@ -8,6 +8,12 @@
   it) and its category and campaign. Channels the model has no column for (``web_push``)
   are left out.
 * ``activity.parquet``: one row per ``activity`` event, in the zone it was counted in.
+* ``decisions.parquet``: every logged decision, suppressions included (what ``sendwise
+  uplift`` compares, ``training/uplift.py``): reason codes, holdout group, exploration
+  flag, propensity, model version, and the first outcome of each type its message got.
+* ``outcomes.parquet``: every outcome event (``delivered`` ... ``unsubscribed``) with its
+  message and campaign, so outcomes of held-out recipients (who got no message: a
+  conversion arrives with the campaign only) can be counted too.
 
 Stream entries older than the API's retention (``SENDWISE_DECISION_LOG`` settings) are
 gone: export at least that often to keep a full history.
@@ -98,4 +104,58 @@ def export(client: Any, tenant: str, out: Path, *, now_ms: int | None = None) ->
                              for c, v in messages.items()}), out / "messages.parquet")
     pq.write_table(pa.table({c: pa.array(v, type=ts if c == "occurred_at" else pa.string())
                              for c, v in activity.items()}), out / "activity.parquet")
-    return {"messages": len(messages["user_id"]), "activity": len(activity["user_id"])}
+    decided, outcome_events = write_uplift_tables(entries, out)
+    return {"messages": len(messages["user_id"]), "activity": len(activity["user_id"]),
+            "decisions": decided, "outcomes": outcome_events}
+
+
+def write_uplift_tables(entries: list[dict[str, str]], out: Path) -> tuple[int, int]:
+    """``decisions.parquet`` and ``outcomes.parquet`` (module docstring); instants in epoch
+    milliseconds (UTC). Entries logged before these fields existed read as having no
+    reasons and no holdout. Returns the row counts."""
+    events: dict[str, list[Any]] = {"user_id": [], "type": [], "at": [], "message_id": [],
+                                    "campaign": []}
+    first: dict[tuple[str, str], dict[str, int]] = {}
+    for e in entries:
+        if e.get("kind") != "event" or e.get("type") not in OUTCOME_OF:
+            continue
+        at = int(e["at"])
+        events["user_id"].append(e["user_id"])
+        events["type"].append(e["type"])
+        events["at"].append(at)
+        events["message_id"].append(e.get("message_id") or None)
+        events["campaign"].append(e.get("campaign") or None)
+        if e.get("message_id"):
+            slot = first.setdefault((e["user_id"], e["message_id"]), {})
+            slot[e["type"]] = min(slot.get(e["type"], at), at)
+    names = ("user_id", "message_id", "campaign", "category", "decision", "channel", "send_at",
+             "decided_at", "reasons", "holdout", "exploration", "propensity", "model_version")
+    rows: dict[str, list[Any]] = {c: [] for c in (*names, *OUTCOME_OF.values())}
+    for e in entries:
+        if e.get("kind") != "decision":
+            continue
+        reasons = e.get("reasons", "")
+        decided_at = int(e["decided_at"])
+        found = first.get((e["user_id"], e["message_id"]), {})
+        values: dict[str, Any] = {
+            "user_id": e["user_id"], "message_id": e["message_id"],
+            "campaign": e.get("campaign") or None, "category": e["category"],
+            "decision": e["decision"], "channel": e.get("channel") or None,
+            "send_at": int(e["send_at"]) if e.get("send_at") else None,
+            "decided_at": decided_at, "reasons": reasons, "holdout": e.get("holdout") or None,
+            "exploration": "exploration" in reasons.split(","),
+            "propensity": float(e["propensity"]) if e.get("propensity") else None,
+            "model_version": e.get("model_version") or None}
+        for kind, column in OUTCOME_OF.items():
+            when = found.get(kind)
+            values[column] = when if when is not None and when >= decided_at else None
+        for c, v in values.items():
+            rows[c].append(v)
+    ms = pa.timestamp("ms", tz="UTC")
+    types = {"send_at": ms, "decided_at": ms, "exploration": pa.bool_(),
+             "propensity": pa.float64(), **dict.fromkeys(OUTCOME_OF.values(), ms)}
+    pq.write_table(pa.table({c: pa.array(v, type=types.get(c, pa.string()))
+                             for c, v in rows.items()}), out / "decisions.parquet")
+    pq.write_table(pa.table({c: pa.array(v, type=ms if c == "at" else pa.string())
+                             for c, v in events.items()}), out / "outcomes.parquet")
+    return len(rows["user_id"]), len(events["user_id"])

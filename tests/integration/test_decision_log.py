@@ -58,7 +58,7 @@ async def test_logged_decisions_and_events_export_to_the_training_schema(
         else:
             client.close()
             client.connection_pool.disconnect()
-    assert counts == {"messages": 2, "activity": 42}
+    assert counts == {"messages": 2, "activity": 42, "decisions": 2, "outcomes": 2}
     messages = load_messages(tmp_path / "messages.parquet")
     assert len(messages) == 2 and messages.report.rows_rejected == 0
     opened = messages.outcomes["opened_at"]

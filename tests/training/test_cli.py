@@ -45,7 +45,7 @@ def test_too_short_history_is_a_clear_error(sim_dir: Path, tmp_path: Path,
     assert "too short" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["simulate", "train", "rank"])
+@pytest.mark.parametrize("command", ["simulate", "train", "rank", "uplift"])
 def test_every_option_has_help_with_its_default(command: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
