@@ -256,7 +256,8 @@ class ShadowService:
             location = engine.locate(request, state.preferences, policy)
         except InvalidRequestError as exc:
             return ShadowRun(version, SideOutcome(decision=INVALID, field=exc.field))
-        permitted, pre, suppressed = pre_checks(request, policy, state, now)
+        permitted, pre, suppressed = pre_checks(request, policy, state, now, tenant=tenant,
+                                                user_id=user)
         plan = build_plan(request, policy, state, location, now=now,
                           idempotency_ttl_ms=engine.settings.idempotency_ttl_seconds * 1000,
                           candidate_channels=permitted, pre_suppressed=suppressed)
