@@ -69,6 +69,22 @@ class DecisionLog:
         }
         await self._append(log_key(tenant, log_bucket(request.user_id)), [fields], now)
 
+    async def displaced(self, tenant: str, user_id: str, response: DecisionResponse, *,
+                        category: str, campaign: str, now: int) -> None:
+        """A reservation a higher-priority message displaced (preemption): its new state,
+        logged like a decision (``decision`` suppress, ``reason`` preempted), so the
+        training data never counts a message that was not sent."""
+        if not self.enabled:
+            return
+        fields = {
+            "kind": "decision", "user_id": user_id, "message_id": response.message_id,
+            "decision": response.decision, "channel": "", "send_at": "",
+            "decided_at": str(now), "timezone": response.timezone, "category": category,
+            "campaign": campaign, "score": "", "propensity": "", "model_version": "",
+            "features_source": "", "reason": "preempted",
+        }
+        await self._append(log_key(tenant, log_bucket(user_id)), [fields], now)
+
     async def events(self, tenant: str, events: Sequence[Event], zones: dict[str, str],
                      now: int) -> None:
         """``zones``: the zone each user's profile counted the events in."""

@@ -29,6 +29,7 @@ class ReasonCode(StrEnum):
     POLICY_STORE_UNAVAILABLE = "policy_store_unavailable"
     BETTER_SEND_TIME = "better_send_time"
     EXPLORATION = "exploration"
+    PREEMPTED = "preempted"
 
 
 REASON_DOCS: dict[ReasonCode, str] = {
@@ -67,4 +68,7 @@ REASON_DOCS: dict[ReasonCode, str] = {
     ReasonCode.EXPLORATION: "This message was picked for exploration (policy "
     "`send_time.exploration_rate`): a random allowed slot, so the logs keep showing how "
     "other hours do; `propensity` is the chance it had.",
+    ReasonCode.PREEMPTED: "A higher-priority message took this reservation's cap slot before "
+    "it was due (policy `preemption`); `rule` names the cap. The reservation is released: "
+    "do not send.",
 }
