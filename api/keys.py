@@ -6,7 +6,8 @@ escaped so a ``{``, ``}``, ``:`` or ``%`` inside a tenant or user id can never m
 or make two (tenant, user) pairs share one.
 
     sw:{t:u}:ledger        ZSET  member = MessagePack [message_id, channel, category, campaign,
-                                  tags, offer_id, offer_group]; score = send instant (ms)
+                                  tags, offer_id, offer_group, priority] (api/plan.py:
+                                  ledger_member); score = send instant (ms)
     sw:{t:u}:prefs         HASH  doc (preferences JSON), rev (int), optout:<channel> (ms),
                                   moved_into (the user id this one was merged into),
                                   merged_from:<user id> (ms: when that id was merged in)
