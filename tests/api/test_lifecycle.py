@@ -47,11 +47,14 @@ async def _user_keys_in_redis(redis_client: RedisClient, user: str) -> list[byte
 async def test_merge_makes_caps_apply_jointly(client: Client, clock: FixedClock) -> None:
     """Default policy: 3 promotional per rolling 24 h. Two ids with 2 sends each are one
     person after the merge: the 4 reservations are honoured (above the cap), and a new
-    promotion for either id is suppressed before its deadline."""
+    promotion for either id is suppressed before its deadline. (Sends 31 minutes apart,
+    past the default promotional spacing; deferrals unspread, the instant is asserted.)"""
+    assert (await client.put("/v1/policy", json={"send_time": {"spread_minutes": 0}})
+            ).status_code == 200
     for i in range(2):
+        clock.advance(i * 31 * 60_000)
         assert (await _decide(client, user_id="anon", message_id=f"a{i}"))["decision"] == "send"
         assert (await _decide(client, user_id="known", message_id=f"k{i}"))["decision"] == "send"
-        clock.advance(60_000)
     merged = await _merge(client, "anon", "known")
     assert merged["into_user_id"] == "known"
     assert merged["moved"] == {"ledger_entries": 2, "decisions": 2, "conversions": 0,
