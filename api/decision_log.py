@@ -71,14 +71,15 @@ class DecisionLog:
 
     async def displaced(self, tenant: str, user_id: str, response: DecisionResponse, *,
                         category: str, campaign: str, now: int) -> None:
-        """A reservation a higher-priority message displaced (preemption): its new state,
-        logged like a decision (``decision`` suppress, ``reason`` preempted), so the
-        training data never counts a message that was not sent."""
+        """A reservation a higher-priority message displaced (preemption): its new state
+        (moved to a later instant, or suppressed), logged like a decision with ``reason``
+        preempted, so the log says when (and whether) the message really goes out."""
         if not self.enabled:
             return
         fields = {
             "kind": "decision", "user_id": user_id, "message_id": response.message_id,
-            "decision": response.decision, "channel": "", "send_at": "",
+            "decision": response.decision, "channel": response.channel or "",
+            "send_at": "" if response.send_at is None else str(utc_to_ms(response.send_at)),
             "decided_at": str(now), "timezone": response.timezone, "category": category,
             "campaign": campaign, "score": "", "propensity": "", "model_version": "",
             "features_source": "", "reason": "preempted",

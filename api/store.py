@@ -106,7 +106,8 @@ class Store:
         keys = user_keys(tenant, user_id)
         async with self._gate:
             reply: list[Any] = await self._commit(
-                keys=[keys.ledger, keys.record(message_id), keys.prefs, keys.record_prefix],
+                keys=[keys.ledger, keys.record(message_id), keys.prefs, keys.record_prefix,
+                      keys.replan_prefix],
                 args=[plan[0], context, *plan[1:]])
         status = reply[0].decode()
         if status == "dup_ledger":

@@ -2,8 +2,9 @@
 -- arithmetic lives here and only here, so the check and the reservation cannot race.
 --
 -- KEYS[1] ledger zset, KEYS[2] idempotency record, KEYS[3] prefs hash, KEYS[4] the prefix of
--- this user's idempotency record keys (same hash tag): a displaced message's record is
--- KEYS[4] .. its message id (preemption)
+-- this user's idempotency record keys, KEYS[5] the prefix of their re-decision plans (same
+-- hash tag; api/keys.py): a displaced message's record is KEYS[4] .. its message id, the
+-- compact plan a deferral keeps while it can be displaced is KEYS[5] .. its message id
 -- ARGV[1] plan (MessagePack, built by api/plan.py), ARGV[2] context JSON (stored verbatim),
 -- ARGV[3] prefix of this message's ledger members, ARGV[3 + i] member of candidate i,
 -- ARGV[3 + #cands + i] (optional) JSON annotation of candidate i, copied as "s" into the
@@ -187,15 +188,32 @@ end
 -- 5. every candidate's rules: Python's time blocks + caps + conflicting offers.
 -- A cap's blocks depend on the ledger only, not on the candidate: computed once per call.
 local cap_cache = {}
-local conflict_rule = nil
-if cw > 0 and msg.og ~= '' then
+local function conflict_for(m, cwin)
+  if cwin <= 0 or m.og == '' then return nil end
   local iv = {}
   for _, e in ipairs(entries) do
-    if e.og == msg.og and e.oid ~= msg.oid then iv[#iv + 1] = {e.t - cw + 1, e.t + cw} end
+    if not e.gone and e.og == m.og and e.oid ~= m.oid then
+      iv[#iv + 1] = {e.t - cwin + 1, e.t + cwin}
+    end
   end
-  if #iv > 0 then
-    conflict_rule = {c = 'conflicting_offer', r = 'conflict_group:' .. msg.og, iv = normalize(iv)}
+  if #iv == 0 then return nil end
+  return {c = 'conflicting_offer', r = 'conflict_group:' .. m.og, iv = normalize(iv)}
+end
+local conflict_rule = conflict_for(msg, cw)
+
+-- spread (send_time.spread_minutes): a deferral at t moves to t + sp, or to the last
+-- instant of the free gap that starts at t when the gap ends sooner. Every instant of that
+-- gap is allowed by every rule of the candidate (the blocks are exact), so the spread is
+-- never earlier than allowed and caps stay exact.
+local function spread(t, b, rules, sp)
+  if sp <= 0 or t <= now then return t end
+  local gap_end = b
+  for _, r in ipairs(rules) do
+    for _, iv in ipairs(r.iv) do
+      if iv[1] > t and iv[1] < gap_end then gap_end = iv[1] end
+    end
   end
+  return math.min(t + sp, gap_end - 1)
 end
 local function time_rules(cand)
   local rules = {}
@@ -293,7 +311,15 @@ if plan.pk > 0 and #plan.cands > 0 then
     if #hit > 0 then  -- T stays blocked: displace nobody
       for _, e in ipairs(displaced) do e.gone = nil end
       displaced = {}
-    elseif #displaced > 0 then
+    else
+      -- keep only the displacements T needs: put each back (latest choice first) if T
+      -- stays free without it
+      for i = #displaced, 1, -1 do
+        displaced[i].gone = nil
+        if #blocking() > 0 then displaced[i].gone = true else table.remove(displaced, i) end
+      end
+    end
+    if #displaced > 0 then
       cap_cache = {}
       evaluated, chosen = evaluate()
     end
@@ -308,19 +334,7 @@ if chosen then
   local t = ev.t
   out_ch, out_t = ev.cand.ch, t
   decision = (t <= now) and 'send' or 'defer'
-  -- spread (send_time.spread_minutes): a deferral moves to t + plan.sp, or to the last
-  -- instant of the free gap that starts at t when the gap ends sooner. Every instant of
-  -- that gap is allowed by every rule of the candidate (the blocks are exact), so the
-  -- spread is never earlier than allowed and caps stay exact.
-  if plan.sp > 0 and t > now then
-    local gap_end = ev.cand.b
-    for _, r in ipairs(ev.rules) do
-      for _, iv in ipairs(r.iv) do
-        if iv[1] > t and iv[1] < gap_end then gap_end = iv[1] end
-      end
-    end
-    out_t = math.min(t + plan.sp, gap_end - 1)
-  end
+  out_t = spread(t, ev.cand.b, ev.rules, plan.sp)
   -- channels preferred over the chosen one: why they lost, at the instant it was chosen
   for i = 1, chosen - 1 do
     local other = evaluated[i]
@@ -345,19 +359,64 @@ else
   end
 end
 
-local parts = {}
-for i, r in ipairs(reasons) do
-  parts[i] = '[' .. cjson.encode(r[1]) .. ',' .. cjson.encode(r[2]) .. ','
-    .. (r[3] and fmt(r[3]) or 'null') .. ',' .. (r[4] and cjson.encode(r[4]) or 'null') .. ']'
+-- the outcome JSON (api/render.py: Outcome); p = 1 marks a preempted suppression
+local function outcome(d, ch, t, rs, p)
+  local parts = {}
+  for i, r in ipairs(rs) do
+    parts[i] = '[' .. cjson.encode(r[1]) .. ',' .. cjson.encode(r[2]) .. ','
+      .. (r[3] and fmt(r[3]) or 'null') .. ',' .. (r[4] and cjson.encode(r[4]) or 'null') .. ']'
+  end
+  return '{"d":"' .. d .. '","ch":' .. (ch and cjson.encode(ch) or 'null')
+    .. ',"t":' .. (t and fmt(t) or 'null') .. ',"r":[' .. table.concat(parts, ',') .. ']'
+    .. (p and ',"p":1' or '')
 end
-local out = '{"d":"' .. decision .. '","ch":' .. (out_ch and cjson.encode(out_ch) or 'null')
-  .. ',"t":' .. (out_t and fmt(out_t) or 'null') .. ',"r":[' .. table.concat(parts, ',') .. ']'
+local out = outcome(decision, out_ch, out_t, reasons, false)
 local note = chosen and ARGV[3 + #plan.cands + chosen]
 if note then out = out .. ',"s":' .. note end
 
--- the displaced messages' new outcome, and their decision ids (from their records' context)
+-- 6b. re-decide each displaced message inside this call, against the ledger as it is now
+-- (this message's reservation included, the displaced ones gone): the earliest instant at
+-- or after its old one that its own stored plan (KEYS[5] .. id: its window candidates,
+-- time blocks, caps compiled for its priority, conflict window, spread) allows, spread
+-- like any deferral; none before its horizon (or no stored plan): suppressed. Either way
+-- the first reason is 'preempted'. No cascade: a re-decided message displaces nobody.
+local function redecide(v)
+  local raw_plan = redis.call('GET', KEYS[5] .. v.mid)
+  local first = {'preempted', v.by, nil, v.ch}
+  if not raw_plan then return {d = 'suppress', r = {first}} end
+  local R = cmsgpack.unpack(raw_plan)
+  local conflict = conflict_for(R.m, R.w)
+  local best, bt, brules
+  for i, cand in ipairs(R.c) do
+    local rules = {}
+    for _, index in ipairs(cand.pb) do rules[#rules + 1] = R.b[index + 1] end
+    for _, cap in ipairs(R.k) do
+      if matches(cap, cand.ch, R.m.cat, R.m.camp, R.m.tags) then
+        local iv = normalize(cap_blocks(cap))
+        if #iv > 0 then rules[#rules + 1] = {c = cap.code, r = cap.id, iv = iv} end
+      end
+    end
+    if conflict then rules[#rules + 1] = conflict end
+    local t = first_free(rules, math.max(cand.a, v.t), cand.b)
+    if t ~= nil and (bt == nil or t < bt) then best, bt, brules = i, t, rules end
+  end
+  if best == nil then
+    return {d = 'suppress', r = {first, {R.e.c, R.e.r, nil, nil}}}
+  end
+  local cand = R.c[best]
+  local rs, seen2 = {first}, {}
+  chain(brules, v.t, bt, cand.ch, rs, seen2)
+  return {d = 'defer', ch = cand.ch, t = spread(bt, cand.b, brules, R.s), r = rs,
+          member = R.mem[best], plan = raw_plan}
+end
+
 local moved = {}
 if #displaced > 0 then
+  -- from here on this message's reservation counts for the re-decisions
+  if out_t and plan.dry == 0 then
+    entries[#entries + 1] = {t = out_t, ch = out_ch, cat = msg.cat, camp = msg.camp,
+                             tags = msg.tags, oid = msg.oid, og = msg.og, pr = msg.pr}
+  end
   local ids = {}
   for _, e in ipairs(displaced) do
     local key = KEYS[4] .. e.mid
@@ -365,9 +424,18 @@ if #displaced > 0 then
     local ctx = old and string.match(old, '^[^\n]*')
     local did = ctx and cjson.decode(ctx).did
     if did then ids[#ids + 1] = cjson.encode(did) end
-    local dout = '{"d":"suppress","ch":null,"t":null,"r":[[' .. cjson.encode('preempted')
-      .. ',' .. cjson.encode(e.by) .. ',null,' .. cjson.encode(e.ch) .. ']],"p":1}'
-    moved[#moved + 1] = {e = e, key = key, rec = ctx and (ctx .. '\n' .. dout)}
+    local m = {e = e, key = key}
+    if plan.dry == 0 then
+      local r = redecide(e)
+      if r.t then  -- moved: counted for the next re-decision
+        local d = cmsgpack.unpack(r.member)
+        entries[#entries + 1] = {t = r.t, ch = d[2], cat = d[3], camp = d[4], tags = d[5],
+                                 oid = d[6], og = d[7], pr = d[8] or plan.dp}
+      end
+      m.r = r
+      m.rec = ctx and (ctx .. '\n' .. outcome(r.d, r.ch, r.t, r.r, r.t == nil) .. '}')
+    end
+    moved[#moved + 1] = m
   end
   out = out .. ',"x":[' .. table.concat(ids, ',') .. ']'
 end
@@ -384,9 +452,56 @@ if plan.dry == 0 then
     ttl = math.max(ttl, out_t - now + plan.ttl)
   end
   redis.call('SET', KEYS[2], ARGV[2] .. '\n' .. out, 'PX', fmt(ttl))
+  -- a deferral that preemption may displace keeps its compact plan until it is due
+  if plan.pk > 0 and out_t and out_t > now then
+    local c, mem, last = {}, {}, out_t
+    for i, cand in ipairs(plan.cands) do
+      if cand.s ~= 1 then
+        c[#c + 1] = {ch = cand.ch, a = cand.a, b = cand.b, pb = cand.pb}
+        mem[#mem + 1] = ARGV[3 + i]
+        if cand.b > last then last = cand.b end
+      end
+    end
+    -- only the intervals its re-decision can meet: after this reservation, before the end
+    local blocks = {}
+    for i, blk in ipairs(plan.blocks) do
+      local iv = {}
+      for _, x in ipairs(blk.iv) do
+        if x[2] > out_t and x[1] < last then iv[#iv + 1] = x end
+      end
+      blocks[i] = {c = blk.c, r = blk.r, iv = iv}
+    end
+    -- caps without their empty scope lists (nil matches everything, like an empty list)
+    local caps = {}
+    for i, cap in ipairs(plan.caps) do
+      local k = {}
+      for name, value in pairs(cap) do
+        if type(value) ~= 'table' or #value > 0 then k[name] = value end
+      end
+      caps[i] = k
+    end
+    redis.call('SET', KEYS[5] .. cjson.decode(ARGV[2]).mid, cmsgpack.pack(
+      {c = c, b = blocks, k = caps, w = cw, m = msg, e = plan.endr, s = plan.sp,
+       mem = mem}), 'PX', fmt(out_t - now + 1))
+  end
   for _, m in ipairs(moved) do
     redis.call('ZREM', KEYS[1], m.e.member)
-    if m.rec then redis.call('SET', m.key, m.rec, 'KEEPTTL') end
+    local r = m.r
+    if r.t then
+      redis.call('ZADD', KEYS[1], fmt(r.t), r.member)
+      redis.call('SET', KEYS[5] .. m.e.mid, r.plan, 'PX', fmt(r.t - now + 1))
+      local want = r.t - now + plan.keep
+      if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], fmt(want)) end
+    else
+      redis.call('DEL', KEYS[5] .. m.e.mid)
+    end
+    if m.rec then
+      redis.call('SET', m.key, m.rec, 'KEEPTTL')
+      if r.t then
+        local want = r.t - now + plan.ttl
+        if redis.call('PTTL', m.key) < want then redis.call('PEXPIRE', m.key, fmt(want)) end
+      end
+    end
   end
 end
 local reply = {'new', out}

@@ -59,12 +59,14 @@ async def test_preempted_state(client: Client, clock: FixedClock) -> None:
               "preemption": {"enabled": True}}
     assert (await client.put("/v1/policy", json=policy)).status_code == 200
     clock.value = at("2026-06-10T23:00:00-04:00")
-    low = await _decide(client, message_id="low", priority=1)
+    # no instant left before its deadline once displaced: suppressed
+    low = await _decide(client, message_id="low", priority=1,
+                        deadline="2026-06-11T18:00:00Z")
     high = await _decide(client, message_id="high", priority=9)
     assert high["displaced"] == [low["decision_id"]]
     state = await _state(client, low["decision_id"])
     assert state["state"] == "preempted" and state["send_at"] is None
-    assert [r["code"] for r in state["reasons"]] == ["preempted"]
+    assert [r["code"] for r in state["reasons"]] == ["preempted", "deadline_exceeded"]
 
 
 async def test_unknown_and_other_tenants_ids_are_404(client: Client) -> None:

@@ -1,5 +1,6 @@
 """Priority that means something: cap reserves, preemption of lower-priority reservations
-that are not yet due, the decision state a platform confirms before sending
+that are not yet due (the displaced message moved to its next allowed instant or
+suppressed, in the same commit), the decision state a platform confirms before sending
 (README, "Priority and preemption")."""
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ async def test_reserve_keeps_the_last_slots_for_higher_priorities(
     assert top.decision == "defer" and codes(top) == ["frequency_cap"]
 
 
-async def test_higher_priority_preempts_a_future_lower_priority_reservation(
+async def test_higher_priority_preempts_and_the_displaced_message_moves(
         engine: Engine, clock: FixedClock, set_policy: Callable[..., Any]) -> None:
     await set_policy(caps=[{"id": "daily", "limit": 1, "window_minutes": 1440}],
                      **EXACT, **PREEMPT)
@@ -58,17 +59,39 @@ async def test_higher_priority_preempts_a_future_lower_priority_reservation(
     high = await engine.decide(TENANT, req(message_id="high", priority=8))
     assert high.decision == "defer" and high.send_at == MORNING
     assert high.displaced == [low.decision_id]
-    assert await _ledger(engine) == {"high": int(MORNING.timestamp() * 1000)}
-    # the displaced message: its retry, and the state a platform confirms, both say so
+    # re-decided in the same commit: its next allowed instant, a day later
+    later = MORNING + dt.timedelta(days=1)
+    assert await _ledger(engine) == {"high": int(MORNING.timestamp() * 1000),
+                                     "low": int(later.timestamp() * 1000)}
+    # the state a platform confirms, and a retry of the displaced message, both say so
     status = await engine.status(TENANT, low.decision_id)
-    assert status.state == "preempted" and status.send_at is None and status.channel is None
-    assert [(r.code, r.rule, r.channel) for r in status.reasons] == [("preempted", "daily", "sms")]
+    assert (status.state, status.channel, status.send_at) == ("defer", "sms", later)
+    assert [(r.code, r.rule, r.until) for r in status.reasons] == [
+        ("preempted", "daily", None), ("frequency_cap", "daily", later)]
     retry = await engine.decide(TENANT, req(message_id="low", priority=2, channels=["sms"]))
-    assert retry.decision == "suppress" and codes(retry) == ["preempted"] and retry.replayed
+    assert retry.replayed and retry.send_at == later and codes(retry)[0] == "preempted"
     # the preempting answer replays with its displaced ids
     again = await engine.decide(TENANT, req(message_id="high", priority=8))
     assert again.displaced == [low.decision_id] and again.replayed
     assert (await engine.status(TENANT, high.decision_id)).state == "defer"
+
+
+async def test_a_displaced_message_with_no_instant_left_is_suppressed(
+        engine: Engine, clock: FixedClock, set_policy: Callable[..., Any]) -> None:
+    await set_policy(caps=[{"id": "daily", "limit": 1, "window_minutes": 1440}],
+                     **EXACT, **PREEMPT)
+    clock.value = at(NIGHT)
+    deadline = MORNING + dt.timedelta(hours=6)
+    low = await engine.decide(TENANT, req(message_id="low", priority=2, deadline=deadline))
+    high = await engine.decide(TENANT, req(message_id="high", priority=8))
+    assert high.displaced == [low.decision_id]
+    assert set(await _ledger(engine)) == {"high"}
+    status = await engine.status(TENANT, low.decision_id)
+    assert status.state == "preempted" and status.send_at is None and status.channel is None
+    assert [(r.code, r.rule) for r in status.reasons] == [("preempted", "daily"),
+                                                         ("deadline_exceeded", "request.deadline")]
+    retry = await engine.decide(TENANT, req(message_id="low", priority=2, deadline=deadline))
+    assert retry.decision == "suppress" and codes(retry)[0] == "preempted" and retry.replayed
 
 
 async def test_preemption_needs_a_strictly_lower_priority_not_yet_due(
@@ -99,9 +122,10 @@ async def test_preemption_is_off_by_default(
 
 async def test_preemption_is_bounded_and_all_or_nothing(
         engine: Engine, clock: FixedClock, set_policy: Callable[..., Any]) -> None:
-    """Freeing 08:00 takes two displacements (one per cap): with max_displaced 1 nobody is
-    displaced (a displacement that does not free the slot would only lose a message);
-    with 2 both go, lowest priority first."""
+    """Freeing 08:00 takes displacing the promotional reservation, but the greedy choice
+    (lowest priority first) tries the news one first: with max_displaced 1 nobody is
+    displaced (a displacement that does not free the slot would only lose a message); with
+    2 the slot frees, and the news reservation it did not need is put back."""
     caps = [{"id": "promo-daily", "limit": 1, "window_minutes": 1440,
              "scope": {"categories": ["promotional"]}},
             {"id": "all-daily", "limit": 2, "window_minutes": 1440}]
@@ -120,10 +144,12 @@ async def test_preemption_is_bounded_and_all_or_nothing(
     top = await engine.decide(TENANT, req(message_id="top", priority=10, user_id="u1",
                                           channels=["sms"]))
     assert top.send_at == MORNING
-    assert top.displaced == [news.decision_id, promo.decision_id]
-    assert set(await _ledger(engine)) == {"top", "high"}
-    for displaced in (news, promo):
-        assert (await engine.status(TENANT, displaced.decision_id)).state == "preempted"
+    assert top.displaced == [promo.decision_id]
+    ledger = await _ledger(engine)
+    assert ledger["news"] == int(MORNING.timestamp() * 1000)
+    # promo moves past both promotional reservations (top, high): 08:00 two days on
+    assert ledger["promo"] == int((MORNING + dt.timedelta(days=2)).timestamp() * 1000)
+    assert (await engine.status(TENANT, news.decision_id)).state == "defer"
 
 
 async def test_exempt_reservations_are_never_displaced(
@@ -163,8 +189,9 @@ async def test_displaced_decisions_are_logged(
     rows = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in
             await redis_client.xrange(log_key(TENANT, log_bucket("u1")))]
     assert [(r["message_id"], r["decision"]) for r in rows] == [
-        ("low", "defer"), ("high", "defer"), ("low", "suppress")]
+        ("low", "defer"), ("high", "defer"), ("low", "defer")]
     assert rows[-1]["reason"] == "preempted" and rows[-1]["campaign"] == "spring"
+    assert rows[-1]["send_at"] == str(int((MORNING + dt.timedelta(days=1)).timestamp() * 1000))
 
 
 async def test_concurrent_priorities_keep_the_cap_and_a_consistent_ledger(
@@ -186,8 +213,10 @@ async def test_concurrent_priorities_keep_the_cap_and_a_consistent_ledger(
     live = {}
     for request, answer in zip(requests, answers, strict=True):
         status = await engine.status(TENANT, answer.decision_id)
-        if answer.decision_id in displaced:
-            assert status.state == "preempted" and request.message_id not in ledger
+        if answer.decision_id in displaced:  # moved (defer) or suppressed (preempted)
+            assert status.reasons[0].code == "preempted"
+            assert status.state in ("defer", "preempted")
+            assert (request.message_id in ledger) == (status.state == "defer")
         else:
             assert status.state == answer.decision
         if status.state in ("send", "defer"):
@@ -199,3 +228,29 @@ async def test_concurrent_priorities_keep_the_cap_and_a_consistent_ledger(
     for request, answer in zip(requests, answers, strict=True):
         for did in answer.displaced:
             assert by_id[did].priority < request.priority
+
+
+async def test_the_stored_plan_is_small_and_expires_when_due(
+        engine: Engine, clock: FixedClock, set_policy: Callable[..., Any],
+        redis_client: Any) -> None:
+    """The memory a deferral costs while it can be displaced (default policy plus
+    preemption, two channels): a few hundred bytes, gone once it is due; none at all for
+    sends, or without preemption."""
+    from api.keys import user_keys
+
+    await set_policy(**PREEMPT)
+    clock.value = at(NIGHT)
+    await engine.decide(TENANT, req(message_id="now", category="transactional"))
+    d = await engine.decide(TENANT, req(message_id="m", channels=["email", "sms"],
+                                        campaign_id="spring-sale", tags=["shoes"]))
+    keys = user_keys(TENANT, "u1")
+    size = await redis_client.strlen(keys.replan_prefix + "m")
+    memory = await redis_client.memory_usage(keys.replan_prefix + "m")
+    assert 0 < size <= 800 and memory <= 1024, (size, memory)  # measured: 738 B, 832 B
+    assert await redis_client.exists(keys.replan_prefix + "now") == 0
+    ttl = await redis_client.pttl(keys.replan_prefix + "m")
+    assert d.send_at is not None
+    assert 0 < ttl <= int(d.send_at.timestamp() * 1000) - clock.now_ms() + 1
+    await set_policy()
+    await engine.decide(TENANT, req(message_id="off"))
+    assert await redis_client.exists(keys.replan_prefix + "off") == 0
