@@ -152,9 +152,10 @@ class SendTimeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
 class PreemptionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A higher-priority message may take the cap slot of a lower-priority reservation
-    that is not yet due; the displaced message is suppressed with reason ``preempted``
-    (README, "Priority"). Off by default: only a platform that confirms a deferred
-    message (``GET /v1/decisions/{id}``) just before sending it learns of a displacement."""
+    that is not yet due; the displaced message is re-decided in the same commit (moved to
+    its next allowed instant, or suppressed), with reason ``preempted`` (README, "Priority
+    and preemption"). Off by default: only a platform that confirms a deferred message
+    (``GET /v1/decisions/{id}``) just before sending it learns of a displacement."""
 
     enabled: bool = False
     #: at most this many reservations displaced by one decision

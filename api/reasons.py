@@ -69,6 +69,7 @@ REASON_DOCS: dict[ReasonCode, str] = {
     "`send_time.exploration_rate`): a random allowed slot, so the logs keep showing how "
     "other hours do; `propensity` is the chance it had.",
     ReasonCode.PREEMPTED: "A higher-priority message took this reservation's cap slot before "
-    "it was due (policy `preemption`); `rule` names the cap. The reservation is released: "
-    "do not send.",
+    "it was due (policy `preemption`); `rule` names the cap. The message was moved to its "
+    "next allowed instant (`defer`, the reasons after this one say why then) or, with none "
+    "left, suppressed: confirm with `GET /v1/decisions/{id}` before sending.",
 }

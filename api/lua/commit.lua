@@ -252,7 +252,7 @@ local evaluated, chosen = evaluate()
 -- (the one its time rules and conflicts allow), displace up to plan.pk future reservations
 -- of strictly lower priority counted by a cap blocking T (lowest priority first, then the
 -- latest), if that frees T; otherwise displace nothing. Exempt categories are never
--- displaced. Each displaced message is suppressed with reason 'preempted' (step 7).
+-- displaced. Each displaced message is re-decided in step 6b.
 local displaced = {}
 if plan.pk > 0 and #plan.cands > 0 then
   local ti, target = nil, nil
