@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from api.localtime import ms_to_utc as utc
-from api.plan import Context, decode_member
+from api.plan import Context, decode_member, member_priority
 from api.schemas import (
     DecisionResponse,
     DecisionState,
@@ -121,4 +121,4 @@ def timeline_entry(member: bytes, score: int, zone: ZoneInfo, now: int, decision
         send_at=send_at, local_send_at=send_at.astimezone(zone),
         status="sent" if score <= now else "scheduled", decision_id=decision_id,
         decision=None if answer is None else answer.decision,
-        reasons=None if answer is None else answer.reasons)
+        reasons=None if answer is None else answer.reasons, priority=member_priority(entry))

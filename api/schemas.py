@@ -223,6 +223,7 @@ class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
     decision_id: str
     decision: Decision | None = None
     reasons: list[Reason] | None = None
+    priority: int = DEFAULT_PRIORITY
 
 
 class Timeline(msgspec.Struct, frozen=True, kw_only=True):

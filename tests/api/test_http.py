@@ -141,10 +141,11 @@ async def test_events_batch_is_validated_whole(client: Client,
 
 
 async def test_cancel_and_timeline(client: Client) -> None:
-    d = (await client.post("/v1/decisions", json=body())).json()
+    d = (await client.post("/v1/decisions", json=body(priority=8))).json()
     timeline = (await client.get("/v1/users/u1/timeline")).json()
     assert [e["message_id"] for e in timeline["entries"]] == ["m1"]
     assert timeline["entries"][0]["decision"] == "send"
+    assert timeline["entries"][0]["priority"] == 8
     r = await client.post(f"/v1/decisions/{d['decision_id']}/cancel")
     assert r.status_code == 200 and r.json()["released"] is True
     assert (await client.get("/v1/users/u1/timeline")).json()["entries"] == []

@@ -262,7 +262,8 @@ async def test_export_contains_everything(client: Client, clock: FixedClock) -> 
                      "campaign_id": "c2", "tags": ["t"], "offer": {"id": "o1", "group": "g"},
                      "send_at": "2026-06-10T16:00:00Z",
                      "local_send_at": "2026-06-10T18:00:00+02:00", "status": "sent",
-                     "decision_id": sent["decision_id"], "decision": "send", "reasons": []}
+                     "decision_id": sent["decision_id"], "decision": "send", "reasons": [],
+                     "priority": 5}
     assert exported["decisions"] == [{**sent, "replayed": True},
                                      {**suppressed, "replayed": True}]
     assert exported["exported_at"] == "2026-06-10T16:00:00Z"
