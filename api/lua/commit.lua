@@ -480,7 +480,8 @@ if plan.dry == 0 then
       end
       caps[i] = k
     end
-    redis.call('SET', KEYS[5] .. cjson.decode(ARGV[2]).mid, cmsgpack.pack(
+    -- ARGV[3] is the member prefix: the array header, then the packed message id
+    redis.call('SET', KEYS[5] .. cmsgpack.unpack(string.sub(ARGV[3], 2)), cmsgpack.pack(
       {c = c, b = blocks, k = caps, w = cw, m = msg, e = plan.endr, s = plan.sp,
        mem = mem}), 'PX', fmt(out_t - now + 1))
   end
