@@ -57,6 +57,14 @@ for i = 1, #raw, 2 do
                            mid = d[1], member = member}
 end
 
+-- a reservation made in this call (preemption): entries stay in time order, which the cap
+-- arithmetic relies on
+local function add_entry(e)
+  local at = #entries + 1
+  while at > 1 and entries[at - 1].t > e.t do at = at - 1 end
+  table.insert(entries, at, e)
+end
+
 local function in_list(list, v)
   if list == nil or #list == 0 then return true end
   for _, x in ipairs(list) do if x == v then return true end end
@@ -414,8 +422,8 @@ local moved = {}
 if #displaced > 0 then
   -- from here on this message's reservation counts for the re-decisions
   if out_t and plan.dry == 0 then
-    entries[#entries + 1] = {t = out_t, ch = out_ch, cat = msg.cat, camp = msg.camp,
-                             tags = msg.tags, oid = msg.oid, og = msg.og, pr = msg.pr}
+    add_entry({t = out_t, ch = out_ch, cat = msg.cat, camp = msg.camp, tags = msg.tags,
+               oid = msg.oid, og = msg.og, pr = msg.pr})
   end
   local ids = {}
   for _, e in ipairs(displaced) do
@@ -429,8 +437,8 @@ if #displaced > 0 then
       local r = redecide(e)
       if r.t then  -- moved: counted for the next re-decision
         local d = cmsgpack.unpack(r.member)
-        entries[#entries + 1] = {t = r.t, ch = d[2], cat = d[3], camp = d[4], tags = d[5],
-                                 oid = d[6], og = d[7], pr = d[8] or plan.dp}
+        add_entry({t = r.t, ch = d[2], cat = d[3], camp = d[4], tags = d[5], oid = d[6],
+                   og = d[7], pr = d[8] or plan.dp})
       end
       m.r = r
       m.rec = ctx and (ctx .. '\n' .. outcome(r.d, r.ch, r.t, r.r, r.t == nil) .. '}')

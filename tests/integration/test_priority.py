@@ -254,3 +254,31 @@ async def test_the_stored_plan_is_small_and_expires_when_due(
     await set_policy()
     await engine.decide(TENANT, req(message_id="off"))
     assert await redis_client.exists(keys.replan_prefix + "off") == 0
+
+
+async def test_two_displaced_messages_move_in_turn(
+        engine: Engine, set_policy: Callable[..., Any]) -> None:
+    """The slot at 22:00 on the 11th sits within 24 h of two lower-priority reservations:
+    both go, and each is re-decided against the ledger as the previous one left it (the
+    first moves behind the new message, the second behind the first)."""
+    await set_policy(caps=[{"id": "daily", "limit": 1, "window_minutes": 1440}],
+                     quiet_hours=[], **EXACT, **PREEMPT)
+
+    def instant(text: str) -> dt.datetime:
+        return dt.datetime.fromisoformat(text)
+
+    low1 = await engine.decide(TENANT, req(message_id="low1", priority=1,
+                                           not_before=instant("2026-06-11T10:00:00-04:00")))
+    low2 = await engine.decide(TENANT, req(message_id="low2", priority=2,
+                                           not_before=instant("2026-06-12T10:00:00-04:00")))
+    high = await engine.decide(TENANT, req(message_id="high", priority=9,
+                                           not_before=instant("2026-06-11T22:00:00-04:00")))
+    assert high.send_at == instant("2026-06-11T22:00:00-04:00")
+    assert high.displaced == [low1.decision_id, low2.decision_id]
+
+    def ms(text: str) -> int:
+        return int(instant(text).timestamp() * 1000)
+
+    assert await _ledger(engine) == {"high": ms("2026-06-11T22:00:00-04:00"),
+                                     "low1": ms("2026-06-12T22:00:00-04:00"),
+                                     "low2": ms("2026-06-13T22:00:00-04:00")}
