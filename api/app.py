@@ -50,6 +50,7 @@ from api.schemas import (
     CancelResponse,
     DecisionRequest,
     DecisionResponse,
+    DecisionStatus,
     ErrorBody,
     EventBatch,
     EventsAccepted,
@@ -186,6 +187,16 @@ async def create_decision(request: Request[Any, Any, State]) -> Response[Decisio
       opt=DECIDE)
 async def cancel_decision(request: Request[Any, Any, State], decision_id: FromPath[str]) -> CancelResponse:
     return await _engine(request).cancel(tenant_of(request), decision_id)
+
+
+@get("/v1/decisions/{decision_id:str}", summary="A decision as it stands now",
+     responses=errors(404, 503, *AUTHENTICATED), opt=DECIDE)
+async def get_decision(request: Request[Any, Any, State],
+                       decision_id: FromPath[str]) -> DecisionStatus:
+    """Confirm a deferred message just before sending it: ``state`` is ``cancelled`` or
+    ``preempted`` (a higher-priority message took its slot) when it must not go out.
+    Another tenant's id, or an expired one, is a 404."""
+    return await _engine(request).status(tenant_of(request), decision_id)
 
 
 def _check_user_id(user_id: str) -> None:
@@ -449,10 +460,10 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
     from api.models_http import MODEL_BODIES, models_router
 
     app = Litestar(
-        route_handlers=[create_decision, cancel_decision, get_preferences, put_preferences,
-                        get_timeline, post_events, get_policy, put_policy, get_shadow_policy,
-                        delete_shadow_policy, promote_shadow_policy, shadow_report,
-                        reason_codes, live,
+        route_handlers=[create_decision, cancel_decision, get_decision, get_preferences,
+                        put_preferences, get_timeline, post_events, get_policy, put_policy,
+                        get_shadow_policy, delete_shadow_policy, promote_shadow_policy,
+                        shadow_report, reason_codes, live,
                         ready, metrics, *docs_handlers(), *ui_handlers(tenant_of), lifecycle_router,
                         models_router, *([trivial] if settings.benchmark_endpoints else [])],
         lifespan=[lifespan],

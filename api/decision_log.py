@@ -76,6 +76,23 @@ class DecisionLog:
         }
         await self._append(log_key(tenant, log_bucket(request.user_id)), [fields], now)
 
+    async def displaced(self, tenant: str, user_id: str, response: DecisionResponse, *,
+                        category: str, campaign: str, now: int) -> None:
+        """A reservation a higher-priority message displaced (preemption): its new state
+        (moved to a later instant, or suppressed), logged like a decision with ``reason``
+        preempted, so the log says when (and whether) the message really goes out."""
+        if not self.enabled:
+            return
+        fields = {
+            "kind": "decision", "user_id": user_id, "message_id": response.message_id,
+            "decision": response.decision, "channel": response.channel or "",
+            "send_at": "" if response.send_at is None else str(utc_to_ms(response.send_at)),
+            "decided_at": str(now), "timezone": response.timezone, "category": category,
+            "campaign": campaign, "score": "", "propensity": "", "model_version": "",
+            "features_source": "", "reason": "preempted",
+        }
+        await self._append(log_key(tenant, log_bucket(user_id)), [fields], now)
+
     async def events(self, tenant: str, events: Sequence[Event], zones: dict[str, str],
                      now: int) -> None:
         """``zones``: the zone each user's profile counted the events in."""

@@ -43,11 +43,19 @@ from api.policy import Policy
 from api.policy_cache import PolicyCache
 from api.profiles import apply_profile_events, decode_profile
 from api.reasons import ReasonCode
-from api.render import Outcome, decode_outcome, render, render_record, timeline_entry
+from api.render import (
+    Outcome,
+    decision_status,
+    decode_outcome,
+    render,
+    render_record,
+    timeline_entry,
+)
 from api.schemas import (
     CancelResponse,
     DecisionRequest,
     DecisionResponse,
+    DecisionStatus,
     Event,
     EventsAccepted,
     Preferences,
@@ -246,7 +254,8 @@ class Engine:
                                                     tenant=tenant, user_id=user)
             plan = build_plan(request, policy, state, location, now=now,
                               idempotency_ttl_ms=self.settings.idempotency_ttl_seconds * 1000,
-                              candidate_channels=permitted, pre_suppressed=suppressed)
+                              candidate_channels=permitted, pre_suppressed=suppressed,
+                              tenant=tenant)
             choice = self._choose(request, policy, state, plan, location.zones[0], now)
             ctx = Context(did=did, mid=request.message_id, uid=request.user_id,
                           pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
@@ -269,6 +278,11 @@ class Engine:
             if shadow is not None:
                 await self.shadow.record(self, tenant, shadow, response)
             await self.log.decision(tenant, request, response, now)
+            for record, member in reply.displaced:  # preempted by this one: logged too
+                entry = decode_member(member)
+                old_ctx, old_answer = render_record(record)
+                await self.log.displaced(tenant, old_ctx.uid, old_answer,
+                                         category=entry[2], campaign=entry[3], now=now)
             return response
         raise ConflictError("the recipient's preferences kept changing during the decision; retry",
                        code="concurrent_update")
@@ -385,6 +399,23 @@ class Engine:
             cancelled_at = render_record(reply.record)[1].cancelled_at or cancelled_at
         return CancelResponse(decision_id=decision, message_id=message_id,
                               released=reply.removed > 0, cancelled_at=cancelled_at)
+
+    async def status(self, tenant: str, decision: str) -> DecisionStatus:
+        """``GET /v1/decisions/{id}``: the decision as it stands now (a cancel or a
+        preemption changes it after the answer), following merged users like cancel."""
+        try:
+            user_id, message_id = self.ids.parse_decision_id(tenant, decision)
+        except ValueError as exc:
+            raise NotFoundError("no such decision", field="decision_id") from exc
+        for _hop in range(MAX_MERGE_HOPS + 1):
+            record = (await self.store.records(tenant, user_id, [message_id]))[0]
+            if record is not None:
+                return decision_status(record)
+            moved = await self.store.moved_into(tenant, user_id)
+            if moved is None:
+                break
+            user_id = moved
+        raise NotFoundError("no such decision (or it has expired)", field="decision_id")
 
     # ---------------------------------------------------------------- timeline
 

@@ -6,12 +6,15 @@ escaped so a ``{``, ``}``, ``:`` or ``%`` inside a tenant or user id can never m
 or make two (tenant, user) pairs share one.
 
     sw:{t:u}:ledger        ZSET  member = MessagePack [message_id, channel, category, campaign,
-                                  tags, offer_id, offer_group]; score = send instant (ms)
+                                  tags, offer_id, offer_group, priority] (api/plan.py:
+                                  ledger_member); score = send instant (ms)
     sw:{t:u}:prefs         HASH  doc (preferences JSON), rev (int), optout:<channel> (ms),
                                   moved_into (the user id this one was merged into),
                                   merged_from:<user id> (ms: when that id was merged in)
     sw:{t:u}:conv          HASH  campaign_id -> converted-at (ms)
     sw:{t:u}:m:<message>   STR   idempotency record: context JSON + "\n" + outcome JSON
+    sw:{t:u}:rp:<message>  STR   a deferral's compact plan (MessagePack, commit.lua), kept
+                                  until it is due while preemption may displace it
     sw:{t:u}:profile       HASH  p (models.profile.Profile bytes), rev (int, bumped by every
                                   write), seen / eng (recent event and engaged-message
                                   fingerprints, 8 bytes each: api/profiles.py)
@@ -48,6 +51,8 @@ class UserKeys(NamedTuple):
     pattern: str
     #: the send-time profile the model's features are computed from (api/profiles.py)
     profile: str
+    #: prefix of the deferrals' re-decision plans (preemption, api/lua/commit.lua)
+    replan_prefix: str
 
     def record(self, message_id: str) -> str:
         return self.record_prefix + message_id
@@ -62,7 +67,7 @@ class UserKeys(NamedTuple):
 def user_keys(tenant: str, user_id: str) -> UserKeys:
     base = f"{PREFIX}:{{{_escape(tenant)}:{_escape(user_id)}}}:"
     return UserKeys(base + "ledger", base + "prefs", base + "conv", base + "m:",
-                    _glob_escape(base) + "*", base + "profile")
+                    _glob_escape(base) + "*", base + "profile", base + "rp:")
 
 
 def _glob_escape(text: str) -> str:

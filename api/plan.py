@@ -30,7 +30,7 @@ from api.localtime import (
 )
 from api.policy import Policy, active_packs, conflict_window_minutes
 from api.reasons import ReasonCode
-from api.schemas import DecisionRequest
+from api.schemas import DEFAULT_PRIORITY, DecisionRequest
 from api.userstate import UserState
 
 MINUTE_MS = 60_000
@@ -77,6 +77,8 @@ class MessageFacts(msgspec.Struct, frozen=True):
     tags: list[str]
     oid: str
     og: str
+    #: priority (0-10): preemption displaces only strictly lower priorities
+    pr: int = DEFAULT_PRIORITY
 
 
 class EndReason(msgspec.Struct, frozen=True):
@@ -98,6 +100,14 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     mode: str
     endr: EndReason
     dry: int
+    #: spread: a deferred instant t moves to t + sp (ms) when still allowed then
+    sp: int = 0
+    #: preemption: at most pk lower-priority future reservations displaced (0: off)
+    pk: int = 0
+    #: categories never displaced (exempt ones) and the priority of ledger members written
+    #: without one
+    xc: list[str] = []
+    dp: int = DEFAULT_PRIORITY
     #: binary parts, sent as raw script arguments (Redis 6.2's cmsgpack has no bin type):
     #: the prefix of this message's ledger members, and the member of each candidate
     mid: bytes = b""
@@ -147,29 +157,49 @@ def fingerprint(request: DecisionRequest) -> str:
 
 _pack = msgspec.msgpack.Encoder()
 _unpack = msgspec.msgpack.Decoder()
-#: MessagePack header of the 7-element ledger member array
-_MEMBER_HEADER = b"\x97"
+#: MessagePack header of the 8-element ledger member array. Members written before
+#: priorities were recorded have 7 elements (header 0x97): the scripts compare members
+#: from their second byte on, so both layouts match one prefix.
+_MEMBER_HEADER = b"\x98"
 
 
 def ledger_member(request: DecisionRequest, channel: str) -> bytes:
     """The ledger member: MessagePack [mid, channel, category, campaign, tags, offer_id,
-    group]. Binary and length-prefixed, so Lua decodes it cheaply and no id or tag content
-    can be confused with another field."""
+    group, priority]. Binary and length-prefixed, so Lua decodes it cheaply and no id or
+    tag content can be confused with another field. The one source of truth of the
+    layout: ``commit.lua``, ``render.timeline_entry`` and ``member_priority`` read it."""
     return _pack.encode([
         request.message_id, channel, request.category, request.campaign_id or "",
         request.tags, request.offer.id if request.offer else "",
-        request.offer.group if request.offer else "",
+        request.offer.group if request.offer else "", request.priority,
     ])
 
 
 def member_prefix(message_id: str) -> bytes:
-    """The bytes every ledger member of this message starts with (dedup and cancel)."""
+    """The bytes every ledger member of this message starts with (dedup and cancel); the
+    first byte (the array header) is not compared, see ``_MEMBER_HEADER``."""
     return _MEMBER_HEADER + _pack.encode(message_id)
 
 
 def decode_member(raw: bytes) -> list[Any]:
     entry: list[Any] = _unpack.decode(raw)
     return entry
+
+
+def member_priority(entry: Sequence[Any]) -> int:
+    """A decoded member's priority; members written before priorities were recorded have
+    the default one."""
+    return int(entry[7]) if len(entry) > 7 else DEFAULT_PRIORITY
+
+
+def spread_offset(tenant: str, message_id: str, spread_minutes: int) -> int:
+    """The message's spread offset in [0, spread_minutes) ms: a hash of tenant and message
+    id, so a retry (or another worker) computes the same instant and messages deferred to
+    one instant land uniformly over the window."""
+    if spread_minutes <= 0:
+        return 0
+    digest = hashlib.sha256(f"{tenant}\x1fspread\x1f{message_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (spread_minutes * MINUTE_MS)
 
 
 def _window_blocks(zones: Sequence[str], window: LocalWindow, lo: int, hi: int) -> list[Interval]:
@@ -256,7 +286,7 @@ def compile_caps(request: DecisionRequest, policy: Policy, state: UserState,
         if exempt:
             continue
         caps.append(CompiledCap(
-            id=cap.id, code=ReasonCode.FREQUENCY_CAP, n=cap.limit,
+            id=cap.id, code=ReasonCode.FREQUENCY_CAP, n=cap.limit_for(request.priority),
             w=(cap.window_minutes or 0) * MINUTE_MS,
             b=[] if cap.calendar is None else bounds(cap.calendar),
             ch=_scope_lists(cap.scope.channels), cat=_scope_lists(cap.scope.categories),
@@ -304,7 +334,7 @@ def decision_horizon(request: DecisionRequest, policy: Policy, now: int) -> tupl
 
 def build_plan(request: DecisionRequest, policy: Policy, state: UserState, location: Location,
                *, now: int, idempotency_ttl_ms: int, candidate_channels: Sequence[str],
-               pre_suppressed: bool) -> Plan:
+               pre_suppressed: bool, tenant: str = "") -> Plan:
     end, endr = decision_horizon(request, policy, now)
     hi = max(end, now) + LOOKAHEAD_MS
     history_lo = now - 8 * DAY_MS
@@ -385,9 +415,14 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
         mid=member_prefix(request.message_id),
         members=[ledger_member(request, c.ch) for c in cands],
         msg=MessageFacts(request.category, request.campaign_id or "", list(request.tags),
-                         request.offer.id if request.offer else "", offer_group),
+                         request.offer.id if request.offer else "", offer_group,
+                         request.priority),
         caps=caps, cw=cw, blocks=unique_blocks, cands=cands, mode="earliest", endr=endr,
         dry=1 if request.dry_run else 0,
+        sp=spread_offset(tenant, request.message_id, policy.send_time.spread_minutes),
+        # exempt messages are never capped, so they never need to displace anything
+        pk=policy.preemption.max_displaced if policy.preemption.enabled and not exempt else 0,
+        xc=list(policy.exempt_categories),
     )
 
 

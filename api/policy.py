@@ -39,6 +39,15 @@ class Scope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     tags: list[Tag] = []
 
 
+class CapReserve(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Part of a cap kept for important messages: a message with ``priority`` below
+    ``below_priority`` sees ``limit`` instead of the cap's limit (every matching message
+    still counts), so the last slots stay free for higher priorities."""
+
+    below_priority: Annotated[int, Meta(ge=1, le=10)]
+    limit: Annotated[int, Meta(ge=1, le=10_000)]
+
+
 class CapRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """At most ``limit`` matching messages in any rolling ``window_minutes`` (or in one
     local ``calendar`` day/week of the recipient)."""
@@ -48,6 +57,13 @@ class CapRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     window_minutes: Annotated[int, Meta(ge=1, le=43_200)] | None = None
     calendar: Literal["day", "week"] | None = None
     scope: Scope = msgspec.field(default_factory=Scope)
+    reserve: CapReserve | None = None
+
+    def limit_for(self, priority: int) -> int:
+        """The limit a message of ``priority`` sees (the reserve's, below its threshold)."""
+        if self.reserve is not None and priority < self.reserve.below_priority:
+            return self.reserve.limit
+        return self.limit
 
 
 class QuietHoursRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -82,6 +98,10 @@ def _default_caps() -> list[CapRule]:
         CapRule(id="promotional-daily", limit=3, window_minutes=24 * 60,
                 scope=Scope(categories=["promotional"])),
         CapRule(id="promotional-weekly", limit=10, window_minutes=7 * 24 * 60,
+                scope=Scope(categories=["promotional"])),
+        # minimum spacing: two promotional messages to one person at least 30 minutes
+        # apart, across channels
+        CapRule(id="promotional-spacing", limit=1, window_minutes=30,
                 scope=Scope(categories=["promotional"])),
     ]
 
@@ -125,6 +145,22 @@ class SendTimeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     #: share of promotional decisions that take a random allowed slot (deterministic per
     #: message), so logs keep showing what other hours would have done
     exploration_rate: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.05
+    #: deferred messages land at a deterministic per-message offset in [0, spread_minutes)
+    #: after the instant they become allowed (when still allowed then), so a quiet-hours
+    #: end or a freed cap does not release every deferred message at once; 0 disables
+    spread_minutes: Annotated[int, Meta(ge=0, le=1_440)] = 30
+
+
+class PreemptionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A higher-priority message may take the cap slot of a lower-priority reservation
+    that is not yet due; the displaced message is re-decided in the same commit (moved to
+    its next allowed instant, or suppressed), with reason ``preempted`` (README, "Priority
+    and preemption"). Off by default: only a platform that confirms a deferred message
+    (``GET /v1/decisions/{id}``) just before sending it learns of a displacement."""
+
+    enabled: bool = False
+    #: at most this many reservations displaced by one decision
+    max_displaced: Annotated[int, Meta(ge=1, le=10)] = 2
 
 
 class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -152,6 +188,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     send_time: SendTimeSettings = msgspec.field(default_factory=SendTimeSettings)
     #: global control group and per-campaign holdouts (``api/holdout.py``); None: none
     holdout: HoldoutSettings | None = None
+    preemption: PreemptionSettings = msgspec.field(default_factory=PreemptionSettings)
 
     @property
     def version_label(self) -> str:
@@ -184,6 +221,10 @@ def validate_policy(policy: Policy) -> None:
         for j, cat in enumerate(cap.scope.categories):
             if cat not in categories:
                 raise PolicyInvalidError(f"caps[{i}].scope.categories[{j}]", f"unknown category {cat!r}")
+        if cap.reserve is not None and cap.reserve.limit >= cap.limit:
+            raise PolicyInvalidError(f"caps[{i}].reserve.limit",
+                                     f"a reserve must leave slots: limit {cap.reserve.limit} is "
+                                     f"not below the cap's limit {cap.limit}")
     _unique([q.id for q in policy.quiet_hours], "quiet_hours")
     for i, quiet in enumerate(policy.quiet_hours):
         for j, cat in enumerate(quiet.categories):

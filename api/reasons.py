@@ -30,6 +30,7 @@ class ReasonCode(StrEnum):
     BETTER_SEND_TIME = "better_send_time"
     EXPLORATION = "exploration"
     HOLDOUT = "holdout"
+    PREEMPTED = "preempted"
 
 
 REASON_DOCS: dict[ReasonCode, str] = {
@@ -72,4 +73,8 @@ REASON_DOCS: dict[ReasonCode, str] = {
     "control group (`rule` `policy.holdout.global_percent`) or this campaign's holdout (`rule` "
     "`policy.holdout.campaigns.<id>`), kept out so `sendwise uplift` can measure what the "
     "messages are worth. Exempt categories are never held out.",
+    ReasonCode.PREEMPTED: "A higher-priority message took this reservation's cap slot before "
+    "it was due (policy `preemption`); `rule` names the cap. The message was moved to its "
+    "next allowed instant (`defer`, the reasons after this one say why then) or, with none "
+    "left, suppressed: confirm with `GET /v1/decisions/{id}` before sending.",
 }

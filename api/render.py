@@ -11,8 +11,15 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from api.localtime import ms_to_utc as utc
-from api.plan import Context, decode_member
-from api.schemas import DecisionResponse, Offer, Reason, TimelineEntry
+from api.plan import Context, decode_member, member_priority
+from api.schemas import (
+    DecisionResponse,
+    DecisionState,
+    DecisionStatus,
+    Offer,
+    Reason,
+    TimelineEntry,
+)
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -22,6 +29,10 @@ class Outcome(msgspec.Struct, frozen=True):
     r: list[tuple[str, str, int | None, str | None]]
     #: the reserved candidate's [score, score now, propensity] (api/scoring.py)
     s: tuple[float, float, float] | None = None
+    #: decision ids this decision displaced (preemption)
+    x: list[str] = []
+    #: 1: this outcome replaced a reservation a higher-priority message displaced
+    p: int = 0
 
 
 _context_decoder = msgspec.json.Decoder(Context)
@@ -64,7 +75,27 @@ def render(ctx: Context, outcome: Outcome, *, replayed: bool = False,
         dry_run=ctx.dry,
         replayed=replayed,
         cancelled_at=None if cancelled_at is None else utc(cancelled_at),
+        displaced=list(outcome.x),
     )
+
+
+def decision_status(record: bytes) -> DecisionStatus:
+    """A stored record as ``GET /v1/decisions/{id}`` shows it: the live state (a cancel
+    line or a preemption overrides the answer's decision) and the reservation's instant."""
+    lines = record.split(b"\n")
+    ctx = decode_context(lines[0])
+    outcome = decode_outcome(lines[1])
+    answer = render(ctx, outcome, replayed=True,
+                    cancelled_at=int(lines[2]) if len(lines) > 2 else None)
+    state: DecisionState = ("cancelled" if answer.cancelled_at is not None
+                            else "preempted" if outcome.p else answer.decision)
+    live = state in ("send", "defer")
+    return DecisionStatus(
+        decision_id=answer.decision_id, message_id=answer.message_id, state=state,
+        channel=answer.channel if live else None, send_at=answer.send_at if live else None,
+        local_send_at=answer.local_send_at if live else None, timezone=answer.timezone,
+        reasons=answer.reasons, decided_at=answer.decided_at,
+        cancelled_at=answer.cancelled_at)
 
 
 def render_record(record: bytes) -> tuple[Context, DecisionResponse]:
@@ -90,4 +121,4 @@ def timeline_entry(member: bytes, score: int, zone: ZoneInfo, now: int, decision
         send_at=send_at, local_send_at=send_at.astimezone(zone),
         status="sent" if score <= now else "scheduled", decision_id=decision_id,
         decision=None if answer is None else answer.decision,
-        reasons=None if answer is None else answer.reasons)
+        reasons=None if answer is None else answer.reasons, priority=member_priority(entry))

@@ -25,6 +25,9 @@ RegionCode = Annotated[str, Meta(min_length=1, max_length=8, pattern=r"^[A-Za-z0
 Phone = Annotated[str, Meta(min_length=3, max_length=20)]
 ZoneName = Annotated[str, Meta(min_length=1, max_length=64)]
 Decision = Literal["send", "defer", "suppress"]
+#: a message's priority when the request names none (and of ledger entries written before
+#: priorities were recorded)
+DEFAULT_PRIORITY = 5
 
 
 class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -42,7 +45,8 @@ class DecisionRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     campaign_id: Id | None = None
     tags: Annotated[list[Tag], Meta(max_length=32)] = []
     offer: Offer | None = None
-    priority: Annotated[int, Meta(ge=0, le=10)] = 5
+    #: 0-10: who gets a scarce slot (cap ``reserve``, preemption); higher wins
+    priority: Annotated[int, Meta(ge=0, le=10)] = DEFAULT_PRIORITY
     not_before: dt.datetime | None = None
     deadline: dt.datetime | None = None
     timezone: ZoneName | None = None
@@ -84,6 +88,31 @@ class DecisionResponse(msgspec.Struct, frozen=True, kw_only=True):
     propensity: float | None = None
     dry_run: bool = False
     replayed: bool = False
+    cancelled_at: dt.datetime | None = None
+    #: decision ids of lower-priority reservations this decision displaced (policy
+    #: ``preemption``): each is now suppressed with reason ``preempted``
+    displaced: list[str] = []
+
+
+DecisionState = Literal["send", "defer", "suppress", "cancelled", "preempted"]
+
+
+class DecisionStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/decisions/{decision_id}``: a decision as it stands now. A deferred message
+    should be confirmed here just before it is sent: a cancel or a preemption (a
+    higher-priority message took its slot) changes ``state`` after the answer was given."""
+
+    decision_id: str
+    message_id: str
+    state: DecisionState
+    #: channel and instant of the live reservation (None once cancelled, preempted or
+    #: suppressed)
+    channel: str | None
+    send_at: dt.datetime | None
+    local_send_at: dt.datetime | None
+    timezone: str
+    reasons: list[Reason]
+    decided_at: dt.datetime
     cancelled_at: dt.datetime | None = None
 
 
@@ -194,6 +223,7 @@ class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
     decision_id: str
     decision: Decision | None = None
     reasons: list[Reason] | None = None
+    priority: int = DEFAULT_PRIORITY
 
 
 class Timeline(msgspec.Struct, frozen=True, kw_only=True):

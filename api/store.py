@@ -41,6 +41,8 @@ class CommitReply(msgspec.Struct, frozen=True):
     status: Literal["new", "dup", "dup_ledger", "stale"]
     payload: bytes
     score: int | None = None
+    #: (new record, ledger member) of each reservation this commit displaced (preemption)
+    displaced: list[tuple[bytes, bytes]] = []
 
 
 class CancelReply(msgspec.Struct, frozen=True):
@@ -143,12 +145,14 @@ class Store:
         keys = user_keys(tenant, user_id)
         async with self._gate:
             reply: list[Any] = await self._commit(
-                keys=[keys.ledger, keys.record(message_id), keys.prefs],
+                keys=[keys.ledger, keys.record(message_id), keys.prefs, keys.record_prefix,
+                      keys.replan_prefix],
                 args=[plan[0], context, *plan[1:]])
         status = reply[0].decode()
         if status == "dup_ledger":
             return CommitReply("dup_ledger", reply[1], int(float(reply[2])))
-        return CommitReply(status, reply[1])
+        return CommitReply(status, reply[1],
+                           displaced=list(zip(reply[2::2], reply[3::2], strict=True)))
 
     async def cancel(self, tenant: str, user_id: str, message_id: str, member_prefix: bytes,
                      now: int) -> CancelReply:

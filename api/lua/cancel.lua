@@ -1,5 +1,6 @@
 -- Release a reservation. KEYS[1] ledger, KEYS[2] idempotency record
--- ARGV[1] the bytes every ledger member of the message starts with, ARGV[2] now (ms)
+-- ARGV[1] the bytes every ledger member of the message starts with, ARGV[2] now (ms);
+-- compared from the second byte on (the array header differs between member layouts)
 -- Returns {status, removed, record}: status 'cancelled' | 'already' | 'ledger' | 'missing'
 local rec = redis.call('GET', KEYS[2])
 if rec then
@@ -9,8 +10,9 @@ if rec then
 end
 local removed = 0
 local all = redis.call('ZRANGE', KEYS[1], 0, -1)
+local body = string.sub(ARGV[1], 2)
 for _, member in ipairs(all) do
-  if string.sub(member, 1, #ARGV[1]) == ARGV[1] then
+  if string.sub(member, 2, #body + 1) == body then
     removed = removed + redis.call('ZREM', KEYS[1], member)
   end
 end

@@ -1,7 +1,10 @@
 -- The atomic decision commit (docs/architecture.md, the hot path, step 7). All cap, conflict and idempotency
 -- arithmetic lives here and only here, so the check and the reservation cannot race.
 --
--- KEYS[1] ledger zset, KEYS[2] idempotency record, KEYS[3] prefs hash
+-- KEYS[1] ledger zset, KEYS[2] idempotency record, KEYS[3] prefs hash, KEYS[4] the prefix of
+-- this user's idempotency record keys, KEYS[5] the prefix of their re-decision plans (same
+-- hash tag; api/keys.py): a displaced message's record is KEYS[4] .. its message id, the
+-- compact plan a deferral keeps while it can be displaced is KEYS[5] .. its message id
 -- ARGV[1] plan (MessagePack, built by api/plan.py), ARGV[2] context JSON (stored verbatim),
 -- ARGV[3] prefix of this message's ledger members, ARGV[3 + i] member of candidate i,
 -- ARGV[3 + #cands + i] (optional) JSON annotation of candidate i, copied as "s" into the
@@ -12,8 +15,13 @@
 -- the order given: best expected value first) that is free, else the earliest free
 -- instant of the remaining (window) candidates.
 --
--- Returns {'new', outcome_json} | {'dup', record} | {'dup_ledger', member, score}
---       | {'stale', current_rev}
+-- Returns {'new', outcome_json, displaced record, its member, ...} | {'dup', record}
+--       | {'dup_ledger', member, score} | {'stale', current_rev}
+--
+-- Members are MessagePack arrays [mid, channel, category, campaign, tags, offer_id,
+-- offer_group, priority] (api/plan.py: ledger_member); members written before priorities
+-- have 7 elements and the default priority plan.dp. The array header (first byte) differs
+-- between the two layouts, so a message's members are matched from the second byte on.
 --
 -- Blocks are half-open integer intervals [s, e) of epoch milliseconds. A rolling cap of
 -- N per W is violated by a new send at t iff some N existing matching sends plus t fit in
@@ -36,16 +44,25 @@ if rev ~= plan.rev then return {'stale', rev} end
 -- 3. the ledger inside the longest window, past and future reservations alike
 local raw = redis.call('ZRANGEBYSCORE', KEYS[1], fmt(plan.lo), '+inf', 'WITHSCORES')
 local entries = {}
-local mid_prefix = ARGV[3]
+local mid_body = string.sub(ARGV[3], 2)
 for i = 1, #raw, 2 do
   local member = raw[i]
-  if string.sub(member, 1, #mid_prefix) == mid_prefix then
+  if string.sub(member, 2, #mid_body + 1) == mid_body then
     -- its record expired but the reservation still counts: same message, counted once
     return {'dup_ledger', member, raw[i + 1]}
   end
   local d = cmsgpack.unpack(member)
   entries[#entries + 1] = {t = tonumber(raw[i + 1]), ch = d[2], cat = d[3], camp = d[4],
-                           tags = d[5], oid = d[6], og = d[7]}
+                           tags = d[5], oid = d[6], og = d[7], pr = d[8] or plan.dp,
+                           mid = d[1], member = member}
+end
+
+-- a reservation made in this call (preemption): entries stay in time order, which the cap
+-- arithmetic relies on
+local function add_entry(e)
+  local at = #entries + 1
+  while at > 1 and entries[at - 1].t > e.t do at = at - 1 end
+  table.insert(entries, at, e)
 end
 
 local function in_list(list, v)
@@ -74,7 +91,9 @@ end
 local function cap_blocks(cap)
   local times = {}
   for _, e in ipairs(entries) do
-    if matches(cap, e.ch, e.cat, e.camp, e.tags) then times[#times + 1] = e.t end
+    if not e.gone and matches(cap, e.ch, e.cat, e.camp, e.tags) then
+      times[#times + 1] = e.t
+    end
   end
   local out = {}
   local n = cap.n
@@ -177,38 +196,141 @@ end
 -- 5. every candidate's rules: Python's time blocks + caps + conflicting offers.
 -- A cap's blocks depend on the ledger only, not on the candidate: computed once per call.
 local cap_cache = {}
-local conflict_rule = nil
-if cw > 0 and msg.og ~= '' then
+local function conflict_for(m, cwin)
+  if cwin <= 0 or m.og == '' then return nil end
   local iv = {}
   for _, e in ipairs(entries) do
-    if e.og == msg.og and e.oid ~= msg.oid then iv[#iv + 1] = {e.t - cw + 1, e.t + cw} end
-  end
-  if #iv > 0 then
-    conflict_rule = {c = 'conflicting_offer', r = 'conflict_group:' .. msg.og, iv = normalize(iv)}
-  end
-end
-local evaluated = {}
-local chosen = nil
-for i, cand in ipairs(plan.cands) do
-  local rules = {}
-  for _, index in ipairs(cand.pb) do rules[#rules + 1] = plan.blocks[index + 1] end
-  for ci, cap in ipairs(plan.caps) do
-    if matches(cap, cand.ch, msg.cat, msg.camp, msg.tags) then
-      local rule = cap_cache[ci]
-      if rule == nil then
-        rule = {c = cap.code, r = cap.id, iv = normalize(cap_blocks(cap))}
-        cap_cache[ci] = rule
-      end
-      if #rule.iv > 0 then rules[#rules + 1] = rule end
+    if not e.gone and e.og == m.og and e.oid ~= m.oid then
+      iv[#iv + 1] = {e.t - cwin + 1, e.t + cwin}
     end
   end
+  if #iv == 0 then return nil end
+  return {c = 'conflicting_offer', r = 'conflict_group:' .. m.og, iv = normalize(iv)}
+end
+local conflict_rule = conflict_for(msg, cw)
+
+-- spread (send_time.spread_minutes): a deferral at t moves to t + sp, or to the last
+-- instant of the free gap that starts at t when the gap ends sooner. Every instant of that
+-- gap is allowed by every rule of the candidate (the blocks are exact), so the spread is
+-- never earlier than allowed and caps stay exact.
+local function spread(t, b, rules, sp)
+  if sp <= 0 or t <= now then return t end
+  local gap_end = b
+  for _, r in ipairs(rules) do
+    for _, iv in ipairs(r.iv) do
+      if iv[1] > t and iv[1] < gap_end then gap_end = iv[1] end
+    end
+  end
+  return math.min(t + sp, gap_end - 1)
+end
+local function time_rules(cand)
+  local rules = {}
+  for _, index in ipairs(cand.pb) do rules[#rules + 1] = plan.blocks[index + 1] end
   if conflict_rule then rules[#rules + 1] = conflict_rule end
-  local t = first_free(rules, cand.a, cand.b)
-  evaluated[i] = {cand = cand, rules = rules, t = t}
-  if t ~= nil then
-    if plan.mode == 'first' then chosen = i break end
-    if plan.mode == 'ranked' and cand.s == 1 then chosen = i break end
-    if chosen == nil or t < evaluated[chosen].t then chosen = i end
+  return rules
+end
+
+local function evaluate()
+  local evaluated, chosen = {}, nil
+  for i, cand in ipairs(plan.cands) do
+    local rules = time_rules(cand)
+    for ci, cap in ipairs(plan.caps) do
+      if matches(cap, cand.ch, msg.cat, msg.camp, msg.tags) then
+        local rule = cap_cache[ci]
+        if rule == nil then
+          rule = {c = cap.code, r = cap.id, iv = normalize(cap_blocks(cap))}
+          cap_cache[ci] = rule
+        end
+        if #rule.iv > 0 then rules[#rules + 1] = rule end
+      end
+    end
+    local t = first_free(rules, cand.a, cand.b)
+    evaluated[i] = {cand = cand, rules = rules, t = t}
+    if t ~= nil then
+      if plan.mode == 'first' then chosen = i break end
+      if plan.mode == 'ranked' and cand.s == 1 then chosen = i break end
+      if chosen == nil or t < evaluated[chosen].t then chosen = i end
+    end
+  end
+  return evaluated, chosen
+end
+local evaluated, chosen = evaluate()
+
+-- 5b. preemption (policy.preemption): when caps keep the message from its best instant T
+-- (the one its time rules and conflicts allow), displace up to plan.pk future reservations
+-- of strictly lower priority counted by a cap blocking T (lowest priority first, then the
+-- latest), if that frees T; otherwise displace nothing. Exempt categories are never
+-- displaced. Each displaced message is re-decided in step 6b.
+local displaced = {}
+if plan.pk > 0 and #plan.cands > 0 then
+  local ti, target = nil, nil
+  for i, cand in ipairs(plan.cands) do
+    local t = first_free(time_rules(cand), cand.a, cand.b)
+    if t ~= nil then
+      if plan.mode ~= 'earliest' then ti, target = i, t break end
+      if target == nil or t < target then ti, target = i, t end
+    end
+  end
+  local needed = target ~= nil and (chosen == nil or evaluated[chosen].t > target
+                                    or (plan.mode ~= 'earliest' and chosen ~= ti))
+  if needed then
+    local cand = plan.cands[ti]
+    local function blocking()
+      local hit = {}
+      for _, cap in ipairs(plan.caps) do
+        if matches(cap, cand.ch, msg.cat, msg.camp, msg.tags) then
+          for _, iv in ipairs(cap_blocks(cap)) do
+            if iv[1] <= target and target < iv[2] then hit[#hit + 1] = cap break end
+          end
+        end
+      end
+      return hit
+    end
+    -- an entry counts toward the cap's block at T only inside its window (or bucket)
+    local function near(cap, t)
+      if cap.w > 0 then return math.abs(t - target) < cap.w end
+      local b = cap.b
+      for i = 1, #b - 1 do
+        if b[i] <= target and target < b[i + 1] then return b[i] <= t and t < b[i + 1] end
+      end
+      return false
+    end
+    local hit = blocking()
+    while #hit > 0 and #displaced < plan.pk do
+      local victim = nil
+      for _, e in ipairs(entries) do
+        if not e.gone and e.t > now and e.pr < msg.pr and not excluded(plan.xc, e.cat) then
+          for _, cap in ipairs(hit) do
+            if matches(cap, e.ch, e.cat, e.camp, e.tags) and near(cap, e.t) then
+              if victim == nil or e.pr < victim.pr or (e.pr == victim.pr and e.t > victim.t) then
+                victim = e
+                e.by = cap.id
+              end
+              break
+            end
+          end
+        end
+      end
+      if victim == nil then break end
+      victim.gone = true
+      displaced[#displaced + 1] = victim
+      hit = blocking()
+    end
+    if #hit > 0 then  -- T stays blocked: displace nobody
+      for _, e in ipairs(displaced) do e.gone = nil end
+      displaced = {}
+    else
+      -- keep only the displacements T needs: put each back (latest choice first) if T
+      -- stays free without it
+      for i = #displaced, 1, -1 do
+        displaced[i].gone = nil
+        if #blocking() > 0 then displaced[i].gone = true else table.remove(displaced, i) end
+      end
+    end
+    if #displaced > 0 then
+      cap_cache = {}
+      evaluated, chosen = evaluate()
+    end
   end
 end
 
@@ -217,17 +339,20 @@ local reasons, seen = {}, {}
 local decision, out_ch, out_t
 if chosen then
   local ev = evaluated[chosen]
-  out_ch, out_t = ev.cand.ch, ev.t
-  decision = (out_t <= now) and 'send' or 'defer'
+  local t = ev.t
+  out_ch, out_t = ev.cand.ch, t
+  decision = (t <= now) and 'send' or 'defer'
+  out_t = spread(t, ev.cand.b, ev.rules, plan.sp)
   -- channels preferred over the chosen one: why they lost, at the instant it was chosen
   for i = 1, chosen - 1 do
     local other = evaluated[i]
-    if other.t == nil or other.t > out_t then
-      chain(other.rules, other.cand.a, math.min(out_t + 1, other.cand.b), other.cand.ch,
+    if other.t == nil or other.t > t then
+      chain(other.rules, other.cand.a, math.min(t + 1, other.cand.b), other.cand.ch,
             reasons, seen)
     end
   end
-  chain(ev.rules, ev.cand.a, out_t, out_ch, reasons, seen)
+  -- the chain stops at t, where the last rule stops blocking: reasons keep true instants
+  chain(ev.rules, ev.cand.a, t, out_ch, reasons, seen)
   local why = ev.cand.why
   if why ~= nil and #why == 2 and out_t > now then
     reasons[#reasons + 1] = {why[1], why[2], nil, out_ch}
@@ -242,15 +367,86 @@ else
   end
 end
 
-local parts = {}
-for i, r in ipairs(reasons) do
-  parts[i] = '[' .. cjson.encode(r[1]) .. ',' .. cjson.encode(r[2]) .. ','
-    .. (r[3] and fmt(r[3]) or 'null') .. ',' .. (r[4] and cjson.encode(r[4]) or 'null') .. ']'
+-- the outcome JSON (api/render.py: Outcome); p = 1 marks a preempted suppression
+local function outcome(d, ch, t, rs, p)
+  local parts = {}
+  for i, r in ipairs(rs) do
+    parts[i] = '[' .. cjson.encode(r[1]) .. ',' .. cjson.encode(r[2]) .. ','
+      .. (r[3] and fmt(r[3]) or 'null') .. ',' .. (r[4] and cjson.encode(r[4]) or 'null') .. ']'
+  end
+  return '{"d":"' .. d .. '","ch":' .. (ch and cjson.encode(ch) or 'null')
+    .. ',"t":' .. (t and fmt(t) or 'null') .. ',"r":[' .. table.concat(parts, ',') .. ']'
+    .. (p and ',"p":1' or '')
 end
-local out = '{"d":"' .. decision .. '","ch":' .. (out_ch and cjson.encode(out_ch) or 'null')
-  .. ',"t":' .. (out_t and fmt(out_t) or 'null') .. ',"r":[' .. table.concat(parts, ',') .. ']'
+local out = outcome(decision, out_ch, out_t, reasons, false)
 local note = chosen and ARGV[3 + #plan.cands + chosen]
 if note then out = out .. ',"s":' .. note end
+
+-- 6b. re-decide each displaced message inside this call, against the ledger as it is now
+-- (this message's reservation included, the displaced ones gone): the earliest instant at
+-- or after its old one that its own stored plan (KEYS[5] .. id: its window candidates,
+-- time blocks, caps compiled for its priority, conflict window, spread) allows, spread
+-- like any deferral; none before its horizon (or no stored plan): suppressed. Either way
+-- the first reason is 'preempted'. No cascade: a re-decided message displaces nobody.
+local function redecide(v)
+  local raw_plan = redis.call('GET', KEYS[5] .. v.mid)
+  local first = {'preempted', v.by, nil, v.ch}
+  if not raw_plan then return {d = 'suppress', r = {first}} end
+  local R = cmsgpack.unpack(raw_plan)
+  local conflict = conflict_for(R.m, R.w)
+  local best, bt, brules
+  for i, cand in ipairs(R.c) do
+    local rules = {}
+    for _, index in ipairs(cand.pb) do rules[#rules + 1] = R.b[index + 1] end
+    for _, cap in ipairs(R.k) do
+      if matches(cap, cand.ch, R.m.cat, R.m.camp, R.m.tags) then
+        local iv = normalize(cap_blocks(cap))
+        if #iv > 0 then rules[#rules + 1] = {c = cap.code, r = cap.id, iv = iv} end
+      end
+    end
+    if conflict then rules[#rules + 1] = conflict end
+    local t = first_free(rules, math.max(cand.a, v.t), cand.b)
+    if t ~= nil and (bt == nil or t < bt) then best, bt, brules = i, t, rules end
+  end
+  if best == nil then
+    return {d = 'suppress', r = {first, {R.e.c, R.e.r, nil, nil}}}
+  end
+  local cand = R.c[best]
+  local rs, seen2 = {first}, {}
+  chain(brules, v.t, bt, cand.ch, rs, seen2)
+  return {d = 'defer', ch = cand.ch, t = spread(bt, cand.b, brules, R.s), r = rs,
+          member = R.mem[best], plan = raw_plan}
+end
+
+local moved = {}
+if #displaced > 0 then
+  -- from here on this message's reservation counts for the re-decisions
+  if out_t and plan.dry == 0 then
+    add_entry({t = out_t, ch = out_ch, cat = msg.cat, camp = msg.camp, tags = msg.tags,
+               oid = msg.oid, og = msg.og, pr = msg.pr})
+  end
+  local ids = {}
+  for _, e in ipairs(displaced) do
+    local key = KEYS[4] .. e.mid
+    local old = redis.call('GET', key)
+    local ctx = old and string.match(old, '^[^\n]*')
+    local did = ctx and cjson.decode(ctx).did
+    if did then ids[#ids + 1] = cjson.encode(did) end
+    local m = {e = e, key = key}
+    if plan.dry == 0 then
+      local r = redecide(e)
+      if r.t then  -- moved: counted for the next re-decision
+        local d = cmsgpack.unpack(r.member)
+        add_entry({t = r.t, ch = d[2], cat = d[3], camp = d[4], tags = d[5], oid = d[6],
+                   og = d[7], pr = d[8] or plan.dp})
+      end
+      m.r = r
+      m.rec = ctx and (ctx .. '\n' .. outcome(r.d, r.ch, r.t, r.r, r.t == nil) .. '}')
+    end
+    moved[#moved + 1] = m
+  end
+  out = out .. ',"x":[' .. table.concat(ids, ',') .. ']'
+end
 out = out .. '}'
 
 -- 7. write: the reservation, the trim, the TTLs, the idempotency record
@@ -264,5 +460,64 @@ if plan.dry == 0 then
     ttl = math.max(ttl, out_t - now + plan.ttl)
   end
   redis.call('SET', KEYS[2], ARGV[2] .. '\n' .. out, 'PX', fmt(ttl))
+  -- a deferral that preemption may displace keeps its compact plan until it is due
+  if plan.pk > 0 and out_t and out_t > now then
+    local c, mem, last = {}, {}, out_t
+    for i, cand in ipairs(plan.cands) do
+      if cand.s ~= 1 then
+        c[#c + 1] = {ch = cand.ch, a = cand.a, b = cand.b, pb = cand.pb}
+        mem[#mem + 1] = ARGV[3 + i]
+        if cand.b > last then last = cand.b end
+      end
+    end
+    -- only the intervals its re-decision can meet: after this reservation, before the end
+    local blocks = {}
+    for i, blk in ipairs(plan.blocks) do
+      local iv = {}
+      for _, x in ipairs(blk.iv) do
+        if x[2] > out_t and x[1] < last then iv[#iv + 1] = x end
+      end
+      blocks[i] = {c = blk.c, r = blk.r, iv = iv}
+    end
+    -- caps without their empty scope lists (nil matches everything, like an empty list)
+    local caps = {}
+    for i, cap in ipairs(plan.caps) do
+      local k = {}
+      for name, value in pairs(cap) do
+        if type(value) ~= 'table' or #value > 0 then k[name] = value end
+      end
+      caps[i] = k
+    end
+    -- ARGV[3] is the member prefix: the array header, then the packed message id
+    redis.call('SET', KEYS[5] .. cmsgpack.unpack(string.sub(ARGV[3], 2)), cmsgpack.pack(
+      {c = c, b = blocks, k = caps, w = cw, m = msg, e = plan.endr, s = plan.sp,
+       mem = mem}), 'PX', fmt(out_t - now + 1))
+  end
+  for _, m in ipairs(moved) do
+    redis.call('ZREM', KEYS[1], m.e.member)
+    local r = m.r
+    if r.t then
+      redis.call('ZADD', KEYS[1], fmt(r.t), r.member)
+      redis.call('SET', KEYS[5] .. m.e.mid, r.plan, 'PX', fmt(r.t - now + 1))
+      local want = r.t - now + plan.keep
+      if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], fmt(want)) end
+    else
+      redis.call('DEL', KEYS[5] .. m.e.mid)
+    end
+    if m.rec then
+      redis.call('SET', m.key, m.rec, 'KEEPTTL')
+      if r.t then
+        local want = r.t - now + plan.ttl
+        if redis.call('PTTL', m.key) < want then redis.call('PEXPIRE', m.key, fmt(want)) end
+      end
+    end
+  end
 end
-return {'new', out}
+local reply = {'new', out}
+for _, m in ipairs(moved) do
+  if m.rec then
+    reply[#reply + 1] = m.rec
+    reply[#reply + 1] = m.e.member
+  end
+end
+return reply

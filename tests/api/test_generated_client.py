@@ -114,20 +114,29 @@ def test_the_readme_scenario_through_a_generated_client(
              "campaign_id": "spring", **extra})
 
     answers = [decide(client=client, body=message(f"promo-{i}")) for i in (1, 2, 3)]
-    assert [a.parsed.decision.value for a in answers] == ["send", "send", "defer"]
+    assert [a.parsed.decision.value for a in answers] == ["send", "defer", "defer"]
     assert all(a.headers[DECISION_ID_HEADER] == a.parsed.decision_id for a in answers)
     assert all(a.headers["x-request-id"] for a in answers)
+    spread = dt.timedelta(minutes=30)
+    # promo-2: the default promotional spacing (30 min), spread over the 30 min after it
+    spaced = answers[1].parsed
+    assert [(r.code, r.rule) for r in spaced.reasons] == [("frequency_cap",
+                                                          "promotional-spacing")]
+    freed = dt.datetime(2026, 11, 23, 16, 7, 35, tzinfo=dt.UTC)
+    assert spaced.reasons[0].until == freed and freed <= spaced.send_at < freed + spread
+    # promo-3: Ada's own limit frees 24 h after promo-1
     deferred = answers[2].parsed
-    assert deferred.send_at == dt.datetime(2026, 11, 24, 15, 37, 35, tzinfo=dt.UTC)
-    assert deferred.reasons[0].code == "user_frequency_limit"
-    assert deferred.reasons[0].until == deferred.send_at
+    assert [r.code for r in deferred.reasons] == ["frequency_cap", "user_frequency_limit"]
+    until = dt.datetime(2026, 11, 24, 15, 37, 35, tzinfo=dt.UTC)
+    assert deferred.reasons[1].until == until and until <= deferred.send_at < until + spread
     assert deferred.local_send_at.utcoffset() == dt.timedelta(hours=1)
 
     deadline = dt.datetime(2026, 11, 23, 17, 37, tzinfo=dt.UTC).isoformat()
     suppressed = decide(client=client, body=message("promo-4", channels=["email"],
                                                      deadline=deadline)).parsed
     assert suppressed.decision.value == "suppress" and suppressed.send_at is None
-    assert [r.code for r in suppressed.reasons] == ["user_frequency_limit", "deadline_exceeded"]
+    assert [r.code for r in suppressed.reasons] == ["frequency_cap", "user_frequency_limit",
+                                                    "deadline_exceeded"]
 
     # cancel releases the reservation, idempotently; an unknown id is a documented 404
     first = cancel(deferred.decision_id, client=client)

@@ -110,6 +110,14 @@ async def test_policy_put_validates_whole_and_versions(client: Client) -> None:
     bad = await client.put("/v1/policy", json={"caps": [{"id": "x", "limit": 0,
                                                          "window_minutes": 5}]})
     assert bad.json()["field"] == "caps[0].limit"
+    bad = await client.put("/v1/policy", json={"caps": [{"id": "x", "limit": 2,
+                                                         "window_minutes": 5, "reserve": {
+                                                             "below_priority": 5, "limit": 2}}]})
+    assert (bad.status_code, bad.json()["field"]) == (400, "caps[0].reserve.limit")
+    bad = await client.put("/v1/policy", json={"preemption": {"max_displaced": 11}})
+    assert (bad.status_code, bad.json()["field"]) == (400, "preemption.max_displaced")
+    bad = await client.put("/v1/policy", json={"send_time": {"spread_minutes": 1441}})
+    assert (bad.status_code, bad.json()["field"]) == (400, "send_time.spread_minutes")
     ok = await client.put("/v1/policy", json={"caps": [{"id": "x", "limit": 1,
                                                         "window_minutes": 60}]})
     assert ok.status_code == 200 and ok.json()["version"] == 1
@@ -141,10 +149,11 @@ async def test_events_batch_is_validated_whole(client: Client,
 
 
 async def test_cancel_and_timeline(client: Client) -> None:
-    d = (await client.post("/v1/decisions", json=body())).json()
+    d = (await client.post("/v1/decisions", json=body(priority=8))).json()
     timeline = (await client.get("/v1/users/u1/timeline")).json()
     assert [e["message_id"] for e in timeline["entries"]] == ["m1"]
     assert timeline["entries"][0]["decision"] == "send"
+    assert timeline["entries"][0]["priority"] == 8
     r = await client.post(f"/v1/decisions/{d['decision_id']}/cancel")
     assert r.status_code == 200 and r.json()["released"] is True
     assert (await client.get("/v1/users/u1/timeline")).json()["entries"] == []

@@ -47,11 +47,14 @@ async def _user_keys_in_redis(redis_client: RedisClient, user: str) -> list[byte
 async def test_merge_makes_caps_apply_jointly(client: Client, clock: FixedClock) -> None:
     """Default policy: 3 promotional per rolling 24 h. Two ids with 2 sends each are one
     person after the merge: the 4 reservations are honoured (above the cap), and a new
-    promotion for either id is suppressed before its deadline."""
+    promotion for either id is suppressed before its deadline. (Sends 31 minutes apart,
+    past the default promotional spacing; deferrals unspread, the instant is asserted.)"""
+    assert (await client.put("/v1/policy", json={"send_time": {"spread_minutes": 0}})
+            ).status_code == 200
     for i in range(2):
+        clock.advance(i * 31 * 60_000)
         assert (await _decide(client, user_id="anon", message_id=f"a{i}"))["decision"] == "send"
         assert (await _decide(client, user_id="known", message_id=f"k{i}"))["decision"] == "send"
-        clock.advance(60_000)
     merged = await _merge(client, "anon", "known")
     assert merged["into_user_id"] == "known"
     assert merged["moved"] == {"ledger_entries": 2, "decisions": 2, "conversions": 0,
@@ -259,7 +262,8 @@ async def test_export_contains_everything(client: Client, clock: FixedClock) -> 
                      "campaign_id": "c2", "tags": ["t"], "offer": {"id": "o1", "group": "g"},
                      "send_at": "2026-06-10T16:00:00Z",
                      "local_send_at": "2026-06-10T18:00:00+02:00", "status": "sent",
-                     "decision_id": sent["decision_id"], "decision": "send", "reasons": []}
+                     "decision_id": sent["decision_id"], "decision": "send", "reasons": [],
+                     "priority": 5}
     assert exported["decisions"] == [{**sent, "replayed": True},
                                      {**suppressed, "replayed": True}]
     assert exported["exported_at"] == "2026-06-10T16:00:00Z"

@@ -140,8 +140,8 @@ def test_every_route_has_the_intended_role(redis_settings: Settings) -> None:
              if method != "OPTIONS"}  # litestar's own OPTIONS handlers
     decide = {k for k, role in roles.items() if role == "decide"}
     assert decide == {("POST", "/v1/decisions"), ("POST", "/v1/decisions/{decision_id:str}/cancel"),
-                      ("POST", "/v1/events"), ("GET", "/v1/reason-codes"),
-                      ("POST", "/v1/_trivial")}
+                      ("GET", "/v1/decisions/{decision_id:str}"), ("POST", "/v1/events"),
+                      ("GET", "/v1/reason-codes"), ("POST", "/v1/_trivial")}
     open_ = {path for (_, path), role in roles.items() if role is None}
     assert open_ == {"/health/live", "/health/ready", "/docs", "/docs/openapi.json",
                      "/docs/swagger"} | {p for p in open_ if p.startswith("/docs/")}
@@ -209,6 +209,9 @@ async def test_tenant_a_keys_cannot_read_or_change_anything_of_tenant_b(secured:
         h = {**a_key, "x-sendwise-tenant": "tenant-b"}
         # cancel B's decision: not found (the id is sealed to tenant B)
         assert_error(await secured.post(f"/v1/decisions/{b_id}/cancel", headers=h),
+                     404, "not_found", "decision_id")
+        # nor read its state
+        assert_error(await secured.get(f"/v1/decisions/{b_id}", headers=h),
                      404, "not_found", "decision_id")
         # the same message id in A is a fresh decision, untouched by B's limit or ledger
         a_decision = await secured.post("/v1/decisions", json=DECISION, headers=h)

@@ -21,6 +21,9 @@ from tests.conftest import TEST_ID_KEY
 #: Wednesday 2026-06-10 12:00 in New York (EDT, UTC-4)
 NOON_NY = int(dt.datetime(2026, 6, 10, 16, 0, tzinfo=dt.UTC).timestamp() * 1000)
 TENANT = "acme"
+#: policy fields for tests about exact instants (a rule's end, a cap's freeing): deferred
+#: messages are not spread (``send_time.spread_minutes``, tested on its own)
+EXACT: dict[str, Any] = {"send_time": {"spread_minutes": 0}}
 
 
 def at(text: str) -> int:

@@ -306,7 +306,9 @@ async def test_caps_quiet_hours_and_minimality(redis_client: RedisClient,
                                                   id_key=TEST_ID_KEY), clock)
     policy = msgspec.convert({"categories": CATEGORIES, "caps": sc["caps"],
                               "quiet_hours": sc["quiet_hours"],
-                              "max_defer_minutes": sc["max_defer"]}, Policy)
+                              "max_defer_minutes": sc["max_defer"],
+                              # minimality: the earliest allowed instant itself, unspread
+                              "send_time": {"spread_minutes": 0}}, Policy)
     validate_policy(policy)
     engine.policies.put(TENANT, await engine.store.put_policy(TENANT, policy, None, clock.now_ms()))
 
@@ -369,7 +371,7 @@ async def test_caps_quiet_hours_and_minimality(redis_client: RedisClient,
     stored = await engine.store.ledger(TENANT, "u1")
     entries = []
     for member, score in stored:
-        mid, ch, cat, camp, tags, _, _ = decode_member(member)
+        mid, ch, cat, camp, tags, *_ = decode_member(member)
         entries.append(Sent(int(score), ch, cat, camp or None, tuple(tags)))
         assert mid.startswith("m")
     assert Counter(entries) == Counter(world.ledger)

@@ -12,7 +12,7 @@ from api.clock import FixedClock
 from api.engine import Engine
 from api.errors import ConflictError
 from api.schemas import ChannelPreference, Event, FrequencyLimit, Preferences
-from tests.integration.conftest import NOON_NY, TENANT, at, req
+from tests.integration.conftest import EXACT, NOON_NY, TENANT, at, req
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -33,18 +33,21 @@ async def test_daytime_promotional_sends_now(engine: Engine) -> None:
 
 
 async def test_quiet_hours_defer_to_local_morning(engine: Engine, clock: FixedClock) -> None:
+    """The default policy spreads the deferral over 30 minutes after the quiet hours end;
+    the reason keeps the instant they end."""
     clock.value = at("2026-06-10T22:30:00-04:00")
     r = await engine.decide(TENANT, req())
     assert r.decision == "defer"
-    assert r.send_at == dt.datetime.fromisoformat("2026-06-11T08:00:00-04:00")
+    morning = dt.datetime.fromisoformat("2026-06-11T08:00:00-04:00")
+    assert r.send_at is not None and morning <= r.send_at < morning + dt.timedelta(minutes=30)
     assert codes(r) == ["quiet_hours"]
     assert r.reasons[0].rule == "default-quiet-hours"
-    assert r.reasons[0].until == r.send_at
+    assert r.reasons[0].until == morning
 
 
 async def test_cap_defers_to_the_instant_the_window_frees(
         engine: Engine, clock: FixedClock, set_policy: Callable[..., Any]) -> None:
-    await set_policy(caps=[{"id": "two-a-day", "limit": 2, "window_minutes": 1440}])
+    await set_policy(caps=[{"id": "two-a-day", "limit": 2, "window_minutes": 1440}], **EXACT)
     first = await engine.decide(TENANT, req(message_id="a"))
     clock.advance(HOUR)
     await engine.decide(TENANT, req(message_id="b"))
@@ -75,7 +78,7 @@ async def test_cap_past_deadline_suppresses_with_until(
 async def test_cap_and_quiet_hours_chain(engine: Engine, clock: FixedClock,
                                          set_policy: Callable[..., Any]) -> None:
     """Capped until 23:00 (quiet), so the answer is 08:00 next morning, naming both."""
-    await set_policy(caps=[{"id": "one-per-11h", "limit": 1, "window_minutes": 660}])
+    await set_policy(caps=[{"id": "one-per-11h", "limit": 1, "window_minutes": 660}], **EXACT)
     await engine.decide(TENANT, req(message_id="a"))
     clock.advance(HOUR)
     r = await engine.decide(TENANT, req(message_id="b"))
@@ -86,7 +89,7 @@ async def test_cap_and_quiet_hours_chain(engine: Engine, clock: FixedClock,
 async def test_future_reservations_count(engine: Engine, clock: FixedClock,
                                          set_policy: Callable[..., Any]) -> None:
     """Two messages deferred out of quiet hours never land in the same capped window."""
-    await set_policy(caps=[{"id": "one-a-day", "limit": 1, "window_minutes": 1440}])
+    await set_policy(caps=[{"id": "one-a-day", "limit": 1, "window_minutes": 1440}], **EXACT)
     clock.value = at("2026-06-10T23:00:00-04:00")
     a = await engine.decide(TENANT, req(message_id="a"))
     b = await engine.decide(TENANT, req(message_id="b"))
@@ -174,7 +177,9 @@ async def test_topic_opt_out(engine: Engine) -> None:
     assert r.decision == "suppress" and codes(r) == ["topic_opted_out"]
 
 
-async def test_conflicting_offer_deferred_and_duplicate_suppressed(engine: Engine) -> None:
+async def test_conflicting_offer_deferred_and_duplicate_suppressed(
+        engine: Engine, set_policy: Callable[..., Any]) -> None:
+    await set_policy(caps=[], **EXACT)  # about offers, not spacing
     first = await engine.decide(TENANT, req(message_id="a", channels=["sms"],
                                             offer={"id": "bogo", "group": "spring-sale"}))
     assert first.decision == "send" and first.send_at is not None
@@ -191,7 +196,7 @@ async def test_conflicting_offer_deferred_and_duplicate_suppressed(engine: Engin
 
 async def test_transactional_is_exempt_from_quiet_hours_and_caps(
         engine: Engine, clock: FixedClock, set_policy: Callable[..., Any]) -> None:
-    await set_policy(caps=[{"id": "one-a-day", "limit": 1, "window_minutes": 1440}])
+    await set_policy(caps=[{"id": "one-a-day", "limit": 1, "window_minutes": 1440}], **EXACT)
     clock.value = at("2026-06-10T23:30:00-04:00")
     for i in range(3):
         r = await engine.decide(TENANT, req(message_id=f"t{i}", category="transactional"))
@@ -227,14 +232,15 @@ async def test_cancel_releases_the_reservation(engine: Engine,
 async def test_calendar_day_cap_uses_local_midnight(
         engine: Engine, clock: FixedClock, set_policy: Callable[..., Any]) -> None:
     await set_policy(caps=[{"id": "one-per-local-day", "limit": 1, "calendar": "day"}],
-                     quiet_hours=[])
+                     quiet_hours=[], **EXACT)
     clock.value = at("2026-06-10T20:00:00-04:00")
     await engine.decide(TENANT, req(message_id="a"))
     r = await engine.decide(TENANT, req(message_id="b"))
     assert r.send_at == dt.datetime.fromisoformat("2026-06-11T00:00:00-04:00")
 
 
-async def test_user_frequency_limit(engine: Engine) -> None:
+async def test_user_frequency_limit(engine: Engine, set_policy: Callable[..., Any]) -> None:
+    await set_policy(caps=[], **EXACT)  # the recipient's own limit alone
     limits = [FrequencyLimit(limit=1, window_minutes=2880)]
     await engine.store.put_preferences(TENANT, "u1", Preferences(frequency_limits=limits))
     await engine.decide(TENANT, req(message_id="a"))
@@ -244,7 +250,9 @@ async def test_user_frequency_limit(engine: Engine) -> None:
     assert r.send_at == dt.datetime.fromtimestamp((NOON_NY + 2 * DAY) / 1000, dt.UTC)
 
 
-async def test_limit_reaching_the_defer_horizon_suppresses(engine: Engine) -> None:
+async def test_limit_reaching_the_defer_horizon_suppresses(
+        engine: Engine, set_policy: Callable[..., Any]) -> None:
+    await set_policy(caps=[])  # the recipient's own limit alone
     limits = [FrequencyLimit(limit=1, window_minutes=7 * 1440)]
     await engine.store.put_preferences(TENANT, "u1", Preferences(frequency_limits=limits))
     await engine.decide(TENANT, req(message_id="a"))
@@ -260,7 +268,8 @@ async def test_user_limit_zero_blocks_the_channel(engine: Engine) -> None:
     assert r.decision == "send" and r.channel == "push"
 
 
-async def test_not_before_defers(engine: Engine) -> None:
+async def test_not_before_defers(engine: Engine, set_policy: Callable[..., Any]) -> None:
+    await set_policy(**EXACT)
     nb = dt.datetime.fromtimestamp((NOON_NY + 2 * HOUR) / 1000, dt.UTC)
     r = await engine.decide(TENANT, req(not_before=nb))
     assert r.decision == "defer" and r.send_at == nb and codes(r) == ["not_before"]
@@ -269,7 +278,7 @@ async def test_not_before_defers(engine: Engine) -> None:
 async def test_florida_sms_window_and_three_per_day(engine: Engine, clock: FixedClock,
                                                     set_policy: Callable[..., Any]) -> None:
     """FTSA: 08:00-20:00 and at most 3 per rolling 24 h; TCPA alone would allow 20:30."""
-    await set_policy(caps=[])
+    await set_policy(caps=[], **EXACT)
     fl = {"channels": ["sms"], "phone": "+13055550123", "timezone": None}
     clock.value = at("2026-06-10T20:30:00-04:00")
     late = await engine.decide(TENANT, req(message_id="late", **fl))
@@ -302,7 +311,7 @@ async def test_tcpa_applies_to_us_sms_but_not_email(engine: Engine, clock: Fixed
 
 async def test_france_no_commercial_sms_on_sunday(engine: Engine, clock: FixedClock,
                                                   set_policy: Callable[..., Any]) -> None:
-    await set_policy(caps=[], quiet_hours=[])
+    await set_policy(caps=[], quiet_hours=[], **EXACT)
     clock.value = at("2026-06-14T11:00:00+02:00")  # a Sunday
     r = await engine.decide(TENANT, req(channels=["sms"], phone="+33612345678", timezone=None))
     assert r.decision == "defer"

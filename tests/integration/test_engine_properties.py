@@ -15,7 +15,11 @@ then judges every send/defer answer:
   no instant in a quiet window of the recipient's wall clock;
 * consent: never a channel opted out then (document or event), WhatsApp only when opted
   in, nothing when a topic is opted out or the campaign converted;
-* conflicts: two different offers of one group are never within the group's window.
+* conflicts: two different offers of one group are never within the group's window;
+* priorities and preemption (enabled in half the histories): a message displaces only
+  reservations of strictly lower priority that were not yet due; each displaced one is
+  either suppressed (``preempted``) or moved to a later instant that its own rules (as
+  they were when it was decided) allow against the ledger then.
 
 Finally the ledger in Redis is exactly the model's (sends and defers minus cancels, each
 under the person's current id).
@@ -81,6 +85,7 @@ class Decide:
     user: int
     ask: Ask
     offer: tuple[str, str] | None
+    priority: int = 5
 
 
 @dataclass(frozen=True)
@@ -160,10 +165,11 @@ def _documents(draw: st.DrawFn) -> dict[str, Any]:
 def _ops() -> st.SearchStrategy[Op]:
     user = st.integers(0, len(USERS) - 1)
     offer = st.one_of(st.none(), st.tuples(st.sampled_from(OFFERS), st.sampled_from(GROUPS)))
+    priority = st.integers(0, 10)
     return st.one_of(
-        st.builds(Decide, user, _asks(), offer),
-        st.builds(Decide, user, _asks(), offer),
-        st.builds(Decide, user, _asks(), offer),
+        st.builds(Decide, user, _asks(), offer, priority),
+        st.builds(Decide, user, _asks(), offer, priority),
+        st.builds(Decide, user, _asks(), offer, priority),
         st.builds(Cancel, st.integers(0, 1000)),
         st.builds(PutPrefs, user, _documents()),
         st.builds(Unsubscribe, user, st.one_of(st.none(), st.sampled_from(CHANNELS))),
@@ -180,6 +186,7 @@ def histories(draw: st.DrawFn) -> dict[str, Any]:
         "caps": [draw(cap_rules(i)) for i in range(draw(st.integers(1, 2)))],
         "quiet_hours": draw(quiet_rules()),
         "conflict_minutes": draw(st.integers(30, 600)),
+        "preempt": draw(st.booleans()),
         "ops": draw(st.lists(_ops(), min_size=5, max_size=40)),
     }
 
@@ -287,7 +294,8 @@ async def test_random_histories_keep_every_invariant(redis_client: RedisClient,
     policy = msgspec.convert({
         "categories": CATEGORIES, "caps": h["caps"], "quiet_hours": h["quiet_hours"],
         "conflict_groups": [{"group": "*", "window_minutes": h["conflict_minutes"]}],
-        "converted_suppression_days": CONVERTED_DAYS}, Policy)
+        "converted_suppression_days": CONVERTED_DAYS,
+        "preemption": {"enabled": h["preempt"], "max_displaced": 2}}, Policy)
     validate_policy(policy)
     engine.policies.put(TENANT, await engine.store.put_policy(TENANT, policy, None, clock.now_ms()))
     rules = _reference_rules(h["caps"])
@@ -297,6 +305,8 @@ async def test_random_histories_keep_every_invariant(redis_client: RedisClient,
     owner = list(range(len(USERS)))  # user id (index) -> the person it names now
     merged_away: set[int] = set()  # user ids that are merge tombstones
     decided: list[tuple[int, str, str]] = []  # (user index, message id, decision id)
+    #: decision id -> (message id, the request, when, the recipient's document then, zone)
+    asked: dict[str, tuple[str, Decide, int, dict[str, Any], str]] = {}
 
     def person_of(user: int) -> Person:
         return people[owner[user]]
@@ -318,15 +328,42 @@ async def test_random_histories_keep_every_invariant(redis_client: RedisClient,
                 fields["deadline"] = _utc(now + ask.deadline * MIN)
             if ask.not_before is not None:
                 fields["not_before"] = _utc(now + ask.not_before * MIN)
-            answer = await engine.decide(TENANT, req(**fields))
+            answer = await engine.decide(TENANT, req(**fields, priority=op.priority))
             event(f"decision: {answer.decision}")  # coverage, with --hypothesis-show-statistics
             for code in {str(r.code) for r in answer.reasons}:
                 event(f"reason: {code}")
+            # the displaced reservations left the ledger before this answer was judged
+            displaced = [(did, person.ledger.pop(asked[did][0])) for did in answer.displaced]
             entry = _check_answer(person, ZoneInfo(h["zones"][op.user]), op, answer, now, rules,
                                   quiet, conflict_ms)
             if entry is not None:
                 person.ledger[entry.mid] = entry
+            for did, old in displaced:
+                event("preempted")
+                _, victim, at, doc, zone = asked[did]
+                assert victim.priority < op.priority and old.t > now, (victim, op)
+                status = await engine.status(TENANT, did)
+                assert status.reasons[0].code == "preempted", status
+                if status.state == "preempted":
+                    continue
+                event("preempted: moved")
+                assert status.state == "defer" and status.send_at is not None, status
+                assert status.channel is not None
+                t = _ms_of(status.send_at)
+                assert t >= old.t, status
+                then = Person(doc=doc, ledger=person.ledger)
+                feasible = Feasibility(then.world(ZoneInfo(zone), rules, quiet), victim.ask, at)
+                assert feasible.allowed(t, status.channel, local(feasible.world, t)), status
+                if old.offer is not None:
+                    for e in person.ledger.values():
+                        if (e.offer is not None and e.offer[1] == old.offer[1]
+                                and e.offer[0] != old.offer[0]):
+                            assert abs(e.t - t) >= conflict_ms, (e, status)
+                person.ledger[old.mid] = Entry(old.mid, t, status.channel, old.cat, old.camp,
+                                               old.tags, old.offer)
             decided.append((op.user, answer.message_id, answer.decision_id))
+            asked[answer.decision_id] = (answer.message_id, op, now, dict(person.doc),
+                                         h["zones"][op.user])
         elif isinstance(op, Cancel):
             if decided:
                 user, mid, did = decided[op.pick % len(decided)]

@@ -40,9 +40,10 @@ def local_hour(ms: int) -> int:
 
 async def test_caps_taking_every_good_slot_reserve_the_first_instant_the_cap_frees(
         engine: Engine, set_policy: Callable[..., Any]) -> None:
-    await set_policy(quiet_hours=[], send_time={"exploration_rate": 0.0}, caps=[
-        {"id": "daily", "limit": 1, "window_minutes": 1440,
-         "scope": {"categories": ["promotional"]}}])
+    # spread off: the test is about the exact instant the cap frees
+    await set_policy(quiet_hours=[], send_time={"exploration_rate": 0.0, "spread_minutes": 0},
+                     caps=[{"id": "daily", "limit": 1, "window_minutes": 1440,
+                            "scope": {"categories": ["promotional"]}}])
     await engine.record_events(TENANT, evening_events("u1"))
     first = await engine.decide(TENANT, req(message_id="m1", category="promotional"))
     assert first.decision == "defer" and first.send_at is not None

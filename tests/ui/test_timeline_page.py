@@ -61,7 +61,10 @@ def _decide(client: Client, message_id: str) -> dict[str, Any]:
 @pytest.fixture
 def capped_ada(client: Client, clock: FixedClock) -> dict[str, Any]:
     """Two sends an hour apart, then a third deferred by her own limit; the page is opened
-    an hour later. Returns the deferred answer."""
+    an hour later. Returns the deferred answer. (Deferrals unspread: the page's instants
+    are asserted to the minute.)"""
+    r = client.put("/v1/policy", json={"send_time": {"spread_minutes": 0}})
+    assert r.status_code == 200, r.text
     r = client.put("/v1/users/ada/preferences", json={
         "timezone": "Europe/Berlin", "country": "FR",
         "frequency_limits": [{"limit": 2, "window_minutes": 1440}]})

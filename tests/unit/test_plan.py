@@ -24,11 +24,14 @@ from api.plan import (
     fingerprint,
     ledger_member,
     member_prefix,
+    member_priority,
     pre_checks,
+    spread_offset,
 )
 from api.policy import DEFAULT_POLICY, Policy
 from api.reasons import ReasonCode
 from api.schemas import (
+    DEFAULT_PRIORITY,
     ChannelPreference,
     DecisionRequest,
     FrequencyLimit,
@@ -91,17 +94,47 @@ tags = st.lists(st.text(alphabet=st.characters(codec="utf-8", min_codepoint=0x20
 
 @given(mid=ids, campaign=st.none() | ids, tag_list=tags,
        offer=st.none() | st.tuples(ids, ids),
-       channel=st.sampled_from(["email", "sms", "push", "whatsapp", "in_app", "web_push"]))
+       channel=st.sampled_from(["email", "sms", "push", "whatsapp", "in_app", "web_push"]),
+       priority=st.integers(0, 10))
 def test_ledger_member_round_trips(mid: str, campaign: str | None, tag_list: list[str],
-                                   offer: tuple[str, str] | None, channel: str) -> None:
+                                   offer: tuple[str, str] | None, channel: str,
+                                   priority: int) -> None:
     fields: dict[str, Any] = {"message_id": mid, "campaign_id": campaign, "tags": tag_list,
-                              "channels": [channel]}
+                              "channels": [channel], "priority": priority}
     if offer is not None:
         fields["offer"] = {"id": offer[0], "group": offer[1]}
     member = ledger_member(request(**fields), channel)
-    assert decode_member(member) == [mid, channel, "promotional", campaign or "", tag_list,
-                                     offer[0] if offer else "", offer[1] if offer else ""]
+    entry = decode_member(member)
+    assert entry == [mid, channel, "promotional", campaign or "", tag_list,
+                     offer[0] if offer else "", offer[1] if offer else "", priority]
+    assert member_priority(entry) == priority
     assert member.startswith(member_prefix(mid))
+
+
+def test_a_member_without_priority_has_the_default_one() -> None:
+    """Members written before priorities were recorded (7 elements) still decode."""
+    old = msgspec.msgpack.encode(["m", "email", "promotional", "", [], "", ""])
+    assert member_priority(decode_member(old)) == DEFAULT_PRIORITY
+    # the scripts match a message's members from the second byte on: both layouts agree
+    assert old[1:].startswith(member_prefix("m")[1:])
+
+
+def test_spread_offset_is_deterministic_and_inside_the_window() -> None:
+    offsets = [spread_offset("acme", f"m{i}", 30) for i in range(500)]
+    assert offsets == [spread_offset("acme", f"m{i}", 30) for i in range(500)]
+    assert all(0 <= o < 30 * 60_000 for o in offsets)
+    assert max(offsets) - min(offsets) > 25 * 60_000  # spread, not clumped
+    assert spread_offset("acme", "m1", 0) == 0
+    assert spread_offset("other", "m1", 30) != spread_offset("acme", "m1", 30)
+
+
+def test_cap_reserve_lowers_the_limit_below_its_priority() -> None:
+    pol = msgspec.convert({"caps": [{"id": "daily", "limit": 3, "window_minutes": 1440,
+                                     "reserve": {"below_priority": 5, "limit": 2}}]}, Policy)
+    low = plan_for(request(priority=4), pol, state())
+    high = plan_for(request(priority=5), pol, state())
+    assert [c.n for c in low.caps] == [2]
+    assert [c.n for c in high.caps] == [3]
 
 
 @given(a=ids, b=ids)

@@ -77,6 +77,9 @@ CAP = {"id": "c", "limit": 1, "window_minutes": 60}
     pytest.param({"jurisdictions": {"packs": [custom_pack(cap={"limit": 0, "window_minutes": 60,
                                                                "channels": ["sms"]})]}},
                  "jurisdictions.packs[0]", "cap.limit", id="custom-pack-bad-cap"),
+    pytest.param({"caps": [CAP, {**CAP, "id": "r", "limit": 3,
+                                 "reserve": {"below_priority": 5, "limit": 3}}]},
+                 "caps[1].reserve.limit", "not below the cap's limit 3", id="reserve-no-room"),
 ])
 def test_invalid_policies_name_the_field(doc: dict[str, Any], field: str, message: str) -> None:
     policy = msgspec.convert(doc, Policy)
@@ -98,6 +101,9 @@ def test_invalid_policies_name_the_field(doc: dict[str, Any], field: str, messag
     {"jurisdictions": {"packs": [custom_pack()], "enabled": ["acme-quiet", "us-fl-ftsa"]}},
     {"jurisdictions": {"enabled": []}},
     {"default_timezone": "Europe/Paris", "default_country": "FR"},
+    {"caps": [{"id": "d", "limit": 3, "window_minutes": 1440,
+               "reserve": {"below_priority": 5, "limit": 2}}],
+     "preemption": {"enabled": True, "max_displaced": 3}, "send_time": {"spread_minutes": 0}},
 ])
 def test_valid_policies(doc: dict[str, Any]) -> None:
     validate_policy(msgspec.convert(doc, Policy))
@@ -116,6 +122,14 @@ def test_valid_policies(doc: dict[str, Any]) -> None:
     ({"cap": []}, "cap"),
     ({"caps": [{"id": "c", "limit": 1, "window_minutes": 1, "scope": {"channel": ["sms"]}}]},
      "caps[0].scope.channel"),
+    ({"caps": [{"id": "c", "limit": 3, "window_minutes": 60,
+                "reserve": {"below_priority": 11, "limit": 1}}]},
+     "caps[0].reserve.below_priority"),
+    ({"caps": [{"id": "c", "limit": 3, "window_minutes": 60,
+                "reserve": {"below_priority": 5, "limit": 0}}]}, "caps[0].reserve.limit"),
+    ({"preemption": {"max_displaced": 0}}, "preemption.max_displaced"),
+    ({"preemption": {"enable": True}}, "preemption.enable"),
+    ({"send_time": {"spread_minutes": -1}}, "send_time.spread_minutes"),
 ])
 def test_structural_errors_name_the_field(doc: dict[str, Any], field: str) -> None:
     with pytest.raises(msgspec.ValidationError) as exc:
@@ -137,7 +151,11 @@ def test_default_policy_is_valid_and_documented() -> None:
     assert DEFAULT_CONFLICT_WINDOW_MINUTES == 72 * 60
     assert [(c.id, c.limit, c.window_minutes, c.calendar, c.scope.categories) for c in p.caps] == [
         ("promotional-daily", 3, 1440, None, ["promotional"]),
-        ("promotional-weekly", 10, 7 * 1440, None, ["promotional"])]
+        ("promotional-weekly", 10, 7 * 1440, None, ["promotional"]),
+        ("promotional-spacing", 1, 30, None, ["promotional"])]
+    assert all(c.reserve is None and c.scope.channels == [] for c in p.caps)
+    assert p.send_time.spread_minutes == 30
+    assert not p.preemption.enabled and p.preemption.max_displaced == 2
     assert (p.default_timezone, p.default_country) == ("UTC", None)
     assert (p.max_defer_minutes, p.converted_suppression_days) == (7 * 1440, 30)
     assert p.jurisdictions.enabled is None and p.jurisdictions.packs == []
