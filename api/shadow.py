@@ -260,7 +260,8 @@ class ShadowService:
                                                 user_id=user)
         plan = build_plan(request, policy, state, location, now=now,
                           idempotency_ttl_ms=engine.settings.idempotency_ttl_seconds * 1000,
-                          candidate_channels=permitted, pre_suppressed=suppressed)
+                          candidate_channels=permitted, pre_suppressed=suppressed,
+                          tenant=tenant)
         zone = location.zones[0]
         try:  # the live path's scoring, without its metric (a shadow is not a decision)
             choice = choose(engine.models.active, plan, decode_profile(state.profile),

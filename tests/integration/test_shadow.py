@@ -25,13 +25,13 @@ from api.settings import Settings
 from api.shadow import FLUSH_SECONDS, INVALID, ShadowReport, ShadowService, sampled
 from api.store import PolicyConflictError, ShadowConflictError, Store
 from tests.conftest import TEST_ID_KEY
-from tests.integration.conftest import NOON_NY, TENANT, req
+from tests.integration.conftest import EXACT, NOON_NY, TENANT, req
 
 HOUR = 3_600_000
 LIVE = {"caps": [{"id": "promo-daily", "limit": 3, "window_minutes": 1440,
-                  "scope": {"categories": ["promotional"]}}]}
+                  "scope": {"categories": ["promotional"]}}], **EXACT}
 STRICTER = {"caps": [{"id": "promo-daily", "limit": 1, "window_minutes": 1440,
-                      "scope": {"categories": ["promotional"]}}]}
+                      "scope": {"categories": ["promotional"]}}], **EXACT}
 
 
 def _policy(fields: dict[str, Any]) -> Policy:
