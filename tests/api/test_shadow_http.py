@@ -34,9 +34,10 @@ def decision(mid: str) -> dict[str, Any]:
             "timezone": "America/New_York"}
 
 
-async def test_install_report_promote(client: Client) -> None:
+async def test_install_report_promote(client: Client, clock: FixedClock) -> None:
     """The README's walk-through: install a stricter shadow, decide, read the report,
-    promote it with one call."""
+    promote it with one call. The two decisions are 31 minutes apart, past the default
+    policy's promotional spacing, so the live policy sends both."""
     r = await client.put("/v1/policy", json={"mode": "shadow", **STRICTER})
     assert r.status_code == 200, r.text
     shadow = r.json()
@@ -46,8 +47,10 @@ async def test_install_report_promote(client: Client) -> None:
     assert live["version"] == 0 and "mode" not in live  # the live policy is untouched
     assert (await client.get("/v1/policy/shadow")).json() == shadow
 
-    answers = [(await client.post("/v1/decisions", json=decision(f"m{i}"))).json()
-               for i in range(2)]
+    answers = []
+    for i in range(2):
+        answers.append((await client.post("/v1/decisions", json=decision(f"m{i}"))).json())
+        clock.advance(31 * 60_000)
     assert [a["decision"] for a in answers] == ["send", "send"]
 
     report = (await client.get("/v1/policy/shadow/report")).json()
