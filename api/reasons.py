@@ -29,6 +29,7 @@ class ReasonCode(StrEnum):
     POLICY_STORE_UNAVAILABLE = "policy_store_unavailable"
     BETTER_SEND_TIME = "better_send_time"
     EXPLORATION = "exploration"
+    CHANNEL_PACING = "channel_pacing"
 
 
 REASON_DOCS: dict[ReasonCode, str] = {
@@ -67,4 +68,7 @@ REASON_DOCS: dict[ReasonCode, str] = {
     ReasonCode.EXPLORATION: "This message was picked for exploration (policy "
     "`send_time.exploration_rate`): a random allowed slot, so the logs keep showing how "
     "other hours do; `propensity` is the chance it had.",
+    ReasonCode.CHANNEL_PACING: "The tenant's send rate on this channel (policy `pacing`) is "
+    "used up at the instant the recipient's rules allowed; `rule` names the limit "
+    "(`pacing.channels.sms.per_second`) and `until` is the first instant with capacity.",
 }

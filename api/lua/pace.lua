@@ -1,0 +1,164 @@
+-- Channel send-rate pacing for one shard of one (tenant, channel) (docs/pacing.md). Every key
+-- carries the hash tag {tenant:channel:shard}: one slot, so the check and the increment cannot
+-- race, and no script ever crosses slots.
+--
+-- KEYS[1] counts HASH "<g>:<k>" -> sends reserved in bucket k of length g ms ([k*g, (k+1)*g))
+-- KEYS[2] index  ZSET the same fields scored by their bucket's end (bounded trimming)
+-- KEYS[3] starts ZSET "<who>:<ms>" scored by ms: conversation starts (unique recipients)
+-- KEYS[4] latest ZSET who -> latest conversation start (ms)
+--
+-- ARGV[1] mode: 'reserve' (search from t, take the first instant with capacity),
+--         'peek' (the same search, nothing written: dry runs), 'force' (count at t even when
+--         full: the decision was committed already), 'release' (give back t's rate tokens)
+-- ARGV[2] t, ARGV[3] search end (exclusive), ARGV[4] now, ARGV[5] max search steps,
+-- ARGV[6] number of rate limits R, then R triples (bucket length ms, this shard's share, name),
+-- then the unique-recipient limit: window ms (0: none), this shard's share, who (pseudonym),
+-- name.
+--
+-- Returns {status, instant, name}: 'ok' with the first instant >= t that has capacity (and
+-- the name of the limit that first pushed the search on, '' if none), 'none' with the instant
+-- the bounded search stopped at, 'forced' with '1' as name if a limit was already full,
+-- 'released'.
+--
+-- A rolling limit of n per W (unique recipients) blocks x iff n existing starts plus x fit in
+-- a span shorter than W: for n consecutive starts e_a..e_{a+n-1} (span < W) that is exactly
+-- x in [e_{a+n-1} - W + 1, e_a + W), the same arithmetic as commit.lua's rolling caps.
+
+local mode = ARGV[1]
+local t = tonumber(ARGV[2])
+local xend = tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+local max_steps = tonumber(ARGV[5])
+local nrate = tonumber(ARGV[6])
+local rates = {}
+local p = 7
+for i = 1, nrate do
+  rates[i] = {g = tonumber(ARGV[p]), cap = tonumber(ARGV[p + 1]), name = ARGV[p + 2]}
+  p = p + 3
+end
+local W = tonumber(ARGV[p])
+local ucap = tonumber(ARGV[p + 1])
+local who = ARGV[p + 2]
+local uname = ARGV[p + 3]
+
+local function fmt(x) return string.format('%.0f', x) end
+local function bucket(r, x) return math.floor(x / r.g) end
+local function field(r, x) return r.g .. ':' .. fmt(bucket(r, x)) end
+
+-- 1. trim what no instant >= now can use again (bounded: at most 64 buckets per call, and
+-- each call adds at most R, so the hash never grows with time)
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', fmt(now), 'LIMIT', 0, 64)
+if #old > 0 then
+  redis.call('HDEL', KEYS[1], unpack(old))
+  redis.call('ZREM', KEYS[2], unpack(old))
+end
+if W > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now - W))
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', fmt(now - W))
+end
+
+if mode == 'release' then
+  for _, r in ipairs(rates) do
+    local f = field(r, t)
+    if redis.call('HINCRBY', KEYS[1], f, -1) <= 0 then
+      redis.call('HDEL', KEYS[1], f)
+      redis.call('ZREM', KEYS[2], f)
+    end
+  end
+  return {'released', fmt(t), ''}
+end
+
+-- 2. the recipient's open conversation: [latest, latest + W) costs no unique slot
+local cov_a, cov_b = nil, nil
+if W > 0 then
+  local s = redis.call('ZSCORE', KEYS[4], who)
+  if s then cov_a = tonumber(s); cov_b = cov_a + W end
+end
+local function covered(x) return cov_a ~= nil and cov_a <= x and x < cov_b end
+
+-- blocked intervals of the unique limit, computed once, only when needed
+local ublocks = nil
+local function unique_blocks()
+  local raw = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. fmt(t - W), '(' .. fmt(xend + W),
+                         'WITHSCORES')
+  local times = {}
+  for i = 2, #raw, 2 do times[#times + 1] = tonumber(raw[i]) end
+  local out = {}
+  for a = 1, #times - ucap + 1 do
+    local first, last = times[a], times[a + ucap - 1]
+    if last - first < W then out[#out + 1] = {last - W + 1, first + W} end
+  end
+  return out
+end
+
+-- the next instant to try after x, and the limit that forced it; x itself if it has capacity
+local function next_candidate(x)
+  local nx, why = x, ''
+  for _, r in ipairs(rates) do
+    local c = tonumber(redis.call('HGET', KEYS[1], field(r, x)) or '0')
+    if c >= r.cap then
+      local e = (bucket(r, x) + 1) * r.g
+      if e > nx then nx = e; why = r.name end
+    end
+  end
+  if nx == x and W > 0 and not covered(x) then
+    if ublocks == nil then ublocks = unique_blocks() end
+    local e = x
+    for _, iv in ipairs(ublocks) do
+      if iv[1] <= x and x < iv[2] and iv[2] > e then e = iv[2] end
+    end
+    if e > x then
+      if cov_a ~= nil and cov_a > x and cov_a < e then e = cov_a end
+      nx = e; why = uname
+    end
+  end
+  return nx, why
+end
+
+local function take(x)
+  local over = false
+  for _, r in ipairs(rates) do
+    local f = field(r, x)
+    local c = redis.call('HINCRBY', KEYS[1], f, 1)
+    if c > r.cap then over = true end
+    if c == 1 then redis.call('ZADD', KEYS[2], fmt((bucket(r, x) + 1) * r.g), f) end
+  end
+  local keep = 0
+  for _, r in ipairs(rates) do if r.g > keep then keep = r.g end end
+  if W > 0 and not covered(x) then
+    if ublocks == nil then ublocks = unique_blocks() end
+    for _, iv in ipairs(ublocks) do
+      if iv[1] <= x and x < iv[2] then over = true end
+    end
+    redis.call('ZADD', KEYS[3], fmt(x), who .. ':' .. fmt(x))
+    if cov_a == nil or x > cov_a then redis.call('ZADD', KEYS[4], fmt(x), who) end
+    keep = math.max(keep, W)
+  end
+  -- every key lives until the last bucket or conversation it holds is over
+  local want = x - now + keep + 60000
+  for i = 1, 4 do
+    if redis.call('PTTL', KEYS[i]) < want and redis.call('EXISTS', KEYS[i]) == 1 then
+      redis.call('PEXPIRE', KEYS[i], fmt(want))
+    end
+  end
+  return over
+end
+
+if mode == 'force' then
+  local over = take(t)
+  return {'forced', fmt(t), over and '1' or '0'}
+end
+
+-- 3. bounded search: the first instant >= t where every limit has room
+local x, first_why = t, ''
+for _ = 1, max_steps do
+  if x >= xend then return {'none', fmt(xend), first_why} end
+  local nx, why = next_candidate(x)
+  if nx == x then
+    if mode == 'reserve' then take(x) end
+    return {'ok', fmt(x), first_why}
+  end
+  if first_why == '' then first_why = why end
+  x = nx
+end
+return {'none', fmt(math.min(x, xend)), first_why}
