@@ -88,8 +88,8 @@ class ShardLimits:
         flat: list[Any] = [len(self.rates)]
         for g, cap, name in self.rates:
             flat += [g, cap, name]
-        window, cap, name = self.unique or (0, 0, "")
-        return [*flat, window, cap, name]
+        window, cap, _ = self.unique or (0, 0, "")
+        return [*flat, window, cap]
 
     def same_token(self, held: int, at: int) -> bool:
         """Does the capacity taken at ``held`` cover a send at ``at``? Same rate buckets, and
