@@ -5,7 +5,7 @@
 -- KEYS[1] counts HASH "<g>:<k>" -> sends reserved in bucket k of length g ms ([k*g, (k+1)*g))
 -- KEYS[2] index  ZSET the same fields scored by their bucket's end (bounded trimming)
 -- KEYS[3] starts ZSET "<who>:<ms>" scored by ms: conversation starts (unique recipients)
--- KEYS[4] latest ZSET who -> latest conversation start (ms)
+-- KEYS[4] latest ZSET who -> latest conversation start (ms): the cheap common lookup
 --
 -- ARGV[1] mode: 'reserve' (search from t, take the first instant with capacity),
 --         'peek' (the same search, nothing written: dry runs), 'force' (count at t even when
@@ -68,27 +68,40 @@ if mode == 'release' then
   return {'released', fmt(t), ''}
 end
 
--- 2. the recipient's open conversation: [latest, latest + W) costs no unique slot
-local cov_a, cov_b = nil, nil
+-- 2. the recipient's open conversations cost no unique slot: [s, s + W) for each start s of
+-- theirs. The latest start (one ZSCORE) answers most lookups; the full list is read only when
+-- it does not, together with the other recipients' starts that the blocks come from.
+local latest = nil
 if W > 0 then
   local s = redis.call('ZSCORE', KEYS[4], who)
-  if s then cov_a = tonumber(s); cov_b = cov_a + W end
+  if s then latest = tonumber(s) end
 end
-local function covered(x) return cov_a ~= nil and cov_a <= x and x < cov_b end
-
--- blocked intervals of the unique limit, computed once, only when needed
-local ublocks = nil
-local function unique_blocks()
+local ublocks, mine = nil, nil
+local function load_starts()
+  if ublocks ~= nil then return end
   local raw = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. fmt(t - W), '(' .. fmt(xend + W),
                          'WITHSCORES')
+  local prefix = who .. ':'
   local times = {}
-  for i = 2, #raw, 2 do times[#times + 1] = tonumber(raw[i]) end
-  local out = {}
+  mine = {}
+  for i = 1, #raw, 2 do
+    local at = tonumber(raw[i + 1])
+    times[#times + 1] = at
+    if string.sub(raw[i], 1, #prefix) == prefix then mine[#mine + 1] = at end
+  end
+  ublocks = {}
   for a = 1, #times - ucap + 1 do
     local first, last = times[a], times[a + ucap - 1]
-    if last - first < W then out[#out + 1] = {last - W + 1, first + W} end
+    if last - first < W then ublocks[#ublocks + 1] = {last - W + 1, first + W} end
   end
-  return out
+end
+local function covered(x)
+  if latest ~= nil and latest <= x and x < latest + W then return true end
+  load_starts()
+  for _, s in ipairs(mine) do
+    if s <= x and x < s + W then return true end
+  end
+  return false
 end
 
 -- the next instant to try after x, and the limit that forced it; x itself if it has capacity
@@ -102,13 +115,16 @@ local function next_candidate(x)
     end
   end
   if nx == x and W > 0 and not covered(x) then
-    if ublocks == nil then ublocks = unique_blocks() end
     local e = x
     for _, iv in ipairs(ublocks) do
       if iv[1] <= x and x < iv[2] and iv[2] > e then e = iv[2] end
     end
     if e > x then
-      if cov_a ~= nil and cov_a > x and cov_a < e then e = cov_a end
+      -- one of the recipient's own conversations may open before the block ends
+      for _, s in ipairs(mine) do
+        if s > x and s < e then e = s end
+      end
+      if latest ~= nil and latest > x and latest < e then e = latest end
       nx = e; why = uname
     end
   end
@@ -126,12 +142,11 @@ local function take(x)
   local keep = 0
   for _, r in ipairs(rates) do if r.g > keep then keep = r.g end end
   if W > 0 and not covered(x) then
-    if ublocks == nil then ublocks = unique_blocks() end
     for _, iv in ipairs(ublocks) do
       if iv[1] <= x and x < iv[2] then over = true end
     end
     redis.call('ZADD', KEYS[3], fmt(x), who .. ':' .. fmt(x))
-    if cov_a == nil or x > cov_a then redis.call('ZADD', KEYS[4], fmt(x), who) end
+    if latest == nil or x > latest then redis.call('ZADD', KEYS[4], fmt(x), who) end
     keep = math.max(keep, W)
   end
   -- every key lives until the last bucket or conversation it holds is over
