@@ -126,7 +126,8 @@ class SendTimeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     exploration_rate: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.05
 
 
-class ChannelPacing(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ChannelPacing(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+                    omit_defaults=True):
     """A provider's throughput limit for one channel of the tenant (docs/pacing.md). Rates
     count sends per aligned UTC second/minute; ``unique_recipients_per_24h`` counts
     conversation starts (WhatsApp's business-initiated limit) in any rolling 24 h."""
@@ -136,7 +137,8 @@ class ChannelPacing(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     unique_recipients_per_24h: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
 
 
-class PacingChannels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class PacingChannels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+                     omit_defaults=True):
     """One optional entry per channel. A struct rather than a dict so that an error names
     the channel (``pacing.channels.sms.per_second``), which msgspec cannot do for dict keys."""
 
