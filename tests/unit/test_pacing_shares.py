@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.pacing import share, shard_count, shard_of
+from api.pacing import shard_count, shard_of, share
 from api.policy import ChannelPacing
 
 limits = st.integers(1, 6_000_000)
