@@ -45,6 +45,42 @@ local function fmt(x) return string.format('%.0f', x) end
 local function bucket(r, x) return math.floor(x / r.g) end
 local function field(r, x) return r.g .. ':' .. fmt(bucket(r, x)) end
 
+-- A run of consecutive full buckets [lo, hi) per bucket length, kept exact by every write
+-- below: a search that starts inside it jumps to hi in one step, so a backlog of any length
+-- costs O(1) instead of one HGET per full bucket (fields 'lo:<g>', 'hi:<g>' of KEYS[1]).
+local function run_of(r)
+  if r.lo == nil then
+    local v = redis.call('HMGET', KEYS[1], 'lo:' .. r.g, 'hi:' .. r.g)
+    r.lo, r.hi = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+  end
+  return r.lo, r.hi
+end
+local function set_run(r, lo, hi)
+  r.lo, r.hi = lo, hi
+  redis.call('HSET', KEYS[1], 'lo:' .. r.g, fmt(lo), 'hi:' .. r.g, fmt(hi))
+end
+local function count_at(r, b)
+  return tonumber(redis.call('HGET', KEYS[1], r.g .. ':' .. fmt(b)) or '0')
+end
+-- bucket b just became full
+local function grow_run(r, b)
+  local lo, hi = run_of(r)
+  if lo < hi and b == lo - 1 then lo = b
+  elseif lo < hi and b == hi then hi = b + 1
+  elseif lo >= hi or hi <= math.floor(now / r.g) then lo, hi = b, b + 1
+  else return end
+  for _ = 1, 64 do  -- absorb full buckets that follow (filled while the run was elsewhere)
+    if count_at(r, hi) < r.cap then break end
+    hi = hi + 1
+  end
+  set_run(r, lo, hi)
+end
+-- bucket b has room again
+local function cut_run(r, b)
+  local lo, hi = run_of(r)
+  if lo <= b and b < hi then set_run(r, lo, b) end
+end
+
 -- 1. trim what no instant >= now can use again (bounded: at most 64 buckets per call, and
 -- each call adds at most R, so the hash never grows with time)
 local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', fmt(now), 'LIMIT', 0, 64)
@@ -60,10 +96,12 @@ end
 if mode == 'release' then
   for _, r in ipairs(rates) do
     local f = field(r, t)
-    if redis.call('HINCRBY', KEYS[1], f, -1) <= 0 then
+    local c = redis.call('HINCRBY', KEYS[1], f, -1)
+    if c <= 0 then
       redis.call('HDEL', KEYS[1], f)
       redis.call('ZREM', KEYS[2], f)
     end
+    if c < r.cap then cut_run(r, bucket(r, t)) end
   end
   return {'released', fmt(t), ''}
 end
@@ -108,11 +146,12 @@ end
 local function next_candidate(x)
   local nx, why = x, ''
   for _, r in ipairs(rates) do
-    local c = tonumber(redis.call('HGET', KEYS[1], field(r, x)) or '0')
-    if c >= r.cap then
-      local e = (bucket(r, x) + 1) * r.g
-      if e > nx then nx = e; why = r.name end
-    end
+    local b = bucket(r, x)
+    local lo, hi = run_of(r)
+    local full_to = nil
+    if lo <= b and b < hi then full_to = hi
+    elseif count_at(r, b) >= r.cap then full_to = b + 1 end
+    if full_to ~= nil and full_to * r.g > nx then nx = full_to * r.g; why = r.name end
   end
   if nx == x and W > 0 and not covered(x) then
     local e = x
@@ -137,6 +176,7 @@ local function take(x)
     local f = field(r, x)
     local c = redis.call('HINCRBY', KEYS[1], f, 1)
     if c > r.cap then over = true end
+    if c == r.cap then grow_run(r, bucket(r, x)) end
     if c == 1 then redis.call('ZADD', KEYS[2], fmt((bucket(r, x) + 1) * r.g), f) end
   end
   local keep = 0

@@ -49,7 +49,7 @@ async def _counted(redis_client: RedisClient, channel: str, shards: int,
         fields = await redis_client.hgetall(pace_keys(TENANT, channel, shard).counts)
         for name, count in fields.items():
             g, k = name.decode().split(":")
-            if int(g) == bucket_ms:
+            if g.isdigit() and int(g) == bucket_ms:  # not the full-run fields lo:/hi:
                 total[int(k) * bucket_ms] += int(count)
     return +total
 
