@@ -114,10 +114,14 @@ if W > 0 then
   local s = redis.call('ZSCORE', KEYS[4], who)
   if s then latest = tonumber(s) end
 end
-local ublocks, mine = nil, nil
-local function load_starts()
-  if ublocks ~= nil then return end
-  local raw = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. fmt(t - W), '(' .. fmt(xend + W),
+-- Loaded for instants [x, x + W]: every start that can share a W-window with one of them
+-- lies in (x - W, x + 2W), so the blocks and the recipient's own starts there are exact,
+-- and the work is O(starts in 3 W) whatever the search horizon.
+local ublocks, mine, loaded_to = nil, nil, nil
+local function load_starts(x)
+  if ublocks ~= nil and x <= loaded_to then return end
+  loaded_to = x + W
+  local raw = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. fmt(x - W), '(' .. fmt(x + 2 * W),
                          'WITHSCORES')
   local prefix = who .. ':'
   local times = {}
@@ -135,7 +139,7 @@ local function load_starts()
 end
 local function covered(x)
   if latest ~= nil and latest <= x and x < latest + W then return true end
-  load_starts()
+  load_starts(x)
   for _, s in ipairs(mine) do
     if s <= x and x < s + W then return true end
   end
