@@ -294,3 +294,22 @@ async def test_same_recipient_races_stay_within_the_documented_bound(
     assert overshoot <= forced
     assert await _counted(redis_client, "sms", shard_count(
         workers[0].policies.peek(TENANT).pacing.channels.sms, 2), SECOND_MS) == per_second  # type: ignore[arg-type]
+
+
+async def test_a_scored_slot_that_is_full_yields_to_the_next_best(
+        engine: Engine, set_policy: Callable[..., Any], redis_client: RedisClient) -> None:
+    """With the model in the loop the commit walks ranked slots: a full second at the best
+    slot blocks that slot only, the decision takes the next one the ranking allows, and the
+    counters still hold exactly the two sends."""
+    from tests.integration.test_scoring import evening_events
+
+    await set_policy(quiet_hours=[], caps=[], send_time={"exploration_rate": 0.0},
+                     pacing={"channels": {"sms": {"per_second": 1}}, "shards": 1})
+    for user in ("u1", "u2"):
+        await engine.record_events(TENANT, evening_events(user))
+    first = await engine.decide(TENANT, req(message_id="a", user_id="u1", channels=["sms"]))
+    second = await engine.decide(TENANT, req(message_id="b", user_id="u2", channels=["sms"]))
+    assert first.score is not None and first.decision == "defer"
+    assert _ms(first.send_at) // 1000 != _ms(second.send_at) // 1000
+    assert await _counted(redis_client, "sms", 1, SECOND_MS) == Counter(
+        (_ms(a.send_at) // 1000) * 1000 for a in (first, second))
