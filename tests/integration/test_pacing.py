@@ -313,3 +313,15 @@ async def test_a_scored_slot_that_is_full_yields_to_the_next_best(
     assert _ms(first.send_at) // 1000 != _ms(second.send_at) // 1000
     assert await _counted(redis_client, "sms", 1, SECOND_MS) == Counter(
         (_ms(a.send_at) // 1000) * 1000 for a in (first, second))
+
+
+async def test_no_capacity_before_the_deadline_suppresses_and_says_why(
+        engine: Engine, set_policy: Callable[..., Any]) -> None:
+    await set_policy(pacing={"channels": {"sms": {"per_second": 1}}, "shards": 1})
+    deadline = dt.datetime.fromtimestamp((NOON_NY + 1500) / 1000, dt.UTC)
+    for i in range(2):
+        await engine.decide(TENANT, req(message_id=f"m{i}", user_id=f"u{i}", channels=["sms"]))
+    late = await engine.decide(TENANT, req(message_id="late", user_id="u9", channels=["sms"],
+                                           deadline=deadline))
+    assert late.decision == "suppress"
+    assert [x.code for x in late.reasons] == ["channel_pacing", "deadline_exceeded"]
