@@ -189,6 +189,8 @@ class Pacer:
                 return probe
             out = decode_outcome(probe.payload)
             if out.t is None or out.ch not in paced:
+                if dry:
+                    return probe
                 break
             limits = paced[out.ch]
             if held is not None and held.limits.channel == out.ch and \

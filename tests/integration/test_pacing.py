@@ -325,3 +325,16 @@ async def test_no_capacity_before_the_deadline_suppresses_and_says_why(
                                            deadline=deadline))
     assert late.decision == "suppress"
     assert [x.code for x in late.reasons] == ["channel_pacing", "deadline_exceeded"]
+
+
+async def test_concurrent_retries_of_one_message_take_one_token(
+        workers: list[Engine], clock: FixedClock, redis_client: RedisClient) -> None:
+    """20 simultaneous copies of one message: one decision, the same answer for all, and
+    the tokens every loser held are given back."""
+    await _set_policy(workers, clock, pacing={"channels": {"sms": {"per_second": 3}},
+                                              "shards": 1})
+    answers = await asyncio.gather(*(
+        workers[i % WORKERS].decide(TENANT, req(message_id="same", user_id="u1",
+                                                channels=["sms"])) for i in range(20)))
+    assert len({(a.decision_id, a.send_at) for a in answers}) == 1
+    assert await _counted(redis_client, "sms", 1, SECOND_MS) == {NOON_NY: 1}
