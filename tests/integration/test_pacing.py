@@ -18,14 +18,16 @@ from structlog.testing import capture_logs
 
 from api.clock import FixedClock
 from api.engine import Engine
+from api.ids import IdKey
 from api.keys import pace_keys
 from api.localtime import utc_to_ms
-from api.pacing import DAY_MS, MINUTE_MS, SECOND_MS, Pacer, limits_for, shard_count
+from api.pacing import DAY_MS, MINUTE_MS, SECOND_MS, Pacer, limits_for, shard_of
 from api.policy import Policy
 from api.redis_client import RedisClient, make_redis
 from api.schemas import DecisionResponse
 from api.settings import Settings
 from api.store import Store
+from tests.conftest import TEST_ID_KEY
 from tests.integration.conftest import NOON_NY, TENANT, at, req
 
 WORKERS = 4
@@ -196,8 +198,6 @@ async def test_redis_down_falls_back(engine: Engine, set_policy: Callable[..., A
 async def workers(redis_settings: Settings, clock: FixedClock) -> AsyncIterator[list[Engine]]:
     settings = msgspec.structs.replace(redis_settings, redis_max_connections=16)
     clients = [make_redis(settings) for _ in range(WORKERS)]
-    from tests.conftest import TEST_ID_KEY
-
     settings = msgspec.structs.replace(settings, id_key=TEST_ID_KEY)
     engines = [Engine(Store(c, max_in_flight=16), settings, clock) for c in clients]
     yield engines
@@ -235,8 +235,7 @@ async def test_overshoot_bound_under_concurrent_decisions(
     assert await _counted(redis_client, "sms", shards, SECOND_MS) == per_second
     # fragmentation costs a little throughput, never correctness: each shard drains at its
     # share, so the backlog needs at most ceil(max shard load / smallest share) seconds
-    loads = Counter(limits_for(workers[0].policies.peek(TENANT), "sms", f"user-{i}").shard  # type: ignore[union-attr]
-                    for i in range(n))
+    loads = Counter(shard_of(f"user-{i}", shards) for i in range(n))
     assert len(per_second) <= -(-max(loads.values()) // (limit // shards))
 
 
@@ -244,9 +243,6 @@ async def test_overshoot_bound_with_thousands_of_concurrent_reserves(
         redis_client: RedisClient, clock: FixedClock) -> None:
     """3000 concurrent pace.lua reservations at one instant, 100 per second over 8 shards
     (12 or 13 each): the sum over shards never exceeds 100 in any second."""
-    from api.ids import IdKey
-    from tests.conftest import TEST_ID_KEY
-
     limit, shards, n = 100, 8, 3000
     policy = msgspec.convert({"pacing": {"channels": {"sms": {"per_second": limit}},
                                          "shards": shards}}, Policy)
@@ -292,8 +288,7 @@ async def test_same_recipient_races_stay_within_the_documented_bound(
     print(f"\npacing overshoot (same-recipient races): max {max(per_second.values())} in one "
           f"second for a limit of {limit}, overbooked events {forced}")
     assert overshoot <= forced
-    assert await _counted(redis_client, "sms", shard_count(
-        workers[0].policies.peek(TENANT).pacing.channels.sms, 2), SECOND_MS) == per_second  # type: ignore[arg-type]
+    assert await _counted(redis_client, "sms", 2, SECOND_MS) == per_second
 
 
 async def test_a_scored_slot_that_is_full_yields_to_the_next_best(
