@@ -173,7 +173,7 @@ class Pacer:
                  if (lim := limits_for(policy, c.ch, user_id)) is not None}
         if not paced:
             return await self.store.commit(tenant, user_id, message_id,
-                                           _encode(plan, annotations), context)
+                                           encode_plan(plan, annotations), context)
         now, dry = plan.now, plan.dry == 1
         ends = {ch: max(c.b for c in plan.cands if c.ch == ch) for ch in paced}
         blocked: dict[str, list[tuple[int, int]]] = {}
@@ -183,7 +183,7 @@ class Pacer:
         for _ in range(MAX_ROUNDS):
             probe = await self.store.commit(
                 tenant, user_id, message_id,
-                _encode(msgspec.structs.replace(current, dry=1), annotations), context)
+                encode_plan(msgspec.structs.replace(current, dry=1), annotations), context)
             if probe.status != "new":  # a retry, a record, stale preferences: as unpaced
                 await self.release(tenant, user_id, held, now)
                 return probe
@@ -210,7 +210,7 @@ class Pacer:
             blocked.setdefault(out.ch, []).append((out.t, reply.at))
             current = with_pacing_blocks(plan, blocked, rules)
         final = await self.store.commit(tenant, user_id, message_id,
-                                        _encode(current, annotations), context)
+                                        encode_plan(current, annotations), context)
         if dry:
             return final
         await self._settle(tenant, user_id, final, paced, held, now)
@@ -251,7 +251,3 @@ class Pacer:
             return False
         await self.call(tenant, user_id, limits, "release", at, at + 1, now)
         return True
-
-
-def _encode(plan: Plan, annotations: Sequence[bytes]) -> list[bytes]:
-    return encode_plan(plan, annotations)

@@ -82,15 +82,17 @@ local function cut_run(r, b)
 end
 
 -- 1. trim what no instant >= now can use again (bounded: at most 64 buckets per call, and
--- each call adds at most R, so the hash never grows with time)
-local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', fmt(now), 'LIMIT', 0, 64)
+-- each call adds at most R, so the hash never grows with time). A minute of slack: a worker
+-- whose clock lags this one's must still find the counts of the buckets it decides in.
+local slack = 60000
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', fmt(now - slack), 'LIMIT', 0, 64)
 if #old > 0 then
   redis.call('HDEL', KEYS[1], unpack(old))
   redis.call('ZREM', KEYS[2], unpack(old))
 end
 if W > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now - W))
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', fmt(now - W))
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now - W - slack))
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', fmt(now - W - slack))
 end
 
 if mode == 'release' then
@@ -194,7 +196,7 @@ local function take(x)
     keep = math.max(keep, W)
   end
   -- every key lives until the last bucket or conversation it holds is over
-  local want = x - now + keep + 60000
+  local want = x - now + keep + slack
   for i = 1, 4 do
     if redis.call('PTTL', KEYS[i]) < want and redis.call('EXISTS', KEYS[i]) == 1 then
       redis.call('PEXPIRE', KEYS[i], fmt(want))
