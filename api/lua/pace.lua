@@ -2,7 +2,8 @@
 -- carries the hash tag {tenant:channel:shard}: one slot, so the check and the increment cannot
 -- race, and no script ever crosses slots.
 --
--- KEYS[1] counts HASH "<g>:<k>" -> sends reserved in bucket k of length g ms ([k*g, (k+1)*g))
+-- KEYS[1] counts HASH "<g>:<k>" -> sends reserved in bucket k of length g ms ([k*g, (k+1)*g)),
+--                     and "lo:<g>" / "hi:<g>": a run [lo, hi) of consecutive full buckets
 -- KEYS[2] index  ZSET the same fields scored by their bucket's end (bounded trimming)
 -- KEYS[3] starts ZSET "<who>:<ms>" scored by ms: conversation starts (unique recipients)
 -- KEYS[4] latest ZSET who -> latest conversation start (ms): the cheap common lookup
