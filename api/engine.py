@@ -28,13 +28,13 @@ from api.locale import (
 )
 from api.localtime import ms_to_utc, utc_to_ms
 from api.metrics import Metrics
+from api.pacing import Pacer
 from api.plan import (
     Context,
     Plan,
     build_plan,
     decode_member,
     encode_context,
-    encode_plan,
     fingerprint,
     member_prefix,
     pre_checks,
@@ -139,6 +139,8 @@ class Engine:
                                enabled=settings.decision_log)
         #: the model scoring decisions (the heuristic until one is loaded and vetted)
         self.models = models if models is not None else ModelRegistry()
+        #: tenant-wide channel send rates (policy ``pacing``)
+        self.pacing = Pacer(store, self.ids)
         if models is None and settings.model_dir:
             try:
                 self.models.load(settings.model_dir)
@@ -264,10 +266,10 @@ class Engine:
             shadow = (await self.shadow.evaluate(self, tenant, user, request, state, did, fp,
                                                  now)
                       if self.shadow.active(tenant, request) else None)
-            with self.metrics.redis_commit.time():
-                reply = await self.store.commit(tenant, user, request.message_id,
-                                                encode_plan(choice.plan, choice.annotations),
-                                                encode_context(ctx))
+            with self.metrics.redis_commit.time():  # paced channels: docs/pacing.md
+                reply = await self.pacing.commit(tenant, user, request.message_id, policy,
+                                                 choice.plan, choice.annotations,
+                                                 encode_context(ctx))
             if reply.status == "stale":
                 continue
             if reply.status == "dup":
@@ -394,6 +396,9 @@ class Engine:
                                             member_prefix(message_id), now)
         if reply.status == "missing":
             raise NotFoundError("no such decision (or it has expired)", field="decision_id")
+        if reply.status == "cancelled" and reply.record is not None:
+            await self.pacing.release_cancelled(tenant, user_id, reply.record,
+                                                await self.policies.get(tenant), now)
         cancelled_at = ms_to_utc(now)
         if reply.status == "already" and reply.record is not None:
             cancelled_at = render_record(reply.record)[1].cancelled_at or cancelled_at

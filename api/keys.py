@@ -26,6 +26,12 @@ or make two (tenant, user) pairs share one.
     sw:policy:{t}:shadow:samples  LIST  recent changed decisions (JSON), bounded
     sw:log:{t:b}           STREAM the decision and event log of bucket b (0..LOG_BUCKETS-1)
                                   of the tenant's users (api/decision_log.py)
+    sw:pace:{t:c:s}:n      HASH  channel c's send counters of shard s: "<bucket ms>:<index>"
+                                  -> sends reserved in that aligned second/minute
+    sw:pace:{t:c:s}:i      ZSET  the same fields scored by their bucket's end (trimming)
+    sw:pace:{t:c:s}:u      ZSET  conversation starts: "<user pseudonym>:<ms>" scored by ms
+    sw:pace:{t:c:s}:l      ZSET  user pseudonym -> latest conversation start (ms)
+                                  (api/pacing.py, api/lua/pace.lua, docs/pacing.md)
 """
 
 from __future__ import annotations
@@ -105,3 +111,16 @@ def shadow_report_key(tenant: str) -> str:
 
 def shadow_samples_key(tenant: str) -> str:
     return shadow_key(tenant) + ":samples"
+class PaceKeys(NamedTuple):
+    """One pacing shard of one (tenant, channel): four keys on one slot (``{t:c:s}``), so
+    pace.lua is atomic per shard and never crosses slots."""
+
+    counts: str
+    ends: str
+    starts: str
+    latest: str
+
+
+def pace_keys(tenant: str, channel: str, shard: int) -> PaceKeys:
+    base = f"{PREFIX}:pace:{{{_escape(tenant)}:{_escape(channel)}:{shard}}}:"
+    return PaceKeys(base + "n", base + "i", base + "u", base + "l")

@@ -16,7 +16,7 @@ from msgspec import Meta
 from api.holdout import HoldoutSettings, validate_holdout
 from api.jurisdictions import JurisdictionPack, load_builtin_packs, validate_pack
 from api.locale import is_valid_zone, normalize_country
-from api.schemas import Channel, CountryCode, Hhmm, Id, Name, Tag, ZoneName
+from api.schemas import CHANNELS, Channel, CountryCode, Hhmm, Id, Name, Tag, ZoneName
 
 DEFAULT_CONFLICT_WINDOW_MINUTES = 72 * 60
 
@@ -163,6 +163,43 @@ class PreemptionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     max_displaced: Annotated[int, Meta(ge=1, le=10)] = 2
 
 
+class ChannelPacing(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+                    omit_defaults=True):
+    """A provider's throughput limit for one channel of the tenant (docs/pacing.md). Rates
+    count sends per aligned UTC second/minute; ``unique_recipients_per_24h`` counts
+    conversation starts (WhatsApp's business-initiated limit) in any rolling 24 h."""
+
+    per_second: Annotated[int, Meta(ge=1, le=100_000)] | None = None
+    per_minute: Annotated[int, Meta(ge=1, le=6_000_000)] | None = None
+    unique_recipients_per_24h: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+
+
+class PacingChannels(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+                     omit_defaults=True):
+    """One optional entry per channel. A struct rather than a dict so that an error names
+    the channel (``pacing.channels.sms.per_second``), which msgspec cannot do for dict keys."""
+
+    email: ChannelPacing | None = None
+    sms: ChannelPacing | None = None
+    push: ChannelPacing | None = None
+    whatsapp: ChannelPacing | None = None
+    in_app: ChannelPacing | None = None
+    web_push: ChannelPacing | None = None
+
+    def of(self, channel: str) -> ChannelPacing | None:
+        value: ChannelPacing | None = getattr(self, channel, None)
+        return value
+
+
+class PacingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Tenant-wide send-rate limits per channel, off unless a channel is listed. ``shards``
+    spreads each counter over that many Redis Cluster slots (each gets an exact share of
+    the limit, so the shares sum to the limit: docs/pacing.md, "The bound")."""
+
+    channels: PacingChannels = msgspec.field(default_factory=PacingChannels)
+    shards: Annotated[int, Meta(ge=1, le=64)] = 8
+
+
 class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A tenant's rules. ``version`` is assigned by the server on every accepted PUT; a PUT
     that carries one must match the current version (optimistic concurrency)."""
@@ -189,6 +226,8 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: global control group and per-campaign holdouts (``api/holdout.py``); None: none
     holdout: HoldoutSettings | None = None
     preemption: PreemptionSettings = msgspec.field(default_factory=PreemptionSettings)
+    #: per-channel send-rate limits (docs/pacing.md); off by default
+    pacing: PacingSettings = msgspec.field(default_factory=PacingSettings)
 
     @property
     def version_label(self) -> str:
@@ -240,6 +279,12 @@ def validate_policy(policy: Policy) -> None:
         raise PolicyInvalidError("default_country", str(exc)) from exc
     if policy.holdout is not None and (problem := validate_holdout(policy.holdout)):
         raise PolicyInvalidError(*problem)
+    for channel in CHANNELS:
+        paced = policy.pacing.channels.of(channel)
+        if paced is not None and (paced.per_second, paced.per_minute,
+                                  paced.unique_recipients_per_24h) == (None, None, None):
+            raise PolicyInvalidError(f"pacing.channels.{channel}", "set at least one of "
+                                     "per_second, per_minute, unique_recipients_per_24h")
     builtin_ids = {p.id for p in load_builtin_packs()}
     custom_ids: set[str] = set()
     for i, pack in enumerate(policy.jurisdictions.packs):

@@ -31,6 +31,7 @@ class ReasonCode(StrEnum):
     EXPLORATION = "exploration"
     HOLDOUT = "holdout"
     PREEMPTED = "preempted"
+    CHANNEL_PACING = "channel_pacing"
 
 
 REASON_DOCS: dict[ReasonCode, str] = {
@@ -77,4 +78,7 @@ REASON_DOCS: dict[ReasonCode, str] = {
     "it was due (policy `preemption`); `rule` names the cap. The message was moved to its "
     "next allowed instant (`defer`, the reasons after this one say why then) or, with none "
     "left, suppressed: confirm with `GET /v1/decisions/{id}` before sending.",
+    ReasonCode.CHANNEL_PACING: "The tenant's send rate on this channel (policy `pacing`) is "
+    "used up at the instant the recipient's rules allowed; `rule` names the limit "
+    "(`pacing.channels.sms.per_second`) and `until` is the first instant with capacity.",
 }
