@@ -213,11 +213,14 @@ local conflict_rule = conflict_for(msg, cw)
 -- instant of the free gap that starts at t when the gap ends sooner. Every instant of that
 -- gap is allowed by every rule of the candidate (the blocks are exact), so the spread is
 -- never earlier than allowed and caps stay exact.
+-- A deferral that channel pacing ends (api/pacing.py) is not spread: it already is the
+-- first instant with send capacity, and pacing itself spaces such messages.
 local function spread(t, b, rules, sp)
   if sp <= 0 or t <= now then return t end
   local gap_end = b
   for _, r in ipairs(rules) do
     for _, iv in ipairs(r.iv) do
+      if r.c == 'channel_pacing' and iv[2] == t then return t end
       if iv[1] > t and iv[1] < gap_end then gap_end = iv[1] end
     end
   end

@@ -111,7 +111,8 @@ async def test_deferral_respects_the_recipients_quiet_hours(
     """The next minute with capacity is 21:00, inside quiet hours: the decision moves to
     08:00 the next day, and the 21:00 token taken on the way is given back (a transactional
     message, exempt from quiet hours, then gets 21:00 exactly)."""
-    await set_policy(pacing={"channels": {"sms": {"per_minute": 1}}, "shards": 1})
+    await set_policy(pacing={"channels": {"sms": {"per_minute": 1}}, "shards": 1},
+                     send_time={"spread_minutes": 0})  # the exact instant quiet hours end
     clock.value = at("2026-06-10T20:59:10-04:00")
     a = await engine.decide(TENANT, req(message_id="a", user_id="u1", channels=["sms"]))
     assert a.decision == "send"
