@@ -28,6 +28,7 @@ from api.locale import (
 )
 from api.localtime import ms_to_utc, utc_to_ms
 from api.metrics import Metrics
+from api.model_pointer import TenantModels
 from api.plan import (
     Context,
     Plan,
@@ -54,6 +55,7 @@ from api.schemas import (
     Timeline,
 )
 from api.scoring import (
+    ActiveModel,
     Choice,
     ModelRefusedError,
     ModelRegistry,
@@ -135,6 +137,11 @@ class Engine:
                 self.metrics.model_refused.inc()
                 log.error("model_refused", directory=settings.model_dir, error=str(exc))
         self.metrics.set_model(self.models.active.version)
+        #: the pointed models (per tenant, global) every worker follows; ``models`` above
+        #: is the startup default they fall back to
+        self.tenant_models = TenantModels(store.client, self.models, self.metrics,
+                                          refresh_seconds=settings.model_refresh_seconds,
+                                          capacity=settings.model_cache_size)
 
     # ------------------------------------------------------------- validation
 
@@ -243,7 +250,8 @@ class Engine:
             plan = build_plan(request, policy, state, location, now=now,
                               idempotency_ttl_ms=self.settings.idempotency_ttl_seconds * 1000,
                               candidate_channels=permitted, pre_suppressed=suppressed)
-            choice = self._choose(request, policy, state, plan, location.zones[0], now)
+            model = await self.tenant_models.model_for(tenant)
+            choice = self._choose(model, request, policy, state, plan, location.zones[0], now)
             ctx = Context(did=did, mid=request.message_id, uid=request.user_id,
                           pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
                           dry=request.dry_run, pre=pre, mv=choice.version, fs=choice.source)
@@ -263,13 +271,13 @@ class Engine:
         raise ConflictError("the recipient's preferences kept changing during the decision; retry",
                        code="concurrent_update")
 
-    def _choose(self, request: DecisionRequest, policy: Policy, state: UserState, plan: Plan,
-                zone: str, now: int) -> Choice:
+    def _choose(self, model: ActiveModel, request: DecisionRequest, policy: Policy,
+                state: UserState, plan: Plan, zone: str, now: int) -> Choice:
         """Score and rank the plan's candidates (api/scoring.py). A scoring failure never
         fails the decision: the plan goes unscored, its earliest allowed instant wins."""
         try:
             with self.metrics.model_seconds.time():
-                return choose(self.models.active, plan, decode_profile(state.profile),
+                return choose(model, plan, decode_profile(state.profile),
                               zone_name=zone, category=request.category,
                               message_id=request.message_id,
                               exempt=request.category in policy.exempt_categories,
@@ -319,7 +327,7 @@ class Engine:
         zone = self.locate(request, None, policy).zones[0]
         exempt = request.category in policy.exempt_categories
         at = now if exempt else now + self.settings.fallback_defer_seconds * 1000
-        model = self.models.active
+        model = self.tenant_models.peek(tenant)
         try:  # the tenant prior's score: the profile is in the Redis that is down
             score, score_now = score_without_profile(
                 model, request.channels[0], [at, now], zone_name=zone,

@@ -18,6 +18,10 @@ or make two (tenant, user) pairs share one.
     sw:policy:{t}          STR   the tenant's policy document (JSON, with its version)
     sw:log:{t:b}           STREAM the decision and event log of bucket b (0..LOG_BUCKETS-1)
                                   of the tenant's users (api/decision_log.py)
+    sw:model:{t}           HASH  the tenant's model pointer: doc (JSON), rev (int, bumped by
+                                  every write); every worker follows it (api/model_pointer.py)
+    sw:model:{*}           HASH  the same for the global default model (``*`` is no tenant
+                                  name: tenants are [A-Za-z0-9_.-])
 """
 
 from __future__ import annotations
@@ -82,3 +86,12 @@ def log_key(tenant: str, bucket: int) -> str:
 
 def policy_key(tenant: str) -> str:
     return f"{PREFIX}:policy:{{{_escape(tenant)}}}"
+
+
+#: the scope name of the global default model's pointer (no tenant can be named ``*``)
+GLOBAL_MODEL_SCOPE = "*"
+
+
+def model_pointer_key(tenant: str | None) -> str:
+    """The pointer to the model a tenant's decisions score with; None: the global default."""
+    return f"{PREFIX}:model:{{{GLOBAL_MODEL_SCOPE if tenant is None else _escape(tenant)}}}"

@@ -31,7 +31,6 @@ the propensity reported is that of the ranking before caps.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
@@ -89,14 +88,16 @@ HEURISTIC = ActiveModel(None, HEURISTIC_VERSION, DEFAULT_PRIORS)
 
 
 class ModelRegistry:
-    """The active model of one worker process; reloads swap it atomically."""
+    """One worker's startup default model (``--model`` / ``SENDWISE_MODEL_DIR``, else the
+    heuristic) and the vetting every model goes through (``prepare``). Which model a
+    tenant's decisions score with is ``api.model_pointer.TenantModels``' answer: the
+    pointed models every worker follows, falling back to this one."""
 
     def __init__(self, *, num_threads: int = 1) -> None:
         self.active: ActiveModel = HEURISTIC
         #: the last refusal, shown by ``GET /v1/models`` until a load succeeds
         self.last_error: str | None = None
         self._num_threads = num_threads
-        self._lock = asyncio.Lock()
 
     def prepare(self, directory: str | Path, *, force: bool = False) -> ActiveModel:
         """Load and vet ``directory`` without activating it; ``ModelRefusedError`` if it
@@ -127,17 +128,6 @@ class ModelRegistry:
             raise
         self.active, self.last_error = model, None
         return model
-
-    async def reload(self, directory: str | Path, *, force: bool = False) -> ActiveModel:
-        """``load`` off the event loop (parsing trees takes milliseconds to seconds)."""
-        async with self._lock:
-            try:
-                model = await asyncio.to_thread(self.prepare, directory, force=force)
-            except ModelRefusedError as exc:
-                self.last_error = str(exc)
-                raise
-            self.active, self.last_error = model, None
-            return model
 
     def use_heuristic(self, note: str) -> None:
         self.active = ActiveModel(None, HEURISTIC_VERSION, DEFAULT_PRIORS, note=note)
