@@ -43,7 +43,7 @@ from api.clock import FixedClock
 from models.priors import DEFAULT_PRIORS
 from models.timeutil import zone
 from models.vocab import CHANNELS
-from training.dataset import Candidates, Logs, featurize, localize
+from training.dataset import Candidates, Logs, featurize
 from training.oracle import OracleSet, evaluate_policies, oracle_set
 from training.schema import load_activity
 from training.simulate import COST, SimulationConfig, World, simulate, sparse_users
@@ -93,6 +93,13 @@ def _subset(oracle: OracleSet, keep: npt.NDArray[np.bool_]) -> tuple[OracleSet, 
     return sub, np.flatnonzero(rows)
 
 
+def _expect(response: Any, status: int) -> Any:
+    """The answer's JSON; a measurement must not go on past an unexpected answer."""
+    if response.status_code != status:
+        raise RuntimeError(f"{response.status_code}: {response.text}")
+    return response.json()
+
+
 def _iso(seconds: int) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -108,10 +115,10 @@ async def measure(client: Any, clock: FixedClock, population: Population, *,
                         end=population.day_start + 2 * 86400, max_pairs=max_pairs, seed=seed)
     c = oracle.candidates
     rows = featurize(logs, logs.stream(), c, DEFAULT_PRIORS)
-    r = await client.put("/v1/policy", json=policy_body())
-    assert r.status_code == 200, r.text
+    _expect(await client.put("/v1/policy", json=policy_body()), 200)
     activity = logs.activity
-    assert activity is not None
+    if activity is None:
+        raise ValueError("the population has no activity log")
     slot = {(int(p), int(ch), int(local % 86400) // 3600): j for j, (p, ch, local)
             in enumerate(zip(oracle.pair, c.channel, oracle.local, strict=True))}
     served = np.zeros(len(c), dtype=np.float64)
@@ -129,15 +136,13 @@ async def measure(client: Any, clock: FixedClock, population: Population, *,
         histories.append(len(events))
         clock.value = now * 1000
         for i in range(0, len(events), EVENTS_PER_BATCH):
-            r = await client.post("/v1/events", json={"events": events[i:i + EVENTS_PER_BATCH]})
-            assert r.status_code == 202, r.text
+            _expect(await client.post("/v1/events",
+                                      json={"events": events[i:i + EVENTS_PER_BATCH]}), 202)
         channels = [CHANNELS[int(ch)] for ch in np.unique(c.channel[oracle.pair == p])]
-        r = await client.post("/v1/decisions", json={
+        answer = _expect(await client.post("/v1/decisions", json={
             "message_id": f"oracle-{p}", "user_id": user, "channels": channels,
             "category": "promotional", "timezone": zone_name,
-            "deadline": _iso(now + 86400)})
-        assert r.status_code == 200, r.text
-        answer = r.json()
+            "deadline": _iso(now + 86400)}), 200)
         if answer["send_at"] is None:
             missing += 1
             continue
@@ -202,9 +207,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         app = create_app(settings, clock=clock)
         async with AsyncTestClient(app=app) as client:
             if args.model:
-                r = await client.post("/v1/models/reload",
-                                      json={"directory": args.model, "force": True})
-                assert r.status_code == 200, r.text
+                _expect(await client.post("/v1/models/reload",
+                                          json={"directory": args.model, "force": True}), 200)
             return await measure(client, clock, population, max_pairs=args.pairs,
                                  seed=args.seed)
 
