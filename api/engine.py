@@ -139,7 +139,7 @@ class Engine:
         self.metrics.set_model(self.models.active.version)
         #: the pointed models (per tenant, global) every worker follows; ``models`` above
         #: is the startup default they fall back to
-        self.tenant_models = TenantModels(store.client, self.models, self.metrics,
+        self.tenant_models = TenantModels(store, self.models, self.metrics,
                                           refresh_seconds=settings.model_refresh_seconds,
                                           capacity=settings.model_cache_size)
 

@@ -37,7 +37,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -48,8 +47,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.keys import GLOBAL_MODEL_SCOPE, model_pointer_key
 from api.metrics import Metrics
-from api.redis_client import RedisClient
 from api.scoring import ActiveModel, ModelRefusedError, ModelRegistry
+from api.store import Store
 
 log = structlog.get_logger("sendwise.models")
 
@@ -106,26 +105,21 @@ def _absolute(directory: str | Path) -> str:
     return os.path.abspath(directory)
 
 
-def _script() -> str:
-    return resources.files("api").joinpath("lua", "model_pointer_put.lua").read_text("utf-8")
-
-
 class TenantModels:
     """One worker's view of the pointers, and the models they point at (module docstring)."""
 
-    def __init__(self, client: RedisClient, registry: ModelRegistry, metrics: Metrics, *,
+    def __init__(self, store: Store, registry: ModelRegistry, metrics: Metrics, *,
                  refresh_seconds: float = 1.0, capacity: int = 4,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         """``monotonic`` is injectable so tests move time instead of sleeping."""
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
-        self._client = client
+        self._store = store  # its gate bounds the connections pointer reads take too
         self.registry = registry
         self._metrics = metrics
         self._refresh = refresh_seconds
         self.capacity = capacity
         self._monotonic = monotonic
-        self._put = client.register_script(_script())
         self._scopes: OrderedDict[str, _ScopeState] = OrderedDict()
         self._models: OrderedDict[_ModelKey, ActiveModel] = OrderedDict()
         self._load_lock = asyncio.Lock()
@@ -218,7 +212,7 @@ class TenantModels:
         state.checked_at = now  # concurrent decisions do not check again meanwhile
         key = model_pointer_key(None if name == GLOBAL_MODEL_SCOPE else name)
         try:
-            raw = await self._client.hget(key, "rev")
+            raw, = await self._store.hash_fields(key, ["rev"])
             revision = int(raw or 0)
             if revision == 0:  # no pointer (or it was deleted): the next scope applies
                 state.revision, state.pointer, state.key, state.refused = 0, None, None, 0
@@ -227,7 +221,7 @@ class TenantModels:
             if state.loading or revision == state.refused or (
                     revision == state.revision and not evicted):
                 return
-            rev_raw, doc = await self._client.hmget(key, ["rev", "doc"])
+            rev_raw, doc = await self._store.hash_fields(key, ["rev", "doc"])
         except _STORE_DOWN as exc:
             log.warning("model_pointer_unreadable", scope=name, error=type(exc).__name__)
             return
@@ -309,8 +303,8 @@ class TenantModels:
                                model_sha256=None if scorer is None
                                else scorer.manifest.model_sha256,
                                force=force, tenant=tenant, set_by=set_by, set_at=now)
-        revision = int(await self._put(keys=[model_pointer_key(tenant)],
-                                       args=[_encode(pointer)]))
+        revision = await self._store.put_model_pointer(model_pointer_key(tenant),
+                                                       _encode(pointer))
         pointer = msgspec.structs.replace(pointer, revision=revision)
         self._install(name, pointer, model)
         state.checked_at = self._monotonic()

@@ -306,7 +306,9 @@ async def test_caps_quiet_hours_and_minimality(redis_client: RedisClient,
                                                   id_key=TEST_ID_KEY), clock)
     policy = msgspec.convert({"categories": CATEGORIES, "caps": sc["caps"],
                               "quiet_hours": sc["quiet_hours"],
-                              "max_defer_minutes": sc["max_defer"]}, Policy)
+                              "max_defer_minutes": sc["max_defer"],
+                              # minimality: no decision explores a later slot
+                              "send_time": {"exploration_rate": 0.0}}, Policy)
     validate_policy(policy)
     engine.policies.put(TENANT, await engine.store.put_policy(TENANT, policy, None, clock.now_ms()))
 

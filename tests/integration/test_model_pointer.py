@@ -55,7 +55,7 @@ def worker(redis_client: RedisClient, clock: FixedClock, *, capacity: int = 4,
     settings = Settings(redis_url="unused", id_key=TEST_ID_KEY, model_dir=model_dir)
     engine = Engine(Store(redis_client), settings, clock, Metrics())
     ticker = Ticker()
-    engine.tenant_models = TenantModels(redis_client, engine.models, engine.metrics,
+    engine.tenant_models = TenantModels(engine.store, engine.models, engine.metrics,
                                         capacity=capacity, monotonic=ticker)
     return engine, ticker
 
