@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from api.clock import FixedClock
 from api.engine import Engine
@@ -195,3 +198,55 @@ async def test_concurrent_decisions_and_reloads_each_see_one_whole_model(
     last = next(r for r in results if not isinstance(r, str | None) and r.revision == 3)
     assert a.tenant_models.peek(TENANT).version == last.model_version
     assert b.tenant_models.peek(TENANT).version == last.model_version
+
+
+_TINY: dict[str, Path] = {}
+
+
+def tiny(name: str) -> Path:
+    """Three tiny artifacts shared by every hypothesis example (trained once)."""
+    if not _TINY:
+        root = Path(tempfile.mkdtemp(prefix="sendwise-pointer-"))
+        for seed, n in enumerate(("m0", "m1", "m2")):
+            _TINY[n] = write_tiny_model(root / n, seed=seed + 20)
+    return _TINY[name]
+
+
+_steps = st.lists(st.tuples(st.sampled_from(["publish", "check"]),
+                            st.sampled_from([None, "t0", "t1", "t2"]),
+                            st.sampled_from(["m0", "m1", "m2"])), min_size=1, max_size=12)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=_steps, capacity=st.integers(2, 3))
+async def test_every_worker_settles_on_the_latest_pointers_within_its_capacity(
+        redis_client: RedisClient, steps: list[tuple[str | None, str | None, str]],
+        capacity: int) -> None:
+    """Any interleaving of reloads (on either worker) and checks: a worker never holds more
+    than its capacity, and once it has checked and settled, each tenant scores with its own
+    latest pointed model, else the latest global one, else the startup default."""
+    await redis_client.flushdb()
+    clock = FixedClock(0)
+    pair = [worker(redis_client, clock, capacity=capacity) for _ in range(2)]
+    latest: dict[str | None, str] = {}
+    for i, (op, scope, name) in enumerate(steps):
+        engine, ticker = pair[i % 2]
+        if op == "publish":
+            await engine.tenant_models.publish(scope, tiny(name), force=False, set_by="p",
+                                               now=NOW)
+            latest[scope] = name
+        else:
+            ticker.value += 1.0
+            await engine.tenant_models.model_for(scope)
+            await engine.tenant_models.settle()
+        assert engine.tenant_models.models_held <= capacity
+    for engine, ticker in pair:
+        for tenant in ("t0", "t1", "t2"):
+            ticker.value += 1.0
+            await engine.tenant_models.model_for(tenant)
+            await engine.tenant_models.settle()
+            got = engine.tenant_models.peek(tenant)
+            name = latest.get(tenant) or latest.get(None)
+            assert got.version == (version(tiny(name)) if name else HEURISTIC_VERSION)
+            assert engine.tenant_models.models_held <= capacity
