@@ -215,6 +215,8 @@ class TenantModels:
             raw, = await self._store.hash_fields(key, ["rev"])
             revision = int(raw or 0)
             if revision == 0:  # no pointer (or it was deleted): the next scope applies
+                if state.key is not None and name == GLOBAL_MODEL_SCOPE:
+                    self._metrics.set_model(self.registry.active.version)
                 state.revision, state.pointer, state.key, state.refused = 0, None, None, 0
                 return
             evicted = state.key is not None and state.key not in self._models
