@@ -42,8 +42,7 @@ from typing import Literal
 
 import msgspec
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from api.keys import GLOBAL_MODEL_SCOPE, model_pointer_key
 from api.metrics import Metrics
@@ -52,8 +51,9 @@ from api.store import Store
 
 log = structlog.get_logger("sendwise.models")
 
-#: Redis failures a pointer check survives (the model in hand keeps scoring)
-_STORE_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
+#: Redis failures a pointer check survives (the model in hand keeps scoring: a pointer
+#: that cannot be read must never fail a decision)
+_STORE_DOWN = (RedisError, ConnectionError, TimeoutError, OSError)
 #: tenants whose pointer state one worker remembers (without API keys a header names the
 #: tenant, so the set of names is the caller's to choose)
 MAX_SCOPES = 10_000
