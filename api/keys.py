@@ -18,8 +18,9 @@ or make two (tenant, user) pairs share one.
     sw:policy:{t}          STR   the tenant's policy document (JSON, with its version)
     sw:log:{t:b}           STREAM the decision and event log of bucket b (0..LOG_BUCKETS-1)
                                   of the tenant's users (api/decision_log.py)
-    sw:model:{t}           HASH  the tenant's model pointer: doc (JSON), rev (int, bumped by
-                                  every write); every worker follows it (api/model_pointer.py)
+    sw:model:{t}           HASH  the tenant's model pointer: doc (JSON), id (unique per write),
+                                  rev (int, bumped by every write); every worker follows it
+                                  (api/model_pointer.py)
     sw:model:{*}           HASH  the same for the global default model (``*`` is no tenant
                                   name: tenants are [A-Za-z0-9_.-])
 """

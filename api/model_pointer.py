@@ -3,12 +3,13 @@
 A model is not pushed to workers; it is *pointed at*. ``POST /v1/models/reload`` vets the
 artifact (``ModelRegistry.prepare``: readable, same feature hash, champion gate unless
 forced) and then writes a pointer document to ``api.keys.model_pointer_key(tenant)`` (one
-tenant) or ``model_pointer_key(None)`` (the global default), with a revision Redis bumps
-atomically (``lua/model_pointer_put.lua``). Every worker follows the pointers the way
-``api/policy_cache.py`` follows policies: a scope's revision is re-read at most every
-``refresh_seconds`` (one small HGET, never a round trip per decision beyond that), and a
-new revision is loaded off the event loop (``asyncio.to_thread``) while decisions keep
-scoring with the model they had; the swap is one dict assignment. So a reload answered by
+tenant) or ``model_pointer_key(None)`` (the global default), with an id unique to the write
+and a revision Redis bumps atomically (``lua/model_pointer_put.lua``). Every worker follows
+the pointers the way ``api/policy_cache.py`` follows policies: a scope's pointer id is
+re-read at most every ``refresh_seconds`` (one small HMGET, never a round trip per decision
+beyond that), and a new pointer is loaded off the event loop (``asyncio.to_thread``) while
+decisions keep scoring with the model they had; the swap is one dict assignment.
+``POST /v1/models/clear`` deletes a pointer (the next scope applies again). So a reload answered by
 one worker reaches all of them within about a second, and a restarted worker finds the
 pointers where it left them.
 
@@ -18,7 +19,7 @@ else the smoothed-histogram heuristic. A worker that cannot load a pointed model
 directory is gone on this host, the file is corrupt, it now holds another model than the
 pointer names) keeps scoring with what it had, logs ``model_pointer_refused``, counts it in
 ``sendwise_model_refused_total`` and reports it in ``GET /v1/models`` ``last_error``; it
-does not retry that revision (write a new one, i.e. reload again, once the cause is fixed).
+does not retry that pointer (write a new one, i.e. reload again, once the cause is fixed).
 
 Memory is bounded whatever the requests: at most ``capacity`` pointed models are held per
 worker (least recently used evicted; the startup default is held besides), loads run one at
@@ -34,6 +35,7 @@ import asyncio
 import datetime as dt
 import os
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +79,9 @@ class ModelPointer(msgspec.Struct, frozen=True, kw_only=True):
     #: who wrote it: the API key's name (or its tenant and role), "anonymous" without keys
     set_by: str
     set_at: dt.datetime
+    #: unique per write: what workers compare to see a change (a revision alone would
+    #: repeat after the pointer was deleted and written again)
+    id: str = ""
     #: Redis's revision of this scope's pointer (filled on read; not part of the stored doc)
     revision: int = 0
 
@@ -88,13 +93,14 @@ _ModelKey = tuple[str, str, bool]
 
 @dataclass
 class _ScopeState:
-    #: the revision whose model is in force here (0: no pointer seen)
-    revision: int = 0
+    #: the pointer whose model is in force here (None: no pointer)
     pointer: ModelPointer | None = None
     key: _ModelKey | None = None
     checked_at: float = float("-inf")
-    #: a revision that failed to load on this worker: not retried until it changes
-    refused: int = 0
+    #: the latest pointer id this worker has seen (a load of an older one is dropped)
+    wanted: str | None = None
+    #: a pointer id that failed to load on this worker: not retried until it changes
+    refused: str | None = None
     last_error: str | None = None
     loading: bool = False
 
@@ -212,16 +218,14 @@ class TenantModels:
         state.checked_at = now  # concurrent decisions do not check again meanwhile
         key = model_pointer_key(None if name == GLOBAL_MODEL_SCOPE else name)
         try:
-            raw, = await self._store.hash_fields(key, ["rev"])
-            revision = int(raw or 0)
-            if revision == 0:  # no pointer (or it was deleted): the next scope applies
-                if state.key is not None and name == GLOBAL_MODEL_SCOPE:
-                    self._metrics.set_model(self.registry.active.version)
-                state.revision, state.pointer, state.key, state.refused = 0, None, None, 0
+            raw, = await self._store.hash_fields(key, ["id"])
+            if raw is None:  # no pointer (or it was cleared): the next scope applies
+                self._clear(name, state)
                 return
+            seen = raw.decode()
             evicted = state.key is not None and state.key not in self._models
-            if state.loading or revision == state.refused or (
-                    revision == state.revision and not evicted):
+            current = state.pointer.id if state.pointer is not None else None
+            if state.loading or seen == state.refused or (seen == current and not evicted):
                 return
             rev_raw, doc = await self._store.hash_fields(key, ["rev", "doc"])
         except _STORE_DOWN as exc:
@@ -230,9 +234,9 @@ class TenantModels:
         try:
             pointer = msgspec.structs.replace(_decode(doc or b""), revision=int(rev_raw or 0))
         except (msgspec.DecodeError, ValueError) as exc:
-            self._refuse(state, name, revision, f"refused: unreadable model pointer: {exc}")
+            self._refuse(state, name, seen, f"refused: unreadable model pointer: {exc}")
             return
-        state.loading = True
+        state.loading, state.wanted = True, pointer.id
         task = asyncio.create_task(self._load(name, pointer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -247,11 +251,12 @@ class TenantModels:
                     f"refused: {pointer.directory} now holds model {model.version}, the "
                     f"pointer names {pointer.model_version}; reload it again")
         except ModelRefusedError as exc:
-            self._refuse(state, name, pointer.revision, str(exc))
+            self._refuse(state, name, pointer.id, str(exc))
             return
         finally:
             state.loading = False
-        self._install(name, pointer, model)
+        if pointer.id == state.wanted:  # else a newer pointer was published meanwhile
+            self._install(name, pointer, model)
 
     async def _prepare(self, directory: str, force: bool,
                        version: str | None = None) -> ActiveModel:
@@ -264,22 +269,25 @@ class TenantModels:
                 return held
             return await asyncio.to_thread(self.registry.prepare, directory, force=force)
 
-    def _refuse(self, state: _ScopeState, name: str, revision: int, error: str) -> None:
-        state.refused, state.last_error = revision, error
+    def _refuse(self, state: _ScopeState, name: str, pointer_id: str, error: str) -> None:
+        state.refused, state.last_error = pointer_id, error
         self._metrics.model_refused.inc()
-        log.error("model_pointer_refused", scope=name, revision=revision, error=error)
+        log.error("model_pointer_refused", scope=name, pointer=pointer_id, error=error)
+
+    def _clear(self, name: str, state: _ScopeState) -> None:
+        if state.key is not None and name == GLOBAL_MODEL_SCOPE:
+            self._metrics.set_model(self.registry.active.version)
+        state.pointer, state.key, state.wanted, state.refused = None, None, None, None
 
     def _install(self, name: str, pointer: ModelPointer, model: ActiveModel) -> None:
         state = self._state(name)
-        if pointer.revision < state.revision:  # a newer one was installed meanwhile
-            return
         key: _ModelKey = (pointer.directory, model.version, pointer.force)
         self._models[key] = model
         self._models.move_to_end(key)
         while len(self._models) > self.capacity:
             self._models.popitem(last=False)
-        state.revision, state.pointer, state.key = pointer.revision, pointer, key
-        state.refused, state.last_error = 0, None
+        state.pointer, state.key, state.wanted = pointer, key, pointer.id
+        state.refused, state.last_error = None, None
         if name == GLOBAL_MODEL_SCOPE:
             self._metrics.set_model(model.version)
         log.info("model_pointer_loaded", scope=name, revision=pointer.revision,
@@ -304,10 +312,22 @@ class TenantModels:
         pointer = ModelPointer(directory=path, model_version=model.version,
                                model_sha256=None if scorer is None
                                else scorer.manifest.model_sha256,
-                               force=force, tenant=tenant, set_by=set_by, set_at=now)
+                               force=force, tenant=tenant, set_by=set_by, set_at=now,
+                               id=uuid.uuid4().hex)
+        state.wanted = pointer.id  # a load of an older pointer finishing later is dropped
         revision = await self._store.put_model_pointer(model_pointer_key(tenant),
-                                                       _encode(pointer))
+                                                       _encode(pointer), pointer.id)
         pointer = msgspec.structs.replace(pointer, revision=revision)
-        self._install(name, pointer, model)
+        if state.wanted == pointer.id:  # else another publish on this worker came after
+            self._install(name, pointer, model)
         state.checked_at = self._monotonic()
         return pointer
+
+    async def clear(self, tenant: str | None) -> None:
+        """Delete the scope's pointer: the tenant falls back to the global model (the
+        global default to the startup default), here at once, elsewhere at the next
+        check."""
+        name = self._scope_name(tenant)
+        await self._store.delete_key(model_pointer_key(tenant))
+        self._clear(name, self._state(name))
+        self._state(name).checked_at = self._monotonic()

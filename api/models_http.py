@@ -46,6 +46,13 @@ class ModelReload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     tenant: str | None = None
 
 
+class ModelClear(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``tenant``: forget this tenant's model (it scores with the global one again);
+    without it, forget the global model (the startup default applies again)."""
+
+    tenant: str | None = None
+
+
 class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     #: a LightGBM model's sha256 prefix, or the heuristic's label (``heuristic-v2``)
     model_version: str
@@ -149,8 +156,25 @@ async def reload_model(request: Request[Any, Any, State]) -> ModelInfo:
     return model_info(engine, data.tenant)
 
 
-#: (path, method) -> body type, for the OpenAPI document (as app.REQUEST_BODIES)
-MODEL_BODIES: dict[tuple[str, str], type[Any]] = {("/v1/models/reload", "POST"): ModelReload}
+_CLEAR_BODY = BodyDecoder(ModelClear)
 
-models_router = Router(path="/v1/models", route_handlers=[get_models, reload_model],
-                       tags=["models"])
+
+@post("/clear", status_code=HTTP_200_OK, summary="Delete a model pointer",
+      responses=errors(400, 403, 413, 503, *AUTHENTICATED))
+async def clear_model(request: Request[Any, Any, State]) -> ModelInfo:
+    """The tenant (or, without ``tenant``, every tenant without a model of its own) goes
+    back to the next model in line: in the answering worker at once, in every worker within
+    ``SENDWISE_MODEL_REFRESH_SECONDS``. The same rule as a reload decides who may."""
+    engine = _engine(request)
+    data = await _CLEAR_BODY.read(request)
+    _authorize(request, data.tenant)
+    await engine.tenant_models.clear(data.tenant)
+    return model_info(engine, data.tenant)
+
+
+#: (path, method) -> body type, for the OpenAPI document (as app.REQUEST_BODIES)
+MODEL_BODIES: dict[tuple[str, str], type[Any]] = {("/v1/models/reload", "POST"): ModelReload,
+                                                  ("/v1/models/clear", "POST"): ModelClear}
+
+models_router = Router(path="/v1/models", route_handlers=[get_models, reload_model,
+                                                          clear_model], tags=["models"])

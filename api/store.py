@@ -239,10 +239,10 @@ class Store:
         async with self._gate:
             return cast(list[bytes | None], await self.client.hmget(key, list(fields)))
 
-    async def put_model_pointer(self, key: str, doc: bytes) -> int:
+    async def put_model_pointer(self, key: str, doc: bytes, pointer_id: str) -> int:
         """model_pointer_put.lua: store a model pointer; returns its new revision."""
         async with self._gate:
-            return int(await self._model_pointer_put(keys=[key], args=[doc]))
+            return int(await self._model_pointer_put(keys=[key], args=[doc, pointer_id]))
 
     async def delete_key(self, key: str) -> None:
         async with self._gate:

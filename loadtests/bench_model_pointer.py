@@ -2,7 +2,7 @@
 
 ``TenantModels.model_for`` runs once per decision: within the refresh interval it is a
 dict lookup; once the interval has passed it re-reads the tenant's and the global pointer
-revision (two HGETs, concurrently). Against an embedded redis-server:
+id (two small HMGETs, concurrently). Against an embedded redis-server:
 
     python -m loadtests.bench_model_pointer
 """

@@ -316,3 +316,15 @@ async def test_a_tenant_admin_sets_its_own_model_the_operator_the_global_one(
         assert seen["model_version"] == b["model_version"]
         ready = (await c.get("/health/ready")).json()
         assert ready["model_version"] == b["model_version"]  # the global model
+
+        # clearing follows the same rule; tenant-a then scores with the global model
+        r = await c.post("/v1/models/clear", json={"tenant": "tenant-a"},
+                         headers=bearer("sw_b_admin"))
+        assert (r.status_code, r.json()["field"]) == (403, "tenant"), r.text
+        r = await c.post("/v1/models/clear", json={"tenant": "tenant-a"},
+                         headers=bearer("sw_a_admin"))
+        assert r.status_code == 200 and r.json()["scope"] == "global", r.text
+        again = (await c.post("/v1/decisions", json={**decision, "message_id": "m2"},
+                              headers=bearer("sw_a_decide"))).json()
+        assert again["model_version"] == b["model_version"]
+        assert await redis_client.exists(model_pointer_key("tenant-a")) == 0

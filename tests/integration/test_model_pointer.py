@@ -118,6 +118,28 @@ async def test_a_tenant_scores_with_its_model_else_the_global_else_the_startup_d
     assert await decide(a, "t5") == version(artifacts["two"])
 
 
+async def test_a_pointer_cleared_and_written_again_between_two_checks_is_seen(
+        redis_client: RedisClient, clock: FixedClock, artifacts: dict[str, Path]) -> None:
+    """Redis restarts a deleted hash's revision at 1: workers compare the pointer's id,
+    unique per write, so a worker that missed the clear still sees the new model."""
+    a, _ = worker(redis_client, clock)
+    b, b_time = worker(redis_client, clock)
+    first = await a.tenant_models.publish(TENANT, artifacts["one"], force=False, set_by="t",
+                                          now=NOW)
+    await b.tenant_models.model_for(TENANT)
+    await b.tenant_models.settle()
+    assert b.tenant_models.peek(TENANT).version == version(artifacts["one"])
+    await a.tenant_models.clear(TENANT)
+    assert a.tenant_models.peek(TENANT).version == HEURISTIC_VERSION  # at once, here
+    second = await a.tenant_models.publish(TENANT, artifacts["two"], force=False,
+                                           set_by="t", now=NOW)
+    assert first.revision == second.revision == 1 and first.id != second.id
+    b_time.value += 1.0
+    await b.tenant_models.model_for(TENANT)
+    await b.tenant_models.settle()
+    assert b.tenant_models.peek(TENANT).version == version(artifacts["two"])
+
+
 async def test_a_worker_that_cannot_load_the_pointed_model_keeps_its_own(
         redis_client: RedisClient, clock: FixedClock, artifacts: dict[str, Path],
         tmp_path: Path) -> None:
