@@ -234,18 +234,18 @@ def tiny(name: str) -> Path:
     return _TINY[name]
 
 
-_steps = st.lists(st.tuples(st.sampled_from(["publish", "check"]),
+_steps = st.lists(st.tuples(st.sampled_from(["publish", "check", "clear"]),
                             st.sampled_from([None, "t0", "t1", "t2"]),
                             st.sampled_from(["m0", "m1", "m2"])), min_size=1, max_size=12)
 
 
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=_steps, capacity=st.integers(2, 3))
 async def test_every_worker_settles_on_the_latest_pointers_within_its_capacity(
         redis_client: RedisClient, steps: list[tuple[str | None, str | None, str]],
         capacity: int) -> None:
-    """Any interleaving of reloads (on either worker) and checks: a worker never holds more
+    """Any interleaving of reloads, clears (on either worker) and checks: a worker never holds more
     than its capacity, and once it has checked and settled, each tenant scores with its own
     latest pointed model, else the latest global one, else the startup default."""
     await redis_client.flushdb()
@@ -258,6 +258,9 @@ async def test_every_worker_settles_on_the_latest_pointers_within_its_capacity(
             await engine.tenant_models.publish(scope, tiny(name), force=False, set_by="p",
                                                now=NOW)
             latest[scope] = name
+        elif op == "clear":
+            await engine.tenant_models.clear(scope)
+            latest.pop(scope, None)
         else:
             ticker.value += 1.0
             await engine.tenant_models.model_for(scope)
