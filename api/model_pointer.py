@@ -201,6 +201,11 @@ class TenantModels:
             self.registry.last_error if scope == "startup" else None)
         return model, scope, pointer, error
 
+    def loading(self, tenant: str | None) -> bool:
+        """A pointer of a scope that applies to ``tenant`` is being loaded right now."""
+        names = ([tenant] if tenant is not None else []) + [GLOBAL_MODEL_SCOPE]
+        return any(self._scopes[n].loading for n in names if n in self._scopes)
+
     @property
     def models_held(self) -> int:
         return len(self._models)

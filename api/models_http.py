@@ -15,6 +15,8 @@ do both.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import os
 from typing import Any
@@ -34,6 +36,9 @@ from api.model_pointer import ModelPointer, Scope
 from api.openapi import AUTHENTICATED, errors
 from api.scoring import ModelRefusedError
 from api.settings import is_valid_tenant
+
+#: how long ``GET /v1/models`` waits for a model still loading before answering anyway
+SETTLE_SECONDS = 5.0
 
 
 class ModelReload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -77,6 +82,8 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     #: pointed models this worker holds, and at most (``SENDWISE_MODEL_CACHE_SIZE``)
     models_held: int = 0
     cache_size: int = 0
+    #: a pointed model is still loading in this worker (the answer waited up to 5 s for it)
+    loading: bool = False
 
 
 def model_info(engine: Engine, tenant: str | None) -> ModelInfo:
@@ -91,7 +98,7 @@ def model_info(engine: Engine, tenant: str | None) -> ModelInfo:
         champion=None if gate is None else gate.summary(),
         last_error=error, tenant=tenant, scope=scope, pointer=pointer, worker_pid=os.getpid(),
         models_held=engine.tenant_models.models_held,
-        cache_size=engine.tenant_models.capacity)
+        cache_size=engine.tenant_models.capacity, loading=engine.tenant_models.loading(tenant))
 
 
 def _engine(request: Request[Any, Any, State]) -> Engine:
@@ -103,11 +110,13 @@ def _engine(request: Request[Any, Any, State]) -> Engine:
      responses=errors(*AUTHENTICATED))
 async def get_models(request: Request[Any, Any, State]) -> ModelInfo:
     """Re-checks the pointers (at most once per refresh interval) and waits for a load in
-    progress, so the answer is this worker's state as of now."""
+    progress (at most ``SETTLE_SECONDS``; past that ``loading`` says so), so the answer is
+    this worker's state as of now."""
     engine = _engine(request)
     tenant = tenant_of(request)
     await engine.tenant_models.model_for(tenant)
-    await engine.tenant_models.settle()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(engine.tenant_models.settle()), SETTLE_SECONDS)
     return model_info(engine, tenant)
 
 
