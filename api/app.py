@@ -388,7 +388,7 @@ async def reason_codes() -> list[ReasonDoc]:
 
 class Health(msgspec.Struct, frozen=True, omit_defaults=True):
     status: Literal["ok", "redis_unreachable"]
-    #: the model scoring decisions in this worker (``/health/ready`` only)
+    #: the global model scoring decisions in this worker (``/health/ready`` only)
     model_version: str | None = None
 
 
@@ -405,8 +405,9 @@ async def ready(request: Request[Any, Any, State]) -> Response[Health]:
         ok = await _engine(request).store.ping()
     except STORE_DOWN:
         ok = False
-    return Response(Health("ok" if ok else "redis_unreachable",
-                           _engine(request).models.active.version),
+    # the global model in force in this worker (a tenant's own model: GET /v1/models)
+    model = await _engine(request).tenant_models.model_for(None)
+    return Response(Health("ok" if ok else "redis_unreachable", model.version),
                     status_code=200 if ok else 503)
 
 

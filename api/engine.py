@@ -28,10 +28,12 @@ from api.locale import (
 )
 from api.localtime import ms_to_utc, utc_to_ms
 from api.metrics import Metrics
+from api.model_pointer import TenantModels
 from api.pacing import Pacer
 from api.plan import (
     Context,
     Plan,
+    PreReason,
     build_plan,
     decode_member,
     encode_context,
@@ -62,6 +64,7 @@ from api.schemas import (
     Timeline,
 )
 from api.scoring import (
+    ActiveModel,
     Choice,
     ModelRefusedError,
     ModelRegistry,
@@ -148,6 +151,11 @@ class Engine:
                 self.metrics.model_refused.inc()
                 log.error("model_refused", directory=settings.model_dir, error=str(exc))
         self.metrics.set_model(self.models.active.version)
+        #: the pointed models (per tenant, global) every worker follows; ``models`` above
+        #: is the startup default they fall back to
+        self.tenant_models = TenantModels(store, self.models, self.metrics,
+                                          refresh_seconds=settings.model_refresh_seconds,
+                                          capacity=settings.model_cache_size)
 
     # ------------------------------------------------------------- validation
 
@@ -251,14 +259,8 @@ class Engine:
                                                        request.campaign_id)
             if state.record is not None:
                 return self._replay(state.record, fp, request.dry_run)
-            location = self.locate(request, state.preferences, policy)
-            permitted, pre, suppressed = pre_checks(request, policy, state, now,
-                                                    tenant=tenant, user_id=user)
-            plan = build_plan(request, policy, state, location, now=now,
-                              idempotency_ttl_ms=self.settings.idempotency_ttl_seconds * 1000,
-                              candidate_channels=permitted, pre_suppressed=suppressed,
-                              tenant=tenant)
-            choice = self._choose(request, policy, state, plan, location.zones[0], now)
+            location, pre, choice = await self.prepare(tenant, user, request, policy, state,
+                                                       now)
             ctx = Context(did=did, mid=request.message_id, uid=request.user_id,
                           pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
                           dry=request.dry_run, pre=pre, mv=choice.version, fs=choice.source)
@@ -289,20 +291,47 @@ class Engine:
         raise ConflictError("the recipient's preferences kept changing during the decision; retry",
                        code="concurrent_update")
 
-    def _choose(self, request: DecisionRequest, policy: Policy, state: UserState, plan: Plan,
-                zone: str, now: int) -> Choice:
+    async def prepare(self, tenant: str, user: str, request: DecisionRequest, policy: Policy,
+                      state: UserState, now: int, *,
+                      observe: bool = True) -> tuple[Location, list[PreReason], Choice]:
+        """Steps 4-6 of a decision (docs/architecture.md): locate, pre-checks, plan, score.
+        The one place that turns (request, policy, state) into ranked candidates, so the live
+        decision and its shadow (api/shadow.py) differ by nothing but the policy. ``user`` is
+        the id decided for (a merged id's current one); ``observe`` False keeps a shadow
+        evaluation out of the scoring metric."""
+        location = self.locate(request, state.preferences, policy)
+        permitted, pre, suppressed = pre_checks(request, policy, state, now,
+                                                tenant=tenant, user_id=user)
+        plan = build_plan(request, policy, state, location, now=now,
+                          idempotency_ttl_ms=self.settings.idempotency_ttl_seconds * 1000,
+                          candidate_channels=permitted, pre_suppressed=suppressed,
+                          tenant=tenant)
+        model = await self.tenant_models.model_for(tenant)
+        choice = self._choose(model, request, policy, state, plan, location.zones[0], now,
+                              observe=observe)
+        return location, pre, choice
+
+    def _choose(self, model: ActiveModel, request: DecisionRequest, policy: Policy,
+                state: UserState, plan: Plan, zone: str, now: int, *,
+                observe: bool = True) -> Choice:
         """Score and rank the plan's candidates (api/scoring.py). A scoring failure never
         fails the decision: the plan goes unscored, its earliest allowed instant wins."""
         try:
+            if not observe:
+                return self._score(model, request, policy, state, plan, zone, now)
             with self.metrics.model_seconds.time():
-                return choose(self.models.active, plan, decode_profile(state.profile),
-                              zone_name=zone, category=request.category,
-                              message_id=request.message_id,
-                              exempt=request.category in policy.exempt_categories,
-                              policy=policy, now=now)
+                return self._score(model, request, policy, state, plan, zone, now)
         except Exception as exc:  # degrade, do not fail
             log.error("scoring_failed", error=f"{type(exc).__name__}: {exc}")
             return Choice(plan, [], None, None)
+
+    @staticmethod
+    def _score(model: ActiveModel, request: DecisionRequest, policy: Policy, state: UserState,
+               plan: Plan, zone: str, now: int) -> Choice:
+        return choose(model, plan, decode_profile(state.profile), zone_name=zone,
+                      category=request.category, message_id=request.message_id,
+                      exempt=request.category in policy.exempt_categories, policy=policy,
+                      now=now)
 
     async def record_events(self, tenant: str, events: list[Event]) -> EventsAccepted:
         """Opt-outs and conversions (decision state), then the send-time profiles."""
@@ -345,7 +374,7 @@ class Engine:
         zone = self.locate(request, None, policy).zones[0]
         exempt = request.category in policy.exempt_categories
         at = now if exempt else now + self.settings.fallback_defer_seconds * 1000
-        model = self.models.active
+        model = self.tenant_models.peek(tenant)
         try:  # the tenant prior's score: the profile is in the Redis that is down
             score, score_now = score_without_profile(
                 model, request.channels[0], [at, now], zone_name=zone,

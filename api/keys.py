@@ -32,6 +32,11 @@ or make two (tenant, user) pairs share one.
     sw:pace:{t:c:s}:u      ZSET  conversation starts: "<user pseudonym>:<ms>" scored by ms
     sw:pace:{t:c:s}:l      ZSET  user pseudonym -> latest conversation start (ms)
                                   (api/pacing.py, api/lua/pace.lua, docs/pacing.md)
+    sw:model:{t}           HASH  the tenant's model pointer: doc (JSON), id (unique per write),
+                                  rev (int, bumped by every write); every worker follows it
+                                  (api/model_pointer.py)
+    sw:model:{*}           HASH  the same for the global default model (``*`` is no tenant
+                                  name: tenants are [A-Za-z0-9_.-])
 """
 
 from __future__ import annotations
@@ -111,6 +116,8 @@ def shadow_report_key(tenant: str) -> str:
 
 def shadow_samples_key(tenant: str) -> str:
     return shadow_key(tenant) + ":samples"
+
+
 class PaceKeys(NamedTuple):
     """One pacing shard of one (tenant, channel): four keys on one slot (``{t:c:s}``), so
     pace.lua is atomic per shard and never crosses slots."""
@@ -124,3 +131,12 @@ class PaceKeys(NamedTuple):
 def pace_keys(tenant: str, channel: str, shard: int) -> PaceKeys:
     base = f"{PREFIX}:pace:{{{_escape(tenant)}:{_escape(channel)}:{shard}}}:"
     return PaceKeys(base + "n", base + "i", base + "u", base + "l")
+
+
+#: the scope name of the global default model's pointer (no tenant can be named ``*``)
+GLOBAL_MODEL_SCOPE = "*"
+
+
+def model_pointer_key(tenant: str | None) -> str:
+    """The pointer to the model a tenant's decisions score with; None: the global default."""
+    return f"{PREFIX}:model:{{{GLOBAL_MODEL_SCOPE if tenant is None else _escape(tenant)}}}"

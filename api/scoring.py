@@ -22,16 +22,18 @@ windows already applied) into ranked candidates for the one atomic commit:
   still passes every cap and conflict; when caps take them all it falls back to the
   earliest instant any channel frees, exactly as without a model.
 
-Users with fewer than ``min_history_events`` profile events, and exempt (transactional)
-messages, keep the earliest allowed instant: their score says nothing about *this* user,
-and moving a message by hours on a population prior alone is not worth the delay. They
-are still scored (every decision carries a score). Caps are evaluated only in Lua, so
-the propensity reported is that of the ranking before caps.
+Users with fewer than ``min_history_events`` profile events keep the earliest allowed
+instant: their score says nothing about *this* user, and moving a message by hours on a
+population prior alone is not worth the delay. They still explore at
+``exploration_rate`` (a uniform slot, fixed by the message id so retries agree), or the
+logs would never teach the model anything about new users; the earliest instant is then
+logged with propensity ``1 - rate + rate / slots``. Exempt (transactional) messages never
+move and never explore. Every decision is scored. Caps are evaluated only in Lua, so the
+propensity reported is that of the ranking before caps.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
@@ -89,14 +91,16 @@ HEURISTIC = ActiveModel(None, HEURISTIC_VERSION, DEFAULT_PRIORS)
 
 
 class ModelRegistry:
-    """The active model of one worker process; reloads swap it atomically."""
+    """One worker's startup default model (``--model`` / ``SENDWISE_MODEL_DIR``, else the
+    heuristic) and the vetting every model goes through (``prepare``). Which model a
+    tenant's decisions score with is ``api.model_pointer.TenantModels``' answer: the
+    pointed models every worker follows, falling back to this one."""
 
     def __init__(self, *, num_threads: int = 1) -> None:
         self.active: ActiveModel = HEURISTIC
         #: the last refusal, shown by ``GET /v1/models`` until a load succeeds
         self.last_error: str | None = None
         self._num_threads = num_threads
-        self._lock = asyncio.Lock()
 
     def prepare(self, directory: str | Path, *, force: bool = False) -> ActiveModel:
         """Load and vet ``directory`` without activating it; ``ModelRefusedError`` if it
@@ -127,17 +131,6 @@ class ModelRegistry:
             raise
         self.active, self.last_error = model, None
         return model
-
-    async def reload(self, directory: str | Path, *, force: bool = False) -> ActiveModel:
-        """``load`` off the event loop (parsing trees takes milliseconds to seconds)."""
-        async with self._lock:
-            try:
-                model = await asyncio.to_thread(self.prepare, directory, force=force)
-            except ModelRefusedError as exc:
-                self.last_error = str(exc)
-                raise
-            self.active, self.last_error = model, None
-            return model
 
     def use_heuristic(self, note: str) -> None:
         self.active = ActiveModel(None, HEURISTIC_VERSION, DEFAULT_PRIORS, note=note)
@@ -294,28 +287,45 @@ def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name
     now_p = {int(i): float(scored.p[(scored.cand == i) & scored.first][0])
              for i in range(n_windows)}
     events = float(profile.counts.sum()) if profile is not None else 0.0
+    rate = settings.exploration_rate if not exempt else 0.0
+    n = scored.at.size
+    explores = rate > 0 and _unit(message_id, "explore") < rate
     if exempt or events < settings.min_history_events:
         # the earliest allowed instant, as without a model; the score is that of each
         # channel's first allowed slot
-        earliest = [_json.encode([round(now_p[i], 6), round(now_p[i], 6), 1.0])
-                    for i in range(n_windows)]
-        return Choice(plan, earliest, scored.version, scored.source)
+        if not explores:
+            # taken unless exploration picked another slot (exempt: always)
+            kept = round(1.0 - rate + rate / n, 6)
+            earliest = [_json.encode([round(now_p[i], 6), round(now_p[i], 6), kept])
+                        for i in range(n_windows)]
+            return Choice(plan, earliest, scored.version, scored.source)
+        # a user without history explores like any other (so the logs teach the model
+        # about new users): a uniform slot, in time order so retries pick the same one
+        chronological = np.lexsort((scored.cand, scored.at))
+        explored = int(chronological[min(int(_unit(message_id, "slot") * n), n - 1)])
+        greedy = int(np.lexsort((scored.cand, scored.at, ~scored.first))[0])
+        propensity = np.full(n, rate / n)
+        propensity[greedy] += 1.0 - rate
+        return _ranked(plan, scored, np.array([explored]), explored, propensity, now_p)
 
     adjusted = np.where(scored.first, scored.ev + settings.margin * np.abs(scored.ev),
                         scored.ev)
     # best first; ties: earlier instant, then the request's channel order
     order = np.lexsort((scored.cand, scored.at, -adjusted))
-    n = order.size
-    propensity = np.full(n, 0.0)
-    rate = settings.exploration_rate
     explored = -1
-    if rate > 0 and _unit(message_id, "explore") < rate:
+    if explores:
         explored = int(order[min(int(_unit(message_id, "slot") * n), n - 1)])
         order = np.concatenate([[explored], order[order != explored]])
     greedy = int(np.lexsort((scored.cand, scored.at, -adjusted))[0])
-    propensity[:] = rate / n
+    propensity = np.full(n, rate / n)
     propensity[greedy] += 1.0 - rate
+    return _ranked(plan, scored, order, explored, propensity, now_p)
 
+
+def _ranked(plan: Plan, scored: Scored, order: npt.NDArray[np.intp], explored: int,
+            propensity: F64, now_p: dict[int, float]) -> Choice:
+    """The plan in ``ranked`` mode: the slots of ``order``, then the plan's own windows (when
+    caps take every slot, the earliest instant any channel frees)."""
     slots: list[Candidate] = []
     notes: list[bytes] = []
     model_rule = f"send_time.model:{scored.version}"
@@ -329,14 +339,11 @@ def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name
         notes.append(_json.encode([round(float(scored.p[j]), 6),
                                    round(now_p[int(scored.cand[j])], 6),
                                    round(float(propensity[j]), 6)]))
-    # the windows last: when caps take every slot, the earliest instant any channel frees
     fallback_notes = [_json.encode([round(now_p[i], 6), round(now_p[i], 6), 1.0])
-                      for i in range(n_windows)]
+                      for i in range(len(plan.cands))]
     cands = [*slots, *plan.cands]
     ranked = msgspec.structs.replace(
         plan, cands=cands, mode="ranked",
         members=[*(plan.members[int(scored.cand[j])] for j in order.tolist()),
                  *plan.members])
     return Choice(ranked, [*notes, *fallback_notes], scored.version, scored.source)
-
-

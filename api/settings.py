@@ -190,6 +190,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_per_second: int = 1000
     rate_limit_burst: int = 2000
     model_dir: str | None = None
+    #: how often a worker re-reads the model pointers (api/model_pointer.py)
+    model_refresh_seconds: float = 1.0
+    #: pointed models one worker holds at most (least recently used evicted)
+    model_cache_size: int = 4
     data_dir: str = ".sendwise"
     #: Fallback when Redis is unreachable: promotional messages are deferred by this much.
     fallback_defer_seconds: int = 3600
@@ -226,6 +230,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             rate_limit_per_second=_int(env, "SENDWISE_RATE_LIMIT_PER_SECOND", 1000),
             rate_limit_burst=_int(env, "SENDWISE_RATE_LIMIT_BURST", 2000, minimum=1),
             model_dir=env.get("SENDWISE_MODEL_DIR") or None,
+            model_refresh_seconds=_positive_seconds(env, "SENDWISE_MODEL_REFRESH_SECONDS", 1.0),
+            model_cache_size=_int(env, "SENDWISE_MODEL_CACHE_SIZE", 4, minimum=1),
             data_dir=env.get("SENDWISE_DATA_DIR", ".sendwise"),
             fallback_defer_seconds=_int(env, "SENDWISE_FALLBACK_DEFER_SECONDS", 3600),
             redis_timeout_seconds=_positive_seconds(env, "SENDWISE_REDIS_TIMEOUT_SECONDS", 0.25),

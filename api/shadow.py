@@ -38,13 +38,11 @@ from msgspec import Meta
 
 from api.errors import InvalidRequestError
 from api.localtime import ms_to_utc
-from api.plan import Context, build_plan, encode_context, encode_plan, pre_checks
+from api.plan import Context, encode_context, encode_plan
 from api.policy import Policy
 from api.policy_cache import PolicyCache
-from api.profiles import decode_profile
 from api.render import decode_outcome, render
 from api.schemas import DecisionRequest, DecisionResponse
-from api.scoring import Choice, choose
 from api.store import ShadowCounts, Store, StoredShadow
 from api.userstate import UserState
 
@@ -251,26 +249,14 @@ class ShadowService:
                         now: int) -> ShadowRun | None:
         policy = shadow.policy
         version = policy.version
-        try:  # the request checks that depend on the policy, as the live path makes them
+        try:  # the live path's own steps (and request checks), under the shadow policy;
+            # without the scoring metric: a shadow evaluation is not a decision
             engine.check_category(request, policy)
-            location = engine.locate(request, state.preferences, policy)
+            location, pre, choice = await engine.prepare(tenant, user, request, policy, state,
+                                                         now, observe=False)
         except InvalidRequestError as exc:
             return ShadowRun(version, SideOutcome(decision=INVALID, field=exc.field))
-        permitted, pre, suppressed = pre_checks(request, policy, state, now, tenant=tenant,
-                                                user_id=user)
-        plan = build_plan(request, policy, state, location, now=now,
-                          idempotency_ttl_ms=engine.settings.idempotency_ttl_seconds * 1000,
-                          candidate_channels=permitted, pre_suppressed=suppressed,
-                          tenant=tenant)
         zone = location.zones[0]
-        try:  # the live path's scoring, without its metric (a shadow is not a decision)
-            choice = choose(engine.models.active, plan, decode_profile(state.profile),
-                            zone_name=zone, category=request.category,
-                            message_id=request.message_id,
-                            exempt=request.category in policy.exempt_categories,
-                            policy=policy, now=now)
-        except Exception:  # as the live path: an unscored plan, earliest instant wins
-            choice = Choice(plan, [], None, None)
         dry = msgspec.structs.replace(choice.plan, dry=1)  # evaluates, writes nothing
         ctx = Context(did=did, mid=request.message_id, uid=request.user_id,
                       pv=policy.version_label, zone=zone, now=now, fp=fp, dry=True, pre=pre,

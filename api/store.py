@@ -123,6 +123,7 @@ class Store:
         self._shadow_promote = client.register_script(_script("shadow_promote.lua"))
         self._shadow_flush = client.register_script(_script("shadow_flush.lua"))
         self._shadow_report = client.register_script(_script("shadow_report.lua"))
+        self._model_pointer_put = client.register_script(_script("model_pointer_put.lua"))
 
     async def ping(self) -> bool:
         async with self._gate:
@@ -275,6 +276,16 @@ class Store:
                 async with self._gate:
                     removed += int(await self.client.xdel(key, *mine))
             start = batch[-1][0].decode()
+
+    async def hash_fields(self, key: str, fields: Sequence[str]) -> list[bytes | None]:
+        """A few fields of one hash (``key`` from ``api.keys``: the model pointers)."""
+        async with self._gate:
+            return cast(list[bytes | None], await self.client.hmget(key, list(fields)))
+
+    async def put_model_pointer(self, key: str, doc: bytes, pointer_id: str) -> int:
+        """model_pointer_put.lua: store a model pointer; returns its new revision."""
+        async with self._gate:
+            return int(await self._model_pointer_put(keys=[key], args=[doc, pointer_id]))
 
     async def delete_key(self, key: str) -> None:
         async with self._gate:

@@ -184,6 +184,8 @@ async def test_a_bare_region_must_belong_to_the_resolved_country(client: Client)
 async def test_valid_location_data_still_applies_state_rules(client: Client) -> None:
     """The canonical spellings keep working and Florida's rule is cited for a promotional
     SMS sent at night in Florida."""
+    r = await client.put("/v1/policy", json={"send_time": {"exploration_rate": 0.0}})
+    assert r.status_code == 200, r.text  # no message explores past the rule
     for region in ("FL", "US-FL", "us-fl"):
         r = await client.post("/v1/decisions", json=body(
             message_id=f"m-{region}", country="US", region=region,

@@ -307,8 +307,10 @@ async def test_caps_quiet_hours_and_minimality(redis_client: RedisClient,
     policy = msgspec.convert({"categories": CATEGORIES, "caps": sc["caps"],
                               "quiet_hours": sc["quiet_hours"],
                               "max_defer_minutes": sc["max_defer"],
-                              # minimality: the earliest allowed instant itself, unspread
-                              "send_time": {"spread_minutes": 0}}, Policy)
+                              # minimality: the earliest allowed instant itself, unspread,
+                              # and no decision explores a later slot
+                              "send_time": {"spread_minutes": 0, "exploration_rate": 0.0}},
+                             Policy)
     validate_policy(policy)
     engine.policies.put(TENANT, await engine.store.put_policy(TENANT, policy, None, clock.now_ms()))
 

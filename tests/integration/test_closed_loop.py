@@ -59,12 +59,16 @@ async def test_serve_export_train_reload(engine: Engine, set_policy: Callable[..
                                              objective="rank_xendcg"),
                                progress=False))
     # a model this small need not beat the heuristic: it is served forced, as an operator
-    # would after reading its report
-    model = engine.models.load(result.out, force=True)
+    # would after reading its report; pointed at for this tenant only
+    pointer = await engine.tenant_models.publish(
+        TENANT, result.out, force=True, set_by="test",
+        now=dt.datetime.fromtimestamp(NOON_NY / 1000, dt.UTC))
     decision = await engine.decide(TENANT, req(message_id="after", user_id="c0",
                                                category="promotional",
                                                deadline="2026-06-11T16:00:00Z"))
-    assert decision.model_version == model.version != "heuristic-v2"
+    assert decision.model_version == pointer.model_version != "heuristic-v2"
+    other = await engine.decide("other", req(message_id="after", user_id="c0"))
+    assert other.model_version == "heuristic-v2"  # another tenant: the global default
     assert decision.score is not None and decision.features_source == "profile"
     assert decision.local_send_at is not None
     assert abs(decision.local_send_at.hour - hours["c0"]) <= 2

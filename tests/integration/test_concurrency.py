@@ -37,6 +37,9 @@ async def workers(redis_settings: Settings, redis_client: RedisClient,
 
 
 async def _set_policy(engines: list[Engine], clock: FixedClock, **fields: Any) -> None:
+    # caps, not send times, are under test: no decision explores a later slot (new users
+    # explore too at the default rate)
+    fields.setdefault("send_time", {"exploration_rate": 0.0})
     policy = msgspec.convert(fields, Policy)
     stored = await engines[0].store.put_policy(TENANT, policy, None, clock.now_ms())
     for engine in engines:

@@ -198,7 +198,7 @@ async def test_decisions_racing_a_merge_are_neither_lost_nor_counted_twice(
     committed before the mark is copied, one after it is redirected (the commit's revision
     check forces a re-read), so every reservation ends up in the target's ledger exactly
     once and every answer still replays."""
-    await set_policy(quiet_hours=[], caps=[])
+    await set_policy(quiet_hours=[], caps=[], send_time={"exploration_rate": 0.0})
     done, started = asyncio.Event(), asyncio.Event()
     results: list[tuple[DecisionRequest, DecisionResponse]] = []
 

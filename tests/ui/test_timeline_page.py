@@ -148,6 +148,8 @@ def test_timeline_of_a_capped_user(browser: Browser, client: Client,
 
 
 def test_timeline_of_an_unknown_user_and_bad_parameters(browser: Browser, client: Client) -> None:
+    # users without history explore too: this probe's message id must not
+    assert client.put("/v1/policy", json={"send_time": {"exploration_rate": 0.0}}).status_code == 200
     page = OfflinePage(browser.new_page(), client)
     page.goto("/ui/users/nobody?channels=sms")
     p = page.page
