@@ -26,6 +26,12 @@ TENANT = "acme"
 EXACT: dict[str, Any] = {"send_time": {"spread_minutes": 0}}
 
 
+def deterministic(fields: dict[str, Any]) -> dict[str, Any]:
+    """Policy fields with exploration off unless they set it (see ``set_policy``)."""
+    send_time = {"exploration_rate": 0.0, **fields.get("send_time", {})}
+    return {**fields, "send_time": send_time}
+
+
 def at(text: str) -> int:
     return int(dt.datetime.fromisoformat(text).timestamp() * 1000)
 
@@ -42,7 +48,11 @@ async def engine(redis_client: RedisClient, clock: FixedClock) -> Engine:
 
 @pytest.fixture
 def set_policy(engine: Engine, clock: FixedClock) -> Callable[..., Any]:
+    """Install a policy for TENANT. Exploration is off unless the test sets
+    ``send_time.exploration_rate``: a rule's test must not depend on which message ids
+    happen to explore (exploration has its own tests)."""
     async def apply(**fields: Any) -> Policy:
+        fields = deterministic(fields)
         policy = msgspec.convert(fields, Policy)
         validate_policy(policy)
         stored = await engine.store.put_policy(TENANT, policy, None, clock.now_ms())

@@ -128,7 +128,8 @@ async def test_concurrent_decisions_keep_groups_and_caps_exact(
     the following days, whatever the interleaving."""
     await set_policy(quiet_hours=[], holdout=HOLDOUT,
                      caps=[{"id": "one", "limit": 1, "window_minutes": 1440,
-                            "scope": {"categories": ["promotional"]}}])
+                            "scope": {"categories": ["promotional"]}}],
+                     send_time={"exploration_rate": 0.0})  # no send explores a later slot
     people = [f"u{i}" for i in range(60)]
     calls = [req(user_id=u, message_id=f"{u}-{k}", campaign_id="spring")
              for k in range(3) for u in people]

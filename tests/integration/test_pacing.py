@@ -28,7 +28,7 @@ from api.schemas import DecisionResponse
 from api.settings import Settings
 from api.store import Store
 from tests.conftest import TEST_ID_KEY
-from tests.integration.conftest import NOON_NY, TENANT, at, req
+from tests.integration.conftest import NOON_NY, TENANT, at, deterministic, req
 
 WORKERS = 4
 
@@ -207,7 +207,7 @@ async def workers(redis_settings: Settings, clock: FixedClock) -> AsyncIterator[
 
 
 async def _set_policy(engines: list[Engine], clock: FixedClock, **fields: Any) -> Policy:
-    policy = msgspec.convert(fields, Policy)
+    policy = msgspec.convert(deterministic(fields), Policy)
     stored = await engines[0].store.put_policy(TENANT, policy, None, clock.now_ms())
     for engine in engines:
         engine.policies.put(TENANT, stored)

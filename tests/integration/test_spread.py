@@ -26,10 +26,12 @@ def _ms(value: dt.datetime | None) -> int:
     return int(value.timestamp() * 1000)
 
 
-async def test_quiet_hours_herd_is_spread_over_the_window(engine: Engine,
-                                                          clock: FixedClock) -> None:
+async def test_quiet_hours_herd_is_spread_over_the_window(
+        engine: Engine, clock: FixedClock, set_policy: Callable[..., Any]) -> None:
     """200 people asked at 23:00: all deferred by quiet hours, landing over [08:00, 08:30)
-    at each message's own offset, none before 08:00; retries answer the same instants."""
+    at each message's own offset, none before 08:00; retries answer the same instants.
+    The default policy (spread 30 minutes), without exploration."""
+    await set_policy()
     clock.value = at("2026-06-10T23:00:00-04:00")
     requests = [req(message_id=f"m{i}", user_id=f"u{i}") for i in range(200)]
     answers = await asyncio.gather(*(engine.decide(TENANT, r) for r in requests))
