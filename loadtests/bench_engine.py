@@ -124,13 +124,16 @@ class Bench:
                                           request.campaign_id)
             t2 = clock()
             location = engine.locate(request, state.preferences, policy)
-            permitted, pre, suppressed = pre_checks(request, policy, state, now)
+            permitted, pre, suppressed = pre_checks(request, policy, state, now, tenant=TENANT,
+                                                    user_id=request.user_id)
             t3 = clock()
             plan = build_plan(request, policy, state, location, now=now,
                               idempotency_ttl_ms=settings.idempotency_ttl_seconds * 1000,
-                              candidate_channels=permitted, pre_suppressed=suppressed)
+                              candidate_channels=permitted, pre_suppressed=suppressed,
+                              tenant=TENANT)
             t4 = clock()
-            choice = engine._choose(request, policy, state, plan, location.zones[0], now)
+            model = await engine.tenant_models.model_for(TENANT)
+            choice = engine._choose(model, request, policy, state, plan, location.zones[0], now)
             t4b = clock()
             ctx = Context(did=did, mid=request.message_id, uid=request.user_id,
                           pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
