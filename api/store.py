@@ -82,10 +82,18 @@ class Store:
         self._erase = client.register_script(_script("erase.lua"))
         self._profile_put = client.register_script(_script("profile_put.lua"))
         self._log_append = client.register_script(_script("log_append.lua"))
+        #: the benchmark's floor (``/v1/_floor``): one script call that reads one key
+        self._floor = client.register_script("return redis.call('EXISTS', KEYS[1])")
 
     async def ping(self) -> bool:
         async with self._gate:
             return bool(await self.client.ping())
+
+    async def floor_call(self, tenant: str, user_id: str) -> int:
+        """One trivial script on the user's slot, through the same client path as a
+        decision's scripts: what the least Redis-touching request costs (docs/benchmarks.md)."""
+        async with self._gate:
+            return int(await self._floor(keys=[user_keys(tenant, user_id).prefs]))
 
     # ---------------------------------------------------------------- decisions
 
