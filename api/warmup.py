@@ -82,6 +82,11 @@ PHONES: tuple[str, ...] = ("+13055550123", "+14155550100", "+33612345678", "+447
 #: a pack country's representative zone, for probes that exercise its rules
 _PACK_ZONES = {"US": "America/New_York", "FR": "Europe/Paris"}
 
+#: young-generation threshold after warm-up (CPython's default is 700): requests free almost
+#: everything they allocate by reference counting, so collections triggered every 700 net
+#: allocations found little; at 10,000 a collection is rare (docs/benchmarks.md, "Stalls")
+GC_GEN0_THRESHOLD = 10_000
+
 #: the channels of one probe (a request lists at most six)
 _PROBE_CHANNELS: list[str] = list(CHANNELS)
 
@@ -174,6 +179,7 @@ async def warm_up(engine: Engine, *, freeze_gc: bool = True) -> WarmupReport:
     if freeze_gc:
         gc.collect()
         gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         report.gc_frozen = gc.get_freeze_count()
     report.seconds = round(time.perf_counter() - t0, 3)
     if report.error:

@@ -88,6 +88,8 @@ class Phase(msgspec.Struct, kw_only=True):
     command_usec: float = 0.0
     #: redis-server's CPU during the phase (INFO cpu), microseconds
     redis_cpu_us: float = 0.0
+    #: share of the phase's wall time some runnable task waited for a CPU (PSI)
+    cpu_wait: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -149,6 +151,17 @@ def machine_busy() -> float:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     values = [int(v) for v in fields[:8]]
     return (sum(values) - values[3] - values[4]) / CLK_TCK
+
+
+def cpu_pressure_us() -> float:
+    """Linux PSI (/proc/pressure/cpu "some" total): microseconds in which at least one
+    runnable task waited for a CPU. On a shared box, a phase with a high share is one whose
+    tail latency was made by the scheduler, not by the service (0 where PSI is absent)."""
+    try:
+        first = Path("/proc/pressure/cpu").read_text().split("\n", 1)[0]
+    except OSError:
+        return 0.0
+    return float(first.rsplit("total=", 1)[1])
 
 
 def children_cpu() -> float:
@@ -370,6 +383,11 @@ def python_phase(service: Service, name: str, path: str, args: argparse.Namespac
 # ---------------------------------------------------------------------- report
 
 
+def _other(phase: Phase) -> float:
+    """CPU seconds of foreign work on the machine during the phase."""
+    return max(0.0, phase.machine_busy - phase.server_cpu - phase.redis_cpu - phase.generator_cpu)
+
+
 def print_phase(phase: Phase) -> None:
     wall = phase.seconds or 1.0
     rate = f" @ {phase.target_rate:,.0f}/s target" if phase.target_rate else ""
@@ -379,7 +397,8 @@ def print_phase(phase: Phase) -> None:
     print(f"{'':<24} CPU s: server {phase.server_cpu:5.1f} ({phase.server_cpu / wall:.2f} cores)  "
           f"redis {phase.redis_cpu:4.1f} ({phase.redis_cpu / wall:.2f})  "
           f"generator {phase.generator_cpu:5.1f} ({phase.generator_cpu / wall:.2f})  "
-          f"other {other:4.1f} ({other / wall:.2f})  in {phase.seconds:.1f} s")
+          f"other {other:4.1f} ({other / wall:.2f})  in {phase.seconds:.1f} s"
+          + (f"  CPU wait {100 * phase.cpu_wait:.0f}%" if phase.cpu_wait else ""))
     busy = [c for c in phase.server_processes if c >= 0.05]
     if len(busy) > 1:
         print(f"{'':<24} server processes: " + " + ".join(f"{c:.1f}" for c in busy) + " CPU s")
@@ -543,12 +562,14 @@ class Report:
 
     def table(self) -> str:
         lines = ["| configuration | phase | req/s | p50 ms | p99 ms | max ms | server cores "
-                 "| redis cores | generator cores |", "|---|---|---|---|---|---|---|---|---|"]
+                 "| redis cores | generator cores | other cores | CPU wait |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for config, p in self.rows:
             wall = p.seconds or 1.0
             lines.append(f"| {config} | {p.name} | {p.rps:,.0f} | {p.p50:.2f} | {p.p99:.2f} | "
                          f"{p.max:.1f} | {p.server_cpu / wall:.2f} | {p.redis_cpu / wall:.2f} | "
-                         f"{p.generator_cpu / wall:.2f} |")
+                         f"{p.generator_cpu / wall:.2f} | {_other(p) / wall:.2f} | "
+                         f"{100 * p.cpu_wait:.0f}% |")
         lines += ["", "| measurement | value |", "|---|---|"]
         lines += [f"| {name} | {value} |" for name, value in self.facts]
         return "\n".join(lines)
@@ -568,7 +589,9 @@ def closed_loops(service: Service, args: argparse.Namespace, run: str, config: s
             for name, path in endpoints:
                 label = name if args.rounds == 1 else f"{name} #{rnd + 1}"
                 before, cpu_before = commandstats_usec(clients), used_cpu_us(clients)
+                psi = cpu_pressure_us()
                 phase = closed(service, label, path, args, f"{run}-{config}-{name}-{rnd}")
+                phase.cpu_wait = (cpu_pressure_us() - psi) / 1e6 / (phase.seconds or 1.0)
                 phase.command_usec = commandstats_usec(clients) - before
                 phase.redis_cpu_us = used_cpu_us(clients) - cpu_before
                 out[name].append(phase)
@@ -629,8 +652,10 @@ def main(argv: list[str] | None = None) -> int:
             rate = round(0.6 * best, -1) if args.rate == "auto" else float(args.rate)
             for k in range(args.fixed_runs):
                 label = "decisions fixed-rate" + (f" #{k + 1}" if args.fixed_runs > 1 else "")
+                psi = cpu_pressure_us()
                 phase = python_phase(service, label, "/v1/decisions", args,
                                      f"{run}-fixed-{k}", rate=rate)
+                phase.cpu_wait = (cpu_pressure_us() - psi) / 1e6 / (phase.seconds or 1.0)
                 report.add(config, phase)
                 p99s.append(phase.p99)
             maxes = [p.max for _, p in report.rows if p.target_rate]

@@ -22,7 +22,7 @@ from api.localtime import _bucket
 from api.redis_client import RedisClient, make_redis
 from api.settings import Settings
 from api.store import Store
-from api.warmup import PHONES, WarmupReport, warm_up
+from api.warmup import GC_GEN0_THRESHOLD, PHONES, WarmupReport, warm_up
 from tests.conftest import TEST_ID_KEY
 
 
@@ -31,8 +31,10 @@ def cold() -> Iterator[None]:
     """Empty the lazily filled caches first; undo the warm-up's gc.freeze() after."""
     for cached in (holiday_dates, parse_phone, is_subdivision, _bucket):
         cached.cache_clear()
+    threshold = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 def _expected_calendars() -> int:
@@ -56,6 +58,7 @@ async def test_warm_up_fills_the_first_use_caches_before_serving(
         assert parse_phone.cache_info().currsize == len(PHONES)
         assert _bucket.cache_info().currsize > 0  # zone offsets of the probes' zones
         assert report.gc_frozen > 0 and gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
         # the probes are dry runs: nothing was written for the warm-up tenant
         assert await redis_client.keys("*") == []
         # and the app serves normally afterwards
@@ -86,3 +89,4 @@ async def test_unreachable_redis_still_warms_the_offline_parts(clock: FixedClock
     assert report.holiday_calendars == _expected_calendars()
     assert parse_phone.cache_info().currsize == len(PHONES)
     assert report.gc_frozen == 0
+    assert gc.get_threshold()[0] != GC_GEN0_THRESHOLD
