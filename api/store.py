@@ -19,7 +19,7 @@ from api.errors import ConflictError
 from api.keys import policy_key, user_keys
 from api.localtime import ms_to_utc, utc_to_ms
 from api.policy import Policy
-from api.redis_client import RedisClient
+from api.redis_client import AutoPipeline, RedisClient, ScriptCaller
 from api.schemas import CHANNELS, Event, Preferences, StoredPreferences
 from api.userstate import MAX_MERGE_HOPS, UserState, decode_preferences, parse_read_reply
 
@@ -63,27 +63,34 @@ _json = msgspec.json.Encoder()
 
 
 class Store:
-    def __init__(self, client: RedisClient, *, max_in_flight: int = 64) -> None:
+    def __init__(self, client: RedisClient, *, max_in_flight: int = 64,
+                 auto_pipeline: bool = True) -> None:
         """``max_in_flight`` should equal the client's connection limit: a burst of
         requests then queues here instead of failing fast (redis-py's cluster client has
         no blocking pool and raises MaxConnectionsError when a node's pool is empty)."""
         self.client = client
         self._gate = asyncio.Semaphore(max_in_flight)
-        self._read = client.register_script(_script("read.lua"))
-        self._commit = client.register_script(_script("commit.lua"))
-        self._cancel = client.register_script(_script("cancel.lua"))
-        self._policy_put = client.register_script(_script("policy_put.lua"))
-        self._prefs_put = client.register_script(_script("prefs_put.lua"))
-        self._events = client.register_script(_script("events.lua"))
-        self._dump = client.register_script(_script("user_dump.lua"))
-        self._merge_mark = client.register_script(_script("merge_mark.lua"))
-        self._merge_apply = client.register_script(_script("merge_apply.lua"))
-        self._merge_clear = client.register_script(_script("merge_clear.lua"))
-        self._erase = client.register_script(_script("erase.lua"))
-        self._profile_put = client.register_script(_script("profile_put.lua"))
-        self._log_append = client.register_script(_script("log_append.lua"))
+        #: one Redis: concurrent script calls share writes (api/redis_client.py AutoPipeline)
+        self._pipeline = (None if isinstance(client, RedisCluster) or not auto_pipeline
+                          else AutoPipeline(client))
+        self._read = self._caller(_script("read.lua"))
+        self._commit = self._caller(_script("commit.lua"))
+        self._cancel = self._caller(_script("cancel.lua"))
+        self._policy_put = self._caller(_script("policy_put.lua"))
+        self._prefs_put = self._caller(_script("prefs_put.lua"))
+        self._events = self._caller(_script("events.lua"))
+        self._dump = self._caller(_script("user_dump.lua"))
+        self._merge_mark = self._caller(_script("merge_mark.lua"))
+        self._merge_apply = self._caller(_script("merge_apply.lua"))
+        self._merge_clear = self._caller(_script("merge_clear.lua"))
+        self._erase = self._caller(_script("erase.lua"))
+        self._profile_put = self._caller(_script("profile_put.lua"))
+        self._log_append = self._caller(_script("log_append.lua"))
         #: the benchmark's floor (``/v1/_floor``): one script call that reads one key
-        self._floor = client.register_script("return redis.call('EXISTS', KEYS[1])")
+        self._floor = self._caller("return redis.call('EXISTS', KEYS[1])")
+
+    def _caller(self, source: str) -> ScriptCaller:
+        return ScriptCaller(self.client, source, self._pipeline)
 
     async def ping(self) -> bool:
         async with self._gate:
