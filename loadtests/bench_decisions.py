@@ -443,6 +443,8 @@ class Memory(msgspec.Struct, kw_only=True):
     p90_bytes: float
     max_bytes: float
     keys_per_user: float
+    #: mean bytes per active user by kind of key (ledger, prefs, profile, record, ...)
+    by_kind: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 def memory_per_user(service: Service, users: int, tenant: str, sample: int = 400) -> Memory:
@@ -464,6 +466,7 @@ def memory_per_user(service: Service, users: int, tenant: str, sample: int = 400
                     per_user.setdefault(base, []).append(key)
         sizes: list[float] = []
         keys = 0
+        kinds: dict[str, float] = {}
         for base, names in per_user.items():
             if base + "ledger" not in names:
                 continue
@@ -472,7 +475,11 @@ def memory_per_user(service: Service, users: int, tenant: str, sample: int = 400
                 pipe = client.pipeline(transaction=False)
                 for name in names:
                     pipe.memory_usage(name, samples=0)
-                total += sum(v or 0 for v in pipe.execute())
+                for name, used in zip(names, pipe.execute(), strict=True):
+                    kind = name[len(base):].split(":", 1)[0]
+                    kind = "record" if kind == "m" else kind
+                    kinds[kind] = kinds.get(kind, 0) + (used or 0)
+                    total += used or 0
             sizes.append(total)
             keys += len(names)
     finally:
@@ -482,7 +489,8 @@ def memory_per_user(service: Service, users: int, tenant: str, sample: int = 400
     return Memory(sampled=len(picked), active=len(sizes),
                   mean_bytes=statistics.fmean(sizes) if sizes else float("nan"),
                   p90_bytes=percentile(sizes, 90), max_bytes=sizes[-1] if sizes else float("nan"),
-                  keys_per_user=keys / len(sizes) if sizes else float("nan"))
+                  keys_per_user=keys / len(sizes) if sizes else float("nan"),
+                  by_kind={k: v / len(sizes) for k, v in sorted(kinds.items())} if sizes else {})
 
 
 # ---------------------------------------------------------------------- main
@@ -667,7 +675,8 @@ def main(argv: list[str] | None = None) -> int:
         report.fact("Redis memory per active user (ledger + prefs + profile + records)",
                     f"mean {memory.mean_bytes:,.0f} B, p90 {memory.p90_bytes:,.0f} B, max "
                     f"{memory.max_bytes:,.0f} B ({memory.active} of {memory.sampled} sampled "
-                    f"active, {memory.keys_per_user:.1f} keys each)")
+                    f"active, {memory.keys_per_user:.1f} keys each; mean by kind: "
+                    + ", ".join(f"{k} {v:,.0f} B" for k, v in memory.by_kind.items()) + ")")
         report.fact("API worker resident memory",
                     ", ".join(f"{mb:.0f} MB" for mb in service.worker_rss_mb()))
         if args.scaling == "on":
