@@ -17,19 +17,20 @@ from api.app import create_app
 from api.clock import FixedClock
 from api.engine import Engine
 from api.jurisdictions import _holiday_countries, holiday_dates, load_builtin_packs
-from api.locale import is_subdivision, parse_phone
+from api.locale import ZONE_NAMES, is_subdivision, is_valid_zone, parse_phone
 from api.localtime import _bucket
 from api.redis_client import RedisClient, make_redis
 from api.settings import Settings
 from api.store import Store
 from api.warmup import GC_GEN0_THRESHOLD, PHONES, WarmupReport, warm_up
+from models.timeutil import zone
 from tests.conftest import TEST_ID_KEY
 
 
 @pytest.fixture
 def cold() -> Iterator[None]:
     """Empty the lazily filled caches first; undo the warm-up's gc.freeze() after."""
-    for cached in (holiday_dates, parse_phone, is_subdivision, _bucket):
+    for cached in (holiday_dates, parse_phone, is_subdivision, _bucket, is_valid_zone, zone):
         cached.cache_clear()
     threshold = gc.get_threshold()
     yield
@@ -57,6 +58,7 @@ async def test_warm_up_fills_the_first_use_caches_before_serving(
         assert is_subdivision.cache_info().currsize > 0
         assert parse_phone.cache_info().currsize == len(PHONES)
         assert _bucket.cache_info().currsize > 0  # zone offsets of the probes' zones
+        assert report.zones == len(ZONE_NAMES) == zone.cache_info().currsize  # every zone loaded
         assert report.gc_frozen > 0 and gc.get_freeze_count() > 0
         assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
         # the probes are dry runs: nothing was written for the warm-up tenant
