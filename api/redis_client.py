@@ -34,6 +34,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -137,8 +138,8 @@ class ScriptCaller:
     routes each call to the node owning the keys' slot, and its pipelines may re-send a
     command after a connection error, which a commit must never be)."""
 
-    def __init__(self, client: RedisClient, source: str, pipeline: AutoPipeline | None) -> None:
-        self._script = client.register_script(source)
+    def __init__(self, script: AsyncScript, pipeline: AutoPipeline | None) -> None:
+        self._script = script
         self._pipeline = pipeline
 
     async def __call__(self, keys: list[Any] | tuple[Any, ...] = (),
@@ -171,7 +172,7 @@ class AutoPipeline:
         self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._scheduled = False
 
-    async def evalsha(self, script: Any, keys: list[Any] | tuple[Any, ...],
+    async def evalsha(self, script: AsyncScript, keys: list[Any] | tuple[Any, ...],
                       args: list[Any] | tuple[Any, ...]) -> Any:
         for _ in range(2):  # the second pass only after a NOSCRIPT reply
             loop = asyncio.get_running_loop()

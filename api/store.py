@@ -14,6 +14,7 @@ from typing import Any, Literal, cast
 
 import msgspec
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 
 from api.errors import ConflictError
 from api.keys import policy_key, user_keys
@@ -70,27 +71,31 @@ class Store:
         no blocking pool and raises MaxConnectionsError when a node's pool is empty)."""
         self.client = client
         self._gate = asyncio.Semaphore(max_in_flight)
-        #: one Redis: concurrent script calls share writes (api/redis_client.py AutoPipeline)
-        self._pipeline = (None if isinstance(client, RedisCluster) or not auto_pipeline
-                          else AutoPipeline(client))
-        self._read = self._caller(_script("read.lua"))
-        self._commit = self._caller(_script("commit.lua"))
-        self._cancel = self._caller(_script("cancel.lua"))
-        self._policy_put = self._caller(_script("policy_put.lua"))
-        self._prefs_put = self._caller(_script("prefs_put.lua"))
-        self._events = self._caller(_script("events.lua"))
-        self._dump = self._caller(_script("user_dump.lua"))
-        self._merge_mark = self._caller(_script("merge_mark.lua"))
-        self._merge_apply = self._caller(_script("merge_apply.lua"))
-        self._merge_clear = self._caller(_script("merge_clear.lua"))
-        self._erase = self._caller(_script("erase.lua"))
-        self._profile_put = self._caller(_script("profile_put.lua"))
-        self._log_append = self._caller(_script("log_append.lua"))
+        self._read = client.register_script(_script("read.lua"))
+        self._commit = client.register_script(_script("commit.lua"))
+        self._cancel = client.register_script(_script("cancel.lua"))
+        self._policy_put = client.register_script(_script("policy_put.lua"))
+        self._prefs_put = client.register_script(_script("prefs_put.lua"))
+        self._events = client.register_script(_script("events.lua"))
+        self._dump = client.register_script(_script("user_dump.lua"))
+        self._merge_mark = client.register_script(_script("merge_mark.lua"))
+        self._merge_apply = client.register_script(_script("merge_apply.lua"))
+        self._merge_clear = client.register_script(_script("merge_clear.lua"))
+        self._erase = client.register_script(_script("erase.lua"))
+        self._profile_put = client.register_script(_script("profile_put.lua"))
+        self._log_append = client.register_script(_script("log_append.lua"))
         #: the benchmark's floor (``/v1/_floor``): one script call that reads one key
-        self._floor = self._caller("return redis.call('EXISTS', KEYS[1])")
+        self._floor = client.register_script("return redis.call('EXISTS', KEYS[1])")
+        self._share_writes(auto_pipeline)
 
-    def _caller(self, source: str) -> ScriptCaller:
-        return ScriptCaller(self.client, source, self._pipeline)
+    def _share_writes(self, enabled: bool) -> None:
+        """On one Redis, every script registered above is called through one
+        ``AutoPipeline``: concurrent calls share writes (api/redis_client.py)."""
+        self._pipeline = (AutoPipeline(self.client)
+                          if enabled and not isinstance(self.client, RedisCluster) else None)
+        for name, value in list(vars(self).items()):
+            if isinstance(value, AsyncScript):
+                setattr(self, name, ScriptCaller(value, self._pipeline))
 
     async def ping(self) -> bool:
         async with self._gate:

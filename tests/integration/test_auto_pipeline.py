@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from api.redis_client import AutoPipeline, RedisClient, ScriptCaller
@@ -31,7 +32,7 @@ def caller(client: RedisClient, source: str) -> tuple[Any, CountingPipeline | No
     """The script, at most 32 calls in flight (as the store's gate does: the cluster
     client's pools refuse more connections than their limit)."""
     pipeline = None if isinstance(client, RedisCluster) else CountingPipeline(client)
-    script = ScriptCaller(client, source, pipeline)
+    script = ScriptCaller(client.register_script(source), pipeline)
     gate = asyncio.Semaphore(32)
 
     async def call(keys: list[str], args: list[str]) -> Any:
@@ -74,5 +75,7 @@ async def test_a_flushed_script_cache_reloads_and_runs_each_call_once(
 async def test_the_store_pipelines_on_one_redis_only(redis_client: RedisClient, auto: bool) -> None:
     store = Store(redis_client, auto_pipeline=auto)
     assert (store._pipeline is not None) == (auto and not isinstance(redis_client, RedisCluster))
+    # every script the store registers (read, commit, ... and any added later) is wrapped
+    assert not [name for name, v in vars(store).items() if isinstance(v, AsyncScript)]
     counts = await asyncio.gather(*(store.floor_call("t", f"u{i}") for i in range(50)))
     assert counts == [0] * 50
