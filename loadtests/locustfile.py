@@ -19,7 +19,8 @@ service with API keys pass ``--sendwise-keys a=KEY,b=KEY`` (admin keys of two te
 Mix per simulated platform connection (task weights): decisions 70 (recipients from a
 Zipf distribution over ``--sendwise-users``: the head hits caps and quiet hours; 7 channel
 lists, 10% transactional, 15% lifecycle/news, offers, deadlines), retries of a recent
-message_id 8, outcome-event batches 10 (delivered .. converted, unsubscribed), preference
+message_id 8, event batches 10 (20% activity: session/visit/purchase; outcomes: delivered ..
+converted, unsubscribed), preference
 reads/re-saves 5, cancels of deferred decisions 2. 70% of connections act for tenant a.
 
 Every answer is checked (loadtests/checks.py): schema, coherence, zone and quiet hours
@@ -66,6 +67,8 @@ TENANT_SHAPES: dict[str, tuple[dict[str, Any], str, int]] = {
 }
 #: share of platform connections acting for tenant a
 SHARE_A = 0.7
+#: what an ``activity`` event reports (a sign of life that feeds the send-time profile)
+ACTIVITY_KINDS = ("session", "visit", "purchase")
 #: recipients whose timelines are cap-checked at the end, per tenant (the Zipf head)
 SPOT_CHECK_USERS = 10
 
@@ -269,6 +272,10 @@ class Platform(FastHttpUser):
                 uid, campaign, mid = self.sent[self.rng.randrange(len(self.sent))]
             else:
                 uid, campaign, mid = user_id(self.factory.pick_user()), "c0", "unknown"
+            if self.rng.random() < 0.2:  # activity: a sign of life in the app, no message
+                batch.append({"type": "activity", "user_id": uid, "at": now,
+                              "kind": ACTIVITY_KINDS[self.rng.randrange(len(ACTIVITY_KINDS))]})
+                continue
             roll = self.rng.random()
             kind = ("delivered" if roll < 0.6 else "opened" if roll < 0.85 else "clicked"
                     if roll < 0.96 else "converted" if roll < 0.995 else "unsubscribed")
