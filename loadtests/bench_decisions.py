@@ -1,27 +1,36 @@
-"""HTTP benchmark: ``POST /v1/decisions`` against the trivial endpoint, same app, same run.
+"""HTTP benchmark: ``POST /v1/decisions`` against yardsticks of the same app, same run.
 
 docs/architecture.md (Performance) reports the decision endpoint as a *ratio* to a trivial
 endpoint of the same app served the same way (absolute numbers on a shared 2-core box drift
-run to run), plus p50/p99 latency at a fixed load. This script does both, end to end:
+run to run), plus latency at a fixed load. This script measures, end to end and in one run:
 
-1. starts an in-memory embedded redis-server and ``uvicorn api.app:app_from_env`` (uvloop,
-   httptools, ``--workers W``, decision logging off) on a free 127.0.0.1 port;
-2. installs a realistic policy and the preferences of ``--users`` recipients spread over
-   16 time zones (loadtests/population.py);
-3. closed loop at ``--concurrency`` connections: ``/v1/_trivial`` then ``/v1/decisions``
-   (unique message ids over the population), each after a short warm-up;
-4. open loop at a fixed rate (``--rate``; ``auto`` = 60% of the decisions ceiling just
-   measured) for both endpoints, latency counted from the scheduled start;
-5. prints req/s, p50/p90/p99, the decision mix, decisions/trivial, and the CPU seconds of
-   the server processes, of redis-server and of the load generator, so a reader can tell
-   whether the generator (which shares the two cores) was the bottleneck.
+1. an in-memory embedded redis-server and ``uvicorn api.app:app_from_env`` (uvloop,
+   httptools, ``--workers W``, decision logging off, ``SENDWISE_BENCHMARK_ENDPOINTS=1``) on
+   a free 127.0.0.1 port, seeded with a realistic policy and the preferences of ``--users``
+   recipients spread over 16 time zones (loadtests/population.py);
+2. closed loops at ``--concurrency`` connections: ``/v1/_trivial`` (decoding only),
+   ``/v1/_floor`` (plus one trivial script call) and ``/v1/decisions``, each after a short
+   warm-up, ``--rounds`` times interleaved; during each, Redis CPU (INFO cpu) and command
+   time (INFO commandstats) per request;
+3. ``--fixed-runs`` open-loop runs of decisions at 60% of the ceiling just measured
+   (``--rate``), latency counted from the scheduled start: p99 and max (stalls) per run;
+4. after the run: MEMORY USAGE of every key of a sample of recipients (memory per active
+   user, by kind of key) and the workers' resident memory;
+5. unless ``--scaling off``: the ``limits`` comparison (loadtests/bench_limits.py) on the
+   same Redis, the closed loops again with 2 workers, and decisions with 2 workers on a
+   3-master Redis Cluster (api/redis_server.py ``embedded_cluster``);
+6. one table (markdown) of every phase with the CPU of the server, Redis, the generator,
+   *other* work on the machine and the CPU wait (PSI), then the headline facts, then one
+   line: ``ratio decisions/trivial R; p99 at 60% P ms; redis µs/decision U``.
 
+``--quick`` (under 60 s) runs 1-4 with 4 s phases, 2,000 recipients and one fixed run.
 The closed loop uses ``wrk`` when it is on PATH (a C generator costs the server far less CPU
 than Python does) and falls back to loadtests/httpload.py otherwise (``--generator python``
 forces it). The open loop is always httpload.py: Debian's wrk 4 has no fixed-rate mode.
 Everything started here is stopped on exit, Ctrl-C and errors included.
 
-    python -m loadtests.bench_decisions --seconds 15 --concurrency 64 --workers 1
+    python -m loadtests.bench_decisions --quick
+    python -m loadtests.bench_decisions --workers 2 --wrk-threads 2 --scaling off
 """
 
 from __future__ import annotations
