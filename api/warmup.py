@@ -35,6 +35,7 @@ import contextlib
 import datetime as dt
 import gc
 import time
+from typing import Any, cast
 
 import msgspec
 import structlog
@@ -42,6 +43,7 @@ import structlog
 from api.engine import STORE_DOWN, Engine
 from api.jurisdictions import _holiday_countries, holiday_dates, load_builtin_packs
 from api.locale import ZONE_NAMES, is_country, is_subdivision, is_valid_zone, parse_phone
+from api.metrics import Metrics
 from api.policy import Policy
 from api.schemas import (
     CHANNELS,
@@ -159,6 +161,24 @@ def warm_offline(today: dt.date) -> WarmupReport:
     return report
 
 
+class _Unmetered:
+    """Stands in for the engine's ``Metrics`` while the probes run: they are not traffic,
+    and counting them would put every worker's warm-up into the decision and Redis series
+    operators alert on. Any metric, label set, ``.time()`` or ``.inc()`` is a no-op."""
+
+    def __getattr__(self, name: str) -> _Unmetered:
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Unmetered:
+        return self
+
+    def __enter__(self) -> _Unmetered:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 def _probe(zone: str, country: str | None, region: str | None, i: int,
            category: str) -> DecisionRequest:
     return DecisionRequest(message_id=f"warmup-{i}", user_id=f"warmup-{i}",
@@ -170,6 +190,7 @@ async def warm_up(engine: Engine, *, freeze_gc: bool = True) -> WarmupReport:
     """Warm one worker (module docstring); returns and logs what was done."""
     t0 = time.perf_counter()
     report = WarmupReport()
+    metrics, engine.metrics = engine.metrics, cast(Metrics, _Unmetered())
     try:
         report = warm_offline(dt.datetime.now(dt.UTC).date())
         policy = await engine.policies.get(WARMUP_TENANT)
@@ -183,6 +204,8 @@ async def warm_up(engine: Engine, *, freeze_gc: bool = True) -> WarmupReport:
         report.error = f"Redis unreachable: {type(exc).__name__}"
     except Exception as exc:  # never fail a worker's start over a warm-up
         report.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        engine.metrics = metrics
     if freeze_gc:
         gc.collect()
         gc.freeze()

@@ -63,11 +63,19 @@ async def test_warm_up_fills_the_first_use_caches_before_serving(
         assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
         # the probes are dry runs: nothing was written for the warm-up tenant
         assert await redis_client.keys("*") == []
+        # nor counted: the metrics operators alert on start at zero
+        registry = app.state.engine.metrics.registry
+        for name, labels in (("sendwise_redis_seconds_count", {"op": "read"}),
+                             ("sendwise_redis_seconds_count", {"op": "commit"}),
+                             ("sendwise_model_score_seconds_count", {})):
+            assert not registry.get_sample_value(name, labels), name
         # and the app serves normally afterwards
         resp = await client.post("/v1/decisions", json={
             "message_id": "m1", "user_id": "u1", "channels": ["sms", "email"], "country": "US",
             "region": "FL", "timezone": "America/New_York"})
         assert resp.status_code == 200, resp.text
+        assert registry.get_sample_value("sendwise_redis_seconds_count", {"op": "read"}) == 1
+        assert registry.get_sample_value("sendwise_model_score_seconds_count", {}) == 1
 
 
 def test_unwarmed_app_is_the_default() -> None:
