@@ -427,13 +427,24 @@ async def trivial(request: Request[Any, Any, State]) -> dict[str, str]:
     return {"message_id": data.message_id}
 
 
+@post("/v1/_floor", status_code=HTTP_200_OK, include_in_schema=False, opt=DECIDE)
+async def floor(request: Request[Any, Any, State]) -> dict[str, str]:
+    """The benchmark's other yardstick: the trivial endpoint plus one trivial Redis script
+    call on the request's user slot, i.e. the least any decision must cost (one HTTP request,
+    one round trip). Routed only with ``SENDWISE_BENCHMARK_ENDPOINTS=1``, like ``trivial``."""
+    data = await _DECISION_BODY.read(request)
+    await _engine(request).store.floor_call(tenant_of(request), data.user_id)
+    return {"message_id": data.message_id}
+
+
 # ----------------------------------------------------------------------- app
 
 
 def create_app(settings: Settings, *, redis: RedisClient | None = None,
                clock: Clock | None = None,
-               monotonic: Callable[[], float] = time.monotonic) -> Litestar:
-    """``monotonic`` drives the per-key rate limiter (tests move it instead of sleeping)."""
+               monotonic: Callable[[], float] = time.monotonic, warm_up: bool = False) -> Litestar:
+    """``monotonic`` drives the per-key rate limiter (tests move it instead of sleeping).
+    ``warm_up`` (served workers) pays first-use costs before traffic (api/warmup.py)."""
     owned = redis is None
     limiter = (RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst,
                            monotonic=monotonic) if settings.rate_limit_per_second else None)
@@ -441,9 +452,14 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         client = redis if redis is not None else make_redis(settings)
-        store = Store(client, max_in_flight=settings.redis_max_connections)
+        store = Store(client, max_in_flight=settings.redis_max_connections,
+                      auto_pipeline=settings.redis_auto_pipeline)
         app.state.engine = Engine(store, settings, clock or SystemClock(), Metrics())
         app.state.settings = settings
+        if warm_up:
+            from api.warmup import warm_up as warm
+
+            app.state.warmup = await warm(app.state.engine)
         # the worker counts in /metrics from here on (its Metrics exist)
         log.info("app_started", pid=os.getpid())
         try:
@@ -466,7 +482,7 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
                         get_shadow_policy, delete_shadow_policy, promote_shadow_policy,
                         shadow_report, reason_codes, live,
                         ready, metrics, *docs_handlers(), *ui_handlers(tenant_of), lifecycle_router,
-                        models_router, *([trivial] if settings.benchmark_endpoints else [])],
+                        models_router, *([trivial, floor] if settings.benchmark_endpoints else [])],
         lifespan=[lifespan],
         guards=[make_guard(settings.api_keys, limiter, settings.max_body_bytes)],
         exception_handlers={
@@ -502,5 +518,6 @@ def app_from_env() -> Litestar:
 
     settings = Settings.from_env()
     prepare_worker(settings)
-    return create_app(settings)
+    # SENDWISE_WARMUP=0 only to measure what warm-up buys (docs/benchmarks.md, "Stalls")
+    return create_app(settings, warm_up=os.environ.get("SENDWISE_WARMUP", "1") != "0")
 

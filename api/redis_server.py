@@ -14,15 +14,18 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -321,3 +324,59 @@ class EmbeddedRedis:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+# ------------------------------------------------------------------ a local cluster
+
+#: Redis Cluster's hash slots (Redis 6.2 has CLUSTER ADDSLOTS and MEET; ADDSLOTSRANGE is 7.0+)
+CLUSTER_SLOTS = 16384
+
+
+def free_cluster_port(avoid: Collection[int] = ()) -> int:
+    """A free loopback port whose cluster-bus port (+10000) is free too. Not the kernel's
+    ephemeral pick: that can exceed 55535, which a cluster node refuses to use."""
+    for port in random.Random().sample(range(20000, 30000), 200):  # noqa: S311 - spreading ports, not secrets
+        if port in avoid:
+            continue
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise EmbeddedRedisError("no free port pair for a cluster node")
+
+
+@contextmanager
+def embedded_cluster(masters: int = 3) -> Iterator[list[EmbeddedRedis]]:
+    """``masters`` cluster-enabled embedded servers on loopback, slots split evenly, joined
+    with CLUSTER MEET; the first node's ``tcp_url`` is the cluster's seed URL. Used by the
+    tests (every Redis test also runs against a 3-master cluster) and the benchmark (one
+    Redis vs a cluster on the same box). Readiness is each server's own log line, not a
+    poll: a node reports "Cluster state changed: ok" only once it has learnt, by gossip,
+    that every slot is served."""
+    import redis
+
+    with ExitStack() as stack:
+        ports: list[int] = []
+        servers: list[EmbeddedRedis] = []
+        for _ in range(masters):
+            ports.append(free_cluster_port(avoid=ports))
+            servers.append(stack.enter_context(EmbeddedRedis(port=ports[-1], extra_args=[
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "5000"])))
+        bounds = [CLUSTER_SLOTS * i // masters for i in range(masters + 1)]
+        for i, server in enumerate(servers):
+            node = redis.Redis(unix_socket_path=server.socket_path)
+            node.execute_command(  # type: ignore[no-untyped-call]
+                "CLUSTER", "ADDSLOTS", *range(bounds[i], bounds[i + 1]))
+            if i:
+                node.execute_command(  # type: ignore[no-untyped-call]
+                    "CLUSTER", "MEET", "127.0.0.1", ports[0])
+            node.close()
+        for server in servers:
+            if not server.wait_for_log("Cluster state changed: ok"):
+                raise EmbeddedRedisError(f"{masters}-master cluster did not become ready: "
+                                         f"{server.log_tail()}")
+        yield servers

@@ -178,6 +178,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str | None = None
     #: treat REDIS_URL as a Redis Cluster seed node (keys are hash-tagged per user)
     redis_cluster: bool = False
+    #: coalesce concurrent script calls into shared writes (one Redis only; api/redis_client.py)
+    redis_auto_pipeline: bool = True
     default_tenant: str = "default"
     #: SHA-256 hex digest of an API key -> that key's tenant and role. Empty exactly when no
     #: keys are configured: no authentication, tenant from the X-Sendwise-Tenant header.
@@ -222,6 +224,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return cls(
             redis_url=env.get("REDIS_URL") or None,
             redis_cluster=_flag(env, "SENDWISE_REDIS_CLUSTER", False),
+            redis_auto_pipeline=_flag(env, "SENDWISE_REDIS_AUTO_PIPELINE", True),
             default_tenant=_tenant("SENDWISE_DEFAULT_TENANT",
                                    env.get("SENDWISE_DEFAULT_TENANT", "default")),
             api_keys=api_keys,

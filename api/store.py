@@ -14,6 +14,7 @@ from typing import Any, Literal, cast
 
 import msgspec
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 
 from api.errors import ConflictError
 from api.keys import (
@@ -25,7 +26,7 @@ from api.keys import (
 )
 from api.localtime import ms_to_utc, utc_to_ms
 from api.policy import Policy
-from api.redis_client import RedisClient
+from api.redis_client import AutoPipeline, RedisClient, ScriptCaller
 from api.schemas import CHANNELS, Event, Preferences, StoredPreferences
 from api.userstate import MAX_MERGE_HOPS, UserState, decode_preferences, parse_read_reply
 
@@ -99,7 +100,8 @@ _json = msgspec.json.Encoder()
 
 
 class Store:
-    def __init__(self, client: RedisClient, *, max_in_flight: int = 64) -> None:
+    def __init__(self, client: RedisClient, *, max_in_flight: int = 64,
+                 auto_pipeline: bool = True) -> None:
         """``max_in_flight`` should equal the client's connection limit: a burst of
         requests then queues here instead of failing fast (redis-py's cluster client has
         no blocking pool and raises MaxConnectionsError when a node's pool is empty)."""
@@ -124,10 +126,28 @@ class Store:
         self._shadow_flush = client.register_script(_script("shadow_flush.lua"))
         self._shadow_report = client.register_script(_script("shadow_report.lua"))
         self._model_pointer_put = client.register_script(_script("model_pointer_put.lua"))
+        #: the benchmark's floor (``/v1/_floor``): one script call that reads one key
+        self._floor = client.register_script("return redis.call('EXISTS', KEYS[1])")
+        self._share_writes(auto_pipeline)
+
+    def _share_writes(self, enabled: bool) -> None:
+        """On one Redis, every script registered above is called through one
+        ``AutoPipeline``: concurrent calls share writes (api/redis_client.py)."""
+        self._pipeline = (AutoPipeline(self.client)
+                          if enabled and not isinstance(self.client, RedisCluster) else None)
+        for name, value in list(vars(self).items()):
+            if isinstance(value, AsyncScript):
+                setattr(self, name, ScriptCaller(value, self._pipeline))
 
     async def ping(self) -> bool:
         async with self._gate:
             return bool(await self.client.ping())
+
+    async def floor_call(self, tenant: str, user_id: str) -> int:
+        """One trivial script on the user's slot, through the same client path as a
+        decision's scripts: what the least Redis-touching request costs (docs/benchmarks.md)."""
+        async with self._gate:
+            return int(await self._floor(keys=[user_keys(tenant, user_id).prefs]))
 
     # ---------------------------------------------------------------- decisions
 

@@ -1,27 +1,36 @@
-"""HTTP benchmark: ``POST /v1/decisions`` against the trivial endpoint, same app, same run.
+"""HTTP benchmark: ``POST /v1/decisions`` against yardsticks of the same app, same run.
 
 docs/architecture.md (Performance) reports the decision endpoint as a *ratio* to a trivial
 endpoint of the same app served the same way (absolute numbers on a shared 2-core box drift
-run to run), plus p50/p99 latency at a fixed load. This script does both, end to end:
+run to run), plus latency at a fixed load. This script measures, end to end and in one run:
 
-1. starts an in-memory embedded redis-server and ``uvicorn api.app:app_from_env`` (uvloop,
-   httptools, ``--workers W``, decision logging off) on a free 127.0.0.1 port;
-2. installs a realistic policy and the preferences of ``--users`` recipients spread over
-   16 time zones (loadtests/population.py);
-3. closed loop at ``--concurrency`` connections: ``/v1/_trivial`` then ``/v1/decisions``
-   (unique message ids over the population), each after a short warm-up;
-4. open loop at a fixed rate (``--rate``; ``auto`` = 60% of the decisions ceiling just
-   measured) for both endpoints, latency counted from the scheduled start;
-5. prints req/s, p50/p90/p99, the decision mix, decisions/trivial, and the CPU seconds of
-   the server processes, of redis-server and of the load generator, so a reader can tell
-   whether the generator (which shares the two cores) was the bottleneck.
+1. an in-memory embedded redis-server and ``uvicorn api.app:app_from_env`` (uvloop,
+   httptools, ``--workers W``, decision logging off, ``SENDWISE_BENCHMARK_ENDPOINTS=1``) on
+   a free 127.0.0.1 port, seeded with a realistic policy and the preferences of ``--users``
+   recipients spread over 16 time zones (loadtests/population.py);
+2. closed loops at ``--concurrency`` connections: ``/v1/_trivial`` (decoding only),
+   ``/v1/_floor`` (plus one trivial script call) and ``/v1/decisions``, each after a short
+   warm-up, ``--rounds`` times interleaved; during each, Redis CPU (INFO cpu) and command
+   time (INFO commandstats) per request;
+3. ``--fixed-runs`` open-loop runs of decisions at 60% of the ceiling just measured
+   (``--rate``), latency counted from the scheduled start: p99 and max (stalls) per run;
+4. after the run: MEMORY USAGE of every key of a sample of recipients (memory per active
+   user, by kind of key) and the workers' resident memory;
+5. unless ``--scaling off``: the ``limits`` comparison (loadtests/bench_limits.py) on the
+   same Redis, the closed loops again with 2 workers, and decisions with 2 workers on a
+   3-master Redis Cluster (api/redis_server.py ``embedded_cluster``);
+6. one table (markdown) of every phase with the CPU of the server, Redis, the generator,
+   *other* work on the machine and the CPU wait (PSI), then the headline facts, then one
+   line: ``ratio decisions/trivial R; p99 at 60% P ms; redis µs/decision U``.
 
+``--quick`` (under 60 s) runs 1-4 with 4 s phases, 2,000 recipients and one fixed run.
 The closed loop uses ``wrk`` when it is on PATH (a C generator costs the server far less CPU
 than Python does) and falls back to loadtests/httpload.py otherwise (``--generator python``
 forces it). The open loop is always httpload.py: Debian's wrk 4 has no fixed-rate mode.
 Everything started here is stopped on exit, Ctrl-C and errors included.
 
-    python -m loadtests.bench_decisions --seconds 15 --concurrency 64 --workers 1
+    python -m loadtests.bench_decisions --quick
+    python -m loadtests.bench_decisions --workers 2 --wrk-threads 2 --scaling off
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import contextlib
 import datetime as dt
 import multiprocessing
 import os
+import random
 import re
 import resource
 import shutil
@@ -49,8 +59,11 @@ from pathlib import Path
 from types import FrameType
 
 import msgspec
+import redis
 
-from api.redis_server import EmbeddedRedis
+from api.keys import user_keys
+from api.redis_server import EmbeddedRedis, embedded_cluster
+from api.settings import Settings
 from loadtests import httpload
 from loadtests.population import iso, policy_document, preferences, user_id
 
@@ -80,6 +93,12 @@ class Phase(msgspec.Struct, kw_only=True):
     machine_busy: float = 0.0
     target_rate: float = 0.0
     max_lag_ms: float = 0.0
+    #: microseconds redis-server spent in commands during the phase (INFO commandstats)
+    command_usec: float = 0.0
+    #: redis-server's CPU during the phase (INFO cpu), microseconds
+    redis_cpu_us: float = 0.0
+    #: share of the phase's wall time some runnable task waited for a CPU (PSI)
+    cpu_wait: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -130,16 +149,6 @@ def cpu_delta(before: dict[int, float], after: dict[int, float]) -> list[float]:
     return sorted((cpu - before.get(pid, 0.0) for pid, cpu in after.items()), reverse=True)
 
 
-def redis_pid() -> int | None:
-    """The embedded redis-server is our own child; find it by name among our children."""
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        st = _stat(int(entry)) if entry.isdigit() else None
-        if st is not None and st[0] == me and st[1].startswith("redis-server"):
-            return int(entry)
-    return None
-
-
 def pid_cpu(pid: int | None) -> float:
     st = _stat(pid) if pid is not None else None
     return st[2] if st else 0.0
@@ -153,28 +162,51 @@ def machine_busy() -> float:
     return (sum(values) - values[3] - values[4]) / CLK_TCK
 
 
+def cpu_pressure_us() -> float:
+    """Linux PSI (/proc/pressure/cpu "some" total): microseconds in which at least one
+    runnable task waited for a CPU. On a shared box, a phase with a high share is one whose
+    tail latency was made by the scheduler, not by the service (0 where PSI is absent)."""
+    try:
+        first = Path("/proc/pressure/cpu").read_text().split("\n", 1)[0]
+    except OSError:
+        return 0.0
+    return float(first.rsplit("total=", 1)[1])
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
 class Service:
-    """Embedded Redis + uvicorn subprocess; ``stop`` is idempotent and always safe."""
+    """Embedded Redis (one server, or a ``cluster``-master Redis Cluster started by
+    api/redis_server.py ``embedded_cluster``) + uvicorn subprocess; ``stop`` is idempotent
+    and always safe."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, *, cluster: int = 0) -> None:
         self.workers = workers
+        self.cluster = cluster
         self.port = free_port()
         self.redis: EmbeddedRedis | None = None
+        self.nodes: list[EmbeddedRedis] = []
+        self._stack = contextlib.ExitStack()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tempfile.NamedTemporaryFile(prefix="sendwise-bench-", suffix=".log",  # noqa: SIM115
                                                delete=False)
-        self.redis_pid: int | None = None
+
+    @property
+    def redis_url(self) -> str:
+        return self.nodes[0].tcp_url if self.cluster else self.nodes[0].url
 
     def start(self) -> None:
-        self.redis = EmbeddedRedis().start()
-        self.redis_pid = redis_pid()
-        env = dict(os.environ, REDIS_URL=self.redis.url, SENDWISE_LOG_DECISIONS="0",
-                   SENDWISE_LOG_LEVEL="warning", SENDWISE_BENCHMARK_ENDPOINTS="1")
+        if self.cluster:
+            self.nodes = self._stack.enter_context(embedded_cluster(self.cluster))
+        else:
+            self.redis = EmbeddedRedis().start()
+            self.nodes = [self.redis]
+        env = dict(os.environ, REDIS_URL=self.redis_url, SENDWISE_LOG_DECISIONS="0",
+                   SENDWISE_LOG_LEVEL="warning", SENDWISE_BENCHMARK_ENDPOINTS="1",
+                   SENDWISE_REDIS_CLUSTER="1" if self.cluster else "0")
         env.pop("SENDWISE_API_KEYS", None)
         env.pop("SENDWISE_API_KEYS_FILE", None)
         cmd = [sys.executable, "-m", "uvicorn", "api.app:app_from_env", "--factory",
@@ -185,6 +217,24 @@ class Service:
             cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
             stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready()
+
+    def node_clients(self) -> list[redis.Redis]:
+        """One plain client per Redis node (INFO, MEMORY USAGE are per node)."""
+        return [redis.Redis(unix_socket_path=node.socket_path) for node in self.nodes]
+
+    def worker_rss_mb(self) -> list[float]:
+        """Resident memory of each uvicorn worker (the master's children), MB."""
+        if self.proc is None:
+            return []
+        out: list[float] = []
+        tree = tree_cpu(self.proc.pid)
+        for pid in tree:
+            if pid == self.proc.pid and len(tree) > 1:
+                continue  # a supervisor: its children are the workers
+            with contextlib.suppress(OSError):
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+                out.extend(int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:"))
+        return out
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -206,7 +256,7 @@ class Service:
         return tree_cpu(self.proc.pid) if self.proc is not None else {}
 
     def redis_cpu(self) -> float:
-        return pid_cpu(self.redis_pid)
+        return sum(pid_cpu(node.pid) for node in self.nodes)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -219,9 +269,10 @@ class Service:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        redis, self.redis = self.redis, None
-        if redis is not None:
-            redis.stop()
+        server, self.redis = self.redis, None
+        if server is not None:
+            server.stop()
+        self._stack.close()
         self.log.close()
 
 
@@ -341,6 +392,11 @@ def python_phase(service: Service, name: str, path: str, args: argparse.Namespac
 # ---------------------------------------------------------------------- report
 
 
+def _other(phase: Phase) -> float:
+    """CPU seconds of foreign work on the machine during the phase."""
+    return max(0.0, phase.machine_busy - phase.server_cpu - phase.redis_cpu - phase.generator_cpu)
+
+
 def print_phase(phase: Phase) -> None:
     wall = phase.seconds or 1.0
     rate = f" @ {phase.target_rate:,.0f}/s target" if phase.target_rate else ""
@@ -350,7 +406,8 @@ def print_phase(phase: Phase) -> None:
     print(f"{'':<24} CPU s: server {phase.server_cpu:5.1f} ({phase.server_cpu / wall:.2f} cores)  "
           f"redis {phase.redis_cpu:4.1f} ({phase.redis_cpu / wall:.2f})  "
           f"generator {phase.generator_cpu:5.1f} ({phase.generator_cpu / wall:.2f})  "
-          f"other {other:4.1f} ({other / wall:.2f})  in {phase.seconds:.1f} s")
+          f"other {other:4.1f} ({other / wall:.2f})  in {phase.seconds:.1f} s"
+          + (f"  CPU wait {100 * phase.cpu_wait:.0f}%" if phase.cpu_wait else ""))
     busy = [c for c in phase.server_processes if c >= 0.05]
     if len(busy) > 1:
         print(f"{'':<24} server processes: " + " + ".join(f"{c:.1f}" for c in busy) + " CPU s")
@@ -364,32 +421,126 @@ def print_phase(phase: Phase) -> None:
         print(f"{'':<24} !! generator fell behind its schedule by up to {phase.max_lag_ms:.0f} ms")
 
 
+# --------------------------------------------------------------- redis-side facts
+
+
+def commandstats_usec(clients: list[redis.Redis]) -> float:
+    """Microseconds Redis spent executing commands (INFO commandstats), all nodes."""
+    total = 0.0
+    for client in clients:
+        stats: dict[str, dict[str, float]] = client.info("commandstats")
+        total += sum(entry.get("usec", 0.0) for entry in stats.values())
+    return total
+
+
+def used_cpu_us(clients: list[redis.Redis]) -> float:
+    """redis-server's own CPU (INFO cpu: user + system, main thread and I/O), all nodes, in
+    microseconds: finer than /proc's clock ticks for a phase of a few seconds."""
+    total = 0.0
+    for client in clients:
+        cpu: dict[str, float] = client.info("cpu")
+        total += (cpu["used_cpu_user"] + cpu["used_cpu_sys"]) * 1e6
+    return total
+
+
+class Memory(msgspec.Struct, kw_only=True):
+    """MEMORY USAGE of every key of a sample of recipients, after the run."""
+
+    sampled: int
+    active: int
+    mean_bytes: float
+    p90_bytes: float
+    max_bytes: float
+    keys_per_user: float
+    #: mean bytes per active user by kind of key (ledger, prefs, profile, record, ...)
+    by_kind: dict[str, float] = msgspec.field(default_factory=dict)
+
+
+def memory_per_user(service: Service, users: int, tenant: str, sample: int = 400) -> Memory:
+    """Every key of ``sample`` random recipients (plus the Zipf head) measured with MEMORY
+    USAGE (SAMPLES 0: exact for collections). A recipient is active when it has a ledger.
+    One SCAN over the keyspace groups keys by their ``{tenant:user}`` prefix (api/keys.py)."""
+    rng = random.Random(5)
+    picked = {rng.randrange(users) for _ in range(sample)} | set(range(min(10, users)))
+    prefixes = {user_keys(tenant, user_id(i)).ledger.removesuffix("ledger"): i for i in picked}
+    per_user: dict[str, list[str]] = {}
+    clients = service.node_clients()
+    try:
+        for client in clients:
+            for raw in client.scan_iter(count=5000):
+                key = raw.decode()
+                head, sep, _ = key.partition("}:")
+                base = head + sep
+                if base in prefixes:
+                    per_user.setdefault(base, []).append(key)
+        sizes: list[float] = []
+        keys = 0
+        kinds: dict[str, float] = {}
+        for base, names in per_user.items():
+            if base + "ledger" not in names:
+                continue
+            total = 0
+            for client in clients:
+                pipe = client.pipeline(transaction=False)
+                for name in names:
+                    pipe.memory_usage(name, samples=0)
+                for name, used in zip(names, pipe.execute(), strict=True):
+                    kind = name[len(base):].split(":", 1)[0]
+                    kind = "record" if kind == "m" else kind
+                    kinds[kind] = kinds.get(kind, 0) + (used or 0)
+                    total += used or 0
+            sizes.append(total)
+            keys += len(names)
+    finally:
+        for client in clients:
+            client.close()
+    sizes.sort()
+    return Memory(sampled=len(picked), active=len(sizes),
+                  mean_bytes=statistics.fmean(sizes) if sizes else float("nan"),
+                  p90_bytes=percentile(sizes, 90), max_bytes=sizes[-1] if sizes else float("nan"),
+                  keys_per_user=keys / len(sizes) if sizes else float("nan"),
+                  by_kind={k: v / len(sizes) for k, v in sorted(kinds.items())} if sizes else {})
+
+
+# ---------------------------------------------------------------------- main
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.bench_decisions",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="under 60 s: one service, 4 s phases, 2,000 users, one fixed-load "
+                             "run, no scaling/cluster/limits runs; the last line is the summary")
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each measured phase")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured warm-up per phase")
-    parser.add_argument("--concurrency", type=int, default=64, help="closed-loop connections")
+    parser.add_argument("--concurrency", type=int, default=32, help="closed-loop connections")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--users", type=int, default=10_000, help="recipient population")
     parser.add_argument("--rate", default="auto",
                         help="open-loop requests/s for the fixed-load phases; 'auto' = 60%% of "
-                             "the measured decisions ceiling; 'off' skips them; a number "
-                             "skips the closed-loop phases")
+                             "the measured decisions ceiling; 'off' skips them")
+    parser.add_argument("--fixed-runs", type=int, default=3,
+                        help="fixed-load decision runs (stalls: max latency of each)")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="repeat the trivial/decisions pair (interleaved, so background load "
-                             "on a shared box hits both alike); the median ratio is printed")
+                        help="repeat the trivial/floor/decisions closed loops (interleaved, so "
+                             "background load hits all alike); the median ratio is reported")
+    parser.add_argument("--scaling", choices=["on", "off"], default="on",
+                        help="also 2 workers, and a 3-master Redis Cluster, and the limits "
+                             "library comparison")
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto",
                         help="closed-loop generator (auto: wrk when on PATH)")
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--gen-processes", type=int, default=1,
                         help="python generator processes (closed loop splits the connections)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.warmup, args.users = 4.0, 1.0, min(args.users, 2_000)
+        args.fixed_runs, args.rounds, args.scaling = 1, 1, "off"
     if not 1 <= args.seconds <= 600 or not 0 <= args.warmup <= 60:
         parser.error("--seconds must be 1..600 and --warmup 0..60")
-    if not 1 <= args.rounds <= 20:
-        parser.error("--rounds must be 1..20")
+    if not 1 <= args.rounds <= 20 or not 1 <= args.fixed_runs <= 20:
+        parser.error("--rounds and --fixed-runs must be 1..20")
     if not 1 <= args.concurrency <= 4096 or not 1 <= args.workers <= 32 or args.users < 1:
         parser.error("--concurrency 1..4096, --workers 1..32, --users >= 1")
     if args.generator == "wrk" and shutil.which("wrk") is None:
@@ -408,73 +559,177 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+ENDPOINTS = (("trivial", "/v1/_trivial"), ("floor", "/v1/_floor"), ("decisions", "/v1/decisions"))
+
+
+class Report:
+    """Rows of the final table (one per measured phase) and the headline facts."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, Phase]] = []
+        self.facts: list[tuple[str, str]] = []
+
+    def add(self, config: str, phase: Phase) -> None:
+        self.rows.append((config, phase))
+        print_phase(phase)
+
+    def fact(self, name: str, value: str) -> None:
+        self.facts.append((name, value))
+        print(f"{name}: {value}")
+
+    def table(self) -> str:
+        lines = ["| configuration | phase | req/s | p50 ms | p99 ms | max ms | server cores "
+                 "| redis cores | generator cores | other cores | CPU wait |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for config, p in self.rows:
+            wall = p.seconds or 1.0
+            lines.append(f"| {config} | {p.name} | {p.rps:,.0f} | {p.p50:.2f} | {p.p99:.2f} | "
+                         f"{p.max:.1f} | {p.server_cpu / wall:.2f} | {p.redis_cpu / wall:.2f} | "
+                         f"{p.generator_cpu / wall:.2f} | {_other(p) / wall:.2f} | "
+                         f"{100 * p.cpu_wait:.0f}% |")
+        lines += ["", "| measurement | value |", "|---|---|"]
+        lines += [f"| {name} | {value} |" for name, value in self.facts]
+        return "\n".join(lines)
+
+
+def closed_loops(service: Service, args: argparse.Namespace, run: str, config: str,
+                 report: Report, endpoints: tuple[tuple[str, str], ...] = ENDPOINTS,
+                 ) -> dict[str, list[Phase]]:
+    """Closed-loop phases of ``endpoints``, ``--rounds`` times interleaved; for the decision
+    phases also the Redis command time (``decisions_usec`` attribute of the result)."""
+    use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk"))
+    closed = wrk_phase if use_wrk else python_phase
+    out: dict[str, list[Phase]] = {name: [] for name, _ in endpoints}
+    clients = service.node_clients()
+    try:
+        for rnd in range(args.rounds):
+            for name, path in endpoints:
+                label = name if args.rounds == 1 else f"{name} #{rnd + 1}"
+                before, cpu_before = commandstats_usec(clients), used_cpu_us(clients)
+                psi = cpu_pressure_us()
+                phase = closed(service, label, path, args, f"{run}-{config}-{name}-{rnd}")
+                phase.cpu_wait = (cpu_pressure_us() - psi) / 1e6 / (phase.seconds or 1.0)
+                phase.command_usec = commandstats_usec(clients) - before
+                phase.redis_cpu_us = used_cpu_us(clients) - cpu_before
+                out[name].append(phase)
+                report.add(config, phase)
+    finally:
+        for client in clients:
+            client.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk"))
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    t_start = time.perf_counter()
     run = f"r{int(time.time())}"
     load1 = os.getloadavg()[0]
     if load1 > 0.5:
         print(f"warning: 1-minute load average is {load1:.1f} before the run; the 'other' CPU "
               "column shows how much foreign work shared the cores", file=sys.stderr)
-    service = Service(args.workers)
-    phases: list[Phase] = []
-    try:
+    report = Report()
+    services: list[Service] = []
+
+    def start(workers: int, cluster: int = 0) -> Service:
+        service = Service(workers, cluster=cluster)
+        services.append(service)
         service.start()
-        print(f"service: uvicorn --workers {args.workers} on 127.0.0.1:{service.port}, "
-              f"embedded redis {service.redis.url if service.redis else '?'}; "
-              f"{os.cpu_count()} CPUs")
         took = seed_tenant(service.port, args.users)
-        print(f"seeded policy + {args.users:,} recipients' preferences in {took:.1f} s")
+        print(f"\nservice: uvicorn --workers {workers} on 127.0.0.1:{service.port}, "
+              f"{f'{cluster}-master Redis Cluster' if cluster else 'one embedded Redis'}; "
+              f"seeded policy + {args.users:,} preferences in {took:.1f} s")
+        return service
+
+    try:
+        config = f"{args.workers}w, 1 Redis"
+        service = start(args.workers)
         print(f"phases: {args.seconds:g} s each after {args.warmup:g} s warm-up; "
               f"closed loop at {args.concurrency} connections\n")
+        phases = closed_loops(service, args, run, config, report)
+        trivial, floor, decisions = (phases[name] for name, _ in ENDPOINTS)
+        ratios = [d.rps / t.rps for t, d in zip(trivial, decisions, strict=True)]
+        ratio = statistics.median(ratios)
+        floor_ratio = statistics.median(f.rps / t.rps for t, f in zip(trivial, floor, strict=True))
+        done = sum(d.requests for d in decisions)
+        redis_us = sum(d.redis_cpu_us for d in decisions) / done
+        command_us = sum(d.command_usec for d in decisions) / done
+        report.fact(f"ratio decisions/trivial ({config})",
+                    f"{ratio:.2f}" + (f" (rounds {', '.join(f'{r:.2f}' for r in ratios)})"
+                                      if len(ratios) > 1 else ""))
+        report.fact(f"ratio floor/trivial ({config})", f"{floor_ratio:.2f}")
+        report.fact("redis CPU per decision (INFO cpu delta / decisions)", f"{redis_us:.0f} µs")
+        report.fact("redis command time per decision (INFO commandstats)", f"{command_us:.0f} µs")
+        report.fact("one Redis node's ceiling (1 core / CPU per decision)",
+                    f"~{1e6 / redis_us:,.0f} decisions/s")
 
-        closed = python_phase if not use_wrk else wrk_phase
-        fixed_rate = 0.0
-        if args.rate in ("auto", "off"):
-            ratios: list[float] = []
-            best = 0.0
-            for rnd in range(args.rounds):
-                pair: list[Phase] = []
-                for name, path in (("trivial", "/v1/_trivial"), ("decisions", "/v1/decisions")):
-                    label = name if args.rounds == 1 else f"{name} #{rnd + 1}"
-                    phase = closed(service, label, path, args, f"{run}-{name}-{rnd}")
-                    pair.append(phase)
-                    print_phase(phase)
-                trivial, decisions = pair
-                phases += pair
-                ratios.append(decisions.rps / trivial.rps)
-                best = max(best, decisions.rps)
-                print(f"\nratio decisions/trivial: {ratios[-1]:.2f} "
-                      f"(p50 {decisions.p50 / trivial.p50:.1f}x)\n")
-            if args.rounds > 1:
-                print(f"ratio over {args.rounds} rounds: median {statistics.median(ratios):.2f}, "
-                      f"range {min(ratios):.2f}-{max(ratios):.2f}\n")
-            if args.rate == "auto":
-                fixed_rate = round(0.6 * best, -1)
-        else:
-            fixed_rate = float(args.rate)
-        if fixed_rate > 0:
-            for name, path in (("trivial", "/v1/_trivial"), ("decisions", "/v1/decisions")):
-                phase = python_phase(service, f"{name} fixed-rate", path, args,
-                                     f"{run}-{name}-fixed", rate=fixed_rate)
-                phases.append(phase)
-                print_phase(phase)
-        print("\nsummary: " + msgspec.json.encode(
-            [{"name": p.name, "rps": round(p.rps), "p50_ms": round(p.p50, 2),
-              "p90_ms": round(p.p90, 2), "p99_ms": round(p.p99, 2),
-              "server_cpu_s": round(p.server_cpu, 1),
-              "server_processes_cpu_s": [round(c, 1) for c in p.server_processes if c >= 0.05],
-              "redis_cpu_s": round(p.redis_cpu, 1),
-              "generator_cpu_s": round(p.generator_cpu, 1),
-              "machine_busy_s": round(p.machine_busy, 1), "decisions": p.decisions,
-              "target_rate": p.target_rate, "generator": p.generator} for p in phases]).decode())
+        p99s: list[float] = []
+        if args.rate != "off":
+            best = max(d.rps for d in decisions)
+            rate = round(0.6 * best, -1) if args.rate == "auto" else float(args.rate)
+            for k in range(args.fixed_runs):
+                label = "decisions fixed-rate" + (f" #{k + 1}" if args.fixed_runs > 1 else "")
+                psi = cpu_pressure_us()
+                phase = python_phase(service, label, "/v1/decisions", args,
+                                     f"{run}-fixed-{k}", rate=rate)
+                phase.cpu_wait = (cpu_pressure_us() - psi) / 1e6 / (phase.seconds or 1.0)
+                report.add(config, phase)
+                p99s.append(phase.p99)
+            maxes = [p.max for _, p in report.rows if p.target_rate]
+            report.fact(f"decisions p99 at {rate:,.0f}/s (60% of ceiling), per run",
+                        ", ".join(f"{v:.2f} ms" for v in p99s))
+            report.fact("max latency per fixed-load run (stalls)",
+                        ", ".join(f"{v:.1f} ms" for v in maxes))
+        memory = memory_per_user(service, args.users, Settings().default_tenant)
+        report.fact("Redis memory per active user (ledger + prefs + profile + records)",
+                    f"mean {memory.mean_bytes:,.0f} B, p90 {memory.p90_bytes:,.0f} B, max "
+                    f"{memory.max_bytes:,.0f} B ({memory.active} of {memory.sampled} sampled "
+                    f"active, {memory.keys_per_user:.1f} keys each; mean by kind: "
+                    + ", ".join(f"{k} {v:,.0f} B" for k, v in memory.by_kind.items()) + ")")
+        report.fact("API worker resident memory",
+                    ", ".join(f"{mb:.0f} MB" for mb in service.worker_rss_mb()))
+        if args.scaling == "on":
+            from loadtests.bench_limits import compare, describe
+
+            ours, theirs = asyncio.run(compare(service.redis_url, seconds=args.seconds,
+                                               concurrency=64, users=args.users))
+            print(describe(ours) + "\n" + describe(theirs))
+            report.fact("in-process decisions/s: sendwise commit vs limits (same caps, same Redis)",
+                        f"{ours.rate:,.0f} vs {theirs.rate:,.0f} ({ours.rate / theirs.rate:.2f}x); "
+                        f"exactness errors {ours.exactness_errors} / {theirs.exactness_errors}")
+        service.stop()
+
+        if args.scaling == "on":
+            two = start(2)
+            config2 = "2w, 1 Redis"
+            both = closed_loops(two, argparse.Namespace(**{**vars(args), "rounds": 1,
+                                                           "wrk_threads": 2}),
+                                run, config2, report)
+            report.fact(f"ratio decisions/trivial ({config2})",
+                        f"{both['decisions'][0].rps / both['trivial'][0].rps:.2f}")
+            two.stop()
+            clustered = start(2, cluster=3)
+            config3 = "2w, 3-master cluster"
+            got = closed_loops(clustered, argparse.Namespace(**{**vars(args), "rounds": 1,
+                                                                "wrk_threads": 2}),
+                               run, config3, report, endpoints=ENDPOINTS[2:])
+            d = got["decisions"][0]
+            report.fact(f"redis CPU per decision ({config3}, all nodes)",
+                        f"{d.redis_cpu_us / d.requests:.0f} µs")
+            clustered.stop()
+
+        print("\n" + report.table())
+        print(f"\nwall time {time.perf_counter() - t_start:.0f} s")
+        p99 = max(p99s) if p99s else float("nan")
+        print(f"ratio decisions/trivial {ratio:.2f}; p99 at 60% {p99:.2f} ms; "
+              f"redis µs/decision {redis_us:.0f}")
         return 0
     except KeyboardInterrupt:
         print("\ninterrupted; stopping the service", file=sys.stderr)
         return 130
     finally:
-        service.stop()
+        for service in services:
+            service.stop()
 
 
 if __name__ == "__main__":

@@ -71,6 +71,27 @@ def policy_document() -> dict[str, Any]:
     }
 
 
+def policy_document_b() -> dict[str, Any]:
+    """A second tenant's different policy: stricter caps over every channel, later quiet
+    hours on its own default zone, and an SMS-only quiet window (channel-scoped rules)."""
+    return {
+        "categories": ["transactional", "promotional", "news"],
+        "exempt_categories": ["transactional"],
+        "caps": [
+            {"id": "any-daily", "limit": 4, "window_minutes": 1440},
+            {"id": "email-daily", "limit": 2, "window_minutes": 1440,
+             "scope": {"channels": ["email"]}},
+            {"id": "news-calendar-day", "limit": 1, "calendar": "day",
+             "scope": {"categories": ["news"]}},
+        ],
+        "quiet_hours": [{"id": "night", "start": "22:00", "end": "07:00"},
+                        {"id": "sms-evening", "start": "19:00", "end": "09:00",
+                         "channels": ["sms"]}],
+        "default_timezone": "America/Chicago",
+        "max_defer_minutes": 4320,
+    }
+
+
 def user_id(index: int) -> str:
     return f"u{index:07d}"
 
@@ -111,8 +132,10 @@ class RequestFactory:
     rarely), which is what a real send stream looks like; uniform spreads them evenly.
     """
 
-    def __init__(self, users: int, *, prefix: str, seed: int = 1, zipf: bool = False) -> None:
+    def __init__(self, users: int, *, prefix: str, seed: int = 1, zipf: bool = False,
+                 second_category: str = "lifecycle") -> None:
         self.users = users
+        self.second_category = second_category
         self.prefix = prefix
         self.rng = random.Random(seed)
         self.counter = 0
@@ -138,7 +161,7 @@ class RequestFactory:
         if roll < 0.10:
             body["category"] = "transactional"
         elif roll < 0.25:
-            body["category"] = "lifecycle"
+            body["category"] = self.second_category
         body["campaign_id"] = f"c{rng.randrange(50)}"
         if rng.random() < 0.3:
             body["tags"] = [TAGS[rng.randrange(len(TAGS))]]

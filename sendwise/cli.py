@@ -32,6 +32,7 @@ environment (defaults in brackets; README.md "Configuration" explains each):
   SENDWISE_FALLBACK_DEFER_SECONDS    deferral when Redis is down [3600]
   SENDWISE_REDIS_TIMEOUT_SECONDS     per-command Redis timeout [0.25]
   SENDWISE_REDIS_MAX_CONNECTIONS     Redis connections per worker [64]
+  SENDWISE_REDIS_AUTO_PIPELINE       concurrent script calls share writes (one Redis) [1]
   SENDWISE_IDEMPOTENCY_TTL_SECONDS   how long answers replay verbatim [259200]
   SENDWISE_MAX_BODY_BYTES            larger bodies get 413 [65536]
   SENDWISE_MAX_EVENTS_PER_BATCH      events per POST /v1/events [1000]
@@ -45,7 +46,8 @@ environment (defaults in brackets; README.md "Configuration" explains each):
   SENDWISE_LOG_LEVEL                 info (request lines) or warning [info]
   SENDWISE_LOG_DECISIONS             one JSON line per decision [1]
   SENDWISE_DECISION_LOG              decisions and events to Redis Streams (export) [1]
-  SENDWISE_BENCHMARK_ENDPOINTS       1: route POST /v1/_trivial [0]
+  SENDWISE_WARMUP                    0: workers skip the warm-up (measuring only) [1]
+  SENDWISE_BENCHMARK_ENDPOINTS       1: route POST /v1/_trivial and /v1/_floor [0]
   PROMETHEUS_MULTIPROC_DIR           shared metrics directory [<data dir>/metrics with --workers > 1]
 """
 

@@ -132,7 +132,7 @@ async def test_the_guard_answers_without_receiving_the_body(redis_settings: Sett
 def test_every_route_has_the_intended_role(redis_settings: Settings) -> None:
     """The decide role is exactly the hot path; only health probes and docs are open; every
     other route (including ones added later) is admin."""
-    # with the benchmark-only endpoint routed, so its role is checked too
+    # with the benchmark-only endpoints routed, so their roles are checked too
     app = create_app(msgspec.structs.replace(keyed(redis_settings), benchmark_endpoints=True))
     roles = {(method, route.path): required_role(handler, route.path, "/docs")
              for route in app.routes if isinstance(route, HTTPRoute)
@@ -141,7 +141,8 @@ def test_every_route_has_the_intended_role(redis_settings: Settings) -> None:
     decide = {k for k, role in roles.items() if role == "decide"}
     assert decide == {("POST", "/v1/decisions"), ("POST", "/v1/decisions/{decision_id:str}/cancel"),
                       ("GET", "/v1/decisions/{decision_id:str}"), ("POST", "/v1/events"),
-                      ("GET", "/v1/reason-codes"), ("POST", "/v1/_trivial")}
+                      ("GET", "/v1/reason-codes"), ("POST", "/v1/_trivial"),
+                      ("POST", "/v1/_floor")}
     open_ = {path for (_, path), role in roles.items() if role is None}
     assert open_ == {"/health/live", "/health/ready", "/docs", "/docs/openapi.json",
                      "/docs/swagger"} | {p for p in open_ if p.startswith("/docs/")}
