@@ -25,13 +25,16 @@ from api.settings import Settings
 from api.shadow import FLUSH_SECONDS, INVALID, ShadowReport, ShadowService, sampled
 from api.store import PolicyConflictError, ShadowConflictError, Store
 from tests.conftest import TEST_ID_KEY
-from tests.integration.conftest import EXACT, NOON_NY, TENANT, req
+from tests.integration.conftest import EXACT, NOON_NY, TENANT, deterministic, req
 
 HOUR = 3_600_000
+#: exact instants (no spread) and no exploration: which messages are sent must not depend
+#: on how concurrent decisions interleave
+DETERMINISTIC = deterministic(EXACT)
 LIVE = {"caps": [{"id": "promo-daily", "limit": 3, "window_minutes": 1440,
-                  "scope": {"categories": ["promotional"]}}], **EXACT}
+                  "scope": {"categories": ["promotional"]}}], **DETERMINISTIC}
 STRICTER = {"caps": [{"id": "promo-daily", "limit": 1, "window_minutes": 1440,
-                      "scope": {"categories": ["promotional"]}}], **EXACT}
+                      "scope": {"categories": ["promotional"]}}], **DETERMINISTIC}
 
 
 def _policy(fields: dict[str, Any]) -> Policy:
