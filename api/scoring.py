@@ -15,12 +15,21 @@ windows already applied) into ranked candidates for the one atomic commit:
   minus the plan's own time blocks (the rules are never recomputed here);
 * one vectorised feature build (``models.features.candidate_features``) and one model
   call for all of them;
-* expected value = P(engagement) x ``channel_values[ch]`` - ``channel_costs[ch]``; each
-  channel's first allowed instant gets the ``margin`` bonus, so a later slot wins only
-  when it beats sending now by that share;
+* expected value = P(engagement) x ``channel_values[ch]`` - ``channel_costs[ch]`` -
+  ``fatigue_cost`` x the profile's deliveries in the 24 h before the slot (the model's own
+  ``sends_24h``: already read with the profile, so no extra round trip; the ledger is only
+  visible inside ``commit.lua``); each channel's first allowed instant gets the ``margin``
+  bonus, so a later slot wins only when it beats sending now by that share;
+* ``min_expected_value`` (off by default): a non-exempt message whose best expected value
+  is below it is suppressed before the commit (``Choice.suppressed``; the engine cites
+  ``low_expected_value``), unless it explores: exploration keeps covering every slot, so
+  the logs can still value a lower floor;
 * the ranked slots go to ``commit.lua`` (mode ``ranked``): it reserves the best one that
   still passes every cap and conflict; when caps take them all it falls back to the
-  earliest instant any channel frees, exactly as without a model.
+  earliest instant any channel frees, exactly as without a model. The request's
+  ``channel_selection: "ordered"`` ranks channel by channel instead, each channel's slots
+  followed by its whole window, so the script (unchanged) takes a later channel only when
+  an earlier one has no free instant at all.
 
 Users with fewer than ``min_history_events`` profile events keep the earliest allowed
 instant: their score says nothing about *this* user, and moving a message by hours on a
