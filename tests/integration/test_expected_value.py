@@ -206,3 +206,17 @@ async def test_ordered_selection_for_a_new_user_and_a_transactional_message(
                                               channel_selection="ordered", dry_run=True))
     assert (ordered.channel, ordered.decision) == ("email", "defer")
     assert ordered.local_send_at is not None and ordered.local_send_at.hour == 14
+
+
+async def test_ordered_selection_under_concurrency_fills_the_first_channel_cap_exactly(
+        engine: Engine, set_policy: Callable[..., Any]) -> None:
+    caps = [{"id": "email_daily", "limit": 2, "window_minutes": 1440,
+             "scope": {"channels": ["email"]}}]
+    await set_policy(quiet_hours=[], caps=caps, send_time={"spread_minutes": 0})
+    deadline = dt.datetime.fromtimestamp((NOON_NY + 3 * HOUR) / 1000, dt.UTC)
+    answers = await asyncio.gather(*(engine.decide(TENANT, req(
+        message_id=f"m{i}", channels=["email", "sms"], channel_selection="ordered",
+        deadline=deadline)) for i in range(10)))
+    assert sorted(a.channel or "" for a in answers) == ["email"] * 2 + ["sms"] * 8
+    ledger = await engine.store.ledger(TENANT, "u1")
+    assert sum(b'email' in member for member, _ in ledger) == 2 and len(ledger) == 10

@@ -132,3 +132,19 @@ def test_logged_propensities_are_a_distribution_over_what_the_policy_may_pick(
     total = rate if floor == 10.0 else 1.0
     assert abs(sum(pool) - total) < 1e-4 * len(pool)
     assert choice.plan.cands[0].s == 1 and notes[0][2] > 0
+
+
+def test_the_fingerprint_of_a_default_request_did_not_change_with_channel_selection() -> None:
+    """Records written before the field existed still match their retries."""
+    import datetime as dt
+
+    from api.plan import fingerprint
+    from api.schemas import DecisionRequest, Offer
+
+    fields: dict[str, Any] = {"message_id": "m", "user_id": "u", "channels": ["email", "sms"],
+                              "tags": ["a"], "offer": Offer("o", "g"),
+                              "not_before": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
+    # the value computed by the code before ``channel_selection`` was added
+    assert fingerprint(DecisionRequest(**fields)) == "9f4641b97aa418a91496"
+    assert fingerprint(DecisionRequest(**fields, channel_selection="ordered")) != \
+        "9f4641b97aa418a91496"
