@@ -59,8 +59,10 @@ class OffPolicyEstimate:
         return self.ess < MIN_ESS
 
     def metrics(self) -> dict[str, float]:
-        """Flat ``snips_*`` numbers for the manifest's metrics."""
-        return {f"snips_{k}": float(v) for k, v in asdict(self).items()}
+        """Flat ``snips_*`` numbers for the manifest's metrics (``snips_thin`` 1: too thin
+        to trust)."""
+        return {**{f"snips_{k}": float(v) for k, v in asdict(self).items()},
+                "snips_thin": float(self.thin)}
 
     def summary(self) -> str:
         text = (f"Off-policy value of the new model on {self.n} logged sends (SNIPS, greedy "

@@ -193,7 +193,7 @@ async def test_ordered_selection_keeps_the_callers_order_strictly(
     assert soon.channel == "sms" and soon.decision in ("send", "defer")
 
 
-async def test_ordered_selection_for_a_new_user_and_a_transactional_message(
+async def test_ordered_selection_for_a_user_without_history(
         engine: Engine, set_policy: Callable[..., Any]) -> None:
     await set_policy(quiet_hours=[{"id": "email_night", "start": "11:00", "end": "14:00",
                                    "channels": ["email"]}], caps=[])

@@ -57,6 +57,7 @@ def test_a_policy_the_logs_rarely_tried_is_flagged_as_too_thin() -> None:
     night = np.tile(-np.abs(HOURS - 3).astype(np.float64), (truth.shape[0], 1))
     est = estimate(night, logged, propensity, reward, exploration_rate=0.0)
     assert est.thin and est.ess < MIN_ESS and est.matched < 10
+    assert est.metrics()["snips_thin"] == 1.0
     assert "TOO THIN" in est.summary()
 
 
@@ -74,7 +75,7 @@ def test_the_training_report_carries_the_estimate_when_the_log_has_propensities(
         trained: TrainResult) -> None:
     met = trained.metrics
     assert {"snips_value", "snips_low", "snips_high", "snips_logged_value", "snips_ess",
-            "snips_n", "snips_true_value"} <= set(met)
+            "snips_n", "snips_true_value", "snips_thin"} <= set(met)
     assert met["snips_low"] <= met["snips_value"] <= met["snips_high"]
     assert 0 < met["snips_ess"] <= met["snips_n"]
     manifest = read_manifest(trained.out)
