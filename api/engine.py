@@ -64,6 +64,7 @@ from api.schemas import (
     Timeline,
 )
 from api.scoring import (
+    FLOOR_RULE,
     ActiveModel,
     Choice,
     ModelRefusedError,
@@ -263,7 +264,8 @@ class Engine:
                                                        now)
             ctx = Context(did=did, mid=request.message_id, uid=request.user_id,
                           pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
-                          dry=request.dry_run, pre=pre, mv=choice.version, fs=choice.source)
+                          dry=request.dry_run, pre=pre, mv=choice.version, fs=choice.source,
+                          s=choice.suppressed)
             # before the live commit, which would add its own reservation to what it sees
             shadow = (await self.shadow.evaluate(self, tenant, user, request, state, did, fp,
                                                  now)
@@ -309,6 +311,8 @@ class Engine:
         model = await self.tenant_models.model_for(tenant)
         choice = self._choose(model, request, policy, state, plan, location.zones[0], now,
                               observe=observe)
+        if choice.suppressed is not None:  # the value floor: a pre-commit suppression
+            pre = [*pre, PreReason(ReasonCode.LOW_EXPECTED_VALUE, FLOOR_RULE)]
         return location, pre, choice
 
     def _choose(self, model: ActiveModel, request: DecisionRequest, policy: Policy,
@@ -331,7 +335,7 @@ class Engine:
         return choose(model, plan, decode_profile(state.profile), zone_name=zone,
                       category=request.category, message_id=request.message_id,
                       exempt=request.category in policy.exempt_categories, policy=policy,
-                      now=now)
+                      now=now, selection=request.channel_selection)
 
     async def record_events(self, tenant: str, events: list[Event]) -> EventsAccepted:
         """Opt-outs and conversions (decision state), then the send-time profiles."""

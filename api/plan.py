@@ -144,14 +144,21 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     #: ("profile" / "prior"); None in records written before scoring existed
     mv: str | None = None
     fs: str | None = None
+    #: [score, score now, propensity] of a decision the model suppressed before the commit
+    #: (``send_time.min_expected_value``): no candidate was reserved to carry it
+    s: tuple[float, float, float] | None = None
 
 
 _json = msgspec.json.Encoder()
 
 
 def fingerprint(request: DecisionRequest) -> str:
-    """What makes two requests "the same message" (dry_run aside)."""
-    canonical = msgspec.structs.replace(request, dry_run=False)
+    """What makes two requests "the same message" (dry_run aside). A field added to the
+    request after records were written is left out while it has its default, so a retry
+    across that upgrade still matches its record."""
+    canonical = msgspec.structs.asdict(msgspec.structs.replace(request, dry_run=False))
+    if canonical["channel_selection"] == "best":
+        del canonical["channel_selection"]
     return hashlib.sha256(_json.encode(canonical)).hexdigest()[:20]
 
 

@@ -128,7 +128,8 @@ def _default_costs() -> dict[Channel, float]:
 class SendTimeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How the model's scores choose the channel and the instant (``docs/model.md``,
     "Serving"). A candidate's expected value is ``P(engagement) * value[channel] -
-    cost[channel]``, in the tenant's own unit (values 1 and costs 0 rank by probability)."""
+    cost[channel] - fatigue_cost * sends in the 24 h before it``, in the tenant's own unit
+    (values 1 and costs 0 rank by probability)."""
 
     #: how far past ``not_before`` (or now) candidates are scored when there is no earlier
     #: deadline: "now" plus every local hour start up to it
@@ -149,6 +150,13 @@ class SendTimeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     #: after the instant they become allowed (when still allowed then), so a quiet-hours
     #: end or a freed cap does not release every deferred message at once; 0 disables
     spread_minutes: Annotated[int, Meta(ge=0, le=1_440)] = 30
+    #: cost (same unit as values) of each message delivered to the user in the 24 h before
+    #: a candidate slot (the profile's recent sends, read with it): it makes a slot after a
+    #: burst of sends worth less, and lowers the value of sending at all; 0 disables
+    fatigue_cost: Annotated[float, Meta(ge=0.0, le=1e6)] = 0.0
+    #: a promotional message whose best slot's expected value is below this is suppressed
+    #: (reason ``low_expected_value``); None (the default) never suppresses on value
+    min_expected_value: Annotated[float, Meta(ge=-1e6, le=1e6)] | None = None
 
 
 class PreemptionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -32,6 +32,7 @@ class ReasonCode(StrEnum):
     HOLDOUT = "holdout"
     PREEMPTED = "preempted"
     CHANNEL_PACING = "channel_pacing"
+    LOW_EXPECTED_VALUE = "low_expected_value"
 
 
 REASON_DOCS: dict[ReasonCode, str] = {
@@ -81,4 +82,9 @@ REASON_DOCS: dict[ReasonCode, str] = {
     ReasonCode.CHANNEL_PACING: "The tenant's send rate on this channel (policy `pacing`) is "
     "used up at the instant the recipient's rules allowed; `rule` names the limit "
     "(`pacing.channels.sms.per_second`) and `until` is the first instant with capacity.",
+    ReasonCode.LOW_EXPECTED_VALUE: "The message is promotional and its best slot's expected "
+    "value (model score x channel value - channel cost - fatigue cost, before caps) is below "
+    "the policy's `send_time.min_expected_value`; nothing was reserved. `score` and "
+    "`score_now` are that slot's, `model_version` the scorer's. Exempt categories and "
+    "explored messages are never suppressed this way.",
 }

@@ -56,6 +56,7 @@ def render(ctx: Context, outcome: Outcome, *, replayed: bool = False,
                           channel=channel)
                    for code, rule, until, channel in outcome.r)
     send_at = None if outcome.t is None else utc(outcome.t)
+    note = outcome.s if outcome.s is not None else ctx.s
     return DecisionResponse(
         decision_id=ctx.did,
         message_id=ctx.mid,
@@ -67,9 +68,9 @@ def render(ctx: Context, outcome: Outcome, *, replayed: bool = False,
         reasons=reasons,
         policy_version=ctx.pv,
         decided_at=utc(ctx.now),
-        score=None if outcome.s is None else outcome.s[0],
-        score_now=None if outcome.s is None else outcome.s[1],
-        propensity=None if outcome.s is None else outcome.s[2],
+        score=None if note is None else note[0],
+        score_now=None if note is None else note[1],
+        propensity=None if note is None else note[2],
         model_version=ctx.mv,
         features_source=ctx.fs,
         dry_run=ctx.dry,

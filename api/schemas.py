@@ -25,6 +25,7 @@ RegionCode = Annotated[str, Meta(min_length=1, max_length=8, pattern=r"^[A-Za-z0
 Phone = Annotated[str, Meta(min_length=3, max_length=20)]
 ZoneName = Annotated[str, Meta(min_length=1, max_length=64)]
 Decision = Literal["send", "defer", "suppress"]
+ChannelSelection = Literal["best", "ordered"]
 #: a message's priority when the request names none (and of ledger entries written before
 #: priorities were recorded)
 DEFAULT_PRIORITY = 5
@@ -54,6 +55,10 @@ class DecisionRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     country: CountryCode | None = None
     region: RegionCode | None = None
     dry_run: bool = False
+    #: "best": the channel and slot of the highest expected value (the request's channel
+    #: order breaks ties); "ordered": the first channel in ``channels`` that has any
+    #: allowed instant, at its best slot (README, "The model in the decision loop")
+    channel_selection: ChannelSelection = "best"
 
 
 class Reason(msgspec.Struct, frozen=True, omit_defaults=True):

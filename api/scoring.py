@@ -15,12 +15,21 @@ windows already applied) into ranked candidates for the one atomic commit:
   minus the plan's own time blocks (the rules are never recomputed here);
 * one vectorised feature build (``models.features.candidate_features``) and one model
   call for all of them;
-* expected value = P(engagement) x ``channel_values[ch]`` - ``channel_costs[ch]``; each
-  channel's first allowed instant gets the ``margin`` bonus, so a later slot wins only
-  when it beats sending now by that share;
+* expected value = P(engagement) x ``channel_values[ch]`` - ``channel_costs[ch]`` -
+  ``fatigue_cost`` x the profile's deliveries in the 24 h before the slot (the model's own
+  ``sends_24h``: already read with the profile, so no extra round trip; the ledger is only
+  visible inside ``commit.lua``); each channel's first allowed instant gets the ``margin``
+  bonus, so a later slot wins only when it beats sending now by that share;
+* ``min_expected_value`` (off by default): a non-exempt message whose best expected value
+  is below it is suppressed before the commit (``Choice.suppressed``; the engine cites
+  ``low_expected_value``), unless it explores: exploration keeps covering every slot, so
+  the logs can still value a lower floor;
 * the ranked slots go to ``commit.lua`` (mode ``ranked``): it reserves the best one that
   still passes every cap and conflict; when caps take them all it falls back to the
-  earliest instant any channel frees, exactly as without a model.
+  earliest instant any channel frees, exactly as without a model. The request's
+  ``channel_selection: "ordered"`` ranks channel by channel instead, each channel's slots
+  followed by its whole window, so the script (unchanged) takes a later channel only when
+  an earlier one has no free instant at all.
 
 Users with fewer than ``min_history_events`` profile events keep the earliest allowed
 instant: their score says nothing about *this* user, and moving a message by hours on a
@@ -185,8 +194,17 @@ class Scored:
     p: F64                           # P(engagement) estimate
     ev: F64                          # expected value
     first: npt.NDArray[np.bool_]     # the channel's first allowed instant ("now")
+    sends: F64                       # messages delivered in the 24 h before the slot
     version: str
     source: str
+
+
+def expected_value(p: F64, values: F64, costs: F64, sends: F64, fatigue_cost: float) -> F64:
+    """``P(engagement) x value - cost - fatigue_cost x sends in the 24 h before the slot``,
+    element-wise: the one formula the ranking and the value floor use (README, "The model
+    in the decision loop")."""
+    result: F64 = p * values - costs - fatigue_cost * sends
+    return result
 
 
 def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name: str,
@@ -228,9 +246,14 @@ def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone
     costs_of: dict[str, float] = {str(k): v for k, v in settings.channel_costs.items()}
     values = np.array([values_of.get(c, 1.0) for c in channels])[cand]
     costs = np.array([costs_of.get(c, 0.0) for c in channels])[cand]
+    # the fatigue counter the model itself sees (the profile's recent deliveries, read with
+    # it in the decision's one read): no extra round trip, and exact per slot, so a slot
+    # after older sends have aged out of the 24 h costs less than one right after a burst
+    recent = rows[:, FEATURE_INDEX["sends_24h"]].astype(np.float64)
+    ev = expected_value(p, values, costs, recent, settings.fatigue_cost)
     events = float(profile.counts.sum()) if profile is not None else 0.0
     sends = float(profile.sends.sum()) if profile is not None else 0.0
-    return Scored(cand=cand, at=at, p=p, ev=p * values - costs, first=first,
+    return Scored(cand=cand, at=at, p=p, ev=ev, first=first, sends=recent,
                   version=model.version,
                   source=SOURCE_PROFILE if events + sends > 0 else SOURCE_PRIOR)
 
@@ -256,6 +279,10 @@ def score_without_profile(model: ActiveModel, channel: str, instants: list[int],
 # ---------------------------------------------------------------------- choice
 
 
+#: the rule cited by a ``low_expected_value`` suppression
+FLOOR_RULE = "policy.send_time.min_expected_value"
+
+
 class Choice(msgspec.Struct, frozen=True):
     plan: Plan
     #: one JSON ``[score, score_now, propensity]`` per plan candidate (commit.lua copies
@@ -263,6 +290,9 @@ class Choice(msgspec.Struct, frozen=True):
     annotations: list[bytes]
     version: str | None
     source: str | None
+    #: set when the value floor suppressed the message (``plan`` then has no candidates):
+    #: the best slot's ``[score, score_now, propensity]``, for the answer and the log
+    suppressed: tuple[float, float, float] | None = None
 
 
 _json = msgspec.json.Encoder()
@@ -276,10 +306,15 @@ def _unit(message_id: str, salt: str) -> float:
 
 def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name: str,
            category: str, message_id: str, exempt: bool, policy: Policy,
-           now: int) -> Choice:
-    """Rank the plan's slots (module docstring). ``plan.cands`` empty: nothing to do."""
+           now: int, selection: str = "best") -> Choice:
+    """Rank the plan's slots (module docstring). ``plan.cands`` empty: nothing to do.
+    ``selection`` is the request's ``channel_selection``: "best" ranks every slot of every
+    channel by expected value; "ordered" ranks the first channel's slots, then its whole
+    window, then the next channel's, so ``commit.lua`` (mode ``ranked``, unchanged) takes
+    a later channel only when caps leave the earlier ones no instant at all."""
     if not plan.cands:
         return Choice(plan, [], model.version, SOURCE_PRIOR)
+    ordered = selection == "ordered"
     scored = score_slots(model, plan, profile, zone_name=zone_name, category=category,
                          policy=policy, now=now)
     settings = policy.send_time
@@ -289,61 +324,103 @@ def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name
     events = float(profile.counts.sum()) if profile is not None else 0.0
     rate = settings.exploration_rate if not exempt else 0.0
     n = scored.at.size
+    # the slots the policy itself picks from (before caps): "ordered" never leaves the
+    # first channel unless caps make it, so it neither ranks nor explores the others first
+    pool = np.flatnonzero(scored.cand == 0) if ordered else np.arange(n)
+    n_pool = int(pool.size)
     explores = rate > 0 and _unit(message_id, "explore") < rate
-    if exempt or events < settings.min_history_events:
-        # the earliest allowed instant, as without a model; the score is that of each
-        # channel's first allowed slot
+    new_user = exempt or events < settings.min_history_events
+    # the value floor judges the message by the best slot it could be given: any slot
+    # with history, a channel's first allowed instant without (the prior's score then)
+    below: int | None = None
+    floor = settings.min_expected_value
+    if floor is not None and not exempt:
+        eligible = np.flatnonzero(scored.first) if new_user else np.arange(n)
+        best = int(eligible[np.argmax(scored.ev[eligible])])
+        if scored.ev[best] < floor:
+            below = best
+    if below is not None and not explores:
+        # suppressed before the commit: nothing to reserve; the propensity is that of not
+        # exploring (an explored message is sent anyway, so logs keep covering it)
+        note = (round(float(scored.p[below]), 6), round(now_p[int(scored.cand[below])], 6),
+                round(1.0 - rate, 6))
+        empty = msgspec.structs.replace(plan, cands=[], members=[])
+        return Choice(empty, [], scored.version, scored.source, suppressed=note)
+    propensity = np.zeros(n)
+    propensity[pool] = rate / n_pool
+    if new_user:
+        if ordered:  # the first channel's first allowed instant, else the next channel's
+            greedy = int(np.lexsort((scored.at, scored.cand, ~scored.first))[0])
+        else:  # the earliest allowed instant of any channel
+            greedy = int(np.lexsort((scored.cand, scored.at, ~scored.first))[0])
         if not explores:
+            # the earliest allowed instant, as without a model (mode ``first`` keeps the
+            # caller's channel order); the score is that of each channel's first slot,
             # taken unless exploration picked another slot (exempt: always)
-            kept = round(1.0 - rate + rate / n, 6)
+            kept = round(1.0 - rate + rate / n_pool, 6)
             earliest = [_json.encode([round(now_p[i], 6), round(now_p[i], 6), kept])
                         for i in range(n_windows)]
-            return Choice(plan, earliest, scored.version, scored.source)
+            kept_plan = msgspec.structs.replace(plan, mode="first") if ordered else plan
+            return Choice(kept_plan, earliest, scored.version, scored.source)
         # a user without history explores like any other (so the logs teach the model
         # about new users): a uniform slot, in time order so retries pick the same one
-        chronological = np.lexsort((scored.cand, scored.at))
-        explored = int(chronological[min(int(_unit(message_id, "slot") * n), n - 1)])
-        greedy = int(np.lexsort((scored.cand, scored.at, ~scored.first))[0])
-        propensity = np.full(n, rate / n)
-        propensity[greedy] += 1.0 - rate
-        return _ranked(plan, scored, np.array([explored]), explored, propensity, now_p)
+        chronological = pool[np.lexsort((scored.cand[pool], scored.at[pool]))]
+        explored = int(chronological[min(int(_unit(message_id, "slot") * n_pool),
+                                         n_pool - 1)])
+        if below is None:
+            propensity[greedy] += 1.0 - rate
+        return _ranked(plan, scored, np.array([explored]), explored, propensity, now_p,
+                       ordered=ordered)
 
     adjusted = np.where(scored.first, scored.ev + settings.margin * np.abs(scored.ev),
                         scored.ev)
-    # best first; ties: earlier instant, then the request's channel order
-    order = np.lexsort((scored.cand, scored.at, -adjusted))
+    # best first; ties: earlier instant, then the request's channel order ("ordered": the
+    # request's channel order first)
+    order = (np.lexsort((scored.at, -adjusted, scored.cand)) if ordered
+             else np.lexsort((scored.cand, scored.at, -adjusted)))
+    if below is None:
+        propensity[int(order[0])] += 1.0 - rate
     explored = -1
-    if explores:
-        explored = int(order[min(int(_unit(message_id, "slot") * n), n - 1)])
+    if explores:  # the pool comes first in ``order``
+        explored = int(order[min(int(_unit(message_id, "slot") * n_pool), n_pool - 1)])
         order = np.concatenate([[explored], order[order != explored]])
-    greedy = int(np.lexsort((scored.cand, scored.at, -adjusted))[0])
-    propensity = np.full(n, rate / n)
-    propensity[greedy] += 1.0 - rate
-    return _ranked(plan, scored, order, explored, propensity, now_p)
+    return _ranked(plan, scored, order, explored, propensity, now_p, ordered=ordered)
 
 
 def _ranked(plan: Plan, scored: Scored, order: npt.NDArray[np.intp], explored: int,
-            propensity: F64, now_p: dict[int, float]) -> Choice:
+            propensity: F64, now_p: dict[int, float], *, ordered: bool = False) -> Choice:
     """The plan in ``ranked`` mode: the slots of ``order``, then the plan's own windows (when
-    caps take every slot, the earliest instant any channel frees)."""
+    caps take every slot, the earliest instant any channel frees). ``ordered``: after each
+    channel's slots, that channel's whole window as a scored candidate (``s`` 1), so its
+    earliest free instant wins before any later channel is tried; ``order`` must then list
+    the channels' slots channel by channel."""
     slots: list[Candidate] = []
     notes: list[bytes] = []
+    members: list[bytes] = []
     model_rule = f"send_time.model:{scored.version}"
-    for j in order.tolist():
-        window = plan.cands[int(scored.cand[j])]
-        t = int(scored.at[j])
-        why = ([ReasonCode.EXPLORATION.value, "policy.send_time.exploration_rate"]
-               if j == explored else [] if scored.first[j]
-               else [ReasonCode.BETTER_SEND_TIME.value, model_rule])
-        slots.append(Candidate(window.ch, t, t + 1, window.pb, s=1, why=why))
-        notes.append(_json.encode([round(float(scored.p[j]), 6),
-                                   round(now_p[int(scored.cand[j])], 6),
-                                   round(float(propensity[j]), 6)]))
     fallback_notes = [_json.encode([round(now_p[i], 6), round(now_p[i], 6), 1.0])
                       for i in range(len(plan.cands))]
+    groups = ([[j for j in order.tolist() if scored.cand[j] == i]
+               for i in range(len(plan.cands))] if ordered else [order.tolist()])
+    for i, group in enumerate(groups):
+        for j in group:
+            window = plan.cands[int(scored.cand[j])]
+            t = int(scored.at[j])
+            why = ([ReasonCode.EXPLORATION.value, "policy.send_time.exploration_rate"]
+                   if j == explored else [] if scored.first[j]
+                   else [ReasonCode.BETTER_SEND_TIME.value, model_rule])
+            slots.append(Candidate(window.ch, t, t + 1, window.pb, s=1, why=why))
+            notes.append(_json.encode([round(float(scored.p[j]), 6),
+                                       round(now_p[int(scored.cand[j])], 6),
+                                       round(float(propensity[j]), 6)]))
+            members.append(plan.members[int(scored.cand[j])])
+        if ordered:
+            slots.append(msgspec.structs.replace(plan.cands[i], s=1))
+            notes.append(fallback_notes[i])
+            members.append(plan.members[i])
+    # the plan's own windows stay last (unscored, ``s`` 0): the fallback of mode ``ranked``
+    # and what a preemptible deferral keeps for its re-decision
     cands = [*slots, *plan.cands]
-    ranked = msgspec.structs.replace(
-        plan, cands=cands, mode="ranked",
-        members=[*(plan.members[int(scored.cand[j])] for j in order.tolist()),
-                 *plan.members])
+    ranked = msgspec.structs.replace(plan, cands=cands, mode="ranked",
+                                     members=[*members, *plan.members])
     return Choice(ranked, [*notes, *fallback_notes], scored.version, scored.source)

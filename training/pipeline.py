@@ -60,6 +60,7 @@ from training.fit import (
     iso,
     write_artifact,
 )
+from training.offpolicy import DEFAULT_EXPLORATION, OffPolicyEstimate, estimate, target_probabilities
 from training.schema import ActivityLog, LoadReport, MessageLog, load_activity, load_messages
 
 if TYPE_CHECKING:
@@ -91,6 +92,13 @@ class TrainConfig:
     dask: str | None = None
     fit: FitConfig = field(default_factory=FitConfig)
     progress: bool = True
+    #: the new model's policy in the off-policy estimate: greedy plus this share uniform
+    #: (``send_time.exploration_rate``'s default)
+    exploration_rate: float = DEFAULT_EXPLORATION
+
+
+#: fewer validation sends with a logged propensity than this: no off-policy estimate
+MIN_LOGGED = 20
 
 
 @dataclass
@@ -159,6 +167,20 @@ def _truth_ceiling(logs: Logs, world: World, ranking: RankingSet, rows: F32) -> 
         rows[:, FEATURE_INDEX["sends_7d"]].astype(np.float64))
     return ranking_metrics(truth.reshape(len(ranking), HOURS), ranking.actual_hour,
                            ranking.weight)
+
+
+def _true_value(logs: Logs, world: World, off: RankingSet, rows: F32, scores: F64,
+                rate: float) -> float:
+    """The new policy's true value on the off-policy decisions (simulated data only): its
+    probabilities times the simulator's true P(open) of each candidate hour, averaged."""
+    c = off.candidates
+    world_user = np.array([int(logs.users[u][1:]) for u in c.snap_user[c.snapshot]])
+    truth = world.open_probability(
+        world_user, np.minimum(c.channel, len(CHANNELS) - 1),
+        localize(logs.zones, c.zone, c.instant), np.ones(len(c), dtype=np.int64),
+        rows[:, FEATURE_INDEX["sends_24h"]].astype(np.float64),
+        rows[:, FEATURE_INDEX["sends_7d"]].astype(np.float64)).reshape(-1, HOURS)
+    return float((target_probabilities(scores, rate) * truth).sum(axis=1).mean())
 
 
 def _load(config: TrainConfig, say: Progress) -> tuple[Logs, list[LoadReport], str]:
@@ -274,6 +296,7 @@ def train(config: TrainConfig) -> TrainResult:
         sets.extend([valid_part.candidates, tune_ranking.candidates])
     world = None
     oracle = None
+    oracle_index = -1
     if config.truth is not None:
         from training.oracle import oracle_set
         from training.simulate import World
@@ -281,7 +304,25 @@ def train(config: TrainConfig) -> TrainResult:
         world = World.load(config.truth)
         oracle = oracle_set(logs, world, start=split, end=end, max_pairs=config.oracle_pairs,
                             seed=config.seed)
+        oracle_index = len(sets)
         sets.append(oracle.candidates)
+    # the off-policy estimate (training/offpolicy.py) needs logged propensities: the
+    # service's own export has them (so does the simulator's log)
+    offpolicy_in: tuple[int, RankingSet, F64, F64] | None = None
+    if valid_part is not None:
+        logged_p = valid_part.propensity
+        usable = np.flatnonzero(np.isfinite(logged_p) & (logged_p > 0) & (logged_p <= 1))
+        if usable.size >= MIN_LOGGED:
+            off_rng = np.random.default_rng(config.seed + 1)  # keeps ``rng``'s draws as they were
+            pick = np.sort(off_rng.choice(usable, min(usable.size, config.ranking_instances),
+                                          replace=False))
+            c = valid_part.candidates
+            off = ranking_set(logs, user=c.snap_user[pick], at=c.instant[pick],
+                              zone=c.zone[pick], channel=c.channel[pick],
+                              category=c.category[pick], propensity=logged_p[pick])
+            offpolicy_in = (len(sets), off, logged_p[pick],
+                            valid_part.label[pick].astype(np.float64))
+            sets.append(off.candidates)
     joined, slices = _concat(sets)
     say(f"building features for {len(joined)} rows ({len(train_y)} train, {len(tune_y)} "
         f"tune, {len(ranking.candidates)} held-out ranking candidates"
@@ -363,8 +404,19 @@ def train(config: TrainConfig) -> TrainResult:
     if oracle is not None and world is not None:
         from training.oracle import evaluate_policies
 
-        oracle_rows = rows[slices[-1]]
+        oracle_rows = rows[slices[oracle_index]]
         policies = evaluate_policies(oracle, world, oracle_rows, scorer.score(oracle_rows))
+    offpolicy: OffPolicyEstimate | None = None
+    if offpolicy_in is not None:
+        index, off, logged_p, reward = offpolicy_in
+        off_rows = rows[slices[index]]
+        off_scores = scorer.score(off_rows).reshape(-1, HOURS)
+        offpolicy = estimate(off_scores, off.actual_hour, logged_p, reward,
+                             exploration_rate=config.exploration_rate, seed=config.seed)
+        metrics.update(offpolicy.metrics())
+        if world is not None:
+            metrics["snips_true_value"] = _true_value(logs, world, off, off_rows, off_scores,
+                                                      config.exploration_rate)
     manifest = read_manifest(config.out)
     manifest = msgspec.structs.replace(
         manifest, metrics=metrics,
@@ -389,6 +441,7 @@ def train(config: TrainConfig) -> TrainResult:
         "model_version": manifest.model_version,
         "best_iteration": fitted.best_iteration,
         "champion": manifest.champion,
+        "offpolicy": offpolicy,
     }
     train_result = TrainResult(out=config.out, report=config.report, metrics=metrics,
                                baselines=baselines, segments=segments, policies=policies,
@@ -439,6 +492,11 @@ def summary_text(result: TrainResult) -> str:
         lines.append(f"Calibration of {result.extras['calibration_of']} (mean predicted -> "
                      "observed, by decile): " + ", ".join(f"{p:.3f}->{o:.3f}"
                                                           for p, o, _ in calib))
+    offpolicy: OffPolicyEstimate | None = result.extras.get("offpolicy")
+    if offpolicy is not None:
+        lines.append(offpolicy.summary())
+        if "snips_true_value" in met:
+            lines.append(f"  (simulated data: its true value is {met['snips_true_value']:.4f})")
     if result.policies:
         lines.append("Expected value per decision against the simulator's truth "
                      "(P(open in window) - channel cost):")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from training.evaluate import METHODS
+from training.offpolicy import MIN_ESS, OffPolicyEstimate
 
 if TYPE_CHECKING:
     from training.pipeline import TrainResult
@@ -123,6 +124,33 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _offpolicy(result: TrainResult) -> str:
+    """The off-policy section (training/offpolicy.py); empty without logged propensities."""
+    est: OffPolicyEstimate | None = result.extras.get("offpolicy")
+    if est is None:
+        return ""
+    rows = [["new model (SNIPS)", f"{est.value:.4f}", f"{est.low:.4f} .. {est.high:.4f}"],
+            ["logging policy (logged mean)", f"{est.logged_value:.4f}", ""]]
+    true_value = result.metrics.get("snips_true_value")
+    if true_value is not None:
+        rows.append(["new model, true value (simulator)", f"{true_value:.4f}", ""])
+    verdict = (f'<p class="bad"><b>Too thin to trust:</b> effective sample size '
+               f"{est.ess:.0f} &lt; {MIN_ESS:.0f}. The logs rarely tried the hours this model "
+               "picks; raise <code>send_time.exploration_rate</code> or log longer.</p>"
+               if est.thin else "")
+    return ("<h2>Value on logged traffic (off-policy)</h2>" + verdict + _table(
+        ["policy", "engagement per send", "95% interval (bootstrap)"], rows)
+        + f'<p class="note">Self-normalised inverse-propensity estimate over {est.n} '
+        f"validation sends with a logged propensity ({est.matched} of them are sends the new "
+        f"model could have made; effective sample size {est.ess:.0f}). The new model's policy: "
+        f"greedy top-1 over the 24 local hours of the send's day on its logged channel "
+        f"(ties share), mixed with {est.exploration_rate:.0%} uniform exploration as serving "
+        "does. Each send weighs its new-policy probability over its logged propensity. Exact "
+        "when the logged channel choice had the same probability for every send (one "
+        "requested channel); the instants quiet hours forbade are not in the log, so a "
+        "model that prefers them is credited only through the sends that happened.</p>")
+
+
 def render(result: TrainResult) -> str:
     import matplotlib
 
@@ -158,6 +186,7 @@ def render(result: TrainResult) -> str:
             '<p class="note">Value = true P(open within the window) minus channel cost, '
             "for sampled (user, held-out day) pairs over every consented channel x local "
             "hour. Random = a uniformly random slot; oracle = the best slot.</p>")
+    offpolicy = _offpolicy(result)
     loads = "".join(f"<pre>{html.escape(r.summary())}</pre>" for r in result.load_reports)
     start, split, end = extras["data_window"]
     gate = extras["champion"]
@@ -185,6 +214,7 @@ the best hour.</p>
 {_lift(base, result.policies)}
 <h3>By amount of user history</h3>{segments}
 {policies}
+{offpolicy}
 <h2>Probabilities</h2><p class="note">Calibration: {html.escape(str(extras['calibration_of']))}.</p>{metrics}
 <div style="display:flex;gap:1rem;flex-wrap:wrap">{_calibration(extras['calibration'])}
 {_importance(extras['importance'])}</div>
