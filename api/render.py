@@ -12,6 +12,7 @@ import msgspec
 
 from api.localtime import ms_to_utc as utc
 from api.plan import Context, decode_member, member_priority
+from api.reasons import ReasonCode
 from api.schemas import (
     DecisionResponse,
     DecisionState,
@@ -49,12 +50,18 @@ def decode_context(raw: bytes | str) -> Context:
 
 def render(ctx: Context, outcome: Outcome, *, replayed: bool = False,
            cancelled_at: int | None = None) -> DecisionResponse:
-    reasons = [Reason(code=p.code, rule=p.rule,
-                      until=None if p.until is None else utc(p.until), channel=p.channel)
-               for p in ctx.pre]
-    reasons.extend(Reason(code=code, rule=rule, until=None if until is None else utc(until),
-                          channel=channel)
-                   for code, rule, until, channel in outcome.r)
+    pre = [Reason(code=p.code, rule=p.rule,
+                  until=None if p.until is None else utc(p.until), channel=p.channel)
+           for p in ctx.pre]
+    committed = [Reason(code=code, rule=rule, until=None if until is None else utc(until),
+                        channel=channel)
+                 for code, rule, until, channel in outcome.r]
+    # a displaced decision (moved or suppressed) leads with why it changed, `preempted`
+    # (commit.lua writes it first), then the rest as for any decision
+    if committed and committed[0].code == ReasonCode.PREEMPTED:
+        reasons = committed[:1] + pre + committed[1:]
+    else:
+        reasons = pre + committed
     send_at = None if outcome.t is None else utc(outcome.t)
     note = outcome.s if outcome.s is not None else ctx.s
     return DecisionResponse(
