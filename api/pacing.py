@@ -31,10 +31,10 @@ import structlog
 from api.ids import IdKey
 from api.keys import pace_keys
 from api.localtime import utc_to_ms
-from api.plan import Block, Plan, encode_plan
+from api.plan import Block, PaceExpect, Plan, decode_member, encode_plan
 from api.policy import ChannelPacing, Policy
 from api.reasons import ReasonCode
-from api.render import decode_outcome, render_record
+from api.render import Outcome, decode_outcome, render_record
 from api.store import CommitReply, Store
 
 log = structlog.get_logger("sendwise.pacing")
@@ -143,6 +143,33 @@ def with_pacing_blocks(plan: Plan, blocked: dict[str, list[tuple[int, int]]],
     return msgspec.structs.replace(plan, blocks=blocks, cands=cands)
 
 
+def token_span(limits: ShardLimits, at: int) -> tuple[int, int]:
+    """The instants ``[lo, hi)`` a token taken at ``at`` covers: the intersection of its
+    rate buckets, and ``at`` alone when the unique limit is paced (the conversation start is
+    recorded at that very instant). Equivalent to ``same_token(at, x)`` for x in the span."""
+    if limits.unique is not None:
+        return at, at + 1
+    lo, hi = 0, 2 ** 62
+    for g, _, _ in limits.rates:
+        lo, hi = max(lo, at // g * g), min(hi, (at // g + 1) * g)
+    return lo, hi
+
+
+def expectation(paced: dict[str, ShardLimits], held: Held | None) -> PaceExpect:
+    """What the real commit may write on a paced channel: only inside the held token."""
+    if held is None:
+        return PaceExpect(sorted(paced))
+    lo, hi = token_span(held.limits, held.at)
+    return PaceExpect(sorted(paced), held.limits.channel, lo, hi)
+
+
+def landed_on(reply: CommitReply, held: Held) -> bool:
+    """Did the committed send take the held token (else the token goes back)?"""
+    out = decode_outcome(reply.payload)
+    return out.ch == held.limits.channel and out.t is not None and \
+        held.limits.same_token(held.at, out.t)
+
+
 class Pacer:
     def __init__(self, store: Store, ids: IdKey) -> None:
         self.store = store
@@ -168,75 +195,107 @@ class Pacer:
     async def commit(self, tenant: str, user_id: str, message_id: str, policy: Policy,
                      plan: Plan, annotations: Sequence[bytes], context: bytes) -> CommitReply:
         """The decision commit, paced (module docstring). Unpaced channels: exactly one
-        ``Store.commit``. A dry run reads the counters and never writes them."""
+        ``Store.commit``. A dry run reads the counters and never writes them. Never answers
+        ``moved``: when the rounds run out it gives its token back and answers ``stale``
+        (nothing written; the engine re-reads and retries, then answers a retryable 409)."""
         paced = {c.ch: lim for c in plan.cands
                  if (lim := limits_for(policy, c.ch, user_id)) is not None}
         if not paced:
-            return await self.store.commit(tenant, user_id, message_id,
-                                           encode_plan(plan, annotations), context)
+            reply = await self.store.commit(tenant, user_id, message_id,
+                                            encode_plan(plan, annotations), context)
+        else:
+            reply = await self._paced(tenant, user_id, message_id, plan, paced, annotations,
+                                      context)
+        if reply.displaced:  # preemption moved reservations: their tokens follow
+            await self._move_displaced(tenant, user_id, policy, reply, plan.now)
+        return reply
+
+    async def _paced(self, tenant: str, user_id: str, message_id: str, plan: Plan,
+                     paced: dict[str, ShardLimits], annotations: Sequence[bytes],
+                     context: bytes) -> CommitReply:
         now, dry = plan.now, plan.dry == 1
         ends = {ch: max(c.b for c in plan.cands if c.ch == ch) for ch in paced}
         blocked: dict[str, list[tuple[int, int]]] = {}
         rules: dict[str, str] = {}
         current = plan
         held: Held | None = None
+        #: where the commit lands as far as we know (a dry commit's or a ``moved`` answer's
+        #: outcome), still to be paced; None: ask a dry commit
+        out: Outcome | None = None
+        probe: CommitReply | None = None
         for _ in range(MAX_ROUNDS):
-            probe = await self.store.commit(
+            if out is None:
+                probe = await self.store.commit(
+                    tenant, user_id, message_id,
+                    encode_plan(msgspec.structs.replace(current, dry=1), annotations), context)
+                if probe.status != "new":  # a retry, a record, stale preferences: as unpaced
+                    await self.release(tenant, user_id, held, now)
+                    return probe
+                out = decode_outcome(probe.payload)
+            if out.t is not None and out.ch in paced:
+                limits = paced[out.ch]
+                if held is None or held.limits.channel != out.ch or \
+                        not limits.same_token(held.at, out.t):
+                    await self.release(tenant, user_id, held, now)
+                    held = None
+                    reply = await self.call(tenant, user_id, limits,
+                                            "peek" if dry else "reserve", out.t, ends[out.ch],
+                                            now)
+                    if reply.status == "ok" and not dry:
+                        held = Held(limits, reply.at)
+                    if reply.status != "ok" or reply.at != out.t:
+                        rules.setdefault(
+                            out.ch, f"pacing.channels.{out.ch}.{reply.name or limits.first}")
+                        blocked.setdefault(out.ch, []).append((out.t, reply.at))
+                        current = with_pacing_blocks(plan, blocked, rules)
+                        out = None
+                        continue
+            if dry and probe is not None:
+                return probe
+            final = await self.store.commit(
+                tenant, user_id, message_id,
+                encode_plan(msgspec.structs.replace(current, pe=expectation(paced, held)),
+                            annotations), context)
+            if final.status == "moved":  # the ledger changed under us: pace where it lands
+                out = decode_outcome(final.payload)
+                continue
+            if not (final.status == "new" and held is not None and landed_on(final, held)):
+                await self.release(tenant, user_id, held, now)
+            return final
+        await self.release(tenant, user_id, held, now)
+        if dry:  # the rules and the counters kept pushing each other: answer what the
+            # recipient's rules and the full buckets seen so far allow (nothing is written)
+            return await self.store.commit(
                 tenant, user_id, message_id,
                 encode_plan(msgspec.structs.replace(current, dry=1), annotations), context)
-            if probe.status != "new":  # a retry, a record, stale preferences: as unpaced
-                await self.release(tenant, user_id, held, now)
-                return probe
-            out = decode_outcome(probe.payload)
-            if out.t is None or out.ch not in paced:
-                if dry:
-                    return probe
-                break
-            limits = paced[out.ch]
-            if held is not None and held.limits.channel == out.ch and \
-                    limits.same_token(held.at, out.t):
-                break
-            await self.release(tenant, user_id, held, now)
-            held = None
-            reply = await self.call(tenant, user_id, limits, "peek" if dry else "reserve",
-                                    out.t, ends[out.ch], now)
-            if reply.status == "ok" and not dry:
-                held = Held(limits, reply.at)
-            if reply.status == "ok" and reply.at == out.t:
-                if dry:
-                    return probe
-                break
-            rules.setdefault(out.ch, f"pacing.channels.{out.ch}.{reply.name or limits.first}")
-            blocked.setdefault(out.ch, []).append((out.t, reply.at))
-            current = with_pacing_blocks(plan, blocked, rules)
-        final = await self.store.commit(tenant, user_id, message_id,
-                                        encode_plan(current, annotations), context)
-        if dry:
-            return final
-        await self._settle(tenant, user_id, final, paced, held, now)
-        return final
+        log.warning("pacing_rounds_exhausted", tenant=tenant, rounds=MAX_ROUNDS)
+        return CommitReply("stale", b"")
 
-    async def _settle(self, tenant: str, user_id: str, final: CommitReply,
-                      paced: dict[str, ShardLimits], held: Held | None, now: int) -> None:
-        """Match the capacity held to what the commit reserved. Normally they agree. They
-        differ only when a concurrent decision for the same recipient changed their ledger
-        between the dry and the real commit (or the rounds ran out): the token held is given
-        back and the send is counted where it landed, over the limit if that bucket is full
-        (the one overshoot docs/pacing.md allows, logged as ``pacing_overbooked``)."""
-        out = decode_outcome(final.payload) if final.status == "new" else None
-        landed = out.ch if out is not None and out.t is not None else None
-        if out is not None and out.t is not None and landed in paced:
-            limits = paced[landed]
-            if held is not None and held.limits.channel == landed and \
-                    limits.same_token(held.at, out.t):
-                return
-            await self.release(tenant, user_id, held, now)
-            forced = await self.call(tenant, user_id, limits, "force", out.t, out.t + 1, now)
+    async def _move_displaced(self, tenant: str, user_id: str, policy: Policy,
+                              reply: CommitReply, now: int) -> None:
+        """Preemption moved reservations inside the commit (commit.lua step 6b); their
+        tokens follow them. Each one's token goes back at its old instant (it was not due
+        yet: only future reservations are displaced) and is counted at its new one. The new
+        instant was chosen by the recipient's rules alone, so its bucket can be full: it is
+        counted anyway (the record and ledger already say that instant, and the counters
+        must match them) and logged as ``pacing_overbooked``, the one overshoot left
+        (docs/pacing.md, "The bound")."""
+        for (record, member), old_at in zip(reply.displaced, reply.displaced_at, strict=True):
+            ctx, answer = render_record(record)
+            old = limits_for(policy, str(decode_member(member)[1]), user_id)
+            # a merged id's token may sit on another shard: keep it (conservative)
+            if old is not None and old.rates and old_at > now and ctx.uid == user_id:
+                await self.call(tenant, user_id, old, "release", old_at, old_at + 1, now)
+            if answer.channel is None or answer.send_at is None:
+                continue  # suppressed: nothing to count
+            new = limits_for(policy, answer.channel, user_id)
+            if new is None:
+                continue
+            at = utc_to_ms(answer.send_at)
+            forced = await self.call(tenant, user_id, new, "force", at, at + 1, now)
             if forced.name == "1":
-                log.warning("pacing_overbooked", tenant=tenant, channel=landed, at=out.t,
-                            shard=limits.shard)
-            return
-        await self.release(tenant, user_id, held, now)
+                log.warning("pacing_overbooked", tenant=tenant, channel=answer.channel, at=at,
+                            shard=new.shard, cause="preempted")
 
     async def release_cancelled(self, tenant: str, user_id: str, record: bytes,
                                 policy: Policy, now: int) -> bool:

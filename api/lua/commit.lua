@@ -15,8 +15,10 @@
 -- the order given: best expected value first) that is free, else the earliest free
 -- instant of the remaining (window) candidates.
 --
--- Returns {'new', outcome_json, displaced record, its member, ...} | {'dup', record}
---       | {'dup_ledger', member, score} | {'stale', current_rev}
+-- Returns {'new', outcome_json, displaced record, its member, its old instant, ...}
+--       | {'dup', record} | {'dup_ledger', member, score} | {'stale', current_rev}
+--       | {'moved', outcome_json}: the outcome lands outside pacing's expectation (plan.pe,
+--         step 6c), nothing written
 --
 -- Members are MessagePack arrays [mid, channel, category, campaign, tags, offer_id,
 -- offer_group, priority] (api/plan.py: ledger_member); members written before priorities
@@ -452,6 +454,21 @@ if #displaced > 0 then
 end
 out = out .. '}'
 
+-- 6c. channel pacing's expectation (plan.pe, api/pacing.py): a send or deferral on a paced
+-- channel is written only inside the span of the token pacing holds for it. The ledger can
+-- change between the dry commit pacing planned with and this one (a concurrent decision for
+-- the same recipient); then nothing is written and the caller gets where the message would
+-- land, to reserve there and commit again. So no paced send is ever written uncounted.
+local pe = plan.pe
+if plan.dry == 0 and pe ~= nil and out_t then
+  for _, c in ipairs(pe.pc) do
+    if c == out_ch then
+      if out_ch ~= pe.ch or out_t < pe.lo or out_t >= pe.hi then return {'moved', out} end
+      break
+    end
+  end
+end
+
 -- 7. write: the reservation, the trim, the TTLs, the idempotency record
 if plan.dry == 0 then
   local ttl = plan.ttl
@@ -521,6 +538,7 @@ for _, m in ipairs(moved) do
   if m.rec then
     reply[#reply + 1] = m.rec
     reply[#reply + 1] = m.e.member
+    reply[#reply + 1] = fmt(m.e.t)
   end
 end
 return reply
