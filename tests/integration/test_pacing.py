@@ -344,3 +344,37 @@ async def test_concurrent_retries_of_one_message_take_one_token(
                                                 channels=["sms"])) for i in range(20)))
     assert len({(a.decision_id, a.send_at) for a in answers}) == 1
     assert await _counted(redis_client, "sms", 1, SECOND_MS) == {NOON_NY: 1}
+
+
+async def test_a_commit_that_would_land_elsewhere_writes_nothing_and_is_paced_again(
+        engine: Engine, set_policy: Callable[..., Any], redis_client: RedisClient) -> None:
+    """A deterministic same-recipient race: right after pacing reserved b's instant, another
+    decision for the same recipient takes the hourly cap slot. b's real commit would now
+    land an hour later, outside its token: commit.lua answers ``moved`` and writes nothing,
+    the token goes back, pacing reserves the new instant and the next commit lands there."""
+    await set_policy(quiet_hours=[], caps=[{"id": "hourly", "limit": 1, "window_minutes": 60}],
+                     pacing={"channels": {"sms": {"per_second": 1}}, "shards": 1},
+                     send_time={"spread_minutes": 0})
+    call, commit = engine.pacing.call, engine.store.commit
+    statuses: list[str] = []
+    raced: list[DecisionResponse] = []
+
+    async def racing_call(*args: Any, **kwargs: Any) -> Any:
+        reply = await call(*args, **kwargs)
+        if not raced and args[3] == "reserve":
+            raced.append(await engine.decide(TENANT, req(message_id="a", channels=["email"])))
+        return reply
+
+    async def recording(*args: Any, **kwargs: Any) -> Any:
+        reply = await commit(*args, **kwargs)
+        statuses.append(reply.status)
+        return reply
+
+    engine.pacing.call = racing_call  # type: ignore[method-assign]
+    engine.store.commit = recording  # type: ignore[method-assign]
+    b = await engine.decide(TENANT, req(message_id="b", channels=["sms"]))
+    assert raced[0].decision == "send" and raced[0].channel == "email"
+    assert "moved" in statuses
+    assert b.decision == "defer" and _ms(b.send_at) == NOON_NY + 3_600_000
+    # the token taken at noon went back: the counters hold b's instant only
+    assert await _counted(redis_client, "sms", 1, SECOND_MS) == {NOON_NY + 3_600_000: 1}
