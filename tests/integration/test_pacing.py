@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from api.clock import FixedClock
@@ -22,7 +24,16 @@ from api.errors import ConflictError
 from api.ids import IdKey
 from api.keys import pace_keys
 from api.localtime import utc_to_ms
-from api.pacing import DAY_MS, MINUTE_MS, SECOND_MS, Pacer, limits_for, shard_of
+from api.pacing import (
+    DAY_MS,
+    MINUTE_MS,
+    SECOND_MS,
+    Pacer,
+    limits_for,
+    shard_of,
+    token_span,
+)
+from api.plan import PaceExpect, Plan, encode_plan
 from api.policy import Policy
 from api.redis_client import RedisClient, make_redis
 from api.schemas import DecisionResponse
@@ -378,3 +389,37 @@ async def test_a_commit_that_would_land_elsewhere_writes_nothing_and_is_paced_ag
     assert b.decision == "defer" and _ms(b.send_at) == NOON_NY + 3_600_000
     # the token taken at noon went back: the counters hold b's instant only
     assert await _counted(redis_client, "sms", 1, SECOND_MS) == {NOON_NY + 3_600_000: 1}
+
+
+def test_unpaced_plans_do_not_carry_the_expectation() -> None:
+    """``Plan.pe`` is encoded only when pacing sets it: unpaced commits pay nothing."""
+    plan = msgspec.convert({"now": 0, "rev": "0", "lo": 0, "keep": 0, "ttl": 1,
+                            "msg": {"cat": "promotional", "camp": "", "tags": [], "oid": "", "og": ""}, "caps": [], "cw": 0,
+                            "blocks": [], "cands": [], "mode": "earliest",
+                            "endr": {"c": "max_defer_exceeded", "r": "x"}, "dry": 0}, Plan)
+    assert "pe" not in msgspec.msgpack.decode(encode_plan(plan)[0])
+    paced = msgspec.structs.replace(plan, pe=PaceExpect(["sms"], "sms", 1000, 2000))
+    assert msgspec.msgpack.decode(encode_plan(paced)[0])["pe"] == {
+        "pc": ["sms"], "ch": "sms", "lo": 1000, "hi": 2000}
+
+
+@settings(max_examples=300, deadline=None)
+@given(per_second=st.one_of(st.none(), st.integers(1, 100)),
+       per_minute=st.one_of(st.none(), st.integers(1, 1000)),
+       unique=st.one_of(st.none(), st.integers(1, 100)),
+       held=st.integers(0, 10 * MINUTE_MS), offset=st.integers(-2 * MINUTE_MS, 2 * MINUTE_MS))
+def test_the_expected_span_is_exactly_what_the_token_covers(
+        per_second: int | None, per_minute: int | None, unique: int | None, held: int,
+        offset: int) -> None:
+    """commit.lua accepts a paced send inside ``token_span`` only; that span must be
+    exactly the instants ``same_token`` says the held token covers."""
+    if per_second is None and per_minute is None and unique is None:
+        per_second = 1
+    policy = msgspec.convert({"pacing": {"channels": {"sms": {
+        k: v for k, v in (("per_second", per_second), ("per_minute", per_minute),
+                          ("unique_recipients_per_24h", unique)) if v is not None}}}}, Policy)
+    limits = limits_for(policy, "sms", "u1")
+    assert limits is not None
+    lo, hi = token_span(limits, held)
+    at_ = held + offset
+    assert (lo <= at_ < hi) == limits.same_token(held, at_)
