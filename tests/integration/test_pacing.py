@@ -423,3 +423,21 @@ def test_the_expected_span_is_exactly_what_the_token_covers(
     lo, hi = token_span(limits, held)
     at_ = held + offset
     assert (lo <= at_ < hi) == limits.same_token(held, at_)
+
+
+async def test_a_shadow_evaluation_never_touches_the_counters(
+        engine: Engine, set_policy: Callable[..., Any], redis_client: RedisClient) -> None:
+    """A shadow policy is evaluated with a dry commit only (api/shadow.py): it takes no
+    token, and its answers do not model pacing (the live decision deferred by a full
+    second is a ``send`` in the shadow)."""
+    fields = {"pacing": {"channels": {"sms": {"per_second": 1}}, "shards": 1}}
+    live = await set_policy(**fields)
+    await engine.shadow.install(engine, TENANT, msgspec.structs.replace(live, version=0), 1.0,
+                                None)
+    answers = [await engine.decide(TENANT, req(message_id=f"m{i}", user_id=f"u{i}",
+                                               channels=["sms"])) for i in range(2)]
+    assert [a.decision for a in answers] == ["send", "defer"]
+    assert await _counted(redis_client, "sms", 1, SECOND_MS) == {NOON_NY: 1, NOON_NY + 1000: 1}
+    report = await engine.shadow.report(engine, TENANT)
+    assert report is not None and report.evaluated == 2
+    assert report.transitions == {"send": {"send": 1}, "defer": {"send": 1}}
