@@ -394,7 +394,8 @@ async def test_a_commit_that_would_land_elsewhere_writes_nothing_and_is_paced_ag
 def test_unpaced_plans_do_not_carry_the_expectation() -> None:
     """``Plan.pe`` is encoded only when pacing sets it: unpaced commits pay nothing."""
     plan = msgspec.convert({"now": 0, "rev": "0", "lo": 0, "keep": 0, "ttl": 1,
-                            "msg": {"cat": "promotional", "camp": "", "tags": [], "oid": "", "og": ""}, "caps": [], "cw": 0,
+                            "msg": {"cat": "promotional", "camp": "", "tags": [], "oid": "",
+                                    "og": ""}, "caps": [], "cw": 0,
                             "blocks": [], "cands": [], "mode": "earliest",
                             "endr": {"c": "max_defer_exceeded", "r": "x"}, "dry": 0}, Plan)
     assert "pe" not in msgspec.msgpack.decode(encode_plan(plan)[0])
