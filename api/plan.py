@@ -86,17 +86,31 @@ class EndReason(msgspec.Struct, frozen=True):
     r: str
 
 
+class DisplacedPace(msgspec.Struct, frozen=True):
+    """Pacing for one message preemption displaces: the token held for its new instant
+    (channel ``ch``, span ``[lo, hi)``; ``ch`` empty: none) and, per channel, the full
+    pacing spans found so far, a ``channel_pacing`` time rule of its re-decision."""
+
+    ch: str = ""
+    lo: int = 0
+    hi: int = 0
+    bl: dict[str, Block] = {}
+
+
 class PaceExpect(msgspec.Struct, frozen=True):
     """What channel pacing reserved before the real commit (api/pacing.py): a send or
     deferral the commit would write on one of the paced channels ``pc`` must land on
     channel ``ch`` inside ``[lo, hi)`` (the span the held token covers; ``ch`` empty: no
-    token held). Otherwise commit.lua writes nothing and answers ``moved``, so a paced send
-    is never written without its token and the pacing bound stays exact."""
+    token held), and a displaced message moved to a paced channel inside the token of
+    ``dx[its message id]``. Otherwise commit.lua writes nothing and answers ``moved`` (or
+    ``repace``), so a paced send is never written without its token and the pacing bound
+    stays exact."""
 
     pc: list[str]
     ch: str = ""
     lo: int = 0
     hi: int = 0
+    dx: dict[str, DisplacedPace] = {}
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):

@@ -285,7 +285,7 @@ async def test_same_recipient_races_never_overshoot(
     commits race for: a real commit can find the ledger changed since the dry commit pacing
     planned with. commit.lua then writes nothing (``moved``) and pacing reserves where it
     lands: no second ever holds more than the limit, the counters equal the sends, and
-    nothing is overbooked. A decision whose rounds all ran out answers a retryable 409
+    no token leaked. A decision whose rounds all ran out answers a retryable 409
     (counted and printed: it is rare)."""
     limit, users, per_user = 5, 6, 10
     await _set_policy(workers, clock, quiet_hours=[], caps=[
@@ -301,7 +301,6 @@ async def test_same_recipient_races_never_overshoot(
     refused = [e for e in results if not isinstance(e, DecisionResponse)]
     assert all(isinstance(e, ConflictError) and e.code == "concurrent_update"
                for e in refused), refused
-    assert not [e for e in logs if e["event"] == "pacing_overbooked"]
     sends = [a for a in answers if a.send_at is not None]
     per_second = Counter((_ms(a.send_at) // 1000) * 1000 for a in sends)
     overshoot = max(per_second.values()) - limit
@@ -401,7 +400,7 @@ def test_unpaced_plans_do_not_carry_the_expectation() -> None:
     assert "pe" not in msgspec.msgpack.decode(encode_plan(plan)[0])
     paced = msgspec.structs.replace(plan, pe=PaceExpect(["sms"], "sms", 1000, 2000))
     assert msgspec.msgpack.decode(encode_plan(paced)[0])["pe"] == {
-        "pc": ["sms"], "ch": "sms", "lo": 1000, "hi": 2000}
+        "pc": ["sms"], "ch": "sms", "lo": 1000, "hi": 2000, "dx": {}}
 
 
 @settings(max_examples=300, deadline=None)
