@@ -14,6 +14,11 @@ The design and its bound are in docs/pacing.md; in short:
   ``channel_pacing`` time block. The commit therefore stays the single place that decides
   (caps, quiet hours and idempotency stay exact, nothing half-written), and the reason
   chain cites the pacing limit with the instant capacity frees like any other rule.
+- The real commit carries the tokens held (``Plan.pe``): commit.lua writes a paced send,
+  or a displaced message's new paced instant, only inside one, else it writes nothing and
+  says where it would land (``moved`` / ``repace``), and pacing reserves there. That is
+  what makes the bound exact even when decisions for one recipient race or preemption
+  moves a message (docs/pacing.md, "The bound").
 - A tenant without ``pacing`` pays nothing: no extra round trip, no extra code path.
 """
 
