@@ -290,8 +290,8 @@ class Engine:
                 await self.log.displaced(tenant, old_ctx.uid, old_answer,
                                          category=entry[2], campaign=entry[3], now=now)
             return response
-        raise ConflictError("the recipient's preferences kept changing during the decision; retry",
-                       code="concurrent_update")
+        raise ConflictError("the recipient's preferences or reservations kept changing during "
+                            "the decision; retry", code="concurrent_update")
 
     async def prepare(self, tenant: str, user: str, request: DecisionRequest, policy: Policy,
                       state: UserState, now: int, *,

@@ -14,6 +14,11 @@ The design and its bound are in docs/pacing.md; in short:
   ``channel_pacing`` time block. The commit therefore stays the single place that decides
   (caps, quiet hours and idempotency stay exact, nothing half-written), and the reason
   chain cites the pacing limit with the instant capacity frees like any other rule.
+- The real commit carries the tokens held (``Plan.pe``): commit.lua writes a paced send,
+  or a displaced message's new paced instant, only inside one, else it writes nothing and
+  says where it would land (``moved`` / ``repace``), and pacing reserves there. That is
+  what makes the bound exact even when decisions for one recipient race or preemption
+  moves a message (docs/pacing.md, "The bound").
 - A tenant without ``pacing`` pays nothing: no extra round trip, no extra code path.
 """
 
@@ -31,10 +36,10 @@ import structlog
 from api.ids import IdKey
 from api.keys import pace_keys
 from api.localtime import utc_to_ms
-from api.plan import Block, Plan, encode_plan
+from api.plan import Block, DisplacedPace, PaceExpect, Plan, decode_member, encode_plan
 from api.policy import ChannelPacing, Policy
 from api.reasons import ReasonCode
-from api.render import decode_outcome, render_record
+from api.render import Outcome, decode_outcome, render_record
 from api.store import CommitReply, Store
 
 log = structlog.get_logger("sendwise.pacing")
@@ -143,6 +148,123 @@ def with_pacing_blocks(plan: Plan, blocked: dict[str, list[tuple[int, int]]],
     return msgspec.structs.replace(plan, blocks=blocks, cands=cands)
 
 
+def token_span(limits: ShardLimits, at: int) -> tuple[int, int]:
+    """The instants ``[lo, hi)`` a token taken at ``at`` covers: the intersection of its
+    rate buckets, and ``at`` alone when the unique limit is paced (the conversation start is
+    recorded at that very instant). Equivalent to ``same_token(at, x)`` for x in the span."""
+    if limits.unique is not None:
+        return at, at + 1
+    lo, hi = 0, 2 ** 62
+    for g, _, _ in limits.rates:
+        lo, hi = max(lo, at // g * g), min(hi, (at // g + 1) * g)
+    return lo, hi
+
+
+def landed_on(reply: CommitReply, held: Held) -> bool:
+    """Did the committed send take the held token (else the token goes back)?"""
+    out = decode_outcome(reply.payload)
+    return out.ch == held.limits.channel and out.t is not None and \
+        held.limits.same_token(held.at, out.t)
+
+
+def paced_channels(policy: Policy) -> list[str]:
+    """Every channel the tenant paces (the commit checks displaced messages against them)."""
+    return sorted(ch for ch, value in msgspec.structs.asdict(policy.pacing.channels).items()
+                  if value is not None)
+
+
+#: how far a displaced message's new token may be searched for (its own horizon is at most
+#: ``max_defer_minutes``, 30 days; its re-decision in commit.lua applies it)
+DISPLACED_SEARCH_MS = 31 * DAY_MS
+
+
+class _Run:
+    """The tokens one paced commit holds while it runs: the decision's own (``held``) and one
+    per displaced message moved to a paced channel (``moved``, by message id), with the full
+    spans found for those (``blocked``). ``settle`` keeps the tokens the commit used and
+    gives the others back, ``release_all`` gives everything back (nothing was written)."""
+
+    def __init__(self, pacer: Pacer, tenant: str, user_id: str, policy: Policy,
+                 now: int) -> None:
+        self.pacer, self.tenant, self.user_id, self.policy, self.now = (
+            pacer, tenant, user_id, policy, now)
+        self.paced = paced_channels(policy)
+        self.held: Held | None = None
+        self.moved: dict[str, Held] = {}
+        self.blocked: dict[str, dict[str, Block]] = {}
+
+    async def drop_main(self) -> None:
+        await self.pacer.release(self.tenant, self.user_id, self.held, self.now)
+        self.held = None
+
+    async def release_all(self) -> None:
+        await self.drop_main()
+        for mid in list(self.moved):
+            await self.pacer.release(self.tenant, self.user_id, self.moved.pop(mid), self.now)
+
+    def expectation(self) -> PaceExpect:
+        """What the real commit may write on a paced channel: only inside the held tokens."""
+        dx: dict[str, DisplacedPace] = {}
+        for mid in {*self.moved, *self.blocked}:
+            h = self.moved.get(mid)
+            lo, hi = token_span(h.limits, h.at) if h is not None else (0, 0)
+            dx[mid] = DisplacedPace(h.limits.channel if h is not None else "", lo, hi,
+                                    self.blocked.get(mid, {}))
+        if self.held is None:
+            return PaceExpect(self.paced, dx=dx)
+        lo, hi = token_span(self.held.limits, self.held.at)
+        return PaceExpect(self.paced, self.held.limits.channel, lo, hi, dx)
+
+    async def repace(self, moves: Sequence[tuple[str, str, int]]) -> None:
+        """Displaced messages the commit would move to paced instants without a token: take
+        one from each such instant on. When capacity is only found later, the full span
+        becomes a ``channel_pacing`` time rule of that message's re-decision (it is then
+        re-checked against its own rules, like a paced decision's deferral)."""
+        for mid, channel, at in moves:
+            limits = limits_for(self.policy, channel, self.user_id)
+            if limits is None:  # pragma: no cover - commit.lua only names paced channels
+                continue
+            await self.pacer.release(self.tenant, self.user_id, self.moved.pop(mid, None),
+                                     self.now)
+            reply = await self.pacer.call(self.tenant, self.user_id, limits, "reserve", at,
+                                          at + DISPLACED_SEARCH_MS, self.now)
+            if reply.status == "ok":
+                self.moved[mid] = Held(limits, reply.at)
+            if reply.status != "ok" or reply.at != at:
+                blocks = self.blocked.setdefault(mid, {})
+                old = blocks.get(channel)
+                rule = old.r if old is not None else \
+                    f"pacing.channels.{channel}.{reply.name or limits.first}"
+                ivs = [*(old.iv if old is not None else []), (at, reply.at)]
+                blocks[channel] = Block(ReasonCode.CHANNEL_PACING, rule, sorted(ivs))
+
+    async def settle(self, reply: CommitReply) -> None:
+        """The commit wrote: keep the tokens it used (commit.lua wrote paced sends only
+        inside them), give back the rest, and give back each displaced message's token at
+        its old instant (it was not due yet: only future reservations are displaced)."""
+        if self.held is not None and not landed_on(reply, self.held):
+            await self.drop_main()
+        used: set[str] = set()
+        for (record, member), old_at in zip(reply.displaced, reply.displaced_at, strict=True):
+            ctx, answer = render_record(record)
+            entry = decode_member(member)
+            mid = str(entry[0])
+            h = self.moved.get(mid)
+            if h is not None and answer.channel == h.limits.channel and \
+                    answer.send_at is not None and \
+                    h.limits.same_token(h.at, utc_to_ms(answer.send_at)):
+                used.add(mid)
+            old = limits_for(self.policy, str(entry[1]), self.user_id)
+            # a merged id's token may sit on another shard: keep it (conservative)
+            if old is not None and old.rates and old_at > self.now and ctx.uid == self.user_id:
+                await self.pacer.call(self.tenant, self.user_id, old, "release", old_at,
+                                      old_at + 1, self.now)
+        for mid in list(self.moved):
+            if mid not in used:
+                await self.pacer.release(self.tenant, self.user_id, self.moved.pop(mid),
+                                         self.now)
+
+
 class Pacer:
     def __init__(self, store: Store, ids: IdKey) -> None:
         self.store = store
@@ -168,75 +290,88 @@ class Pacer:
     async def commit(self, tenant: str, user_id: str, message_id: str, policy: Policy,
                      plan: Plan, annotations: Sequence[bytes], context: bytes) -> CommitReply:
         """The decision commit, paced (module docstring). Unpaced channels: exactly one
-        ``Store.commit``. A dry run reads the counters and never writes them."""
+        ``Store.commit`` (with preemption on in a tenant that paces a channel, the commit
+        also checks where displaced messages move, one more commit only when one moves to
+        a paced channel). A dry run reads the counters and never writes them. Never answers
+        ``moved``/``repace``: when the rounds run out it gives its tokens back and answers
+        ``stale`` (nothing written; the engine re-reads and retries, then answers a
+        retryable 409)."""
         paced = {c.ch: lim for c in plan.cands
                  if (lim := limits_for(policy, c.ch, user_id)) is not None}
-        if not paced:
+        preempts = plan.pk > 0 and plan.dry == 0 and bool(paced_channels(policy))
+        if not paced and not preempts:
             return await self.store.commit(tenant, user_id, message_id,
                                            encode_plan(plan, annotations), context)
-        now, dry = plan.now, plan.dry == 1
+        run = _Run(self, tenant, user_id, policy, plan.now)
+        # Redis failing half-way leaves the tokens taken counted until their buckets pass
+        # (conservative: docs/pacing.md)
+        reply = await self._paced(run, message_id, plan, paced, annotations, context)
+        if reply.status == "new":
+            await run.settle(reply)
+        else:
+            await run.release_all()
+        return reply
+
+    async def _paced(self, run: _Run, message_id: str, plan: Plan,
+                     paced: dict[str, ShardLimits], annotations: Sequence[bytes],
+                     context: bytes) -> CommitReply:
+        tenant, user_id, now, dry = run.tenant, run.user_id, plan.now, plan.dry == 1
         ends = {ch: max(c.b for c in plan.cands if c.ch == ch) for ch in paced}
         blocked: dict[str, list[tuple[int, int]]] = {}
         rules: dict[str, str] = {}
         current = plan
-        held: Held | None = None
+        #: where the commit lands as far as we know (a dry commit's, a ``moved`` or a
+        #: ``repace`` answer's outcome), still to be paced; None: ask a dry commit (only
+        #: when a requested channel is paced)
+        out: Outcome | None = None
+        probe: CommitReply | None = None
         for _ in range(MAX_ROUNDS):
-            probe = await self.store.commit(
+            if out is None and paced:
+                probe = await self.store.commit(
+                    tenant, user_id, message_id,
+                    encode_plan(msgspec.structs.replace(current, dry=1), annotations), context)
+                if probe.status != "new":  # a retry, a record, stale preferences: as unpaced
+                    return probe
+                out = decode_outcome(probe.payload)
+            if out is not None and out.t is not None and out.ch in paced:
+                limits = paced[out.ch]
+                held = run.held
+                if held is None or held.limits.channel != out.ch or \
+                        not limits.same_token(held.at, out.t):
+                    await run.drop_main()
+                    reply = await self.call(tenant, user_id, limits,
+                                            "peek" if dry else "reserve", out.t, ends[out.ch],
+                                            now)
+                    if reply.status == "ok" and not dry:
+                        run.held = Held(limits, reply.at)
+                    if reply.status != "ok" or reply.at != out.t:
+                        rules.setdefault(
+                            out.ch, f"pacing.channels.{out.ch}.{reply.name or limits.first}")
+                        blocked.setdefault(out.ch, []).append((out.t, reply.at))
+                        current = with_pacing_blocks(plan, blocked, rules)
+                        out = None
+                        continue
+            if dry and probe is not None:
+                return probe
+            final = await self.store.commit(
+                tenant, user_id, message_id,
+                encode_plan(msgspec.structs.replace(current, pe=run.expectation()),
+                            annotations), context)
+            if final.status == "moved":  # the ledger changed under us: pace where it lands
+                out = decode_outcome(final.payload)
+                continue
+            if final.status == "repace":  # displaced messages need tokens at their new instants
+                out = decode_outcome(final.payload)
+                await run.repace(final.repaced)
+                continue
+            return final
+        if dry:  # the rules and the counters kept pushing each other: answer what the
+            # recipient's rules and the full buckets seen so far allow (nothing is written)
+            return await self.store.commit(
                 tenant, user_id, message_id,
                 encode_plan(msgspec.structs.replace(current, dry=1), annotations), context)
-            if probe.status != "new":  # a retry, a record, stale preferences: as unpaced
-                await self.release(tenant, user_id, held, now)
-                return probe
-            out = decode_outcome(probe.payload)
-            if out.t is None or out.ch not in paced:
-                if dry:
-                    return probe
-                break
-            limits = paced[out.ch]
-            if held is not None and held.limits.channel == out.ch and \
-                    limits.same_token(held.at, out.t):
-                break
-            await self.release(tenant, user_id, held, now)
-            held = None
-            reply = await self.call(tenant, user_id, limits, "peek" if dry else "reserve",
-                                    out.t, ends[out.ch], now)
-            if reply.status == "ok" and not dry:
-                held = Held(limits, reply.at)
-            if reply.status == "ok" and reply.at == out.t:
-                if dry:
-                    return probe
-                break
-            rules.setdefault(out.ch, f"pacing.channels.{out.ch}.{reply.name or limits.first}")
-            blocked.setdefault(out.ch, []).append((out.t, reply.at))
-            current = with_pacing_blocks(plan, blocked, rules)
-        final = await self.store.commit(tenant, user_id, message_id,
-                                        encode_plan(current, annotations), context)
-        if dry:
-            return final
-        await self._settle(tenant, user_id, final, paced, held, now)
-        return final
-
-    async def _settle(self, tenant: str, user_id: str, final: CommitReply,
-                      paced: dict[str, ShardLimits], held: Held | None, now: int) -> None:
-        """Match the capacity held to what the commit reserved. Normally they agree. They
-        differ only when a concurrent decision for the same recipient changed their ledger
-        between the dry and the real commit (or the rounds ran out): the token held is given
-        back and the send is counted where it landed, over the limit if that bucket is full
-        (the one overshoot docs/pacing.md allows, logged as ``pacing_overbooked``)."""
-        out = decode_outcome(final.payload) if final.status == "new" else None
-        landed = out.ch if out is not None and out.t is not None else None
-        if out is not None and out.t is not None and landed in paced:
-            limits = paced[landed]
-            if held is not None and held.limits.channel == landed and \
-                    limits.same_token(held.at, out.t):
-                return
-            await self.release(tenant, user_id, held, now)
-            forced = await self.call(tenant, user_id, limits, "force", out.t, out.t + 1, now)
-            if forced.name == "1":
-                log.warning("pacing_overbooked", tenant=tenant, channel=landed, at=out.t,
-                            shard=limits.shard)
-            return
-        await self.release(tenant, user_id, held, now)
+        log.warning("pacing_rounds_exhausted", tenant=tenant, rounds=MAX_ROUNDS)
+        return CommitReply("stale", b"")
 
     async def release_cancelled(self, tenant: str, user_id: str, record: bytes,
                                 policy: Policy, now: int) -> bool:

@@ -86,6 +86,33 @@ class EndReason(msgspec.Struct, frozen=True):
     r: str
 
 
+class DisplacedPace(msgspec.Struct, frozen=True):
+    """Pacing for one message preemption displaces: the token held for its new instant
+    (channel ``ch``, span ``[lo, hi)``; ``ch`` empty: none) and, per channel, the full
+    pacing spans found so far, a ``channel_pacing`` time rule of its re-decision."""
+
+    ch: str = ""
+    lo: int = 0
+    hi: int = 0
+    bl: dict[str, Block] = {}
+
+
+class PaceExpect(msgspec.Struct, frozen=True):
+    """What channel pacing reserved before the real commit (api/pacing.py): a send or
+    deferral the commit would write on one of the paced channels ``pc`` must land on
+    channel ``ch`` inside ``[lo, hi)`` (the span the held token covers; ``ch`` empty: no
+    token held), and a displaced message moved to a paced channel inside the token of
+    ``dx[its message id]``. Otherwise commit.lua writes nothing and answers ``moved`` (or
+    ``repace``), so a paced send is never written without its token and the pacing bound
+    stays exact."""
+
+    pc: list[str]
+    ch: str = ""
+    lo: int = 0
+    hi: int = 0
+    dx: dict[str, DisplacedPace] = {}
+
+
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
     now: int
     rev: str
@@ -112,6 +139,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     #: the prefix of this message's ledger members, and the member of each candidate
     mid: bytes = b""
     members: list[bytes] = []
+    #: channel pacing's expectation of a real commit (None: not paced; not even encoded)
+    pe: PaceExpect | None = None
 
     def blocks_of(self, candidate: Candidate) -> list[Block]:
         """The time blocks a candidate points at (for tests and debugging)."""
@@ -441,6 +470,8 @@ def encode_plan(plan: Plan, annotations: Sequence[bytes] = ()) -> list[bytes]:
     outcome of the candidate reserved)."""
     core = msgspec.structs.asdict(plan)
     mid, members = core.pop("mid"), core.pop("members")
+    if core["pe"] is None:  # unpaced decisions do not pay for the field
+        del core["pe"]
     return [_pack.encode(core), mid, *members, *annotations]
 
 

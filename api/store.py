@@ -39,11 +39,20 @@ def _script(name: str) -> str:
 
 
 class CommitReply(msgspec.Struct, frozen=True):
-    status: Literal["new", "dup", "dup_ledger", "stale"]
+    #: "moved": a paced commit would land outside the token pacing holds (commit.lua step
+    #: 6c); nothing was written and ``payload`` is where it would land (api/pacing.py
+    #: reserves there and commits again; it never hands this status on)
+    #: "repace": displaced messages would move to paced instants without a token
+    #: (``repaced``: message id, channel, instant each); nothing was written either
+    status: Literal["new", "dup", "dup_ledger", "stale", "moved", "repace"]
     payload: bytes
     score: int | None = None
     #: (new record, ledger member) of each reservation this commit displaced (preemption)
     displaced: list[tuple[bytes, bytes]] = []
+    #: the instant (ms) each displaced reservation held before it was moved: pacing gives
+    #: its token back there
+    displaced_at: list[int] = []
+    repaced: list[tuple[str, str, int]] = []
 
 
 class CancelReply(msgspec.Struct, frozen=True):
@@ -172,8 +181,13 @@ class Store:
         status = reply[0].decode()
         if status == "dup_ledger":
             return CommitReply("dup_ledger", reply[1], int(float(reply[2])))
+        if status == "repace":
+            return CommitReply("repace", reply[1], repaced=[
+                (m.decode(), c.decode(), int(t))
+                for m, c, t in zip(reply[2::3], reply[3::3], reply[4::3], strict=True)])
         return CommitReply(status, reply[1],
-                           displaced=list(zip(reply[2::2], reply[3::2], strict=True)))
+                           displaced=list(zip(reply[2::3], reply[3::3], strict=True)),
+                           displaced_at=[int(x) for x in reply[4::3]])
 
     async def cancel(self, tenant: str, user_id: str, message_id: str, member_prefix: bytes,
                      now: int) -> CancelReply:

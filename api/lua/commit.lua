@@ -15,8 +15,12 @@
 -- the order given: best expected value first) that is free, else the earliest free
 -- instant of the remaining (window) candidates.
 --
--- Returns {'new', outcome_json, displaced record, its member, ...} | {'dup', record}
---       | {'dup_ledger', member, score} | {'stale', current_rev}
+-- Returns {'new', outcome_json, displaced record, its member, its old instant, ...}
+--       | {'dup', record} | {'dup_ledger', member, score} | {'stale', current_rev}
+--       | {'moved', outcome_json}: the outcome lands outside pacing's expectation (plan.pe,
+--         step 6c), nothing written
+--       | {'repace', outcome_json, message id, channel, instant, ...}: displaced messages
+--         moved to paced instants pacing holds no token for (step 6c), nothing written
 --
 -- Members are MessagePack arrays [mid, channel, category, campaign, tags, offer_id,
 -- offer_group, priority] (api/plan.py: ledger_member); members written before priorities
@@ -30,6 +34,13 @@
 
 local plan = cmsgpack.unpack(ARGV[1])
 local now = plan.now
+-- channel pacing's expectation (api/plan.py: PaceExpect), nil when nothing is paced
+local pe = plan.pe
+local function is_paced(ch)
+  if pe == nil then return false end
+  for _, c in ipairs(pe.pc) do if c == ch then return true end end
+  return false
+end
 
 local function fmt(x) return string.format('%.0f', x) end
 
@@ -397,10 +408,14 @@ local function redecide(v)
   if not raw_plan then return {d = 'suppress', r = {first}} end
   local R = cmsgpack.unpack(raw_plan)
   local conflict = conflict_for(R.m, R.w)
+  -- the full pacing spans the caller found for this message's new instant (step 6c)
+  local paced_blocks = pe ~= nil and pe.dx ~= nil and pe.dx[v.mid] and pe.dx[v.mid].bl or {}
   local best, bt, brules
   for i, cand in ipairs(R.c) do
     local rules = {}
     for _, index in ipairs(cand.pb) do rules[#rules + 1] = R.b[index + 1] end
+    local pb = paced_blocks[cand.ch]
+    if pb ~= nil then rules[#rules + 1] = {c = pb.c, r = pb.r, iv = normalize(pb.iv)} end
     for _, cap in ipairs(R.k) do
       if matches(cap, cand.ch, R.m.cat, R.m.camp, R.m.tags) then
         local iv = normalize(cap_blocks(cap))
@@ -451,6 +466,33 @@ if #displaced > 0 then
   out = out .. ',"x":[' .. table.concat(ids, ',') .. ']'
 end
 out = out .. '}'
+
+-- 6c. channel pacing's expectation (plan.pe, api/pacing.py): a send or deferral on a paced
+-- channel is written only inside the span of the token pacing holds for it. The ledger can
+-- change between the dry commit pacing planned with and this one (a concurrent decision for
+-- the same recipient); then nothing is written and the caller gets where the message would
+-- land, to reserve there and commit again. A displaced message moved to a paced channel
+-- likewise needs a token held for its new instant (pe.dx[its id]); the ones without are
+-- returned ('repace', with id, channel, instant each) and nothing is written. So no paced
+-- send is ever written uncounted.
+if plan.dry == 0 and pe ~= nil then
+  if out_t and is_paced(out_ch) and (out_ch ~= pe.ch or out_t < pe.lo or out_t >= pe.hi) then
+    return {'moved', out}
+  end
+  local repace = {'repace', out}
+  for _, m in ipairs(moved) do
+    local r = m.r
+    if r.t and is_paced(r.ch) then
+      local dx = pe.dx ~= nil and pe.dx[m.e.mid] or nil
+      if dx == nil or dx.ch ~= r.ch or r.t < dx.lo or r.t >= dx.hi then
+        repace[#repace + 1] = m.e.mid
+        repace[#repace + 1] = r.ch
+        repace[#repace + 1] = fmt(r.t)
+      end
+    end
+  end
+  if #repace > 2 then return repace end
+end
 
 -- 7. write: the reservation, the trim, the TTLs, the idempotency record
 if plan.dry == 0 then
@@ -521,6 +563,7 @@ for _, m in ipairs(moved) do
   if m.rec then
     reply[#reply + 1] = m.rec
     reply[#reply + 1] = m.e.member
+    reply[#reply + 1] = fmt(m.e.t)
   end
 end
 return reply

@@ -9,8 +9,8 @@
 -- KEYS[4] latest ZSET who -> latest conversation start (ms): the cheap common lookup
 --
 -- ARGV[1] mode: 'reserve' (search from t, take the first instant with capacity),
---         'peek' (the same search, nothing written: dry runs), 'force' (count at t even when
---         full: the decision was committed already), 'release' (give back t's rate tokens)
+--         'peek' (the same search, nothing written: dry runs), 'release' (give back t's
+--         rate tokens). Nothing ever counts over a share: no mode takes a full bucket.
 -- ARGV[2] t, ARGV[3] search end (exclusive), ARGV[4] now, ARGV[5] max search steps,
 -- ARGV[6] number of rate limits R, then R triples (bucket length ms, this shard's share, name),
 -- then the unique-recipient limit: window ms (0: none), this shard's share, who (pseudonym),
@@ -18,8 +18,7 @@
 --
 -- Returns {status, instant, name}: 'ok' with the first instant >= t that has capacity (and
 -- the name of the limit that first pushed the search on, '' if none), 'none' with the instant
--- the bounded search stopped at, 'forced' with '1' as name if a limit was already full,
--- 'released'.
+-- the bounded search stopped at, 'released'.
 --
 -- A rolling limit of n per W (unique recipients) blocks x iff n existing starts plus x fit in
 -- a span shorter than W: for n consecutive starts e_a..e_{a+n-1} (span < W) that is exactly
@@ -178,20 +177,15 @@ local function next_candidate(x)
 end
 
 local function take(x)
-  local over = false
   for _, r in ipairs(rates) do
     local f = field(r, x)
     local c = redis.call('HINCRBY', KEYS[1], f, 1)
-    if c > r.cap then over = true end
     if c == r.cap then grow_run(r, bucket(r, x)) end
     if c == 1 then redis.call('ZADD', KEYS[2], fmt((bucket(r, x) + 1) * r.g), f) end
   end
   local keep = 0
   for _, r in ipairs(rates) do if r.g > keep then keep = r.g end end
   if W > 0 and not covered(x) then
-    for _, iv in ipairs(ublocks) do
-      if iv[1] <= x and x < iv[2] then over = true end
-    end
     redis.call('ZADD', KEYS[3], fmt(x), who .. ':' .. fmt(x))
     if latest == nil or x > latest then redis.call('ZADD', KEYS[4], fmt(x), who) end
     keep = math.max(keep, W)
@@ -203,12 +197,6 @@ local function take(x)
       redis.call('PEXPIRE', KEYS[i], fmt(want))
     end
   end
-  return over
-end
-
-if mode == 'force' then
-  local over = take(t)
-  return {'forced', fmt(t), over and '1' or '0'}
 end
 
 -- 3. bounded search: the first instant >= t where every limit has room
