@@ -58,8 +58,14 @@ def _offset_at(tz: ZoneInfo, seconds: int) -> int:
     return 0 if offset is None else int(offset.total_seconds())
 
 
-def _breakpoints(tz: ZoneInfo, lo: int, hi: int) -> tuple[list[int], list[int]]:
-    """Bucket indices where the offset starts a new piece, and each piece's offset."""
+@functools.lru_cache(maxsize=16384)
+def _breakpoints(tz: ZoneInfo, lo: int, hi: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Bucket indices where the offset starts a new piece, and each piece's offset.
+
+    Memoised per (zone, first bucket, last bucket): serving asks the same zone about the
+    same 15-minute buckets for every recipient there (the request instant and the hour
+    starts of the horizon), and each fresh answer costs two or more ``zoneinfo`` calls
+    (~6 µs). The answer is a pure function of its arguments, so the cache is exact."""
     starts: list[int] = [lo]
     offsets: list[int] = [_offset_at(tz, lo * _BUCKET_SECONDS)]
     # Explicit stack of (lo, hi, off_lo, off_hi) segments, processed left to right.
@@ -77,7 +83,7 @@ def _breakpoints(tz: ZoneInfo, lo: int, hi: int) -> tuple[list[int], list[int]]:
         off_mid = _offset_at(tz, mid * _BUCKET_SECONDS)
         stack.append((mid, b, off_mid, off_b))  # right half popped after the left one
         stack.append((a, mid, off_a, off_mid))
-    return starts, offsets
+    return tuple(starts), tuple(offsets)
 
 
 def utc_offsets(tz: ZoneInfo, instants: Int64Array) -> Int64Array:
