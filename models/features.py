@@ -111,9 +111,10 @@ FEATURE_INDEX = {name: index for index, name in enumerate(FEATURES)}
 #: Column runs ``build_features`` fills with one assignment each (they must stay adjacent).
 _RECENCY = slice(FEATURE_INDEX["hours_since_send_ch"], FEATURE_INDEX["hours_since_active"] + 1)
 _FATIGUE = slice(FEATURE_INDEX["sends_24h"], FEATURE_INDEX["sends_7d_ch"] + 1)
-assert FEATURES[_RECENCY] == ("hours_since_send_ch", "hours_since_engagement_ch",
-                              "hours_since_send", "hours_since_active")
-assert FEATURES[_FATIGUE] == ("sends_24h", "sends_7d", "sends_24h_ch", "sends_7d_ch")
+if FEATURES[_RECENCY] != ("hours_since_send_ch", "hours_since_engagement_ch",
+                          "hours_since_send", "hours_since_active") or \
+        FEATURES[_FATIGUE] != ("sends_24h", "sends_7d", "sends_24h_ch", "sends_7d_ch"):
+    raise RuntimeError("build_features fills these column runs in this order")
 CATEGORICAL_FEATURES: tuple[str, ...] = ("channel", "category")
 
 

@@ -1,0 +1,88 @@
+"""The serving shortcuts of the feature build are exact: the one-profile path, the
+per-``Priors`` tables and the memoised UTC-offset breakpoints give the very bits the
+general (training) path and ``zoneinfo`` give."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.features import build_features, candidate_features
+from models.priors import Priors
+from models.profile import Profile, ProfileBatch
+from models.timeutil import country_of_zone, holiday_flags, local_seconds, utc_offsets, zone
+from models.vocab import ANY_CHANNEL, CHANNELS, category_bucket
+
+NOW = 1_763_900_000
+ZONES = ["Europe/Paris", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata",
+         "Africa/Casablanca", "UTC"]
+
+
+@st.composite
+def profiles(draw: st.DrawFn) -> Profile:
+    profile = Profile()
+    for at, kind, channel, how in draw(st.lists(st.tuples(
+            st.integers(NOW - 90 * 86400, NOW), st.sampled_from(["send", "eng", "act"]),
+            st.integers(0, len(CHANNELS) - 1), st.integers(0, 167)), max_size=40)):
+        if kind == "send":
+            profile.record_send(at, channel)
+        elif kind == "eng":
+            profile.record_engagement(at, channel, how)
+        else:
+            profile.record_activity(at, how)
+    return profile
+
+
+priors_st = st.builds(
+    lambda how, rates, overall: Priors(how, rates, overall),
+    st.lists(st.floats(0.01, 100.0), min_size=168, max_size=168),
+    st.lists(st.floats(0.001, 0.9), min_size=len(CHANNELS), max_size=len(CHANNELS)),
+    st.floats(0.001, 0.9))
+
+
+@settings(max_examples=60, deadline=None)
+@given(profiles(), profiles(), priors_st, st.sampled_from(ZONES),
+       st.lists(st.tuples(st.integers(0, 7 * 86400), st.integers(0, ANY_CHANNEL)),
+                min_size=1, max_size=40))
+def test_one_profile_path_equals_the_batch_path(profile: Profile, other: Profile,
+                                                priors: Priors, zone_name: str,
+                                                slots: list[tuple[int, int]]) -> None:
+    instants = NOW + np.array([s for s, _ in slots], dtype=np.int64)
+    channels = np.array([c for _, c in slots], dtype=np.int64)
+    serving = candidate_features(profile, now=NOW, channels=channels, instants=instants,
+                                 zone_name=zone_name, priors=priors, category="promo")
+    # the priors' tables are now cached: a second call is the same bits
+    again = candidate_features(profile, now=NOW, channels=channels, instants=instants,
+                               zone_name=zone_name, priors=priors, category="promo")
+    # the general path: two profiles, candidates on row 1, fresh priors (no cache)
+    batch = ProfileBatch(2)
+    batch.put(0, other)
+    batch.put(1, profile)
+    local = local_seconds(zone(zone_name), instants)
+    fresh = Priors(priors.how, priors.channel_rates, priors.overall_rate)
+    general = build_features(
+        batch, now=np.array([NOW, NOW], dtype=np.int64),
+        profile_index=np.ones(len(slots), dtype=np.intp), channel=channels,
+        instant=instants, local=local,
+        holiday=holiday_flags(country_of_zone(zone_name), local),
+        category=np.full(len(slots), category_bucket("promo"), dtype=np.int64),
+        priors=fresh)
+    assert serving.tobytes() == again.tobytes() == general.tobytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(ZONES), st.integers(1_500_000_000, 1_900_000_000),
+                          st.integers(0, 3 * 86400)), min_size=1, max_size=8))
+def test_memoised_offsets_match_zoneinfo(queries: list[tuple[str, int, int]]) -> None:
+    """Overlapping windows of several zones, each asked twice (the second from the cache)."""
+    for _ in range(2):
+        for name, start, span in queries:
+            tz = zone(name)
+            instants = np.array([start, start + span // 2, start + span], dtype=np.int64)
+            expected = [datetime.fromtimestamp(int(t), UTC).astimezone(tz).utcoffset()
+                        for t in instants]
+            assert utc_offsets(tz, instants).tolist() == [
+                int(e.total_seconds()) for e in expected if e is not None]
