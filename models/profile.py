@@ -34,6 +34,7 @@ its 3-digit precision drifts when a value is decayed and re-rounded at every eve
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,8 @@ SENDS_OFFSET = HOURS_PER_WEEK
 ENGAGEMENTS_OFFSET = HOURS_PER_WEEK + N_CHANNELS
 DECAYED_SIZE = HOURS_PER_WEEK + 2 * N_CHANNELS
 FORMAT_VERSION = 2
+#: ``to_compact_bytes``: the format-2 record, zlib-deflated (read since this version)
+COMPACT_FORMAT_VERSION = 3
 #: Per-user budget in Redis (``docs/model.md``); a test holds the layout to it.
 MAX_SERIALIZED_SIZE = 2048
 
@@ -222,8 +225,21 @@ class Profile:
                      for name, dtype, _ in _LAYOUT)
         return b"".join(parts)
 
+    def to_compact_bytes(self) -> bytes:
+        """The same record, deflated (format ``COMPACT_FORMAT_VERSION``): version byte, then
+        zlib of ``to_bytes()[1:]``. Lossless, so every reader gets the very float32 bits;
+        most users are sparse and their 1,521 bytes are mostly zeros (docs/benchmarks.md,
+        "Memory": 24-90 bytes for a new or sparse user, ~570 for 80 events). ``from_bytes``
+        reads both formats; writers switch only once every reader does (a reader of
+        format 2 alone would score such a user as new, and its next write would drop
+        their history)."""
+        return bytes([COMPACT_FORMAT_VERSION]) + zlib.compress(self.to_bytes()[1:], 1)
+
     @classmethod
     def from_bytes(cls, data: bytes) -> Profile:
+        """A stored profile, ``to_bytes`` or ``to_compact_bytes`` format."""
+        if data[:1] == bytes([COMPACT_FORMAT_VERSION]):
+            data = _inflate(data)
         if len(data) != SERIALIZED_SIZE or data[0] != FORMAT_VERSION:
             raise ProfileFormatError(
                 f"expected a version-{FORMAT_VERSION} profile of {SERIALIZED_SIZE} bytes, "
@@ -244,6 +260,19 @@ class Profile:
         profile.recent_at = fields["recent_at"].astype(np.int64)
         profile.recent_channel = fields["recent_channel"].astype(np.int8)
         return profile
+
+
+def _inflate(data: bytes) -> bytes:
+    """Format-3 bytes back to format 2; bounded (never inflates past one record) and
+    strict (a truncated stream or trailing bytes are a format error, not a profile)."""
+    inflater = zlib.decompressobj()
+    try:
+        body = inflater.decompress(data[1:], SERIALIZED_SIZE)
+    except zlib.error as exc:
+        raise ProfileFormatError(f"corrupt compact profile: {exc}") from exc
+    if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
+        raise ProfileFormatError("corrupt compact profile: not one complete record")
+    return bytes([FORMAT_VERSION]) + body
 
 
 def profile_from_events(

@@ -1,18 +1,22 @@
 """The serving shortcuts of the feature build are exact: the one-profile path, the
 per-``Priors`` tables and the memoised UTC-offset breakpoints give the very bits the
-general (training) path and ``zoneinfo`` give."""
+general (training) path and ``zoneinfo`` give; the compact (deflated) profile format
+reads back bit for bit."""
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.features import build_features, candidate_features
 from models.priors import Priors
-from models.profile import Profile, ProfileBatch
+from models.profile import SERIALIZED_SIZE, Profile, ProfileBatch, ProfileFormatError
 from models.timeutil import country_of_zone, holiday_flags, local_seconds, utc_offsets, zone
 from models.vocab import ANY_CHANNEL, CHANNELS, category_bucket
 
@@ -86,3 +90,22 @@ def test_memoised_offsets_match_zoneinfo(queries: list[tuple[str, int, int]]) ->
                         for t in instants]
             assert utc_offsets(tz, instants).tolist() == [
                 int(e.total_seconds()) for e in expected if e is not None]
+
+
+@settings(max_examples=60, deadline=None)
+@given(profiles())
+def test_compact_profile_round_trips_bit_for_bit(profile: Profile) -> None:
+    compact = profile.to_compact_bytes()
+    assert len(compact) < SERIALIZED_SIZE
+    assert Profile.from_bytes(compact).to_bytes() == profile.to_bytes()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda b: b[:-3],                      # truncated stream
+    lambda b: b + b"\x00",                 # trailing bytes
+    lambda b: b[:1] + b"\xff" + b[2:],     # corrupt header
+    lambda b: b[:1] + zlib.compress(b"\x00" * 100_000, 1),  # inflates past one record
+])
+def test_damaged_compact_profile_is_a_format_error(damage: Callable[[bytes], bytes]) -> None:
+    with pytest.raises(ProfileFormatError):
+        Profile.from_bytes(damage(Profile().to_compact_bytes()))
