@@ -155,15 +155,27 @@ def _holiday_days(country: str, first_year: int, last_year: int) -> Int64Array:
     return np.array(sorted((day - epoch).days for day in calendar), dtype=np.int64)
 
 
+@functools.lru_cache(maxsize=4096)
+def _holidays_between(country: str, first_day: int, last_day: int) -> Int64Array:
+    """The holidays (local day numbers) of ``country`` from ``first_day`` to ``last_day``,
+    memoised: serving asks about the same few days for every recipient of a country, and
+    deriving the years and searching the calendar was most of ``holiday_flags``' time.
+    The result is read-only (it is shared by every caller)."""
+    first = datetime.fromtimestamp(first_day * 86400, UTC).year
+    last = datetime.fromtimestamp(last_day * 86400, UTC).year
+    days = _holiday_days(country, first, last)
+    inside = days[(days >= first_day) & (days <= last_day)]
+    inside.flags.writeable = False
+    return inside
+
+
 def holiday_flags(country: str | None, local: Int64Array) -> npt.NDArray[np.bool_]:
     """True where the local calendar day is a public holiday in ``country``."""
     if country is None or local.size == 0:
         return np.zeros(local.shape, dtype=np.bool_)
     days = local // 86400
-    first = datetime.fromtimestamp(int(days.min()) * 86400, UTC).year
-    last = datetime.fromtimestamp(int(days.max()) * 86400, UTC).year
-    holiday_days = _holiday_days(country, first, last)
-    if holiday_days.size == 0:
+    holiday_days = _holidays_between(country, int(days.min()), int(days.max()))
+    if holiday_days.size == 0:  # the usual case: no holiday in a serving horizon
         return np.zeros(local.shape, dtype=np.bool_)
     position = np.minimum(np.searchsorted(holiday_days, days), holiday_days.size - 1)
     result: npt.NDArray[np.bool_] = holiday_days[position] == days

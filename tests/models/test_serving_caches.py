@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from models.features import build_features, candidate_features
 from models.priors import Priors
 from models.profile import SERIALIZED_SIZE, Profile, ProfileBatch, ProfileFormatError
-from models.timeutil import country_of_zone, holiday_flags, local_seconds, utc_offsets, zone
+from models.timeutil import _holiday_days, country_of_zone, holiday_flags, local_seconds, utc_offsets, zone
 from models.vocab import ANY_CHANNEL, CHANNELS, category_bucket
 
 NOW = 1_763_900_000
@@ -109,3 +109,15 @@ def test_compact_profile_round_trips_bit_for_bit(profile: Profile) -> None:
 def test_damaged_compact_profile_is_a_format_error(damage: Callable[[bytes], bytes]) -> None:
     with pytest.raises(ProfileFormatError):
         Profile.from_bytes(damage(Profile().to_compact_bytes()))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["US", "FR", "IN", "AU", "XX"]),
+       st.lists(st.integers(1_700_000_000, 1_800_000_000), min_size=1, max_size=30))
+def test_memoised_holiday_flags_match_the_calendar(country: str, locals_: list[int]) -> None:
+    local = np.array(locals_, dtype=np.int64)
+    years = [datetime.fromtimestamp(t, UTC).year for t in locals_]
+    calendar = set(_holiday_days(country, min(years), max(years)).tolist())
+    for _ in range(2):  # cold, then from the cache
+        assert holiday_flags(country, local).tolist() == [t // 86400 in calendar
+                                                           for t in locals_]
