@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from api.intervals import Interval, normalize
+from api.intervals import Interval, intersect, normalize
 
 __all__ = [
     "LocalWindow",
@@ -110,8 +110,20 @@ def parse_hhmm(text: str) -> datetime.time:
     """Parse a wall-clock time "HH:MM" (00:00-23:59).
 
     24:00 is refused rather than silently mapped: an end of 00:00 already means "until
-    midnight" because windows with ``end <= start`` wrap.
+    midnight" because windows with ``end <= start`` wrap.  Memoised (a ``datetime.time`` is
+    immutable): ``build_plan`` parses the policy's quiet hours for every decision.
     """
+    if not isinstance(text, str):
+        return _parse_hhmm(text)  # the error, uncached (it may not be hashable)
+    return _parse_hhmm_cached(text)
+
+
+@lru_cache(maxsize=1024)
+def _parse_hhmm_cached(text: str) -> datetime.time:
+    return _parse_hhmm(text)
+
+
+def _parse_hhmm(text: str) -> datetime.time:
     m = _HHMM.fullmatch(text.strip()) if isinstance(text, str) else None
     if m is None:
         raise ValueError(f"invalid time {text!r}: expected HH:MM, e.g. '08:00' or '21:30'")
@@ -200,6 +212,27 @@ def _time_ms(t: datetime.time) -> int:
 
 
 def window_intervals(
+    zone: ZoneInfo, window: LocalWindow, start_ms: int, end_ms: int
+) -> list[Interval]:
+    """Exactly the instants in ``[start_ms, end_ms)`` whose wall clock in ``zone`` is in
+    ``window``: the whole UTC days around the range (``_window_days``, memoised: every
+    decision of a zone asks about the same days) clipped to it.  A set of instants has one
+    normalized form, so clipping the wider answer is the very list the direct search
+    (``_window_intervals_uncached``) returns."""
+    if end_ms <= start_ms:
+        return []
+    days = _window_days(zone, window, start_ms // DAY_MS, (end_ms - 1) // DAY_MS)
+    return intersect(days, [(start_ms, end_ms)])
+
+
+@lru_cache(maxsize=8192)
+def _window_days(zone: ZoneInfo, window: LocalWindow, first_day: int,
+                 last_day: int) -> tuple[Interval, ...]:
+    return tuple(_window_intervals_uncached(zone, window, first_day * DAY_MS,
+                                            (last_day + 1) * DAY_MS))
+
+
+def _window_intervals_uncached(
     zone: ZoneInfo, window: LocalWindow, start_ms: int, end_ms: int
 ) -> list[Interval]:
     """Exactly the instants in ``[start_ms, end_ms)`` whose wall clock in ``zone`` is in

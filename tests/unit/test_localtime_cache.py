@@ -1,9 +1,10 @@
-"""The memoised calendar-cap boundaries (``local_day_starts``/``local_week_starts``) are
-exactly what the uncached search (``_first_instant_of_days``) returns, for any range, cold
-or warm, across DST changes and skipped dates."""
+"""The memoised local-time answers are exactly what the uncached searches return, for any
+range, cold or warm, across DST changes and skipped dates: calendar-cap boundaries
+(``local_day_starts``/``local_week_starts``) and daily windows (``window_intervals``)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
@@ -11,9 +12,13 @@ from hypothesis import strategies as st
 
 from api.localtime import (
     DAY_MS,
+    LocalWindow,
     _first_instant_of_days,
+    _window_intervals_uncached,
     local_day_starts,
     local_week_starts,
+    parse_hhmm,
+    window_intervals,
 )
 
 ZONES = ["UTC", "America/New_York", "Europe/Paris", "America/Santiago", "Pacific/Apia",
@@ -37,3 +42,29 @@ def test_cached_boundaries_equal_the_uncached_search(zone_name: str, lo: int, le
             assert local_day_starts(zone, lo, hi) == expected
         else:
             assert local_week_starts(zone, lo, hi, first_weekday) == expected
+
+
+times = st.builds(dt.time, st.integers(0, 23), st.sampled_from([0, 15, 30, 59]))
+windows = st.builds(LocalWindow, times, times,
+                    st.none() | st.frozensets(st.integers(0, 6), min_size=1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(zone_name=st.sampled_from(ZONES), window=windows, lo=st.integers(T2010, T2030),
+       length=st.integers(-DAY_MS, 10 * DAY_MS))
+def test_cached_window_intervals_equal_the_direct_search(zone_name: str, window: LocalWindow,
+                                                         lo: int, length: int) -> None:
+    zone = ZoneInfo(zone_name)
+    expected = _window_intervals_uncached(zone, window, lo, lo + length)
+    for _ in range(2):  # cold, then from the cache
+        assert window_intervals(zone, window, lo, lo + length) == expected
+
+
+def test_parse_hhmm_is_memoised_and_still_refuses() -> None:
+    assert parse_hhmm("22:30") is parse_hhmm("22:30") == dt.time(22, 30)
+    for bad in ("24:00", "7", None, ["22:00"]):
+        try:
+            parse_hhmm(bad)  # type: ignore[arg-type]
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
