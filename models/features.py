@@ -219,6 +219,66 @@ class _PriorTables:
         return tables
 
 
+class _ProfileTables:
+    """Everything ``build_features`` derives from the profiles alone (rows = profiles),
+    before it gathers per candidate."""
+
+    __slots__ = ("count_3h", "engaged_x", "last_eng_x", "last_send_x", "rates_x", "rhythm",
+                 "sends_x", "type_events", "type_share", "user_rate", "week_3h")
+
+    def __init__(self, profiles: ProfileBatch, now: I64, priors: Priors) -> None:
+        scale = np.where(profiles.ref > 0, decay(now - profiles.ref), 0.0)
+        decayed = profiles.decayed.astype(np.float64) * scale[:, None]
+        rhythm = Rhythm(profiles.counts.astype(np.float64), decayed[:, :HOURS_PER_WEEK],
+                        priors)
+        self.rhythm = rhythm
+        sends = decayed[:, SENDS_OFFSET:ENGAGEMENTS_OFFSET]
+        engaged = decayed[:, ENGAGEMENTS_OFFSET:]
+        total_sends = sends.sum(axis=1)
+        total_engaged = engaged.sum(axis=1)
+        self.user_rate: F64 = ((total_engaged + K_RATE * priors.overall_rate)
+                               / (total_sends + K_RATE))
+        # Column ANY_CHANNEL holds the all-channel aggregate, so "any" rows need no branch.
+        self.sends_x: F64 = np.column_stack([sends, total_sends])
+        self.engaged_x: F64 = np.column_stack([engaged, total_engaged])
+        self.rates_x: F64 = ((self.engaged_x + K_RATE * _PriorTables.of(priors).rates)
+                             / (self.sends_x + K_RATE))
+        self.last_send_x: I64 = np.column_stack([profiles.last_send,
+                                                 profiles.last_send.max(axis=1)])
+        self.last_eng_x: I64 = np.column_stack([profiles.last_engagement,
+                                                profiles.last_engagement.max(axis=1)])
+        self.count_3h: F64 = smooth3(rhythm.counts_hod)
+        week = rhythm.counts_week  # (profiles, 7, 24)
+        type_hod = np.stack([week[:, :5].sum(axis=1), week[:, 5:].sum(axis=1)], axis=1)
+        self.type_events: F64 = type_hod.sum(axis=2)  # (profiles, 2)
+        self.type_share: F64 = ((smooth3(type_hod) + _PriorTables.of(priors).type_share)
+                                / (3 * self.type_events + K_PRIOR)[:, :, None])
+        self.week_3h: F64 = smooth3(week)
+
+    @staticmethod
+    def of_empty(priors: Priors) -> _ProfileTables:
+        """The tables of a profile without any event (``ref`` 0: nothing decays, so they
+        depend on the priors alone), computed once per ``Priors``: new users, and every
+        user while Redis is unreachable, are scored with them."""
+        tables = priors.derived.get("features.empty_profile")
+        if not isinstance(tables, _ProfileTables):
+            tables = _ProfileTables(ProfileBatch.view(Profile()),
+                                    np.zeros(1, dtype=np.int64), priors)
+            shared = [getattr(tables, name) for name in _ProfileTables.__slots__]
+            shared += [getattr(tables.rhythm, name) for name in Rhythm.__slots__]
+            for array in shared:  # shared by every caller: reading only
+                if isinstance(array, np.ndarray):
+                    array.flags.writeable = False
+            priors.derived["features.empty_profile"] = tables
+        return tables
+
+
+def _no_events(profile: Profile) -> bool:
+    """True when ``profile`` holds nothing ``_ProfileTables`` reads (whatever ``now`` is)."""
+    return (profile.ref == 0 and not profile.counts.any() and not profile.decayed.any()
+            and not profile.last_send.any() and not profile.last_engagement.any())
+
+
 def _hours_since(instant: I64, last: I64) -> F64:
     """Hours from ``last`` to ``instant``; NaN when there was no such event (LightGBM's missing)."""
     hours = (instant - last).astype(np.float64) / 3600.0
@@ -236,6 +296,7 @@ def build_features(
     holiday: npt.NDArray[np.bool_],
     category: Ints,
     priors: Priors,
+    user: _ProfileTables | None = None,
 ) -> F32:
     """Rows (one per candidate, columns ``FEATURES``) as float32.
 
@@ -244,7 +305,9 @@ def build_features(
     instant). ``instant`` is the candidate send instant (UTC epoch seconds), ``local`` its
     local wall-clock seconds (``models.timeutil.local_seconds``), ``holiday`` whether that
     local day is a public holiday, ``channel`` an index into ``CHANNELS`` (or
-    ``ANY_CHANNEL``), ``category`` a ``models.vocab.category_bucket``.
+    ``ANY_CHANNEL``), ``category`` a ``models.vocab.category_bucket``. ``user``: the
+    profiles' tables when the caller already has them (``candidate_features``: the
+    empty profile's, cached per priors).
     """
     n = int(instant.shape[0])
     p = np.asarray(profile_index, dtype=np.intp)
@@ -258,24 +321,13 @@ def build_features(
         picked: npt.NDArray[Any] = table[0][index] if single else table[(p, *index)]
         return picked
 
-    scale = np.where(profiles.ref > 0, decay(now - profiles.ref), 0.0)
-    decayed = profiles.decayed.astype(np.float64) * scale[:, None]
-    rhythm = Rhythm(profiles.counts.astype(np.float64), decayed[:, :HOURS_PER_WEEK], priors)
-
-    sends = decayed[:, SENDS_OFFSET:ENGAGEMENTS_OFFSET]
-    engaged = decayed[:, ENGAGEMENTS_OFFSET:]
-    total_sends = sends.sum(axis=1)
-    total_engaged = engaged.sum(axis=1)
-    user_rate = (total_engaged + K_RATE * priors.overall_rate) / (total_sends + K_RATE)
+    if user is None:
+        user = _ProfileTables(profiles, now, priors)
     tables = _PriorTables.of(priors)
     prior_rates = tables.rates
-    # Column ANY_CHANNEL holds the all-channel aggregate, so "any" rows need no branch.
-    sends_x = np.column_stack([sends, total_sends])
-    engaged_x = np.column_stack([engaged, total_engaged])
-    rates_x = (engaged_x + K_RATE * prior_rates) / (sends_x + K_RATE)
-    last_send_x = np.column_stack([profiles.last_send, profiles.last_send.max(axis=1)])
-    last_eng_x = np.column_stack([profiles.last_engagement,
-                                  profiles.last_engagement.max(axis=1)])
+    rhythm = user.rhythm
+    sends_x, engaged_x, rates_x = user.sends_x, user.engaged_x, user.rates_x
+    last_send_x, last_eng_x, user_rate = user.last_send_x, user.last_eng_x, user.user_rate
 
     how = hour_of_week(local)
     seconds_of_day = local % 86400
@@ -303,18 +355,13 @@ def build_features(
         first_seen > 0, np.maximum(instant - first_seen, 0) / 86400.0, np.nan)
     rows[:, col["heuristic_share"]] = pick(rhythm.heuristic, hod) * HOURS
     rows[:, col["user_count_hour"]] = count_hour
-    rows[:, col["user_count_3h"]] = pick(smooth3(rhythm.counts_hod), hod)
+    rows[:, col["user_count_3h"]] = pick(user.count_3h, hod)
     rows[:, col["user_share_hour"]] = np.where(
         events > 0, count_hour / np.maximum(events, 1e-9), np.nan)
-    week = rhythm.counts_week  # (profiles, 7, 24)
-    type_hod = np.stack([week[:, :5].sum(axis=1), week[:, 5:].sum(axis=1)], axis=1)
-    type_events = type_hod.sum(axis=2)  # (profiles, 2)
-    type_share = ((smooth3(type_hod) + tables.type_share)
-                  / (3 * type_events + K_PRIOR)[:, :, None])
     day_type = weekend.astype(np.intp)
-    rows[:, col["user_share_daytype"]] = pick(type_share, day_type, hod) * HOURS
-    rows[:, col["user_events_daytype"]] = pick(type_events, day_type)
-    rows[:, col["user_count_how_3h"]] = pick(smooth3(week), weekday, hod)
+    rows[:, col["user_share_daytype"]] = pick(user.type_share, day_type, hod) * HOURS
+    rows[:, col["user_events_daytype"]] = pick(user.type_events, day_type)
+    rows[:, col["user_count_how_3h"]] = pick(user.week_3h, weekday, hod)
     distance = np.abs(local_hour - rhythm.mode_hour[p])
     rows[:, col["user_mode_distance"]] = np.minimum(distance, HOURS - distance)
     rows[:, col["user_hour_spread"]] = rhythm.spread[p]
@@ -385,6 +432,7 @@ def candidate_features(
     n = instants.shape[0]
     return build_features(
         ProfileBatch.view(profile),
+        user=_ProfileTables.of_empty(priors) if _no_events(profile) else None,
         now=np.array([now], dtype=np.int64),
         profile_index=np.zeros(n, dtype=np.intp),
         channel=np.asarray(channels, dtype=np.int64),

@@ -121,3 +121,28 @@ def test_memoised_holiday_flags_match_the_calendar(country: str, locals_: list[i
     for _ in range(2):  # cold, then from the cache
         assert holiday_flags(country, local).tolist() == [t // 86400 in calendar
                                                            for t in locals_]
+
+
+@settings(max_examples=30, deadline=None)
+@given(priors_st, st.sampled_from(ZONES), st.integers(1_500_000_000, 1_900_000_000))
+def test_empty_profile_tables_cached_per_priors_are_the_computed_ones(
+        priors: Priors, zone_name: str, now: int) -> None:
+    """A user without events is scored with tables cached per priors (independent of
+    ``now``); a profile that is not quite empty (counts without ``ref``) is not."""
+    instants = now + np.arange(30, dtype=np.int64) * 3600
+    channels = np.arange(30, dtype=np.int64) % (ANY_CHANNEL + 1)
+    odd = Profile()
+    odd.counts[5] = 1.0
+    for profile in (Profile(), odd):
+        cached = candidate_features(profile, now=now, channels=channels, instants=instants,
+                                    zone_name=zone_name, priors=priors)
+        batch = ProfileBatch(2)
+        batch.put(1, profile)
+        local = local_seconds(zone(zone_name), instants)
+        general = build_features(
+            batch, now=np.array([now, now], dtype=np.int64),
+            profile_index=np.ones(30, dtype=np.intp), channel=channels, instant=instants,
+            local=local, holiday=holiday_flags(country_of_zone(zone_name), local),
+            category=np.full(30, category_bucket(None), dtype=np.int64),
+            priors=Priors(priors.how, priors.channel_rates, priors.overall_rate))
+        assert cached.tobytes() == general.tobytes()
