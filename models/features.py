@@ -165,7 +165,7 @@ def heuristic_distribution(counts_hod: F64, prior_hod: F64) -> F64:
 class Rhythm:
     """Per-profile long- and short-memory hour distributions (rows = profiles)."""
 
-    __slots__ = ("counts_hod", "counts_week", "events", "heuristic", "mode_hour",
+    __slots__ = ("counts_3h", "counts_hod", "counts_week", "events", "heuristic", "mode_hour",
                  "recent_3h_share", "recent_mass", "spread")
 
     def __init__(self, counts: F64, decayed_hist: F64, priors: Priors) -> None:
@@ -174,7 +174,8 @@ class Rhythm:
         self.counts_hod: F64 = week.sum(axis=1)
         self.events: F64 = counts.sum(axis=1)
         # heuristic_distribution, with the prior term from the per-priors tables
-        scores = smooth3(self.counts_hod) + _PriorTables.of(priors).k_hod
+        self.counts_3h: F64 = smooth3(self.counts_hod)
+        scores = self.counts_3h + _PriorTables.of(priors).k_hod
         self.heuristic: F64 = scores / scores.sum(axis=-1, keepdims=True)
         # the raw mode; the heuristic only breaks ties (smoothing alone would tie h-1..h+1)
         self.mode_hour: F64 = np.argmax(self.counts_hod + 1e-3 * self.heuristic, axis=1) + 0.5
@@ -247,7 +248,7 @@ class _ProfileTables:
                                                  profiles.last_send.max(axis=1)])
         self.last_eng_x: I64 = np.column_stack([profiles.last_engagement,
                                                 profiles.last_engagement.max(axis=1)])
-        self.count_3h: F64 = smooth3(rhythm.counts_hod)
+        self.count_3h: F64 = rhythm.counts_3h
         week = rhythm.counts_week  # (profiles, 7, 24)
         type_hod = np.stack([week[:, :5].sum(axis=1), week[:, 5:].sum(axis=1)], axis=1)
         self.type_events: F64 = type_hod.sum(axis=2)  # (profiles, 2)
