@@ -72,6 +72,11 @@ _LAYOUT: tuple[tuple[str, str, int], ...] = (
     ("recent_channel", "<u1", RECENT_SENDS),
 )
 SERIALIZED_SIZE = 1 + sum(np.dtype(dtype).itemsize * count for _, dtype, count in _LAYOUT)
+#: ``_LAYOUT`` with each field's dtype and byte offset, computed once for ``from_bytes``
+_FIELDS: tuple[tuple[str, np.dtype[Any], int, int], ...] = tuple(
+    (name, np.dtype(dtype), count,
+     1 + sum(np.dtype(d).itemsize * c for _, d, c in _LAYOUT[:i]))
+    for i, (name, dtype, count) in enumerate(_LAYOUT))
 
 
 class ProfileFormatError(ValueError):
@@ -244,12 +249,9 @@ class Profile:
             raise ProfileFormatError(
                 f"expected a version-{FORMAT_VERSION} profile of {SERIALIZED_SIZE} bytes, "
                 f"got {len(data)} bytes (version byte {data[:1]!r})")
-        profile = cls()
-        offset = 1
-        fields: dict[str, npt.NDArray[np.generic]] = {}
-        for name, dtype, count in _LAYOUT:
-            fields[name] = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-            offset += np.dtype(dtype).itemsize * count
+        profile = cls.__new__(cls)  # every slot is set below: no zero arrays to discard
+        fields = {name: np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+                  for name, dtype, count, offset in _FIELDS}
         profile.ref = int(fields["ref"][0])
         profile.decayed = fields["decayed"].astype(np.float32)
         profile.counts = fields["counts"].astype(np.float32)
