@@ -157,7 +157,11 @@ def heuristic_distribution(counts_hod: F64, prior_hod: F64) -> F64:
     ``(smooth3(counts) + K_PRIOR * prior) / (3 * events + K_PRIOR)``; with no events it
     is the tenant prior itself. Rows sum to 1.
     """
-    scores = smooth3(counts_hod) + K_PRIOR * prior_hod
+    return _normalised(smooth3(counts_hod) + K_PRIOR * prior_hod)
+
+
+def _normalised(scores: F64) -> F64:
+    """Rows scaled to sum to 1 (the heuristic's last step, shared with ``Rhythm``)."""
     result: F64 = scores / scores.sum(axis=-1, keepdims=True)
     return result
 
@@ -173,10 +177,10 @@ class Rhythm:
         self.counts_week: F64 = week
         self.counts_hod: F64 = week.sum(axis=1)
         self.events: F64 = counts.sum(axis=1)
-        # heuristic_distribution, with the prior term from the per-priors tables
+        # heuristic_distribution, with its prior term (K_PRIOR x hour shares) from the
+        # per-priors tables and the smoothed counts kept for the features
         self.counts_3h: F64 = smooth3(self.counts_hod)
-        scores = self.counts_3h + _PriorTables.of(priors).k_hod
-        self.heuristic: F64 = scores / scores.sum(axis=-1, keepdims=True)
+        self.heuristic: F64 = _normalised(self.counts_3h + _PriorTables.of(priors).k_hod)
         # the raw mode; the heuristic only breaks ties (smoothing alone would tie h-1..h+1)
         self.mode_hour: F64 = np.argmax(self.counts_hod + 1e-3 * self.heuristic, axis=1) + 0.5
         resultant = np.hypot(self.counts_hod @ _HOUR_COS, self.counts_hod @ _HOUR_SIN)
