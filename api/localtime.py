@@ -26,14 +26,15 @@ weekday (1970-01-01 was a Thursday).
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from api.intervals import Interval, normalize
+from api.intervals import Interval, intersect, normalize
 
 __all__ = [
     "LocalWindow",
@@ -109,8 +110,20 @@ def parse_hhmm(text: str) -> datetime.time:
     """Parse a wall-clock time "HH:MM" (00:00-23:59).
 
     24:00 is refused rather than silently mapped: an end of 00:00 already means "until
-    midnight" because windows with ``end <= start`` wrap.
+    midnight" because windows with ``end <= start`` wrap.  Memoised (a ``datetime.time`` is
+    immutable): ``build_plan`` parses the policy's quiet hours for every decision.
     """
+    if not isinstance(text, str):
+        return _parse_hhmm(text)  # the error, uncached (it may not be hashable)
+    return _parse_hhmm_cached(text)
+
+
+@lru_cache(maxsize=1024)
+def _parse_hhmm_cached(text: str) -> datetime.time:
+    return _parse_hhmm(text)
+
+
+def _parse_hhmm(text: str) -> datetime.time:
     m = _HHMM.fullmatch(text.strip()) if isinstance(text, str) else None
     if m is None:
         raise ValueError(f"invalid time {text!r}: expected HH:MM, e.g. '08:00' or '21:30'")
@@ -202,6 +215,27 @@ def window_intervals(
     zone: ZoneInfo, window: LocalWindow, start_ms: int, end_ms: int
 ) -> list[Interval]:
     """Exactly the instants in ``[start_ms, end_ms)`` whose wall clock in ``zone`` is in
+    ``window``: the whole UTC days around the range (``_window_days``, memoised: every
+    decision of a zone asks about the same days) clipped to it.  A set of instants has one
+    normalized form, so clipping the wider answer is the very list the direct search
+    (``_window_intervals_uncached``) returns."""
+    if end_ms <= start_ms:
+        return []
+    days = _window_days(zone, window, start_ms // DAY_MS, (end_ms - 1) // DAY_MS)
+    return intersect(days, [(start_ms, end_ms)])
+
+
+@lru_cache(maxsize=8192)
+def _window_days(zone: ZoneInfo, window: LocalWindow, first_day: int,
+                 last_day: int) -> tuple[Interval, ...]:
+    return tuple(_window_intervals_uncached(zone, window, first_day * DAY_MS,
+                                            (last_day + 1) * DAY_MS))
+
+
+def _window_intervals_uncached(
+    zone: ZoneInfo, window: LocalWindow, start_ms: int, end_ms: int
+) -> list[Interval]:
+    """Exactly the instants in ``[start_ms, end_ms)`` whose wall clock in ``zone`` is in
     ``window`` (normalized).
 
     Per constant-offset segment, every daily occurrence of the window is a wall-ms interval;
@@ -261,10 +295,18 @@ def _first_instant_of_days(
     bucket containing it), then each later one, through the first boundary > ``end_ms``.
 
     Searches from 9 days before ``start_ms`` to 9 days after ``end_ms``: a week boundary is
-    always within that margin.
+    always within that margin.  (The reference the cached ``local_day_starts`` and
+    ``local_week_starts`` are tested against.)
     """
     lo = start_ms - 9 * DAY_MS
     hi = max(end_ms, start_ms) + 9 * DAY_MS
+    return _bracket(_boundaries(zone, lo, hi, keep), start_ms, end_ms)
+
+
+def _boundaries(zone: ZoneInfo, lo: int, hi: int, keep: Callable[[int], bool]) -> list[int]:
+    """Every boundary (see ``_first_instant_of_days``) of the days after the one containing
+    ``lo``, up to ``hi``.  A boundary depends only on the zone and its day, not on the range
+    searched, so boundaries found from a wider range are the same instants."""
     segs = _segments(zone, lo, hi)
     boundaries: list[int] = []
     # Walk segments in time order.  A day's boundary lies in the first segment whose wall range
@@ -280,16 +322,28 @@ def _first_instant_of_days(
                 if not boundaries or t > boundaries[-1]:
                     boundaries.append(t)
         done_day = max(done_day, last_day)
-    # first boundary <= start_ms
-    i = 0
-    while i + 1 < len(boundaries) and boundaries[i + 1] <= start_ms:
-        i += 1
-    out: list[int] = []
-    for t in boundaries[i:]:
-        out.append(t)
-        if t > end_ms:
-            break
-    return out
+    return boundaries
+
+
+def _bracket(boundaries: Sequence[int], start_ms: int, end_ms: int) -> list[int]:
+    """The last boundary <= ``start_ms`` (or the first one), then each later one through the
+    first boundary > ``end_ms``."""
+    i = max(bisect.bisect_right(boundaries, start_ms) - 1, 0)
+    return list(boundaries[i:max(bisect.bisect_right(boundaries, end_ms) + 1, i + 1)])
+
+
+@lru_cache(maxsize=8192)
+def _day_boundaries(zone: ZoneInfo, first_weekday: int | None, first_day: int,
+                    last_day: int) -> tuple[int, ...]:
+    """The boundaries ``_first_instant_of_days`` searches for any range starting on UTC day
+    ``first_day`` and ending on UTC day ``last_day`` (a superset of its 9-day margins),
+    memoised: every decision compiles its calendar caps for the same few (zone, day) pairs,
+    and the walk over offset segments was most of ``build_plan``'s time.  The DST
+    arithmetic stays in ``_boundaries``; this only remembers its answers."""
+    def keep(day: int) -> bool:
+        return first_weekday is None or (day + 3) % 7 == first_weekday
+
+    return tuple(_boundaries(zone, (first_day - 9) * DAY_MS, (last_day + 10) * DAY_MS, keep))
 
 
 def local_day_starts(zone: ZoneInfo, start_ms: int, end_ms: int) -> list[int]:
@@ -300,7 +354,9 @@ def local_day_starts(zone: ZoneInfo, start_ms: int, end_ms: int) -> list[int]:
     midnight itself is skipped, as in America/Santiago), through the first boundary > ``end_ms``.
     Consecutive boundaries are 23, 24 or 25 hours apart around DST.
     """
-    return _first_instant_of_days(zone, start_ms, end_ms, lambda day: True)
+    hi = max(end_ms, start_ms)
+    return _bracket(_day_boundaries(zone, None, start_ms // DAY_MS, hi // DAY_MS),
+                    start_ms, end_ms)
 
 
 def local_week_starts(
@@ -309,6 +365,6 @@ def local_week_starts(
     """Like :func:`local_day_starts`, for weeks starting on ``first_weekday`` (0 = Monday)."""
     if not 0 <= first_weekday <= 6:
         raise ValueError(f"first_weekday must be 0..6, got {first_weekday}")
-    return _first_instant_of_days(
-        zone, start_ms, end_ms, lambda day: (day + 3) % 7 == first_weekday
-    )
+    hi = max(end_ms, start_ms)
+    return _bracket(_day_boundaries(zone, first_weekday, start_ms // DAY_MS, hi // DAY_MS),
+                    start_ms, end_ms)

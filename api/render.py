@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from api.localtime import ms_to_utc as utc
-from api.plan import Context, decode_member, member_priority
+from api.plan import Context, decode_context, decode_member, member_priority
 from api.reasons import ReasonCode
 from api.schemas import (
     DecisionResponse,
@@ -36,16 +36,11 @@ class Outcome(msgspec.Struct, frozen=True):
     p: int = 0
 
 
-_context_decoder = msgspec.json.Decoder(Context)
 _outcome_decoder = msgspec.json.Decoder(Outcome)
 
 
 def decode_outcome(raw: bytes | str) -> Outcome:
     return _outcome_decoder.decode(raw)
-
-
-def decode_context(raw: bytes | str) -> Context:
-    return _context_decoder.decode(raw)
 
 
 def render(ctx: Context, outcome: Outcome, *, replayed: bool = False,

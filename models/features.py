@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -107,6 +108,13 @@ FEATURES: tuple[str, ...] = (
     "sends_7d_ch",
 )
 FEATURE_INDEX = {name: index for index, name in enumerate(FEATURES)}
+#: Column runs ``build_features`` fills with one assignment each (they must stay adjacent).
+_RECENCY = slice(FEATURE_INDEX["hours_since_send_ch"], FEATURE_INDEX["hours_since_active"] + 1)
+_FATIGUE = slice(FEATURE_INDEX["sends_24h"], FEATURE_INDEX["sends_7d_ch"] + 1)
+if FEATURES[_RECENCY] != ("hours_since_send_ch", "hours_since_engagement_ch",
+                          "hours_since_send", "hours_since_active") or \
+        FEATURES[_FATIGUE] != ("sends_24h", "sends_7d", "sends_24h_ch", "sends_7d_ch"):
+    raise RuntimeError("build_features fills these column runs in this order")
 CATEGORICAL_FEATURES: tuple[str, ...] = ("channel", "category")
 
 
@@ -149,7 +157,11 @@ def heuristic_distribution(counts_hod: F64, prior_hod: F64) -> F64:
     ``(smooth3(counts) + K_PRIOR * prior) / (3 * events + K_PRIOR)``; with no events it
     is the tenant prior itself. Rows sum to 1.
     """
-    scores = smooth3(counts_hod) + K_PRIOR * prior_hod
+    return _normalised(smooth3(counts_hod) + K_PRIOR * prior_hod)
+
+
+def _normalised(scores: F64) -> F64:
+    """Rows scaled to sum to 1 (the heuristic's last step, shared with ``Rhythm``)."""
     result: F64 = scores / scores.sum(axis=-1, keepdims=True)
     return result
 
@@ -157,7 +169,7 @@ def heuristic_distribution(counts_hod: F64, prior_hod: F64) -> F64:
 class Rhythm:
     """Per-profile long- and short-memory hour distributions (rows = profiles)."""
 
-    __slots__ = ("counts_hod", "counts_week", "events", "heuristic", "mode_hour",
+    __slots__ = ("counts_3h", "counts_hod", "counts_week", "events", "heuristic", "mode_hour",
                  "recent_3h_share", "recent_mass", "spread")
 
     def __init__(self, counts: F64, decayed_hist: F64, priors: Priors) -> None:
@@ -165,11 +177,13 @@ class Rhythm:
         self.counts_week: F64 = week
         self.counts_hod: F64 = week.sum(axis=1)
         self.events: F64 = counts.sum(axis=1)
-        self.heuristic: F64 = heuristic_distribution(self.counts_hod, priors.hod)
+        # heuristic_distribution, with its prior term (K_PRIOR x hour shares) from the
+        # per-priors tables and the smoothed counts kept for the features
+        self.counts_3h: F64 = smooth3(self.counts_hod)
+        self.heuristic: F64 = _normalised(self.counts_3h + _PriorTables.of(priors).k_hod)
         # the raw mode; the heuristic only breaks ties (smoothing alone would tie h-1..h+1)
         self.mode_hour: F64 = np.argmax(self.counts_hod + 1e-3 * self.heuristic, axis=1) + 0.5
-        angle = 2 * np.pi * (np.arange(HOURS) + 0.5) / HOURS
-        resultant = np.hypot(self.counts_hod @ np.cos(angle), self.counts_hod @ np.sin(angle))
+        resultant = np.hypot(self.counts_hod @ _HOUR_COS, self.counts_hod @ _HOUR_SIN)
         self.spread: F64 = np.where(self.events > 0,
                                     1.0 - resultant / np.maximum(self.events, 1e-9), np.nan)
         recent_hod = decayed_hist.reshape(-1, 7, HOURS).sum(axis=1)
@@ -177,6 +191,97 @@ class Rhythm:
         self.recent_3h_share: F64 = (
             (smooth3(recent_hod) + K_RECENT * self.heuristic)
             / (3 * self.recent_mass + K_RECENT)[:, None])
+
+
+#: Angles of the 24 hour centres (for the circular spread), computed once.
+_HOUR_ANGLE = 2 * np.pi * (np.arange(HOURS) + 0.5) / HOURS
+_HOUR_COS = np.cos(_HOUR_ANGLE)
+_HOUR_SIN = np.sin(_HOUR_ANGLE)
+
+
+class _PriorTables:
+    """What ``build_features`` derives from the priors alone, computed once per
+    ``Priors`` (they are immutable) and kept in ``priors.derived``: the same arrays,
+    computed by the same expressions, that serving used to rebuild for every decision."""
+
+    __slots__ = ("hod_share", "how_share", "k_hod", "rates", "type_share")
+
+    def __init__(self, priors: Priors) -> None:
+        self.k_hod: F64 = K_PRIOR * priors.hod
+        self.rates: F64 = np.append(priors.channel_rates, priors.overall_rate)
+        prior_week = priors.how.reshape(7, HOURS)
+        prior_type = np.stack([prior_week[:5].sum(axis=0), prior_week[5:].sum(axis=0)])
+        prior_type /= prior_type.sum(axis=1, keepdims=True)
+        self.type_share: F64 = K_PRIOR * prior_type[None]
+        self.hod_share: F64 = priors.hod * HOURS
+        self.how_share: F64 = priors.how * HOURS_PER_WEEK
+
+    @staticmethod
+    def of(priors: Priors) -> _PriorTables:
+        tables = priors.derived.get("features")
+        if not isinstance(tables, _PriorTables):
+            tables = priors.derived["features"] = _PriorTables(priors)
+        return tables
+
+
+class _ProfileTables:
+    """Everything ``build_features`` derives from the profiles alone (rows = profiles),
+    before it gathers per candidate."""
+
+    __slots__ = ("count_3h", "engaged_x", "last_eng_x", "last_send_x", "rates_x", "rhythm",
+                 "sends_x", "type_events", "type_share", "user_rate", "week_3h")
+
+    def __init__(self, profiles: ProfileBatch, now: I64, priors: Priors) -> None:
+        scale = np.where(profiles.ref > 0, decay(now - profiles.ref), 0.0)
+        decayed = profiles.decayed.astype(np.float64) * scale[:, None]
+        rhythm = Rhythm(profiles.counts.astype(np.float64), decayed[:, :HOURS_PER_WEEK],
+                        priors)
+        self.rhythm = rhythm
+        sends = decayed[:, SENDS_OFFSET:ENGAGEMENTS_OFFSET]
+        engaged = decayed[:, ENGAGEMENTS_OFFSET:]
+        total_sends = sends.sum(axis=1)
+        total_engaged = engaged.sum(axis=1)
+        self.user_rate: F64 = ((total_engaged + K_RATE * priors.overall_rate)
+                               / (total_sends + K_RATE))
+        # Column ANY_CHANNEL holds the all-channel aggregate, so "any" rows need no branch.
+        self.sends_x: F64 = np.column_stack([sends, total_sends])
+        self.engaged_x: F64 = np.column_stack([engaged, total_engaged])
+        self.rates_x: F64 = ((self.engaged_x + K_RATE * _PriorTables.of(priors).rates)
+                             / (self.sends_x + K_RATE))
+        self.last_send_x: I64 = np.column_stack([profiles.last_send,
+                                                 profiles.last_send.max(axis=1)])
+        self.last_eng_x: I64 = np.column_stack([profiles.last_engagement,
+                                                profiles.last_engagement.max(axis=1)])
+        self.count_3h: F64 = rhythm.counts_3h
+        week = rhythm.counts_week  # (profiles, 7, 24)
+        type_hod = np.stack([week[:, :5].sum(axis=1), week[:, 5:].sum(axis=1)], axis=1)
+        self.type_events: F64 = type_hod.sum(axis=2)  # (profiles, 2)
+        self.type_share: F64 = ((smooth3(type_hod) + _PriorTables.of(priors).type_share)
+                                / (3 * self.type_events + K_PRIOR)[:, :, None])
+        self.week_3h: F64 = smooth3(week)
+
+    @staticmethod
+    def of_empty(priors: Priors) -> _ProfileTables:
+        """The tables of a profile without any event (``ref`` 0: nothing decays, so they
+        depend on the priors alone), computed once per ``Priors``: new users, and every
+        user while Redis is unreachable, are scored with them."""
+        tables = priors.derived.get("features.empty_profile")
+        if not isinstance(tables, _ProfileTables):
+            tables = _ProfileTables(ProfileBatch.view(Profile()),
+                                    np.zeros(1, dtype=np.int64), priors)
+            shared = [getattr(tables, name) for name in _ProfileTables.__slots__]
+            shared += [getattr(tables.rhythm, name) for name in Rhythm.__slots__]
+            for array in shared:  # shared by every caller: reading only
+                if isinstance(array, np.ndarray):
+                    array.flags.writeable = False
+            priors.derived["features.empty_profile"] = tables
+        return tables
+
+
+def _no_events(profile: Profile) -> bool:
+    """True when ``profile`` holds nothing ``_ProfileTables`` reads (whatever ``now`` is)."""
+    return (profile.ref == 0 and not profile.counts.any() and not profile.decayed.any()
+            and not profile.last_send.any() and not profile.last_engagement.any())
 
 
 def _hours_since(instant: I64, last: I64) -> F64:
@@ -196,6 +301,7 @@ def build_features(
     holiday: npt.NDArray[np.bool_],
     category: Ints,
     priors: Priors,
+    user: _ProfileTables | None = None,
 ) -> F32:
     """Rows (one per candidate, columns ``FEATURES``) as float32.
 
@@ -204,28 +310,29 @@ def build_features(
     instant). ``instant`` is the candidate send instant (UTC epoch seconds), ``local`` its
     local wall-clock seconds (``models.timeutil.local_seconds``), ``holiday`` whether that
     local day is a public holiday, ``channel`` an index into ``CHANNELS`` (or
-    ``ANY_CHANNEL``), ``category`` a ``models.vocab.category_bucket``.
+    ``ANY_CHANNEL``), ``category`` a ``models.vocab.category_bucket``. ``user``: the
+    profiles' tables when the caller already has them (``candidate_features``: the
+    empty profile's, cached per priors).
     """
     n = int(instant.shape[0])
     p = np.asarray(profile_index, dtype=np.intp)
     ch = np.asarray(channel, dtype=np.intp)
-    scale = np.where(profiles.ref > 0, decay(now - profiles.ref), 0.0)
-    decayed = profiles.decayed.astype(np.float64) * scale[:, None]
-    rhythm = Rhythm(profiles.counts.astype(np.float64), decayed[:, :HOURS_PER_WEEK], priors)
+    # One profile (serving): gather from its row directly. ``table[p, i]`` with p all
+    # zeros is the same values as ``table[0][i]``, at a quarter of the indexing cost.
+    single = len(profiles) == 1
 
-    sends = decayed[:, SENDS_OFFSET:ENGAGEMENTS_OFFSET]
-    engaged = decayed[:, ENGAGEMENTS_OFFSET:]
-    total_sends = sends.sum(axis=1)
-    total_engaged = engaged.sum(axis=1)
-    user_rate = (total_engaged + K_RATE * priors.overall_rate) / (total_sends + K_RATE)
-    prior_rates = np.append(priors.channel_rates, priors.overall_rate)
-    # Column ANY_CHANNEL holds the all-channel aggregate, so "any" rows need no branch.
-    sends_x = np.column_stack([sends, total_sends])
-    engaged_x = np.column_stack([engaged, total_engaged])
-    rates_x = (engaged_x + K_RATE * prior_rates) / (sends_x + K_RATE)
-    last_send_x = np.column_stack([profiles.last_send, profiles.last_send.max(axis=1)])
-    last_eng_x = np.column_stack([profiles.last_engagement,
-                                  profiles.last_engagement.max(axis=1)])
+    def pick(table: npt.NDArray[np.generic], *index: npt.NDArray[np.integer] | int
+             ) -> npt.NDArray[Any]:
+        picked: npt.NDArray[Any] = table[0][index] if single else table[(p, *index)]
+        return picked
+
+    if user is None:
+        user = _ProfileTables(profiles, now, priors)
+    tables = _PriorTables.of(priors)
+    prior_rates = tables.rates
+    rhythm = user.rhythm
+    sends_x, engaged_x, rates_x = user.sends_x, user.engaged_x, user.rates_x
+    last_send_x, last_eng_x, user_rate = user.last_send_x, user.last_eng_x, user.user_rate
 
     how = hour_of_week(local)
     seconds_of_day = local % 86400
@@ -247,56 +354,49 @@ def build_features(
     # the counts would cost gigabytes on a training set.
     events = rhythm.events[p]
     first_seen = profiles.first_seen[p]
-    count_hour = rhythm.counts_hod[p, hod]
+    count_hour = pick(rhythm.counts_hod, hod)
     rows[:, col["user_events"]] = events
     rows[:, col["user_days_known"]] = np.where(
         first_seen > 0, np.maximum(instant - first_seen, 0) / 86400.0, np.nan)
-    rows[:, col["heuristic_share"]] = rhythm.heuristic[p, hod] * HOURS
+    rows[:, col["heuristic_share"]] = pick(rhythm.heuristic, hod) * HOURS
     rows[:, col["user_count_hour"]] = count_hour
-    rows[:, col["user_count_3h"]] = smooth3(rhythm.counts_hod)[p, hod]
+    rows[:, col["user_count_3h"]] = pick(user.count_3h, hod)
     rows[:, col["user_share_hour"]] = np.where(
         events > 0, count_hour / np.maximum(events, 1e-9), np.nan)
-    week = rhythm.counts_week  # (profiles, 7, 24)
-    type_hod = np.stack([week[:, :5].sum(axis=1), week[:, 5:].sum(axis=1)], axis=1)
-    type_events = type_hod.sum(axis=2)  # (profiles, 2)
-    prior_week = priors.how.reshape(7, HOURS)
-    prior_type = np.stack([prior_week[:5].sum(axis=0), prior_week[5:].sum(axis=0)])
-    prior_type /= prior_type.sum(axis=1, keepdims=True)
-    type_share = ((smooth3(type_hod) + K_PRIOR * prior_type[None])
-                  / (3 * type_events + K_PRIOR)[:, :, None])
     day_type = weekend.astype(np.intp)
-    rows[:, col["user_share_daytype"]] = type_share[p, day_type, hod] * HOURS
-    rows[:, col["user_events_daytype"]] = type_events[p, day_type]
-    rows[:, col["user_count_how_3h"]] = smooth3(week)[p, weekday, hod]
+    rows[:, col["user_share_daytype"]] = pick(user.type_share, day_type, hod) * HOURS
+    rows[:, col["user_events_daytype"]] = pick(user.type_events, day_type)
+    rows[:, col["user_count_how_3h"]] = pick(user.week_3h, weekday, hod)
     distance = np.abs(local_hour - rhythm.mode_hour[p])
     rows[:, col["user_mode_distance"]] = np.minimum(distance, HOURS - distance)
     rows[:, col["user_hour_spread"]] = rhythm.spread[p]
     rows[:, col["recent_mass"]] = rhythm.recent_mass[p]
-    rows[:, col["recent_share_3h"]] = rhythm.recent_3h_share[p, hod] * HOURS
-    rows[:, col["prior_share_hour"]] = priors.hod[hod] * HOURS
-    rows[:, col["prior_share_how"]] = priors.how[how] * HOURS_PER_WEEK
+    rows[:, col["recent_share_3h"]] = pick(rhythm.recent_3h_share, hod) * HOURS
+    rows[:, col["prior_share_hour"]] = tables.hod_share[hod]
+    rows[:, col["prior_share_how"]] = tables.how_share[how]
 
-    rows[:, col["ch_sends"]] = sends_x[p, ch]
-    rows[:, col["ch_engagements"]] = engaged_x[p, ch]
-    rows[:, col["ch_rate"]] = rates_x[p, ch]
+    rows[:, col["ch_sends"]] = pick(sends_x, ch)
+    rows[:, col["ch_engagements"]] = pick(engaged_x, ch)
+    rows[:, col["ch_rate"]] = pick(rates_x, ch)
     rows[:, col["user_rate"]] = user_rate[p]
-    rows[:, col["ch_rate_lift"]] = rates_x[p, ch] / prior_rates[ch]
+    rows[:, col["ch_rate_lift"]] = pick(rates_x, ch) / prior_rates[ch]
 
-    rows[:, col["hours_since_send_ch"]] = _hours_since(instant, last_send_x[p, ch])
-    rows[:, col["hours_since_engagement_ch"]] = _hours_since(instant, last_eng_x[p, ch])
-    rows[:, col["hours_since_send"]] = _hours_since(instant, last_send_x[p, ANY_CHANNEL])
-    rows[:, col["hours_since_active"]] = _hours_since(instant, profiles.last_active[p])
+    # The four recency columns are adjacent (_RECENCY): one (n, 4) computation.
+    lasts = np.column_stack([pick(last_send_x, ch), pick(last_eng_x, ch),
+                             last_send_x[p, ANY_CHANNEL], profiles.last_active[p]])
+    rows[:, _RECENCY] = _hours_since(instant[:, None], lasts)
 
-    recent = profiles.recent_at[p]  # (n, RECENT_SENDS)
+    # (n or 1, RECENT_SENDS): one profile's row broadcasts against the candidates
+    recent = profiles.recent_at[:1] if single else profiles.recent_at[p]
+    recent_channel = profiles.recent_channel[:1] if single else profiles.recent_channel[p]
     age = instant[:, None] - recent
     valid = (recent > 0) & (age > 0)
     in_day = valid & (age <= 86400)
     in_week = valid & (age <= 7 * 86400)
-    same_channel = (profiles.recent_channel[p] == ch[:, None]) | (ch[:, None] == ANY_CHANNEL)
-    rows[:, col["sends_24h"]] = in_day.sum(axis=1)
-    rows[:, col["sends_7d"]] = in_week.sum(axis=1)
-    rows[:, col["sends_24h_ch"]] = (in_day & same_channel).sum(axis=1)
-    rows[:, col["sends_7d_ch"]] = (in_week & same_channel).sum(axis=1)
+    same_channel = (recent_channel == ch[:, None]) | (ch == ANY_CHANNEL)[:, None]
+    # ... and so are the four fatigue counters (_FATIGUE): one stack, one sum
+    rows[:, _FATIGUE] = np.stack([in_day, in_week, in_day & same_channel,
+                                  in_week & same_channel], axis=1).sum(axis=2)
     return rows
 
 
@@ -336,7 +436,8 @@ def candidate_features(
     holiday = holiday_flags(country or country_of_zone(zone_name), local)
     n = instants.shape[0]
     return build_features(
-        ProfileBatch.of(profile),
+        ProfileBatch.view(profile),
+        user=_ProfileTables.of_empty(priors) if _no_events(profile) else None,
         now=np.array([now], dtype=np.int64),
         profile_index=np.zeros(n, dtype=np.intp),
         channel=np.asarray(channels, dtype=np.int64),

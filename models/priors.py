@@ -30,7 +30,7 @@ class PriorsError(ValueError):
 class Priors:
     """Population engagement by local hour-of-week and per channel. Immutable by convention."""
 
-    __slots__ = ("channel_rates", "cond_day", "hod", "how", "overall_rate")
+    __slots__ = ("channel_rates", "cond_day", "derived", "hod", "how", "overall_rate")
 
     def __init__(self, how: F64 | list[float], channel_rates: F64 | list[float],
                  overall_rate: float) -> None:
@@ -51,6 +51,10 @@ class Priors:
         #: P(engaged | sent) per channel, and over all channels.
         self.channel_rates: F64 = rates
         self.overall_rate = float(overall_rate)
+        #: Tables other modules compute from these priors once instead of per call
+        #: (``models.features`` keeps its prior-only arrays here: they were recomputed
+        #: for every decision). Valid because a ``Priors`` is never mutated.
+        self.derived: dict[str, Any] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return {"how": [round(float(x), 8) for x in self.how],

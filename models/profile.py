@@ -34,6 +34,7 @@ its 3-digit precision drifts when a value is decayed and re-rounded at every eve
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,8 @@ SENDS_OFFSET = HOURS_PER_WEEK
 ENGAGEMENTS_OFFSET = HOURS_PER_WEEK + N_CHANNELS
 DECAYED_SIZE = HOURS_PER_WEEK + 2 * N_CHANNELS
 FORMAT_VERSION = 2
+#: ``to_compact_bytes``: the format-2 record, zlib-deflated (read since this version)
+COMPACT_FORMAT_VERSION = 3
 #: Per-user budget in Redis (``docs/model.md``); a test holds the layout to it.
 MAX_SERIALIZED_SIZE = 2048
 
@@ -69,6 +72,11 @@ _LAYOUT: tuple[tuple[str, str, int], ...] = (
     ("recent_channel", "<u1", RECENT_SENDS),
 )
 SERIALIZED_SIZE = 1 + sum(np.dtype(dtype).itemsize * count for _, dtype, count in _LAYOUT)
+#: ``_LAYOUT`` with each field's dtype and byte offset, computed once for ``from_bytes``
+_FIELDS: tuple[tuple[str, np.dtype[Any], int, int], ...] = tuple(
+    (name, np.dtype(dtype), count,
+     1 + sum(np.dtype(d).itemsize * c for _, d, c in _LAYOUT[:i]))
+    for i, (name, dtype, count) in enumerate(_LAYOUT))
 
 
 class ProfileFormatError(ValueError):
@@ -222,18 +230,28 @@ class Profile:
                      for name, dtype, _ in _LAYOUT)
         return b"".join(parts)
 
+    def to_compact_bytes(self) -> bytes:
+        """The same record, deflated (format ``COMPACT_FORMAT_VERSION``): version byte, then
+        zlib of ``to_bytes()[1:]``. Lossless, so every reader gets the very float32 bits;
+        most users are sparse and their 1,521 bytes are mostly zeros (docs/benchmarks.md,
+        "Memory": 24-90 bytes for a new or sparse user, ~570 for 80 events). ``from_bytes``
+        reads both formats; writers switch only once every reader does (a reader of
+        format 2 alone would score such a user as new, and its next write would drop
+        their history)."""
+        return bytes([COMPACT_FORMAT_VERSION]) + zlib.compress(self.to_bytes()[1:], 1)
+
     @classmethod
     def from_bytes(cls, data: bytes) -> Profile:
+        """A stored profile, ``to_bytes`` or ``to_compact_bytes`` format."""
+        if data[:1] == bytes([COMPACT_FORMAT_VERSION]):
+            data = _inflate(data)
         if len(data) != SERIALIZED_SIZE or data[0] != FORMAT_VERSION:
             raise ProfileFormatError(
                 f"expected a version-{FORMAT_VERSION} profile of {SERIALIZED_SIZE} bytes, "
                 f"got {len(data)} bytes (version byte {data[:1]!r})")
-        profile = cls()
-        offset = 1
-        fields: dict[str, npt.NDArray[np.generic]] = {}
-        for name, dtype, count in _LAYOUT:
-            fields[name] = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-            offset += np.dtype(dtype).itemsize * count
+        profile = cls.__new__(cls)  # every slot is set below: no zero arrays to discard
+        fields = {name: np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+                  for name, dtype, count, offset in _FIELDS}
         profile.ref = int(fields["ref"][0])
         profile.decayed = fields["decayed"].astype(np.float32)
         profile.counts = fields["counts"].astype(np.float32)
@@ -244,6 +262,19 @@ class Profile:
         profile.recent_at = fields["recent_at"].astype(np.int64)
         profile.recent_channel = fields["recent_channel"].astype(np.int8)
         return profile
+
+
+def _inflate(data: bytes) -> bytes:
+    """Format-3 bytes back to format 2; bounded (never inflates past one record) and
+    strict (a truncated stream or trailing bytes are a format error, not a profile)."""
+    inflater = zlib.decompressobj()
+    try:
+        body = inflater.decompress(data[1:], SERIALIZED_SIZE)
+    except zlib.error as exc:
+        raise ProfileFormatError(f"corrupt compact profile: {exc}") from exc
+    if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
+        raise ProfileFormatError("corrupt compact profile: not one complete record")
+    return bytes([FORMAT_VERSION]) + body
 
 
 def profile_from_events(
@@ -330,6 +361,23 @@ class ProfileBatch:
         for name in self.__slots__:
             setattr(out, name, getattr(self, name)[rows])
         return out
+
+    @classmethod
+    def view(cls, profile: Profile) -> ProfileBatch:
+        """A batch of one row that *shares* ``profile``'s arrays (no copies): serving
+        reads it within one call, where ``of``'s nine allocations and copies were a
+        measurable part of the feature build. The dtypes are those ``put`` converts to."""
+        batch = cls.__new__(cls)
+        batch.ref = np.array([profile.ref], dtype=np.int64)
+        batch.decayed = np.asarray(profile.decayed, dtype=np.float32)[None]
+        batch.counts = np.asarray(profile.counts, dtype=np.float32)[None]
+        batch.first_seen = np.array([profile.first_seen], dtype=np.int64)
+        batch.last_send = np.asarray(profile.last_send, dtype=np.int64)[None]
+        batch.last_engagement = np.asarray(profile.last_engagement, dtype=np.int64)[None]
+        batch.last_active = np.array([profile.last_active], dtype=np.int64)
+        batch.recent_at = np.asarray(profile.recent_at, dtype=np.int64)[None]
+        batch.recent_channel = np.asarray(profile.recent_channel, dtype=np.int8)[None]
+        return batch
 
     @classmethod
     def of(cls, profile: Profile) -> ProfileBatch:

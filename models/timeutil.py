@@ -58,8 +58,14 @@ def _offset_at(tz: ZoneInfo, seconds: int) -> int:
     return 0 if offset is None else int(offset.total_seconds())
 
 
-def _breakpoints(tz: ZoneInfo, lo: int, hi: int) -> tuple[list[int], list[int]]:
-    """Bucket indices where the offset starts a new piece, and each piece's offset."""
+@functools.lru_cache(maxsize=16384)
+def _breakpoints(tz: ZoneInfo, lo: int, hi: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Bucket indices where the offset starts a new piece, and each piece's offset.
+
+    Memoised per (zone, first bucket, last bucket): serving asks the same zone about the
+    same 15-minute buckets for every recipient there (the request instant and the hour
+    starts of the horizon), and each fresh answer costs two or more ``zoneinfo`` calls
+    (~6 µs). The answer is a pure function of its arguments, so the cache is exact."""
     starts: list[int] = [lo]
     offsets: list[int] = [_offset_at(tz, lo * _BUCKET_SECONDS)]
     # Explicit stack of (lo, hi, off_lo, off_hi) segments, processed left to right.
@@ -77,13 +83,16 @@ def _breakpoints(tz: ZoneInfo, lo: int, hi: int) -> tuple[list[int], list[int]]:
         off_mid = _offset_at(tz, mid * _BUCKET_SECONDS)
         stack.append((mid, b, off_mid, off_b))  # right half popped after the left one
         stack.append((a, mid, off_a, off_mid))
-    return starts, offsets
+    return tuple(starts), tuple(offsets)
 
 
 def utc_offsets(tz: ZoneInfo, instants: Int64Array) -> Int64Array:
     """UTC offset in seconds (local = utc + offset) for each epoch-second instant."""
     if instants.size == 0:
         return np.zeros(0, dtype=np.int64)
+    if instants.size == 1:  # serving's "offset at the window start": no array arithmetic
+        bucket = int(instants.item()) // _BUCKET_SECONDS
+        return np.full(instants.shape, _breakpoints(tz, bucket, bucket)[1][0], dtype=np.int64)
     buckets = instants // _BUCKET_SECONDS
     lo, hi = int(buckets.min()), int(buckets.max())
     starts, offsets = _breakpoints(tz, lo, hi)
@@ -146,15 +155,27 @@ def _holiday_days(country: str, first_year: int, last_year: int) -> Int64Array:
     return np.array(sorted((day - epoch).days for day in calendar), dtype=np.int64)
 
 
+@functools.lru_cache(maxsize=4096)
+def _holidays_between(country: str, first_day: int, last_day: int) -> Int64Array:
+    """The holidays (local day numbers) of ``country`` from ``first_day`` to ``last_day``,
+    memoised: serving asks about the same few days for every recipient of a country, and
+    deriving the years and searching the calendar was most of ``holiday_flags``' time.
+    The result is read-only (it is shared by every caller)."""
+    first = datetime.fromtimestamp(first_day * 86400, UTC).year
+    last = datetime.fromtimestamp(last_day * 86400, UTC).year
+    days = _holiday_days(country, first, last)
+    inside = days[(days >= first_day) & (days <= last_day)]
+    inside.flags.writeable = False
+    return inside
+
+
 def holiday_flags(country: str | None, local: Int64Array) -> npt.NDArray[np.bool_]:
     """True where the local calendar day is a public holiday in ``country``."""
     if country is None or local.size == 0:
         return np.zeros(local.shape, dtype=np.bool_)
     days = local // 86400
-    first = datetime.fromtimestamp(int(days.min()) * 86400, UTC).year
-    last = datetime.fromtimestamp(int(days.max()) * 86400, UTC).year
-    holiday_days = _holiday_days(country, first, last)
-    if holiday_days.size == 0:
+    holiday_days = _holidays_between(country, int(days.min()), int(days.max()))
+    if holiday_days.size == 0:  # the usual case: no holiday in a serving horizon
         return np.zeros(local.shape, dtype=np.bool_)
     position = np.minimum(np.searchsorted(holiday_days, days), holiday_days.size - 1)
     result: npt.NDArray[np.bool_] = holiday_days[position] == days
