@@ -155,34 +155,58 @@ def model_channel(name: str) -> int:
 
 
 
-def _blocked(instants: I64, plan: Plan, cand: Candidate) -> npt.NDArray[np.bool_]:
-    mask = np.zeros(instants.shape[0], dtype=np.bool_)
-    for block in plan.blocks_of(cand):
-        if not block.iv:
-            continue
-        iv = np.asarray(block.iv, dtype=np.int64)
-        mask |= ((instants[:, None] >= iv[None, :, 0])
-                 & (instants[:, None] < iv[None, :, 1])).any(axis=1)
-    return mask
+#: memo of ``slot_instants``' local hour grid, keyed by (zone, first hour start, hours):
+#: the grid depends on nothing else, and a zone's next day of hour starts is the same for
+#: every decision in that hour (cleared whole when full: bounded memory, no LRU upkeep)
+_HOUR_GRIDS: dict[tuple[str, int, int], I64] = {}
+_HOUR_GRIDS_MAX = 4096
+
+
+def _hour_grid(zone_name: str, tz: ZoneInfo, first: int, count: int, offset: int) -> I64:
+    """``count`` local hour starts from ``first`` (ms), each moved by the change of UTC offset
+    since ``offset`` so a DST change inside the horizon keeps them on local hour starts.
+    Read-only: the array is shared by every decision of the same (zone, hour)."""
+    key = (zone_name, first, count)
+    grid = _HOUR_GRIDS.get(key)
+    if grid is None:
+        hours = np.arange(count, dtype=np.int64) * HOUR_MS + first
+        grid = hours + (offset - utc_offsets(tz, hours // 1000) * 1000)
+        grid.flags.writeable = False
+        if len(_HOUR_GRIDS) >= _HOUR_GRIDS_MAX:
+            _HOUR_GRIDS.clear()
+        _HOUR_GRIDS[key] = grid
+    return grid
 
 
 def slot_instants(plan: Plan, cand: Candidate, zone_name: str, horizon_ms: int) -> I64:
     """Allowed instants (ms) of one channel window: its first allowed instant, the ends of
     its blocks (the first moment after quiet hours etc.) and every local hour start,
-    within ``[cand.a, min(cand.b, cand.a + horizon))``, ascending, without blocked ones."""
-    end = min(cand.b, cand.a + horizon_ms)
+    within ``[cand.a, min(cand.b, cand.a + horizon))``, ascending, without blocked ones.
+
+    One pass over the window's intervals (all its blocks together: blocked means inside
+    any of them) and the hour grid from ``_hour_grid``; ``_slot_instants_reference`` in
+    the tests is the plain version this must equal."""
+    a = cand.a
+    end = min(cand.b, a + horizon_ms)
     tz = ZoneInfo(zone_name)
-    offset = int(utc_offsets(tz, np.array([cand.a // 1000], dtype=np.int64))[0]) * 1000
-    first = ((cand.a + offset) // HOUR_MS + 1) * HOUR_MS - offset
-    hours = np.arange(first, end, HOUR_MS, dtype=np.int64)
-    if hours.size:  # keep local hour starts across a DST change inside the horizon
-        shift = offset - utc_offsets(tz, hours // 1000) * 1000
-        hours = hours + shift
-    ends = [e for block in plan.blocks_of(cand) for _, e in block.iv if cand.a < e < end]
-    instants = np.unique(np.concatenate([np.array([cand.a, *ends], dtype=np.int64), hours]))
-    instants = instants[(instants >= cand.a) & (instants < end)]
-    result: I64 = instants[~_blocked(instants, plan, cand)]
-    return result
+    offset = int(utc_offsets(tz, np.array([a // 1000], dtype=np.int64))[0]) * 1000
+    first = ((a + offset) // HOUR_MS + 1) * HOUR_MS - offset
+    count = max(0, -((first - end) // HOUR_MS))  # len(range(first, end, HOUR_MS))
+    intervals = [iv for i in cand.pb for iv in plan.blocks[i].iv]
+    starts = [a, *(e for _, e in intervals if a < e < end)]
+    if count:
+        instants = np.concatenate([np.array(starts, dtype=np.int64),
+                                   _hour_grid(zone_name, tz, first, count, offset)])
+        instants = np.unique(instants)
+        instants = instants[(instants >= a) & (instants < end)]
+    else:
+        instants = np.unique(np.array(starts, dtype=np.int64))
+        instants = instants[instants < end]
+    if intervals:
+        iv = np.array(intervals, dtype=np.int64)
+        inside = ((instants[:, None] >= iv[:, 0]) & (instants[:, None] < iv[:, 1])).any(axis=1)
+        instants = instants[~inside]
+    return instants
 
 
 @dataclass
