@@ -54,7 +54,7 @@ import numpy as np
 import numpy.typing as npt
 
 from api.plan import Candidate, Plan
-from api.policy import Policy
+from api.policy import Policy, SendTimeSettings
 from api.reasons import ReasonCode
 from models.artifact import ArtifactError, NotChampionError, check_champion
 from models.features import (
@@ -221,6 +221,8 @@ class Scored:
     sends: F64                       # messages delivered in the 24 h before the slot
     version: str
     source: str
+    heads: npt.NDArray[np.intp]      # index of each channel window's first slot
+    events: float                    # the profile's events ever counted (0: no profile)
 
 
 def expected_value(p: F64, values: F64, costs: F64, sends: F64, fatigue_cost: float) -> F64:
@@ -241,10 +243,15 @@ def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone
     # may be the fallback that gets reserved)
     per = [s if s.size else np.array([c.a], dtype=np.int64) for s, c in zip(per, plan.cands,
                                                                           strict=True)]
-    cand = np.concatenate([np.full(s.size, i, dtype=np.intp) for i, s in enumerate(per)])
-    at = np.concatenate(per)
-    first = np.concatenate([np.arange(s.size) == 0 for s in per])
-    channels = [plan.cands[i].ch for i in range(len(plan.cands))]
+    sizes = [s.size for s in per]
+    n_windows = len(per)
+    cand = np.repeat(np.arange(n_windows, dtype=np.intp), sizes)
+    at = np.concatenate(per) if n_windows > 1 else per[0]
+    heads = np.zeros(n_windows, dtype=np.intp)
+    np.cumsum(sizes[:-1], out=heads[1:])
+    first = np.zeros(at.size, dtype=np.bool_)
+    first[heads] = True
+    channels = [c.ch for c in plan.cands]
     ch_model = np.array([model_channel(c) for c in channels], dtype=np.int64)[cand]
     rows = candidate_features(profile or Profile(), now=now // 1000, channels=ch_model,
                               instants=at // 1000, zone_name=zone_name, priors=model.priors,
@@ -266,8 +273,7 @@ def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone
             sel = cand == i
             dist = scorer.day_distribution(raw[sel][None, :], heuristic[sel][None, :])[0]
             p[sel] = np.clip(rate[sel] * dist * sel.sum(), 0.0, 1.0)
-    values_of: dict[str, float] = {str(k): v for k, v in settings.channel_values.items()}
-    costs_of: dict[str, float] = {str(k): v for k, v in settings.channel_costs.items()}
+    values_of, costs_of = _prices(settings)
     values = np.array([values_of.get(c, 1.0) for c in channels])[cand]
     costs = np.array([costs_of.get(c, 0.0) for c in channels])[cand]
     # the fatigue counter the model itself sees (the profile's recent deliveries, read with
@@ -279,7 +285,27 @@ def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone
     sends = float(profile.sends.sum()) if profile is not None else 0.0
     return Scored(cand=cand, at=at, p=p, ev=ev, first=first, sends=recent,
                   version=model.version,
-                  source=SOURCE_PROFILE if events + sends > 0 else SOURCE_PRIOR)
+                  source=SOURCE_PROFILE if events + sends > 0 else SOURCE_PRIOR,
+                  heads=heads, events=events)
+
+
+#: ``_prices`` memo: the last policy settings seen and their value and cost tables (a
+#: tenant's policy object is shared by its decisions until the policy changes)
+_PRICES: dict[int, tuple[SendTimeSettings, dict[str, float], dict[str, float]]] = {}
+
+
+def _prices(settings: SendTimeSettings) -> tuple[dict[str, float], dict[str, float]]:
+    """``channel_values`` and ``channel_costs`` keyed by plain channel name, built once per
+    settings object (kept alive by the memo, so its id cannot be reused meanwhile)."""
+    hit = _PRICES.get(id(settings))
+    if hit is not None and hit[0] is settings:
+        return hit[1], hit[2]
+    values = {str(k): v for k, v in settings.channel_values.items()}
+    costs = {str(k): v for k, v in settings.channel_costs.items()}
+    if len(_PRICES) >= 256:
+        _PRICES.clear()
+    _PRICES[id(settings)] = (settings, values, costs)
+    return values, costs
 
 
 def score_without_profile(model: ActiveModel, channel: str, instants: list[int], *,
@@ -320,6 +346,10 @@ class Choice(msgspec.Struct, frozen=True):
 
 
 _json = msgspec.json.Encoder()
+#: the ``why`` of a ranked slot (plain strings: no enum lookup per slot)
+_EXPLORATION = ReasonCode.EXPLORATION.value
+_EXPLORATION_RULE = "policy.send_time.exploration_rate"
+_BETTER_SEND_TIME = ReasonCode.BETTER_SEND_TIME.value
 
 
 def _unit(message_id: str, salt: str) -> float:
@@ -343,9 +373,9 @@ def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name
                          policy=policy, now=now)
     settings = policy.send_time
     n_windows = len(plan.cands)
-    now_p = {int(i): float(scored.p[(scored.cand == i) & scored.first][0])
-             for i in range(n_windows)}
-    events = float(profile.counts.sum()) if profile is not None else 0.0
+    # each window's first allowed instant's P, rounded once for every annotation
+    now_p = [round(x, 6) for x in scored.p[scored.heads].tolist()]
+    events = scored.events
     rate = settings.exploration_rate if not exempt else 0.0
     n = scored.at.size
     # the slots the policy itself picks from (before caps): "ordered" never leaves the
@@ -366,7 +396,7 @@ def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name
     if below is not None and not explores:
         # suppressed before the commit: nothing to reserve; the propensity is that of not
         # exploring (an explored message is sent anyway, so logs keep covering it)
-        note = (round(float(scored.p[below]), 6), round(now_p[int(scored.cand[below])], 6),
+        note = (round(float(scored.p[below]), 6), now_p[int(scored.cand[below])],
                 round(1.0 - rate, 6))
         empty = msgspec.structs.replace(plan, cands=[], members=[])
         return Choice(empty, [], scored.version, scored.source, suppressed=note)
@@ -382,8 +412,7 @@ def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name
             # caller's channel order); the score is that of each channel's first slot,
             # taken unless exploration picked another slot (exempt: always)
             kept = round(1.0 - rate + rate / n_pool, 6)
-            earliest = [_json.encode([round(now_p[i], 6), round(now_p[i], 6), kept])
-                        for i in range(n_windows)]
+            earliest = [_json.encode([now_p[i], now_p[i], kept]) for i in range(n_windows)]
             kept_plan = msgspec.structs.replace(plan, mode="first") if ordered else plan
             return Choice(kept_plan, earliest, scored.version, scored.source)
         # a user without history explores like any other (so the logs teach the model
@@ -412,39 +441,49 @@ def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name
 
 
 def _ranked(plan: Plan, scored: Scored, order: npt.NDArray[np.intp], explored: int,
-            propensity: F64, now_p: dict[int, float], *, ordered: bool = False) -> Choice:
+            propensity: F64, now_p: list[float], *, ordered: bool = False) -> Choice:
     """The plan in ``ranked`` mode: the slots of ``order``, then the plan's own windows (when
     caps take every slot, the earliest instant any channel frees). ``ordered``: after each
     channel's slots, that channel's whole window as a scored candidate (``s`` 1), so its
     earliest free instant wins before any later channel is tried; ``order`` must then list
-    the channels' slots channel by channel."""
+    the channels' slots channel by channel. ``now_p``: each window's first slot's P,
+    already rounded.
+
+    One loop over plain Python lists (``tolist`` once, not a numpy scalar per slot and
+    field): this loop builds every ranked candidate, so it is most of ``choose``'s own
+    cost for a user with history."""
     slots: list[Candidate] = []
     notes: list[bytes] = []
     members: list[bytes] = []
     model_rule = f"send_time.model:{scored.version}"
-    fallback_notes = [_json.encode([round(now_p[i], 6), round(now_p[i], 6), 1.0])
-                      for i in range(len(plan.cands))]
-    groups = ([[j for j in order.tolist() if scored.cand[j] == i]
-               for i in range(len(plan.cands))] if ordered else [order.tolist()])
+    fallback_notes = [_json.encode([x, x, 1.0]) for x in now_p]
+    cand = scored.cand.tolist()
+    at = scored.at.tolist()
+    p = scored.p.tolist()
+    first = scored.first.tolist()
+    prop = propensity.tolist()
+    windows = plan.cands
+    window_members = plan.members
+    order_list = order.tolist()
+    groups = ([[j for j in order_list if cand[j] == i] for i in range(len(windows))]
+              if ordered else [order_list])
     for i, group in enumerate(groups):
         for j in group:
-            window = plan.cands[int(scored.cand[j])]
-            t = int(scored.at[j])
-            why = ([ReasonCode.EXPLORATION.value, "policy.send_time.exploration_rate"]
-                   if j == explored else [] if scored.first[j]
-                   else [ReasonCode.BETTER_SEND_TIME.value, model_rule])
+            c = cand[j]
+            window = windows[c]
+            t = at[j]
+            why = ([_EXPLORATION, _EXPLORATION_RULE] if j == explored else [] if first[j]
+                   else [_BETTER_SEND_TIME, model_rule])
             slots.append(Candidate(window.ch, t, t + 1, window.pb, s=1, why=why))
-            notes.append(_json.encode([round(float(scored.p[j]), 6),
-                                       round(now_p[int(scored.cand[j])], 6),
-                                       round(float(propensity[j]), 6)]))
-            members.append(plan.members[int(scored.cand[j])])
+            notes.append(_json.encode([round(p[j], 6), now_p[c], round(prop[j], 6)]))
+            members.append(window_members[c])
         if ordered:
-            slots.append(msgspec.structs.replace(plan.cands[i], s=1))
+            slots.append(msgspec.structs.replace(windows[i], s=1))
             notes.append(fallback_notes[i])
-            members.append(plan.members[i])
+            members.append(window_members[i])
     # the plan's own windows stay last (unscored, ``s`` 0): the fallback of mode ``ranked``
     # and what a preemptible deferral keeps for its re-decision
-    cands = [*slots, *plan.cands]
+    cands = [*slots, *windows]
     ranked = msgspec.structs.replace(plan, cands=cands, mode="ranked",
-                                     members=[*members, *plan.members])
+                                     members=[*members, *window_members])
     return Choice(ranked, [*notes, *fallback_notes], scored.version, scored.source)
