@@ -1,0 +1,280 @@
+"""The optimised scoring path (api/scoring.py: ``slot_instants``, ``score_slots``,
+``choose``) pinned to the straightforward code it replaced: for any plan (channels, quiet
+hours, zone, not_before/deadline), profile (none, empty, with history) and send-time
+settings (horizon, margin, exploration, value floor, history threshold, prices, fatigue)
+and either ``channel_selection``, the ranked plan, the annotations and the notes are
+byte-for-byte those of the reference below. The reference is deliberately naive: one
+numpy mask per block, ``utc_offsets`` per hour grid, numpy scalars and ``round`` per
+field, as the module was before its hot path was tightened."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import api.scoring as scoring
+from api.plan import Candidate, Plan
+from api.policy import Policy
+from api.reasons import ReasonCode
+from api.scoring import HEURISTIC, SOURCE_PRIOR, SOURCE_PROFILE, ActiveModel, Choice
+from models.features import candidate_features, fallback_scores
+from models.profile import Profile
+from models.timeutil import utc_offsets
+from models.vocab import CHANNELS
+from tests.unit.test_plan import NOON, location, plan_for, request
+
+HOUR_MS = 3_600_000
+I64 = npt.NDArray[np.int64]
+_json = msgspec.json.Encoder()
+
+
+# ----------------------------------------------------------------- the reference
+
+
+def ref_slot_instants(plan: Plan, cand: Candidate, zone_name: str, horizon_ms: int) -> I64:
+    end = min(cand.b, cand.a + horizon_ms)
+    tz = ZoneInfo(zone_name)
+    offset = int(utc_offsets(tz, np.array([cand.a // 1000], dtype=np.int64))[0]) * 1000
+    first = ((cand.a + offset) // HOUR_MS + 1) * HOUR_MS - offset
+    hours = np.arange(first, end, HOUR_MS, dtype=np.int64)
+    if hours.size:
+        hours = hours + (offset - utc_offsets(tz, hours // 1000) * 1000)
+    ends = [e for block in plan.blocks_of(cand) for _, e in block.iv if cand.a < e < end]
+    instants = np.unique(np.concatenate([np.array([cand.a, *ends], dtype=np.int64), hours]))
+    instants = instants[(instants >= cand.a) & (instants < end)]
+    mask = np.zeros(instants.shape[0], dtype=np.bool_)
+    for block in plan.blocks_of(cand):
+        if block.iv:
+            iv = np.asarray(block.iv, dtype=np.int64)
+            mask |= ((instants[:, None] >= iv[None, :, 0])
+                     & (instants[:, None] < iv[None, :, 1])).any(axis=1)
+    result: I64 = instants[~mask]
+    return result
+
+
+def ref_score(model: ActiveModel, plan: Plan, profile: Profile | None, zone_name: str,
+              policy: Policy, now: int) -> dict[str, Any]:
+    st_ = policy.send_time
+    per = [ref_slot_instants(plan, c, zone_name, st_.horizon_minutes * 60_000)
+           for c in plan.cands]
+    per = [s if s.size else np.array([c.a], dtype=np.int64) for s, c in zip(per, plan.cands,
+                                                                          strict=True)]
+    cand = np.concatenate([np.full(s.size, i, dtype=np.intp) for i, s in enumerate(per)])
+    at = np.concatenate(per)
+    first = np.concatenate([np.arange(s.size) == 0 for s in per])
+    channels = [c.ch for c in plan.cands]
+    ch_model = np.array([scoring.model_channel(c) for c in channels], dtype=np.int64)[cand]
+    rows = candidate_features(profile or Profile(), now=now // 1000, channels=ch_model,
+                              instants=at // 1000, zone_name=zone_name, priors=model.priors,
+                              category="promotional")
+    p = fallback_scores(rows)
+    values_of = {str(k): v for k, v in st_.channel_values.items()}
+    costs_of = {str(k): v for k, v in st_.channel_costs.items()}
+    values = np.array([values_of.get(c, 1.0) for c in channels])[cand]
+    costs = np.array([costs_of.get(c, 0.0) for c in channels])[cand]
+    recent = rows[:, scoring.FEATURE_INDEX["sends_24h"]].astype(np.float64)
+    ev = p * values - costs - st_.fatigue_cost * recent
+    events = float(profile.counts.sum()) if profile is not None else 0.0
+    sends = float(profile.sends.sum()) if profile is not None else 0.0
+    return {"cand": cand, "at": at, "p": p, "ev": ev, "first": first,
+            "source": SOURCE_PROFILE if events + sends > 0 else SOURCE_PRIOR}
+
+
+def _unit(message_id: str, salt: str) -> float:
+    digest = hashlib.sha256(f"{salt}\x1f{message_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def ref_choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name: str,
+               message_id: str, exempt: bool, policy: Policy, now: int,
+               selection: str) -> Choice:
+    if not plan.cands:
+        return Choice(plan, [], model.version, SOURCE_PRIOR)
+    ordered = selection == "ordered"
+    s = ref_score(model, plan, profile, zone_name, policy, now)
+    cand, at, p, ev, first = s["cand"], s["at"], s["p"], s["ev"], s["first"]
+    st_ = policy.send_time
+    now_p = {i: float(p[(cand == i) & first][0]) for i in range(len(plan.cands))}
+    events = float(profile.counts.sum()) if profile is not None else 0.0
+    rate = st_.exploration_rate if not exempt else 0.0
+    n = at.size
+    pool = np.flatnonzero(cand == 0) if ordered else np.arange(n)
+    n_pool = int(pool.size)
+    explores = rate > 0 and _unit(message_id, "explore") < rate
+    new_user = exempt or events < st_.min_history_events
+    below = None
+    if st_.min_expected_value is not None and not exempt:
+        eligible = np.flatnonzero(first) if new_user else np.arange(n)
+        best = int(eligible[np.argmax(ev[eligible])])
+        if ev[best] < st_.min_expected_value:
+            below = best
+    if below is not None and not explores:
+        note = (round(float(p[below]), 6), round(now_p[int(cand[below])], 6),
+                round(1.0 - rate, 6))
+        empty = msgspec.structs.replace(plan, cands=[], members=[])
+        return Choice(empty, [], model.version, s["source"], suppressed=note)
+    propensity = np.zeros(n)
+    propensity[pool] = rate / n_pool
+    if new_user:
+        greedy = int(np.lexsort((at, cand, ~first))[0] if ordered
+                     else np.lexsort((cand, at, ~first))[0])
+        if not explores:
+            kept = round(1.0 - rate + rate / n_pool, 6)
+            notes = [_json.encode([round(now_p[i], 6), round(now_p[i], 6), kept])
+                     for i in range(len(plan.cands))]
+            kept_plan = msgspec.structs.replace(plan, mode="first") if ordered else plan
+            return Choice(kept_plan, notes, model.version, s["source"])
+        chronological = pool[np.lexsort((cand[pool], at[pool]))]
+        explored = int(chronological[min(int(_unit(message_id, "slot") * n_pool), n_pool - 1)])
+        if below is None:
+            propensity[greedy] += 1.0 - rate
+        order = np.array([explored])
+    else:
+        adjusted = np.where(first, ev + st_.margin * np.abs(ev), ev)
+        order = (np.lexsort((at, -adjusted, cand)) if ordered
+                 else np.lexsort((cand, at, -adjusted)))
+        if below is None:
+            propensity[int(order[0])] += 1.0 - rate
+        explored = -1
+        if explores:
+            explored = int(order[min(int(_unit(message_id, "slot") * n_pool), n_pool - 1)])
+            order = np.concatenate([[explored], order[order != explored]])
+    slots: list[Candidate] = []
+    notes = []
+    members: list[bytes] = []
+    rule = f"send_time.model:{model.version}"
+    fallback = [_json.encode([round(now_p[i], 6), round(now_p[i], 6), 1.0])
+                for i in range(len(plan.cands))]
+    groups = ([[j for j in order.tolist() if cand[j] == i] for i in range(len(plan.cands))]
+              if ordered else [order.tolist()])
+    for i, group in enumerate(groups):
+        for j in group:
+            window = plan.cands[int(cand[j])]
+            t = int(at[j])
+            why = ([ReasonCode.EXPLORATION.value, "policy.send_time.exploration_rate"]
+                   if j == explored else [] if first[j]
+                   else [ReasonCode.BETTER_SEND_TIME.value, rule])
+            slots.append(Candidate(window.ch, t, t + 1, window.pb, s=1, why=why))
+            notes.append(_json.encode([round(float(p[j]), 6), round(now_p[int(cand[j])], 6),
+                                       round(float(propensity[j]), 6)]))
+            members.append(plan.members[int(cand[j])])
+        if ordered:
+            slots.append(msgspec.structs.replace(plan.cands[i], s=1))
+            notes.append(fallback[i])
+            members.append(plan.members[i])
+    ranked = msgspec.structs.replace(plan, cands=[*slots, *plan.cands], mode="ranked",
+                                     members=[*members, *plan.members])
+    return Choice(ranked, [*notes, *fallback], model.version, s["source"])
+
+
+# ------------------------------------------------------------------ the property
+
+
+def iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat()
+
+
+def user_profile(events: int, sends: int, seed: int) -> Profile:
+    rng = np.random.default_rng(seed)
+    now_s = NOON // 1000
+    profile = Profile()
+    for _ in range(events):
+        profile.record_activity(now_s - int(rng.uniform(3600, 40 * 86400)),
+                                int(rng.integers(0, 168)))
+    for _ in range(sends):
+        at = now_s - int(rng.uniform(600, 5 * 86400))
+        channel = int(rng.integers(0, len(CHANNELS)))
+        profile.record_send(at, channel)
+        if rng.random() < 0.4:
+            profile.record_engagement(at + 600, channel, int(rng.integers(0, 168)))
+    return profile
+
+
+ZONES = ("America/New_York", "Europe/Berlin", "Asia/Kolkata", "Australia/Lord_Howe", "UTC")
+HHMM = st.sampled_from(["00:00", "06:30", "08:00", "09:15", "12:00", "20:00", "21:45", "23:00"])
+API_CHANNELS = ["email", "push", "sms", "in_app", "web_push", "whatsapp"]
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> dict[str, Any]:
+    channels = draw(st.lists(st.sampled_from(API_CHANNELS), min_size=1, max_size=4,
+                             unique=True))
+    zone = draw(st.sampled_from(ZONES))
+    # around NOON and around the 2026 DST changes (the hour grid moves there)
+    now = draw(st.sampled_from([NOON, 1_774_746_000_000, 1_792_890_000_000,
+                                1_772_928_000_000])) + draw(st.integers(0, 86_400_000))
+    quiet = [{"id": f"q{i}", "start": draw(HHMM), "end": draw(HHMM),
+              "channels": draw(st.lists(st.sampled_from(channels), max_size=2, unique=True))}
+             for i in range(draw(st.integers(0, 2)))]
+    quiet = [q for q in quiet if q["start"] != q["end"]]
+    send_time: dict[str, Any] = {
+        "horizon_minutes": draw(st.sampled_from([60, 90, 600, 1440, 2880])),
+        "margin": draw(st.sampled_from([0.0, 0.1, 0.5])),
+        "min_history_events": draw(st.sampled_from([0, 1, 5, 50])),
+        "exploration_rate": draw(st.sampled_from([0.0, 0.05, 0.5, 1.0])),
+        "fatigue_cost": draw(st.sampled_from([0.0, 0.01, 0.2])),
+        "channel_costs": {"sms": draw(st.sampled_from([0.0, 0.005, 0.3]))},
+        "channel_values": {"email": draw(st.sampled_from([1.0, 2.0]))},
+    }
+    floor = draw(st.sampled_from([None, 0.0, 0.01, 0.05, 0.3]))
+    if floor is not None:
+        send_time["min_expected_value"] = floor
+    window: dict[str, Any] = {}
+    if draw(st.booleans()):
+        window["not_before"] = iso(now + draw(st.integers(-2, 30)) * HOUR_MS)
+    if draw(st.booleans()):
+        window["deadline"] = iso(now + draw(st.integers(1, 72)) * HOUR_MS + 7_000)
+    return {"channels": channels, "zone": zone, "now": now, "quiet": quiet,
+            "send_time": send_time, "window": window,
+            "profile": draw(st.sampled_from([None, (0, 0), (3, 2), (40, 12), (200, 30)])),
+            "seed": draw(st.integers(0, 5)),
+            "message_id": f"m{draw(st.integers(0, 60))}",
+            "exempt": draw(st.booleans()),
+            "selection": draw(st.sampled_from(["best", "ordered"]))}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_choose_equals_the_reference(case: dict[str, Any]) -> None:
+    pol = msgspec.convert({"quiet_hours": case["quiet"], "caps": [],
+                           "send_time": case["send_time"]}, Policy)
+    fields: dict[str, Any] = {"channels": case["channels"], "timezone": case["zone"],
+                              **case["window"]}
+    req = request(**fields)
+    plan = plan_for(req, pol, loc=location(case["zone"]), now=case["now"])
+    profile = None if case["profile"] is None else user_profile(*case["profile"], case["seed"])
+    kwargs: dict[str, Any] = {"zone_name": case["zone"], "message_id": case["message_id"],
+                              "exempt": case["exempt"], "policy": pol, "now": case["now"],
+                              "selection": case["selection"]}
+    got = scoring.choose(HEURISTIC, plan, profile, category="promotional", **kwargs)
+    want = ref_choose(HEURISTIC, plan, profile, **kwargs)
+    assert msgspec.json.encode(got.plan) == msgspec.json.encode(want.plan)
+    assert got.plan == want.plan
+    assert got.annotations == want.annotations
+    assert (got.version, got.source, got.suppressed) == (want.version, want.source,
+                                                         want.suppressed)
+    for window in plan.cands:
+        for horizon in (60, 1440):
+            assert np.array_equal(
+                scoring.slot_instants(plan, window, case["zone"], horizon * 60_000),
+                ref_slot_instants(plan, window, case["zone"], horizon * 60_000))
+
+
+def test_the_memoised_hour_grid_is_read_only_and_shared() -> None:
+    plan = plan_for(request(), now=NOON)
+    once = scoring.slot_instants(plan, plan.cands[0], "America/New_York", 86_400_000)
+    again = scoring.slot_instants(plan, plan.cands[0], "America/New_York", 86_400_000)
+    assert np.array_equal(once, again)
+    once[:] = 0  # the caller's copy, never the memo
+    assert np.array_equal(again, ref_slot_instants(plan, plan.cands[0], "America/New_York",
+                                                   86_400_000))
+    assert all(not grid.flags.writeable for grid in scoring._HOUR_GRIDS.values())
+
