@@ -223,6 +223,7 @@ class Scored:
     source: str
     heads: npt.NDArray[np.intp]      # index of each channel window's first slot
     events: float                    # the profile's events ever counted (0: no profile)
+    sizes: list[int]                 # each window's number of slots (scored or not)
 
 
 def expected_value(p: F64, values: F64, costs: F64, sends: F64, fatigue_cost: float) -> F64:
@@ -234,8 +235,14 @@ def expected_value(p: F64, values: F64, costs: F64, sends: F64, fatigue_cost: fl
 
 
 def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name: str,
-                category: str, policy: Policy, now: int) -> Scored:
-    """All slots of all channel windows, scored in one feature build and one model call."""
+                category: str, policy: Policy, now: int, heads_only: bool = False) -> Scored:
+    """All slots of all channel windows, scored in one feature build and one model call.
+
+    ``heads_only``: score only each window's first allowed instant (the returned arrays
+    then hold one slot per window; ``sizes`` still counts every slot). Only for a scorer
+    whose score of a row depends on that row alone (the heuristic, a classifier: not a
+    ranker, which normalises over a window's slots); ``choose`` uses it when a new user
+    keeps the earliest instant, which needs nothing but those scores."""
     settings = policy.send_time
     horizon = settings.horizon_minutes * 60_000
     per = [slot_instants(plan, c, zone_name, horizon) for c in plan.cands]
@@ -249,6 +256,10 @@ def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone
     at = np.concatenate(per) if n_windows > 1 else per[0]
     heads = np.zeros(n_windows, dtype=np.intp)
     np.cumsum(sizes[:-1], out=heads[1:])
+    if heads_only:
+        cand = np.arange(n_windows, dtype=np.intp)
+        at = at[heads]
+        heads = cand
     first = np.zeros(at.size, dtype=np.bool_)
     first[heads] = True
     channels = [c.ch for c in plan.cands]
@@ -286,7 +297,7 @@ def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone
     return Scored(cand=cand, at=at, p=p, ev=ev, first=first, sends=recent,
                   version=model.version,
                   source=SOURCE_PROFILE if events + sends > 0 else SOURCE_PRIOR,
-                  heads=heads, events=events)
+                  heads=heads, events=events, sizes=sizes)
 
 
 #: ``_prices`` memo: the last policy settings seen and their value and cost tables (a
@@ -369,21 +380,26 @@ def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name
     if not plan.cands:
         return Choice(plan, [], model.version, SOURCE_PRIOR)
     ordered = selection == "ordered"
-    scored = score_slots(model, plan, profile, zone_name=zone_name, category=category,
-                         policy=policy, now=now)
     settings = policy.send_time
+    events = float(profile.counts.sum()) if profile is not None else 0.0
+    rate = settings.exploration_rate if not exempt else 0.0
+    explores = rate > 0 and _unit(message_id, "explore") < rate
+    new_user = exempt or events < settings.min_history_events
+    # a new user who does not explore keeps the earliest instant: only each window's first
+    # slot is ever read (its score, the floor, the notes), so only those are scored when a
+    # row's score depends on that row alone (not a ranker's per-window distribution)
+    heads_only = new_user and not explores and (model.scorer is None
+                                                or not model.scorer.is_ranker)
+    scored = score_slots(model, plan, profile, zone_name=zone_name, category=category,
+                         policy=policy, now=now, heads_only=heads_only)
     n_windows = len(plan.cands)
     # each window's first allowed instant's P, rounded once for every annotation
     now_p = [round(x, 6) for x in scored.p[scored.heads].tolist()]
-    events = scored.events
-    rate = settings.exploration_rate if not exempt else 0.0
     n = scored.at.size
     # the slots the policy itself picks from (before caps): "ordered" never leaves the
     # first channel unless caps make it, so it neither ranks nor explores the others first
     pool = np.flatnonzero(scored.cand == 0) if ordered else np.arange(n)
-    n_pool = int(pool.size)
-    explores = rate > 0 and _unit(message_id, "explore") < rate
-    new_user = exempt or events < settings.min_history_events
+    n_pool = scored.sizes[0] if ordered else sum(scored.sizes)
     # the value floor judges the message by the best slot it could be given: any slot
     # with history, a channel's first allowed instant without (the prior's score then)
     below: int | None = None
