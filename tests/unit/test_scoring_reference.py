@@ -2,7 +2,8 @@
 ``choose``) pinned to the straightforward code it replaced: for any plan (channels, quiet
 hours, zone, not_before/deadline), profile (none, empty, with history) and send-time
 settings (horizon, margin, exploration, value floor, history threshold, prices, fatigue)
-and either ``channel_selection``, the ranked plan, the annotations and the notes are
+and either ``channel_selection``, scored by the heuristic or a row-wise classifier, the
+ranked plan, the annotations and the notes are
 byte-for-byte those of the reference below. The reference is deliberately naive: one
 numpy mask per block, ``utc_offsets`` per hour grid, numpy scalars and ``round`` per
 field, as the module was before its hot path was tightened."""
@@ -25,7 +26,8 @@ from api.plan import Candidate, Plan
 from api.policy import Policy
 from api.reasons import ReasonCode
 from api.scoring import HEURISTIC, SOURCE_PRIOR, SOURCE_PROFILE, ActiveModel, Choice
-from models.features import candidate_features, fallback_scores
+from models.features import FEATURE_INDEX, candidate_features, fallback_scores
+from models.priors import DEFAULT_PRIORS
 from models.profile import Profile
 from models.timeutil import utc_offsets
 from models.vocab import CHANNELS
@@ -75,12 +77,13 @@ def ref_score(model: ActiveModel, plan: Plan, profile: Profile | None, zone_name
     rows = candidate_features(profile or Profile(), now=now // 1000, channels=ch_model,
                               instants=at // 1000, zone_name=zone_name, priors=model.priors,
                               category="promotional")
-    p = fallback_scores(rows)
+    p = (fallback_scores(rows) if model.scorer is None
+         else np.clip(model.scorer.score(rows), 0.0, 1.0))
     values_of = {str(k): v for k, v in st_.channel_values.items()}
     costs_of = {str(k): v for k, v in st_.channel_costs.items()}
     values = np.array([values_of.get(c, 1.0) for c in channels])[cand]
     costs = np.array([costs_of.get(c, 0.0) for c in channels])[cand]
-    recent = rows[:, scoring.FEATURE_INDEX["sends_24h"]].astype(np.float64)
+    recent = rows[:, FEATURE_INDEX["sends_24h"]].astype(np.float64)
     ev = p * values - costs - st_.fatigue_cost * recent
     events = float(profile.counts.sum()) if profile is not None else 0.0
     sends = float(profile.sends.sum()) if profile is not None else 0.0
@@ -178,6 +181,22 @@ def ref_choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_
 # ------------------------------------------------------------------ the property
 
 
+class RowWise:
+    """A classifier stand-in: each row's score depends on that row alone (like LightGBM's
+    binary models), computed with exact arithmetic only (no SIMD-dependent ``exp``)."""
+
+    is_ranker = False
+
+    def score(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        x = (rows[:, FEATURE_INDEX["heuristic_share"]].astype(np.float64)
+             * rows[:, FEATURE_INDEX["ch_rate"]] + 0.01 * rows[:, FEATURE_INDEX["sends_24h"]])
+        result: npt.NDArray[np.float64] = x / (1.0 + x)
+        return result
+
+
+ROW_WISE = ActiveModel(RowWise(), "rowwise-1", DEFAULT_PRIORS)  # type: ignore[arg-type]
+
+
 def iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat()
 
@@ -238,7 +257,8 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
             "seed": draw(st.integers(0, 5)),
             "message_id": f"m{draw(st.integers(0, 60))}",
             "exempt": draw(st.booleans()),
-            "selection": draw(st.sampled_from(["best", "ordered"]))}
+            "selection": draw(st.sampled_from(["best", "ordered"])),
+            "model": draw(st.sampled_from([HEURISTIC, ROW_WISE]))}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -250,12 +270,15 @@ def test_choose_equals_the_reference(case: dict[str, Any]) -> None:
                               **case["window"]}
     req = request(**fields)
     plan = plan_for(req, pol, loc=location(case["zone"]), now=case["now"])
-    profile = None if case["profile"] is None else user_profile(*case["profile"], case["seed"])
+    profile = None
+    if case["profile"] is not None:
+        events, sends = case["profile"]
+        profile = user_profile(events, sends, case["seed"])
     kwargs: dict[str, Any] = {"zone_name": case["zone"], "message_id": case["message_id"],
                               "exempt": case["exempt"], "policy": pol, "now": case["now"],
                               "selection": case["selection"]}
-    got = scoring.choose(HEURISTIC, plan, profile, category="promotional", **kwargs)
-    want = ref_choose(HEURISTIC, plan, profile, **kwargs)
+    got = scoring.choose(case["model"], plan, profile, category="promotional", **kwargs)
+    want = ref_choose(case["model"], plan, profile, **kwargs)
     assert msgspec.json.encode(got.plan) == msgspec.json.encode(want.plan)
     assert got.plan == want.plan
     assert got.annotations == want.annotations
