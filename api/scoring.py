@@ -239,10 +239,11 @@ def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone
     """All slots of all channel windows, scored in one feature build and one model call.
 
     ``heads_only``: score only each window's first allowed instant (the returned arrays
-    then hold one slot per window; ``sizes`` still counts every slot). Only for a scorer
-    whose score of a row depends on that row alone (the heuristic, a classifier: not a
-    ranker, which normalises over a window's slots); ``choose`` uses it when a new user
-    keeps the earliest instant, which needs nothing but those scores."""
+    then hold one slot per window; ``sizes`` still counts every slot), when the scorer's
+    score of a row depends on that row alone (the heuristic, a classifier); a ranker
+    normalises over a window's slots, so it ignores the flag. ``choose`` sets it when a
+    new user keeps the earliest instant, which needs nothing but those scores."""
+    heads_only = heads_only and (model.scorer is None or not model.scorer.is_ranker)
     settings = policy.send_time
     horizon = settings.horizon_minutes * 60_000
     per = [slot_instants(plan, c, zone_name, horizon) for c in plan.cands]
@@ -280,10 +281,11 @@ def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone
         heuristic = rows[:, FEATURE_INDEX["heuristic_share"]].astype(np.float64)
         rate = rows[:, FEATURE_INDEX["ch_rate"]].astype(np.float64)
         p = np.empty_like(raw)
-        for i in range(len(plan.cands)):
-            sel = cand == i
+        # (never heads-only: each window's slots are contiguous, so a slice selects them)
+        for lo, size in zip(heads.tolist(), sizes, strict=True):
+            sel = slice(lo, lo + size)
             dist = scorer.day_distribution(raw[sel][None, :], heuristic[sel][None, :])[0]
-            p[sel] = np.clip(rate[sel] * dist * sel.sum(), 0.0, 1.0)
+            p[sel] = np.clip(rate[sel] * dist * size, 0.0, 1.0)
     values_of, costs_of = _prices(settings)
     values = np.array([values_of.get(c, 1.0) for c in channels])[cand]
     costs = np.array([costs_of.get(c, 0.0) for c in channels])[cand]
@@ -386,12 +388,9 @@ def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name
     explores = rate > 0 and _unit(message_id, "explore") < rate
     new_user = exempt or events < settings.min_history_events
     # a new user who does not explore keeps the earliest instant: only each window's first
-    # slot is ever read (its score, the floor, the notes), so only those are scored when a
-    # row's score depends on that row alone (not a ranker's per-window distribution)
-    heads_only = new_user and not explores and (model.scorer is None
-                                                or not model.scorer.is_ranker)
+    # slot is ever read (its score, the floor, the notes), so only those need a score
     scored = score_slots(model, plan, profile, zone_name=zone_name, category=category,
-                         policy=policy, now=now, heads_only=heads_only)
+                         policy=policy, now=now, heads_only=new_user and not explores)
     n_windows = len(plan.cands)
     # each window's first allowed instant's P, rounded once for every annotation
     now_p = [round(x, 6) for x in scored.p[scored.heads].tolist()]

@@ -1,12 +1,11 @@
 """The optimised scoring path (api/scoring.py: ``slot_instants``, ``score_slots``,
 ``choose``) pinned to the straightforward code it replaced: for any plan (channels, quiet
-hours, zone, not_before/deadline), profile (none, empty, with history) and send-time
-settings (horizon, margin, exploration, value floor, history threshold, prices, fatigue)
-and either ``channel_selection``, scored by the heuristic or a row-wise classifier, the
-ranked plan, the annotations and the notes are
-byte-for-byte those of the reference below. The reference is deliberately naive: one
-numpy mask per block, ``utc_offsets`` per hour grid, numpy scalars and ``round`` per
-field, as the module was before its hot path was tightened."""
+hours, zone, not_before/deadline), profile (none, empty, with history), send-time settings
+(horizon, margin, exploration, value floor, history threshold, prices, fatigue), either
+``channel_selection`` and any kind of scorer (the heuristic, a row-wise classifier, a
+ranker), the ranked plan, the annotations and the notes are byte-for-byte those of the
+reference below. The reference is deliberately naive: one numpy mask per block,
+``utc_offsets`` per hour grid, numpy scalars and ``round`` per field, as the module was before its hot path was tightened."""
 
 from __future__ import annotations
 
@@ -77,8 +76,20 @@ def ref_score(model: ActiveModel, plan: Plan, profile: Profile | None, zone_name
     rows = candidate_features(profile or Profile(), now=now // 1000, channels=ch_model,
                               instants=at // 1000, zone_name=zone_name, priors=model.priors,
                               category="promotional")
-    p = (fallback_scores(rows) if model.scorer is None
-         else np.clip(model.scorer.score(rows), 0.0, 1.0))
+    scorer = model.scorer
+    if scorer is None:
+        p = fallback_scores(rows)
+    elif not scorer.is_ranker:
+        p = np.clip(scorer.score(rows), 0.0, 1.0)
+    else:
+        raw = scorer.score(rows)
+        heuristic = rows[:, FEATURE_INDEX["heuristic_share"]].astype(np.float64)
+        rate = rows[:, FEATURE_INDEX["ch_rate"]].astype(np.float64)
+        p = np.empty_like(raw)
+        for i in range(len(plan.cands)):
+            sel = cand == i
+            dist = scorer.day_distribution(raw[sel][None, :], heuristic[sel][None, :])[0]
+            p[sel] = np.clip(rate[sel] * dist * sel.sum(), 0.0, 1.0)
     values_of = {str(k): v for k, v in st_.channel_values.items()}
     costs_of = {str(k): v for k, v in st_.channel_costs.items()}
     values = np.array([values_of.get(c, 1.0) for c in channels])[cand]
@@ -194,6 +205,19 @@ class RowWise:
         return result
 
 
+class WindowRanker(RowWise):
+    """A ranker stand-in: its P of a slot depends on the window's other slots."""
+
+    is_ranker = True
+
+    def day_distribution(self, raw: npt.NDArray[np.float64], heuristic: npt.NDArray[np.float64]
+                         ) -> npt.NDArray[np.float64]:
+        weights = raw + 0.5 * heuristic
+        result: npt.NDArray[np.float64] = weights / weights.sum(axis=1, keepdims=True)
+        return result
+
+
+RANKER = ActiveModel(WindowRanker(), "ranker-1", DEFAULT_PRIORS)  # type: ignore[arg-type]
 ROW_WISE = ActiveModel(RowWise(), "rowwise-1", DEFAULT_PRIORS)  # type: ignore[arg-type]
 
 
@@ -258,7 +282,7 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
             "message_id": f"m{draw(st.integers(0, 60))}",
             "exempt": draw(st.booleans()),
             "selection": draw(st.sampled_from(["best", "ordered"])),
-            "model": draw(st.sampled_from([HEURISTIC, ROW_WISE]))}
+            "model": draw(st.sampled_from([HEURISTIC, ROW_WISE, RANKER]))}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
