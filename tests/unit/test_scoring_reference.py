@@ -5,7 +5,8 @@ hours, zone, not_before/deadline), profile (none, empty, with history), send-tim
 ``channel_selection`` and any kind of scorer (the heuristic, a row-wise classifier, a
 ranker), the ranked plan, the annotations and the notes are byte-for-byte those of the
 reference below. The reference is deliberately naive: one numpy mask per block,
-``utc_offsets`` per hour grid, numpy scalars and ``round`` per field, as the module was before its hot path was tightened."""
+``utc_offsets`` per hour grid, numpy scalars and ``round`` per field, as the module was
+before its hot path was tightened."""
 
 from __future__ import annotations
 
