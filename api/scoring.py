@@ -222,7 +222,6 @@ class Scored:
     version: str
     source: str
     heads: npt.NDArray[np.intp]      # index of each channel window's first slot
-    events: float                    # the profile's events ever counted (0: no profile)
     sizes: list[int]                 # each window's number of slots (scored or not)
 
 
@@ -299,7 +298,7 @@ def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone
     return Scored(cand=cand, at=at, p=p, ev=ev, first=first, sends=recent,
                   version=model.version,
                   source=SOURCE_PROFILE if events + sends > 0 else SOURCE_PRIOR,
-                  heads=heads, events=events, sizes=sizes)
+                  heads=heads, sizes=sizes)
 
 
 #: ``_prices`` memo: the last policy settings seen and their value and cost tables (a
