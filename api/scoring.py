@@ -184,8 +184,8 @@ def slot_instants(plan: Plan, cand: Candidate, zone_name: str, horizon_ms: int) 
     within ``[cand.a, min(cand.b, cand.a + horizon))``, ascending, without blocked ones.
 
     One pass over the window's intervals (all its blocks together: blocked means inside
-    any of them) and the hour grid from ``_hour_grid``; ``_slot_instants_reference`` in
-    the tests is the plain version this must equal."""
+    any of them) and the hour grid from ``_hour_grid``; ``ref_slot_instants`` in
+    tests/unit/test_scoring_reference.py is the plain version this must equal."""
     a = cand.a
     end = min(cand.b, a + horizon_ms)
     tz = ZoneInfo(zone_name)
