@@ -1,9 +1,12 @@
-"""The plan encode_plan ships to commit.lua leaves out the caps that cannot match the
-message (and empty scope lists): that must change no answer. Every commit of a varied
-sequence is first run dry twice against the same real ledger, once with the shipped caps
-and once with every compiled cap in full (the encoding before this optimisation), and the
-two outcomes must be byte-identical; then the real commit runs, so the ledgers the later
-decisions meet hold sends, deferrals, preemptions and calendar-day buckets."""
+"""commit.lua's cheaper paths change no answer (docs/benchmarks.md, "Redis CPU per
+decision: commit.lua").
+
+The plan encode_plan ships leaves out the caps that cannot match the message (and empty
+scope lists): every commit of a varied sequence is first run dry twice against the same
+real ledger, once with the shipped caps and once with every compiled cap in full (the
+encoding before), and the two outcomes must be byte-identical; then the real commit runs,
+so the ledgers later decisions meet hold sends, deferrals, preemptions and calendar-day
+buckets. The ledger trim now runs only when the commit saw a member old enough to trim."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import pytest
 import api.plan
 from api.clock import FixedClock
 from api.engine import Engine
+from api.keys import user_keys
 from api.plan import Plan
 from tests.integration.conftest import TENANT, req
 
@@ -76,3 +80,28 @@ async def test_shipped_caps_answer_like_every_cap(engine: Engine, clock: FixedCl
             priority=rng.randint(0, 10), offer=offer))
         clock.advance(rng.choice([0, 7, 45, 300]) * MIN)
     assert compared >= 80 and filtered_out > 0
+
+
+def _ids(entries: list[tuple[bytes, float]]) -> list[str]:
+    return [msgspec.msgpack.decode(member)[0] for member, _ in entries]
+
+
+async def test_trim_only_when_stale_and_aged_out_members_count_for_nothing(
+        engine: Engine, clock: FixedClock, set_policy: Callable[..., Any]) -> None:
+    """commit.lua reads the ledger from -inf to learn whether the trim has anything to
+    remove: a member older than the longest window (8 days here) still counts for nothing,
+    not even as the same message, and the next reserving commit removes it."""
+    await set_policy()
+    store = engine.store
+    first = await engine.decide(TENANT, req(message_id="m1"))
+    assert first.decision == "send"
+    clock.advance(9 * 24 * 60 * MIN)
+    # its record gone (as after its TTL): the aged-out member is not "the same message"
+    await store.client.delete(user_keys(TENANT, "u1").record("m1"))
+    again = await engine.decide(TENANT, req(message_id="m1", dry_run=True))
+    assert not again.replayed and again.decision == "send"
+    assert _ids(await store.ledger(TENANT, "u1")) == ["m1"]  # dry: nothing written
+    await engine.decide(TENANT, req(message_id="m2"))
+    assert _ids(await store.ledger(TENANT, "u1")) == ["m2"]  # trimmed by a reservation
+    await engine.decide(TENANT, req(message_id="m3"))
+    assert _ids(await store.ledger(TENANT, "u1")) == ["m2", "m3"]  # nothing stale: kept
