@@ -462,6 +462,32 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
     )
 
 
+#: a cap's scope lists: commit.lua reads a missing one like an empty one (no restriction)
+_SCOPE_LISTS = frozenset({"ch", "cat", "xcat", "camp", "tag"})
+
+
+def _cap_may_match(cap: CompiledCap, channels: set[str], msg: MessageFacts) -> bool:
+    """commit.lua's ``matches(cap, channel, msg...)`` for some candidate channel: the only
+    way the script reads a cap (evaluation, preemption, the re-decision plan it stores all
+    pair a cap with this message's facts and one of its candidates' channels)."""
+    return ((not cap.ch or not channels.isdisjoint(cap.ch))
+            and (not cap.cat or msg.cat in cap.cat) and msg.cat not in cap.xcat
+            and (not cap.camp or msg.camp in cap.camp)
+            and (not cap.tag or any(t in cap.tag for t in msg.tags)))
+
+
+def _lua_caps(plan: Plan) -> list[dict[str, object]]:
+    """The caps as commit.lua gets them: only those that can match this message (the
+    others cost Redis a table each to unpack and a scope test per candidate, and change no
+    answer), each without its empty scope lists (the script reads a missing list like an
+    empty one). Decoding the plan was ~20 µs of the commit's Redis CPU
+    (docs/benchmarks.md, "Redis CPU per decision")."""
+    channels = {cand.ch for cand in plan.cands}
+    return [{name: value for name, value in msgspec.structs.asdict(cap).items()
+             if name not in _SCOPE_LISTS or value}
+            for cap in plan.caps if _cap_may_match(cap, channels, plan.msg)]
+
+
 def encode_plan(plan: Plan, annotations: Sequence[bytes] = ()) -> list[bytes]:
     """The commit script's arguments after the context: the plan as MessagePack (Redis'
     Lua decodes it several times faster than JSON: no decimal number parsing), then the
@@ -470,6 +496,7 @@ def encode_plan(plan: Plan, annotations: Sequence[bytes] = ()) -> list[bytes]:
     outcome of the candidate reserved)."""
     core = msgspec.structs.asdict(plan)
     mid, members = core.pop("mid"), core.pop("members")
+    core["caps"] = _lua_caps(plan)
     if core["pe"] is None:  # unpaced decisions do not pay for the field
         del core["pe"]
     return [_pack.encode(core), mid, *members, *annotations]

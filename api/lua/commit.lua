@@ -53,19 +53,27 @@ local rev = redis.call('HGET', KEYS[3], 'rev') or '0'
 if rev ~= plan.rev then return {'stale', rev} end
 
 -- 3. the ledger inside the longest window, past and future reservations alike
-local raw = redis.call('ZRANGEBYSCORE', KEYS[1], fmt(plan.lo), '+inf', 'WITHSCORES')
+-- Read from -inf: members older than plan.lo are skipped (they count for nothing), but
+-- seeing them tells step 7 whether the trim has anything to remove, so a commit whose
+-- ledger holds nothing stale saves that ZREMRANGEBYSCORE.
+local raw = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '+inf', 'WITHSCORES')
 local entries = {}
 local mid_body = string.sub(ARGV[3], 2)
+local lo, cut, stale = plan.lo, now - plan.keep, false
 for i = 1, #raw, 2 do
-  local member = raw[i]
-  if string.sub(member, 2, #mid_body + 1) == mid_body then
-    -- its record expired but the reservation still counts: same message, counted once
-    return {'dup_ledger', member, raw[i + 1]}
+  local member, t = raw[i], tonumber(raw[i + 1])
+  if t < lo then
+    if t < cut then stale = true end
+  else
+    if string.sub(member, 2, #mid_body + 1) == mid_body then
+      -- its record expired but the reservation still counts: same message, counted once
+      return {'dup_ledger', member, raw[i + 1]}
+    end
+    local d = cmsgpack.unpack(member)
+    entries[#entries + 1] = {t = t, ch = d[2], cat = d[3], camp = d[4],
+                             tags = d[5], oid = d[6], og = d[7], pr = d[8] or plan.dp,
+                             mid = d[1], member = member}
   end
-  local d = cmsgpack.unpack(member)
-  entries[#entries + 1] = {t = tonumber(raw[i + 1]), ch = d[2], cat = d[3], camp = d[4],
-                           tags = d[5], oid = d[6], og = d[7], pr = d[8] or plan.dp,
-                           mid = d[1], member = member}
 end
 
 -- a reservation made in this call (preemption): entries stay in time order, which the cap
@@ -163,16 +171,20 @@ local function normalize(ivs)
   return out
 end
 
--- earliest instant in [a, b) outside every block, or nil
+-- earliest instant in [a, b) outside every block, or nil. x only ever jumps to the end of
+-- a block covering it, so [a, x) stays covered, and the sweep ends when nothing covers x:
+-- the same instant as merging all blocks first, without building and sorting that list
+-- (most calls stop after one or two sweeps).
 local function first_free(rules, a, b)
-  local all = {}
-  for _, r in ipairs(rules) do
-    for _, iv in ipairs(r.iv) do all[#all + 1] = iv end
-  end
   local x = a
-  for _, iv in ipairs(normalize(all)) do
-    if iv[1] > x then break end
-    if iv[2] > x then x = iv[2] end
+  local moved = true
+  while moved and x < b do
+    moved = false
+    for _, r in ipairs(rules) do
+      for _, iv in ipairs(r.iv) do
+        if iv[1] <= x and x < iv[2] then x = iv[2] moved = true end
+      end
+    end
   end
   if x < b then return x end
   return nil
@@ -499,7 +511,7 @@ if plan.dry == 0 then
   local ttl = plan.ttl
   if out_t then
     redis.call('ZADD', KEYS[1], fmt(out_t), ARGV[3 + chosen])
-    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. fmt(now - plan.keep))
+    if stale then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. fmt(cut)) end
     local want = out_t - now + plan.keep
     if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], fmt(want)) end
     ttl = math.max(ttl, out_t - now + plan.ttl)

@@ -1,0 +1,117 @@
+"""Paired microbenchmark of commit.lua: two versions of the script on the same commits.
+
+Drives the ``bench_engine`` workload (seeded population, real clock, embedded Redis) and
+runs every commit twice in the same moment: script A on the user's keys and script B on a
+copy of them under another hash tag (copied once by DUMP/RESTORE), alternating which goes
+first, so a shared machine's noise hits both alike. Both ledgers stay identical because
+the answers must be (the replies are compared). Redis time per call from SLOWLOG.
+
+    python -m loadtests.bench_commit --a old_commit.lua --b api/lua/commit.lua
+    python -m loadtests.bench_commit --a old_commit.lua --all-caps-for-a
+
+``--all-caps-for-a`` sends A the plan with every compiled cap, as ``encode_plan`` did
+before it shipped only the caps that can match (docs/benchmarks.md, "Redis CPU per
+decision: commit.lua").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+import api.plan
+from api.plan import Plan
+from api.redis_client import make_redis
+from api.redis_server import EmbeddedRedis
+from api.settings import Settings
+from loadtests.bench_engine import TENANT, Bench
+
+
+async def run(url: str, script_a: str, script_b: str, decisions: int, users: int,
+              all_caps_for_a: bool) -> None:
+    shipped = api.plan._lua_caps
+    plans: list[Plan] = []
+
+    def recording(plan: Plan) -> list[dict[str, object]]:
+        plans.append(plan)
+        return shipped(plan)
+
+    api.plan._lua_caps = recording  # type: ignore[assignment]
+    client = make_redis(Settings(redis_url=url, redis_max_connections=8,
+                                 redis_timeout_seconds=5.0))
+    raw = make_redis(Settings(redis_url=url, redis_max_connections=1,
+                              redis_timeout_seconds=5.0))
+    bench = Bench(client, users)
+    await bench.seed()
+    await bench.end_to_end(300)  # some ledger history first
+    sha_a, sha_b = await raw.script_load(script_a), await raw.script_load(script_b)
+    await raw.config_set("slowlog-log-slower-than", 0)
+    times: dict[str, list[float]] = {sha_a: [], sha_b: []}
+    copied: set[str] = set()
+    differ = 0
+
+    def shadow(key: str) -> str:
+        return key.replace("{" + TENANT + ":", "{" + TENANT + "-b:")
+
+    async def paired(*, keys: list[str], args: list[Any]) -> Any:
+        nonlocal differ
+        if keys[2] not in copied:  # the user's ledger and preferences, once
+            copied.add(keys[2])
+            for key in (keys[0], keys[2]):
+                dumped = await raw.dump(key)
+                if dumped is not None:
+                    await raw.restore(shadow(key), 0, dumped, replace=True)
+        args_a = list(args)
+        if all_caps_for_a:
+            core = msgspec.msgpack.decode(args[0])
+            core["caps"] = [msgspec.structs.asdict(c) for c in plans[-1].caps]
+            args_a[0] = msgspec.msgpack.encode(core)
+        runs = [(sha_a, keys, args_a), (sha_b, [shadow(k) for k in keys], args)]
+        if len(times[sha_a]) % 2:
+            runs.reverse()
+        replies = {}
+        for sha, ks, a in runs:
+            replies[sha] = await raw.evalsha(sha, len(ks), *ks, *a)
+            times[sha].append(float((await raw.slowlog_get(1))[0]["duration"]))
+        if replies[sha_a] != replies[sha_b]:
+            differ += 1
+        return replies[sha_a]
+
+    bench.engine.store._commit = paired  # type: ignore[assignment]
+    await bench.end_to_end(decisions)
+    for name, sha in (("A", sha_a), ("B", sha_b)):
+        t = times[sha]
+        print(f"{name}: commit inside redis-server mean {statistics.fmean(t):.1f} µs, "
+              f"p50 {statistics.median(t):.0f} µs over {len(t):,} calls")
+    print(f"replies that differ: {differ}")
+    await client.aclose()
+    await raw.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_commit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    current = resources.files("api").joinpath("lua", "commit.lua").read_text()
+    parser.add_argument("--a", help="script A (default: the current commit.lua)")
+    parser.add_argument("--b", help="script B (default: the current commit.lua)")
+    parser.add_argument("--all-caps-for-a", action="store_true",
+                        help="send A every compiled cap (the plan encoding before)")
+    parser.add_argument("--decisions", type=int, default=2000)
+    parser.add_argument("--users", type=int, default=500)
+    args = parser.parse_args(argv)
+    script_a = Path(args.a).read_text() if args.a else current
+    script_b = Path(args.b).read_text() if args.b else current
+    with EmbeddedRedis() as redis:
+        asyncio.run(run(redis.url, script_a, script_b, args.decisions, args.users,
+                        args.all_caps_for_a))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
