@@ -1,11 +1,23 @@
 """sendwise's atomic commit vs the ``limits`` library enforcing the same caps, same Redis.
 
-Both sides run in this process on one event loop with ``--concurrency`` tasks, over the
+All sides run in this process on one event loop with ``--concurrency`` tasks, over the
 same requests (loadtests/population.py, Zipf recipients so the head hits its caps):
 
-- **sendwise**: ``Engine.decide`` end to end (policy cache, read round trip, plan with
+- **sendwise decision**: ``Engine.decide`` end to end (policy cache, read round trip, plan with
   quiet hours and jurisdictions, model scoring, the one atomic commit.lua): every cap of the
   policy is checked and the reservation written in one script, so it is exact by construction;
+- **sendwise commit only** (the comparison issue 10 states: the atomic policy commit vs
+  ``limits`` checking the same rules): each worker prepares a batch of plans outside the
+  timed region exactly as ``Engine._decide`` does (``Store.read_user``, ``Engine.prepare``,
+  ``encode_plan``/``encode_context``, ``now`` = the clock at preparation), then all workers
+  commit their batches (``Store.commit``, the same concurrency) and only that phase is timed.
+  Plans are committed in the order they were prepared, one small batch ahead, so a plan's
+  ``now`` trails its commit by at most one commit phase (the largest such lag is printed).
+  Exactness does not depend on ``now`` being current: commit.lua re-checks every cap against
+  the ledger as it is at commit time, atomically; ``now`` only places the candidate instants
+  (and preferences do not change during the run, so the ``rev`` the commit checks stays
+  valid; a ``stale`` answer would be counted, re-prepared and committed again). Its own
+  tenant, so its ledgers start empty like the other sides';
 - **limits**: one moving-window limit per cap rule of the same policy (a calendar-day cap
   as a 1,440-minute window), ``MovingWindowRateLimiter`` over ``limits``' async Redis
   storage (the redis-py implementation, like sendwise). Several rules cannot be checked
@@ -34,12 +46,14 @@ import msgspec
 from api.clock import SystemClock
 from api.engine import Engine
 from api.ids import Secret
+from api.plan import Context, encode_context, encode_plan, fingerprint
 from api.policy import Policy
 from api.redis_client import make_redis
 from api.redis_server import EmbeddedRedis
+from api.render import decode_outcome, render
 from api.schemas import DecisionRequest
 from api.settings import Settings
-from api.store import Store
+from api.store import CommitReply, Store
 from loadtests.checks import Recipient, cap_violations, decode_timeline
 from loadtests.population import RequestFactory, policy_document, user_id
 
@@ -54,6 +68,7 @@ class Side(msgspec.Struct, kw_only=True):
     admitted: int
     exactness_errors: int
     checked: int
+    note: str = ""
 
     @property
     def rate(self) -> float:
@@ -88,13 +103,29 @@ async def _drive(seconds: float, concurrency: int, users: int, one: Any) -> tupl
     return done, time.perf_counter() - t0
 
 
-async def run_sendwise(url: str, cluster: bool, seconds: float, concurrency: int,
-                       users: int) -> Side:
+def _engine(url: str, cluster: bool) -> Engine:
     settings = Settings(redis_url=url, redis_cluster=cluster, log_decisions=False,
                         decision_log=False, id_key=Secret(b"sendwise bench: decision-id key!!"))
-    client = make_redis(settings)
-    engine = Engine(Store(client, max_in_flight=settings.redis_max_connections), settings,
-                    SystemClock())
+    return Engine(Store(make_redis(settings), max_in_flight=settings.redis_max_connections),
+                  settings, SystemClock())
+
+
+async def _exactness(engine: Engine, tenant: str, policy: dict[str, Any]) -> tuple[int, int]:
+    """Cap violations in the timelines of the Zipf head (the recipients that hit their caps)."""
+    errors, checked = 0, 0
+    for i in range(20):
+        timeline = await engine.timeline(tenant, user_id(i))
+        found = cap_violations(policy, Recipient(zone="UTC"),
+                               decode_timeline(msgspec.json.encode(timeline)))
+        errors += len(found)
+        checked += 1
+    return errors, checked
+
+
+async def run_sendwise(url: str, cluster: bool, seconds: float, concurrency: int,
+                       users: int) -> Side:
+    engine = _engine(url, cluster)
+    client = engine.store.client
     policy = policy_document()
     try:
         await engine.store.put_policy(TENANT, msgspec.convert(policy, Policy), None,
@@ -109,15 +140,109 @@ async def run_sendwise(url: str, cluster: bool, seconds: float, concurrency: int
         await _drive(1.0, concurrency, users, one)  # warm-up
         admitted = 0
         done, took = await _drive(seconds, concurrency, users, one)
-        errors, checked = 0, 0
-        for i in range(20):  # the Zipf head: the recipients that hit their caps
-            timeline = await engine.timeline(TENANT, user_id(i))
-            found = cap_violations(policy, Recipient(zone="UTC"),
-                                   decode_timeline(msgspec.json.encode(timeline)))
-            errors += len(found)
-            checked += 1
-        return Side(name="sendwise commit", decisions=done, seconds=took, admitted=admitted,
+        errors, checked = await _exactness(engine, TENANT, policy)
+        return Side(name="sendwise decision", decisions=done, seconds=took, admitted=admitted,
                     exactness_errors=errors, checked=checked)
+    finally:
+        await client.aclose()
+
+
+class _Prepared(msgspec.Struct):
+    request: DecisionRequest
+    ctx: Context
+    plan: list[bytes]
+    prepared_at: float  # perf_counter
+
+
+async def run_commit_only(url: str, cluster: bool, seconds: float, concurrency: int,
+                          users: int, batch: int = 8) -> Side:
+    """The atomic commit alone (module docstring): plans prepared untimed, one batch of
+    ``batch`` per worker ahead of each timed commit phase."""
+    engine = _engine(url, cluster)
+    client = engine.store.client
+    store = engine.store
+    tenant = TENANT + "-commit"
+    policy = policy_document()
+    stale = 0
+    max_lag = 0.0
+
+    async def prepare(request: DecisionRequest) -> _Prepared | None:
+        now = engine.clock.now_ms()
+        engine.validate(request, now)
+        rules = await engine.policies.get(tenant)
+        engine.check_category(request, rules)
+        state = await store.read_user(tenant, request.user_id, request.message_id,
+                                      request.campaign_id)
+        if state.moved_into is not None or state.record is not None:
+            return None  # no merges nor repeated message ids in this workload
+        location, pre, choice = await engine.prepare(tenant, request.user_id, request, rules,
+                                                     state, now)
+        ctx = Context(did=engine.ids.decision_id(tenant, request.user_id, request.message_id),
+                      mid=request.message_id, uid=request.user_id, pv=rules.version_label,
+                      zone=location.zones[0], now=now, fp=fingerprint(request),
+                      dry=request.dry_run, pre=pre, mv=choice.version, fs=choice.source,
+                      s=choice.suppressed)
+        return _Prepared(request, ctx,
+                         encode_plan(choice.plan, choice.annotations), time.perf_counter())
+
+    async def run(run_seconds: float) -> tuple[int, float, int]:
+        nonlocal stale, max_lag
+        factories = [RequestFactory(users, prefix=f"bc{k}-{time.time_ns()}", seed=k + 1,
+                                    zipf=True) for k in range(concurrency)]
+        done, timed, admitted = 0, 0.0, 0
+
+        async def prepare_batch(factory: RequestFactory) -> list[_Prepared]:
+            out = []
+            for _ in range(batch):
+                request = _request.decode(msgspec.json.encode(factory.body()))
+                ready = await prepare(request)
+                if ready is not None:
+                    out.append(ready)
+            return out
+
+        async def commit_batch(plans: list[_Prepared]) -> list[tuple[Context, CommitReply]]:
+            nonlocal stale
+            replies = []
+            for ready in plans:  # in the order they were prepared
+                while True:
+                    reply = await store.commit(tenant, ready.request.user_id,
+                                               ready.request.message_id, ready.plan,
+                                               encode_context(ready.ctx))
+                    if reply.status != "stale":
+                        break
+                    stale += 1  # preferences changed under it (never here): prepare again
+                    again = await prepare(ready.request)
+                    if again is None:
+                        break
+                    ready = again
+                replies.append((ready.ctx, reply))
+            return replies
+
+        while timed < run_seconds:
+            batches = await asyncio.gather(*(prepare_batch(f) for f in factories))  # untimed
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(commit_batch(b) for b in batches))
+            t1 = time.perf_counter()
+            timed += t1 - t0
+            max_lag = max([max_lag, *(t1 - p.prepared_at for b in batches for p in b)])
+            for replies in results:
+                for ctx, reply in replies:
+                    done += 1
+                    if reply.status == "new":
+                        admitted += render(ctx, decode_outcome(reply.payload)).decision \
+                            != "suppress"
+        return done, timed, admitted
+
+    try:
+        await store.put_policy(tenant, msgspec.convert(policy, Policy), None,
+                               engine.clock.now_ms())
+        await run(1.0)  # warm-up
+        stale, max_lag = 0, 0.0
+        done, took, admitted = await run(seconds)
+        errors, checked = await _exactness(engine, tenant, policy)
+        return Side(name="sendwise commit only", decisions=done, seconds=took,
+                    admitted=admitted, exactness_errors=errors, checked=checked,
+                    note=f"stale {stale}, plan now <= {max_lag * 1000:.0f} ms before its commit")
     finally:
         await client.aclose()
 
@@ -172,15 +297,26 @@ async def run_limits(url: str, seconds: float, concurrency: int, users: int) -> 
 
 async def compare(url: str, *, cluster: bool = False, seconds: float = 10.0,
                   concurrency: int = 64, users: int = 10_000) -> tuple[Side, Side]:
+    """The whole decision vs limits (bench_decisions' report uses this pair)."""
     ours = await run_sendwise(url, cluster, seconds, concurrency, users)
     theirs = await run_limits(url, seconds, concurrency, users)
     return ours, theirs
 
 
+async def compare_all(url: str, *, cluster: bool = False, seconds: float = 10.0,
+                      concurrency: int = 64, users: int = 10_000) -> tuple[Side, Side, Side]:
+    """(whole decision, commit only, limits)."""
+    ours, theirs = await compare(url, cluster=cluster, seconds=seconds,
+                                 concurrency=concurrency, users=users)
+    commit = await run_commit_only(url, cluster, seconds, concurrency, users)
+    return ours, commit, theirs
+
+
 def describe(side: Side) -> str:
     return (f"{side.name:<22} {side.rate:>8,.0f} decisions/s  ({side.decisions:,} in "
             f"{side.seconds:.1f} s, {side.admitted:,} admitted)  exactness errors "
-            f"{side.exactness_errors} over {side.checked} recipients")
+            f"{side.exactness_errors} over {side.checked} recipients"
+            + (f"  [{side.note}]" if side.note else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,12 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=10_000)
     args = parser.parse_args(argv)
     with EmbeddedRedis() as server:
-        ours, theirs = asyncio.run(compare(server.url, seconds=args.seconds,
-                                           concurrency=args.concurrency, users=args.users))
-    print(describe(ours))
-    print(describe(theirs))
-    print(f"sendwise / limits: {ours.rate / theirs.rate:.2f}x")
-    return 0 if ours.exactness_errors == theirs.exactness_errors == 0 else 1
+        ours, commit, theirs = asyncio.run(compare_all(
+            server.url, seconds=args.seconds, concurrency=args.concurrency, users=args.users))
+    for side in (ours, commit, theirs):
+        print(describe(side))
+    print(f"commit only / limits: {commit.rate / theirs.rate:.2f}x   "
+          f"decision / limits: {ours.rate / theirs.rate:.2f}x")
+    return 0 if ours.exactness_errors == commit.exactness_errors == theirs.exactness_errors == 0 \
+        else 1
 
 
 if __name__ == "__main__":
