@@ -694,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
             ours, theirs = asyncio.run(compare(service.redis_url, seconds=args.seconds,
                                                concurrency=64, users=args.users))
             print(describe(ours) + "\n" + describe(theirs))
-            report.fact("in-process decisions/s: sendwise commit vs limits (same caps, same Redis)",
+            report.fact("in-process decisions/s: sendwise whole decision vs limits (same caps, "
+                        "same Redis)",
                         f"{ours.rate:,.0f} vs {theirs.rate:,.0f} ({ours.rate / theirs.rate:.2f}x); "
                         f"exactness errors {ours.exactness_errors} / {theirs.exactness_errors}")
         service.stop()
