@@ -1,0 +1,16 @@
+"""The commit-only side of the ``limits`` comparison (loadtests/bench_limits.py) runs,
+commits what it prepared, and stays exact."""
+
+from __future__ import annotations
+
+from api.redis_server import EmbeddedRedis
+from loadtests.bench_limits import describe, run_commit_only
+
+
+async def test_commit_only_side_commits_its_plans_exactly(embedded_redis: EmbeddedRedis) -> None:
+    side = await run_commit_only(embedded_redis.url, False, 0.3, 4, 50, batch=4)
+    assert side.decisions > 0 and side.seconds > 0
+    assert 0 < side.admitted <= side.decisions
+    assert side.exactness_errors == 0 and side.checked == 20
+    assert "stale 0" in side.note
+    assert "commit only" in describe(side)
