@@ -689,15 +689,17 @@ def main(argv: list[str] | None = None) -> int:
         report.fact("API worker resident memory",
                     ", ".join(f"{mb:.0f} MB" for mb in service.worker_rss_mb()))
         if args.scaling == "on":
-            from loadtests.bench_limits import compare, describe
+            from loadtests.bench_limits import compare_all, describe
 
-            ours, theirs = asyncio.run(compare(service.redis_url, seconds=args.seconds,
-                                               concurrency=64, users=args.users))
-            print(describe(ours) + "\n" + describe(theirs))
-            report.fact("in-process decisions/s: sendwise whole decision vs limits (same caps, "
-                        "same Redis)",
-                        f"{ours.rate:,.0f} vs {theirs.rate:,.0f} ({ours.rate / theirs.rate:.2f}x); "
-                        f"exactness errors {ours.exactness_errors} / {theirs.exactness_errors}")
+            limits = asyncio.run(compare_all(service.redis_url, seconds=args.seconds,
+                                             concurrency=64, users=args.users))
+            print("\n".join(describe(side) for side in limits.sides))
+            report.fact("in-process decisions/s, same caps, same Redis, 64 tasks: sendwise "
+                        "whole decision / commit only vs limits (process lock / Redis lock)",
+                        f"{limits.decision.rate:,.0f} / {limits.commit.rate:,.0f} vs "
+                        f"{limits.limits.rate:,.0f} / {limits.limits_redis_lock.rate:,.0f}; "
+                        f"{limits.ratios()}; exactness errors "
+                        + " / ".join(str(side.exactness_errors) for side in limits.sides))
         service.stop()
 
         if args.scaling == "on":

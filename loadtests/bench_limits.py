@@ -23,13 +23,18 @@ same requests (loadtests/population.py, Zipf recipients so the head hits its cap
   storage (the redis-py implementation, like sendwise). Several rules cannot be checked
   atomically with it: ``hit`` one by one would count a message against the first rules
   even when a later one refuses it. The exact way is what is measured: under a per-user
-  lock (one process), ``test`` every rule in scope, then ``hit`` them all if all passed.
+  lock, ``test`` every rule in scope, then ``hit`` them all if all passed. Two locks are
+  measured: an ``asyncio.Lock`` (exact only while a single process serves every request,
+  the most favourable case for limits) and a Redis lock per user (what keeps the same rules
+  exact across several API workers or hosts, which sendwise's one script is by
+  construction).
 
 Exactness is then checked for both: sendwise's timelines of the busiest recipients against
 every cap (loadtests/checks.py ``cap_violations``); for limits, each recipient's sequence
 of answers replayed against exact counters (admitted iff every rule in scope had room).
 
     python -m loadtests.bench_limits --seconds 10 --concurrency 64
+    python -m loadtests.bench_limits --seconds 10 --concurrency 1,64
 """
 
 from __future__ import annotations
@@ -247,14 +252,22 @@ async def run_commit_only(url: str, cluster: bool, seconds: float, concurrency: 
         await client.aclose()
 
 
-async def run_limits(url: str, seconds: float, concurrency: int, users: int) -> Side:
+async def run_limits(url: str, seconds: float, concurrency: int, users: int, *,
+                     lock: str = "process") -> Side:
+    """``lock`` "process": the per-user lock is an ``asyncio.Lock`` (exact only while one
+    process serves every request for a user); "redis": a Redis lock per user (redis-py's
+    ``Lock``: ``SET NX PX`` to take it, a script to release it), which is what the same
+    rules need to stay exact once several API workers or hosts share the Redis, as
+    sendwise's commit does by construction."""
     from limits import RateLimitItemPerMinute
     from limits.aio.storage import RedisStorage
     from limits.aio.strategies import MovingWindowRateLimiter
 
     storage_url = ("async+redis+unix://" + url.removeprefix("unix://") if url.startswith("unix://")
                    else "async+" + url)
-    storage = RedisStorage(storage_url, implementation="redispy", key_prefix="bench-limits")
+    prefix = f"bench-limits-{lock}-{time.time_ns()}"
+    storage = RedisStorage(storage_url, implementation="redispy", key_prefix=prefix)
+    locker = make_redis(Settings(redis_url=url)) if lock == "redis" else None
     limiter = MovingWindowRateLimiter(storage)
     policy = policy_document()
     items = {cap["id"]: RateLimitItemPerMinute(cap["limit"], cap.get("window_minutes", 1440))
@@ -268,7 +281,10 @@ async def run_limits(url: str, seconds: float, concurrency: int, users: int) -> 
         nonlocal admitted
         rules = [cap["id"] for cap in rules_for(policy, body)]
         uid = body["user_id"]
-        async with locks[uid]:
+        guard: Any = (locks[uid] if locker is None else
+                      locker.lock(f"{prefix}:lock:{uid}", timeout=5.0, sleep=0.0005,
+                                  blocking_timeout=5.0))
+        async with guard:
             ok = True
             for rule in rules:
                 if not await limiter.test(items[rule], TENANT, uid, rule):
@@ -280,9 +296,14 @@ async def run_limits(url: str, seconds: float, concurrency: int, users: int) -> 
             history[uid].append((rules, ok))
         admitted += ok
 
-    await _drive(1.0, concurrency, users, one)  # warm-up (its history is replayed too)
-    admitted = 0
-    done, took = await _drive(seconds, concurrency, users, one)
+    try:
+        await _drive(1.0, concurrency, users, one)  # warm-up (its history is replayed too)
+        admitted = 0
+        done, took = await _drive(seconds, concurrency, users, one)
+    finally:
+        if locker is not None:
+            await locker.aclose()
+        await storage.bridge.storage.aclose()  # limits' own redis-py client
     errors = 0
     for events in history.values():
         counts: collections.Counter[str] = collections.Counter()
@@ -291,7 +312,8 @@ async def run_limits(url: str, seconds: float, concurrency: int, users: int) -> 
             errors += room != ok
             if ok:
                 counts.update(rules)
-    return Side(name="limits moving window", decisions=done, seconds=took, admitted=admitted,
+    name = "limits, process lock" if lock == "process" else "limits, Redis lock"
+    return Side(name=name, decisions=done, seconds=took, admitted=admitted,
                 exactness_errors=errors, checked=len(history))
 
 
@@ -303,13 +325,39 @@ async def compare(url: str, *, cluster: bool = False, seconds: float = 10.0,
     return ours, theirs
 
 
+class Comparison(msgspec.Struct, kw_only=True):
+    """Every side of one comparison, measured back to back at one concurrency."""
+
+    concurrency: int
+    decision: Side
+    commit: Side
+    limits: Side
+    limits_redis_lock: Side
+
+    @property
+    def exact(self) -> bool:
+        return all(side.exactness_errors == 0 for side in self.sides)
+
+    @property
+    def sides(self) -> tuple[Side, Side, Side, Side]:
+        return (self.decision, self.commit, self.limits, self.limits_redis_lock)
+
+    def ratios(self) -> str:
+        c, d = self.commit.rate, self.decision.rate
+        a, b = self.limits.rate, self.limits_redis_lock.rate
+        return (f"commit only / limits: {c / a:.2f}x (process lock), {c / b:.2f}x (Redis lock); "
+                f"decision / limits: {d / a:.2f}x, {d / b:.2f}x")
+
+
 async def compare_all(url: str, *, cluster: bool = False, seconds: float = 10.0,
-                      concurrency: int = 64, users: int = 10_000) -> tuple[Side, Side, Side]:
-    """(whole decision, commit only, limits)."""
+                      concurrency: int = 64, users: int = 10_000) -> Comparison:
+    """The whole decision, the commit alone, and limits with both kinds of per-user lock."""
     ours, theirs = await compare(url, cluster=cluster, seconds=seconds,
                                  concurrency=concurrency, users=users)
     commit = await run_commit_only(url, cluster, seconds, concurrency, users)
-    return ours, commit, theirs
+    locked = await run_limits(url, seconds, concurrency, users, lock="redis")
+    return Comparison(concurrency=concurrency, decision=ours, commit=commit, limits=theirs,
+                      limits_redis_lock=locked)
 
 
 def describe(side: Side) -> str:
@@ -323,18 +371,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench_limits", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", default="64",
+                        help="tasks driving each side; a comma-separated list runs every side "
+                             "at each (e.g. 1,64: one request at a time, where each side pays "
+                             "its round trips in latency, and a loaded process)")
     parser.add_argument("--users", type=int, default=10_000)
     args = parser.parse_args(argv)
+    levels = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
+    results: list[Comparison] = []
     with EmbeddedRedis() as server:
-        ours, commit, theirs = asyncio.run(compare_all(
-            server.url, seconds=args.seconds, concurrency=args.concurrency, users=args.users))
-    for side in (ours, commit, theirs):
-        print(describe(side))
-    print(f"commit only / limits: {commit.rate / theirs.rate:.2f}x   "
-          f"decision / limits: {ours.rate / theirs.rate:.2f}x")
-    return 0 if ours.exactness_errors == commit.exactness_errors == theirs.exactness_errors == 0 \
-        else 1
+        for level in levels:
+            result = asyncio.run(compare_all(server.url, seconds=args.seconds,
+                                             concurrency=level, users=args.users))
+            results.append(result)
+            print(f"-- concurrency {level}")
+            for side in result.sides:
+                print(describe(side))
+            print(result.ratios())
+    return 0 if all(result.exact for result in results) else 1
 
 
 if __name__ == "__main__":

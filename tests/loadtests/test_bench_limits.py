@@ -4,7 +4,7 @@ commits what it prepared, and stays exact."""
 from __future__ import annotations
 
 from api.redis_server import EmbeddedRedis
-from loadtests.bench_limits import describe, run_commit_only
+from loadtests.bench_limits import describe, run_commit_only, run_limits
 
 
 async def test_commit_only_side_commits_its_plans_exactly(embedded_redis: EmbeddedRedis) -> None:
@@ -14,3 +14,12 @@ async def test_commit_only_side_commits_its_plans_exactly(embedded_redis: Embedd
     assert side.exactness_errors == 0 and side.checked == 20
     assert "stale 0" in side.note
     assert "commit only" in describe(side)
+
+
+async def test_limits_side_with_a_redis_lock_stays_exact(embedded_redis: EmbeddedRedis) -> None:
+    """The cross-worker variant of the limits side: a Redis lock per recipient, every answer
+    replayed against exact counters afterwards (the Zipf head of 50 users contends)."""
+    side = await run_limits(embedded_redis.url, 0.3, 8, 50, lock="redis")
+    assert side.name == "limits, Redis lock"
+    assert side.decisions > 0 and 0 < side.admitted < side.decisions
+    assert side.exactness_errors == 0 and side.checked > 0
