@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import importlib.util
 import multiprocessing
 import os
 import random
@@ -183,8 +184,9 @@ class Service:
     api/redis_server.py ``embedded_cluster``) + uvicorn subprocess; ``stop`` is idempotent
     and always safe."""
 
-    def __init__(self, workers: int, *, cluster: int = 0) -> None:
+    def __init__(self, workers: int, *, cluster: int = 0, server: str = "uvicorn") -> None:
         self.workers = workers
+        self.server = server
         self.cluster = cluster
         self.port = free_port()
         self.redis: EmbeddedRedis | None = None
@@ -209,10 +211,16 @@ class Service:
                    SENDWISE_REDIS_CLUSTER="1" if self.cluster else "0")
         env.pop("SENDWISE_API_KEYS", None)
         env.pop("SENDWISE_API_KEYS_FILE", None)
-        cmd = [sys.executable, "-m", "uvicorn", "api.app:app_from_env", "--factory",
-               "--loop", "uvloop", "--http", "httptools", "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", str(self.workers),
-               "--log-level", "warning", "--no-access-log"]
+        if self.server == "granian":  # the alternative ASGI server (Rust HTTP), compared
+            cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
+                   "api.app:app_from_env", "--loop", "uvloop", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--workers", str(self.workers),
+                   "--log-level", "warning", "--no-access-log"]
+        else:
+            cmd = [sys.executable, "-m", "uvicorn", "api.app:app_from_env", "--factory",
+                   "--loop", "uvloop", "--http", "httptools", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--workers", str(self.workers),
+                   "--log-level", "warning", "--no-access-log"]
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
             stderr=subprocess.STDOUT, start_new_session=True)
@@ -531,6 +539,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto",
                         help="closed-loop generator (auto: wrk when on PATH)")
     parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
+                        help="ASGI server (granian must be installed: pip install granian)")
     parser.add_argument("--gen-processes", type=int, default=1,
                         help="python generator processes (closed loop splits the connections)")
     args = parser.parse_args(argv)
@@ -543,6 +553,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--rounds and --fixed-runs must be 1..20")
     if not 1 <= args.concurrency <= 4096 or not 1 <= args.workers <= 32 or args.users < 1:
         parser.error("--concurrency 1..4096, --workers 1..32, --users >= 1")
+    if args.server == "granian" and importlib.util.find_spec("granian") is None:
+        parser.error("--server granian: granian is not installed (pip install granian)")
     if args.generator == "wrk" and shutil.which("wrk") is None:
         parser.error("wrk is not on PATH")
     if args.rate not in ("auto", "off"):
@@ -632,11 +644,11 @@ def main(argv: list[str] | None = None) -> int:
     services: list[Service] = []
 
     def start(workers: int, cluster: int = 0) -> Service:
-        service = Service(workers, cluster=cluster)
+        service = Service(workers, cluster=cluster, server=args.server)
         services.append(service)
         service.start()
         took = seed_tenant(service.port, args.users)
-        print(f"\nservice: uvicorn --workers {workers} on 127.0.0.1:{service.port}, "
+        print(f"\nservice: {args.server} --workers {workers} on 127.0.0.1:{service.port}, "
               f"{f'{cluster}-master Redis Cluster' if cluster else 'one embedded Redis'}; "
               f"seeded policy + {args.users:,} preferences in {took:.1f} s")
         return service
