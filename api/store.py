@@ -26,7 +26,7 @@ from api.keys import (
 )
 from api.localtime import ms_to_utc, utc_to_ms
 from api.policy import Policy
-from api.redis_client import AutoPipeline, RedisClient, ScriptCaller
+from api.redis_client import AutoPipeline, ClusterAutoPipeline, RedisClient, ScriptCaller
 from api.schemas import CHANNELS, Event, Preferences, StoredPreferences
 from api.userstate import MAX_MERGE_HOPS, UserState, decode_preferences, parse_read_reply
 
@@ -140,10 +140,14 @@ class Store:
         self._share_writes(auto_pipeline)
 
     def _share_writes(self, enabled: bool) -> None:
-        """On one Redis, every script registered above is called through one
-        ``AutoPipeline``: concurrent calls share writes (api/redis_client.py)."""
-        self._pipeline = (AutoPipeline(self.client)
-                          if enabled and not isinstance(self.client, RedisCluster) else None)
+        """Every script registered above is called through one auto-pipeline
+        (``AutoPipeline``, or ``ClusterAutoPipeline`` per master on a Cluster): concurrent
+        calls share writes (api/redis_client.py)."""
+        self._pipeline: AutoPipeline | ClusterAutoPipeline | None = None
+        if enabled:
+            self._pipeline = (ClusterAutoPipeline(self.client)
+                              if isinstance(self.client, RedisCluster)
+                              else AutoPipeline(self.client))
         for name, value in list(vars(self).items()):
             if isinstance(value, AsyncScript):
                 setattr(self, name, ScriptCaller(value, self._pipeline))

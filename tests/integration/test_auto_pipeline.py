@@ -13,7 +13,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from api.redis_client import AutoPipeline, RedisClient, ScriptCaller
+from api.redis_client import AutoPipeline, ClusterAutoPipeline, RedisClient, ScriptCaller
 from api.store import Store
 
 ECHO = "redis.call('INCR', KEYS[1]) return ARGV[1]"
@@ -28,10 +28,20 @@ class CountingPipeline(AutoPipeline):
         await super()._send(batch)
 
 
-def caller(client: RedisClient, source: str) -> tuple[Any, CountingPipeline | None]:
+class CountingClusterPipeline(ClusterAutoPipeline):
+    batches = 0
+
+    async def _send(self, node, batch):  # type: ignore[no-untyped-def]
+        type(self).batches += 1
+        await super()._send(node, batch)
+
+
+def caller(client: RedisClient, source: str
+           ) -> tuple[Any, CountingPipeline | CountingClusterPipeline]:
     """The script, at most 32 calls in flight (as the store's gate does: the cluster
     client's pools refuse more connections than their limit)."""
-    pipeline = None if isinstance(client, RedisCluster) else CountingPipeline(client)
+    pipeline = (CountingClusterPipeline(client) if isinstance(client, RedisCluster)
+                else CountingPipeline(client))
     script = ScriptCaller(client.register_script(source), pipeline)
     gate = asyncio.Semaphore(32)
 
@@ -45,12 +55,50 @@ def caller(client: RedisClient, source: str) -> tuple[Any, CountingPipeline | No
 async def test_concurrent_calls_share_writes_and_each_gets_its_own_reply(
         redis_client: RedisClient) -> None:
     echo, pipeline = caller(redis_client, ECHO)
-    CountingPipeline.batches = 0
+    await echo(keys=["{t:u}:warm"], args=["0"])  # a cluster client loads its slot map first
+    type(pipeline).batches = 0
     replies = await asyncio.gather(*(echo(keys=["{t:u}:n"], args=[str(i)]) for i in range(300)))
     assert replies == [str(i).encode() for i in range(300)]
     assert int(await redis_client.get("{t:u}:n")) == 300  # every script ran exactly once
-    if pipeline is not None:
-        assert 1 <= CountingPipeline.batches <= 100  # 300 calls, far fewer writes
+    assert 1 <= type(pipeline).batches <= 100  # 300 calls, far fewer writes
+
+
+async def test_calls_on_many_slots_each_reach_their_own_keys(redis_client: RedisClient) -> None:
+    """On a cluster the batch is split per master: 200 users' keys over every node."""
+    echo, _ = caller(redis_client, ECHO)
+    replies = await asyncio.gather(*(echo(keys=[f"{{t:u{i}}}:n"], args=[str(i)])
+                                     for i in range(200)))
+    assert replies == [str(i).encode() for i in range(200)]
+    values = [await redis_client.get(f"{{t:u{i}}}:n") for i in range(200)]
+    assert values == [b"1"] * 200
+
+
+async def test_a_call_sent_to_the_wrong_master_runs_once_after_its_redirection(
+        redis_client: RedisClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stale slot map: the batch goes to a master that does not own the slot, which
+    answers MOVED without running the script; the call then goes alone through redis-py's
+    cluster path, which follows the redirection. Every script runs exactly once."""
+    if not isinstance(redis_client, RedisCluster):
+        pytest.skip("redirections exist on a Redis Cluster only")
+    echo, _ = caller(redis_client, ECHO)
+    await echo(keys=["{t:u}:n"], args=["0"])
+    owner = redis_client.get_node_from_key("{t:u}:n")
+    other = next(n for n in redis_client.get_primaries() if n.name != owner.name)
+    monkeypatch.setattr(redis_client, "get_node_from_key", lambda key, replica=False: other)
+    alone = 0
+    per_command = AsyncScript.__call__
+
+    async def counted(self: AsyncScript, *args: Any, **kwargs: Any) -> Any:
+        nonlocal alone
+        alone += 1
+        return await per_command(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncScript, "__call__", counted)
+    replies = await asyncio.gather(*(echo(keys=["{t:u}:n"], args=[str(i)]) for i in range(1, 21)))
+    assert replies == [str(i).encode() for i in range(1, 21)]
+    assert alone == 20  # each was refused (MOVED) by the wrong master, then sent alone
+    monkeypatch.undo()
+    assert int(await redis_client.get("{t:u}:n")) == 21
 
 
 async def test_a_script_error_fails_only_its_own_call(redis_client: RedisClient) -> None:
@@ -72,10 +120,26 @@ async def test_a_flushed_script_cache_reloads_and_runs_each_call_once(
 
 
 @pytest.mark.parametrize("auto", [True, False])
-async def test_the_store_pipelines_on_one_redis_only(redis_client: RedisClient, auto: bool) -> None:
+async def test_the_store_pipelines_on_every_target(redis_client: RedisClient, auto: bool) -> None:
     store = Store(redis_client, auto_pipeline=auto)
-    assert (store._pipeline is not None) == (auto and not isinstance(redis_client, RedisCluster))
+    kind = ClusterAutoPipeline if isinstance(redis_client, RedisCluster) else AutoPipeline
+    assert isinstance(store._pipeline, kind) if auto else store._pipeline is None
     # every script the store registers (read, commit, ... and any added later) is wrapped
     assert not [name for name, v in vars(store).items() if isinstance(v, AsyncScript)]
     counts = await asyncio.gather(*(store.floor_call("t", f"u{i}") for i in range(50)))
     assert counts == [0] * 50
+
+
+async def test_connections_the_cluster_closed_are_replaced_before_a_batch_is_sent(
+        redis_client: RedisClient) -> None:
+    """Every node drops its clients (as a restart does): the next batch notices the close on
+    its idle connection before writing, reconnects, and no call fails."""
+    if not isinstance(redis_client, RedisCluster):
+        pytest.skip("the single-node pool has its own check (tests/process/test_redis_client.py)")
+    echo, _ = caller(redis_client, ECHO)
+    keys = [f"{{t:u{i}}}:n" for i in range(60)]
+    await asyncio.gather(*(echo(keys=[k], args=["0"]) for k in keys))
+    for node in redis_client.get_primaries():
+        await redis_client.execute_command("CLIENT", "KILL", "TYPE", "normal", target_nodes=node)
+    replies = await asyncio.gather(*(echo(keys=[k], args=["1"]) for k in keys))
+    assert replies == [b"1"] * 60
