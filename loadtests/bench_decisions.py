@@ -216,9 +216,11 @@ class Service:
                    "api.app:app_from_env", "--loop", "uvloop", "--host", "127.0.0.1",
                    "--port", str(self.port), "--workers", str(self.workers),
                    "--log-level", "warning", "--no-access-log"]
-        else:
+        else:  # "uvicorn-plain": the pure-Python event loop and HTTP parser, for comparison
+            loop, http = (("asyncio", "h11") if self.server == "uvicorn-plain"
+                          else ("uvloop", "httptools"))
             cmd = [sys.executable, "-m", "uvicorn", "api.app:app_from_env", "--factory",
-                   "--loop", "uvloop", "--http", "httptools", "--host", "127.0.0.1",
+                   "--loop", loop, "--http", http, "--host", "127.0.0.1",
                    "--port", str(self.port), "--workers", str(self.workers),
                    "--log-level", "warning", "--no-access-log"]
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
@@ -539,8 +541,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto",
                         help="closed-loop generator (auto: wrk when on PATH)")
     parser.add_argument("--wrk-threads", type=int, default=1)
-    parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
-                        help="ASGI server (granian must be installed: pip install granian)")
+    parser.add_argument("--server", choices=["uvicorn", "uvicorn-plain", "granian"],
+                        default="uvicorn",
+                        help="ASGI server: uvicorn with uvloop + httptools (what sendwise "
+                             "serve runs), uvicorn with asyncio + h11, or granian (must be "
+                             "installed: pip install granian)")
     parser.add_argument("--gen-processes", type=int, default=1,
                         help="python generator processes (closed loop splits the connections)")
     args = parser.parse_args(argv)
