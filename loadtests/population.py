@@ -121,6 +121,30 @@ def preferences(index: int, seed: int = 7) -> dict[str, Any]:
     return doc
 
 
+#: share of recipients with a send-time history (the rest are new: scored from the prior)
+HISTORY_SHARE = 0.5
+ACTIVITY_KINDS = ("session", "visit", "purchase")
+
+
+def history_events(index: int, now: dt.datetime, seed: int = 11) -> list[dict[str, Any]]:
+    """Recipient ``index``'s past activity (a pure function of index, seed and ``now``):
+    half of the population has 3-40 signs of life over the last 28 days, clustered around
+    two habitual local hours, so their decisions are scored from a profile, not only from
+    the prior; the other half has none (new recipients)."""
+    rng = random.Random(seed * 1_000_003 + index)
+    if rng.random() >= HISTORY_SHARE:
+        return []
+    habits = (rng.randrange(24), rng.randrange(24))
+    out: list[dict[str, Any]] = []
+    for _ in range(rng.randint(3, 40)):
+        day = now - dt.timedelta(days=rng.randint(1, 28))
+        hour = habits[rng.random() < 0.3] if rng.random() < 0.8 else rng.randrange(24)
+        at = day.replace(hour=hour, minute=rng.randrange(60), second=0, microsecond=0)
+        out.append({"type": "activity", "user_id": user_id(index), "at": iso(at),
+                    "kind": ACTIVITY_KINDS[rng.randrange(len(ACTIVITY_KINDS))]})
+    return out
+
+
 def iso(instant: dt.datetime) -> str:
     return instant.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
