@@ -486,7 +486,7 @@ def memory_per_user(service: Service, users: int, tenant: str, sample: int = 400
                     pipe.memory_usage(name, samples=0)
                 for name, used in zip(names, pipe.execute(), strict=True):
                     kind = name[len(base):].split(":", 1)[0]
-                    kind = "record" if kind == "m" else kind
+                    kind = "record" if kind in ("m", "recs") else kind
                     kinds[kind] = kinds.get(kind, 0) + (used or 0)
                     total += used or 0
             sizes.append(total)
