@@ -46,26 +46,38 @@ end
 
 local function fmt(x) return string.format('%.0f', x) end
 
--- the idempotency records: field <message id> of KEYS[2] = "<expiry ms> <record>"
--- (api/keys.py); a record past its expiry is not there. Returns the record and its expiry,
--- or one of a previous release's keys (legacy: its value and nil), or nil.
+-- the idempotency records: field <message id> of KEYS[2] = "<expiry ms> <record>", field
+-- '' = "<earliest expiry> <latest expiry>" of its records (api/keys.py); a record past its
+-- expiry is not there. ``live`` returns the record and its expiry, or nil.
+local function live(v)
+  if not v then return nil end
+  local sp = string.find(v, ' ', 1, true)
+  local exp = tonumber(string.sub(v, 1, sp - 1))
+  if exp > now then return string.sub(v, sp + 1), exp end
+  return nil
+end
+-- a record in the hash, or else a previous release's key (its value and no expiry)
 local function record_get(id, legacy)
-  local v = redis.call('HGET', KEYS[2], id)
-  if v then
-    local sp = string.find(v, ' ', 1, true)
-    local exp = tonumber(string.sub(v, 1, sp - 1))
-    if exp > now then return string.sub(v, sp + 1), exp end
-  end
+  local rec, exp = live(redis.call('HGET', KEYS[2], id))
+  if rec then return rec, exp end
   return redis.call('GET', legacy), nil
 end
--- store a record until ``exp`` (ms). Expired fields are dropped in batches: field ''
--- holds the earliest expiry in the hash, and once that is more than ttl / 8 ago every
--- expired field goes (so a record stays at most ttl / 8 past its expiry while the user
--- keeps receiving messages); the hash itself expires with its latest record.
+-- store a record until ``exp`` (ms). Expired fields are dropped in batches: once the
+-- earliest expiry is more than ttl / 8 ago every expired field goes (a record stays at
+-- most ttl / 8 past its expiry while the user keeps receiving messages). The hash expires
+-- at the "latest expiry", which is moved ttl / 8 past the record that needs it, so most
+-- writes are the one HSET of the record. ``meta``: field '' as read by step 1.
+local meta
 local function record_put(id, value, exp)
-  local first = tonumber(redis.call('HGET', KEYS[2], '') or '')
-  if first and first + plan.ttl / 8 <= now then
-    first = nil
+  local slack = math.floor(plan.ttl / 8)
+  local first, last
+  if meta then
+    local sp = string.find(meta, ' ', 1, true)
+    first, last = tonumber(string.sub(meta, 1, sp - 1)), tonumber(string.sub(meta, sp + 1))
+  end
+  local changed = false
+  if first and first + slack <= now then
+    first, changed = nil, true
     local all = redis.call('HGETALL', KEYS[2])
     for i = 1, #all, 2 do
       if all[i] ~= '' then
@@ -75,14 +87,23 @@ local function record_put(id, value, exp)
       end
     end
   end
-  if first == nil or exp < first then first = exp end
-  redis.call('HSET', KEYS[2], id, fmt(exp) .. ' ' .. value, '', fmt(first))
-  if redis.call('PTTL', KEYS[2]) < exp - now then redis.call('PEXPIRE', KEYS[2], fmt(exp - now)) end
+  if first == nil or exp < first then first, changed = exp, true end
+  local extend = last == nil or exp > last
+  if extend then last, changed = exp + slack, true end
+  if changed then
+    meta = fmt(first) .. ' ' .. fmt(last)
+    redis.call('HSET', KEYS[2], id, fmt(exp) .. ' ' .. value, '', meta)
+  else
+    redis.call('HSET', KEYS[2], id, fmt(exp) .. ' ' .. value)
+  end
+  if extend then redis.call('PEXPIRE', KEYS[2], fmt(last - now)) end
 end
 local my_mid = cmsgpack.unpack(string.sub(ARGV[3], 2))
 
 -- 1. idempotency: a record means this message was decided already
-local rec = record_get(my_mid, KEYS[6])
+local got = redis.call('HMGET', KEYS[2], my_mid, '')
+meta = got[2]
+local rec = live(got[1]) or redis.call('GET', KEYS[6])
 if rec then return {'dup', rec} end
 
 -- 2. preferences changed since the read (opt-out, conversion...): caller retries

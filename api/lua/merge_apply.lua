@@ -58,7 +58,8 @@ local n_from = tonumber(ARGV[i])
 for j = i + 1, i + n_from do redis.call('HSETNX', KEYS[2], 'merged_from:' .. ARGV[j], ARGV[4]) end
 i = i + n_from + 1
 -- a record is field <message id> of KEYS[4], "<expiry ms> <record>" (api/keys.py); field
--- '' holds the earliest expiry in the hash (commit.lua trims from it)
+-- '' = "<earliest expiry> <latest expiry>" of its records (commit.lua trims from the first,
+-- the hash expires with the last)
 local now = tonumber(ARGV[4])
 local records = 0
 for k = 5, #KEYS do
@@ -72,11 +73,16 @@ for k = 5, #KEYS do
   end
   if pttl > 0 and not taken then
     local exp = now + pttl
-    local first = tonumber(redis.call('HGET', KEYS[4], '') or '')
-    if first == nil or exp < first then first = exp end
+    local first, last = exp, exp
+    local meta = redis.call('HGET', KEYS[4], '')
+    if meta then
+      local sp = string.find(meta, ' ', 1, true)
+      first = math.min(exp, tonumber(string.sub(meta, 1, sp - 1)))
+      last = math.max(exp, tonumber(string.sub(meta, sp + 1)))
+    end
     redis.call('HSET', KEYS[4], ARGV[i], string.format('%.0f', exp) .. ' ' .. ARGV[i + 1], '',
-               string.format('%.0f', first))
-    if redis.call('PTTL', KEYS[4]) < pttl then redis.call('PEXPIRE', KEYS[4], pttl) end
+               string.format('%.0f', first) .. ' ' .. string.format('%.0f', last))
+    if last == exp then redis.call('PEXPIRE', KEYS[4], pttl) end
     records = records + 1
   end
   i = i + 3

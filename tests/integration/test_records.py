@@ -56,7 +56,7 @@ async def test_a_record_is_a_field_of_the_users_hash_until_its_ttl(
     assert await redis_client.exists(keys.record("m1")) == 0  # no key per message
     assert await redis_client.object("encoding", keys.records) in (b"ziplist", b"listpack",
                                                                    b"hashtable")
-    assert 0 < await redis_client.pttl(keys.records) <= TTL
+    assert TTL < await redis_client.pttl(keys.records) <= TTL + TTL // 8  # the slack
     again = await engine.decide(TENANT, req(message_id="m1"))
     assert again.replayed and msgspec.structs.replace(again, replayed=False) == first
     assert (await engine.status(TENANT, first.decision_id)).state == "send"
@@ -81,21 +81,28 @@ async def test_a_deferrals_record_lives_a_ttl_past_its_send_instant(
 
 async def test_expired_records_are_trimmed_in_batches(
         engine: Engine, clock: FixedClock, redis_client: RedisClient) -> None:
-    """The field '' holds the earliest expiry; a write more than ttl/8 after it drops every
-    expired field, and an earlier write drops none (one HGETALL per ttl/8 at most)."""
+    """The field '' holds the earliest expiry and the hash's own (ttl/8 past the latest
+    record when it was set, so most writes leave it alone); a write more than ttl/8 after
+    the earliest drops every expired field, an earlier write drops none (one HGETALL per
+    ttl/8 at most)."""
     keys = user_keys(TENANT, "u1")
     await engine.decide(TENANT, req(message_id="a", category="transactional"))
-    assert await redis_client.hget(keys.records, "") == str(clock.now_ms() + TTL).encode()
+    first = clock.now_ms() + TTL
+    meta = f"{first} {first + TTL // 8}".encode()
+    assert await redis_client.hget(keys.records, "") == meta
     clock.advance(HOUR)
     await engine.decide(TENANT, req(message_id="b", category="transactional"))
+    assert await redis_client.hget(keys.records, "") == meta  # inside the slack
     clock.advance(TTL)  # both expired, "a" by one hour more
     await engine.decide(TENANT, req(message_id="c", category="transactional"))
     assert sorted(await redis_client.hkeys(keys.records)) == [b"", b"a", b"b", b"c"]
     clock.advance(TTL // 8)
     await engine.decide(TENANT, req(message_id="d", category="transactional"))
     assert sorted(await redis_client.hkeys(keys.records)) == [b"", b"c", b"d"]
-    assert await redis_client.hget(keys.records, "") == str(clock.now_ms() - TTL // 8
-                                                            + TTL).encode()
+    c = clock.now_ms() - TTL // 8 + TTL  # c's expiry, the earliest now; the hash's own was
+    # set by c's write (ttl/8 past it) and d's record expires no later than that
+    assert await redis_client.hget(keys.records, "") == f"{c} {c + TTL // 8}".encode()
+    assert TTL < await redis_client.pttl(keys.records) <= TTL + TTL // 8
 
 
 async def test_a_previous_releases_record_is_replayed_and_cancelled_in_place(
