@@ -14,9 +14,9 @@ or make two (tenant, user) pairs share one.
     sw:{t:u}:conv          HASH  campaign_id -> converted-at (ms)
     sw:{t:u}:recs          HASH  the idempotency records: message id -> "<expiry ms> <record>",
                                   record = context JSON + "\n" + outcome JSON (+ "\n" +
-                                  cancelled-at ms); "" -> "<earliest expiry> <latest expiry>"
-                                  of its records (commit.lua trims expired fields in batches
-                                  from the first; the hash's PTTL follows the last)
+                                  cancelled-at ms); "" -> "<earliest record expiry> <the
+                                  hash's expiry>" (ms; commit.lua drops expired fields in
+                                  batches from the first, the hash's PEXPIRE is the second)
     sw:{t:u}:m:<message>   STR   an idempotency record written by a release before the hash
                                   (same record, expiry = the key's PTTL): read as a fallback
                                   until the last of them expires, never written

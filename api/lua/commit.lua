@@ -47,7 +47,7 @@ end
 local function fmt(x) return string.format('%.0f', x) end
 
 -- the idempotency records: field <message id> of KEYS[2] = "<expiry ms> <record>", field
--- '' = "<earliest expiry> <latest expiry>" of its records (api/keys.py); a record past its
+-- '' = "<earliest record expiry> <the hash's expiry>" (api/keys.py); a record past its
 -- expiry is not there. ``live`` returns the record and its expiry, or nil.
 local function live(v)
   if not v then return nil end
@@ -65,7 +65,7 @@ end
 -- store a record until ``exp`` (ms). Expired fields are dropped in batches: once the
 -- earliest expiry is more than ttl / 8 ago every expired field goes (a record stays at
 -- most ttl / 8 past its expiry while the user keeps receiving messages). The hash expires
--- at the "latest expiry", which is moved ttl / 8 past the record that needs it, so most
+-- at its own expiry, which is moved ttl / 8 past the record that needs it, so most
 -- writes are the one HSET of the record. ``meta``: field '' as read by step 1.
 local meta
 local function record_put(id, value, exp)

@@ -58,8 +58,8 @@ local n_from = tonumber(ARGV[i])
 for j = i + 1, i + n_from do redis.call('HSETNX', KEYS[2], 'merged_from:' .. ARGV[j], ARGV[4]) end
 i = i + n_from + 1
 -- a record is field <message id> of KEYS[4], "<expiry ms> <record>" (api/keys.py); field
--- '' = "<earliest expiry> <latest expiry>" of its records (commit.lua trims from the first,
--- the hash expires with the last)
+-- '' = "<earliest record expiry> <the hash's expiry>" (commit.lua trims from the first; the
+-- hash's expiry is never before any record's)
 local now = tonumber(ARGV[4])
 local records = 0
 for k = 5, #KEYS do
