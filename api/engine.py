@@ -251,13 +251,13 @@ class Engine:
         for _ in range(_MAX_STALE_RETRIES):
             with self.metrics.redis_read.time():  # one observation, merge hops included
                 state = await self.store.read_user(tenant, user, request.message_id,
-                                                   request.campaign_id)
+                                                   request.campaign_id, now=now)
                 for _hop in range(MAX_MERGE_HOPS):  # a merged id: decide for the person's new id
                     if state.moved_into is None:
                         break
                     user = state.moved_into
                     state = await self.store.read_user(tenant, user, request.message_id,
-                                                       request.campaign_id)
+                                                       request.campaign_id, now=now)
             if state.record is not None:
                 return self._replay(state.record, fp, request.dry_run)
             location, pre, choice = await self.prepare(tenant, user, request, policy, state,
@@ -445,8 +445,9 @@ class Engine:
             user_id, message_id = self.ids.parse_decision_id(tenant, decision)
         except ValueError as exc:
             raise NotFoundError("no such decision", field="decision_id") from exc
+        now = self.clock.now_ms()
         for _hop in range(MAX_MERGE_HOPS + 1):
-            record = (await self.store.records(tenant, user_id, [message_id]))[0]
+            record = (await self.store.records(tenant, user_id, [message_id], now))[0]
             if record is not None:
                 return decision_status(record)
             moved = await self.store.moved_into(tenant, user_id)
@@ -464,7 +465,7 @@ class Engine:
         zone = ZoneInfo(self.locate(None, stored.preferences, policy).zones[0])
         ledger = await self.store.ledger(tenant, user_id)
         mids = [decode_member(member)[0] for member, _ in ledger]
-        records = await self.store.records(tenant, user_id, mids)
+        records = await self.store.records(tenant, user_id, mids, now)
         entries = [
             timeline_entry(member, int(score), zone, now,
                            self.ids.decision_id(tenant, user_id, mid),

@@ -12,7 +12,14 @@ or make two (tenant, user) pairs share one.
                                   moved_into (the user id this one was merged into),
                                   merged_from:<user id> (ms: when that id was merged in)
     sw:{t:u}:conv          HASH  campaign_id -> converted-at (ms)
-    sw:{t:u}:m:<message>   STR   idempotency record: context JSON + "\n" + outcome JSON
+    sw:{t:u}:recs          HASH  the idempotency records: message id -> "<expiry ms> <record>",
+                                  record = context JSON + "\n" + outcome JSON (+ "\n" +
+                                  cancelled-at ms); "" -> "<earliest record expiry> <the
+                                  hash's expiry>" (ms; commit.lua drops expired fields in
+                                  batches from the first, the hash's PEXPIRE is the second)
+    sw:{t:u}:m:<message>   STR   an idempotency record written by a release before the hash
+                                  (same record, expiry = the key's PTTL): read as a fallback
+                                  until the last of them expires, never written
     sw:{t:u}:rp:<message>  STR   a deferral's compact plan (MessagePack, commit.lua), kept
                                   until it is due while preemption may displace it
     sw:{t:u}:profile       HASH  p (models.profile.Profile bytes), rev (int, bumped by every
@@ -57,6 +64,7 @@ class UserKeys(NamedTuple):
     ledger: str
     prefs: str
     conv: str
+    #: prefix of the per-message record keys of the previous releases (read-only fallback)
     record_prefix: str
     #: SCAN MATCH pattern of every key of this user, whatever its kind (erasure, export)
     pattern: str
@@ -64,12 +72,16 @@ class UserKeys(NamedTuple):
     profile: str
     #: prefix of the deferrals' re-decision plans (preemption, api/lua/commit.lua)
     replan_prefix: str
+    #: the idempotency records (one HASH per user: Redis packs a small hash, without the
+    #: per-key overhead of one string key per message)
+    records: str
 
     def record(self, message_id: str) -> str:
+        """A previous release's per-message record key (read as a fallback, never written)."""
         return self.record_prefix + message_id
 
     def message_id_of(self, record_key: str) -> str | None:
-        """Inverse of ``record``: the message id, or None for a key that is no record."""
+        """Inverse of ``record``: the message id, or None for a key that is no such record."""
         if not record_key.startswith(self.record_prefix):
             return None
         return record_key[len(self.record_prefix):]
@@ -78,7 +90,7 @@ class UserKeys(NamedTuple):
 def user_keys(tenant: str, user_id: str) -> UserKeys:
     base = f"{PREFIX}:{{{_escape(tenant)}:{_escape(user_id)}}}:"
     return UserKeys(base + "ledger", base + "prefs", base + "conv", base + "m:",
-                    _glob_escape(base) + "*", base + "profile", base + "rp:")
+                    _glob_escape(base) + "*", base + "profile", base + "rp:", base + "recs")
 
 
 def _glob_escape(text: str) -> str:

@@ -148,6 +148,8 @@ class UserDump(msgspec.Struct, frozen=True, kw_only=True):
     ledger_pttl: int
     #: message id -> (record, remaining ms; -1 without TTL)
     records: dict[str, tuple[bytes, int]]
+    #: the record keys of a previous release among them (api/keys.py), for step 3
+    legacy_record_keys: list[str] = []
 
     @property
     def preferences(self) -> Preferences:
@@ -173,17 +175,22 @@ def _pairs(flat: list[Any]) -> list[tuple[Any, Any]]:
     return list(zip(flat[::2], flat[1::2], strict=True))
 
 
-async def snapshot(store: Store, tenant: str, user_id: str) -> UserDump:
+async def snapshot(store: Store, tenant: str, user_id: str, now: int) -> UserDump:
+    """The user's data as it stands at ``now`` (records expired by then are left out): the
+    records hash, and the per-message record keys a previous release wrote (the hash wins
+    for a message found in both)."""
     keys = user_keys(tenant, user_id)
     names = await store.scan_user(tenant, user_id)
     record_keys = [k for k in names if keys.message_id_of(k) is not None]
-    prefs, conv, conv_pttl, ledger, ledger_pttl, records = await store.dump_user(
-        tenant, user_id, record_keys)
+    prefs, conv, conv_pttl, ledger, ledger_pttl, records, hashed = await store.dump_user(
+        tenant, user_id, record_keys, now)
     found: dict[str, tuple[bytes, int]] = {}
     for key, (value, pttl) in zip(record_keys, _pairs(records), strict=True):
         mid = keys.message_id_of(key)
         if isinstance(value, bytes) and mid is not None and int(pttl) != -2:
             found[mid] = (value, int(pttl))
+    for i in range(0, len(hashed), 3):
+        found[hashed[i].decode()] = (hashed[i + 1], int(hashed[i + 2]))
     return UserDump(
         prefs=dict(_pairs(prefs)),
         conversions={k.decode(): int(v) for k, v in _pairs(conv)},
@@ -191,6 +198,7 @@ async def snapshot(store: Store, tenant: str, user_id: str) -> UserDump:
         ledger=[(member, int(float(score))) for member, score in _pairs(ledger)],
         ledger_pttl=int(ledger_pttl),
         records=found,
+        legacy_record_keys=record_keys,
     )
 
 
@@ -222,7 +230,7 @@ def _apply_args(dump: UserDump, source: str, expected_rev: str, doc: bytes,
     mids = list(dump.records)
     for mid in mids:
         value, pttl = dump.records[mid]
-        args += [value, pttl]
+        args += [mid, value, pttl]
     return args, mids
 
 
@@ -247,7 +255,7 @@ async def merge(store: Store, tenant: str, source: str, target: str, now: int) -
                                 field="user_id", code="already_merged")
         # an unfinished merge into an id that has since moved on to ``into``: finish it
         marked = elsewhere
-    dump = await snapshot(store, tenant, source)
+    dump = await snapshot(store, tenant, source, now)
     moved = await _apply(store, tenant, dump, source, into, now, marked=marked,
                          undo_mark=created)
     await merge_profiles(store, tenant, source, into)
@@ -296,11 +304,10 @@ async def _apply(store: Store, tenant: str, dump: UserDump, source: str, into: s
 
 async def clear(store: Store, tenant: str, source: str, marked: str, dump: UserDump) -> None:
     """Step 3 (only on a source whose tombstone names ``marked``)."""
-    keys = user_keys(tenant, source)
-    await store.clear_merged(tenant, source, marked, [keys.record(m) for m in dump.records])
+    await store.clear_merged(tenant, source, marked, dump.legacy_record_keys)
 
 
-async def erase(store: Store, tenant: str, user_id: str) -> EraseResponse:
+async def erase(store: Store, tenant: str, user_id: str, now: int) -> EraseResponse:
     """Every id merged into this one first (so an interrupted erasure still knows them on a
     retry), then the id itself; and the trace of this id in the id it was merged into."""
     fields = await store.preference_fields(tenant, user_id)
@@ -313,7 +320,7 @@ async def erase(store: Store, tenant: str, user_id: str) -> EraseResponse:
         keys = user_keys(tenant, uid)
         fixed = {keys.ledger, keys.prefs, keys.conv}
         others = [k for k in await store.scan_user(tenant, uid) if k not in fixed]
-        counts = await store.erase_user(tenant, uid, others)
+        counts = await store.erase_user(tenant, uid, others, now)
         totals = [a + b for a, b in zip(totals, counts, strict=True)]
         # and the id's entries in the decision log (api/decision_log.py)
         await store.erase_log_entries(log_key(tenant, log_bucket(uid)), uid)
@@ -395,7 +402,7 @@ async def delete_user(request: Request[Any, Any, State], user_id: FromPath[str])
     Safe to repeat: a second call finds nothing and answers zeros."""
     _check_user_id(user_id)
     engine = _engine(request)
-    return await erase(engine.store, tenant_of(request), user_id)
+    return await erase(engine.store, tenant_of(request), user_id, engine.clock.now_ms())
 
 
 @get("/{user_id:str}/export", summary="Everything stored about a user, as JSON",
@@ -407,10 +414,11 @@ async def export_user(request: Request[Any, Any, State], user_id: FromPath[str])
     _check_user_id(user_id)
     engine = _engine(request)
     tenant = tenant_of(request)
-    dump = await snapshot(engine.store, tenant, user_id)
+    now = engine.clock.now_ms()
+    dump = await snapshot(engine.store, tenant, user_id, now)
     policy = await engine.policies.get(tenant)
     zone = engine.locate(None, dump.preferences, policy).zones[0]
-    export = render_export(dump, user_id, zone, engine.clock.now_ms(),
+    export = render_export(dump, user_id, zone, now,
                            lambda mid: engine.ids.decision_id(tenant, user_id, mid))
     fields = await engine.store.profile_fields(user_keys(tenant, user_id).profile)
     return msgspec.structs.replace(export, profile=export_profile(fields.get(b"p")))

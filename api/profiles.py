@@ -171,7 +171,7 @@ async def _apply_user(store: Store, tenant: str, user_id: str, events: Sequence[
         if applied == 0:
             return 0  # duplicates or events without timing signal: nothing to write
         rev = fields.get(b"rev", b"0").decode()
-        if await store.put_profile(key, rev, profile.to_bytes(), b"".join(seen),
+        if await store.put_profile(key, rev, profile.to_compact_bytes(), b"".join(seen),
                                    b"".join(engaged), PROFILE_TTL_MS):
             return applied
     raise ProfileUpdateConflictError(f"profile of {user_id!r} kept changing; retry the batch")
@@ -196,7 +196,8 @@ async def merge_profiles(store: Store, tenant: str, source: str, target: str) ->
         profile.absorb(other)
         seen = [*_split(dst.get(b"seen")), *_split(src.get(b"seen"))][-SEEN_KEPT:]
         engaged = [*_split(dst.get(b"eng")), *_split(src.get(b"eng"))][-SEEN_KEPT:]
-        if await store.put_profile(dst_key, dst.get(b"rev", b"0").decode(), profile.to_bytes(),
+        if await store.put_profile(dst_key, dst.get(b"rev", b"0").decode(),
+                                   profile.to_compact_bytes(),
                                    b"".join(seen), b"".join(engaged), PROFILE_TTL_MS,
                                    marker=marker):
             break

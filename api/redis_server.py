@@ -57,6 +57,13 @@ class EmbeddedRedisError(RuntimeError):
     is in use by another service."""
 
 
+#: Redis' ``hash-max-ziplist-value`` (7.x: ``hash-max-listpack-value``, which accepts the
+#: old name): the largest hash value kept in the packed encoding. An idempotency record is
+#: ~300-700 B, a format-3 profile up to ~600 B and its fingerprint list up to 2,048 B, the
+#: preference document a few hundred B; at 64 B (the default) each of those hashes is a
+#: hashtable (docs/benchmarks.md, "h-mem")
+HASH_MAX_ZIPLIST_VALUE = 2048
+
 #: the lock file in a persistent data directory (see ``_lock_data_dir``)
 LOCK_FILE = "sendwise.lock"
 
@@ -261,6 +268,10 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--loglevel", "notice",
             "--logfile", "",  # stdout, read by _ServerLog
+            # a user's small hashes (records, preferences, profile: api/keys.py) stay
+            # packed (ziplist/listpack: no per-field allocations) with values up to 2 KB
+            # instead of Redis' 64 B; the production setting (README, "Production")
+            "--hash-max-ziplist-value", str(HASH_MAX_ZIPLIST_VALUE),
         ]
         if self._port:
             args += ["--bind", "127.0.0.1"]

@@ -119,6 +119,7 @@ class Store:
         self._read = client.register_script(_script("read.lua"))
         self._commit = client.register_script(_script("commit.lua"))
         self._cancel = client.register_script(_script("cancel.lua"))
+        self._records = client.register_script(_script("records.lua"))
         self._policy_put = client.register_script(_script("policy_put.lua"))
         self._prefs_put = client.register_script(_script("prefs_put.lua"))
         self._events = client.register_script(_script("events.lua"))
@@ -165,12 +166,14 @@ class Store:
     # ---------------------------------------------------------------- decisions
 
     async def read_user(self, tenant: str, user_id: str, message_id: str,
-                        campaign_id: str | None) -> UserState:
+                        campaign_id: str | None, *, now: int) -> UserState:
+        """``now`` (ms) decides whether the message's record has expired."""
         keys = user_keys(tenant, user_id)
         async with self._gate:
             reply = await self._read(
-                keys=[keys.prefs, keys.record(message_id), keys.conv, keys.profile],
-                args=[campaign_id or ""])
+                keys=[keys.prefs, keys.records, keys.conv, keys.profile,
+                      keys.record(message_id)],
+                args=[campaign_id or "", message_id, now])
         return parse_read_reply(reply)
 
     async def commit(self, tenant: str, user_id: str, message_id: str, plan: Sequence[bytes],
@@ -179,8 +182,8 @@ class Store:
         keys = user_keys(tenant, user_id)
         async with self._gate:
             reply: list[Any] = await self._commit(
-                keys=[keys.ledger, keys.record(message_id), keys.prefs, keys.record_prefix,
-                      keys.replan_prefix],
+                keys=[keys.ledger, keys.records, keys.prefs, keys.record_prefix,
+                      keys.replan_prefix, keys.record(message_id)],
                 args=[plan[0], context, *plan[1:]])
         status = reply[0].decode()
         if status == "dup_ledger":
@@ -198,7 +201,8 @@ class Store:
         keys = user_keys(tenant, user_id)
         async with self._gate:
             status, removed, record = await self._cancel(
-                keys=[keys.ledger, keys.record(message_id)], args=[member_prefix, now])
+                keys=[keys.ledger, keys.records, keys.record(message_id)],
+                args=[member_prefix, now, message_id])
         return CancelReply(status.decode(), int(removed),
                            record if isinstance(record, bytes) else None)
 
@@ -208,14 +212,17 @@ class Store:
             entries = await self.client.zrange(keys.ledger, 0, -1, withscores=True)
         return cast(list[tuple[bytes, float]], entries)
 
-    async def records(self, tenant: str, user_id: str,
-                      message_ids: Sequence[str]) -> list[bytes | None]:
+    async def records(self, tenant: str, user_id: str, message_ids: Sequence[str],
+                      now: int) -> list[bytes | None]:
+        """The idempotency record of each message (None: none, or expired at ``now``)."""
         if not message_ids:
             return []
         keys = user_keys(tenant, user_id)
         async with self._gate:
-            values = await self.client.mget([keys.record(m) for m in message_ids])
-        return cast(list[bytes | None], values)
+            values: list[Any] = await self._records(
+                keys=[keys.records, *(keys.record(m) for m in message_ids)],
+                args=[now, *message_ids])
+        return [v if isinstance(v, bytes) else None for v in values]
 
     # -------------------------------------------------------------- preferences
 
@@ -479,13 +486,15 @@ class Store:
                 if cursor == 0:
                     return sorted(found)
 
-    async def dump_user(self, tenant: str, user_id: str,
-                        record_keys: Sequence[str]) -> list[Any]:
-        """user_dump.lua's raw snapshot (api/lifecycle.py decodes it)."""
+    async def dump_user(self, tenant: str, user_id: str, record_keys: Sequence[str],
+                        now: int) -> list[Any]:
+        """user_dump.lua's raw snapshot (api/lifecycle.py decodes it); ``record_keys`` are
+        the user's record keys of a previous release."""
         keys = user_keys(tenant, user_id)
         async with self._gate:
             reply: list[Any] = await self._dump(
-                keys=[keys.ledger, keys.prefs, keys.conv, *record_keys])
+                keys=[keys.ledger, keys.prefs, keys.conv, keys.records, *record_keys],
+                args=[now])
         return reply
 
     async def moved_into(self, tenant: str, user_id: str) -> str | None:
@@ -519,30 +528,33 @@ class Store:
     async def apply_merge(self, tenant: str, target: str, args: Sequence[bytes | str | int],
                           message_ids: Sequence[str]) -> list[Any]:
         """merge_apply.lua on the target; ``args`` as that script documents, with one record
-        pair per message id."""
+        triple per message id."""
         keys = user_keys(tenant, target)
         async with self._gate:
             reply: list[Any] = await self._merge_apply(
-                keys=[keys.ledger, keys.prefs, keys.conv,
+                keys=[keys.ledger, keys.prefs, keys.conv, keys.records,
                       *(keys.record(m) for m in message_ids)], args=list(args))
         return reply
 
     async def clear_merged(self, tenant: str, source: str, target: str,
                            record_keys: Sequence[str]) -> int:
+        """merge_clear.lua; ``record_keys``: the source's record keys of a previous release
+        (its records hash goes too)."""
         keys = user_keys(tenant, source)
         async with self._gate:
             removed = await self._merge_clear(
-                keys=[keys.ledger, keys.prefs, keys.conv, *record_keys], args=[target])
+                keys=[keys.ledger, keys.prefs, keys.conv, keys.records, *record_keys],
+                args=[target])
         return int(removed)
 
-    async def erase_user(self, tenant: str, user_id: str,
-                         other_keys: Sequence[str]) -> list[int]:
+    async def erase_user(self, tenant: str, user_id: str, other_keys: Sequence[str],
+                         now: int) -> list[int]:
         """erase.lua: [ledger entries, event opt-outs, document (0/1), conversions,
-        idempotency records, keys removed]."""
+        idempotency records (those not expired at ``now``), keys removed]."""
         keys = user_keys(tenant, user_id)
         async with self._gate:
             reply = await self._erase(keys=[keys.ledger, keys.prefs, keys.conv, *other_keys],
-                                      args=[keys.record_prefix])
+                                      args=[keys.record_prefix, keys.records, now])
         return [int(x) for x in reply]
 
     async def forget_merged_from(self, tenant: str, user_id: str, source: str) -> None:

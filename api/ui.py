@@ -99,7 +99,7 @@ async def build_page(engine: Engine, tenant: str, user_id: str, *, category: str
     probe = await engine.probe(tenant, request)
     timeline = await engine.timeline(tenant, user_id)
     policy = await engine.policies.get(tenant)
-    state = await engine.store.read_user(tenant, user_id, probe_id, None)
+    state = await engine.store.read_user(tenant, user_id, probe_id, None, now=now)
     location = engine.locate(None, state.preferences, policy)
 
     at = [utc_to_ms(e.send_at) for e in timeline.entries]

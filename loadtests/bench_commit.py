@@ -11,7 +11,10 @@ the answers must be (the replies are compared). Redis time per call from SLOWLOG
 
 ``--all-caps-for-a`` sends A the plan with every compiled cap, as ``encode_plan`` did
 before it shipped only the caps that can match (docs/benchmarks.md, "Redis CPU per
-decision: commit.lua").
+decision: commit.lua"). ``--string-records-for-a`` gives A the message's own record key as
+KEYS[2], for a commit.lua from before the records hash (docs/benchmarks.md, "h-mem"):
+
+    python -m loadtests.bench_commit --a old_commit.lua --string-records-for-a
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from loadtests.bench_engine import TENANT, Bench
 
 
 async def run(url: str, script_a: str, script_b: str, decisions: int, users: int,
-              all_caps_for_a: bool) -> None:
+              all_caps_for_a: bool, string_records_for_a: bool = False) -> None:
     shipped = api.plan._lua_caps
     plans: list[Plan] = []
 
@@ -72,7 +75,9 @@ async def run(url: str, script_a: str, script_b: str, decisions: int, users: int
             core = msgspec.msgpack.decode(args[0])
             core["caps"] = [msgspec.structs.asdict(c) for c in plans[-1].caps]
             args_a[0] = msgspec.msgpack.encode(core)
-        runs = [(sha_a, keys, args_a), (sha_b, [shadow(k) for k in keys], args)]
+        # before the records hash, KEYS[2] was the message's own key (now KEYS[6])
+        keys_a = [keys[0], keys[5], *keys[2:5]] if string_records_for_a else keys
+        runs = [(sha_a, keys_a, args_a), (sha_b, [shadow(k) for k in keys], args)]
         if len(times[sha_a]) % 2:
             runs.reverse()
         replies = {}
@@ -102,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--b", help="script B (default: the current commit.lua)")
     parser.add_argument("--all-caps-for-a", action="store_true",
                         help="send A every compiled cap (the plan encoding before)")
+    parser.add_argument("--string-records-for-a", action="store_true",
+                        help="A is a commit.lua from before the records hash (one key per "
+                             "record): KEYS[2] is the message's record key")
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--users", type=int, default=500)
     args = parser.parse_args(argv)
@@ -109,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     script_b = Path(args.b).read_text() if args.b else current
     with EmbeddedRedis() as redis:
         asyncio.run(run(redis.url, script_a, script_b, args.decisions, args.users,
-                        args.all_caps_for_a))
+                        args.all_caps_for_a, args.string_records_for_a))
     return 0
 
 

@@ -480,6 +480,9 @@ class Memory(msgspec.Struct, kw_only=True):
     p90_bytes: float
     max_bytes: float
     keys_per_user: float
+    #: idempotency records per active user (fields of the records hash but the marker, or
+    #: a previous release's keys, one per record)
+    records_per_user: float = float("nan")
     #: mean bytes per active user by kind of key (ledger, prefs, profile, record, ...)
     by_kind: dict[str, float] = msgspec.field(default_factory=dict)
 
@@ -502,7 +505,7 @@ def memory_per_user(service: Service, users: int, tenant: str, sample: int = 400
                 if base in prefixes:
                     per_user.setdefault(base, []).append(key)
         sizes: list[float] = []
-        keys = 0
+        keys = records = 0
         kinds: dict[str, float] = {}
         for base, names in per_user.items():
             if base + "ledger" not in names:
@@ -512,9 +515,22 @@ def memory_per_user(service: Service, users: int, tenant: str, sample: int = 400
                 pipe = client.pipeline(transaction=False)
                 for name in names:
                     pipe.memory_usage(name, samples=0)
-                for name, used in zip(names, pipe.execute(), strict=True):
+                    if name[len(base):] == "recs":
+                        pipe.hlen(name)
+                        pipe.hexists(name, "")
+                # a cluster node answers for its own keys only (an error for the others)
+                replies = iter([None if isinstance(x, Exception) else x
+                                for x in pipe.execute(raise_on_error=False)])
+                for name in names:
+                    used = next(replies)
                     kind = name[len(base):].split(":", 1)[0]
-                    kind = "record" if kind == "m" else kind
+                    if kind == "recs":
+                        fields, marker = next(replies), next(replies)
+                        if used:
+                            records += int(fields or 0) - int(bool(marker))
+                    elif kind == "m" and used:
+                        records += 1
+                    kind = "record" if kind in ("m", "recs") else kind
                     kinds[kind] = kinds.get(kind, 0) + (used or 0)
                     total += used or 0
             sizes.append(total)
@@ -527,6 +543,7 @@ def memory_per_user(service: Service, users: int, tenant: str, sample: int = 400
                   mean_bytes=statistics.fmean(sizes) if sizes else float("nan"),
                   p90_bytes=percentile(sizes, 90), max_bytes=sizes[-1] if sizes else float("nan"),
                   keys_per_user=keys / len(sizes) if sizes else float("nan"),
+                  records_per_user=records / len(sizes) if sizes else float("nan"),
                   by_kind={k: v / len(sizes) for k, v in sorted(kinds.items())} if sizes else {})
 
 
@@ -719,7 +736,8 @@ def main(argv: list[str] | None = None) -> int:
         report.fact("Redis memory per active user (ledger + prefs + profile + records)",
                     f"mean {memory.mean_bytes:,.0f} B, p90 {memory.p90_bytes:,.0f} B, max "
                     f"{memory.max_bytes:,.0f} B ({memory.active} of {memory.sampled} sampled "
-                    f"active, {memory.keys_per_user:.1f} keys each; mean by kind: "
+                    f"active, {memory.keys_per_user:.1f} keys and {memory.records_per_user:.1f} "
+                    f"records each; mean by kind: "
                     + ", ".join(f"{k} {v:,.0f} B" for k, v in memory.by_kind.items()) + ")")
         report.fact("API worker resident memory",
                     ", ".join(f"{mb:.0f} MB" for mb in service.worker_rss_mb()))

@@ -121,7 +121,7 @@ class Bench:
             did = engine.ids.decision_id(TENANT, request.user_id, request.message_id)
             t1 = clock()
             state = await store.read_user(TENANT, request.user_id, request.message_id,
-                                          request.campaign_id)
+                                          request.campaign_id, now=now)
             t2 = clock()
             location = engine.locate(request, state.preferences, policy)
             permitted, pre, suppressed = pre_checks(request, policy, state, now, tenant=TENANT,

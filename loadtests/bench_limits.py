@@ -177,7 +177,7 @@ async def run_commit_only(url: str, cluster: bool, seconds: float, concurrency: 
         rules = await engine.policies.get(tenant)
         engine.check_category(request, rules)
         state = await store.read_user(tenant, request.user_id, request.message_id,
-                                      request.campaign_id)
+                                      request.campaign_id, now=now)
         if state.moved_into is not None or state.record is not None:
             return None  # no merges nor repeated message ids in this workload
         location, pre, choice = await engine.prepare(tenant, request.user_id, request, rules,

@@ -2,8 +2,9 @@
 (SAMPLES 0) on an embedded redis-server (docs/benchmarks.md, "Memory per active user"):
 
 * idempotency records written by the real engine for a fixed request sequence (the
-  ``bench_engine`` workload): mean STRLEN and MEMORY USAGE per record, and per active user
-  by kind of key;
+  ``bench_engine`` workload): mean stored length and MEMORY USAGE per record (the user's
+  records hash divided by its records; a previous release's per-message keys counted the
+  same way), the hashes' encodings, and per active user by kind of key;
 * the send-time profile hash (``p`` + ``seen`` + ``eng`` + ``rev``, as ``api/profiles.py``
   writes it) for three users, in profile format 2 and the compact format 3, with Redis'
   default ``hash-max-ziplist-value`` and with 2048.
@@ -43,22 +44,33 @@ async def _decide(url: str, users: int, decisions: int) -> None:
 def records(url: str, users: int, decisions: int) -> None:
     asyncio.run(_decide(url, users, decisions))
     r = redis.Redis.from_url(url)
-    lengths: list[int] = []
-    usage: list[int] = []
+    stored = count = 0
+    usage = 0
+    encodings: dict[str, int] = {}
     per_user: dict[str, dict[str, int]] = {}
     for key in r.scan_iter(match="sw:{*", count=5000):
         name = key.decode()
         base, _, rest = name.partition("}:")
-        kind = "record" if rest.startswith("m:") else rest.split(":", 1)[0]
+        kind = "record" if rest.startswith("m:") or rest == "recs" else rest.split(":", 1)[0]
         used = int(r.memory_usage(key, samples=0) or 0)
         kinds = per_user.setdefault(base, {})
         kinds[kind] = kinds.get(kind, 0) + used
-        if kind == "record":
-            lengths.append(int(r.strlen(key)))
-            usage.append(used)
+        if rest == "recs":  # api/keys.py: message id -> "<expiry ms> <record>", "" -> marker
+            values = [v for f, v in r.hgetall(key).items() if f != b""]
+            count += len(values)
+            stored += sum(len(v) for v in values)
+            usage += used
+            encoding = r.object("encoding", key)
+            label = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
+            encodings[label] = encodings.get(label, 0) + 1
+        elif kind == "record":  # a previous release's key per message
+            count += 1
+            stored += int(r.strlen(key))
+            usage += used
     active = [kinds for kinds in per_user.values() if "ledger" in kinds]
-    print(f"{decisions:,} decisions, {users:,} users: {len(lengths):,} records, mean STRLEN "
-          f"{statistics.fmean(lengths):.0f} B, mean MEMORY USAGE {statistics.fmean(usage):.0f} B")
+    print(f"{decisions:,} decisions, {users:,} users: {count:,} records, mean stored "
+          f"{stored / count:.0f} B, MEMORY USAGE per record {usage / count:.0f} B; "
+          f"records hashes by encoding: {encodings}")
     for kind in sorted({k for kinds in active for k in kinds}):
         mean = sum(kinds.get(kind, 0) for kinds in active) / len(active)
         print(f"  per active user ({len(active)}): {kind:<8} {mean:7.0f} B")

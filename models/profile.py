@@ -235,9 +235,9 @@ class Profile:
         zlib of ``to_bytes()[1:]``. Lossless, so every reader gets the very float32 bits;
         most users are sparse and their 1,521 bytes are mostly zeros (docs/benchmarks.md,
         "Memory": 24-90 bytes for a new or sparse user, ~570 for 80 events). ``from_bytes``
-        reads both formats; writers switch only once every reader does (a reader of
-        format 2 alone would score such a user as new, and its next write would drop
-        their history)."""
+        reads both formats. api/profiles.py writes this format since the release after
+        the one that first read it: a reader of format 2 alone would score such a user as
+        new, and its next write would drop their history."""
         return bytes([COMPACT_FORMAT_VERSION]) + zlib.compress(self.to_bytes()[1:], 1)
 
     @classmethod

@@ -1,8 +1,21 @@
--- Release a reservation. KEYS[1] ledger, KEYS[2] idempotency record
--- ARGV[1] the bytes every ledger member of the message starts with, ARGV[2] now (ms);
--- compared from the second byte on (the array header differs between member layouts)
+-- Release a reservation. KEYS[1] ledger, KEYS[2] idempotency records hash, KEYS[3] this
+-- message's record key of a previous release (api/keys.py)
+-- ARGV[1] the bytes every ledger member of the message starts with, ARGV[2] now (ms),
+-- ARGV[3] message id; members are compared from the second byte on (the array header
+-- differs between member layouts)
 -- Returns {status, removed, record}: status 'cancelled' | 'already' | 'ledger' | 'missing'
-local rec = redis.call('GET', KEYS[2])
+-- A record is field ARGV[3] of KEYS[2], "<expiry ms> <record>" (past its expiry: not
+-- there), or else KEYS[3]; the cancellation is appended where it was found, same expiry.
+local now = tonumber(ARGV[2])
+local head, rec = nil, false
+local v = redis.call('HGET', KEYS[2], ARGV[3])
+if v then
+  local sp = string.find(v, ' ', 1, true)
+  if tonumber(string.sub(v, 1, sp - 1)) > now then
+    head, rec = string.sub(v, 1, sp), string.sub(v, sp + 1)
+  end
+end
+if not rec then rec = redis.call('GET', KEYS[3]) end
 if rec then
   local lines = 0
   for _ in string.gmatch(rec, '\n') do lines = lines + 1 end
@@ -18,7 +31,11 @@ for _, member in ipairs(all) do
 end
 if rec then
   rec = rec .. '\n' .. ARGV[2]
-  redis.call('SET', KEYS[2], rec, 'KEEPTTL')
+  if head then
+    redis.call('HSET', KEYS[2], ARGV[3], head .. rec)
+  else
+    redis.call('SET', KEYS[3], rec, 'KEEPTTL')
+  end
   return {'cancelled', removed, rec}
 end
 if removed > 0 then return {'ledger', removed, false} end

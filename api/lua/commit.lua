@@ -1,9 +1,11 @@
 -- The atomic decision commit (docs/architecture.md, the hot path, step 7). All cap, conflict and idempotency
 -- arithmetic lives here and only here, so the check and the reservation cannot race.
 --
--- KEYS[1] ledger zset, KEYS[2] idempotency record, KEYS[3] prefs hash, KEYS[4] the prefix of
--- this user's idempotency record keys, KEYS[5] the prefix of their re-decision plans (same
--- hash tag; api/keys.py): a displaced message's record is KEYS[4] .. its message id, the
+-- KEYS[1] ledger zset, KEYS[2] idempotency records hash, KEYS[3] prefs hash, KEYS[4] the
+-- prefix of the record keys a previous release wrote, KEYS[5] the prefix of the re-decision
+-- plans, KEYS[6] this message's record key of a previous release (same hash tag;
+-- api/keys.py): a record is field <message id> of KEYS[2], or else (written before the
+-- hash, read and updated in place until it expires) KEYS[4] .. its message id; the
 -- compact plan a deferral keeps while it can be displaced is KEYS[5] .. its message id
 -- ARGV[1] plan (MessagePack, built by api/plan.py), ARGV[2] context JSON (stored verbatim),
 -- ARGV[3] prefix of this message's ledger members, ARGV[3 + i] member of candidate i,
@@ -44,8 +46,64 @@ end
 
 local function fmt(x) return string.format('%.0f', x) end
 
+-- the idempotency records: field <message id> of KEYS[2] = "<expiry ms> <record>", field
+-- '' = "<earliest record expiry> <the hash's expiry>" (api/keys.py); a record past its
+-- expiry is not there. ``live`` returns the record and its expiry, or nil.
+local function live(v)
+  if not v then return nil end
+  local sp = string.find(v, ' ', 1, true)
+  local exp = tonumber(string.sub(v, 1, sp - 1))
+  if exp > now then return string.sub(v, sp + 1), exp end
+  return nil
+end
+-- a record in the hash, or else a previous release's key (its value and no expiry)
+local function record_get(id, legacy)
+  local rec, exp = live(redis.call('HGET', KEYS[2], id))
+  if rec then return rec, exp end
+  return redis.call('GET', legacy), nil
+end
+-- store a record until ``exp`` (ms). Expired fields are dropped in batches: once the
+-- earliest expiry is more than ttl / 8 ago every expired field goes (a record stays at
+-- most ttl / 8 past its expiry while the user keeps receiving messages). The hash expires
+-- at its own expiry, which is moved ttl / 8 past the record that needs it, so most
+-- writes are the one HSET of the record. ``meta``: field '' as read by step 1.
+local meta
+local function record_put(id, value, exp)
+  local slack = math.floor(plan.ttl / 8)
+  local first, last
+  if meta then
+    local sp = string.find(meta, ' ', 1, true)
+    first, last = tonumber(string.sub(meta, 1, sp - 1)), tonumber(string.sub(meta, sp + 1))
+  end
+  local changed = false
+  if first and first + slack <= now then
+    first, changed = nil, true
+    local all = redis.call('HGETALL', KEYS[2])
+    for i = 1, #all, 2 do
+      if all[i] ~= '' then
+        local e = tonumber(string.match(all[i + 1], '^%d+'))
+        if e <= now then redis.call('HDEL', KEYS[2], all[i])
+        elseif first == nil or e < first then first = e end
+      end
+    end
+  end
+  if first == nil or exp < first then first, changed = exp, true end
+  local extend = last == nil or exp > last
+  if extend then last, changed = exp + slack, true end
+  if changed then
+    meta = fmt(first) .. ' ' .. fmt(last)
+    redis.call('HSET', KEYS[2], id, fmt(exp) .. ' ' .. value, '', meta)
+  else
+    redis.call('HSET', KEYS[2], id, fmt(exp) .. ' ' .. value)
+  end
+  if extend then redis.call('PEXPIRE', KEYS[2], fmt(last - now)) end
+end
+local my_mid = cmsgpack.unpack(string.sub(ARGV[3], 2))
+
 -- 1. idempotency: a record means this message was decided already
-local rec = redis.call('GET', KEYS[2])
+local got = redis.call('HMGET', KEYS[2], my_mid, '')
+meta = got[2]
+local rec = live(got[1]) or redis.call('GET', KEYS[6])
 if rec then return {'dup', rec} end
 
 -- 2. preferences changed since the read (opt-out, conversion...): caller retries
@@ -146,9 +204,7 @@ if cw > 0 and msg.og ~= '' then
       local out = '{"d":"suppress","ch":null,"t":null,"r":[[' .. cjson.encode('duplicate_offer')
         .. ',' .. cjson.encode('conflict_group:' .. msg.og) .. ',' .. fmt(e.t + cw) .. ','
         .. cjson.encode(e.ch) .. ']]}'
-      if plan.dry == 0 then
-        redis.call('SET', KEYS[2], ARGV[2] .. '\n' .. out, 'PX', fmt(plan.ttl))
-      end
+      if plan.dry == 0 then record_put(my_mid, ARGV[2] .. '\n' .. out, now + plan.ttl) end
       return {'new', out}
     end
   end
@@ -458,11 +514,11 @@ if #displaced > 0 then
   local ids = {}
   for _, e in ipairs(displaced) do
     local key = KEYS[4] .. e.mid
-    local old = redis.call('GET', key)
+    local old, exp = record_get(e.mid, key)
     local ctx = old and string.match(old, '^[^\n]*')
     local did = ctx and cjson.decode(ctx).did
     if did then ids[#ids + 1] = cjson.encode(did) end
-    local m = {e = e, key = key}
+    local m = {e = e, key = key, exp = exp}
     if plan.dry == 0 then
       local r = redecide(e)
       if r.t then  -- moved: counted for the next re-decision
@@ -516,7 +572,7 @@ if plan.dry == 0 then
     if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], fmt(want)) end
     ttl = math.max(ttl, out_t - now + plan.ttl)
   end
-  redis.call('SET', KEYS[2], ARGV[2] .. '\n' .. out, 'PX', fmt(ttl))
+  record_put(my_mid, ARGV[2] .. '\n' .. out, now + ttl)
   -- a deferral that preemption may displace keeps its compact plan until it is due
   if plan.pk > 0 and out_t and out_t > now then
     local c, mem, last = {}, {}, out_t
@@ -561,7 +617,9 @@ if plan.dry == 0 then
     else
       redis.call('DEL', KEYS[5] .. m.e.mid)
     end
-    if m.rec then
+    if m.rec and m.exp then  -- in the hash: same expiry, or later if it moved later
+      record_put(m.e.mid, m.rec, r.t and math.max(m.exp, r.t + plan.ttl) or m.exp)
+    elseif m.rec then  -- a previous release's key: updated in place
       redis.call('SET', m.key, m.rec, 'KEEPTTL')
       if r.t then
         local want = r.t - now + plan.ttl

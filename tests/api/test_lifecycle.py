@@ -215,7 +215,7 @@ async def test_delete_erases_every_key(client: Client, redis_client: RedisClient
     assert r.status_code == 200, r.text
     assert r.json() == {"user_id": "u1", "merged_ids": ["gone"], "erased": {
         "ledger_entries": 2, "decisions": 4, "conversions": 1, "event_opt_outs": 1,
-        "preferences": 1, "keys": 8}}
+        "preferences": 1, "keys": 5}}  # u1's ledger, prefs, conv, records hash; gone's prefs
     assert await _user_keys_in_redis(redis_client, "u1") == []
     assert await _user_keys_in_redis(redis_client, "gone") == []
     assert await _user_keys_in_redis(redis_client, "other") != []

@@ -97,7 +97,7 @@ async def test_trim_only_when_stale_and_aged_out_members_count_for_nothing(
     assert first.decision == "send"
     clock.advance(9 * 24 * 60 * MIN)
     # its record gone (as after its TTL): the aged-out member is not "the same message"
-    await store.client.delete(user_keys(TENANT, "u1").record("m1"))
+    await store.client.delete(user_keys(TENANT, "u1").records)
     again = await engine.decide(TENANT, req(message_id="m1", dry_run=True))
     assert not again.replayed and again.decision == "send"
     assert _ids(await store.ledger(TENANT, "u1")) == ["m1"]  # dry: nothing written

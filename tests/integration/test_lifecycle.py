@@ -55,7 +55,7 @@ async def _interrupted(engine: Engine, clock: FixedClock, *, steps: int) -> None
     store = engine.store
     assert await store.mark_merge(TENANT, "anon", "known") == (True, None)
     if steps >= 2:
-        dump = await lifecycle.snapshot(store, TENANT, "anon")
+        dump = await lifecycle.snapshot(store, TENANT, "anon", clock.now_ms())
         await lifecycle._apply(store, TENANT, dump, "anon", "known", clock.now_ms())
 
 
@@ -162,7 +162,7 @@ async def test_ids_with_glob_characters_erase_only_themselves(
     for user in users:
         await engine.decide(TENANT, req(user_id=user, message_id="m"))
     for user in ["a*", "a?", "a[b]", "a\\"]:
-        erased = await lifecycle.erase(engine.store, TENANT, user)
+        erased = await lifecycle.erase(engine.store, TENANT, user, engine.clock.now_ms())
         assert (erased.erased.ledger_entries, erased.erased.decisions) == (1, 1), user
         assert await _keys_of(redis_client, user) == []
     for user in ["ab", "a"]:
@@ -183,7 +183,7 @@ async def test_erasing_an_intermediate_id_keeps_older_ids_reaching_the_person(
     await lifecycle.merge(engine.store, TENANT, "anon", "mid", clock.now_ms())
     await lifecycle.merge(engine.store, TENANT, "mid", "known", clock.now_ms())
     assert await engine.store.moved_into(TENANT, "anon") == "known"
-    erased = await lifecycle.erase(engine.store, TENANT, "mid")
+    erased = await lifecycle.erase(engine.store, TENANT, "mid", clock.now_ms())
     assert erased.merged_ids == []
     replay = await engine.decide(TENANT, req(user_id="anon", message_id="a1"))
     assert replay.replayed and replay.send_at == first.send_at
