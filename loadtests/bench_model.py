@@ -33,8 +33,10 @@ from models.artifact import is_artifact, read_manifest
 from models.features import FEATURE_HASH, HEURISTIC_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
-#: the real activity sample (outside the repository: ../shared/data/README.md)
-REAL_SAMPLE = ROOT.parent / "shared" / "data" / "real_activity_sample.csv.gz"
+#: the real activity sample (outside the repository: ../shared/data/README.md);
+#: ``SENDWISE_BENCH_ACTIVITY`` names it for a checkout that is not beside ``shared``
+REAL_SAMPLE = Path(os.environ.get("SENDWISE_BENCH_ACTIVITY")
+                   or ROOT.parent / "shared" / "data" / "real_activity_sample.csv.gz")
 #: train before it, hold out from it (the sample's last two months)
 REAL_SPLIT = "2017-08-01T04:00:00Z"
 REAL_TUNE_DAYS = "31"
@@ -104,7 +106,9 @@ def ensure_bench_model(*, progress: bool = True) -> BenchModel:
     source = "real activity sample" if real else "simulated default model"
     target = root / f"bench-model-{'real' if real else 'simulated'}-{FEATURE_HASH}"
     if not is_artifact(target):
-        with (root / f".{target.name}.lock").open("w") as lock:
+        # (not ``ensure_default_model``'s own lock file: flock on a second descriptor of
+        # the same file would wait for ourselves)
+        with (root / f".{target.name}.building").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent benchmarks build it once
             if not is_artifact(target):
                 t0 = time.perf_counter()
