@@ -100,6 +100,11 @@ class ActiveModel:
     #: live exactly as long as the model (a swap starts empty; no other model can hit)
     blank_grid_scores: dict[tuple[str, int, int, int, int], F64] = field(
         default_factory=dict, compare=False, hash=False, repr=False)
+    #: ... and of single blank-profile candidates off the grid (a window's first allowed
+    #: instant: the request time), keyed by (zone, channel, category bucket, epoch
+    #: second): every decision in the same second, zone, channel and category shares it
+    blank_row_scores: dict[tuple[str, int, int, int], tuple[float, float, float, float]] = (
+        field(default_factory=dict, compare=False, hash=False, repr=False))
 
 
 HEURISTIC = ActiveModel(None, HEURISTIC_VERSION, DEFAULT_PRIORS)
@@ -333,6 +338,9 @@ _SENDS_24H = FEATURE_INDEX["sends_24h"]
 #: ``ActiveModel.blank_grid_scores`` entries per model (cleared whole when full): one per
 #: (zone, hour, horizon hours, channel, category) in use, ~1 KB each
 _BLANK_GRIDS_MAX = 8192
+#: ``ActiveModel.blank_row_scores`` entries per model (cleared whole when full), ~250 B
+#: each: the keys turn over every second, so this bounds memory, not the hit rate
+_BLANK_ROWS_MAX = 16384
 
 
 def _columns(scorer: Scorer | None, rows: npt.NDArray[np.float32]) -> Columns:
@@ -386,12 +394,29 @@ def _blank_columns(model: ActiveModel, per: list[I64], grids: list[GridRef],
     columns = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
     todo = np.concatenate(missing) if len(missing) > 1 else missing[0]
     if todo.size:
+        # off the grid: one row each (the windows' first instants), memoised per second
         at = np.concatenate(per) if len(per) > 1 else per[0]
         ch_all = np.repeat(np.array(ch_windows, dtype=np.int64), [s.size for s in per])
-        rows = candidate_features(Profile(), now=now // 1000, channels=ch_all[todo],
-                                  instants=at[todo] // 1000, zone_name=zone_name,
-                                  priors=model.priors, category=category)
-        columns[:, todo] = np.stack(_columns(model.scorer, rows))
+        seconds = (at[todo] // 1000).tolist()
+        channels = ch_all[todo].tolist()
+        rows_memo = model.blank_row_scores
+        keys = [(zone_name, ch, bucket, t) for ch, t in zip(channels, seconds, strict=True)]
+        known = [rows_memo.get(key) for key in keys]
+        unknown = [k for k, value in enumerate(known) if value is None]
+        if unknown:
+            rows = candidate_features(Profile(), now=now // 1000,
+                                      channels=np.array([channels[k] for k in unknown],
+                                                        dtype=np.int64),
+                                      instants=np.array([seconds[k] for k in unknown],
+                                                        dtype=np.int64),
+                                      zone_name=zone_name, priors=model.priors,
+                                      category=category)
+            if len(rows_memo) + len(unknown) > _BLANK_ROWS_MAX:
+                rows_memo.clear()
+            for k, values in zip(unknown, np.stack(_columns(model.scorer, rows)).T.tolist(),
+                                 strict=True):
+                known[k] = rows_memo[keys[k]] = (values[0], values[1], values[2], values[3])
+        columns[:, todo] = np.array(known, dtype=np.float64).T
     return columns[0], columns[1], columns[2], columns[3]
 
 

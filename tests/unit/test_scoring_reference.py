@@ -386,10 +386,11 @@ def test_score_slots_with_lightgbm_equals_the_reference(
 
 
 def test_the_blank_profile_memo_is_per_model_and_keyed_by_zone() -> None:
-    """A model's memo lives on it (a new model starts empty), and its keys carry the zone,
-    the grid, the channel and the category bucket: another zone never reads them."""
+    """A model's memos live on it (a new model starts empty), and their keys carry the
+    zone, the grid or second, the channel and the category bucket: another zone never
+    reads them."""
     model = ActiveModel(RowWise(), "rowwise-memo", DEFAULT_PRIORS)  # type: ignore[arg-type]
-    assert model.blank_grid_scores == {}
+    assert model.blank_grid_scores == {} and model.blank_row_scores == {}
     plan = plan_for(request(channels=["email", "push"]), now=NOON)
     policy = msgspec.convert({"caps": []}, Policy)
     for zone in ("America/New_York", "Asia/Kolkata"):
@@ -399,5 +400,7 @@ def test_the_blank_profile_memo_is_per_model_and_keyed_by_zone() -> None:
         assert np.array_equal(got.p, want["p"]) and np.array_equal(got.ev, want["ev"])
     zones = {key[0] for key in model.blank_grid_scores}
     assert zones == {"America/New_York", "Asia/Kolkata"}
+    assert {key[0] for key in model.blank_row_scores} == zones
+    assert min(key[3] for key in model.blank_row_scores) == NOON // 1000  # the request
     assert all(not table.flags.writeable for table in model.blank_grid_scores.values())
     assert ActiveModel(RowWise(), "other", DEFAULT_PRIORS).blank_grid_scores == {}  # type: ignore[arg-type]
