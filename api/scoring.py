@@ -533,6 +533,15 @@ def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name
                 round(1.0 - rate, 6))
         empty = msgspec.structs.replace(plan, cands=[], members=[])
         return Choice(empty, [], scored.version, scored.source, suppressed=note)
+    if new_user and not explores:
+        # the earliest allowed instant, as without a model (mode ``first`` keeps the
+        # caller's channel order); the score is that of each channel's first slot,
+        # taken unless exploration picked another slot (exempt: always). The most common
+        # path of all (every new user): it needs neither the propensities nor a sort
+        kept = round(1.0 - rate + rate / n_pool, 6)
+        earliest = [_json.encode([now_p[i], now_p[i], kept]) for i in range(n_windows)]
+        kept_plan = msgspec.structs.replace(plan, mode="first") if ordered else plan
+        return Choice(kept_plan, earliest, scored.version, scored.source)
     propensity = np.zeros(n)
     propensity[pool] = rate / n_pool
     if new_user:
@@ -540,14 +549,6 @@ def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name
             greedy = int(np.lexsort((scored.at, scored.cand, ~scored.first))[0])
         else:  # the earliest allowed instant of any channel
             greedy = int(np.lexsort((scored.cand, scored.at, ~scored.first))[0])
-        if not explores:
-            # the earliest allowed instant, as without a model (mode ``first`` keeps the
-            # caller's channel order); the score is that of each channel's first slot,
-            # taken unless exploration picked another slot (exempt: always)
-            kept = round(1.0 - rate + rate / n_pool, 6)
-            earliest = [_json.encode([now_p[i], now_p[i], kept]) for i in range(n_windows)]
-            kept_plan = msgspec.structs.replace(plan, mode="first") if ordered else plan
-            return Choice(kept_plan, earliest, scored.version, scored.source)
         # a user without history explores like any other (so the logs teach the model
         # about new users): a uniform slot, in time order so retries pick the same one
         chronological = pool[np.lexsort((scored.cand[pool], scored.at[pool]))]
