@@ -61,13 +61,14 @@ from models.features import (
     FEATURE_INDEX,
     HEURISTIC_VERSION,
     candidate_features,
+    fallback_from,
     fallback_scores,
 )
 from models.priors import DEFAULT_PRIORS, Priors
 from models.profile import Profile
 from models.scorer import Scorer
 from models.timeutil import utc_offsets
-from models.vocab import ANY_CHANNEL, CHANNELS, channel_index
+from models.vocab import ANY_CHANNEL, CHANNELS, category_bucket, channel_index
 
 HOUR_MS = 3_600_000
 F64 = npt.NDArray[np.float64]
@@ -94,6 +95,16 @@ class ActiveModel:
     #: why this one: "champion gate passed", "forced", or why the heuristic serves
     note: str = "no model configured: the smoothed-histogram heuristic scores decisions"
     loaded_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    #: this model's scores of blank-profile candidates on a local hour grid
+    #: (``_blank_columns``): they are a pure function of the model and the grid key, and
+    #: live exactly as long as the model (a swap starts empty; no other model can hit)
+    blank_grid_scores: dict[tuple[str, int, int, int, int], F64] = field(
+        default_factory=dict, compare=False, hash=False, repr=False)
+    #: ... and of single blank-profile candidates off the grid (a window's first allowed
+    #: instant: the request time), keyed by (zone, channel, category bucket, epoch
+    #: second): every decision in the same second, zone, channel and category shares it
+    blank_row_scores: dict[tuple[str, int, int, int], tuple[float, float, float, float]] = (
+        field(default_factory=dict, compare=False, hash=False, repr=False))
 
 
 HEURISTIC = ActiveModel(None, HEURISTIC_VERSION, DEFAULT_PRIORS)
@@ -186,6 +197,17 @@ def slot_instants(plan: Plan, cand: Candidate, zone_name: str, horizon_ms: int) 
     One pass over the window's intervals (all its blocks together: blocked means inside
     any of them) and the hour grid from ``_hour_grid``; ``ref_slot_instants`` in
     tests/unit/test_scoring_reference.py is the plain version this must equal."""
+    return _window_slots(plan, cand, zone_name, horizon_ms)[0]
+
+
+#: the hour grid a window's slots were drawn from: its ``_HOUR_GRIDS`` key and the grid
+GridRef = tuple[tuple[str, int, int], I64] | None
+
+
+def _window_slots(plan: Plan, cand: Candidate, zone_name: str, horizon_ms: int
+                  ) -> tuple[I64, GridRef]:
+    """``slot_instants`` and the hour grid (key, array) they were drawn from (None: no
+    hour start in the window), so scoring can reuse what it computed for that grid."""
     a = cand.a
     end = min(cand.b, a + horizon_ms)
     tz = ZoneInfo(zone_name)
@@ -194,10 +216,11 @@ def slot_instants(plan: Plan, cand: Candidate, zone_name: str, horizon_ms: int) 
     count = max(0, -((first - end) // HOUR_MS))  # len(range(first, end, HOUR_MS))
     intervals = [iv for i in cand.pb for iv in plan.blocks[i].iv]
     starts = [a, *(e for _, e in intervals if a < e < end)]
+    grid_ref: GridRef = None
     if count:
-        instants = np.concatenate([np.array(starts, dtype=np.int64),
-                                   _hour_grid(zone_name, tz, first, count, offset)])
-        instants = np.unique(instants)
+        grid = _hour_grid(zone_name, tz, first, count, offset)
+        grid_ref = ((zone_name, first, count), grid)
+        instants = np.unique(np.concatenate([np.array(starts, dtype=np.int64), grid]))
         instants = instants[(instants >= a) & (instants < end)]
     else:
         instants = np.unique(np.array(starts, dtype=np.int64))
@@ -206,7 +229,7 @@ def slot_instants(plan: Plan, cand: Candidate, zone_name: str, horizon_ms: int) 
         iv = np.array(intervals, dtype=np.int64)
         inside = ((instants[:, None] >= iv[:, 0]) & (instants[:, None] < iv[:, 1])).any(axis=1)
         instants = instants[~inside]
-    return instants
+    return instants, grid_ref
 
 
 @dataclass
@@ -245,11 +268,11 @@ def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone
     heads_only = heads_only and (model.scorer is None or not model.scorer.is_ranker)
     settings = policy.send_time
     horizon = settings.horizon_minutes * 60_000
-    per = [slot_instants(plan, c, zone_name, horizon) for c in plan.cands]
+    slots = [_window_slots(plan, c, zone_name, horizon) for c in plan.cands]
     # a window without an allowed slot in the horizon is still scored at its start (it
     # may be the fallback that gets reserved)
-    per = [s if s.size else np.array([c.a], dtype=np.int64) for s, c in zip(per, plan.cands,
-                                                                          strict=True)]
+    per = [s if s.size else np.array([c.a], dtype=np.int64)
+           for (s, _), c in zip(slots, plan.cands, strict=True)]
     sizes = [s.size for s in per]
     n_windows = len(per)
     cand = np.repeat(np.arange(n_windows, dtype=np.intp), sizes)
@@ -263,35 +286,40 @@ def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone
     first = np.zeros(at.size, dtype=np.bool_)
     first[heads] = True
     channels = [c.ch for c in plan.cands]
-    ch_model = np.array([model_channel(c) for c in channels], dtype=np.int64)[cand]
-    rows = candidate_features(profile or Profile(), now=now // 1000, channels=ch_model,
-                              instants=at // 1000, zone_name=zone_name, priors=model.priors,
-                              category=category)
+    ch_windows = [model_channel(c) for c in channels]
     scorer = model.scorer
+    if profile is None or profile.is_blank():
+        # a user without any recorded event: every column is a pure function of the
+        # candidate, so the hour grid's scores are memoised per model (``_blank_columns``)
+        # (heads only: one slot per window, usually off the grid, built directly)
+        columns = _blank_columns(model, [s[:1] for s in per] if heads_only else per,
+                                 [None] * n_windows if heads_only else [g for _, g in slots],
+                                 ch_windows, zone_name, category, now)
+    else:
+        ch_model = np.array(ch_windows, dtype=np.int64)[cand]
+        rows = candidate_features(profile, now=now // 1000, channels=ch_model,
+                                  instants=at // 1000, zone_name=zone_name,
+                                  priors=model.priors, category=category)
+        columns = _columns(scorer, rows)
+    raw, heuristic, rate, recent = columns
     if scorer is None:
-        p = fallback_scores(rows)
+        p = fallback_from(heuristic, rate)
     elif not scorer.is_ranker:
-        p = np.clip(scorer.score(rows), 0.0, 1.0)
+        p = np.clip(raw, 0.0, 1.0)
     else:
         # a ranker orders slots: its calibrated distribution over each channel's slots,
         # times the number of slots (mean lift 1, like the heuristic's share x 24), times
-        # the channel's smoothed rate
-        raw = scorer.score(rows)
-        heuristic = rows[:, FEATURE_INDEX["heuristic_share"]].astype(np.float64)
-        rate = rows[:, FEATURE_INDEX["ch_rate"]].astype(np.float64)
-        p = np.empty_like(raw)
-        # (never heads-only: each window's slots are contiguous, so a slice selects them)
-        for lo, size in zip(heads.tolist(), sizes, strict=True):
-            sel = slice(lo, lo + size)
-            dist = scorer.day_distribution(raw[sel][None, :], heuristic[sel][None, :])[0]
-            p[sel] = np.clip(rate[sel] * dist * size, 0.0, 1.0)
+        # the channel's smoothed rate (never heads-only: each window's slots are
+        # contiguous, so one segmented pass covers them all)
+        sizes_array = np.asarray(sizes, dtype=np.intp)
+        dist = scorer.window_distribution(raw, heuristic, heads, sizes_array)
+        p = np.clip(rate * dist * np.repeat(sizes_array, sizes_array), 0.0, 1.0)
     values_of, costs_of = _prices(settings)
     values = np.array([values_of.get(c, 1.0) for c in channels])[cand]
     costs = np.array([costs_of.get(c, 0.0) for c in channels])[cand]
     # the fatigue counter the model itself sees (the profile's recent deliveries, read with
     # it in the decision's one read): no extra round trip, and exact per slot, so a slot
     # after older sends have aged out of the 24 h costs less than one right after a burst
-    recent = rows[:, FEATURE_INDEX["sends_24h"]].astype(np.float64)
     ev = expected_value(p, values, costs, recent, settings.fatigue_cost)
     events = float(profile.counts.sum()) if profile is not None else 0.0
     sends = float(profile.sends.sum()) if profile is not None else 0.0
@@ -299,6 +327,97 @@ def score_slots(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone
                   version=model.version,
                   source=SOURCE_PROFILE if events + sends > 0 else SOURCE_PRIOR,
                   heads=heads, sizes=sizes)
+
+
+#: what scoring reads of a candidate's row: the model's raw score (NaN for the heuristic),
+#: ``heuristic_share``, ``ch_rate`` and ``sends_24h``, as float64, one array each
+Columns = tuple[F64, F64, F64, F64]
+_HEURISTIC_SHARE = FEATURE_INDEX["heuristic_share"]
+_CH_RATE = FEATURE_INDEX["ch_rate"]
+_SENDS_24H = FEATURE_INDEX["sends_24h"]
+#: ``ActiveModel.blank_grid_scores`` entries per model (cleared whole when full): one per
+#: (zone, hour, horizon hours, channel, category) in use, ~1 KB each
+_BLANK_GRIDS_MAX = 8192
+#: ``ActiveModel.blank_row_scores`` entries per model (cleared whole when full), ~250 B
+#: each: the keys turn over every second, so this bounds memory, not the hit rate
+_BLANK_ROWS_MAX = 16384
+
+
+def _columns(scorer: Scorer | None, rows: npt.NDArray[np.float32]) -> Columns:
+    """The ``Columns`` of feature rows (one model call for all of them)."""
+    raw = scorer.score(rows) if scorer is not None else np.full(rows.shape[0], np.nan)
+    return (raw, rows[:, _HEURISTIC_SHARE].astype(np.float64),
+            rows[:, _CH_RATE].astype(np.float64), rows[:, _SENDS_24H].astype(np.float64))
+
+
+def _blank_columns(model: ActiveModel, per: list[I64], grids: list[GridRef],
+                   ch_windows: list[int], zone_name: str, category: str, now: int
+                   ) -> Columns:
+    """``Columns`` of the windows' slots ``per`` for a blank profile (no event at all).
+
+    Its rows depend on nothing but the model's priors and the candidate (zone, channel,
+    category, instant), and a row's score on the row alone: so the scores of a window's
+    hour grid (``_window_slots``; the same for every decision in that zone and hour) are
+    computed once per (model, grid, channel, category bucket) and kept on the model, and
+    only the other slots (the window's first allowed instant, block ends) are built and
+    scored per decision, all windows in one feature build and one model call. The
+    memoised values are those an unmemoised call computes for the same rows, exactly."""
+    bucket = category_bucket(category)
+    memo = model.blank_grid_scores
+    parts: list[F64] = []
+    missing: list[npt.NDArray[np.intp]] = []
+    offset = 0
+    for instants, grid_ref, ch in zip(per, grids, ch_windows, strict=True):
+        n = instants.size
+        table = np.full((4, n), np.nan)
+        hit = np.zeros(n, dtype=np.bool_)
+        if grid_ref is not None:
+            grid_key, grid = grid_ref
+            key = (*grid_key, ch, bucket)
+            scored = memo.get(key)
+            if scored is None:
+                rows = candidate_features(Profile(), now=now // 1000,
+                                          channels=np.full(grid.size, ch, dtype=np.int64),
+                                          instants=grid // 1000, zone_name=zone_name,
+                                          priors=model.priors, category=category)
+                scored = np.stack(_columns(model.scorer, rows))
+                scored.flags.writeable = False
+                if len(memo) >= _BLANK_GRIDS_MAX:
+                    memo.clear()
+                memo[key] = scored
+            index = np.minimum(np.searchsorted(grid, instants), grid.size - 1)
+            hit = grid[index] == instants
+            table[:, hit] = scored[:, index[hit]]
+        parts.append(table)
+        missing.append(np.flatnonzero(~hit) + offset)
+        offset += n
+    columns = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    todo = np.concatenate(missing) if len(missing) > 1 else missing[0]
+    if todo.size:
+        # off the grid: one row each (the windows' first instants), memoised per second
+        at = np.concatenate(per) if len(per) > 1 else per[0]
+        ch_all = np.repeat(np.array(ch_windows, dtype=np.int64), [s.size for s in per])
+        seconds = (at[todo] // 1000).tolist()
+        channels = ch_all[todo].tolist()
+        rows_memo = model.blank_row_scores
+        keys = [(zone_name, ch, bucket, t) for ch, t in zip(channels, seconds, strict=True)]
+        known = [rows_memo.get(key) for key in keys]
+        unknown = [k for k, value in enumerate(known) if value is None]
+        if unknown:
+            rows = candidate_features(Profile(), now=now // 1000,
+                                      channels=np.array([channels[k] for k in unknown],
+                                                        dtype=np.int64),
+                                      instants=np.array([seconds[k] for k in unknown],
+                                                        dtype=np.int64),
+                                      zone_name=zone_name, priors=model.priors,
+                                      category=category)
+            if len(rows_memo) + len(unknown) > _BLANK_ROWS_MAX:
+                rows_memo.clear()
+            for k, values in zip(unknown, np.stack(_columns(model.scorer, rows)).T.tolist(),
+                                 strict=True):
+                known[k] = rows_memo[keys[k]] = (values[0], values[1], values[2], values[3])
+        columns[:, todo] = np.array(known, dtype=np.float64).T
+    return columns[0], columns[1], columns[2], columns[3]
 
 
 #: ``_prices`` memo: the last policy settings seen and their value and cost tables (a
@@ -414,6 +533,15 @@ def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name
                 round(1.0 - rate, 6))
         empty = msgspec.structs.replace(plan, cands=[], members=[])
         return Choice(empty, [], scored.version, scored.source, suppressed=note)
+    if new_user and not explores:
+        # the earliest allowed instant, as without a model (mode ``first`` keeps the
+        # caller's channel order); the score is that of each channel's first slot,
+        # taken unless exploration picked another slot (exempt: always). The most common
+        # path of all (every new user): it needs neither the propensities nor a sort
+        kept = round(1.0 - rate + rate / n_pool, 6)
+        earliest = [_json.encode([now_p[i], now_p[i], kept]) for i in range(n_windows)]
+        kept_plan = msgspec.structs.replace(plan, mode="first") if ordered else plan
+        return Choice(kept_plan, earliest, scored.version, scored.source)
     propensity = np.zeros(n)
     propensity[pool] = rate / n_pool
     if new_user:
@@ -421,14 +549,6 @@ def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name
             greedy = int(np.lexsort((scored.at, scored.cand, ~scored.first))[0])
         else:  # the earliest allowed instant of any channel
             greedy = int(np.lexsort((scored.cand, scored.at, ~scored.first))[0])
-        if not explores:
-            # the earliest allowed instant, as without a model (mode ``first`` keeps the
-            # caller's channel order); the score is that of each channel's first slot,
-            # taken unless exploration picked another slot (exempt: always)
-            kept = round(1.0 - rate + rate / n_pool, 6)
-            earliest = [_json.encode([now_p[i], now_p[i], kept]) for i in range(n_windows)]
-            kept_plan = msgspec.structs.replace(plan, mode="first") if ordered else plan
-            return Choice(kept_plan, earliest, scored.version, scored.source)
         # a user without history explores like any other (so the logs teach the model
         # about new users): a uniform slot, in time order so retries pick the same one
         chronological = pool[np.lexsort((scored.cand[pool], scored.at[pool]))]

@@ -8,7 +8,11 @@ engine against an embedded Redis, keeps each ``choose`` call's inputs, then time
 ``choose`` on them again (one thread, median and p90 µs per call) with no profile and with
 a few weeks of history (``loadtests.bench_scoring.profile_with_history``).
 
-    python -m loadtests.bench_choose [--model DIR] [--decisions 400]
+    python -m loadtests.bench_choose [--model heuristic|lightgbm|DIR] [--decisions 400]
+
+Scores with the benchmarks' LightGBM model by default (loadtests/bench_model.py). Besides
+wall time per call it prints the process CPU per call over the whole round (less sensitive
+to other work on a shared machine than wall time).
 """
 
 from __future__ import annotations
@@ -28,10 +32,13 @@ from api.redis_server import EmbeddedRedis
 from api.scoring import ActiveModel, choose
 from api.settings import Settings
 from loadtests.bench_engine import TENANT, Bench
+from loadtests.bench_model import BenchModel
+from loadtests.bench_model import add_argument as add_model_argument
+from loadtests.bench_model import resolve as resolve_model
 from loadtests.bench_scoring import profile_with_history
 
 
-def capture(decisions: int, model: str | None) -> tuple[ActiveModel, list[tuple[Any, ...]]]:
+def capture(decisions: int, model: BenchModel) -> tuple[ActiveModel, list[tuple[Any, ...]]]:
     """Run real decisions, recording what the engine passed to ``choose``."""
     captured: list[tuple[Any, ...]] = []
     namespace = vars(api.engine)  # the name the engine calls
@@ -44,7 +51,7 @@ def capture(decisions: int, model: str | None) -> tuple[ActiveModel, list[tuple[
     async def run(url: str) -> ActiveModel:
         client = make_redis(Settings(redis_url=url, redis_max_connections=8,
                                      redis_timeout_seconds=5.0))
-        bench = Bench(client, 300, model)  # type: ignore[arg-type]
+        bench = Bench(client, 300, model)
         await bench.seed()
         for _ in range(decisions):
             await bench.engine.decide(TENANT, bench.next_request())
@@ -65,27 +72,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench_choose",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="model directory (default: the heuristic)")
+    add_model_argument(parser)
     parser.add_argument("--decisions", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    model, inputs = capture(args.decisions, args.model)
+    bench_model = resolve_model(args.model)
+    print(bench_model.describe())
+    model, inputs = capture(args.decisions, bench_model)
     rng = np.random.default_rng(1)
     profiles = [profile_with_history(rng) for _ in range(20)]
     windows = statistics.fmean(len(plan.cands) for plan, _ in inputs)
     print(f"scoring with {model.version}; {len(inputs)} plans, {windows:.2f} channel windows "
-          "each; µs per choose call, median / p90")
+          "each; µs per choose call, median / p90 wall, mean CPU")
     for label, with_profile in (("no profile", False), ("with history", True)):
         for _ in range(args.rounds):
             times: list[float] = []
+            c0 = time.process_time()
             for k, (plan, kwargs) in enumerate(inputs):
                 profile = profiles[k % len(profiles)] if with_profile else None
                 t0 = time.perf_counter_ns()
                 choose(model, plan, profile, **kwargs)
                 times.append((time.perf_counter_ns() - t0) / 1000)
+            used = time.process_time() - c0
             times.sort()
             print(f"  {label:<13} {statistics.median(times):6.0f} / "
-                  f"{times[int(0.9 * len(times))]:6.0f}")
+                  f"{times[int(0.9 * len(times))]:6.0f}   CPU {1e6 * used / len(times):6.0f}")
     return 0
 
 

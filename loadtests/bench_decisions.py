@@ -23,7 +23,15 @@ run to run), plus latency at a fixed load. This script measures, end to end and 
    *other* work on the machine and the CPU wait (PSI), then the headline facts, then one
    line: ``ratio decisions/trivial R; p99 at 60% P ms; redis µs/decision U``.
 
-``--quick`` (under 60 s) runs 1-4 with 4 s phases, 2,000 recipients and one fixed run.
+``--quick`` (under 60 s once the model is cached) runs 1-4 with 4 s phases, 2,000
+recipients and one fixed run.
+
+Decisions score with a real LightGBM model (loadtests/bench_model.py: trained once on the
+real activity sample and cached outside the repository; the first run builds it, ~35 s),
+loaded the way ``sendwise serve`` loads it (``SENDWISE_MODEL_DIR``; a model that did not pass
+its champion gate is published forced through ``POST /v1/models/reload``); ``--model
+heuristic`` measures the heuristic instead. wrk counts the answers whose ``model_version``
+is not that model's (flagged under the phase).
 The closed loop uses ``wrk`` when it is on PATH (a C generator costs the server far less CPU
 than Python does) and falls back to loadtests/httpload.py otherwise (``--generator python``
 forces it). The open loop is always httpload.py: Debian's wrk 4 has no fixed-rate mode.
@@ -66,6 +74,9 @@ from api.keys import user_keys
 from api.redis_server import EmbeddedRedis, embedded_cluster
 from api.settings import Settings
 from loadtests import httpload
+from loadtests.bench_model import BenchModel
+from loadtests.bench_model import add_argument as add_model_argument
+from loadtests.bench_model import resolve as resolve_model
 from loadtests.population import (
     history_events,
     iso,
@@ -106,6 +117,8 @@ class Phase(msgspec.Struct, kw_only=True):
     redis_cpu_us: float = 0.0
     #: share of the phase's wall time some runnable task waited for a CPU (PSI)
     cpu_wait: float = 0.0
+    #: 200 answers whose ``model_version`` is not the benchmark model's (wrk only)
+    other_model: int = 0
 
     @property
     def rps(self) -> float:
@@ -190,10 +203,12 @@ class Service:
     api/redis_server.py ``embedded_cluster``) + uvicorn subprocess; ``stop`` is idempotent
     and always safe."""
 
-    def __init__(self, workers: int, *, cluster: int = 0, server: str = "uvicorn") -> None:
+    def __init__(self, workers: int, *, cluster: int = 0, server: str = "uvicorn",
+                 model: BenchModel | None = None) -> None:
         self.workers = workers
         self.server = server
         self.cluster = cluster
+        self.model = model
         self.port = free_port()
         self.redis: EmbeddedRedis | None = None
         self.nodes: list[EmbeddedRedis] = []
@@ -217,6 +232,10 @@ class Service:
                    SENDWISE_REDIS_CLUSTER="1" if self.cluster else "0")
         env.pop("SENDWISE_API_KEYS", None)
         env.pop("SENDWISE_API_KEYS_FILE", None)
+        env.pop("SENDWISE_MODEL_DIR", None)
+        if self.model is not None and self.model.directory is not None:
+            # what `sendwise serve --model DIR` does: every worker loads it at startup
+            env["SENDWISE_MODEL_DIR"] = str(self.model.directory)
         if self.server == "granian":  # the alternative ASGI server (Rust HTTP), compared
             cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
                    "api.app:app_from_env", "--loop", "uvloop", "--host", "127.0.0.1",
@@ -233,6 +252,33 @@ class Service:
             cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
             stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready()
+        self.use_model()
+
+    def use_model(self) -> None:
+        """A model that did not pass its champion gate is refused at startup (the workers
+        keep the heuristic): publish it forced through the admin API, which every worker
+        follows (``api/model_pointer.py``), then check that it is what scores."""
+        model = self.model
+        if model is None:
+            return
+        if model.force and model.directory is not None:
+            body = msgspec.json.encode({"directory": str(model.directory), "force": True})
+            req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/models/reload",
+                                         data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - our server
+                resp.read()
+        deadline = time.monotonic() + 30
+        version = None
+        while time.monotonic() < deadline:  # each worker follows the pointer on its own
+            with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.port}/v1/models", timeout=10) as resp:
+                version = msgspec.json.decode(resp.read())["model_version"]
+            if version == model.version:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the service scores with {version}, not {model.version}; "
+                           f"see {self.log.name}")
 
     def node_clients(self) -> list[redis.Redis]:
         """One plain client per Redis node (INFO, MEMORY USAGE are per node)."""
@@ -335,8 +381,10 @@ def run_wrk(service: Service, path: str, seconds: float, concurrency: int, users
             prefix: str, threads: int) -> dict[str, float]:
     script = LUA_TEMPLATE.read_text()
     deadline = iso(dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
+    model = service.model.version if service.model is not None else ""
     for key, value in {"@PATH@": path, "@USERS@": str(users), "@PREFIX@": prefix,
-                       "@DEADLINE@": deadline, "@SEED@": str(abs(hash(prefix)) % 100_000)}.items():
+                       "@DEADLINE@": deadline, "@SEED@": str(abs(hash(prefix)) % 100_000),
+                       "@MODEL@": model}.items():
         script = script.replace(key, value)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
@@ -367,6 +415,7 @@ def wrk_phase(service: Service, name: str, path: str, args: argparse.Namespace,
         seconds=res["duration_us"] / 1e6, p50=res["p50_us"] / 1000, p90=res["p90_us"] / 1000,
         p99=res["p99_us"] / 1000, max=res["max_us"] / 1000,
         decisions=mix if path == "/v1/decisions" else {},
+        other_model=int(res["other_model"]) if path == "/v1/decisions" else 0,
         non200=int(res["non200"]),
         errors=int(res["err_connect"] + res["err_read"] + res["err_write"] + res["err_timeout"]),
         server_cpu=sum(cpu_delta(s0, s1)), server_processes=cpu_delta(s0, s1),
@@ -443,6 +492,8 @@ def print_phase(phase: Phase) -> None:
         total = sum(phase.decisions.values()) or 1
         mix = "  ".join(f"{k} {v:,} ({100 * v / total:.0f}%)" for k, v in sorted(phase.decisions.items()))
         print(f"{'':<24} decisions: {mix}")
+    if phase.other_model:
+        print(f"{'':<24} !! {phase.other_model:,} answers scored by another model_version")
     if phase.non200 or phase.errors:
         print(f"{'':<24} !! non-200: {phase.non200:,}  socket errors/timeouts: {phase.errors:,}")
     if phase.max_lag_ms > 5:
@@ -583,6 +634,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "installed: pip install granian)")
     parser.add_argument("--gen-processes", type=int, default=1,
                         help="python generator processes (closed loop splits the connections)")
+    add_model_argument(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.users = 4.0, 1.0, min(args.users, 2_000)
@@ -682,9 +734,11 @@ def main(argv: list[str] | None = None) -> int:
               "column shows how much foreign work shared the cores", file=sys.stderr)
     report = Report()
     services: list[Service] = []
+    model = resolve_model(args.model)
+    print(model.describe())
 
     def start(workers: int, cluster: int = 0) -> Service:
-        service = Service(workers, cluster=cluster, server=args.server)
+        service = Service(workers, cluster=cluster, server=args.server, model=model)
         services.append(service)
         service.start()
         took = seed_tenant(service.port, args.users)
@@ -698,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         service = start(args.workers)
         print(f"phases: {args.seconds:g} s each after {args.warmup:g} s warm-up; "
               f"closed loop at {args.concurrency} connections\n")
+        report.fact("model scoring the decisions", model.describe())
         phases = closed_loops(service, args, run, config, report)
         trivial, floor, decisions = (phases[name] for name, _ in ENDPOINTS)
         ratios = [d.rps / t.rps for t, d in zip(trivial, decisions, strict=True)]
@@ -745,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
             from loadtests.bench_limits import compare_all, describe
 
             limits = asyncio.run(compare_all(service.redis_url, seconds=args.seconds,
-                                             concurrency=64, users=args.users))
+                                             concurrency=64, users=args.users, model=model))
             print("\n".join(describe(side) for side in limits.sides))
             report.fact("in-process decisions/s, same caps, same Redis, 64 tasks: sendwise "
                         "whole decision / commit only vs limits (process lock / Redis lock)",
@@ -778,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwall time {time.perf_counter() - t_start:.0f} s")
         p99 = max(p99s) if p99s else float("nan")
         print(f"ratio decisions/trivial {ratio:.2f}; p99 at 60% {p99:.2f} ms; "
-              f"redis µs/decision {redis_us:.0f}")
+              f"redis µs/decision {redis_us:.0f}; model {model.version}")
         return 0
     except KeyboardInterrupt:
         print("\ninterrupted; stopping the service", file=sys.stderr)

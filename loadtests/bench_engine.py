@@ -15,6 +15,10 @@ Sequential timings are per-decision service times (no queueing). A final concurr
 ceiling: decisions/s one core reaches without any HTTP in front.
 
     python -m loadtests.bench_engine --decisions 5000 --users 2000
+
+Decisions score with the benchmark's LightGBM model (loadtests/bench_model.py: trained once
+on the real activity sample, cached; the first run builds it), ``--model heuristic`` with
+the heuristic, ``--model DIR`` with that artifact (forced if it did not pass its gate).
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ from api.render import decode_outcome, render
 from api.schemas import DecisionRequest, Preferences
 from api.settings import Settings
 from api.store import Store
+from loadtests.bench_model import BenchModel
+from loadtests.bench_model import add_argument as add_model_argument
+from loadtests.bench_model import resolve as resolve_model
 from loadtests.population import RequestFactory, policy_document, preferences, user_id
 
 TENANT = "bench"
@@ -70,11 +77,15 @@ def cpu() -> float:
 
 
 class Bench:
-    def __init__(self, client: aioredis.Redis, users: int, model: str | None = None) -> None:
+    def __init__(self, client: aioredis.Redis, users: int, model: BenchModel | None = None
+                 ) -> None:
         self.settings = Settings(redis_url="unused", log_decisions=False)
         self.engine = Engine(Store(client), self.settings, SystemClock())
-        if model:  # forced: the benchmark measures cost, not whether the model is good
-            self.engine.models.load(model, force=True)
+        if model is not None and model.directory is not None:
+            self.engine.models.load(model.directory, force=model.force)
+        self.expected = self.engine.models.active.version
+        #: answers scored by another model than ``expected`` (must stay 0)
+        self.other_model = 0
         self.users = users
         self.factory = RequestFactory(users, prefix=f"e{time.time_ns()}", seed=3)
         self.json = msgspec.json.Encoder()
@@ -99,8 +110,9 @@ class Bench:
         for _ in range(n):
             request = self.next_request()
             t0 = time.perf_counter_ns()
-            await self.engine.decide(TENANT, request)
+            answer = await self.engine.decide(TENANT, request)
             times.append((time.perf_counter_ns() - t0) / 1000)
+            self.other_model += answer.model_version != self.expected
         return times
 
     async def breakdown(self, n: int) -> tuple[dict[str, list[float]], dict[str, int]]:
@@ -216,8 +228,11 @@ async def run(args: argparse.Namespace, url: str) -> None:
     client = make_redis(Settings(redis_url=url, redis_max_connections=max(64, args.concurrency),
                                  redis_timeout_seconds=5.0))
     try:
-        bench = Bench(client, args.users, args.model)
-        print(f"scoring with {bench.engine.models.active.version}")
+        model = resolve_model(args.model)
+        print(model.describe())
+        bench = Bench(client, args.users, model)
+        if bench.expected != model.version:
+            raise RuntimeError(f"the engine scores with {bench.expected}, not {model.version}")
         t0 = time.perf_counter()
         await bench.seed()
         print(f"seeded policy + {args.users:,} recipients in {time.perf_counter() - t0:.1f} s")
@@ -264,6 +279,9 @@ async def run(args: argparse.Namespace, url: str) -> None:
               f"p50 {pct(lat, 50) / 1000:.2f} ms  p99 {pct(lat, 99) / 1000:.2f} ms, "
               f"this process used {used / wall:.2f} cores "
               f"({1e6 * used / len(lat):.0f} CPU µs per decision)")
+        if bench.other_model:
+            raise RuntimeError(f"{bench.other_model} answers were not scored by {bench.expected}")
+        print(f"model_version of every sequential answer: {bench.expected}")
     finally:
         await client.aclose()
 
@@ -274,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decisions", type=int, default=5000, help="decisions per measurement")
     parser.add_argument("--users", type=int, default=2000, help="recipient population")
     parser.add_argument("--concurrency", type=int, default=64, help="tasks in the concurrent run")
-    parser.add_argument("--model", help="model artifact scoring the decisions (default: the "
-                        "heuristic); forced even if it did not pass its champion gate")
+    add_model_argument(parser)
     args = parser.parse_args(argv)
     if not 100 <= args.decisions <= 200_000 or args.users < 1 or not 1 <= args.concurrency <= 1024:
         parser.error("--decisions 100..200000, --users >= 1, --concurrency 1..1024")

@@ -35,6 +35,10 @@ of answers replayed against exact counters (admitted iff every rule in scope had
 
     python -m loadtests.bench_limits --seconds 10 --concurrency 64
     python -m loadtests.bench_limits --seconds 10 --concurrency 1,64
+
+The sendwise sides score with the benchmark's LightGBM model (loadtests/bench_model.py,
+cached; ``--model heuristic`` for the heuristic), loaded into each engine like
+``sendwise serve --model`` (forced when it did not pass its champion gate).
 """
 
 from __future__ import annotations
@@ -59,6 +63,9 @@ from api.render import decode_outcome, render
 from api.schemas import DecisionRequest
 from api.settings import Settings
 from api.store import CommitReply, Store
+from loadtests.bench_model import BenchModel
+from loadtests.bench_model import add_argument as add_model_argument
+from loadtests.bench_model import resolve as resolve_model
 from loadtests.checks import Recipient, cap_violations, decode_timeline
 from loadtests.population import RequestFactory, policy_document, user_id
 
@@ -108,11 +115,17 @@ async def _drive(seconds: float, concurrency: int, users: int, one: Any) -> tupl
     return done, time.perf_counter() - t0
 
 
-def _engine(url: str, cluster: bool) -> Engine:
+def _engine(url: str, cluster: bool, model: BenchModel | None = None) -> Engine:
+    """An engine on ``url`` scoring with ``model`` (None or a heuristic ``BenchModel``: the
+    heuristic)."""
     settings = Settings(redis_url=url, redis_cluster=cluster, log_decisions=False,
                         decision_log=False, id_key=Secret(b"sendwise bench: decision-id key!!"))
-    return Engine(Store(make_redis(settings), max_in_flight=settings.redis_max_connections),
-                  settings, SystemClock())
+    engine = Engine(Store(make_redis(settings), max_in_flight=settings.redis_max_connections),
+                    settings, SystemClock())
+    if model is not None and model.directory is not None:
+        engine.models.load(model.directory, force=model.force)
+        engine.metrics.set_model(engine.models.active.version)
+    return engine
 
 
 async def _exactness(engine: Engine, tenant: str, policy: dict[str, Any]) -> tuple[int, int]:
@@ -128,8 +141,10 @@ async def _exactness(engine: Engine, tenant: str, policy: dict[str, Any]) -> tup
 
 
 async def run_sendwise(url: str, cluster: bool, seconds: float, concurrency: int,
-                       users: int) -> Side:
-    engine = _engine(url, cluster)
+                       users: int, model: BenchModel | None = None) -> Side:
+    engine = _engine(url, cluster, model)
+    expected = engine.models.active.version
+    other_model = 0
     client = engine.store.client
     policy = policy_document()
     try:
@@ -138,16 +153,19 @@ async def run_sendwise(url: str, cluster: bool, seconds: float, concurrency: int
         admitted = 0
 
         async def one(body: dict[str, Any]) -> None:
-            nonlocal admitted
+            nonlocal admitted, other_model
             answer = await engine.decide(TENANT, _request.decode(msgspec.json.encode(body)))
             admitted += answer.decision != "suppress"
+            other_model += answer.model_version != expected
 
         await _drive(1.0, concurrency, users, one)  # warm-up
         admitted = 0
         done, took = await _drive(seconds, concurrency, users, one)
         errors, checked = await _exactness(engine, TENANT, policy)
+        if other_model:
+            raise RuntimeError(f"{other_model} answers were not scored by {expected}")
         return Side(name="sendwise decision", decisions=done, seconds=took, admitted=admitted,
-                    exactness_errors=errors, checked=checked)
+                    exactness_errors=errors, checked=checked, note=f"model {expected}")
     finally:
         await client.aclose()
 
@@ -160,10 +178,11 @@ class _Prepared(msgspec.Struct):
 
 
 async def run_commit_only(url: str, cluster: bool, seconds: float, concurrency: int,
-                          users: int, batch: int = 8) -> Side:
+                          users: int, batch: int = 8, model: BenchModel | None = None
+                          ) -> Side:
     """The atomic commit alone (module docstring): plans prepared untimed, one batch of
     ``batch`` per worker ahead of each timed commit phase."""
-    engine = _engine(url, cluster)
+    engine = _engine(url, cluster, model)
     client = engine.store.client
     store = engine.store
     tenant = TENANT + "-commit"
@@ -318,9 +337,10 @@ async def run_limits(url: str, seconds: float, concurrency: int, users: int, *,
 
 
 async def compare(url: str, *, cluster: bool = False, seconds: float = 10.0,
-                  concurrency: int = 64, users: int = 10_000) -> tuple[Side, Side]:
+                  concurrency: int = 64, users: int = 10_000, model: BenchModel | None = None
+                  ) -> tuple[Side, Side]:
     """The whole decision vs limits (bench_decisions' report uses this pair)."""
-    ours = await run_sendwise(url, cluster, seconds, concurrency, users)
+    ours = await run_sendwise(url, cluster, seconds, concurrency, users, model)
     theirs = await run_limits(url, seconds, concurrency, users)
     return ours, theirs
 
@@ -350,11 +370,13 @@ class Comparison(msgspec.Struct, kw_only=True):
 
 
 async def compare_all(url: str, *, cluster: bool = False, seconds: float = 10.0,
-                      concurrency: int = 64, users: int = 10_000) -> Comparison:
-    """The whole decision, the commit alone, and limits with both kinds of per-user lock."""
+                      concurrency: int = 64, users: int = 10_000,
+                      model: BenchModel | None = None) -> Comparison:
+    """The whole decision, the commit alone, and limits with both kinds of per-user lock.
+    ``model``: what the sendwise sides score with (None: the heuristic)."""
     ours, theirs = await compare(url, cluster=cluster, seconds=seconds,
-                                 concurrency=concurrency, users=users)
-    commit = await run_commit_only(url, cluster, seconds, concurrency, users)
+                                 concurrency=concurrency, users=users, model=model)
+    commit = await run_commit_only(url, cluster, seconds, concurrency, users, model=model)
     locked = await run_limits(url, seconds, concurrency, users, lock="redis")
     return Comparison(concurrency=concurrency, decision=ours, commit=commit, limits=theirs,
                       limits_redis_lock=locked)
@@ -376,13 +398,17 @@ def main(argv: list[str] | None = None) -> int:
                              "at each (e.g. 1,64: one request at a time, where each side pays "
                              "its round trips in latency, and a loaded process)")
     parser.add_argument("--users", type=int, default=10_000)
+    add_model_argument(parser)
     args = parser.parse_args(argv)
+    model = resolve_model(args.model)
+    print(model.describe())
     levels = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
     results: list[Comparison] = []
     with EmbeddedRedis() as server:
         for level in levels:
             result = asyncio.run(compare_all(server.url, seconds=args.seconds,
-                                             concurrency=level, users=args.users))
+                                             concurrency=level, users=args.users,
+                                             model=model))
             results.append(result)
             print(f"-- concurrency {level}")
             for side in result.sides:

@@ -11,6 +11,9 @@ local users = @USERS@
 local prefix = "@PREFIX@"
 local deadline = "@DEADLINE@"
 local seed = @SEED@
+-- the model_version every decision answer must carry ("" = not checked)
+local model = "@MODEL@"
+local model_field = '"model_version":"' .. model .. '"'
 
 local channel_sets = {
   '["email","push"]', '["push","email"]', '["email"]', '["push","email","sms"]',
@@ -27,7 +30,7 @@ end
 function init(args)
   math.randomseed(seed * 7919 + tid)
   counter = 0
-  n_send, n_defer, n_suppress, n_other, n_bad = 0, 0, 0, 0, 0
+  n_send, n_defer, n_suppress, n_other, n_bad, n_other_model = 0, 0, 0, 0, 0, 0
   headers = { ["Content-Type"] = "application/json" }
 end
 
@@ -65,6 +68,9 @@ function response(status, hdrs, body)
     return
   end
   local d = string.match(body, '"decision":"(%a+)"')
+  if d and model ~= "" and not string.find(body, model_field, 1, true) then
+    n_other_model = n_other_model + 1
+  end
   if d == "send" then
     n_send = n_send + 1
   elseif d == "defer" then
@@ -77,20 +83,21 @@ function response(status, hdrs, body)
 end
 
 function done(summary, latency, requests)
-  local t = { send = 0, defer = 0, suppress = 0, other = 0, bad = 0 }
+  local t = { send = 0, defer = 0, suppress = 0, other = 0, bad = 0, other_model = 0 }
   for _, thread in ipairs(threads) do
     t.send = t.send + thread:get("n_send")
     t.defer = t.defer + thread:get("n_defer")
     t.suppress = t.suppress + thread:get("n_suppress")
     t.other = t.other + thread:get("n_other")
     t.bad = t.bad + thread:get("n_bad")
+    t.other_model = t.other_model + thread:get("n_other_model")
   end
   local e = summary.errors
   io.write(string.format(
     'SENDWISE_JSON {"requests":%d,"duration_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,' ..
     '"max_us":%d,"mean_us":%.1f,"send":%d,"defer":%d,"suppress":%d,"other":%d,"non200":%d,' ..
-    '"err_connect":%d,"err_read":%d,"err_write":%d,"err_timeout":%d}\n',
+    '"err_connect":%d,"err_read":%d,"err_write":%d,"err_timeout":%d,"other_model":%d}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
     latency:percentile(99), latency.max, latency.mean, t.send, t.defer, t.suppress, t.other,
-    t.bad, e.connect, e.read, e.write, e.timeout))
+    t.bad, e.connect, e.read, e.write, e.timeout, t.other_model))
 end

@@ -408,8 +408,13 @@ def fallback_scores(rows: F32) -> F64:
     fallback is never worse than that heuristic; the channel rate turns it into a
     probability-like number serving can compare across channels and with a value floor.
     """
-    lift = rows[:, FEATURE_INDEX["heuristic_share"]].astype(np.float64)
-    rate = rows[:, FEATURE_INDEX["ch_rate"]].astype(np.float64)
+    return fallback_from(rows[:, FEATURE_INDEX["heuristic_share"]].astype(np.float64),
+                         rows[:, FEATURE_INDEX["ch_rate"]].astype(np.float64))
+
+
+def fallback_from(lift: F64, rate: F64) -> F64:
+    """``fallback_scores`` from the two columns it reads (``heuristic_share``, ``ch_rate``,
+    as float64): serving keeps those columns of memoised rows, not the rows."""
     result: F64 = np.clip(rate * lift, 0.0, 1.0)
     return result
 

@@ -109,6 +109,15 @@ class Profile:
         self.recent_channel: I8 = np.zeros(RECENT_SENDS, dtype=np.int8)
 
     # -- reading ---------------------------------------------------------------------
+    def is_blank(self) -> bool:
+        """Nothing recorded at all: every field ``models.features`` reads is zero, so this
+        profile's feature rows are those of ``Profile()`` and depend on the candidates
+        alone (serving memoises the scores of such users' candidates)."""
+        return (self.ref == 0 and self.first_seen == 0 and self.last_active == 0
+                and not self.counts.any() and not self.decayed.any()
+                and not self.last_send.any() and not self.last_engagement.any()
+                and not self.recent_at.any())
+
     @property
     def hist(self) -> F32:
         """Decayed engagement counts by local hour-of-week, as of ``ref``."""

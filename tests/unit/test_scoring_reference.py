@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 import numpy as np
 import numpy.typing as npt
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,8 +30,10 @@ from api.scoring import HEURISTIC, SOURCE_PRIOR, SOURCE_PROFILE, ActiveModel, Ch
 from models.features import FEATURE_INDEX, candidate_features, fallback_scores
 from models.priors import DEFAULT_PRIORS
 from models.profile import Profile
+from models.scorer import Scorer
 from models.timeutil import utc_offsets
 from models.vocab import CHANNELS
+from tests.modelkit import write_tiny_model
 from tests.unit.test_plan import NOON, location, plan_for, request
 
 HOUR_MS = 3_600_000
@@ -217,6 +220,17 @@ class WindowRanker(RowWise):
         result: npt.NDArray[np.float64] = weights / weights.sum(axis=1, keepdims=True)
         return result
 
+    def window_distribution(self, raw: npt.NDArray[np.float64],
+                            heuristic: npt.NDArray[np.float64], heads: npt.NDArray[np.intp],
+                            sizes: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
+        """Its ``day_distribution`` window by window (``Scorer.window_distribution``'s
+        contract; tests/models/test_scorer_windows.py pins the real one to the loop)."""
+        out = np.empty_like(raw)
+        for lo, size in zip(heads.tolist(), sizes.tolist(), strict=True):
+            sel = slice(lo, lo + size)
+            out[sel] = self.day_distribution(raw[sel][None, :], heuristic[sel][None, :])[0]
+        return out
+
 
 RANKER = ActiveModel(WindowRanker(), "ranker-1", DEFAULT_PRIORS)  # type: ignore[arg-type]
 ROW_WISE = ActiveModel(RowWise(), "rowwise-1", DEFAULT_PRIORS)  # type: ignore[arg-type]
@@ -326,3 +340,67 @@ def test_the_memoised_hour_grid_is_read_only_and_shared() -> None:
                                                    86_400_000))
     assert all(not grid.flags.writeable for grid in scoring._HOUR_GRIDS.values())
 
+
+
+# ------------------------------------------------- a real LightGBM model, memoised grids
+
+
+@pytest.fixture(scope="module")
+def lightgbm_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[ActiveModel, ...]:
+    """A tiny real LightGBM classifier, and the same trees read as a ranker (calibration
+    weights set), each as the serving registry would hold it."""
+    directory = write_tiny_model(tmp_path_factory.mktemp("lgbm") / "m", seed=9)
+    classifier = Scorer.load(directory, num_threads=1)
+    ranker = Scorer.load(directory, num_threads=1)
+    ranker.manifest = msgspec.structs.replace(ranker.manifest, objective="rank_xendcg",
+                                              score_weight=0.8, heuristic_weight=0.5)
+    return (ActiveModel(classifier, "lgbm-binary", classifier.priors),
+            ActiveModel(ranker, "lgbm-ranker", ranker.priors))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases(), which=st.integers(0, 1))
+def test_score_slots_with_lightgbm_equals_the_reference(
+        lightgbm_models: tuple[ActiveModel, ...], case: dict[str, Any], which: int) -> None:
+    """Scores and expected values of every slot, with a real model: the blank-profile grid
+    memo (shared by every example, so later examples hit what earlier ones stored, across
+    zones, channels and plans), the direct prediction call and the one-pass ranker
+    calibration against the plain per-window computation."""
+    model = lightgbm_models[which]
+    pol = msgspec.convert({"quiet_hours": case["quiet"], "caps": [],
+                           "send_time": case["send_time"]}, Policy)
+    req = request(channels=case["channels"], timezone=case["zone"], **case["window"])
+    plan = plan_for(req, pol, loc=location(case["zone"]), now=case["now"])
+    if not plan.cands:
+        return
+    profile = None if case["profile"] is None else user_profile(*case["profile"], case["seed"])
+    for _ in range(2):  # the second call reads the memo the first one filled
+        got = scoring.score_slots(model, plan, profile, zone_name=case["zone"],
+                                  category="promotional", policy=pol, now=case["now"])
+        want = ref_score(model, plan, profile, case["zone"], pol, case["now"])
+        assert np.array_equal(got.cand, want["cand"]) and np.array_equal(got.at, want["at"])
+        assert np.array_equal(got.first, want["first"])
+        np.testing.assert_allclose(got.p, want["p"], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(got.ev, want["ev"], rtol=1e-12, atol=1e-15)
+        assert got.source == want["source"]
+
+
+def test_the_blank_profile_memo_is_per_model_and_keyed_by_zone() -> None:
+    """A model's memos live on it (a new model starts empty), and their keys carry the
+    zone, the grid or second, the channel and the category bucket: another zone never
+    reads them."""
+    model = ActiveModel(RowWise(), "rowwise-memo", DEFAULT_PRIORS)  # type: ignore[arg-type]
+    assert model.blank_grid_scores == {} and model.blank_row_scores == {}
+    plan = plan_for(request(channels=["email", "push"]), now=NOON)
+    policy = msgspec.convert({"caps": []}, Policy)
+    for zone in ("America/New_York", "Asia/Kolkata"):
+        got = scoring.score_slots(model, plan, None, zone_name=zone, category="promotional",
+                                  policy=policy, now=NOON)
+        want = ref_score(model, plan, None, zone, policy, NOON)
+        assert np.array_equal(got.p, want["p"]) and np.array_equal(got.ev, want["ev"])
+    zones = {key[0] for key in model.blank_grid_scores}
+    assert zones == {"America/New_York", "Asia/Kolkata"}
+    assert {key[0] for key in model.blank_row_scores} == zones
+    assert min(key[3] for key in model.blank_row_scores) == NOON // 1000  # the request
+    assert all(not table.flags.writeable for table in model.blank_grid_scores.values())
+    assert ActiveModel(RowWise(), "other", DEFAULT_PRIORS).blank_grid_scores == {}  # type: ignore[arg-type]
