@@ -830,10 +830,11 @@ def main(argv: list[str] | None = None) -> int:
             clustered.stop()
 
         print("\n" + report.table())
-        print(f"\nwall time {time.perf_counter() - t_start:.0f} s")
+        print(f"\nwall time {time.perf_counter() - t_start:.0f} s; decisions scored by "
+              f"model {model.version}")
         p99 = max(p99s) if p99s else float("nan")
         print(f"ratio decisions/trivial {ratio:.2f}; p99 at 60% {p99:.2f} ms; "
-              f"redis µs/decision {redis_us:.0f}; model {model.version}")
+              f"redis µs/decision {redis_us:.0f}")
         return 0
     except KeyboardInterrupt:
         print("\ninterrupted; stopping the service", file=sys.stderr)
