@@ -21,5 +21,5 @@ async def test_limits_side_with_a_redis_lock_stays_exact(embedded_redis: Embedde
     replayed against exact counters afterwards (the Zipf head of 50 users contends)."""
     side = await run_limits(embedded_redis.url, 0.3, 8, 50, lock="redis")
     assert side.name == "limits, Redis lock"
-    assert side.decisions > 0 and 0 < side.admitted < side.decisions
+    assert side.decisions > 0 and 0 < side.admitted <= side.decisions
     assert side.exactness_errors == 0 and side.checked > 0
