@@ -8,10 +8,12 @@ the answers must be (the replies are compared). Redis time per call from SLOWLOG
 
     python -m loadtests.bench_commit --a old_commit.lua --b api/lua/commit.lua
     python -m loadtests.bench_commit --a old_commit.lua --all-caps-for-a
+    python -m loadtests.bench_commit --a old_commit.lua --map-plan-for-a
 
 ``--all-caps-for-a`` sends A the plan with every compiled cap, as ``encode_plan`` did
 before it shipped only the caps that can match (docs/benchmarks.md, "Redis CPU per
-decision: commit.lua").
+decision: commit.lua"). ``--map-plan-for-a`` sends A the plan in the layout before the
+positional one (maps, ``[start, end]`` pairs: a commit.lua older than h-lua2 needs it).
 """
 
 from __future__ import annotations
@@ -26,19 +28,33 @@ from typing import Any
 import msgspec
 
 import api.plan
-from api.plan import Plan
+from api.plan import CompiledCap, Plan, lua_plan
 from api.redis_client import make_redis
 from api.redis_server import EmbeddedRedis
 from api.settings import Settings
 from loadtests.bench_engine import TENANT, Bench
 
+#: a cap's scope lists, left out of the map layout when empty
+_SCOPE_LISTS = frozenset({"ch", "cat", "xcat", "camp", "tag"})
+
+
+def map_plan(plan: Plan, caps: list[CompiledCap]) -> dict[str, Any]:
+    """The plan as ``encode_plan`` packed it before the positional layout (h-lua2)."""
+    core = msgspec.structs.asdict(plan)
+    del core["mid"], core["members"]
+    core["caps"] = [{name: value for name, value in msgspec.structs.asdict(cap).items()
+                     if name not in _SCOPE_LISTS or value} for cap in caps]
+    if core["pe"] is None:
+        del core["pe"]
+    return core
+
 
 async def run(url: str, script_a: str, script_b: str, decisions: int, users: int,
-              all_caps_for_a: bool) -> None:
+              all_caps_for_a: bool, map_plan_for_a: bool) -> None:
     shipped = api.plan._lua_caps
     plans: list[Plan] = []
 
-    def recording(plan: Plan) -> list[dict[str, object]]:
+    def recording(plan: Plan) -> list[CompiledCap]:
         plans.append(plan)
         return shipped(plan)
 
@@ -68,10 +84,11 @@ async def run(url: str, script_a: str, script_b: str, decisions: int, users: int
                 if dumped is not None:
                     await raw.restore(shadow(key), 0, dumped, replace=True)
         args_a = list(args)
-        if all_caps_for_a:
-            core = msgspec.msgpack.decode(args[0])
-            core["caps"] = [msgspec.structs.asdict(c) for c in plans[-1].caps]
-            args_a[0] = msgspec.msgpack.encode(core)
+        if all_caps_for_a or map_plan_for_a:
+            plan = plans[-1]
+            caps = plan.caps if all_caps_for_a else shipped(plan)
+            args_a[0] = msgspec.msgpack.encode(map_plan(plan, caps) if map_plan_for_a
+                                               else lua_plan(plan, caps))
         runs = [(sha_a, keys, args_a), (sha_b, [shadow(k) for k in keys], args)]
         if len(times[sha_a]) % 2:
             runs.reverse()
@@ -102,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--b", help="script B (default: the current commit.lua)")
     parser.add_argument("--all-caps-for-a", action="store_true",
                         help="send A every compiled cap (the plan encoding before)")
+    parser.add_argument("--map-plan-for-a", action="store_true",
+                        help="send A the plan as maps (the layout before h-lua2)")
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--users", type=int, default=500)
     args = parser.parse_args(argv)
@@ -109,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     script_b = Path(args.b).read_text() if args.b else current
     with EmbeddedRedis() as redis:
         asyncio.run(run(redis.url, script_a, script_b, args.decisions, args.users,
-                        args.all_caps_for_a))
+                        args.all_caps_for_a, args.map_plan_for_a))
     return 0
 
 
