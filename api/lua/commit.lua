@@ -96,27 +96,31 @@ local function add_entry(e)
   table.insert(entries, at, e)
 end
 
-local function in_list(list, v)
-  if list == nil or #list == 0 then return true end
-  for _, x in ipairs(list) do if x == v then return true end end
+local function has(list, v)
+  for i = 1, #list do if list[i] == v then return true end end
   return false
 end
 local function excluded(list, v)
-  if list == nil then return false end
-  for _, x in ipairs(list) do if x == v then return true end end
-  return false
+  return list ~= nil and has(list, v)
 end
-local function tags_match(list, tags)
-  if list == nil or #list == 0 then return true end
-  for _, t in ipairs(tags) do
-    for _, x in ipairs(list) do if x == t then return true end end
-  end
-  return false
-end
--- cap: [id, code, n, w, b, ch, cat, xcat, camp, tag] (api/plan.py: _lua_cap)
+-- cap: [id, code, n, w, b, ch, cat, xcat, camp, tag] (api/plan.py: _lua_cap); a missing
+-- or empty scope list restricts nothing. One function without calls per list: it runs
+-- once per cap and ledger entry.
 local function matches(cap, ch, cat, camp, tags)
-  return in_list(cap[6], ch) and in_list(cap[7], cat) and not excluded(cap[8], cat)
-    and in_list(cap[9], camp) and tags_match(cap[10], tags)
+  local l = cap[6]
+  if l ~= nil and #l > 0 and not has(l, ch) then return false end
+  l = cap[7]
+  if l ~= nil and #l > 0 and not has(l, cat) then return false end
+  l = cap[8]
+  if l ~= nil and has(l, cat) then return false end
+  l = cap[9]
+  if l ~= nil and #l > 0 and not has(l, camp) then return false end
+  l = cap[10]
+  if l ~= nil and #l > 0 then
+    for i = 1, #tags do if has(l, tags[i]) then return true end end
+    return false
+  end
+  return true
 end
 
 -- blocked intervals of one cap (flat, in order of start: the entries are in time order)
