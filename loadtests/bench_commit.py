@@ -21,7 +21,9 @@ workload's commits are recorded once from a snapshot of the seeded keys, then re
 with A and with B, each round from the same snapshot (FLUSHDB + RESTORE), in pipelines of
 20 in recorded order, alternating which script goes first; replies compared.
 ``--preemption`` turns preemption on in the policy (the mix has it off), so every
-deferral also stores its compact re-decision plan.
+deferral also stores its compact re-decision plan. ``--history`` first records half of
+the recipients' past activity (``population.history_events``, as ``bench_decisions``
+seeds it), so their decisions are scored from a profile and commit ranked slots.
 
     python -m loadtests.bench_commit --replay --a old_commit.lua --map-plan-for-a
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import statistics
 from importlib import resources
 from pathlib import Path
@@ -43,9 +46,10 @@ from api.plan import CompiledCap, Plan, lua_plan
 from api.policy import Policy
 from api.redis_client import make_redis
 from api.redis_server import EmbeddedRedis
+from api.schemas import Event
 from api.settings import Settings
 from loadtests.bench_engine import TENANT, Bench
-from loadtests.population import policy_document
+from loadtests.population import history_events, policy_document
 
 #: a cap's scope lists, left out of the map layout when empty
 _SCOPE_LISTS = frozenset({"ch", "cat", "xcat", "camp", "tag"})
@@ -63,7 +67,8 @@ def map_plan(plan: Plan, caps: list[CompiledCap]) -> dict[str, Any]:
 
 
 async def run(url: str, script_a: str, script_b: str, decisions: int, users: int,
-              all_caps_for_a: bool, map_plan_for_a: bool, preemption: bool) -> None:
+              all_caps_for_a: bool, map_plan_for_a: bool, preemption: bool,
+              history: bool) -> None:
     shipped = api.plan._lua_caps
     plans: list[Plan] = []
 
@@ -78,6 +83,8 @@ async def run(url: str, script_a: str, script_b: str, decisions: int, users: int
                               redis_timeout_seconds=5.0))
     bench = Bench(client, users)
     await bench.seed()
+    if history:
+        await seed_history(bench, users)
     if preemption:
         await enable_preemption(bench)
     await bench.end_to_end(300)  # some ledger history first
@@ -126,6 +133,14 @@ async def run(url: str, script_a: str, script_b: str, decisions: int, users: int
     await raw.aclose()
 
 
+async def seed_history(bench: Bench, users: int) -> None:
+    """Half of the recipients' past activity, through the engine's event path."""
+    now = dt.datetime.now(dt.UTC)
+    events = [msgspec.convert(e, Event) for i in range(users) for e in history_events(i, now)]
+    for start in range(0, len(events), 500):
+        await bench.engine.record_events(TENANT, events[start:start + 500])
+
+
 async def enable_preemption(bench: Bench) -> None:
     """The benchmark policy with preemption on (at most 2 displaced)."""
     engine = bench.engine
@@ -142,13 +157,15 @@ def _redis_cpu(plain: redis.Redis) -> float:
 
 async def replay(url: str, script_a: str, script_b: str, decisions: int, users: int,
                  all_caps_for_a: bool, map_plan_for_a: bool, rounds: int,
-                 preemption: bool) -> None:
+                 preemption: bool, history: bool) -> None:
     shipped = api.plan._lua_caps
     client = make_redis(Settings(redis_url=url, redis_max_connections=8,
                                  redis_timeout_seconds=5.0))
     plain = redis.Redis.from_url(url)
     bench = Bench(client, users)
     await bench.seed()
+    if history:
+        await seed_history(bench, users)
     if preemption:
         await enable_preemption(bench)
     await bench.end_to_end(300)  # some ledger history first
@@ -224,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6, help="--replay: rounds per script")
     parser.add_argument("--preemption", action="store_true",
                         help="preemption on in the benchmark policy")
+    parser.add_argument("--history", action="store_true",
+                        help="seed half of the recipients' past activity first")
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--users", type=int, default=500)
     args = parser.parse_args(argv)
@@ -233,10 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.replay:
             asyncio.run(replay(server.url, script_a, script_b, args.decisions, args.users,
                                args.all_caps_for_a, args.map_plan_for_a, args.rounds,
-                               args.preemption))
+                               args.preemption, args.history))
         else:
             asyncio.run(run(server.url, script_a, script_b, args.decisions, args.users,
-                            args.all_caps_for_a, args.map_plan_for_a, args.preemption))
+                            args.all_caps_for_a, args.map_plan_for_a, args.preemption,
+                            args.history))
     return 0
 
 
