@@ -471,14 +471,16 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
 #: - msg   ``[cat, camp, tags, oid, og, pr]``
 #: - cap   ``[id, code, n, w, b, ch, cat, xcat, camp, tag]``, an empty list as nil
 #: - block ``[c, r, [s1, e1, s2, e2, ...]]`` (sorted by start)
-#: - cand  ``[ch, a, b, pb, s, why]`` (``why`` nil for none)
+#: - cand  ``[ch, a, b, pb, s, why]``: ``pb`` the index of its list in ``pbs``, ``why`` the
+#:   index of its pair in ``whys`` (nil for none), so the ranked slots of a channel, which
+#:   share both, cost one table each
 #: - endr  ``[c, r]``
 #: - pe    ``[pc, ch, lo, hi, dx]``, dx ``{message id: [ch, lo, hi, {channel: block}]}``
 #:
 #: The plan is only ever a script argument of the same release, so it carries no version;
 #: the compact re-decision plans commit.lua stores (``sw:{t:u}:rp:<id>``) do.
 PLAN_FIELDS = ("now", "rev", "lo", "keep", "ttl", "msg", "caps", "cw", "blocks", "cands",
-               "mode", "endr", "dry", "sp", "pk", "xc", "dp", "pe")
+               "mode", "endr", "dry", "sp", "pk", "xc", "dp", "pbs", "whys", "pe")
 
 
 def _cap_may_match(cap: CompiledCap, channels: set[str], msg: MessageFacts) -> bool:
@@ -523,14 +525,22 @@ def lua_plan(plan: Plan, caps: Sequence[CompiledCap]) -> list[object]:
     """The plan array of ``PLAN_FIELDS`` with the given caps (``encode_plan`` ships
     ``_lua_caps``; tests ship every compiled cap to show the filter changes no answer)."""
     msg = plan.msg
+    pbs: dict[tuple[int, ...], int] = {}
+    whys: dict[tuple[str, ...], int] = {}
+    cands: list[list[object]] = []
+    for c in plan.cands:
+        pb = pbs.setdefault(tuple(c.pb), len(pbs))
+        why = whys.setdefault(tuple(c.why), len(whys)) if c.why else None
+        cands.append([c.ch, c.a, c.b, pb, c.s, why])
     fields: dict[str, object] = {
         "now": plan.now, "rev": plan.rev, "lo": plan.lo, "keep": plan.keep, "ttl": plan.ttl,
         "msg": [msg.cat, msg.camp, msg.tags, msg.oid, msg.og, msg.pr],
         "caps": [_lua_cap(cap) for cap in caps], "cw": plan.cw,
         "blocks": [_lua_block(b) for b in plan.blocks],
-        "cands": [[c.ch, c.a, c.b, c.pb, c.s, c.why or None] for c in plan.cands],
+        "cands": cands,
         "mode": plan.mode, "endr": [plan.endr.c, plan.endr.r], "dry": plan.dry,
         "sp": plan.sp, "pk": plan.pk, "xc": plan.xc, "dp": plan.dp,
+        "pbs": [list(pb) for pb in pbs], "whys": [list(why) for why in whys],
         # unpaced decisions do not pay for the field (the last one: nothing is shipped)
         "pe": None if plan.pe is None else _lua_pace(plan.pe),
     }

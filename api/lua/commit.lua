@@ -36,11 +36,14 @@
 
 -- the plan's top level gets its names back in one presized table (the decode builds no
 -- key strings); caps [id, code, n, w, b, ch, cat, xcat, camp, tag], candidates [ch, a, b,
--- pb, s, why] and blocks [c, r, iv] stay positional
+-- pb, s, why] and blocks [c, r, iv] stay positional. A candidate's pb and why are indices
+-- (0-based) into plan.pbs and plan.whys (why nil: none): the ranked slots of one channel
+-- share them
 local P = cmsgpack.unpack(ARGV[1])
 local plan = {now = P[1], rev = P[2], lo = P[3], keep = P[4], ttl = P[5], caps = P[7],
               cw = P[8], blocks = P[9], cands = P[10], mode = P[11], endr = P[12],
-              dry = P[13], sp = P[14], pk = P[15], xc = P[16], dp = P[17], pe = P[18]}
+              dry = P[13], sp = P[14], pk = P[15], xc = P[16], dp = P[17], pbs = P[18],
+              whys = P[19], pe = P[20]}
 local function message_facts(m)
   return {cat = m[1], camp = m[2], tags = m[3], oid = m[4], og = m[5], pr = m[6]}
 end
@@ -300,7 +303,7 @@ local function spread(t, b, rules, sp)
 end
 local function time_rules(cand)
   local rules = {}
-  for _, index in ipairs(cand[4]) do rules[#rules + 1] = plan.blocks[index + 1] end
+  for _, index in ipairs(plan.pbs[cand[4] + 1]) do rules[#rules + 1] = plan.blocks[index + 1] end
   if conflict_rule then rules[#rules + 1] = conflict_rule end
   return rules
 end
@@ -429,7 +432,7 @@ if chosen then
   end
   -- the chain stops at t, where the last rule stops blocking: reasons keep true instants
   chain(ev.rules, ev.cand[2], t, out_ch, reasons, seen)
-  local why = ev.cand[6]
+  local why = ev.cand[6] and plan.whys[ev.cand[6] + 1]
   if why ~= nil and #why == 2 and out_t > now then
     reasons[#reasons + 1] = {why[1], why[2], nil, out_ch}
   end
@@ -601,7 +604,7 @@ if plan.dry == 0 then
     local c, mem, last = {}, {}, out_t
     for i, cand in ipairs(plan.cands) do
       if cand[5] ~= 1 then
-        c[#c + 1] = {cand[1], cand[2], cand[3], cand[4]}
+        c[#c + 1] = {cand[1], cand[2], cand[3], plan.pbs[cand[4] + 1]}
         mem[#mem + 1] = ARGV[3 + i]
         if cand[3] > last then last = cand[3] end
       end

@@ -174,6 +174,10 @@ def test_encode_plan_is_positional_with_flat_intervals() -> None:
     block = p.blocks[0]
     shipped = core[PLAN_FIELDS.index("blocks")][0]
     assert shipped == [block.c, block.r, [x for iv in block.iv for x in iv]]
+    # candidates point at their pb list (shared: both channels have the same blocks)
+    pbs = core[PLAN_FIELDS.index("pbs")]
+    assert [c[3] for c in core[PLAN_FIELDS.index("cands")]] == [0, 0]
+    assert pbs == [p.cands[0].pb] and core[PLAN_FIELDS.index("whys")] == []
     caps = core[PLAN_FIELDS.index("caps")]
     assert caps and all(len(cap) == 10 for cap in caps)
     assert [cap[0] for cap in caps] == [c.id for c in api.plan._lua_caps(p)]
