@@ -310,17 +310,29 @@ end
 
 local function evaluate()
   local evaluated, chosen = {}, nil
+  -- a candidate's rules depend on its channel and time blocks only: the ranked slots of a
+  -- channel share them (read only from here on)
+  local by_pb = {}
   for i, cand in ipairs(plan.cands) do
-    local rules = time_rules(cand)
-    for ci, cap in ipairs(plan.caps) do
-      if matches(cap, cand[1], msg.cat, msg.camp, msg.tags) then
-        local rule = cap_cache[ci]
-        if rule == nil then
-          rule = {cap[2], cap[1], normalize(cap_blocks(cap))}
-          cap_cache[ci] = rule
+    local same = by_pb[cand[4]]
+    if same == nil then
+      same = {}
+      by_pb[cand[4]] = same
+    end
+    local rules = same[cand[1]]
+    if rules == nil then
+      rules = time_rules(cand)
+      for ci, cap in ipairs(plan.caps) do
+        if matches(cap, cand[1], msg.cat, msg.camp, msg.tags) then
+          local rule = cap_cache[ci]
+          if rule == nil then
+            rule = {cap[2], cap[1], normalize(cap_blocks(cap))}
+            cap_cache[ci] = rule
+          end
+          if #rule[3] > 0 then rules[#rules + 1] = rule end
         end
-        if #rule[3] > 0 then rules[#rules + 1] = rule end
       end
+      same[cand[1]] = rules
     end
     local t = first_free(rules, cand[2], cand[3])
     evaluated[i] = {cand = cand, rules = rules, t = t}
