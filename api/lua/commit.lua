@@ -12,7 +12,7 @@
 -- outcome of the candidate reserved (score, score now, propensity: api/scoring.py)
 --
 -- Modes: 'earliest' reserves the earliest free instant over all candidates; 'first' the
--- first candidate with a free instant; 'ranked' the first scored slot (cand s == 1, in
+-- first candidate with a free instant; 'ranked' the first scored slot (its s == 1, in
 -- the order given: best expected value first) that is free, else the earliest free
 -- instant of the remaining (window) candidates.
 --
@@ -28,8 +28,8 @@
 -- have 7 elements and the default priority plan.dp. The array header (first byte) differs
 -- between the two layouts, so a message's members are matched from the second byte on.
 --
--- Blocks are half-open integer intervals [s, e) of epoch milliseconds, kept flat (s1, e1,
--- s2, e2, ...) and sorted by start; a rule is {code, rule id, flat intervals}. A rolling cap of
+-- A rule is {code, rule id, its blocks flat: s1, e1, s2, e2, ..., sorted by start}. Blocks
+-- are half-open integer intervals [s, e) of epoch milliseconds. A rolling cap of
 -- N per W is violated by a new send at t iff some N existing matching sends plus t fit in
 -- a span shorter than W; for N consecutive entries e_a..e_{a+N-1} (span < W) that is
 -- exactly t in [e_{a+N-1} - W + 1, e_a + W). So "the instant the window frees" is e_a + W.
@@ -303,7 +303,9 @@ local function spread(t, b, rules, sp)
 end
 local function time_rules(cand)
   local rules = {}
-  for _, index in ipairs(plan.pbs[cand[4] + 1]) do rules[#rules + 1] = plan.blocks[index + 1] end
+  for _, index in ipairs(plan.pbs[cand[4] + 1]) do
+    rules[#rules + 1] = plan.blocks[index + 1]
+  end
   if conflict_rule then rules[#rules + 1] = conflict_rule end
   return rules
 end
@@ -498,7 +500,8 @@ local function stored_plan(raw_plan)
     b[i] = {blk.c, blk.r, iv}
   end
   for i, cap in ipairs(R.k) do
-    k[i] = {cap.id, cap.code, cap.n, cap.w, cap.b, cap.ch, cap.cat, cap.xcat, cap.camp, cap.tag}
+    k[i] = {cap.id, cap.code, cap.n, cap.w, cap.b, cap.ch, cap.cat, cap.xcat, cap.camp,
+            cap.tag}
   end
   local m = R.m
   return {2, c, b, k, R.w, {m.cat, m.camp, m.tags, m.oid, m.og, m.pr}, {R.e.c, R.e.r}, R.s,
