@@ -462,8 +462,25 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
     )
 
 
-#: a cap's scope lists: commit.lua reads a missing one like an empty one (no restriction)
-_SCOPE_LISTS = frozenset({"ch", "cat", "xcat", "camp", "tag"})
+#: The plan as commit.lua gets it: one MessagePack array, this order (the script reads
+#: ``plan[i]`` for field ``PLAN_FIELDS[i - 1]``). Positional arrays instead of maps, and
+#: each block's intervals flat: decoding a map costs Redis' Lua a key string per field and
+#: each ``[start, end]`` pair a table, and the decode was the largest part of the commit
+#: (docs/benchmarks.md, "h-lua2"). Nested layouts (all arrays):
+#:
+#: - msg   ``[cat, camp, tags, oid, og, pr]``
+#: - cap   ``[id, code, n, w, b, ch, cat, xcat, camp, tag]``, an empty list as nil
+#: - block ``[c, r, [s1, e1, s2, e2, ...]]`` (sorted by start)
+#: - cand  ``[ch, a, b, pb, s, why]``: ``pb`` the index of its list in ``pbs``, ``why`` the
+#:   index of its pair in ``whys`` (nil for none), so the ranked slots of a channel, which
+#:   share both, cost one table each
+#: - endr  ``[c, r]``
+#: - pe    ``[pc, ch, lo, hi, dx]``, dx ``{message id: [ch, lo, hi, {channel: block}]}``
+#:
+#: The plan is only ever a script argument of the same release, so it carries no version;
+#: the compact re-decision plans commit.lua stores (``sw:{t:u}:rp:<id>``) do.
+PLAN_FIELDS = ("now", "rev", "lo", "keep", "ttl", "msg", "caps", "cw", "blocks", "cands",
+               "mode", "endr", "dry", "sp", "pk", "xc", "dp", "pbs", "whys", "pe")
 
 
 def _cap_may_match(cap: CompiledCap, channels: set[str], msg: MessageFacts) -> bool:
@@ -476,30 +493,71 @@ def _cap_may_match(cap: CompiledCap, channels: set[str], msg: MessageFacts) -> b
             and (not cap.tag or any(t in cap.tag for t in msg.tags)))
 
 
-def _lua_caps(plan: Plan) -> list[dict[str, object]]:
-    """The caps as commit.lua gets them: only those that can match this message (the
-    others cost Redis a table each to unpack and a scope test per candidate, and change no
-    answer), each without its empty scope lists (the script reads a missing list like an
-    empty one). Decoding the plan was ~20 µs of the commit's Redis CPU
-    (docs/benchmarks.md, "Redis CPU per decision")."""
+def _lua_caps(plan: Plan) -> list[CompiledCap]:
+    """The caps commit.lua gets: only those that can match this message (the others cost
+    Redis a table each to unpack and a scope test per candidate, and change no answer)."""
     channels = {cand.ch for cand in plan.cands}
-    return [{name: value for name, value in msgspec.structs.asdict(cap).items()
-             if name not in _SCOPE_LISTS or value}
-            for cap in plan.caps if _cap_may_match(cap, channels, plan.msg)]
+    return [cap for cap in plan.caps if _cap_may_match(cap, channels, plan.msg)]
+
+
+def _flat(ivs: Sequence[tuple[int, int]]) -> list[int]:
+    return [x for iv in ivs for x in iv]
+
+
+def _lua_block(block: Block) -> list[object]:
+    return [block.c, block.r, _flat(block.iv)]
+
+
+def _lua_cap(cap: CompiledCap) -> list[object]:
+    # an empty scope list is nil: the script reads it like an empty one (no restriction)
+    # and does not build a table for it
+    return [cap.id, cap.code, cap.n, cap.w, cap.b or None, cap.ch or None, cap.cat or None,
+            cap.xcat or None, cap.camp or None, cap.tag or None]
+
+
+def _lua_pace(pe: PaceExpect) -> list[object]:
+    return [pe.pc, pe.ch, pe.lo, pe.hi,
+            {mid: [d.ch, d.lo, d.hi, {ch: _lua_block(b) for ch, b in d.bl.items()}]
+             for mid, d in pe.dx.items()}]
+
+
+def lua_plan(plan: Plan, caps: Sequence[CompiledCap]) -> list[object]:
+    """The plan array of ``PLAN_FIELDS`` with the given caps (``encode_plan`` ships
+    ``_lua_caps``; tests ship every compiled cap to show the filter changes no answer)."""
+    msg = plan.msg
+    pbs: dict[tuple[int, ...], int] = {}
+    whys: dict[tuple[str, ...], int] = {}
+    cands: list[list[object]] = []
+    for c in plan.cands:
+        pb = pbs.setdefault(tuple(c.pb), len(pbs))
+        why = whys.setdefault(tuple(c.why), len(whys)) if c.why else None
+        cands.append([c.ch, c.a, c.b, pb, c.s, why])
+    fields: dict[str, object] = {
+        "now": plan.now, "rev": plan.rev, "lo": plan.lo, "keep": plan.keep, "ttl": plan.ttl,
+        "msg": [msg.cat, msg.camp, msg.tags, msg.oid, msg.og, msg.pr],
+        "caps": [_lua_cap(cap) for cap in caps], "cw": plan.cw,
+        "blocks": [_lua_block(b) for b in plan.blocks],
+        "cands": cands,
+        "mode": plan.mode, "endr": [plan.endr.c, plan.endr.r], "dry": plan.dry,
+        "sp": plan.sp, "pk": plan.pk, "xc": plan.xc, "dp": plan.dp,
+        "pbs": [list(pb) for pb in pbs], "whys": [list(why) for why in whys],
+        # unpaced decisions do not pay for the field (the last one: nothing is shipped)
+        "pe": None if plan.pe is None else _lua_pace(plan.pe),
+    }
+    out = [fields[name] for name in PLAN_FIELDS]
+    while out and out[-1] is None:
+        out.pop()
+    return out
 
 
 def encode_plan(plan: Plan, annotations: Sequence[bytes] = ()) -> list[bytes]:
     """The commit script's arguments after the context: the plan as MessagePack (Redis'
-    Lua decodes it several times faster than JSON: no decimal number parsing), then the
-    member prefix, then one ledger member per candidate, as raw strings, then optionally
-    one JSON annotation per candidate (``[score, score_now, propensity]``, copied into the
-    outcome of the candidate reserved)."""
-    core = msgspec.structs.asdict(plan)
-    mid, members = core.pop("mid"), core.pop("members")
-    core["caps"] = _lua_caps(plan)
-    if core["pe"] is None:  # unpaced decisions do not pay for the field
-        del core["pe"]
-    return [_pack.encode(core), mid, *members, *annotations]
+    Lua decodes it several times faster than JSON: no decimal number parsing; the layout
+    is ``lua_plan``'s), then the member prefix, then one ledger member per candidate, as
+    raw strings, then optionally one JSON annotation per candidate (``[score, score_now,
+    propensity]``, copied into the outcome of the candidate reserved)."""
+    return [_pack.encode(lua_plan(plan, _lua_caps(plan))), plan.mid, *plan.members,
+            *annotations]
 
 
 #: Short JSON names of the stored context (format 2). ``did`` keeps its name: commit.lua

@@ -8,6 +8,7 @@ the answers must be (the replies are compared). Redis time per call from SLOWLOG
 
     python -m loadtests.bench_commit --a old_commit.lua --b api/lua/commit.lua
     python -m loadtests.bench_commit --a old_commit.lua --all-caps-for-a
+    python -m loadtests.bench_commit --a old_commit.lua --map-plan-for-a
 
 ``--all-caps-for-a`` sends A the plan with every compiled cap, as ``encode_plan`` did
 before it shipped only the caps that can match (docs/benchmarks.md, "Redis CPU per
@@ -15,43 +16,82 @@ decision: commit.lua"). ``--string-records-for-a`` gives A the message's own rec
 KEYS[2], for a commit.lua from before the records hash (docs/benchmarks.md, "h-mem"):
 
     python -m loadtests.bench_commit --a old_commit.lua --string-records-for-a
+
+``--map-plan-for-a`` sends A the plan in the layout before the
+positional one (maps, ``[start, end]`` pairs: a commit.lua older than h-lua2 needs it).
+
+``--replay`` measures Redis **CPU** instead (INFO cpu: the server process' own CPU time,
+which other processes on a shared box barely inflate, unlike SLOWLOG's wall time): the
+workload's commits are recorded once from a snapshot of the seeded keys, then replayed
+with A and with B, each round from the same snapshot (FLUSHDB + RESTORE), in pipelines of
+20 in recorded order, alternating which script goes first; replies compared.
+``--preemption`` turns preemption on in the policy (the mix has it off), so every
+deferral also stores its compact re-decision plan. ``--history`` first records half of
+the recipients' past activity (``population.history_events``, as ``bench_decisions``
+seeds it), so their decisions are scored from a profile and commit ranked slots.
+
+    python -m loadtests.bench_commit --replay --a old_commit.lua --map-plan-for-a
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import statistics
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import redis
 
 import api.plan
-from api.plan import Plan
+from api.plan import CompiledCap, Plan, lua_plan
+from api.policy import Policy
 from api.redis_client import make_redis
 from api.redis_server import EmbeddedRedis
+from api.schemas import Event
 from api.settings import Settings
 from loadtests.bench_engine import TENANT, Bench
+from loadtests.population import history_events, policy_document
+
+#: a cap's scope lists, left out of the map layout when empty
+_SCOPE_LISTS = frozenset({"ch", "cat", "xcat", "camp", "tag"})
+
+
+def map_plan(plan: Plan, caps: list[CompiledCap]) -> dict[str, Any]:
+    """The plan as ``encode_plan`` packed it before the positional layout (h-lua2)."""
+    core = msgspec.structs.asdict(plan)
+    del core["mid"], core["members"]
+    core["caps"] = [{name: value for name, value in msgspec.structs.asdict(cap).items()
+                     if name not in _SCOPE_LISTS or value} for cap in caps]
+    if core["pe"] is None:
+        del core["pe"]
+    return core
 
 
 async def run(url: str, script_a: str, script_b: str, decisions: int, users: int,
-              all_caps_for_a: bool, string_records_for_a: bool = False) -> None:
+              all_caps_for_a: bool, map_plan_for_a: bool, preemption: bool,
+              history: bool, string_records_for_a: bool = False) -> None:
     shipped = api.plan._lua_caps
     plans: list[Plan] = []
 
-    def recording(plan: Plan) -> list[dict[str, object]]:
+    def recording(plan: Plan) -> list[CompiledCap]:
         plans.append(plan)
         return shipped(plan)
 
-    api.plan._lua_caps = recording  # type: ignore[assignment]
+    api.plan._lua_caps = recording
     client = make_redis(Settings(redis_url=url, redis_max_connections=8,
                                  redis_timeout_seconds=5.0))
     raw = make_redis(Settings(redis_url=url, redis_max_connections=1,
                               redis_timeout_seconds=5.0))
     bench = Bench(client, users)
     await bench.seed()
+    if history:
+        await seed_history(bench, users)
+    if preemption:
+        await enable_preemption(bench)
     await bench.end_to_end(300)  # some ledger history first
     sha_a, sha_b = await raw.script_load(script_a), await raw.script_load(script_b)
     await raw.config_set("slowlog-log-slower-than", 0)
@@ -71,10 +111,11 @@ async def run(url: str, script_a: str, script_b: str, decisions: int, users: int
                 if dumped is not None:
                     await raw.restore(shadow(key), 0, dumped, replace=True)
         args_a = list(args)
-        if all_caps_for_a:
-            core = msgspec.msgpack.decode(args[0])
-            core["caps"] = [msgspec.structs.asdict(c) for c in plans[-1].caps]
-            args_a[0] = msgspec.msgpack.encode(core)
+        if all_caps_for_a or map_plan_for_a:
+            plan = plans[-1]
+            caps = plan.caps if all_caps_for_a else shipped(plan)
+            args_a[0] = msgspec.msgpack.encode(map_plan(plan, caps) if map_plan_for_a
+                                               else lua_plan(plan, caps))
         # before the records hash, KEYS[2] was the message's own key (now KEYS[6])
         keys_a = [keys[0], keys[5], *keys[2:5]] if string_records_for_a else keys
         runs = [(sha_a, keys_a, args_a), (sha_b, [shadow(k) for k in keys], args)]
@@ -99,6 +140,99 @@ async def run(url: str, script_a: str, script_b: str, decisions: int, users: int
     await raw.aclose()
 
 
+async def seed_history(bench: Bench, users: int) -> None:
+    """Half of the recipients' past activity, through the engine's event path."""
+    now = dt.datetime.now(dt.UTC)
+    events = [msgspec.convert(e, Event) for i in range(users) for e in history_events(i, now)]
+    for start in range(0, len(events), 500):
+        await bench.engine.record_events(TENANT, events[start:start + 500])
+
+
+async def enable_preemption(bench: Bench) -> None:
+    """The benchmark policy with preemption on (at most 2 displaced)."""
+    engine = bench.engine
+    policy = msgspec.convert({**policy_document(),
+                              "preemption": {"enabled": True, "max_displaced": 2}}, Policy)
+    stored = await engine.store.put_policy(TENANT, policy, None, engine.clock.now_ms())
+    engine.policies.put(TENANT, stored)
+
+
+def _redis_cpu(plain: redis.Redis) -> float:
+    cpu: dict[str, float] = plain.info("cpu")
+    return cpu["used_cpu_user"] + cpu["used_cpu_sys"]
+
+
+async def replay(url: str, script_a: str, script_b: str, decisions: int, users: int,
+                 all_caps_for_a: bool, map_plan_for_a: bool, rounds: int,
+                 preemption: bool, history: bool) -> None:
+    shipped = api.plan._lua_caps
+    client = make_redis(Settings(redis_url=url, redis_max_connections=8,
+                                 redis_timeout_seconds=5.0))
+    plain = redis.Redis.from_url(url)
+    bench = Bench(client, users)
+    await bench.seed()
+    if history:
+        await seed_history(bench, users)
+    if preemption:
+        await enable_preemption(bench)
+    await bench.end_to_end(300)  # some ledger history first
+    snapshot: dict[Any, tuple[bytes, int]] = {}
+    for key in plain.keys("*"):
+        dumped = plain.dump(key)
+        if dumped is not None:
+            snapshot[key] = (dumped, max(0, plain.pttl(key)))
+    plans: list[Plan] = []
+
+    def recording(plan: Plan) -> list[CompiledCap]:
+        plans.append(plan)
+        return shipped(plan)
+
+    calls: list[tuple[list[Any], list[Any], list[Any]]] = []
+    real = bench.engine.store._commit
+
+    async def record(*, keys: list[Any], args: list[Any]) -> Any:
+        plan = plans[-1]
+        args_a = list(args)
+        if all_caps_for_a or map_plan_for_a:
+            caps = plan.caps if all_caps_for_a else shipped(plan)
+            args_a[0] = msgspec.msgpack.encode(map_plan(plan, caps) if map_plan_for_a
+                                               else lua_plan(plan, caps))
+        calls.append((keys, args_a, args))
+        return await real(keys=keys, args=args)
+
+    api.plan._lua_caps = recording
+    bench.engine.store._commit = record  # type: ignore[assignment]
+    await bench.end_to_end(decisions)
+    api.plan._lua_caps = shipped
+    shas = {"A": plain.script_load(script_a), "B": plain.script_load(script_b)}
+    cpu: dict[str, list[float]] = {"A": [], "B": []}
+    replies: dict[str, list[Any]] = {}
+    for round_ in range(rounds):
+        for name in ("A", "B") if round_ % 2 == 0 else ("B", "A"):
+            plain.flushdb()
+            pipe = plain.pipeline(transaction=False)
+            for key, (dumped, ttl) in snapshot.items():
+                pipe.restore(key, ttl, dumped, replace=True)
+            pipe.execute()
+            out: list[Any] = []
+            before = _redis_cpu(plain)
+            for start in range(0, len(calls), 20):
+                pipe = plain.pipeline(transaction=False)
+                for keys, args_a, args in calls[start:start + 20]:
+                    pipe.evalsha(shas[name], len(keys), *keys, *(args_a if name == "A" else args))
+                out.extend(pipe.execute())
+            cpu[name].append((_redis_cpu(plain) - before) / len(calls) * 1e6)
+            replies.setdefault(name, out)
+    for name in ("A", "B"):
+        runs = " ".join(f"{x:.1f}" for x in cpu[name])
+        print(f"{name}: Redis CPU per commit median {statistics.median(cpu[name]):.1f} µs "
+              f"({runs}) over {len(calls):,} commits per round")
+    differ = sum(1 for x, y in zip(replies["A"], replies["B"], strict=True) if x != y)
+    print(f"replies that differ: {differ}")
+    await client.aclose()
+    plain.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench_commit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,15 +243,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="send A every compiled cap (the plan encoding before)")
     parser.add_argument("--string-records-for-a", action="store_true",
                         help="A is a commit.lua from before the records hash (one key per "
-                             "record): KEYS[2] is the message's record key")
+                             "record): KEYS[2] is the message's record key (not with --replay)")
+    parser.add_argument("--map-plan-for-a", action="store_true",
+                        help="send A the plan as maps (the layout before h-lua2)")
+    parser.add_argument("--replay", action="store_true",
+                        help="Redis CPU per commit (INFO cpu), replayed A/B from a snapshot")
+    parser.add_argument("--rounds", type=int, default=6, help="--replay: rounds per script")
+    parser.add_argument("--preemption", action="store_true",
+                        help="preemption on in the benchmark policy")
+    parser.add_argument("--history", action="store_true",
+                        help="seed half of the recipients' past activity first")
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--users", type=int, default=500)
     args = parser.parse_args(argv)
     script_a = Path(args.a).read_text() if args.a else current
     script_b = Path(args.b).read_text() if args.b else current
-    with EmbeddedRedis() as redis:
-        asyncio.run(run(redis.url, script_a, script_b, args.decisions, args.users,
-                        args.all_caps_for_a, args.string_records_for_a))
+    with EmbeddedRedis() as server:
+        if args.replay:
+            asyncio.run(replay(server.url, script_a, script_b, args.decisions, args.users,
+                               args.all_caps_for_a, args.map_plan_for_a, args.rounds,
+                               args.preemption, args.history))
+        else:
+            asyncio.run(run(server.url, script_a, script_b, args.decisions, args.users,
+                            args.all_caps_for_a, args.map_plan_for_a, args.preemption,
+                            args.history, args.string_records_for_a))
     return 0
 
 

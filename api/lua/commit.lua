@@ -7,13 +7,14 @@
 -- api/keys.py): a record is field <message id> of KEYS[2], or else (written before the
 -- hash, read and updated in place until it expires) KEYS[4] .. its message id; the
 -- compact plan a deferral keeps while it can be displaced is KEYS[5] .. its message id
--- ARGV[1] plan (MessagePack, built by api/plan.py), ARGV[2] context JSON (stored verbatim),
+-- ARGV[1] plan (MessagePack, built by api/plan.py: lua_plan, positional arrays in the order
+-- of PLAN_FIELDS), ARGV[2] context JSON (stored verbatim),
 -- ARGV[3] prefix of this message's ledger members, ARGV[3 + i] member of candidate i,
 -- ARGV[3 + #cands + i] (optional) JSON annotation of candidate i, copied as "s" into the
 -- outcome of the candidate reserved (score, score now, propensity: api/scoring.py)
 --
 -- Modes: 'earliest' reserves the earliest free instant over all candidates; 'first' the
--- first candidate with a free instant; 'ranked' the first scored slot (cand.s == 1, in
+-- first candidate with a free instant; 'ranked' the first scored slot (its s == 1, in
 -- the order given: best expected value first) that is free, else the earliest free
 -- instant of the remaining (window) candidates.
 --
@@ -29,18 +30,32 @@
 -- have 7 elements and the default priority plan.dp. The array header (first byte) differs
 -- between the two layouts, so a message's members are matched from the second byte on.
 --
--- Blocks are half-open integer intervals [s, e) of epoch milliseconds. A rolling cap of
+-- A rule is {code, rule id, its blocks flat: s1, e1, s2, e2, ..., sorted by start}. Blocks
+-- are half-open integer intervals [s, e) of epoch milliseconds. A rolling cap of
 -- N per W is violated by a new send at t iff some N existing matching sends plus t fit in
 -- a span shorter than W; for N consecutive entries e_a..e_{a+N-1} (span < W) that is
 -- exactly t in [e_{a+N-1} - W + 1, e_a + W). So "the instant the window frees" is e_a + W.
 
-local plan = cmsgpack.unpack(ARGV[1])
+-- the plan's top level gets its names back in one presized table (the decode builds no
+-- key strings); caps [id, code, n, w, b, ch, cat, xcat, camp, tag], candidates [ch, a, b,
+-- pb, s, why] and blocks [c, r, iv] stay positional. A candidate's pb and why are indices
+-- (0-based) into plan.pbs and plan.whys (why nil: none): the ranked slots of one channel
+-- share them
+local P = cmsgpack.unpack(ARGV[1])
+local plan = {now = P[1], rev = P[2], lo = P[3], keep = P[4], ttl = P[5], caps = P[7],
+              cw = P[8], blocks = P[9], cands = P[10], mode = P[11], endr = P[12],
+              dry = P[13], sp = P[14], pk = P[15], xc = P[16], dp = P[17], pbs = P[18],
+              whys = P[19], pe = P[20]}
+local function message_facts(m)
+  return {cat = m[1], camp = m[2], tags = m[3], oid = m[4], og = m[5], pr = m[6]}
+end
 local now = plan.now
--- channel pacing's expectation (api/plan.py: PaceExpect), nil when nothing is paced
+-- channel pacing's expectation (api/plan.py: PaceExpect; [pc, ch, lo, hi, dx]), nil when
+-- nothing is paced
 local pe = plan.pe
 local function is_paced(ch)
   if pe == nil then return false end
-  for _, c in ipairs(pe.pc) do if c == ch then return true end end
+  for _, c in ipairs(pe[1]) do if c == ch then return true end end
   return false
 end
 
@@ -142,29 +157,34 @@ local function add_entry(e)
   table.insert(entries, at, e)
 end
 
-local function in_list(list, v)
-  if list == nil or #list == 0 then return true end
-  for _, x in ipairs(list) do if x == v then return true end end
+local function has(list, v)
+  for i = 1, #list do if list[i] == v then return true end end
   return false
 end
 local function excluded(list, v)
-  if list == nil then return false end
-  for _, x in ipairs(list) do if x == v then return true end end
-  return false
+  return list ~= nil and has(list, v)
 end
-local function tags_match(list, tags)
-  if list == nil or #list == 0 then return true end
-  for _, t in ipairs(tags) do
-    for _, x in ipairs(list) do if x == t then return true end end
-  end
-  return false
-end
+-- cap: [id, code, n, w, b, ch, cat, xcat, camp, tag] (api/plan.py: _lua_cap); a missing
+-- or empty scope list restricts nothing. One function without calls per list: it runs
+-- once per cap and ledger entry.
 local function matches(cap, ch, cat, camp, tags)
-  return in_list(cap.ch, ch) and in_list(cap.cat, cat) and not excluded(cap.xcat, cat)
-    and in_list(cap.camp, camp) and tags_match(cap.tag, tags)
+  local l = cap[6]
+  if l ~= nil and #l > 0 and not has(l, ch) then return false end
+  l = cap[7]
+  if l ~= nil and #l > 0 and not has(l, cat) then return false end
+  l = cap[8]
+  if l ~= nil and has(l, cat) then return false end
+  l = cap[9]
+  if l ~= nil and #l > 0 and not has(l, camp) then return false end
+  l = cap[10]
+  if l ~= nil and #l > 0 then
+    for i = 1, #tags do if has(l, tags[i]) then return true end end
+    return false
+  end
+  return true
 end
 
--- blocked intervals of one cap for a message on channel ch
+-- blocked intervals of one cap (flat, in order of start: the entries are in time order)
 local function cap_blocks(cap)
   local times = {}
   for _, e in ipairs(entries) do
@@ -173,14 +193,17 @@ local function cap_blocks(cap)
     end
   end
   local out = {}
-  local n = cap.n
-  if cap.w > 0 then
+  local n, w = cap[3], cap[4]
+  if w > 0 then
     for a = 1, #times - n + 1 do
       local first, last = times[a], times[a + n - 1]
-      if last - first < cap.w then out[#out + 1] = {last - cap.w + 1, first + cap.w} end
+      if last - first < w then
+        out[#out + 1] = last - w + 1
+        out[#out + 1] = first + w
+      end
     end
   else
-    local b = cap.b
+    local b = cap[5]
     local counts = {}
     local k = 1
     for _, t in ipairs(times) do
@@ -188,13 +211,16 @@ local function cap_blocks(cap)
       if k < #b and b[k] <= t then counts[k] = (counts[k] or 0) + 1 end
     end
     for i = 1, #b - 1 do
-      if (counts[i] or 0) >= n then out[#out + 1] = {b[i], b[i + 1]} end
+      if (counts[i] or 0) >= n then
+        out[#out + 1] = b[i]
+        out[#out + 1] = b[i + 1]
+      end
     end
   end
   return out
 end
 
-local msg = plan.msg
+local msg = message_facts(P[6])
 local cw = plan.cw
 
 -- 4. a duplicate offer suppresses the whole message, whatever the channel
@@ -210,17 +236,30 @@ if cw > 0 and msg.og ~= '' then
   end
 end
 
--- sort + merge
-local function normalize(ivs)
-  table.sort(ivs, function(x, y) return x[1] < y[1] end)
-  local out = {}
-  for _, iv in ipairs(ivs) do
-    if iv[2] > iv[1] then
-      local last = out[#out]
-      if last and iv[1] <= last[2] then
-        if iv[2] > last[2] then last[2] = iv[2] end
+-- merge flat intervals (sorted by start first when they are not: only pacing's spans
+-- come from outside this script and the plan)
+local function normalize(iv)
+  local n = #iv
+  for i = 3, n - 1, 2 do
+    if iv[i] < iv[i - 2] then
+      local pairs_ = {}
+      for j = 1, n - 1, 2 do pairs_[#pairs_ + 1] = {iv[j], iv[j + 1]} end
+      table.sort(pairs_, function(x, y) return x[1] < y[1] end)
+      iv = {}
+      for _, p in ipairs(pairs_) do iv[#iv + 1] = p[1] iv[#iv + 1] = p[2] end
+      break
+    end
+  end
+  local out, m = {}, 0
+  for i = 1, n - 1, 2 do
+    local s, e = iv[i], iv[i + 1]
+    if e > s then
+      if m > 0 and s <= out[m] then
+        if e > out[m] then out[m] = e end
       else
-        out[#out + 1] = {iv[1], iv[2]}
+        out[m + 1] = s
+        out[m + 2] = e
+        m = m + 2
       end
     end
   end
@@ -230,15 +269,19 @@ end
 -- earliest instant in [a, b) outside every block, or nil. x only ever jumps to the end of
 -- a block covering it, so [a, x) stays covered, and the sweep ends when nothing covers x:
 -- the same instant as merging all blocks first, without building and sorting that list
--- (most calls stop after one or two sweeps).
+-- (most calls stop after one or two sweeps). A rule's intervals are sorted by start, so
+-- its scan stops at the first one starting after x.
 local function first_free(rules, a, b)
   local x = a
   local moved = true
   while moved and x < b do
     moved = false
     for _, r in ipairs(rules) do
-      for _, iv in ipairs(r.iv) do
-        if iv[1] <= x and x < iv[2] then x = iv[2] moved = true end
+      local iv = r[3]
+      for j = 1, #iv, 2 do
+        local s = iv[j]
+        if s > x then break end
+        if x < iv[j + 1] then x = iv[j + 1] moved = true end
       end
     end
   end
@@ -252,17 +295,20 @@ local function chain(rules, a, target, ch, out, seen)
   while x < target do
     local nx = nil
     for _, r in ipairs(rules) do
-      for _, iv in ipairs(r.iv) do
-        if iv[1] <= x and x < iv[2] then
-          local key = r.c .. '\0' .. r.r .. '\0' .. ch
+      local iv = r[3]
+      for j = 1, #iv, 2 do
+        if iv[j] > x then break end
+        local e = iv[j + 1]
+        if x < e then
+          local key = r[1] .. '\0' .. r[2] .. '\0' .. ch
           local idx = seen[key]
           if idx == nil then
-            out[#out + 1] = {r.c, r.r, iv[2], ch}
+            out[#out + 1] = {r[1], r[2], e, ch}
             seen[key] = #out
-          elseif out[idx][3] < iv[2] then
-            out[idx][3] = iv[2]
+          elseif out[idx][3] < e then
+            out[idx][3] = e
           end
-          if nx == nil or iv[2] > nx then nx = iv[2] end
+          if nx == nil or e > nx then nx = e end
           break
         end
       end
@@ -280,11 +326,12 @@ local function conflict_for(m, cwin)
   local iv = {}
   for _, e in ipairs(entries) do
     if not e.gone and e.og == m.og and e.oid ~= m.oid then
-      iv[#iv + 1] = {e.t - cwin + 1, e.t + cwin}
+      iv[#iv + 1] = e.t - cwin + 1
+      iv[#iv + 1] = e.t + cwin
     end
   end
   if #iv == 0 then return nil end
-  return {c = 'conflicting_offer', r = 'conflict_group:' .. m.og, iv = normalize(iv)}
+  return {'conflicting_offer', 'conflict_group:' .. m.og, normalize(iv)}
 end
 local conflict_rule = conflict_for(msg, cw)
 
@@ -298,39 +345,58 @@ local function spread(t, b, rules, sp)
   if sp <= 0 or t <= now then return t end
   local gap_end = b
   for _, r in ipairs(rules) do
-    for _, iv in ipairs(r.iv) do
-      if r.c == 'channel_pacing' and iv[2] == t then return t end
-      if iv[1] > t and iv[1] < gap_end then gap_end = iv[1] end
+    local iv, paced = r[3], r[1] == 'channel_pacing'
+    for j = 1, #iv, 2 do
+      local s = iv[j]
+      if paced and iv[j + 1] == t then return t end
+      if s > t then  -- sorted: the first start after t is the rule's nearest
+        if s < gap_end then gap_end = s end
+        break
+      end
     end
   end
   return math.min(t + sp, gap_end - 1)
 end
 local function time_rules(cand)
   local rules = {}
-  for _, index in ipairs(cand.pb) do rules[#rules + 1] = plan.blocks[index + 1] end
+  for _, index in ipairs(plan.pbs[cand[4] + 1]) do
+    rules[#rules + 1] = plan.blocks[index + 1]
+  end
   if conflict_rule then rules[#rules + 1] = conflict_rule end
   return rules
 end
 
 local function evaluate()
   local evaluated, chosen = {}, nil
+  -- a candidate's rules depend on its channel and time blocks only: the ranked slots of a
+  -- channel share them (read only from here on)
+  local by_pb = {}
   for i, cand in ipairs(plan.cands) do
-    local rules = time_rules(cand)
-    for ci, cap in ipairs(plan.caps) do
-      if matches(cap, cand.ch, msg.cat, msg.camp, msg.tags) then
-        local rule = cap_cache[ci]
-        if rule == nil then
-          rule = {c = cap.code, r = cap.id, iv = normalize(cap_blocks(cap))}
-          cap_cache[ci] = rule
-        end
-        if #rule.iv > 0 then rules[#rules + 1] = rule end
-      end
+    local same = by_pb[cand[4]]
+    if same == nil then
+      same = {}
+      by_pb[cand[4]] = same
     end
-    local t = first_free(rules, cand.a, cand.b)
+    local rules = same[cand[1]]
+    if rules == nil then
+      rules = time_rules(cand)
+      for ci, cap in ipairs(plan.caps) do
+        if matches(cap, cand[1], msg.cat, msg.camp, msg.tags) then
+          local rule = cap_cache[ci]
+          if rule == nil then
+            rule = {cap[2], cap[1], normalize(cap_blocks(cap))}
+            cap_cache[ci] = rule
+          end
+          if #rule[3] > 0 then rules[#rules + 1] = rule end
+        end
+      end
+      same[cand[1]] = rules
+    end
+    local t = first_free(rules, cand[2], cand[3])
     evaluated[i] = {cand = cand, rules = rules, t = t}
     if t ~= nil then
       if plan.mode == 'first' then chosen = i break end
-      if plan.mode == 'ranked' and cand.s == 1 then chosen = i break end
+      if plan.mode == 'ranked' and cand[5] == 1 then chosen = i break end
       if chosen == nil or t < evaluated[chosen].t then chosen = i end
     end
   end
@@ -347,7 +413,7 @@ local displaced = {}
 if plan.pk > 0 and #plan.cands > 0 then
   local ti, target = nil, nil
   for i, cand in ipairs(plan.cands) do
-    local t = first_free(time_rules(cand), cand.a, cand.b)
+    local t = first_free(time_rules(cand), cand[2], cand[3])
     if t ~= nil then
       if plan.mode ~= 'earliest' then ti, target = i, t break end
       if target == nil or t < target then ti, target = i, t end
@@ -360,9 +426,10 @@ if plan.pk > 0 and #plan.cands > 0 then
     local function blocking()
       local hit = {}
       for _, cap in ipairs(plan.caps) do
-        if matches(cap, cand.ch, msg.cat, msg.camp, msg.tags) then
-          for _, iv in ipairs(cap_blocks(cap)) do
-            if iv[1] <= target and target < iv[2] then hit[#hit + 1] = cap break end
+        if matches(cap, cand[1], msg.cat, msg.camp, msg.tags) then
+          local iv = cap_blocks(cap)
+          for j = 1, #iv, 2 do
+            if iv[j] <= target and target < iv[j + 1] then hit[#hit + 1] = cap break end
           end
         end
       end
@@ -370,8 +437,8 @@ if plan.pk > 0 and #plan.cands > 0 then
     end
     -- an entry counts toward the cap's block at T only inside its window (or bucket)
     local function near(cap, t)
-      if cap.w > 0 then return math.abs(t - target) < cap.w end
-      local b = cap.b
+      if cap[4] > 0 then return math.abs(t - target) < cap[4] end
+      local b = cap[5]
       for i = 1, #b - 1 do
         if b[i] <= target and target < b[i + 1] then return b[i] <= t and t < b[i + 1] end
       end
@@ -386,7 +453,7 @@ if plan.pk > 0 and #plan.cands > 0 then
             if matches(cap, e.ch, e.cat, e.camp, e.tags) and near(cap, e.t) then
               if victim == nil or e.pr < victim.pr or (e.pr == victim.pr and e.t > victim.t) then
                 victim = e
-                e.by = cap.id
+                e.by = cap[1]
               end
               break
             end
@@ -422,30 +489,30 @@ local decision, out_ch, out_t
 if chosen then
   local ev = evaluated[chosen]
   local t = ev.t
-  out_ch, out_t = ev.cand.ch, t
+  out_ch, out_t = ev.cand[1], t
   decision = (t <= now) and 'send' or 'defer'
-  out_t = spread(t, ev.cand.b, ev.rules, plan.sp)
+  out_t = spread(t, ev.cand[3], ev.rules, plan.sp)
   -- channels preferred over the chosen one: why they lost, at the instant it was chosen
   for i = 1, chosen - 1 do
     local other = evaluated[i]
     if other.t == nil or other.t > t then
-      chain(other.rules, other.cand.a, math.min(t + 1, other.cand.b), other.cand.ch,
-            reasons, seen)
+      local oc = other.cand
+      chain(other.rules, oc[2], math.min(t + 1, oc[3]), oc[1], reasons, seen)
     end
   end
   -- the chain stops at t, where the last rule stops blocking: reasons keep true instants
-  chain(ev.rules, ev.cand.a, t, out_ch, reasons, seen)
-  local why = ev.cand.why
+  chain(ev.rules, ev.cand[2], t, out_ch, reasons, seen)
+  local why = ev.cand[6] and plan.whys[ev.cand[6] + 1]
   if why ~= nil and #why == 2 and out_t > now then
     reasons[#reasons + 1] = {why[1], why[2], nil, out_ch}
   end
 else
   decision = 'suppress'
   for _, ev in ipairs(evaluated) do
-    chain(ev.rules, ev.cand.a, ev.cand.b, ev.cand.ch, reasons, seen)
+    chain(ev.rules, ev.cand[2], ev.cand[3], ev.cand[1], reasons, seen)
   end
   if #plan.cands > 0 then
-    reasons[#reasons + 1] = {plan.endr.c, plan.endr.r, nil, nil}
+    reasons[#reasons + 1] = {plan.endr[1], plan.endr[2], nil, nil}
   end
 end
 
@@ -470,38 +537,68 @@ if note then out = out .. ',"s":' .. note end
 -- time blocks, caps compiled for its priority, conflict window, spread) allows, spread
 -- like any deferral; none before its horizon (or no stored plan): suppressed. Either way
 -- the first reason is 'preempted'. No cascade: a re-decided message displaces nobody.
+-- A stored re-decision plan (step 7) is {2, cands [ch, a, b, pb], blocks, caps, conflict
+-- window, msg, end reason, spread, members}, the layouts of the plan (api/plan.py). Plans
+-- stored before that layout (a map: {c = cands, b = blocks with [s, e] pairs, k = caps,
+-- w, m = msg, e = end reason, s, mem}, all structs maps) outlive a deploy: they are read
+-- into the new layout.
+local function stored_plan(raw_plan)
+  local R = cmsgpack.unpack(raw_plan)
+  if R[1] == 2 then return R end
+  local c, b, k = {}, {}, {}
+  for i, x in ipairs(R.c) do c[i] = {x.ch, x.a, x.b, x.pb} end
+  for i, blk in ipairs(R.b) do
+    local iv = {}
+    for _, pair in ipairs(blk.iv) do
+      iv[#iv + 1] = pair[1]
+      iv[#iv + 1] = pair[2]
+    end
+    b[i] = {blk.c, blk.r, iv}
+  end
+  for i, cap in ipairs(R.k) do
+    k[i] = {cap.id, cap.code, cap.n, cap.w, cap.b, cap.ch, cap.cat, cap.xcat, cap.camp,
+            cap.tag}
+  end
+  local m = R.m
+  return {2, c, b, k, R.w, {m.cat, m.camp, m.tags, m.oid, m.og, m.pr}, {R.e.c, R.e.r}, R.s,
+          R.mem}
+end
+
 local function redecide(v)
   local raw_plan = redis.call('GET', KEYS[5] .. v.mid)
   local first = {'preempted', v.by, nil, v.ch}
   if not raw_plan then return {d = 'suppress', r = {first}} end
-  local R = cmsgpack.unpack(raw_plan)
-  local conflict = conflict_for(R.m, R.w)
-  -- the full pacing spans the caller found for this message's new instant (step 6c)
-  local paced_blocks = pe ~= nil and pe.dx ~= nil and pe.dx[v.mid] and pe.dx[v.mid].bl or {}
+  local R = stored_plan(raw_plan)
+  local m = message_facts(R[6])
+  local conflict = conflict_for(m, R[5])
+  -- the full pacing spans the caller found for this message's new instant (step 6c):
+  -- pe.dx[id] is [ch, lo, hi, {channel: block}]
+  local dx = pe ~= nil and pe[5] ~= nil and pe[5][v.mid]
+  local paced_blocks = dx and dx[4] or {}
   local best, bt, brules
-  for i, cand in ipairs(R.c) do
+  for i, cand in ipairs(R[2]) do
     local rules = {}
-    for _, index in ipairs(cand.pb) do rules[#rules + 1] = R.b[index + 1] end
-    local pb = paced_blocks[cand.ch]
-    if pb ~= nil then rules[#rules + 1] = {c = pb.c, r = pb.r, iv = normalize(pb.iv)} end
-    for _, cap in ipairs(R.k) do
-      if matches(cap, cand.ch, R.m.cat, R.m.camp, R.m.tags) then
+    for _, index in ipairs(cand[4]) do rules[#rules + 1] = R[3][index + 1] end
+    local pb = paced_blocks[cand[1]]
+    if pb ~= nil then rules[#rules + 1] = {pb[1], pb[2], normalize(pb[3])} end
+    for _, cap in ipairs(R[4]) do
+      if matches(cap, cand[1], m.cat, m.camp, m.tags) then
         local iv = normalize(cap_blocks(cap))
-        if #iv > 0 then rules[#rules + 1] = {c = cap.code, r = cap.id, iv = iv} end
+        if #iv > 0 then rules[#rules + 1] = {cap[2], cap[1], iv} end
       end
     end
     if conflict then rules[#rules + 1] = conflict end
-    local t = first_free(rules, math.max(cand.a, v.t), cand.b)
+    local t = first_free(rules, math.max(cand[2], v.t), cand[3])
     if t ~= nil and (bt == nil or t < bt) then best, bt, brules = i, t, rules end
   end
   if best == nil then
-    return {d = 'suppress', r = {first, {R.e.c, R.e.r, nil, nil}}}
+    return {d = 'suppress', r = {first, {R[7][1], R[7][2], nil, nil}}}
   end
-  local cand = R.c[best]
+  local cand = R[2][best]
   local rs, seen2 = {first}, {}
-  chain(brules, v.t, bt, cand.ch, rs, seen2)
-  return {d = 'defer', ch = cand.ch, t = spread(bt, cand.b, brules, R.s), r = rs,
-          member = R.mem[best], plan = raw_plan}
+  chain(brules, v.t, bt, cand[1], rs, seen2)
+  return {d = 'defer', ch = cand[1], t = spread(bt, cand[3], brules, R[8]), r = rs,
+          member = R[9][best], plan = raw_plan}
 end
 
 local moved = {}
@@ -544,15 +641,15 @@ out = out .. '}'
 -- returned ('repace', with id, channel, instant each) and nothing is written. So no paced
 -- send is ever written uncounted.
 if plan.dry == 0 and pe ~= nil then
-  if out_t and is_paced(out_ch) and (out_ch ~= pe.ch or out_t < pe.lo or out_t >= pe.hi) then
+  if out_t and is_paced(out_ch) and (out_ch ~= pe[2] or out_t < pe[3] or out_t >= pe[4]) then
     return {'moved', out}
   end
   local repace = {'repace', out}
   for _, m in ipairs(moved) do
     local r = m.r
     if r.t and is_paced(r.ch) then
-      local dx = pe.dx ~= nil and pe.dx[m.e.mid] or nil
-      if dx == nil or dx.ch ~= r.ch or r.t < dx.lo or r.t >= dx.hi then
+      local dx = pe[5] ~= nil and pe[5][m.e.mid] or nil
+      if dx == nil or dx[1] ~= r.ch or r.t < dx[2] or r.t >= dx[3] then
         repace[#repace + 1] = m.e.mid
         repace[#repace + 1] = r.ch
         repace[#repace + 1] = fmt(r.t)
@@ -577,34 +674,31 @@ if plan.dry == 0 then
   if plan.pk > 0 and out_t and out_t > now then
     local c, mem, last = {}, {}, out_t
     for i, cand in ipairs(plan.cands) do
-      if cand.s ~= 1 then
-        c[#c + 1] = {ch = cand.ch, a = cand.a, b = cand.b, pb = cand.pb}
+      if cand[5] ~= 1 then
+        c[#c + 1] = {cand[1], cand[2], cand[3], plan.pbs[cand[4] + 1]}
         mem[#mem + 1] = ARGV[3 + i]
-        if cand.b > last then last = cand.b end
+        if cand[3] > last then last = cand[3] end
       end
     end
     -- only the intervals its re-decision can meet: after this reservation, before the end
     local blocks = {}
     for i, blk in ipairs(plan.blocks) do
-      local iv = {}
-      for _, x in ipairs(blk.iv) do
-        if x[2] > out_t and x[1] < last then iv[#iv + 1] = x end
+      local iv, all = {}, blk[3]
+      for j = 1, #all, 2 do
+        local s, e = all[j], all[j + 1]
+        if s >= last then break end
+        if e > out_t then
+          iv[#iv + 1] = s
+          iv[#iv + 1] = e
+        end
       end
-      blocks[i] = {c = blk.c, r = blk.r, iv = iv}
+      blocks[i] = {blk[1], blk[2], iv}
     end
-    -- caps without their empty scope lists (nil matches everything, like an empty list)
-    local caps = {}
-    for i, cap in ipairs(plan.caps) do
-      local k = {}
-      for name, value in pairs(cap) do
-        if type(value) ~= 'table' or #value > 0 then k[name] = value end
-      end
-      caps[i] = k
-    end
+    -- the layout stored_plan reads (version 2); caps as shipped (an empty scope list nil)
     -- ARGV[3] is the member prefix: the array header, then the packed message id
     redis.call('SET', KEYS[5] .. cmsgpack.unpack(string.sub(ARGV[3], 2)), cmsgpack.pack(
-      {c = c, b = blocks, k = caps, w = cw, m = msg, e = plan.endr, s = plan.sp,
-       mem = mem}), 'PX', fmt(out_t - now + 1))
+      {2, c, blocks, plan.caps, cw, P[6], plan.endr, plan.sp, mem}), 'PX',
+      fmt(out_t - now + 1))
   end
   for _, m in ipairs(moved) do
     redis.call('ZREM', KEYS[1], m.e.member)

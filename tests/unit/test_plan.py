@@ -11,11 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import api.plan
 from api.locale import Location
 from api.plan import (
     DAY_MS,
     LOOKAHEAD_MS,
     MINUTE_MS,
+    PLAN_FIELDS,
     Block,
     PreReason,
     build_plan,
@@ -152,14 +154,36 @@ def test_ledger_member_with_a_nul_tag() -> None:
 def test_encode_plan_ships_binary_parts_as_separate_arguments() -> None:
     p = plan_for(request(channels=["email", "sms"]), policy(), state())
     packed, prefix, *members = encode_plan(p)
-    core = msgspec.msgpack.decode(packed)
+    core = dict(zip(PLAN_FIELDS, msgspec.msgpack.decode(packed), strict=False))
     assert "mid" not in core and "members" not in core
     assert prefix == member_prefix("m1")
     assert [decode_member(m)[1] for m in members] == ["email", "sms"]
-    assert [c["ch"] for c in core["cands"]] == ["email", "sms"]
+    assert [c[0] for c in core["cands"]] == ["email", "sms"]
     # a quiet-hours block shared by both channels is shipped once
-    assert core["cands"][0]["pb"] == core["cands"][1]["pb"]
-    assert [b["r"] for b in core["blocks"]] == ["default-quiet-hours"]
+    assert core["cands"][0][3] == core["cands"][1][3]
+    assert [b[1] for b in core["blocks"]] == ["default-quiet-hours"]
+
+
+def test_encode_plan_is_positional_with_flat_intervals() -> None:
+    """commit.lua reads the plan by position (``PLAN_FIELDS``), each block's intervals
+    flat, and a cap's empty scope lists as nil."""
+    p = plan_for(request(channels=["email", "sms"]), policy(), state())
+    core = msgspec.msgpack.decode(encode_plan(p)[0])
+    assert core[:PLAN_FIELDS.index("msg")] == [p.now, p.rev, p.lo, p.keep, p.ttl]
+    assert "pe" not in PLAN_FIELDS[:len(core)]  # unpaced: not shipped
+    block = p.blocks[0]
+    shipped = core[PLAN_FIELDS.index("blocks")][0]
+    assert shipped == [block.c, block.r, [x for iv in block.iv for x in iv]]
+    # candidates point at their pb list (shared: both channels have the same blocks)
+    pbs = core[PLAN_FIELDS.index("pbs")]
+    assert [c[3] for c in core[PLAN_FIELDS.index("cands")]] == [0, 0]
+    assert pbs == [p.cands[0].pb] and core[PLAN_FIELDS.index("whys")] == []
+    caps = core[PLAN_FIELDS.index("caps")]
+    assert caps and all(len(cap) == 10 for cap in caps)
+    assert [cap[0] for cap in caps] == [c.id for c in api.plan._lua_caps(p)]
+    for cap, compiled in zip(caps, api.plan._lua_caps(p), strict=True):
+        assert cap[5:] == [compiled.ch or None, compiled.cat or None, compiled.xcat or None,
+                           compiled.camp or None, compiled.tag or None]
 
 
 # ------------------------------------------------------------------------ fingerprint
