@@ -13,12 +13,13 @@ the answers must be (the replies are compared). Redis time per call from SLOWLOG
 ``--all-caps-for-a`` sends A the plan with every compiled cap, as ``encode_plan`` did
 before it shipped only the caps that can match (docs/benchmarks.md, "Redis CPU per
 decision: commit.lua"). ``--string-records-for-a`` gives A the message's own record key as
-KEYS[2], for a commit.lua from before the records hash (docs/benchmarks.md, "h-mem"):
+KEYS[2], for a commit.lua from before the records hash (docs/benchmarks.md, "Idempotency
+records in one hash per user"):
 
     python -m loadtests.bench_commit --a old_commit.lua --string-records-for-a
 
 ``--map-plan-for-a`` sends A the plan in the layout before the
-positional one (maps, ``[start, end]`` pairs: a commit.lua older than h-lua2 needs it).
+positional one (maps, ``[start, end]`` pairs: a commit.lua from before the positional plan needs it).
 
 ``--replay`` measures Redis **CPU** instead (INFO cpu: the server process' own CPU time,
 which other processes on a shared box barely inflate, unlike SLOWLOG's wall time): the
@@ -61,7 +62,7 @@ _SCOPE_LISTS = frozenset({"ch", "cat", "xcat", "camp", "tag"})
 
 
 def map_plan(plan: Plan, caps: list[CompiledCap]) -> dict[str, Any]:
-    """The plan as ``encode_plan`` packed it before the positional layout (h-lua2)."""
+    """The plan as ``encode_plan`` packed it before the positional layout."""
     core = msgspec.structs.asdict(plan)
     del core["mid"], core["members"]
     core["caps"] = [{name: value for name, value in msgspec.structs.asdict(cap).items()
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="A is a commit.lua from before the records hash (one key per "
                              "record): KEYS[2] is the message's record key (not with --replay)")
     parser.add_argument("--map-plan-for-a", action="store_true",
-                        help="send A the plan as maps (the layout before h-lua2)")
+                        help="send A the plan as maps (the layout before the positional plan)")
     parser.add_argument("--replay", action="store_true",
                         help="Redis CPU per commit (INFO cpu), replayed A/B from a snapshot")
     parser.add_argument("--rounds", type=int, default=6, help="--replay: rounds per script")
