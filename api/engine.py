@@ -302,7 +302,10 @@ class Engine:
                 reply = await self.pacing.commit(tenant, user, request.message_id, policy,
                                                  choice.plan, choice.annotations,
                                                  encode_context(ctx),
-                                                 CommitCheck.of(state, request.campaign_id))
+                                                 # a state read just now: rev suffices, as
+                                                 # before (every write to it bumps rev)
+                                                 CommitCheck.of(state, request.campaign_id)
+                                                 if cached else None)
             if reply.status == "stale":
                 if cached:
                     self.metrics.state_cache_stale.inc()
