@@ -235,7 +235,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: so this bounds only the send-time profile's age; 0 turns the cache off
     state_cache_seconds: float = 5.0
     #: recipients one worker's state cache holds at most (least recently used evicted)
-    state_cache_size: int = 50_000
+    state_cache_size: int = 20_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -268,5 +268,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             benchmark_endpoints=_flag(env, "SENDWISE_BENCHMARK_ENDPOINTS", False),
             decision_log=_flag(env, "SENDWISE_DECISION_LOG", True),
             state_cache_seconds=_seconds(env, "SENDWISE_STATE_CACHE_SECONDS", 5.0),
-            state_cache_size=_int(env, "SENDWISE_STATE_CACHE_SIZE", 50_000),
+            state_cache_size=_int(env, "SENDWISE_STATE_CACHE_SIZE", 20_000),
         )

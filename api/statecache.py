@@ -97,6 +97,14 @@ class StateCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+        # expired entries at the cold end go now, so memory follows the recipients decided
+        # within the TTL rather than the size bound (amortised O(1): each goes once)
+        now = self.clock()
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if oldest.expires > now:
+                break
+            self._entries.popitem(last=False)
 
     def confirm(self, tenant: str, user_id: str, campaign_id: str | None,
                 converted_at: int | None) -> None:

@@ -235,7 +235,7 @@ def test_settings_log_decisions_case_insensitive(value: str) -> None:
 def test_settings_state_cache() -> None:
     """On by default (a few seconds, tens of thousands of recipients); 0 turns it off."""
     s = Settings.from_env({})
-    assert (s.state_cache_seconds, s.state_cache_size) == (5.0, 50_000)
+    assert (s.state_cache_seconds, s.state_cache_size) == (5.0, 20_000)
     s = Settings.from_env({"SENDWISE_STATE_CACHE_SECONDS": "0.5",
                            "SENDWISE_STATE_CACHE_SIZE": "10"})
     assert (s.state_cache_seconds, s.state_cache_size) == (0.5, 10)

@@ -83,3 +83,14 @@ def test_the_commit_check_carries_the_hash_as_read() -> None:
     assert CommitCheck.of(state, None).args()[-3:] == ["", "123", "3"]
     empty = parse_read_reply([[], None, None, None])
     assert CommitCheck.of(empty, "c1").args() == ["c1", "", "0"]
+
+
+def test_expired_entries_at_the_cold_end_go_on_the_next_put() -> None:
+    clock = Clock()
+    cache = StateCache(5.0, 100, clock)
+    for user in ("a", "b", "c"):
+        cache.put("t", user, None, _state(), clock())
+        clock.t += 1
+    clock.t = 100 + 5.5  # a (read at 100) expired, b and c not
+    cache.put("t", "d", None, _state(), clock())
+    assert len(cache) == 3 and cache.get("t", "a", None) is None
