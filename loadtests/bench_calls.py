@@ -32,11 +32,13 @@ import msgspec
 
 from api.clock import SystemClock
 from api.engine import Engine
+from api.keys import user_keys
 from api.redis_client import RedisClient, make_redis
 from api.redis_server import EmbeddedRedis
 from api.schemas import DecisionRequest
 from api.settings import Settings
 from api.store import Store
+from api.userstate import CommitCheck
 from loadtests.bench_engine import TENANT, Bench
 from loadtests.population import RequestFactory, user_id
 
@@ -174,6 +176,44 @@ async def _memory_per_entry(client: RedisClient, bench: Bench) -> float:
     return size / bench.users
 
 
+async def _check_cost(client: RedisClient, bench: Bench, rounds: int = 6) -> None:
+    """``--check-cost``: Redis' command time (INFO commandstats µs per EVALSHA) of read.lua,
+    of commit.lua's state check (its step 2b, cut out of commit.lua itself, after the ``rev``
+    HGET it follows) and of that HGET alone, on the seeded recipients, in alternated blocks:
+    what a hit saves inside redis-server and what it adds."""
+    lua = resources.files("api").joinpath("lua", "commit.lua").read_text()
+    step = lua[lua.index("-- 2b."):lua.index("-- 3. the ledger")]
+    rev = "local rev = redis.call('HGET', KEYS[3], 'rev') or '0'\n"
+    scripts = {"read.lua": client.register_script(
+                   resources.files("api").joinpath("lua", "read.lua").read_text()),
+               "rev + check": client.register_script(rev + step + "return 1"),
+               "rev only": client.register_script(rev + "return 1")}
+    users = [user_id(i) for i in range(min(bench.users, 200))]
+    states = {u: await bench.engine.store.read_user(TENANT, u, "m", "c1") for u in users}
+    out: dict[str, list[float]] = {name: [] for name in scripts}
+    for rnd in range(rounds):
+        for name in list(scripts) if rnd % 2 == 0 else list(scripts)[::-1]:
+            stats0 = (await client.info("commandstats"))["cmdstat_evalsha"]
+            for _ in range(5):
+                for u in users:
+                    k = user_keys(TENANT, u)
+                    if name == "read.lua":
+                        await scripts[name](keys=[k.prefs, k.record("m"), k.conv, k.profile],
+                                            args=["c1"])
+                    else:
+                        keys = [k.ledger, k.record("m"), k.prefs, k.record_prefix,
+                                k.replan_prefix]
+                        extra = CommitCheck.of(states[u], "c1").args() if "check" in name else []
+                        await scripts[name](keys=keys + ([k.conv] if extra else []),
+                                            args=["plan", "ctx", "prefix", *extra])
+            stats1 = (await client.info("commandstats"))["cmdstat_evalsha"]
+            out[name].append((stats1["usec"] - stats0["usec"]) / (stats1["calls"] - stats0["calls"]))
+    print(f"inside redis-server, µs per call ({rounds} alternated blocks of {5 * len(users):,}):")
+    for name, values in out.items():
+        print(f"  {name:<12} " + ", ".join(f"{v:.2f}" for v in values)
+              + f"   median {statistics.median(values):.2f}")
+
+
 async def run(args: argparse.Namespace, url: str) -> None:
     client = make_redis(Settings(redis_url=url, redis_max_connections=64,
                                  redis_timeout_seconds=5.0))
@@ -185,6 +225,9 @@ async def run(args: argparse.Namespace, url: str) -> None:
             per = await _memory_per_entry(client, bench)
             print(f"state cache memory: {per:,.0f} B per entry (mean over {args.users:,} "
                   "seeded recipients, no send-time profile: a profile adds its own bytes)")
+        if args.check_cost:
+            await _check_cost(client, bench)
+            return
         if args.closed:
             closed: dict[float, list[dict[str, float]]] = {0.0: [], args.ttl: []}
             for rnd in range(args.rounds):
@@ -236,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--closed", action="store_true", help="closed loop instead of paced: "
                         "decisions/s and CPU per decision of this process and of Redis")
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--check-cost", action="store_true", help="only: Redis' time for "
+                        "read.lua vs commit.lua's state check")
     parser.add_argument("--slowlog", action="store_true",
                         help="Redis' own time per script call (SLOWLOG, threshold 0)")
     parser.add_argument("--memory", action="store_true",
