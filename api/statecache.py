@@ -7,8 +7,8 @@ plans from the state it read then and commits directly, one round trip.
 Why that stays exact: the cache is never trusted for anything a decision's correctness
 depends on. The commit re-checks, atomically with the reservation, everything the plan took
 from the read (``api.userstate.CommitCheck``): the idempotency record of the message, the
-whole preferences hash (document, event opt-outs, ``moved_into``, ``rev``) field by field, and the
-campaign's conversion. A difference answers ``stale``; the engine drops the entry, reads and
+whole preferences hash (document, event opt-outs, ``moved_into``, ``rev``) field by field,
+and the campaign's conversion. A difference answers ``stale``; the engine drops the entry, reads and
 plans again (the uncached path). Caps, conflicts and pacing are the commit's own reads of
 the ledger and the counters, cached nowhere.
 
