@@ -43,6 +43,12 @@ from loadtests.bench_engine import TENANT, Bench
 from loadtests.population import RequestFactory, user_id
 
 
+def _cache_count(engine: Engine, result: str) -> float:
+    value = engine.metrics.registry.get_sample_value("sendwise_state_cache_total",
+                                                     {"result": result})
+    return value or 0.0
+
+
 async def _calls(client: RedisClient) -> dict[str, int]:
     stats: dict[str, dict[str, Any]] = await client.info("commandstats")
     out = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
@@ -114,8 +120,7 @@ async def _one_run(client: RedisClient, bench: Bench, ttl: float, args: argparse
     delta.pop("info", None)
     script_usec = delta.pop("evalsha_usec")
     n = len(requests)
-    hits, misses, stale = (engine.metrics.state_cache.labels(r)._value.get()
-                           for r in ("hit", "miss", "stale"))
+    hits, misses, stale = (_cache_count(engine, r) for r in ("hit", "miss", "stale"))
     if args.verbose:
         print({k: round(v / n, 3) for k, v in sorted(delta.items()) if v})
     return {"calls": sum(delta.values()) / n, "evalsha": delta.get("evalsha", 0) / n,
@@ -150,8 +155,8 @@ async def _closed_run(client: RedisClient, bench: Bench, ttl: float, args: argpa
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     redis_us = await _redis_cpu_us(client) - redis0
     n = args.decisions
-    looked = sum(engine.metrics.state_cache.labels(r)._value.get() for r in ("hit", "miss"))
-    hits = engine.metrics.state_cache.labels("hit")._value.get()
+    looked = sum(_cache_count(engine, r) for r in ("hit", "miss"))
+    hits = _cache_count(engine, "hit")
     return {"rate": n / wall, "cpu_us": 1e6 * cpu / n, "redis_us": redis_us / n,
             "hit": hits / looked if looked else 0.0}
 

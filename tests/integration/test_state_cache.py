@@ -63,7 +63,8 @@ def _spy(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def _counts(engine: Engine) -> dict[str, float]:
-    return {result: engine.metrics.state_cache.labels(result)._value.get()
+    return {result: engine.metrics.registry.get_sample_value(
+                "sendwise_state_cache_total", {"result": result}) or 0.0
             for result in ("hit", "miss", "stale")}
 
 
