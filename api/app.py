@@ -225,6 +225,7 @@ async def put_preferences(request: Request[Any, Any, State],
                                  field=f"frequency_limits[{i}].window_minutes")
     engine = _engine(request)
     await engine.store.put_preferences(tenant, user_id, data)
+    engine.state_cache.drop(tenant, user_id)
     return await engine.store.get_preferences(tenant, user_id)
 
 

@@ -74,8 +74,9 @@ from api.scoring import (
 )
 from api.settings import Settings
 from api.shadow import ShadowService
+from api.statecache import StateCache
 from api.store import Store
-from api.userstate import MAX_MERGE_HOPS, UserState, decode_preferences
+from api.userstate import MAX_MERGE_HOPS, CommitCheck, UserState, decode_preferences
 
 log = structlog.get_logger("sendwise.decisions")
 
@@ -152,6 +153,8 @@ class Engine:
                 self.metrics.model_refused.inc()
                 log.error("model_refused", directory=settings.model_dir, error=str(exc))
         self.metrics.set_model(self.models.active.version)
+        #: recently read recipient state: one round trip for a recipient decided again soon
+        self.state_cache = StateCache(settings.state_cache_seconds, settings.state_cache_size)
         #: the pointed models (per tenant, global) every worker follows; ``models`` above
         #: is the startup default they fall back to
         self.tenant_models = TenantModels(store, self.models, self.metrics,
@@ -248,20 +251,45 @@ class Engine:
         fp = fingerprint(request)
         did = self.ids.decision_id(tenant, request.user_id, request.message_id)
         user = request.user_id
-        for _ in range(_MAX_STALE_RETRIES):
-            with self.metrics.redis_read.time():  # one observation, merge hops included
-                state = await self.store.read_user(tenant, user, request.message_id,
-                                                   request.campaign_id, now=now)
-                for _hop in range(MAX_MERGE_HOPS):  # a merged id: decide for the person's new id
-                    if state.moved_into is None:
-                        break
-                    user = state.moved_into
+        cache = self.state_cache
+        #: the first attempt may plan from this worker's cached state (api/statecache.py);
+        #: the commit re-checks it, and a mismatch falls back to a read, not counted below
+        look = cache.enabled
+        reads = 0
+        while True:
+            state = cache.get(tenant, user, request.campaign_id) if look else None
+            cached = state is not None
+            if look:
+                (self.metrics.state_cache_hits if cached else self.metrics.state_cache_misses).inc()
+                look = False
+            if state is None:
+                if reads == _MAX_STALE_RETRIES:
+                    break
+                reads += 1
+                read_at = cache.now()
+                with self.metrics.redis_read.time():  # one observation, merge hops included
                     state = await self.store.read_user(tenant, user, request.message_id,
                                                        request.campaign_id, now=now)
+                    for _hop in range(MAX_MERGE_HOPS):  # a merged id: decide for the new id
+                        if state.moved_into is None:
+                            break
+                        user = state.moved_into
+                        state = await self.store.read_user(tenant, user, request.message_id,
+                                                           request.campaign_id, now=now)
+                if user == request.user_id:
+                    cache.put(tenant, user, request.campaign_id, state, read_at)
             if state.record is not None:
                 return self._replay(state.record, fp, request.dry_run)
-            location, pre, choice = await self.prepare(tenant, user, request, policy, state,
-                                                       now)
+            try:
+                location, pre, choice = await self.prepare(tenant, user, request, policy,
+                                                           state, now)
+            except InvalidRequestError:
+                if not cached:
+                    raise
+                # the stored location it judged by may have changed: judge a fresh read
+                self.metrics.state_cache_stale.inc()
+                cache.drop(tenant, user)
+                continue
             ctx = Context(did=did, mid=request.message_id, uid=request.user_id,
                           pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
                           dry=request.dry_run, pre=pre, mv=choice.version, fs=choice.source,
@@ -273,9 +301,18 @@ class Engine:
             with self.metrics.redis_commit.time():  # paced channels: docs/pacing.md
                 reply = await self.pacing.commit(tenant, user, request.message_id, policy,
                                                  choice.plan, choice.annotations,
-                                                 encode_context(ctx))
+                                                 encode_context(ctx),
+                                                 # a state read just now: rev suffices, as
+                                                 # before (every write to it bumps rev)
+                                                 CommitCheck.of(state, request.campaign_id)
+                                                 if cached else None)
             if reply.status == "stale":
+                if cached:
+                    self.metrics.state_cache_stale.inc()
+                    cache.drop(tenant, user)
                 continue
+            if reply.status == "new" and user == request.user_id:
+                cache.confirm(tenant, user, request.campaign_id, state.converted_at)
             if reply.status == "dup":
                 return self._replay(reply.payload, fp, request.dry_run)
             if reply.status == "dup_ledger":
@@ -351,6 +388,8 @@ class Engine:
 
         zones: dict[str, str] = {}
         updates = await apply_profile_events(self.store, tenant, events, zone_of, zones)
+        for event in events:  # opt-outs, conversions, the profile: the next decision reads
+            self.state_cache.drop(tenant, event.user_id)
         await self.log.events(tenant, events, zones, self.clock.now_ms())
         return EventsAccepted(accepted=len(events), opt_outs=opt_outs,
                               conversions=conversions, profile_updates=updates)

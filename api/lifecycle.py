@@ -389,6 +389,8 @@ async def merge_user(request: Request[Any, Any, State], user_id: FromPath[str]) 
     engine = _engine(request)
     moved = await merge(engine.store, tenant, user_id, data.into_user_id,
                         engine.clock.now_ms())
+    engine.state_cache.drop(tenant, user_id)  # the target's profile absorbed the source's
+    engine.state_cache.drop(tenant, data.into_user_id)
     into = await resolve(engine.store, tenant, data.into_user_id)
     return MergeResponse(from_user_id=user_id, into_user_id=into, moved=moved,
                          preferences=await engine.store.get_preferences(tenant, into))
@@ -402,7 +404,12 @@ async def delete_user(request: Request[Any, Any, State], user_id: FromPath[str])
     Safe to repeat: a second call finds nothing and answers zeros."""
     _check_user_id(user_id)
     engine = _engine(request)
-    return await erase(engine.store, tenant_of(request), user_id, engine.clock.now_ms())
+    erased = await erase(engine.store, tenant_of(request), user_id,
+                         engine.clock.now_ms())
+    # this worker forgets every cached profile at once (ids merged into the user went too);
+    # other workers' entries age out within SENDWISE_STATE_CACHE_SECONDS
+    engine.state_cache.clear()
+    return erased
 
 
 @get("/{user_id:str}/export", summary="Everything stored about a user, as JSON",

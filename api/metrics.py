@@ -114,6 +114,12 @@ class Metrics:
             "sendwise_shadow_errors_total",
             "Shadow evaluations that failed (the live answer is unaffected) or report flushes "
             "that failed (those counts are lost)", ["stage"], registry=r)
+        self.state_cache = Counter(
+            "sendwise_state_cache_total",
+            "Decisions by what this worker's recipient-state cache did (api/statecache.py): "
+            "hit (planned from cached state, one Redis round trip when the commit confirms "
+            "it), miss (read from Redis), stale (a hit the commit found outdated: read again)",
+            ["result"], registry=r)
         self.workers = Gauge("sendwise_workers", "API worker processes serving (1 per process)",
                              multiprocess_mode="livesum", registry=r)
         self._model_version = NO_MODEL
@@ -123,6 +129,9 @@ class Metrics:
         self.redis_commit = self.redis_seconds.labels("commit")
         #: the shadow policy's dry commit (only for tenants with a shadow policy)
         self.redis_shadow = self.redis_seconds.labels("shadow")
+        self.state_cache_hits = self.state_cache.labels("hit")
+        self.state_cache_misses = self.state_cache.labels("miss")
+        self.state_cache_stale = self.state_cache.labels("stale")
         # the series operators alert on exist at 0 before the first error
         self.redis_errors.labels("decision")
         self.redis_errors.labels("request")

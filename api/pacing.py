@@ -41,6 +41,7 @@ from api.policy import ChannelPacing, Policy
 from api.reasons import ReasonCode
 from api.render import Outcome, decode_outcome, render_record
 from api.store import CommitReply, Store
+from api.userstate import CommitCheck
 
 log = structlog.get_logger("sendwise.pacing")
 
@@ -288,24 +289,26 @@ class Pacer:
             await self.call(tenant, user_id, held.limits, "release", held.at, held.at + 1, now)
 
     async def commit(self, tenant: str, user_id: str, message_id: str, policy: Policy,
-                     plan: Plan, annotations: Sequence[bytes], context: bytes) -> CommitReply:
+                     plan: Plan, annotations: Sequence[bytes], context: bytes,
+                     check: CommitCheck | None = None) -> CommitReply:
         """The decision commit, paced (module docstring). Unpaced channels: exactly one
         ``Store.commit`` (with preemption on in a tenant that paces a channel, the commit
         also checks where displaced messages move, one more commit only when one moves to
         a paced channel). A dry run reads the counters and never writes them. Never answers
         ``moved``/``repace``: when the rounds run out it gives its tokens back and answers
         ``stale`` (nothing written; the engine re-reads and retries, then answers a
-        retryable 409)."""
+        retryable 409). ``check`` goes with every commit, dry ones included
+        (``Store.commit``)."""
         paced = {c.ch: lim for c in plan.cands
                  if (lim := limits_for(policy, c.ch, user_id)) is not None}
         preempts = plan.pk > 0 and plan.dry == 0 and bool(paced_channels(policy))
         if not paced and not preempts:
             return await self.store.commit(tenant, user_id, message_id,
-                                           encode_plan(plan, annotations), context)
+                                           encode_plan(plan, annotations), context, check)
         run = _Run(self, tenant, user_id, policy, plan.now)
         # Redis failing half-way leaves the tokens taken counted until their buckets pass
         # (conservative: docs/pacing.md)
-        reply = await self._paced(run, message_id, plan, paced, annotations, context)
+        reply = await self._paced(run, message_id, plan, paced, annotations, context, check)
         if reply.status == "new":
             await run.settle(reply)
         else:
@@ -314,7 +317,7 @@ class Pacer:
 
     async def _paced(self, run: _Run, message_id: str, plan: Plan,
                      paced: dict[str, ShardLimits], annotations: Sequence[bytes],
-                     context: bytes) -> CommitReply:
+                     context: bytes, check: CommitCheck | None) -> CommitReply:
         tenant, user_id, now, dry = run.tenant, run.user_id, plan.now, plan.dry == 1
         ends = {ch: max(c.b for c in plan.cands if c.ch == ch) for ch in paced}
         blocked: dict[str, list[tuple[int, int]]] = {}
@@ -329,7 +332,7 @@ class Pacer:
             if out is None and paced:
                 probe = await self.store.commit(
                     tenant, user_id, message_id,
-                    encode_plan(msgspec.structs.replace(current, dry=1), annotations), context)
+                    encode_plan(msgspec.structs.replace(current, dry=1), annotations), context, check)
                 if probe.status != "new":  # a retry, a record, stale preferences: as unpaced
                     return probe
                 out = decode_outcome(probe.payload)
@@ -356,7 +359,7 @@ class Pacer:
             final = await self.store.commit(
                 tenant, user_id, message_id,
                 encode_plan(msgspec.structs.replace(current, pe=run.expectation()),
-                            annotations), context)
+                            annotations), context, check)
             if final.status == "moved":  # the ledger changed under us: pace where it lands
                 out = decode_outcome(final.payload)
                 continue
@@ -369,7 +372,7 @@ class Pacer:
             # recipient's rules and the full buckets seen so far allow (nothing is written)
             return await self.store.commit(
                 tenant, user_id, message_id,
-                encode_plan(msgspec.structs.replace(current, dry=1), annotations), context)
+                encode_plan(msgspec.structs.replace(current, dry=1), annotations), context, check)
         log.warning("pacing_rounds_exhausted", tenant=tenant, rounds=MAX_ROUNDS)
         return CommitReply("stale", b"")
 

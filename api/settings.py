@@ -48,6 +48,20 @@ def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> floa
     return value
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration that may be 0 (a feature turned off)."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from exc
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(f"{name} must be a finite number of seconds >= 0, got {raw!r}")
+    return value
+
+
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -216,6 +230,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     decision_log: bool = True
     decision_log_max_len: int = 1_000_000
     decision_log_retention_days: int = 30
+    #: how long a worker plans from a recipient's cached read state (api/statecache.py):
+    #: the commit re-checks preferences, opt-outs, conversions and the idempotency record,
+    #: so this bounds only the send-time profile's age; 0 turns the cache off
+    state_cache_seconds: float = 5.0
+    #: recipients one worker's state cache holds at most (least recently used evicted)
+    state_cache_size: int = 20_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -247,4 +267,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             log_decisions=_flag(env, "SENDWISE_LOG_DECISIONS", True),
             benchmark_endpoints=_flag(env, "SENDWISE_BENCHMARK_ENDPOINTS", False),
             decision_log=_flag(env, "SENDWISE_DECISION_LOG", True),
+            state_cache_seconds=_seconds(env, "SENDWISE_STATE_CACHE_SECONDS", 5.0),
+            state_cache_size=_int(env, "SENDWISE_STATE_CACHE_SIZE", 20_000),
         )

@@ -28,7 +28,13 @@ from api.localtime import ms_to_utc, utc_to_ms
 from api.policy import Policy
 from api.redis_client import AutoPipeline, ClusterAutoPipeline, RedisClient, ScriptCaller
 from api.schemas import CHANNELS, Event, Preferences, StoredPreferences
-from api.userstate import MAX_MERGE_HOPS, UserState, decode_preferences, parse_read_reply
+from api.userstate import (
+    MAX_MERGE_HOPS,
+    CommitCheck,
+    UserState,
+    decode_preferences,
+    parse_read_reply,
+)
 
 #: how long a `converted` marker and an event opt-out are kept at most
 CONVERSION_TTL_MS = 366 * 24 * 3600 * 1000
@@ -177,14 +183,19 @@ class Store:
         return parse_read_reply(reply)
 
     async def commit(self, tenant: str, user_id: str, message_id: str, plan: Sequence[bytes],
-                     context: bytes) -> CommitReply:
-        """``plan`` is ``encode_plan``'s output: the packed plan, then its binary parts."""
+                     context: bytes, check: CommitCheck | None = None) -> CommitReply:
+        """``plan`` is ``encode_plan``'s output: the packed plan, then its binary parts.
+        ``check``: the state the plan was made from, re-checked by the script (``stale``
+        when it differs); without it only the idempotency record and ``rev`` are."""
         keys = user_keys(tenant, user_id)
+        key_list = [keys.ledger, keys.records, keys.prefs, keys.record_prefix,
+                    keys.replan_prefix, keys.record(message_id)]
+        args: list[bytes | str] = [plan[0], context, *plan[1:]]
+        if check is not None:
+            key_list.append(keys.conv)
+            args += check.args()
         async with self._gate:
-            reply: list[Any] = await self._commit(
-                keys=[keys.ledger, keys.records, keys.prefs, keys.record_prefix,
-                      keys.replan_prefix, keys.record(message_id)],
-                args=[plan[0], context, *plan[1:]])
+            reply: list[Any] = await self._commit(keys=key_list, args=args)
         status = reply[0].decode()
         if status == "dup_ledger":
             return CommitReply("dup_ledger", reply[1], int(float(reply[2])))

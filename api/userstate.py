@@ -24,6 +24,40 @@ class UserState(msgspec.Struct, frozen=True, kw_only=True):
     moved_into: str | None = None
     #: the serialised send-time profile (``models.profile.Profile``), None without history
     profile: bytes | None = None
+    #: the preferences hash as read (HGETALL: field, value, ...): the commit re-checks it
+    #: (``CommitCheck``), so a decision never commits on preferences that changed since
+    prefs_fields: tuple[bytes, ...] = ()
+
+
+class CommitCheck(msgspec.Struct, frozen=True):
+    """What commit.lua re-checks, atomically with the reservation, about the state a decision
+    was planned with (besides the idempotency record and ``rev``, which it always checks):
+    the whole preferences hash (document, event opt-outs, ``moved_into``, ``rev``), field by
+    field, and the campaign's conversion. Any difference answers ``stale`` and the engine
+    re-reads. This is what lets a decision plan from a cached state (api/statecache.py):
+    exactness comes from this check, never from the cache. The whole hash, not ``rev``
+    alone, because ``rev`` restarts at 0 when the hash is deleted (erasure, eviction), so a
+    revision number can come back with other contents; compared as a set of fields, not by
+    a digest of HGETALL's reply, whose order is not stable (a hash table's incremental
+    rehashing reorders an unchanged hash) and whose sorting in Lua would follow the
+    server's locale."""
+
+    #: the preferences hash the decision read, as HGETALL returned it
+    prefs: tuple[bytes, ...]
+    #: the message's campaign ('' when it has none: nothing to check)
+    campaign: str
+    #: the campaign's converted-at (ms) as read, '' when none was recorded
+    converted: str
+
+    @classmethod
+    def of(cls, state: UserState, campaign_id: str | None) -> CommitCheck:
+        return cls(state.prefs_fields, campaign_id or "",
+                   "" if state.converted_at is None else str(state.converted_at))
+
+    def args(self) -> list[bytes | str]:
+        """commit.lua's last ARGV (after the annotations): the hash's fields and values,
+        the campaign, its converted-at, and the number of fields."""
+        return [*self.prefs, self.campaign, self.converted, str(len(self.prefs) // 2)]
 
 
 def decode_preferences(raw: bytes | None) -> Preferences:
@@ -54,4 +88,5 @@ def parse_read_reply(reply: list[object]) -> UserState:
         converted_at=int(conv) if isinstance(conv, bytes | str) else None,
         moved_into=fields[b"moved_into"].decode() if b"moved_into" in fields else None,
         profile=profile if isinstance(profile, bytes) else None,
+        prefs_fields=tuple(flat),
     )

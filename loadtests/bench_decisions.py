@@ -314,6 +314,16 @@ class Service:
             time.sleep(0.1)
         raise RuntimeError(f"service not ready within {timeout}s; see {self.log.name}")
 
+    def state_cache(self) -> dict[str, float]:
+        """``sendwise_state_cache_total`` by result, as /metrics reports it (with several
+        workers and no multiprocess directory: the worker that answered)."""
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        found = re.findall(r'^sendwise_state_cache_total\{result="(\w+)"\} (\S+)$', text,
+                           re.MULTILINE)
+        return {result: float(value) for result, value in found}
+
     def server_cpu(self) -> dict[int, float]:
         return tree_cpu(self.proc.pid) if self.proc is not None else {}
 
@@ -767,6 +777,13 @@ def main(argv: list[str] | None = None) -> int:
         report.fact(f"ratio floor/trivial ({config})", f"{floor_ratio:.2f}")
         report.fact("redis CPU per decision (INFO cpu delta / decisions)", f"{redis_us:.0f} µs")
         report.fact("redis command time per decision (INFO commandstats)", f"{command_us:.0f} µs")
+        cache = service.state_cache()
+        looked = cache.get("hit", 0.0) + cache.get("miss", 0.0)
+        if looked:
+            report.fact("state cache, decisions so far (warm-ups included; api/statecache.py)",
+                        f"hit {100 * cache['hit'] / looked:.1f}% (one round trip), stale "
+                        f"{100 * cache.get('stale', 0.0) / looked:.2f}%, miss "
+                        f"{100 * cache['miss'] / looked:.1f}%")
         report.fact("one Redis node's ceiling (1 core / CPU per decision)",
                     f"~{1e6 / redis_us:,.0f} decisions/s")
 

@@ -12,6 +12,9 @@
 -- ARGV[3] prefix of this message's ledger members, ARGV[3 + i] member of candidate i,
 -- ARGV[3 + #cands + i] (optional) JSON annotation of candidate i, copied as "s" into the
 -- outcome of the candidate reserved (score, score now, propensity: api/scoring.py)
+-- KEYS[7] (optional) conversions hash; when given, the last ARGV are the state check
+-- (api/userstate.py: CommitCheck): the preferences hash as read (field, value, ...), the
+-- campaign ('' none), its converted-at as read ('' none), then the number of fields
 --
 -- Modes: 'earliest' reserves the earliest free instant over all candidates; 'first' the
 -- first candidate with a free instant; 'ranked' the first scored slot (its s == 1, in
@@ -124,6 +127,26 @@ if rec then return {'dup', rec} end
 -- 2. preferences changed since the read (opt-out, conversion...): caller retries
 local rev = redis.call('HGET', KEYS[3], 'rev') or '0'
 if rev ~= plan.rev then return {'stale', rev} end
+
+-- 2b. the state the plan was made from, when the caller sends it (its read may be seconds
+-- old: api/statecache.py): the whole preferences hash, field by field, and the campaign's
+-- conversion. Anything else: stale, the caller re-reads.
+local nargv = #ARGV
+if KEYS[7] then
+  local n = tonumber(ARGV[nargv])
+  nargv = nargv - 3 - 2 * n
+  local flat = redis.call('HGETALL', KEYS[3])
+  if #flat ~= 2 * n then return {'stale', rev} end
+  local want = {}
+  for i = nargv + 1, nargv + 2 * n, 2 do want[ARGV[i]] = ARGV[i + 1] end
+  for i = 1, #flat, 2 do
+    if want[flat[i]] ~= flat[i + 1] then return {'stale', rev} end
+  end
+  local camp = ARGV[#ARGV - 2]
+  if camp ~= '' and (redis.call('HGET', KEYS[7], camp) or '') ~= ARGV[#ARGV - 1] then
+    return {'stale', rev}
+  end
+end
 
 -- 3. the ledger inside the longest window, past and future reservations alike
 -- Read from -inf: members older than plan.lo are skipped (they count for nothing), but
@@ -528,7 +551,7 @@ local function outcome(d, ch, t, rs, p)
     .. (p and ',"p":1' or '')
 end
 local out = outcome(decision, out_ch, out_t, reasons, false)
-local note = chosen and ARGV[3 + #plan.cands + chosen]
+local note = chosen and 3 + #plan.cands + chosen <= nargv and ARGV[3 + #plan.cands + chosen]
 if note then out = out .. ',"s":' .. note end
 
 -- 6b. re-decide each displaced message inside this call, against the ledger as it is now

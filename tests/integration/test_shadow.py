@@ -23,6 +23,7 @@ from api.redis_client import RedisClient, make_redis
 from api.schemas import DecisionResponse
 from api.settings import Settings
 from api.shadow import FLUSH_SECONDS, INVALID, ShadowReport, ShadowService, sampled
+from api.statecache import StateCache
 from api.store import PolicyConflictError, ShadowConflictError, Store
 from tests.conftest import TEST_ID_KEY
 from tests.integration.conftest import EXACT, NOON_NY, TENANT, deterministic, req
@@ -128,7 +129,9 @@ async def test_replays_and_dry_runs_are_not_evaluated(engine: Engine) -> None:
 async def test_one_extra_round_trip_only_with_a_shadow(engine: Engine,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a shadow a decision makes its usual two round trips (read, commit); with
-    one, one more: the dry commit (the shadow document is read once per version)."""
+    one, one more: the dry commit (the shadow document is read once per version). The
+    recipient-state cache is off here: each decision reads (the cached case is below)."""
+    engine.state_cache = StateCache(0, 0)
     calls: list[str] = []
     for name in ("read_user", "commit", "get_shadow"):
         original = getattr(engine.store, name)
@@ -149,6 +152,30 @@ async def test_one_extra_round_trip_only_with_a_shadow(engine: Engine,
     calls.clear()
     await engine.decide(TENANT, req(message_id="m4"))
     assert calls == ["read_user", "get_shadow", "commit", "commit"]
+
+
+async def test_a_cached_recipient_adds_only_the_dry_commit(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the recipient's state cached (api/statecache.py) a decision is one commit, and
+    a shadow still adds exactly its dry commit."""
+    calls: list[str] = []
+    for name in ("read_user", "commit"):
+        original = getattr(engine.store, name)
+
+        def spy(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
+            calls.append(_name)
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(engine.store, name, spy)
+    await engine.decide(TENANT, req(message_id="m1"))
+    assert calls == ["read_user", "commit"]
+    calls.clear()
+    await engine.decide(TENANT, req(message_id="m2"))
+    assert calls == ["commit"]
+    await _shadow(engine, STRICTER)
+    calls.clear()
+    await engine.decide(TENANT, req(message_id="m3"))
+    assert calls == ["commit", "commit"]
 
 
 async def test_sample_rate_is_deterministic_per_message(engine: Engine) -> None:

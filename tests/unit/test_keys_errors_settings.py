@@ -230,3 +230,16 @@ def test_settings_refuse_unusable_timeouts(raw: str) -> None:
 @pytest.mark.parametrize("value", ["False", "NO"])
 def test_settings_log_decisions_case_insensitive(value: str) -> None:
     assert Settings.from_env({"SENDWISE_LOG_DECISIONS": value}).log_decisions is False
+
+
+def test_settings_state_cache() -> None:
+    """On by default (a few seconds, tens of thousands of recipients); 0 turns it off."""
+    s = Settings.from_env({})
+    assert (s.state_cache_seconds, s.state_cache_size) == (5.0, 20_000)
+    s = Settings.from_env({"SENDWISE_STATE_CACHE_SECONDS": "0.5",
+                           "SENDWISE_STATE_CACHE_SIZE": "10"})
+    assert (s.state_cache_seconds, s.state_cache_size) == (0.5, 10)
+    assert Settings.from_env({"SENDWISE_STATE_CACHE_SECONDS": "0"}).state_cache_seconds == 0
+    for bad in ("-1", "inf", "soon"):
+        with pytest.raises(SettingsError, match="SENDWISE_STATE_CACHE_SECONDS"):
+            Settings.from_env({"SENDWISE_STATE_CACHE_SECONDS": bad})
