@@ -187,7 +187,7 @@ async def test_an_erasure_then_the_same_revision_is_not_mistaken_for_the_cached_
     before = await a.decide(TENANT, req(message_id="m1"))
     assert before.decision == "send"
     rev = (await b.store.get_preferences(TENANT, "u1")).revision
-    await erase(b.store, TENANT, "u1")
+    await erase(b.store, TENANT, "u1", b.clock.now_ms())
     await b.store.put_preferences(TENANT, "u1", msgspec.convert(
         {"channels": {"email": {"consent": "opted_out"}}}, Preferences))
     assert (await b.store.get_preferences(TENANT, "u1")).revision == rev
