@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import lightgbm
@@ -15,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import models.scorer as scorer_module
 from models.features import FEATURES
 from models.scorer import Scorer
 from tests.modelkit import write_tiny_model
@@ -76,3 +79,26 @@ def test_window_distribution_is_day_distribution_per_window(
         sel = slice(lo, lo + size)
         want = scorer.day_distribution(scores[sel][None, :], heuristic[sel][None, :])[0]
         np.testing.assert_allclose(got[sel], want, rtol=1e-12, atol=1e-15)
+
+
+def test_serving_loads_the_model_without_importing_the_lightgbm_package(tiny: Path) -> None:
+    """The API worker's scorer goes through LightGBM's shared library: the Python package
+    (and the pandas/pyarrow/scipy/scikit-learn it pulls in, ~175 MB per worker) stays out."""
+    code = (f"import sys; from models.scorer import Scorer, NativeBooster; "
+            f"s = Scorer.load({str(tiny)!r}); "
+            "assert isinstance(s._booster, NativeBooster), type(s._booster); "
+            "import numpy as np; from models.features import FEATURES; "
+            "assert s.score(np.zeros((3, len(FEATURES)), dtype=np.float32)).shape == (3,); "
+            "assert 'lightgbm' not in sys.modules and 'pandas' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_without_the_shared_library_the_package_booster_scores_the_same(
+        tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    native = Scorer.load(tiny)
+    monkeypatch.setattr(scorer_module, "_NATIVE", [None])  # as if no library were found
+    fallback = Scorer.load(tiny)
+    assert isinstance(fallback._booster, lightgbm.Booster)
+    rows = _rows(np.random.default_rng(9), 200)
+    assert np.array_equal(native.score(rows), fallback.score(rows))
+    assert native.trees == fallback.trees
