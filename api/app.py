@@ -461,6 +461,7 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
             from api.warmup import warm_up as warm
 
             app.state.warmup = await warm(app.state.engine)
+        app.state.engine.metrics.watch_gc()  # after the warm-up's own collections
         # the worker counts in /metrics from here on (its Metrics exist)
         log.info("app_started", pid=os.getpid())
         try:

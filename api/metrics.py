@@ -20,8 +20,11 @@ they query is defined here.
 
 from __future__ import annotations
 
+import gc
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -40,6 +43,7 @@ NO_MODEL = "none"
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25)
 _REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.25, 1.0)
+_GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 
 
 def prepare_multiprocess_dir(directory: Path) -> Path:
@@ -122,6 +126,13 @@ class Metrics:
             ["result"], registry=r)
         self.workers = Gauge("sendwise_workers", "API worker processes serving (1 per process)",
                              multiprocess_mode="livesum", registry=r)
+        self.gc_pause = Histogram(
+            "sendwise_gc_pause_seconds",
+            "Garbage-collector pauses of the worker by generation (the event loop stands still "
+            "meanwhile: a latency stall no request metric explains)", ["generation"],
+            buckets=_GC_BUCKETS, registry=r)
+        self._gc_generations = [self.gc_pause.labels(str(g)) for g in range(3)]
+        self._gc_started = 0.0
         self._model_version = NO_MODEL
         self.model_info.labels(NO_MODEL).set(1)
         # bound once: the decision path observes these on every request
@@ -151,9 +162,25 @@ class Metrics:
     def close(self) -> None:
         """At worker shutdown: drop this process's live gauges (workers, versions) from the
         shared directory, so a scrape no longer counts a worker that has gone."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         directory = multiprocess_dir()
         if directory is not None:
             multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+
+    def watch_gc(self) -> None:
+        """Time every collection of this process into ``sendwise_gc_pause_seconds`` until
+        ``close`` (served workers: the app's lifespan). A callback per collection, ~1 µs."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started:
+            self._gc_generations[info["generation"]].observe(
+                time.perf_counter() - self._gc_started)
+            self._gc_started = 0.0
 
     def set_model(self, version: str) -> None:
         """Publish the version now scoring decisions (at start and after each reload)."""

@@ -324,6 +324,31 @@ class Service:
                            re.MULTILINE)
         return {result: float(value) for result, value in found}
 
+    def gc_pauses(self) -> dict[str, tuple[float, float, float]]:
+        """``sendwise_gc_pause_seconds`` per generation as /metrics reports it: (pauses,
+        total seconds, pauses over 10 ms) since the worker started serving."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        count: dict[str, float] = {}
+        total: dict[str, float] = {}
+        under: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "sendwise_gc_pause_seconds":
+                continue
+            for sample in family.samples:
+                generation = sample.labels.get("generation", "")
+                if sample.name.endswith("_count"):
+                    count[generation] = sample.value
+                elif sample.name.endswith("_sum"):
+                    total[generation] = sample.value
+                elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 0.01:
+                    under[generation] = sample.value
+        return {g: (count[g], total.get(g, 0.0), count[g] - under.get(g, count[g]))
+                for g in sorted(count)}
+
     def server_cpu(self) -> dict[int, float]:
         return tree_cpu(self.proc.pid) if self.proc is not None else {}
 
@@ -804,6 +829,12 @@ def main(argv: list[str] | None = None) -> int:
                         ", ".join(f"{v:.2f} ms" for v in p99s))
             report.fact("max latency per fixed-load run (stalls)",
                         ", ".join(f"{v:.1f} ms" for v in maxes))
+            with contextlib.suppress(OSError, ValueError):
+                pauses = service.gc_pauses()
+                report.fact("worker GC pauses since it started serving (generation: count, "
+                            "mean, over 10 ms)",
+                            "; ".join(f"gen{g}: {n:,.0f}, {1000 * t / n if n else 0:.2f} ms, "
+                                      f"{big:,.0f}" for g, (n, t, big) in pauses.items()))
         memory = memory_per_user(service, args.users, Settings().default_tenant)
         report.fact("Redis memory per active user (ledger + prefs + profile + records)",
                     f"mean {memory.mean_bytes:,.0f} B, p90 {memory.p90_bytes:,.0f} B, max "
