@@ -166,7 +166,62 @@ class _NotExecutedError(Exception):
     redis-py's own path, which knows how to follow the redirection or load the script."""
 
 
-class AutoPipeline:
+_Batch = list[tuple[tuple[Any, ...], "asyncio.Future[Any]"]]
+
+
+class _Coalescer:
+    """The queue both auto-pipelines share: calls issued in one event-loop iteration wait in
+    it, and ``_flush`` (scheduled once per iteration) sends them."""
+
+    def __init__(self) -> None:
+        self._queue: _Batch = []
+        self._scheduled = False
+
+    def _enqueue(self, command: tuple[Any, ...]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((command, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _take(self) -> _Batch:
+        batch, self._queue, self._scheduled = self._queue, [], False
+        return batch
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _spawn(send: Any) -> None:
+        task = asyncio.ensure_future(send)
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+
+async def _read_replies(conn: AbstractConnection, batch: _Batch,
+                        not_run: tuple[type[Exception], ...] = ()) -> None:
+    """Read one reply per call of ``batch``, in order, into its future. A script's own error
+    fails that call only (the stream is intact); a reply of a ``not_run`` kind (the node
+    did not run the command) fails it with ``_NotExecutedError``, so it goes again alone.
+    Any other failure propagates: the caller fails the calls still waiting."""
+    for _, future in batch:
+        try:
+            reply = await conn.read_response()
+        except not_run:
+            if not future.done():
+                future.set_exception(_NotExecutedError())
+            continue
+        except ResponseError as exc:
+            if not future.done():
+                future.set_exception(exc)
+            continue
+        if not future.done():
+            future.set_result(reply)
+
+
+class AutoPipeline(_Coalescer):
     """Coalesces the script calls that concurrent requests issue in one event-loop iteration
     into one write on one pooled connection, then reads the replies in order.
 
@@ -185,40 +240,30 @@ class AutoPipeline:
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
+        super().__init__()
         self._client = client
         self._pool = client.connection_pool
-        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._scheduled = False
 
     async def evalsha(self, script: AsyncScript, keys: list[Any] | tuple[Any, ...],
                       args: list[Any] | tuple[Any, ...]) -> Any:
         for _ in range(2):  # the second pass only after a NOSCRIPT reply
-            loop = asyncio.get_running_loop()
-            future: asyncio.Future[Any] = loop.create_future()
-            self._queue.append((("EVALSHA", script.sha, len(keys), *keys, *args), future))
-            if not self._scheduled:
-                self._scheduled = True
-                loop.call_soon(self._flush)
             try:
-                return await future
+                return await self._enqueue(("EVALSHA", script.sha, len(keys), *keys, *args))
             except NoScriptError:
                 await self._client.script_load(script.script)
         return await script(keys=list(keys), args=list(args))
 
     def _flush(self) -> None:
-        batch, self._queue, self._scheduled = self._queue, [], False
+        batch = self._take()
         if batch:
-            task = asyncio.ensure_future(self._send(batch))
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
+            self._spawn(self._send(batch))
 
-    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: _Batch) -> None:
         try:
             conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         except BaseException as exc:
             _fail(batch, exc)
             return
-        pending = batch
         try:
             packed = pack_commands(conn, [command for command, _ in batch])
             try:
@@ -226,19 +271,9 @@ class AutoPipeline:
             except CommandNotSentError:
                 await conn.disconnect()
                 await conn.send_packed_command(packed, check_health=False)
-            for i, (_, future) in enumerate(batch):
-                pending = batch[i:]
-                try:
-                    reply = await conn.read_response()
-                except ResponseError as exc:  # this script's error; the stream is intact
-                    if not future.done():
-                        future.set_exception(exc)
-                    continue
-                if not future.done():
-                    future.set_result(reply)
-            pending = []
+            await _read_replies(conn, batch)
         except BaseException as exc:
-            _fail(pending, exc)  # first: their callers must not wait on a dying connection
+            _fail(batch, exc)  # first: the calls still waiting must not wait on a dying connection
             with contextlib.suppress(Exception):
                 await conn.disconnect()
             if not isinstance(exc, Exception):
@@ -247,7 +282,7 @@ class AutoPipeline:
             await self._pool.release(conn)
 
 
-class ClusterAutoPipeline:
+class ClusterAutoPipeline(_Coalescer):
     """``AutoPipeline`` for a Redis Cluster: the script calls issued in one event-loop
     iteration are grouped by the master that owns their keys' slot (every script of the
     store touches one slot), and each group is one write on one of that node's
@@ -269,26 +304,19 @@ class ClusterAutoPipeline:
     """
 
     def __init__(self, client: RedisCluster) -> None:
+        super().__init__()
         self._client = client
-        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._scheduled = False
 
     async def evalsha(self, script: AsyncScript, keys: list[Any] | tuple[Any, ...],
                       args: list[Any] | tuple[Any, ...]) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((("EVALSHA", script.sha, len(keys), *keys, *args), future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
         try:
-            return await future
+            return await self._enqueue(("EVALSHA", script.sha, len(keys), *keys, *args))
         except _NotExecutedError:
             return await script(keys=list(keys), args=list(args))
 
     def _flush(self) -> None:
-        batch, self._queue, self._scheduled = self._queue, [], False
-        groups: dict[str, tuple[Any, list[tuple[tuple[Any, ...], asyncio.Future[Any]]]]] = {}
+        batch = self._take()
+        groups: dict[str, tuple[Any, _Batch]] = {}
         for item in batch:
             command, future = item
             try:
@@ -301,42 +329,25 @@ class ClusterAutoPipeline:
                 continue
             groups.setdefault(node.name, (node, []))[1].append(item)
         for node, items in groups.values():
-            task = asyncio.ensure_future(self._send(node, items))
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
+            self._spawn(self._send(node, items))
 
-    async def _send(self, node: Any,
-                    batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+    async def _send(self, node: Any, batch: _Batch) -> None:
         try:
             conn = node.acquire_connection()
         except MaxConnectionsError:  # nothing was sent: each call goes alone
             _fail(batch, _NotExecutedError())
             return
-        pending = batch
         try:
             await node.disconnect_if_needed(conn)
             if _input_pending(conn):  # idle, yet readable: the server closed it (restart)
                 await conn.disconnect()  # sending reconnects first
             packed = pack_commands(conn, [command for command, _ in batch])
             await conn.send_packed_command(packed, check_health=False)
-            for i, (_, future) in enumerate(batch):
-                pending = batch[i:]
-                try:
-                    reply = await conn.read_response()
-                except (AskError, TryAgainError, ClusterDownError, NoScriptError):
-                    # answered without running (MovedError is an AskError)
-                    if not future.done():
-                        future.set_exception(_NotExecutedError())
-                    continue
-                except ResponseError as exc:  # this script's own error; the stream is intact
-                    if not future.done():
-                        future.set_exception(exc)
-                    continue
-                if not future.done():
-                    future.set_result(reply)
-            pending = []
+            # answered without running (MovedError is an AskError): each call goes alone
+            await _read_replies(conn, batch, (AskError, TryAgainError, ClusterDownError,
+                                              NoScriptError))
         except BaseException as exc:
-            _fail(pending, exc)
+            _fail(batch, exc)
             with contextlib.suppress(Exception):
                 await conn.disconnect()
             if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
@@ -380,7 +391,8 @@ def pack_commands(conn: AbstractConnection, commands: list[tuple[Any, ...]]) -> 
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
-def _fail(batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]], exc: BaseException) -> None:
+def _fail(batch: _Batch, exc: BaseException) -> None:
+    """Fail the calls of ``batch`` still waiting (those whose reply was read keep it)."""
     for _, future in batch:
         if not future.done():
             future.set_exception(exc if isinstance(exc, Exception) else RedisConnectionError(str(exc)))

@@ -35,7 +35,7 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     return value
 
 
-def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+def _duration(env: Mapping[str, str], name: str, default: float, *, zero_ok: bool) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -43,23 +43,19 @@ def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> floa
         value = float(raw)
     except ValueError as exc:
         raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from exc
-    if not math.isfinite(value) or value <= 0:
-        raise SettingsError(f"{name} must be a positive, finite number of seconds, got {raw!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise SettingsError(f"{name} must be a finite number of seconds {bound}, got {raw!r}")
     return value
+
+
+def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    return _duration(env, name, default, zero_ok=False)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     """A duration that may be 0 (a feature turned off)."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from exc
-    if not math.isfinite(value) or value < 0:
-        raise SettingsError(f"{name} must be a finite number of seconds >= 0, got {raw!r}")
-    return value
+    return _duration(env, name, default, zero_ok=True)
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -72,6 +72,19 @@ def map_plan(plan: Plan, caps: list[CompiledCap]) -> dict[str, Any]:
     return core
 
 
+async def seeded_bench(client: Any, users: int, *, history: bool, preemption: bool) -> Bench:
+    """The bench_engine population, optionally with histories and preemption, after 300
+    decisions so ledgers have some history."""
+    bench = Bench(client, users)
+    await bench.seed()
+    if history:
+        await seed_history(bench, users)
+    if preemption:
+        await enable_preemption(bench)
+    await bench.end_to_end(300)
+    return bench
+
+
 async def run(url: str, script_a: str, script_b: str, decisions: int, users: int,
               all_caps_for_a: bool, map_plan_for_a: bool, preemption: bool,
               history: bool, string_records_for_a: bool = False) -> None:
@@ -87,13 +100,7 @@ async def run(url: str, script_a: str, script_b: str, decisions: int, users: int
                                  redis_timeout_seconds=5.0))
     raw = make_redis(Settings(redis_url=url, redis_max_connections=1,
                               redis_timeout_seconds=5.0))
-    bench = Bench(client, users)
-    await bench.seed()
-    if history:
-        await seed_history(bench, users)
-    if preemption:
-        await enable_preemption(bench)
-    await bench.end_to_end(300)  # some ledger history first
+    bench = await seeded_bench(client, users, history=history, preemption=preemption)
     sha_a, sha_b = await raw.script_load(script_a), await raw.script_load(script_b)
     await raw.config_set("slowlog-log-slower-than", 0)
     times: dict[str, list[float]] = {sha_a: [], sha_b: []}
@@ -170,13 +177,7 @@ async def replay(url: str, script_a: str, script_b: str, decisions: int, users: 
     client = make_redis(Settings(redis_url=url, redis_max_connections=8,
                                  redis_timeout_seconds=5.0))
     plain = redis.Redis.from_url(url)
-    bench = Bench(client, users)
-    await bench.seed()
-    if history:
-        await seed_history(bench, users)
-    if preemption:
-        await enable_preemption(bench)
-    await bench.end_to_end(300)  # some ledger history first
+    bench = await seeded_bench(client, users, history=history, preemption=preemption)
     snapshot: dict[Any, tuple[bytes, int]] = {}
     for key in plain.keys("*"):
         dumped = plain.dump(key)

@@ -67,3 +67,19 @@ def req(**fields: Any) -> DecisionRequest:
                             "timezone": "America/New_York"}
     base.update(fields)
     return msgspec.convert(base, DecisionRequest)
+
+
+def spy_store(engine: Engine, monkeypatch: pytest.MonkeyPatch,
+              names: tuple[str, ...] = ("read_user", "commit")) -> list[str]:
+    """The list the named Store calls of ``engine`` are appended to, in order (they still
+    run): how many round trips a decision makes, and which."""
+    calls: list[str] = []
+    for name in names:
+        original = getattr(engine.store, name)
+
+        def spy(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
+            calls.append(_name)
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(engine.store, name, spy)
+    return calls

@@ -26,7 +26,7 @@ from api.shadow import FLUSH_SECONDS, INVALID, ShadowReport, ShadowService, samp
 from api.statecache import StateCache
 from api.store import PolicyConflictError, ShadowConflictError, Store
 from tests.conftest import TEST_ID_KEY
-from tests.integration.conftest import EXACT, NOON_NY, TENANT, deterministic, req
+from tests.integration.conftest import EXACT, NOON_NY, TENANT, deterministic, req, spy_store
 
 HOUR = 3_600_000
 #: exact instants (no spread) and no exploration: which messages are sent must not depend
@@ -132,15 +132,7 @@ async def test_one_extra_round_trip_only_with_a_shadow(engine: Engine,
     one, one more: the dry commit (the shadow document is read once per version). The
     recipient-state cache is off here: each decision reads (the cached case is below)."""
     engine.state_cache = StateCache(0, 0)
-    calls: list[str] = []
-    for name in ("read_user", "commit", "get_shadow"):
-        original = getattr(engine.store, name)
-
-        def spy(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
-            calls.append(_name)
-            return _original(*args, **kw)
-
-        monkeypatch.setattr(engine.store, name, spy)
+    calls = spy_store(engine, monkeypatch, ("read_user", "commit", "get_shadow"))
     await engine.decide(TENANT, req(message_id="m1"))
     assert calls == ["read_user", "commit"]
     await _shadow(engine, STRICTER)
@@ -158,15 +150,7 @@ async def test_a_cached_recipient_adds_only_the_dry_commit(
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the recipient's state cached (api/statecache.py) a decision is one commit, and
     a shadow still adds exactly its dry commit."""
-    calls: list[str] = []
-    for name in ("read_user", "commit"):
-        original = getattr(engine.store, name)
-
-        def spy(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
-            calls.append(_name)
-            return _original(*args, **kw)
-
-        monkeypatch.setattr(engine.store, name, spy)
+    calls = spy_store(engine, monkeypatch)
     await engine.decide(TENANT, req(message_id="m1"))
     assert calls == ["read_user", "commit"]
     calls.clear()

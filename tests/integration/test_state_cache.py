@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
-from typing import Any
 
 import msgspec
 import pytest
@@ -25,7 +24,7 @@ from api.schemas import DecisionResponse, Event, Preferences
 from api.settings import Settings
 from api.statecache import StateCache
 from api.store import Store
-from tests.integration.conftest import NOON_NY, TENANT, req
+from tests.integration.conftest import NOON_NY, TENANT, req, spy_store
 
 HOUR = 3_600_000
 
@@ -48,20 +47,6 @@ async def pair(redis_client: RedisClient, redis_settings: Settings,
         await c.aclose()
 
 
-def _spy(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The Store calls a decision makes, in order."""
-    calls: list[str] = []
-    for name in ("read_user", "commit"):
-        original = getattr(engine.store, name)
-
-        def spy(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
-            calls.append(_name)
-            return _original(*args, **kw)
-
-        monkeypatch.setattr(engine.store, name, spy)
-    return calls
-
-
 def _counts(engine: Engine) -> dict[str, float]:
     return {result: engine.metrics.registry.get_sample_value(
                 "sendwise_state_cache_total", {"result": result}) or 0.0
@@ -79,7 +64,7 @@ def _utc(ms: int) -> dt.datetime:
 async def test_a_recipient_decided_again_costs_one_round_trip(
         pair: list[Engine], monkeypatch: pytest.MonkeyPatch) -> None:
     a = pair[0]
-    calls = _spy(a, monkeypatch)
+    calls = spy_store(a, monkeypatch)
     first = await a.decide(TENANT, req(message_id="m1"))
     assert calls == ["read_user", "commit"]
     calls.clear()
@@ -96,7 +81,7 @@ async def test_a_preference_change_by_another_worker_is_honoured(
     assert (await a.decide(TENANT, req(message_id="m1"))).decision == "send"
     await b.store.put_preferences(TENANT, "u1", msgspec.convert(
         {"channels": {"email": {"consent": "opted_out"}}}, Preferences))
-    calls = _spy(a, monkeypatch)
+    calls = spy_store(a, monkeypatch)
     answer = await a.decide(TENANT, req(message_id="m2"))
     assert answer.decision == "suppress"
     assert ReasonCode.NO_CONSENT in _codes(answer)
@@ -134,7 +119,7 @@ async def test_a_campaign_the_cache_has_not_seen_is_checked_by_the_commit(
     await b.record_events(TENANT, [Event(type="converted", user_id="u1",
                                          at=_utc(NOON_NY - HOUR), campaign_id="c2")])
     await a.decide(TENANT, req(message_id="m1", campaign_id="c1"))
-    calls = _spy(a, monkeypatch)
+    calls = spy_store(a, monkeypatch)
     answer = await a.decide(TENANT, req(message_id="m2", campaign_id="c2"))
     assert answer.decision == "suppress"
     assert ReasonCode.ALREADY_CONVERTED in _codes(answer)
@@ -201,7 +186,7 @@ async def test_retries_replay_the_first_answer_from_either_worker(
     a, b = pair
     await a.decide(TENANT, req(message_id="m0"))  # u1's state is now cached by a
     first = await a.decide(TENANT, req(message_id="m1"))
-    calls = _spy(a, monkeypatch)
+    calls = spy_store(a, monkeypatch)
     again = await a.decide(TENANT, req(message_id="m1"))
     assert calls == ["commit"]  # the record check is the commit's first step
     elsewhere = await b.decide(TENANT, req(message_id="m1"))
@@ -225,7 +210,7 @@ async def test_events_and_preference_writes_on_this_worker_drop_the_entry(
     await a.record_events(TENANT, [Event(type="opened", user_id="u1", at=_utc(NOON_NY),
                                          message_id="m1", channel="email")])
     assert (TENANT, "u1") not in a.state_cache._entries
-    calls = _spy(a, monkeypatch)
+    calls = spy_store(a, monkeypatch)
     await a.decide(TENANT, req(message_id="m2"))
     assert calls == ["read_user", "commit"]
 
@@ -274,7 +259,7 @@ async def test_off_when_the_ttl_is_zero(redis_client: RedisClient, redis_setting
     settings = msgspec.structs.replace(redis_settings, state_cache_seconds=0.0)
     engine = Engine(Store(redis_client), settings, clock)
     assert not engine.state_cache.enabled
-    calls = _spy(engine, monkeypatch)
+    calls = spy_store(engine, monkeypatch)
     for mid in ("m1", "m2"):
         await engine.decide(TENANT, req(message_id=mid))
     assert calls == ["read_user", "commit"] * 2
