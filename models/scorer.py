@@ -15,6 +15,7 @@ found, the lightgbm package is used as before.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 from pathlib import Path
@@ -253,7 +254,9 @@ class NativeBooster:
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)
         if handle is not None and handle.value:
-            self._library.LGBM_BoosterFree(handle)
+            # at interpreter exit the library may already be unloaded: nothing left to free
+            with contextlib.suppress(Exception):
+                self._library.LGBM_BoosterFree(handle)
             handle.value = None
 
 
