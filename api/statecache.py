@@ -21,6 +21,13 @@ worker drops a recipient's entry when it handles events or a preference write fo
 What is not cached: the idempotency record (per message: an entry says "no record", the
 commit checks), and a merged id (its state lives under another id; it is read each time).
 A campaign the entry has not seen is assumed not converted; the commit checks that too.
+
+An entry keeps the state as MessagePack bytes, not as the decoded structs: thousands of
+entries live for seconds, long enough to survive the collector's young generation, and as
+objects (state, preferences, their lists and dicts: ~5 tracked containers each) every
+generation-1 pass walked them all again. As bytes in an untracked struct they cost the
+collector nothing; decoding one on a hit costs a few microseconds (docs/benchmarks.md,
+"Garbage collector and the state cache").
 """
 
 from __future__ import annotations
@@ -33,11 +40,20 @@ import msgspec
 
 from api.userstate import UserState
 
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(UserState).decode
 
-class _Entry(msgspec.Struct):
-    #: the state as read, without the message's record (``record`` None)
-    state: UserState
-    #: campaign id -> converted-at (ms) or None, as read or as a commit confirmed it
+
+class _Entry(msgspec.Struct, gc=False):
+    """Never part of a reference cycle (bytes, a dict of str -> int | None, a float), so the
+    cyclic collector need not track it (``gc=False``)."""
+
+    #: the state as read, without the message's record (``record`` None), as MessagePack
+    state: bytes
+    #: the state's converted-at: the conversion of the campaign the read was for
+    converted_at: int | None
+    #: campaign id -> converted-at (ms) or None, as read or as a commit confirmed it (str
+    #: keys and int/None values only: CPython leaves such a dict untracked)
     conversions: dict[str, int | None]
     #: monotonic deadline (seconds): the read's start + the TTL
     expires: float
@@ -77,9 +93,10 @@ class StateCache:
             return None
         self._entries.move_to_end(key)
         converted = entry.conversions.get(campaign_id) if campaign_id else None
-        if converted == entry.state.converted_at:
-            return entry.state
-        return msgspec.structs.replace(entry.state, converted_at=converted)
+        state = _decode(entry.state)
+        if converted == entry.converted_at:
+            return state
+        return msgspec.structs.replace(state, converted_at=converted)
 
     def put(self, tenant: str, user_id: str, campaign_id: str | None, state: UserState,
             read_at: float) -> None:
@@ -93,7 +110,8 @@ class StateCache:
         conversions = {campaign_id: state.converted_at} if campaign_id else {}
         if state.record is not None:
             state = msgspec.structs.replace(state, record=None)
-        self._entries[key] = _Entry(state, conversions, read_at + self.ttl)
+        self._entries[key] = _Entry(_encode(state), state.converted_at, conversions,
+                                    read_at + self.ttl)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

@@ -94,3 +94,27 @@ def test_expired_entries_at_the_cold_end_go_on_the_next_put() -> None:
     clock.t = 100 + 5.5  # a (read at 100) expired, b and c not
     cache.put("t", "d", None, _state(), clock())
     assert len(cache) == 3 and cache.get("t", "a", None) is None
+
+
+def test_an_entry_gives_back_the_state_it_was_given_and_costs_the_collector_nothing() -> None:
+    """Entries are kept as bytes in an untracked struct (module docstring): what ``get``
+    returns must still equal, field for field, the state ``put`` was given."""
+    import gc
+
+    doc = (b'{"timezone":"Europe/Paris","phone":"+33612345678","country":"FR",'
+           b'"channels":{"sms":{"consent":"opted_in"},"email":{"consent":"opted_out"}},'
+           b'"frequency_limits":[{"limit":2,"calendar":"day","channels":["sms"]},'
+           b'{"limit":5,"window_minutes":10080}],'
+           b'"quiet_hours":[{"start":"21:30","end":"08:00","weekdays":[0,1,2,3,4]}],'
+           b'"topic_opt_outs":["sports"]}')
+    flat = [b"doc", doc, b"rev", b"17", b"optout:push", b"1790000000000"]
+    state = parse_read_reply([flat, None, b"1790000000123", b"\x03profile-bytes"])
+    assert state.preferences.quiet_hours and state.event_opt_outs  # a rich state
+    clock = Clock()
+    cache = StateCache(5.0, 10, clock)
+    cache.put("t", "u", "c1", state, clock())
+    assert cache.get("t", "u", "c1") == state
+    assert cache.get("t", "u", None) == msgspec.structs.replace(state, converted_at=None)
+    entry = cache._entries[("t", "u")]
+    gc.collect()  # CPython untracks a dict of atomic values when the collector sees it
+    assert not gc.is_tracked(entry) and not gc.is_tracked(entry.conversions)
