@@ -438,14 +438,16 @@ def run_wrk(service: Service, path: str, seconds: float, concurrency: int, users
 
 
 def wrk_phase(service: Service, name: str, path: str, args: argparse.Namespace,
-              prefix: str) -> Phase:
+              prefix: str, meter: RedisMeter | None = None) -> Phase:
     threads = max(1, min(args.wrk_threads, args.concurrency))
     run_wrk(service, path, args.warmup, args.concurrency, args.users, prefix + "w", threads)
+    if meter is not None:
+        meter.start()
     s0, r0, g0, m0 = service.server_cpu(), service.redis_cpu(), children_cpu(), machine_busy()
     res = run_wrk(service, path, args.seconds, args.concurrency, args.users, prefix, threads)
     s1, r1, g1, m1 = service.server_cpu(), service.redis_cpu(), children_cpu(), machine_busy()
     mix = {k: int(res[k]) for k in ("send", "defer", "suppress") if res[k]}
-    return Phase(
+    phase = Phase(
         name=name, generator=f"wrk -t{threads}", requests=int(res["requests"]),
         seconds=res["duration_us"] / 1e6, p50=res["p50_us"] / 1000, p90=res["p90_us"] / 1000,
         p99=res["p99_us"] / 1000, max=res["max_us"] / 1000,
@@ -455,10 +457,13 @@ def wrk_phase(service: Service, name: str, path: str, args: argparse.Namespace,
         errors=int(res["err_connect"] + res["err_read"] + res["err_write"] + res["err_timeout"]),
         server_cpu=sum(cpu_delta(s0, s1)), server_processes=cpu_delta(s0, s1),
         redis_cpu=r1 - r0, generator_cpu=g1 - g0, machine_busy=m1 - m0)
+    if meter is not None:
+        meter.finish(phase)
+    return phase
 
 
 def python_phase(service: Service, name: str, path: str, args: argparse.Namespace,
-                 prefix: str, *, rate: float = 0.0) -> Phase:
+                 prefix: str, *, rate: float = 0.0, meter: RedisMeter | None = None) -> Phase:
     """Run httpload in ``--gen-processes`` spawned processes and merge their results."""
     procs = max(1, args.gen_processes)
     ctx = multiprocessing.get_context("spawn")
@@ -472,6 +477,8 @@ def python_phase(service: Service, name: str, path: str, args: argparse.Namespac
 
     with ctx.Pool(procs) as pool:
         pool.map(httpload.run_phase, specs(args.warmup, prefix + "w"))
+        if meter is not None:
+            meter.start()
         s0, r0, m0 = service.server_cpu(), service.redis_cpu(), machine_busy()
         results = pool.map(httpload.run_phase, specs(args.seconds, prefix))
         s1, r1, m1 = service.server_cpu(), service.redis_cpu(), machine_busy()
@@ -486,7 +493,7 @@ def python_phase(service: Service, name: str, path: str, args: argparse.Namespac
             statuses[code] = statuses.get(code, 0) + v
     ordered = sorted(lat)
     seconds = max(r.elapsed for r in results)
-    return Phase(
+    phase = Phase(
         name=name, generator=f"python x{procs}" + (" open-loop" if rate else ""),
         requests=len(ordered), seconds=seconds, p50=percentile(ordered, 50),
         p90=percentile(ordered, 90), p99=percentile(ordered, 99),
@@ -499,6 +506,9 @@ def python_phase(service: Service, name: str, path: str, args: argparse.Namespac
         generator_cpu=sum(r.cpu_seconds for r in results), machine_busy=m1 - m0,
         target_rate=rate,
         max_lag_ms=max(r.max_lag_ms for r in results))
+    if meter is not None:
+        meter.finish(phase)
+    return phase
 
 
 # ---------------------------------------------------------------------- report
@@ -555,6 +565,27 @@ def used_cpu_us(clients: list[redis.Redis]) -> float:
         cpu: dict[str, float] = client.info("cpu")
         total += (cpu["used_cpu_user"] + cpu["used_cpu_sys"]) * 1e6
     return total
+
+
+class RedisMeter:
+    """INFO commandstats and INFO cpu of every Redis node, and the machine's CPU pressure,
+    around the timed part of a phase only: the phase's warm-up is work too, and counting
+    it against the timed requests alone overstated Redis per decision by ~25% in
+    ``--quick`` (docs/benchmarks.md)."""
+
+    def __init__(self, clients: list[redis.Redis]) -> None:
+        self.clients = clients
+        self._start = (0.0, 0.0, 0.0)
+
+    def start(self) -> None:
+        self._start = (commandstats_usec(self.clients), used_cpu_us(self.clients),
+                       cpu_pressure_us())
+
+    def finish(self, phase: Phase) -> None:
+        command, cpu, psi = self._start
+        phase.command_usec = commandstats_usec(self.clients) - command
+        phase.redis_cpu_us = used_cpu_us(self.clients) - cpu
+        phase.cpu_wait = (cpu_pressure_us() - psi) / 1e6 / (phase.seconds or 1.0)
 
 
 class Memory(msgspec.Struct, kw_only=True):
@@ -740,16 +771,13 @@ def closed_loops(service: Service, args: argparse.Namespace, run: str, config: s
     closed = wrk_phase if use_wrk else python_phase
     out: dict[str, list[Phase]] = {name: [] for name, _ in endpoints}
     clients = service.node_clients()
+    meter = RedisMeter(clients)
     try:
         for rnd in range(args.rounds):
             for name, path in endpoints:
                 label = name if args.rounds == 1 else f"{name} #{rnd + 1}"
-                before, cpu_before = commandstats_usec(clients), used_cpu_us(clients)
-                psi = cpu_pressure_us()
-                phase = closed(service, label, path, args, f"{run}-{config}-{name}-{rnd}")
-                phase.cpu_wait = (cpu_pressure_us() - psi) / 1e6 / (phase.seconds or 1.0)
-                phase.command_usec = commandstats_usec(clients) - before
-                phase.redis_cpu_us = used_cpu_us(clients) - cpu_before
+                phase = closed(service, label, path, args, f"{run}-{config}-{name}-{rnd}",
+                               meter)
                 out[name].append(phase)
                 report.add(config, phase)
     finally:
@@ -818,10 +846,14 @@ def main(argv: list[str] | None = None) -> int:
             rate = round(0.6 * best, -1) if args.rate == "auto" else float(args.rate)
             for k in range(args.fixed_runs):
                 label = "decisions fixed-rate" + (f" #{k + 1}" if args.fixed_runs > 1 else "")
-                psi = cpu_pressure_us()
-                phase = python_phase(service, label, "/v1/decisions", args,
-                                     f"{run}-fixed-{k}", rate=rate)
-                phase.cpu_wait = (cpu_pressure_us() - psi) / 1e6 / (phase.seconds or 1.0)
+                fixed_clients = service.node_clients()
+                try:
+                    phase = python_phase(service, label, "/v1/decisions", args,
+                                         f"{run}-fixed-{k}", rate=rate,
+                                         meter=RedisMeter(fixed_clients))
+                finally:
+                    for client in fixed_clients:
+                        client.close()
                 report.add(config, phase)
                 p99s.append(phase.p99)
             maxes = [p.max for _, p in report.rows if p.target_rate]
