@@ -311,6 +311,8 @@ class Engine:
                     self.metrics.state_cache_stale.inc()
                     cache.drop(tenant, user)
                 continue
+            if reply.status == "contended":  # pacing's rounds ran out: the state was right
+                continue
             if reply.status == "new" and user == request.user_id:
                 cache.confirm(tenant, user, request.campaign_id, state.converted_at)
             if reply.status == "dup":

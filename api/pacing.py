@@ -296,7 +296,7 @@ class Pacer:
         also checks where displaced messages move, one more commit only when one moves to
         a paced channel). A dry run reads the counters and never writes them. Never answers
         ``moved``/``repace``: when the rounds run out it gives its tokens back and answers
-        ``stale`` (nothing written; the engine re-reads and retries, then answers a
+        ``contended`` (nothing written; the engine re-reads and retries, then answers a
         retryable 409). ``check`` goes with every commit, dry ones included
         (``Store.commit``)."""
         paced = {c.ch: lim for c in plan.cands
@@ -374,7 +374,7 @@ class Pacer:
                 tenant, user_id, message_id,
                 encode_plan(msgspec.structs.replace(current, dry=1), annotations), context, check)
         log.warning("pacing_rounds_exhausted", tenant=tenant, rounds=MAX_ROUNDS)
-        return CommitReply("stale", b"")
+        return CommitReply("contended", b"")
 
     async def release_cancelled(self, tenant: str, user_id: str, record: bytes,
                                 policy: Policy, now: int) -> bool:

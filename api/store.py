@@ -50,7 +50,10 @@ class CommitReply(msgspec.Struct, frozen=True):
     #: reserves there and commits again; it never hands this status on)
     #: "repace": displaced messages would move to paced instants without a token
     #: (``repaced``: message id, channel, instant each); nothing was written either
-    status: Literal["new", "dup", "dup_ledger", "stale", "moved", "repace"]
+    #: "contended": pacing's rounds ran out (api/pacing.py; never from commit.lua): nothing
+    #: written, the engine reads and tries again, like "stale" but without blaming the
+    #: state it planned from
+    status: Literal["new", "dup", "dup_ledger", "stale", "moved", "repace", "contended"]
     payload: bytes
     score: int | None = None
     #: (new record, ledger member) of each reservation this commit displaced (preemption)

@@ -265,3 +265,32 @@ async def test_off_when_the_ttl_is_zero(redis_client: RedisClient, redis_setting
     assert calls == ["read_user", "commit"] * 2
     assert _counts(engine) == {"hit": 0, "miss": 0, "stale": 0}
     assert isinstance(engine.state_cache, StateCache) and len(engine.state_cache) == 0
+
+
+async def test_pacing_running_out_of_rounds_retries_without_blaming_the_cached_state(
+        pair: list[Engine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``contended`` (api/pacing.py: its rounds ran out) is contention, not a stale state:
+    the engine decides again from a fresh read, counts no ``stale`` and keeps the entry."""
+    from api.store import CommitReply
+
+    a = pair[0]
+    await a.decide(TENANT, req(message_id="m1"))  # caches u1's state
+    real = a.pacing.commit
+    answers: list[str] = []
+
+    async def once_contended(*args: object, **kwargs: object) -> CommitReply:
+        if not answers:
+            answers.append("contended")
+            return CommitReply("contended", b"")
+        reply = await real(*args, **kwargs)  # type: ignore[arg-type]
+        answers.append(reply.status)
+        return reply
+
+    monkeypatch.setattr(a.pacing, "commit", once_contended)
+    calls = spy_store(a, monkeypatch)
+    answer = await a.decide(TENANT, req(message_id="m2"))
+    assert answers == ["contended", "new"]
+    assert calls == ["read_user", "commit"]  # the retry read afresh, then committed
+    assert answer.decision in ("send", "defer")
+    assert _counts(a) == {"hit": 1, "miss": 1, "stale": 0}
+    assert a.state_cache.get(TENANT, "u1", None) is not None
