@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import gc
 import hashlib
 import itertools
 import os
@@ -185,6 +187,52 @@ class Bench:
         return time.perf_counter() - t0, cpu() - c0, latencies
 
 
+class GcCensus:
+    """The collector during the concurrent run, set up as a served worker sets it up after
+    its warm-up (api/warmup.py: ``gc.freeze`` and the young-generation threshold): every
+    pause per generation, and what the collector still tracks afterwards in the young and
+    middle generations (the objects every generation-1 pass walks), by type."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = collections.defaultdict(list)
+        self._started = 0.0
+        self._threshold = gc.get_threshold()
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append((time.perf_counter() - self._started) * 1e3)
+
+    def __enter__(self) -> GcCensus:
+        from api.warmup import GC_GEN0_THRESHOLD
+
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, *self._threshold[1:])
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+        self.tracked = {generation: collections.Counter(
+            type(o).__name__ for o in gc.get_objects(generation=generation))
+            for generation in (0, 1)}
+        gc.unfreeze()
+        gc.set_threshold(*self._threshold)
+
+    def report(self) -> str:
+        pauses = "; ".join(
+            f"gen{g}: {len(v)}, mean {statistics.fmean(v):.2f} ms, max {max(v):.2f} ms"
+            for g, v in sorted(self.pauses.items())) or "none"
+        tracked = "; ".join(
+            f"gen{g} {sum(c.values()):,} ({', '.join(f'{k} {v:,}' for k, v in c.most_common(4))})"
+            for g, c in self.tracked.items())
+        return (f"collector during that run: pauses {pauses}\n"
+                f"objects it tracks afterwards (walked again by every generation-1 pass): "
+                f"{tracked}")
+
+
 SCRIPTS = ("read.lua", "commit.lua")
 
 
@@ -273,12 +321,14 @@ async def run(args: argparse.Namespace, url: str) -> None:
         print(f"  -> two Redis round trips: {100 * redis_mean / total_mean:.0f}% of the time; "
               f"Python work around them: {100 - 100 * redis_mean / total_mean:.0f}%")
 
-        wall, used, lat = await bench.concurrent(args.decisions, args.concurrency)
+        with GcCensus() as census:
+            wall, used, lat = await bench.concurrent(args.decisions, args.concurrency)
         print(f"\nEngine.decide, {args.concurrency} concurrent tasks on one loop, "
               f"{len(lat):,} decisions: {len(lat) / wall:,.0f} decisions/s, "
               f"p50 {pct(lat, 50) / 1000:.2f} ms  p99 {pct(lat, 99) / 1000:.2f} ms, "
               f"this process used {used / wall:.2f} cores "
               f"({1e6 * used / len(lat):.0f} CPU µs per decision)")
+        print(census.report())
         if bench.other_model:
             raise RuntimeError(f"{bench.other_model} answers were not scored by {bench.expected}")
         print(f"model_version of every sequential answer: {bench.expected}")
