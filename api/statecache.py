@@ -4,19 +4,20 @@ Why: a decision costs two Redis round trips, the read (read.lua) and the commit
 (commit.lua). A recipient this worker decided a moment ago needs no read: the decision
 plans from the state it read then and commits directly, one round trip.
 
-Why that stays exact: the cache is never trusted for anything a decision's correctness
-depends on. The commit re-checks, atomically with the reservation, everything the plan took
-from the read (``api.userstate.CommitCheck``): the idempotency record of the message, the
-whole preferences hash (document, event opt-outs, ``moved_into``, ``rev``) field by field,
-and the campaign's conversion. A difference answers ``stale``; the engine drops the entry, reads and
-plans again (the uncached path). Caps, conflicts and pacing are the commit's own reads of
-the ledger and the counters, cached nowhere.
+Why that stays exact: the cache is never trusted for anything a decision depends on. The
+commit re-checks, atomically with the reservation, everything the plan took from the read
+(``api.userstate.CommitCheck``): the idempotency record of the message, the whole
+preferences hash (document, event opt-outs, ``moved_into``, ``rev``) field by field, the
+campaign's conversion, and the send-time profile byte for byte. A difference answers
+``stale``; the engine drops the entry, reads and plans again (the uncached path). Caps,
+conflicts and pacing are the commit's own reads of the ledger and the counters, cached
+nowhere. The profile is compared too (one HGET and a string comparison inside the script)
+so that a decision never scores with a history that changed, or was erased through another
+worker, since its read.
 
-What the cache may hold stale: the send-time profile, a scoring input only. An entry lives
-``ttl_seconds`` from the moment its state was read, never longer (a commit confirming the
-preferences does not extend it), so a decision scores with a profile at most that old. This
-worker drops a recipient's entry when it handles events or a preference write for them
-(best effort: the bound above holds without it).
+An entry lives ``ttl_seconds`` from the moment its state was read, never longer (a commit
+confirming the state does not extend it). This worker drops a recipient's entry when it
+handles events or a preference write for them, which saves the ``stale`` round trip.
 
 What is not cached: the idempotency record (per message: an entry says "no record", the
 commit checks), and a merged id (its state lives under another id; it is read each time).

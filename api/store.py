@@ -195,7 +195,7 @@ class Store:
                     keys.replan_prefix, keys.record(message_id)]
         args: list[bytes | str] = [plan[0], context, *plan[1:]]
         if check is not None:
-            key_list.append(keys.conv)
+            key_list += [keys.conv, keys.profile]
             args += check.args()
         async with self._gate:
             reply: list[Any] = await self._commit(keys=key_list, args=args)

@@ -33,14 +33,16 @@ class CommitCheck(msgspec.Struct, frozen=True):
     """What commit.lua re-checks, atomically with the reservation, about the state a decision
     was planned with (besides the idempotency record and ``rev``, which it always checks):
     the whole preferences hash (document, event opt-outs, ``moved_into``, ``rev``), field by
-    field, and the campaign's conversion. Any difference answers ``stale`` and the engine
-    re-reads. This is what lets a decision plan from a cached state (api/statecache.py):
-    exactness comes from this check, never from the cache. The whole hash, not ``rev``
-    alone, because ``rev`` restarts at 0 when the hash is deleted (erasure, eviction), so a
-    revision number can come back with other contents; compared as a set of fields, not by
-    a digest of HGETALL's reply, whose order is not stable (a hash table's incremental
-    rehashing reorders an unchanged hash) and whose sorting in Lua would follow the
-    server's locale."""
+    field, the campaign's conversion, and the send-time profile byte for byte (so a cached
+    decision never scores with a profile that changed, or was erased, since its read: an
+    erasure on another worker cannot leave this one scoring with the erased history). Any
+    difference answers ``stale`` and the engine re-reads. This is what lets a decision plan
+    from a cached state (api/statecache.py): exactness comes from this check, never from the
+    cache. The whole hash, not ``rev`` alone, because ``rev`` restarts at 0 when the hash is
+    deleted (erasure, eviction), so a revision number can come back with other contents;
+    compared as a set of fields, not by a digest of HGETALL's reply, whose order is not
+    stable (a hash table's incremental rehashing reorders an unchanged hash) and whose
+    sorting in Lua would follow the server's locale."""
 
     #: the preferences hash the decision read, as HGETALL returned it
     prefs: tuple[bytes, ...]
@@ -48,16 +50,20 @@ class CommitCheck(msgspec.Struct, frozen=True):
     campaign: str
     #: the campaign's converted-at (ms) as read, '' when none was recorded
     converted: str
+    #: the serialised send-time profile as read (the profile hash's ``p``), b'' when none
+    profile: bytes = b""
 
     @classmethod
     def of(cls, state: UserState, campaign_id: str | None) -> CommitCheck:
         return cls(state.prefs_fields, campaign_id or "",
-                   "" if state.converted_at is None else str(state.converted_at))
+                   "" if state.converted_at is None else str(state.converted_at),
+                   state.profile or b"")
 
     def args(self) -> list[bytes | str]:
         """commit.lua's last ARGV (after the annotations): the hash's fields and values,
-        the campaign, its converted-at, and the number of fields."""
-        return [*self.prefs, self.campaign, self.converted, str(len(self.prefs) // 2)]
+        the campaign, its converted-at, the profile, and the number of fields."""
+        return [*self.prefs, self.campaign, self.converted, self.profile,
+                str(len(self.prefs) // 2)]
 
 
 def decode_preferences(raw: bytes | None) -> Preferences:

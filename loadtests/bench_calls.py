@@ -212,7 +212,7 @@ async def _check_cost(client: RedisClient, bench: Bench, rounds: int = 6) -> Non
                         keys = [k.ledger, k.records, k.prefs, k.record_prefix,
                                 k.replan_prefix, k.record("m")]
                         extra = CommitCheck.of(states[u], "c1").args() if "check" in name else []
-                        await scripts[name](keys=keys + ([k.conv] if extra else []),
+                        await scripts[name](keys=keys + ([k.conv, k.profile] if extra else []),
                                             args=["plan", "ctx", "prefix", *extra])
             stats1 = (await client.info("commandstats"))["cmdstat_evalsha"]
             out[name].append((stats1["usec"] - stats0["usec"]) / (stats1["calls"] - stats0["calls"]))

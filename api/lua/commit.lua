@@ -12,9 +12,10 @@
 -- ARGV[3] prefix of this message's ledger members, ARGV[3 + i] member of candidate i,
 -- ARGV[3 + #cands + i] (optional) JSON annotation of candidate i, copied as "s" into the
 -- outcome of the candidate reserved (score, score now, propensity: api/scoring.py)
--- KEYS[7] (optional) conversions hash; when given, the last ARGV are the state check
--- (api/userstate.py: CommitCheck): the preferences hash as read (field, value, ...), the
--- campaign ('' none), its converted-at as read ('' none), then the number of fields
+-- KEYS[7] (optional) conversions hash and KEYS[8] the send-time profile hash; when given,
+-- the last ARGV are the state check (api/userstate.py: CommitCheck): the preferences hash
+-- as read (field, value, ...), the campaign ('' none), its converted-at as read ('' none),
+-- the profile as read ('' none), then the number of fields
 --
 -- Modes: 'earliest' reserves the earliest free instant over all candidates; 'first' the
 -- first candidate with a free instant; 'ranked' the first scored slot (its s == 1, in
@@ -129,12 +130,13 @@ local rev = redis.call('HGET', KEYS[3], 'rev') or '0'
 if rev ~= plan.rev then return {'stale', rev} end
 
 -- 2b. the state the plan was made from, when the caller sends it (its read may be seconds
--- old: api/statecache.py): the whole preferences hash, field by field, and the campaign's
--- conversion. Anything else: stale, the caller re-reads.
+-- old: api/statecache.py): the whole preferences hash, field by field, the campaign's
+-- conversion and the send-time profile. Anything else: stale, the caller re-reads.
 local nargv = #ARGV
 if KEYS[7] then
   local n = tonumber(ARGV[nargv])
-  nargv = nargv - 3 - 2 * n
+  if (redis.call('HGET', KEYS[8], 'p') or '') ~= ARGV[nargv - 1] then return {'stale', rev} end
+  nargv = nargv - 4 - 2 * n
   local flat = redis.call('HGETALL', KEYS[3])
   if #flat ~= 2 * n then return {'stale', rev} end
   local want = {}
@@ -142,8 +144,8 @@ if KEYS[7] then
   for i = 1, #flat, 2 do
     if want[flat[i]] ~= flat[i + 1] then return {'stale', rev} end
   end
-  local camp = ARGV[#ARGV - 2]
-  if camp ~= '' and (redis.call('HGET', KEYS[7], camp) or '') ~= ARGV[#ARGV - 1] then
+  local camp = ARGV[#ARGV - 3]
+  if camp ~= '' and (redis.call('HGET', KEYS[7], camp) or '') ~= ARGV[#ARGV - 2] then
     return {'stale', rev}
   end
 end

@@ -294,3 +294,23 @@ async def test_pacing_running_out_of_rounds_retries_without_blaming_the_cached_s
     assert answer.decision in ("send", "defer")
     assert _counts(a) == {"hit": 1, "miss": 1, "stale": 0}
     assert a.state_cache.get(TENANT, "u1", None) is not None
+
+
+async def test_an_erasure_by_another_worker_is_never_scored_from_the_cache(
+        pair: list[Engine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipient without preferences but with a send-time history, cached by ``a``, is
+    erased through ``b``: nothing ``a`` cached survives in Redis, so the preferences check
+    alone would pass. The commit compares the profile too, so ``a``'s next decision reads
+    again and scores from the tenant prior, never from the erased history."""
+    a, b = pair
+    await b.record_events(TENANT, [Event(type="activity", user_id="u1",
+                                         at=_utc(NOON_NY - k * 24 * HOUR - 3 * HOUR))
+                                   for k in range(1, 9)])
+    first = await a.decide(TENANT, req(message_id="m1"))
+    assert first.features_source == "profile"
+    await erase(b.store, TENANT, "u1", b.clock.now_ms())
+    calls = spy_store(a, monkeypatch)
+    answer = await a.decide(TENANT, req(message_id="m2"))
+    assert calls == ["commit", "read_user", "commit"]  # stale, then a fresh read
+    assert answer.features_source == "prior"
+    assert _counts(a)["stale"] == 1

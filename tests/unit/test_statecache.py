@@ -79,10 +79,10 @@ def test_the_commit_check_carries_the_hash_as_read() -> None:
     flat = [b"doc", b"{}", b"rev", b"4", b"optout:sms", b"1"]
     state = parse_read_reply([flat, None, b"123", None])
     check = CommitCheck.of(state, "c1")
-    assert check.args() == [*flat, "c1", "123", "3"]
-    assert CommitCheck.of(state, None).args()[-3:] == ["", "123", "3"]
-    empty = parse_read_reply([[], None, None, None])
-    assert CommitCheck.of(empty, "c1").args() == ["c1", "", "0"]
+    assert check.args() == [*flat, "c1", "123", b"", "3"]
+    assert CommitCheck.of(state, None).args()[-4:] == ["", "123", b"", "3"]
+    empty = parse_read_reply([[], None, None, b"\x03profile"])
+    assert CommitCheck.of(empty, "c1").args() == ["c1", "", b"\x03profile", "0"]
 
 
 def test_expired_entries_at_the_cold_end_go_on_the_next_put() -> None:
