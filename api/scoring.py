@@ -43,8 +43,10 @@ propensity reported is that of the ranking before caps.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -67,7 +69,7 @@ from models.features import (
 from models.priors import DEFAULT_PRIORS, Priors
 from models.profile import Profile
 from models.scorer import Scorer
-from models.timeutil import utc_offsets
+from models.timeutil import utc_offset, utc_offsets
 from models.vocab import ANY_CHANNEL, CHANNELS, category_bucket, channel_index
 
 HOUR_MS = 3_600_000
@@ -168,21 +170,29 @@ def model_channel(name: str) -> int:
 
 #: memo of ``slot_instants``' local hour grid, keyed by (zone, first hour start, hours):
 #: the grid depends on nothing else, and a zone's next day of hour starts is the same for
-#: every decision in that hour (cleared whole when full: bounded memory, no LRU upkeep)
-_HOUR_GRIDS: dict[tuple[str, int, int], I64] = {}
+#: every decision in that hour (cleared whole when full: bounded memory, no LRU upkeep).
+#: Each grid is kept twice: as an array (scoring looks memoised scores up in it) and as a
+#: tuple of ints (``_window_slots`` merges it with the window's few other instants in plain
+#: Python, cheaper than numpy's per-call overhead on a few dozen values)
+_HOUR_GRIDS: dict[tuple[str, int, int], tuple[I64, tuple[int, ...], bool]] = {}
 _HOUR_GRIDS_MAX = 4096
 
 
-def _hour_grid(zone_name: str, tz: ZoneInfo, first: int, count: int, offset: int) -> I64:
+def _hour_grid(zone_name: str, tz: ZoneInfo, first: int, count: int, offset: int
+               ) -> tuple[I64, tuple[int, ...], bool]:
     """``count`` local hour starts from ``first`` (ms), each moved by the change of UTC offset
-    since ``offset`` so a DST change inside the horizon keeps them on local hour starts.
-    Read-only: the array is shared by every decision of the same (zone, hour)."""
+    since ``offset`` so a DST change inside the horizon keeps them on local hour starts, as
+    an array, a tuple, and whether they are in ascending order (a change of offset by more
+    than an hour could break it: then the window filters the grid element by element).
+    Read-only: shared by every decision of the same (zone, hour)."""
     key = (zone_name, first, count)
     grid = _HOUR_GRIDS.get(key)
     if grid is None:
         hours = np.arange(count, dtype=np.int64) * HOUR_MS + first
-        grid = hours + (offset - utc_offsets(tz, hours // 1000) * 1000)
-        grid.flags.writeable = False
+        array = hours + (offset - utc_offsets(tz, hours // 1000) * 1000)
+        array.flags.writeable = False
+        hours = tuple(array.tolist())
+        grid = (array, hours, all(x <= y for x, y in itertools.pairwise(hours)))
         if len(_HOUR_GRIDS) >= _HOUR_GRIDS_MAX:
             _HOUR_GRIDS.clear()
         _HOUR_GRIDS[key] = grid
@@ -194,9 +204,10 @@ def slot_instants(plan: Plan, cand: Candidate, zone_name: str, horizon_ms: int) 
     its blocks (the first moment after quiet hours etc.) and every local hour start,
     within ``[cand.a, min(cand.b, cand.a + horizon))``, ascending, without blocked ones.
 
-    One pass over the window's intervals (all its blocks together: blocked means inside
-    any of them) and the hour grid from ``_hour_grid``; ``ref_slot_instants`` in
-    tests/unit/test_scoring_reference.py is the plain version this must equal."""
+    The window's blocks are merged into disjoint intervals once, then one sweep keeps the
+    instants outside them (blocked means inside any block); the hour grid comes from
+    ``_hour_grid``. ``ref_slot_instants`` in tests/unit/test_scoring_reference.py is the
+    plain version this must equal."""
     return _window_slots(plan, cand, zone_name, horizon_ms)[0]
 
 
@@ -211,25 +222,43 @@ def _window_slots(plan: Plan, cand: Candidate, zone_name: str, horizon_ms: int
     a = cand.a
     end = min(cand.b, a + horizon_ms)
     tz = ZoneInfo(zone_name)
-    offset = int(utc_offsets(tz, np.array([a // 1000], dtype=np.int64))[0]) * 1000
+    offset = utc_offset(tz, a // 1000) * 1000
     first = ((a + offset) // HOUR_MS + 1) * HOUR_MS - offset
     count = max(0, -((first - end) // HOUR_MS))  # len(range(first, end, HOUR_MS))
-    intervals = [iv for i in cand.pb for iv in plan.blocks[i].iv]
-    starts = [a, *(e for _, e in intervals if a < e < end)]
+    intervals = sorted([iv for i in cand.pb for iv in plan.blocks[i].iv])
+    # the window's first instant, every block end inside it, and its hour starts
+    instants = {a}
+    instants.update(e for _, e in intervals if a < e < end)
     grid_ref: GridRef = None
     if count:
-        grid = _hour_grid(zone_name, tz, first, count, offset)
+        grid, hours, ascending = _hour_grid(zone_name, tz, first, count, offset)
         grid_ref = ((zone_name, first, count), grid)
-        instants = np.unique(np.concatenate([np.array(starts, dtype=np.int64), grid]))
-        instants = instants[(instants >= a) & (instants < end)]
-    else:
-        instants = np.unique(np.array(starts, dtype=np.int64))
-        instants = instants[instants < end]
+        if ascending:
+            instants.update(hours[bisect.bisect_left(hours, a):bisect.bisect_left(hours, end)])
+        else:
+            instants.update(t for t in hours if a <= t < end)
+    ordered = sorted(t for t in instants if t < end)
     if intervals:
-        iv = np.array(intervals, dtype=np.int64)
-        inside = ((instants[:, None] >= iv[:, 0]) & (instants[:, None] < iv[:, 1])).any(axis=1)
-        instants = instants[~inside]
-    return instants, grid_ref
+        # blocked = inside the union of the intervals: merge them (sorted by start), then
+        # one sweep, each instant checked against the first merged interval ending after it
+        merged: list[list[int]] = []
+        for s, e in intervals:
+            if e <= s:
+                continue  # empty: blocks nothing (its end above is still a slot)
+            if merged and s <= merged[-1][1]:
+                if e > merged[-1][1]:
+                    merged[-1][1] = e
+            else:
+                merged.append([s, e])
+        kept: list[int] = []
+        j, m = 0, len(merged)
+        for t in ordered:
+            while j < m and merged[j][1] <= t:
+                j += 1
+            if j == m or t < merged[j][0]:
+                kept.append(t)
+        ordered = kept
+    return np.array(ordered, dtype=np.int64), grid_ref
 
 
 @dataclass

@@ -86,13 +86,19 @@ def _breakpoints(tz: ZoneInfo, lo: int, hi: int) -> tuple[tuple[int, ...], tuple
     return tuple(starts), tuple(offsets)
 
 
+def utc_offset(tz: ZoneInfo, instant: int) -> int:
+    """``utc_offsets`` of one epoch-second instant, as a plain int (serving's "offset at the
+    window start": no array at all)."""
+    bucket = instant // _BUCKET_SECONDS
+    return _breakpoints(tz, bucket, bucket)[1][0]
+
+
 def utc_offsets(tz: ZoneInfo, instants: Int64Array) -> Int64Array:
     """UTC offset in seconds (local = utc + offset) for each epoch-second instant."""
     if instants.size == 0:
         return np.zeros(0, dtype=np.int64)
-    if instants.size == 1:  # serving's "offset at the window start": no array arithmetic
-        bucket = int(instants.item()) // _BUCKET_SECONDS
-        return np.full(instants.shape, _breakpoints(tz, bucket, bucket)[1][0], dtype=np.int64)
+    if instants.size == 1:  # no array arithmetic for a single instant
+        return np.full(instants.shape, utc_offset(tz, int(instants.item())), dtype=np.int64)
     buckets = instants // _BUCKET_SECONDS
     lo, hi = int(buckets.min()), int(buckets.max())
     starts, offsets = _breakpoints(tz, lo, hi)
