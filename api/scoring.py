@@ -188,11 +188,11 @@ def _hour_grid(zone_name: str, tz: ZoneInfo, first: int, count: int, offset: int
     key = (zone_name, first, count)
     grid = _HOUR_GRIDS.get(key)
     if grid is None:
-        hours = np.arange(count, dtype=np.int64) * HOUR_MS + first
-        array = hours + (offset - utc_offsets(tz, hours // 1000) * 1000)
+        plain = np.arange(count, dtype=np.int64) * HOUR_MS + first
+        array = plain + (offset - utc_offsets(tz, plain // 1000) * 1000)
         array.flags.writeable = False
-        hours = tuple(array.tolist())
-        grid = (array, hours, all(x <= y for x, y in itertools.pairwise(hours)))
+        starts = tuple(array.tolist())
+        grid = (array, starts, all(x <= y for x, y in itertools.pairwise(starts)))
         if len(_HOUR_GRIDS) >= _HOUR_GRIDS_MAX:
             _HOUR_GRIDS.clear()
         _HOUR_GRIDS[key] = grid
