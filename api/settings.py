@@ -227,11 +227,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     decision_log_max_len: int = 1_000_000
     decision_log_retention_days: int = 30
     #: how long a worker plans from a recipient's cached read state (api/statecache.py):
-    #: the commit re-checks preferences, opt-outs, conversions and the idempotency record,
-    #: so this bounds only the send-time profile's age; 0 turns the cache off
+    #: the commit re-checks everything the plan used from it; 0 turns the cache off
     state_cache_seconds: float = 5.0
     #: recipients one worker's state cache holds at most (least recently used evicted)
     state_cache_size: int = 20_000
+    #: decisions one worker runs at once (more wait their turn, first come first served,
+    #: ``Engine.decide``); 0: no limit
+    decision_concurrency: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -265,4 +267,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             decision_log=_flag(env, "SENDWISE_DECISION_LOG", True),
             state_cache_seconds=_seconds(env, "SENDWISE_STATE_CACHE_SECONDS", 5.0),
             state_cache_size=_int(env, "SENDWISE_STATE_CACHE_SIZE", 20_000),
+            decision_concurrency=_int(env, "SENDWISE_DECISION_CONCURRENCY", 0),
         )

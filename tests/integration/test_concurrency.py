@@ -132,3 +132,34 @@ async def test_opt_out_racing_decisions_takes_effect_for_the_next(
     await asyncio.gather(opt_out(), *before)
     after = await _gather(workers, [req(message_id=f"a{i}") for i in range(30)])
     assert all(a.decision == "suppress" for a in after)
+
+
+async def test_decision_concurrency_bounds_the_decisions_in_progress_and_keeps_arrival_order(
+        redis_client: RedisClient, clock: FixedClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SENDWISE_DECISION_CONCURRENCY``: at most that many decisions run at once in one
+    worker; the others wait and start in the order they arrived; every one is answered."""
+    settings = Settings(redis_url="unused", decision_concurrency=2)
+    engine = Engine(Store(redis_client), settings, clock)
+    policy = msgspec.convert({"send_time": {"exploration_rate": 0.0}, "quiet_hours": []}, Policy)
+    engine.policies.put(TENANT, await engine.store.put_policy(TENANT, policy, None,
+                                                               clock.now_ms()))
+    real = engine._decide_observed
+    running, peak, started = 0, 0, []
+
+    async def counted(tenant: str, request: Any) -> Any:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        started.append(request.message_id)
+        try:
+            return await real(tenant, request)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(engine, "_decide_observed", counted)
+    ids = [f"m{i}" for i in range(8)]
+    answers = await asyncio.gather(*(engine.decide(TENANT, req(message_id=m, user_id=f"u{m}"))
+                                     for m in ids))
+    assert peak == 2
+    assert started == ids
+    assert [a.message_id for a in answers] == ids and all(a.decision == "send" for a in answers)
