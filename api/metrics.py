@@ -124,6 +124,12 @@ class Metrics:
             "hit (planned from cached state, one Redis round trip when the commit confirms "
             "it), miss (read from Redis), stale (a hit the commit found outdated: read again)",
             ["result"], registry=r)
+        self.admission = Counter(
+            "sendwise_admission_total",
+            "Decisions by how they entered the worker's admission gate (api/admission.py, "
+            "SENDWISE_DECISION_CONCURRENCY): immediate (a free place), queued (waited for "
+            "one, first come first served), overflow (the queue was full: ran at once, as "
+            "without the gate)", ["entry"], registry=r)
         self.workers = Gauge("sendwise_workers", "API worker processes serving (1 per process)",
                              multiprocess_mode="livesum", registry=r)
         self.gc_pause = Histogram(
@@ -140,6 +146,8 @@ class Metrics:
         self.redis_commit = self.redis_seconds.labels("commit")
         #: the shadow policy's dry commit (only for tenants with a shadow policy)
         self.redis_shadow = self.redis_seconds.labels("shadow")
+        self.admissions = {entry: self.admission.labels(entry)
+                           for entry in ("immediate", "queued", "overflow")}
         self.state_cache_hits = self.state_cache.labels("hit")
         self.state_cache_misses = self.state_cache.labels("miss")
         self.state_cache_stale = self.state_cache.labels("stale")

@@ -163,3 +163,6 @@ async def test_decision_concurrency_bounds_the_decisions_in_progress_and_keeps_a
     assert peak == 2
     assert started == ids
     assert [a.message_id for a in answers] == ids and all(a.decision == "send" for a in answers)
+    entries = {entry: engine.metrics.registry.get_sample_value(
+        "sendwise_admission_total", {"entry": entry}) for entry in ("immediate", "queued")}
+    assert entries == {"immediate": 2.0, "queued": 6.0}
