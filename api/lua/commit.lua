@@ -8,7 +8,7 @@
 -- hash, read and updated in place until it expires) KEYS[4] .. its message id; the
 -- compact plan a deferral keeps while it can be displaced is KEYS[5] .. its message id
 -- ARGV[1] plan (MessagePack, built by api/plan.py: lua_plan, positional arrays in the order
--- of PLAN_FIELDS), ARGV[2] context JSON (stored verbatim),
+-- of PLAN_FIELDS), ARGV[2] context JSON (stored verbatim; api/plan.py: encode_context),
 -- ARGV[3] prefix of this message's ledger members, ARGV[3 + i] member of candidate i,
 -- ARGV[3 + #cands + i] (optional) JSON annotation of candidate i, copied as "s" into the
 -- outcome of the candidate reserved (score, score now, propensity: api/scoring.py)
@@ -636,8 +636,11 @@ if #displaced > 0 then
     local key = KEYS[4] .. e.mid
     local old, exp = record_get(e.mid, key)
     local ctx = old and string.match(old, '^[^\n]*')
-    local did = ctx and cjson.decode(ctx).did
-    if did then ids[#ids + 1] = cjson.encode(did) end
+    -- its decision id (context formats 1, 2), or what re-seals it (format 3, api/plan.py:
+    -- the message id, the key tag and, when it moved with a merge, its user; api/render.py)
+    local c = ctx and cjson.decode(ctx)
+    if c and c.did then ids[#ids + 1] = cjson.encode(c.did)
+    elseif c and c.k then ids[#ids + 1] = cjson.encode({e.mid, c.k, c.u}) end
     local m = {e = e, key = key, exp = exp}
     if plan.dry == 0 then
       local r = redecide(e)
