@@ -71,11 +71,18 @@ def decode_slot(raw: bytes | str) -> Slot:
     return _slot_decoder.decode(raw)
 
 
+def _names_by_message(outcome: bytes) -> bool:
+    """Does the outcome name a displaced decision by message id (a list inside ``x``)?
+    Decision ids are base64url, so in a list of ids no ``[`` follows ``[`` or ``,``."""
+    rest = outcome.partition(b'"x":')[2]
+    return b'[["' in rest or b',["' in rest
+
+
 def decode_outcome(raw: bytes | str, owner: RecordOwner | None = None) -> Outcome:
     """An outcome line; ``owner`` (where its record was read, or the commit that wrote
     it) re-seals the ids of displaced decisions that commit.lua names by message id."""
     data = raw.encode() if isinstance(raw, str) else raw
-    if b'["' not in data.partition(b'"x":')[2]:  # no displaced decision named by message id
+    if not _names_by_message(data):
         return _outcome_decoder.decode(data)
     fields = msgspec.structs.asdict(_stored_decoder.decode(data))
     x: list[str] = []
@@ -169,7 +176,7 @@ def adopt_record(record: bytes, user: str) -> bytes:
     lines = record.split(b"\n")
     lines[0] = adopt_context(lines[0], user)
     data = lines[1]
-    if b'["' in data.partition(b'"x":')[2]:
+    if _names_by_message(data):
         stored = _stored_decoder.decode(data)
         refs = msgspec.structs.asdict(stored)["x"]
         if any(isinstance(r, list) and len(r) == 2 for r in refs):
