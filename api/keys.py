@@ -20,11 +20,13 @@ or make two (tenant, user) pairs share one.
                                   hash's expiry>" (ms; commit.lua drops expired fields in
                                   batches from the first, the hash's PEXPIRE is the second).
                                   Context formats (api/plan.py, each read by every reader):
-                                  3 {"k":<key tag>,["u":<user>,]"p":…} holds no decision id,
-                                  no message id (the field) and no user id unless the
-                                  record is not this user's own (decided for an id merged
-                                  into it, or moved here by a merge): the reader re-seals
-                                  the id (api/ids.py, the secret the tag names); 2
+                                  3 [key tag, policy version, zone, now, fingerprint,
+                                  model, features source(, user, ...)] (positional,
+                                  trailing defaults left out) holds no decision id, no
+                                  message id (the field) and no user id unless the record
+                                  is not this user's own (decided for an id merged into
+                                  it, or moved here by a merge): the reader re-seals the
+                                  id (api/ids.py, the secret the tag names); 2
                                   {"did":…,"m":…,"u":…,"p":…} and the original
                                   {"v":1,"did":…,"mid":…} store all three. The outcome's
                                   "x" names a displaced decision by its id, or (format 3)

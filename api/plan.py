@@ -8,6 +8,7 @@ the time blocks (each named by the rule that makes it), plus the compiled cap ru
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
@@ -561,12 +562,12 @@ def encode_plan(plan: Plan, annotations: Sequence[bytes] = ()) -> list[bytes]:
             *annotations]
 
 
-#: Short JSON names of the stored context (formats 2 and 3). ``did`` keeps its name in
-#: format 2: commit.lua reads ``cjson.decode(context).did`` of the records it displaces.
+#: Short JSON names of the stored context (format 2). ``did`` keeps its name: commit.lua
+#: reads ``cjson.decode(context).did`` of the records it displaces.
 _CONTEXT_NAMES = {"mid": "m", "uid": "u", "pv": "p", "zone": "z", "now": "n", "fp": "f",
                   "dry": "y", "pre": "r"}
-#: Defaults the compact forms omit (``dry`` false and no pre-commit reasons are the common
-#: case); the other fields keep ``Context``'s own defaults, so ``v`` = 1 is omitted too.
+#: Defaults the compact formats omit (``dry`` false and no pre-commit reasons are the
+#: common case); the other fields keep ``Context``'s own defaults, so ``v`` = 1 is omitted.
 _CONTEXT_OMITTED = {"dry": False, "pre": []}
 
 
@@ -604,31 +605,82 @@ def _compact_context_type(name: str, drop: frozenset[str],
 
 #: format 2: every field, short names, ``did`` first
 _Context2 = _compact_context_type("Context2", frozenset(), ())
-#: format 3: no ``did`` and no ``mid`` (the hash field), ``uid`` only when it is not the
-#: user of the hash; ``k``, the tag of the secret that sealed the id (api/ids.py), first
-_Context3 = _compact_context_type("Context3", frozenset({"did", "mid"}),
-                                  [("tag", str, msgspec.field(name="k"))])
+#: format 3: a JSON array, read by position in this order (the names ``Context``'s, but
+#: ``tag``: the tag of the secret that sealed the decision id, api/ids.py), trailing
+#: fields that hold their default left out. No ``did`` and no ``mid`` (the hash field);
+#: ``uid`` only when it is not the user of the hash. A field added to ``Context`` must be
+#: appended here (checked below): positions can never change once records exist.
+_CONTEXT3_ORDER = ("tag", "pv", "zone", "now", "fp", "mv", "fs", "uid", "dry", "pre", "s",
+                   "v")
+
+
+def _context3_type() -> type[msgspec.Struct]:
+    fields = {f.name: f for f in msgspec.structs.fields(Context)}
+    if set(_CONTEXT3_ORDER) != set(fields) - {"did", "mid"} | {"tag"}:
+        raise TypeError("Context's fields and _CONTEXT3_ORDER differ: append the new field")
+    spec: list[tuple[str, object, object]] = []
+    for name in _CONTEXT3_ORDER:
+        if name == "tag":
+            spec.append((name, str, msgspec.NODEFAULT))
+            continue
+        f = fields[name]
+        default = (_CONTEXT_OMITTED.get(name, f.default)
+                   if f.default_factory is msgspec.NODEFAULT else f.default_factory())
+        spec.append((name, str | None, None) if name == "uid" else (name, f.type, default))
+    return msgspec.defstruct("Context3", spec, array_like=True, frozen=True)
+
+
+_Context3 = _context3_type()
+#: the default of each format-3 position (NODEFAULT: always written)
+_CONTEXT3_DEFAULTS = [f.default_factory() if f.default_factory is not msgspec.NODEFAULT
+                      else f.default for f in msgspec.structs.fields(_Context3)]
 _PREFIX_2 = b'{"did":'
-_PREFIX_3 = b'{"k":'
+_PREFIX_3 = b'["'
 _decoder_2 = msgspec.json.Decoder(_Context2)
 _decoder_3 = msgspec.json.Decoder(_Context3)
 _legacy_decoder = msgspec.json.Decoder(Context)
+_FP_BYTES = 10  # api/plan.py fingerprint: 20 hex characters
+
+
+def _pack_fp(fp: str) -> str:
+    """The fingerprint as base64url (14 characters instead of 20 hex); anything else (the
+    fallback's empty one) behind ``=``, which base64url never starts with."""
+    if len(fp) == 2 * _FP_BYTES and fp == fp.lower():
+        try:
+            return base64.urlsafe_b64encode(bytes.fromhex(fp)).rstrip(b"=").decode()
+        except ValueError:
+            pass
+    return "=" + fp
+
+
+def _unpack_fp(packed: str) -> str:
+    if packed.startswith("="):
+        return packed[1:]
+    return base64.urlsafe_b64decode(packed + "=" * (-len(packed) % 4)).hex()
+
+
+def _encode3(values: list[Any]) -> bytes:
+    while len(values) > 1 and values[-1] == _CONTEXT3_DEFAULTS[len(values) - 1]:
+        values.pop()
+    return _json.encode(values)
 
 
 def encode_context(ctx: Context, *, user: str, tag: str) -> bytes:
-    """The context line of the idempotency record, format 3: JSON (the record's lines are
-    split on newlines, so it must stay one line, and commit.lua decodes it with cjson to
-    name a displaced decision) with one- and two-letter names, the common defaults omitted,
-    and nothing a reader can recompute: the decision id is the AES-SIV of (tenant, user,
-    message) under the secret ``tag`` names (``ctx.did`` must be that id), the message id
-    is the record's hash field, the user is the one whose records hash stores it (``user``;
-    stored only when the decision was made for another id, merged into ``user``).
-    ~50% of format 2's bytes (docs/benchmarks.md, "Compact records")."""
+    """The context line of the idempotency record, format 3: a JSON array (the record's
+    lines are split on newlines, so it must stay one line, and commit.lua decodes it with
+    cjson to name a displaced decision; positions instead of names, trailing defaults left
+    out, the fingerprint in base64url) holding nothing a reader can recompute: the decision
+    id is the AES-SIV of (tenant, user, message) under the secret ``tag`` names
+    (``ctx.did`` must be that id), the message id is the record's hash field, the user is
+    the one whose records hash stores it (``user``; written only when the decision was made
+    for another id, merged into ``user``). ~45% of format 2's bytes (docs/benchmarks.md,
+    "Compact records")."""
     fields = msgspec.structs.asdict(ctx)
-    del fields["did"], fields["mid"]
+    fields["tag"] = tag
+    fields["fp"] = _pack_fp(ctx.fp)
     if fields["uid"] == user:
         fields["uid"] = None
-    return _json.encode(_Context3(tag=tag, **fields))
+    return _encode3([fields[name] for name in _CONTEXT3_ORDER])
 
 
 def encode_context_v2(ctx: Context) -> bytes:
@@ -651,6 +703,7 @@ def decode_context(raw: bytes | str, owner: RecordOwner | None = None) -> Contex
         uid = stored.pop("uid")
         if uid is None:
             uid = owner.user
+        stored["fp"] = _unpack_fp(stored["fp"])
         return Context(did=owner.ids.decision_id(owner.tenant, uid, owner.mid, tag),
                        mid=owner.mid, uid=uid, **stored)
     if data.startswith(_PREFIX_2):
@@ -664,7 +717,8 @@ def adopt_context(raw: bytes, user: str) -> bytes:
     formats name it anyway and are returned as they are."""
     if not raw.startswith(_PREFIX_3):
         return raw
-    stored = _decoder_3.decode(raw)
-    if msgspec.structs.asdict(stored)["uid"] is not None:
+    stored = msgspec.structs.asdict(_decoder_3.decode(raw))
+    if stored["uid"] is not None:
         return raw
-    return _json.encode(msgspec.structs.replace(stored, uid=user))
+    stored["uid"] = user
+    return _encode3([stored[name] for name in _CONTEXT3_ORDER])

@@ -636,11 +636,16 @@ if #displaced > 0 then
     local key = KEYS[4] .. e.mid
     local old, exp = record_get(e.mid, key)
     local ctx = old and string.match(old, '^[^\n]*')
-    -- its decision id (context formats 1, 2), or what re-seals it (format 3, api/plan.py:
-    -- the message id, the key tag and, when it moved with a merge, its user; api/render.py)
+    -- its decision id (context formats 1, 2: objects), or what re-seals it (format 3, an
+    -- array, api/plan.py: the message id, the key tag (1st) and, when the record is not
+    -- this user's own, its user (8th); api/render.py)
     local c = ctx and cjson.decode(ctx)
     if c and c.did then ids[#ids + 1] = cjson.encode(c.did)
-    elseif c and c.k then ids[#ids + 1] = cjson.encode({e.mid, c.k, c.u}) end
+    elseif c and c[1] then
+      local u = c[8]
+      if u == cjson.null then u = nil end
+      ids[#ids + 1] = cjson.encode({e.mid, c[1], u})
+    end
     local m = {e = e, key = key, exp = exp}
     if plan.dry == 0 then
       local r = redecide(e)

@@ -8,6 +8,7 @@ upgrade, docs/architecture.md)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +68,12 @@ def _v2(engine: Engine) -> Engine:
     return old
 
 
+def _context(value: bytes) -> list[Any]:
+    """The context line of a stored value, decoded (format 3: a JSON array, api/plan.py)."""
+    decoded: list[Any] = json.loads(value.partition(b" ")[2].split(b"\n")[0])
+    return decoded
+
+
 async def _value(redis_client: RedisClient, user: str, mid: str) -> bytes:
     raw = await redis_client.hget(user_keys(TENANT, user).records, mid)
     assert raw is not None
@@ -80,9 +87,9 @@ async def test_format_3_stores_no_ids_and_answers_as_before(
     value = await _value(redis_client, "u1", "g1")
     expiry, _, record = value.partition(b" ")
     assert expiry == A_RECORD.partition(b" ")[0]
-    assert record.startswith(b'{"k":"') and b"d_" not in record
+    assert record.startswith(b'["') and b"d_" not in record
     assert b'"g1"' not in record and b'"u1"' not in record
-    assert len(value) == len(A_RECORD) - 50  # 268 -> 218 B (short test ids)
+    assert len(value) == len(A_RECORD) - 86  # 268 -> 182 B (short test ids)
     again = await engine.decide(TENANT, req(message_id="g1"))
     assert msgspec.json.encode(again) == _replayed(A_ANSWER)
     status = await engine.status(TENANT, first.decision_id)
@@ -147,7 +154,7 @@ async def test_a_displaced_record_of_either_format_names_its_decision(
     assert status.reasons[0].code == "preempted"
     # the displaced record keeps its format
     assert (await _value(redis_client, "u1", "low")).partition(b" ")[2].startswith(
-        b'{"did":' if format_of_low == 2 else b'{"k":')
+        b'{"did":' if format_of_low == 2 else b'["')
 
 
 async def test_merged_format_3_records_keep_their_ids(
@@ -163,7 +170,7 @@ async def test_merged_format_3_records_keep_their_ids(
     assert high.displaced == [low.decision_id]
     moved = await lifecycle.merge(engine.store, TENANT, "anon", "known", clock.now_ms())
     assert moved.decisions == 2
-    assert b'"u":"anon"' in await _value(redis_client, "known", "high")
+    assert _context(await _value(redis_client, "known", "high"))[7] == "anon"
     again = await engine.decide(TENANT, req(user_id="anon", message_id="high", priority=8))
     assert msgspec.json.encode(msgspec.structs.replace(again, replayed=False)) == \
         msgspec.json.encode(high)
@@ -175,11 +182,11 @@ async def test_merged_format_3_records_keep_their_ids(
         [low.decision_id, high.decision_id])
     # a decision for the merged id is made on the target's hash and names its own user
     later = await engine.decide(TENANT, req(user_id="anon", message_id="after", priority=9))
-    assert b'"u":"anon"' in await _value(redis_client, "known", "after")
+    assert _context(await _value(redis_client, "known", "after"))[7] == "anon"
     assert (await engine.status(TENANT, later.decision_id)).message_id == "after"
     # and the record of a decision for the target itself does not
     own = await engine.decide(TENANT, req(user_id="known", message_id="own", priority=9))
-    assert b'"u":' not in await _value(redis_client, "known", "own")
+    assert len(_context(await _value(redis_client, "known", "own"))) == 7  # no user
     assert (await engine.status(TENANT, own.decision_id)).message_id == "own"
 
 
