@@ -43,16 +43,37 @@ class Outcome(msgspec.Struct, frozen=True):
     p: int = 0
 
 
+def _default(f: msgspec.structs.FieldInfo) -> object:
+    return f.default_factory() if f.default_factory is not msgspec.NODEFAULT else f.default
+
+
 #: ``Outcome`` as commit.lua writes it: a displaced decision is its id when its record
 #: stores one (context formats 1 and 2), else ``[message id, key tag]`` (format 3, same
 #: user) or ``[message id, key tag, user]`` (format 3, a record that moved with a merge)
 _Stored = msgspec.defstruct("StoredOutcome", [
-    (f.name, list[str | list[str]] if f.name == "x" else f.type,
-     f.default_factory() if f.default_factory is not msgspec.NODEFAULT else f.default)
+    (f.name, list[str | list[str]] if f.name == "x" else f.type, _default(f))
     for f in msgspec.structs.fields(Outcome)], frozen=True)
+#: the outcome of a format-3 record (commit.lua: a context that is a JSON array gets an
+#: outcome that is one): ``Outcome``'s fields by position in this order, trailing defaults
+#: left out. Positions never change once records exist: a new field is appended.
+_OUTCOME3_ORDER = ("d", "ch", "t", "s", "r", "x", "p")
+
+
+def _stored3_type() -> type[msgspec.Struct]:
+    fields = {f.name: f for f in msgspec.structs.fields(_Stored)}
+    if set(_OUTCOME3_ORDER) != set(fields):
+        raise TypeError("Outcome's fields and _OUTCOME3_ORDER differ: append the new field")
+    return msgspec.defstruct("StoredOutcome3", [
+        (name, fields[name].type, [] if name == "r" else _default(fields[name]))
+        for name in _OUTCOME3_ORDER], array_like=True, frozen=True)
+
+
+_Stored3 = _stored3_type()
+_STORED3_DEFAULTS = [_default(f) for f in msgspec.structs.fields(_Stored3)]
 _outcome_decoder = msgspec.json.Decoder(Outcome)
 _json = msgspec.json.Encoder()
 _stored_decoder = msgspec.json.Decoder(_Stored)
+_stored3_decoder = msgspec.json.Decoder(_Stored3)
 
 
 class Slot(msgspec.Struct, frozen=True):
@@ -62,13 +83,24 @@ class Slot(msgspec.Struct, frozen=True):
     t: int | None
 
 
+class _Slot3(msgspec.Struct, frozen=True, array_like=True):
+    d: str
+    ch: str | None
+    t: int | None
+
+
 _slot_decoder = msgspec.json.Decoder(Slot)
+_slot3_decoder = msgspec.json.Decoder(_Slot3)
 
 
 def decode_slot(raw: bytes | str) -> Slot:
     """An outcome's channel and instant alone (channel pacing): needs no owner, whatever
-    the outcome names in ``x``."""
-    return _slot_decoder.decode(raw)
+    the outcome names in ``x``; either layout."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if data.startswith(b"["):
+        slot = _slot3_decoder.decode(data)
+        return Slot(slot.ch, slot.t)
+    return _slot_decoder.decode(data)
 
 
 def _names_by_message(outcome: bytes) -> bool:
@@ -79,12 +111,18 @@ def _names_by_message(outcome: bytes) -> bool:
 
 
 def decode_outcome(raw: bytes | str, owner: RecordOwner | None = None) -> Outcome:
-    """An outcome line; ``owner`` (where its record was read, or the commit that wrote
-    it) re-seals the ids of displaced decisions that commit.lua names by message id."""
+    """An outcome line, an object (records of context formats 1 and 2) or the positional
+    array of format 3; ``owner`` (where its record was read, or the commit that wrote it)
+    re-seals the ids of displaced decisions that commit.lua names by message id."""
     data = raw.encode() if isinstance(raw, str) else raw
-    if not _names_by_message(data):
+    if data.startswith(b"["):
+        fields = msgspec.structs.asdict(_stored3_decoder.decode(data))
+        if not fields["x"]:
+            return Outcome(**fields)
+    elif not _names_by_message(data):
         return _outcome_decoder.decode(data)
-    fields = msgspec.structs.asdict(_stored_decoder.decode(data))
+    else:
+        fields = msgspec.structs.asdict(_stored_decoder.decode(data))
     x: list[str] = []
     for ref in fields["x"]:
         if isinstance(ref, str):
@@ -176,12 +214,21 @@ def adopt_record(record: bytes, user: str) -> bytes:
     lines = record.split(b"\n")
     lines[0] = adopt_context(lines[0], user)
     data = lines[1]
-    if _names_by_message(data):
-        stored = _stored_decoder.decode(data)
-        refs = msgspec.structs.asdict(stored)["x"]
+    positional = data.startswith(b"[")
+    if positional or _names_by_message(data):
+        stored = (_stored3_decoder if positional else _stored_decoder).decode(data)
+        fields = msgspec.structs.asdict(stored)
+        refs = fields["x"]
         if any(isinstance(r, list) and len(r) == 2 for r in refs):
-            x = [[*r, user] if isinstance(r, list) and len(r) == 2 else r for r in refs]
-            lines[1] = _json.encode(msgspec.structs.replace(stored, x=x))
+            fields["x"] = [[*r, user] if isinstance(r, list) and len(r) == 2 else r
+                           for r in refs]
+            if positional:
+                values = [fields[name] for name in _OUTCOME3_ORDER]
+                while values and values[-1] == _STORED3_DEFAULTS[len(values) - 1]:
+                    values.pop()
+                lines[1] = _json.encode(values)
+            else:
+                lines[1] = _json.encode(msgspec.structs.replace(stored, x=fields["x"]))
     return b"\n".join(lines)
 
 

@@ -246,13 +246,46 @@ end
 local msg = message_facts(P[6])
 local cw = plan.cw
 
+-- the outcome line (api/render.py: Outcome): the decision d, channel, instant, reasons rs,
+-- p (true: a preempted suppression), the reserved candidate's score note (JSON) and the
+-- displaced decisions xs (JSON each). In the record of a format-3 context (a JSON array,
+-- api/plan.py), ``positional``: a JSON array [d, ch, t, s, r, x, p] without its trailing
+-- defaults; else the object {"d","ch","t","r"[,"p"][,"s"][,"x"]} earlier releases read.
+local function outcome(d, ch, t, rs, p, s, xs, positional)
+  local parts = {}
+  for i, r in ipairs(rs) do
+    parts[i] = '[' .. cjson.encode(r[1]) .. ',' .. cjson.encode(r[2]) .. ','
+      .. (r[3] and fmt(r[3]) or 'null') .. ',' .. (r[4] and cjson.encode(r[4]) or 'null') .. ']'
+  end
+  local ch_, t_ = ch and cjson.encode(ch) or 'null', t and fmt(t) or 'null'
+  if not positional then
+    return '{"d":"' .. d .. '","ch":' .. ch_ .. ',"t":' .. t_ .. ',"r":['
+      .. table.concat(parts, ',') .. ']' .. (p and ',"p":1' or '')
+      .. (s and ',"s":' .. s or '') .. (xs and ',"x":[' .. table.concat(xs, ',') .. ']' or '')
+      .. '}'
+  end
+  local n = 7
+  if not p then
+    n = 6
+    if not xs or #xs == 0 then
+      n = 5
+      if #rs == 0 then n = s and 4 or 3 end
+    end
+  end
+  local all = {'"' .. d .. '"', ch_, t_, s or 'null', '[' .. table.concat(parts, ',') .. ']',
+               xs and '[' .. table.concat(xs, ',') .. ']' or '[]', '1'}
+  return '[' .. table.concat(all, ',', 1, n) .. ']'
+end
+-- this message's context is format 3 (api/plan.py: a JSON array): so is its outcome
+local positional = string.byte(ARGV[2], 1) == 91
+
 -- 4. a duplicate offer suppresses the whole message, whatever the channel
 if cw > 0 and msg.og ~= '' then
   for _, e in ipairs(entries) do
     if e.og == msg.og and e.oid == msg.oid and e.t > now - cw then
-      local out = '{"d":"suppress","ch":null,"t":null,"r":[[' .. cjson.encode('duplicate_offer')
-        .. ',' .. cjson.encode('conflict_group:' .. msg.og) .. ',' .. fmt(e.t + cw) .. ','
-        .. cjson.encode(e.ch) .. ']]}'
+      local out = outcome('suppress', nil, nil,
+                          {{'duplicate_offer', 'conflict_group:' .. msg.og, e.t + cw, e.ch}},
+                          false, nil, nil, positional)
       if plan.dry == 0 then record_put(my_mid, ARGV[2] .. '\n' .. out, now + plan.ttl) end
       return {'new', out}
     end
@@ -539,20 +572,7 @@ else
   end
 end
 
--- the outcome JSON (api/render.py: Outcome); p = 1 marks a preempted suppression
-local function outcome(d, ch, t, rs, p)
-  local parts = {}
-  for i, r in ipairs(rs) do
-    parts[i] = '[' .. cjson.encode(r[1]) .. ',' .. cjson.encode(r[2]) .. ','
-      .. (r[3] and fmt(r[3]) or 'null') .. ',' .. (r[4] and cjson.encode(r[4]) or 'null') .. ']'
-  end
-  return '{"d":"' .. d .. '","ch":' .. (ch and cjson.encode(ch) or 'null')
-    .. ',"t":' .. (t and fmt(t) or 'null') .. ',"r":[' .. table.concat(parts, ',') .. ']'
-    .. (p and ',"p":1' or '')
-end
-local out = outcome(decision, out_ch, out_t, reasons, false)
 local note = chosen and 3 + #plan.cands + chosen <= nargv and ARGV[3 + #plan.cands + chosen]
-if note then out = out .. ',"s":' .. note end
 
 -- 6b. re-decide each displaced message inside this call, against the ledger as it is now
 -- (this message's reservation included, the displaced ones gone): the earliest instant at
@@ -624,7 +644,7 @@ local function redecide(v)
           member = R[9][best], plan = raw_plan}
 end
 
-local moved = {}
+local moved, xs = {}, nil
 if #displaced > 0 then
   -- from here on this message's reservation counts for the re-decisions
   if out_t and plan.dry == 0 then
@@ -655,13 +675,14 @@ if #displaced > 0 then
                    og = d[7], pr = d[8] or plan.dp})
       end
       m.r = r
-      m.rec = ctx and (ctx .. '\n' .. outcome(r.d, r.ch, r.t, r.r, r.t == nil) .. '}')
+      m.rec = ctx and (ctx .. '\n' .. outcome(r.d, r.ch, r.t, r.r, r.t == nil, nil, nil,
+                                              string.byte(ctx, 1) == 91))
     end
     moved[#moved + 1] = m
   end
-  out = out .. ',"x":[' .. table.concat(ids, ',') .. ']'
+  xs = ids
 end
-out = out .. '}'
+local out = outcome(decision, out_ch, out_t, reasons, false, note, xs, positional)
 
 -- 6c. channel pacing's expectation (plan.pe, api/pacing.py): a send or deferral on a paced
 -- channel is written only inside the span of the token pacing holds for it. The ledger can

@@ -161,3 +161,29 @@ def test_every_format_decodes_to_the_same_context(ctx: Context, user: str) -> No
     assert decode_context(adopt_context(v3, user), RecordOwner("t", "other", ctx.mid, IDS)) \
         == ctx
     assert len(v3) < len(v2) <= len(legacy)
+
+
+def test_the_positional_outcome_of_format_3() -> None:
+    """commit.lua writes a format-3 record's outcome as [d, ch, t, s, r, x, p] without its
+    trailing defaults (api/render.py); it decodes to the same Outcome as the object."""
+    obj = decode_outcome(OUTCOME)
+    assert decode_outcome(b'["defer","email",1781112600000,[0.041,0.039,0.95],[["frequency_cap",'
+                          b'"caps[0]",1781112600000,"email"]]]') == obj
+    assert decode_outcome(b'["send","sms",1,[0.5,0.5,1.0]]') == \
+        decode_outcome(b'{"d":"send","ch":"sms","t":1,"r":[],"s":[0.5,0.5,1.0]}')
+    suppressed = b'["suppress",null,null,null,[["preempted","cap",null,"sms"]],[],1]'
+    assert decode_outcome(suppressed) == decode_outcome(
+        b'{"d":"suppress","ch":null,"t":null,"r":[["preempted","cap",null,"sms"]],"p":1}')
+    displacing = b'["send","sms",1,null,[],["' + DID.encode() + b'",["m-0","' + \
+        IDS.tag.encode() + b'"]]]'
+    with pytest.raises(ValueError, match="owner"):
+        decode_outcome(displacing)
+    assert decode_outcome(displacing, OWNER).x == [DID, IDS.decision_id("t", "u-1", "m-0")]
+    # moved by a merge: the displaced decision's user is written out, the rest kept
+    ctx = msgspec.structs.replace(decode_context(LEGACY.split(b"\n")[0]),
+                                  did=IDS.decision_id("t", "u-1", "m-1"))
+    record = encode_context(ctx, user="u-1", tag=IDS.tag) + b"\n" + displacing
+    moved = adopt_record(record, "u-1")
+    assert moved.split(b"\n")[1] == displacing[:-3] + b',"u-1"]]]'
+    merged = RecordOwner("t", "u-2", "m-1", IDS)
+    assert render_record(moved, merged)[1] == render_record(record, OWNER)[1]
