@@ -264,17 +264,13 @@ local function outcome(d, ch, t, rs, p, s, xs, positional)
       .. (s and ',"s":' .. s or '') .. (xs and ',"x":[' .. table.concat(xs, ',') .. ']' or '')
       .. '}'
   end
-  local n = 7
-  if not p then
-    n = 6
-    if not xs or #xs == 0 then
-      n = 5
-      if #rs == 0 then n = s and 4 or 3 end
-    end
-  end
-  local all = {'"' .. d .. '"', ch_, t_, s or 'null', '[' .. table.concat(parts, ',') .. ']',
-               xs and '[' .. table.concat(xs, ',') .. ']' or '[]', '1'}
-  return '[' .. table.concat(all, ',', 1, n) .. ']'
+  local out = '["' .. d .. '",' .. ch_ .. ',' .. t_
+  local x = xs and #xs > 0
+  if not (p or x or #rs > 0) then return s and out .. ',' .. s .. ']' or out .. ']' end
+  out = out .. ',' .. (s or 'null') .. ',[' .. table.concat(parts, ',') .. ']'
+  if not (p or x) then return out .. ']' end
+  out = out .. ',[' .. (x and table.concat(xs, ',') or '') .. ']'
+  return p and out .. ',1]' or out .. ']'
 end
 -- this message's context is format 3 (api/plan.py: a JSON array): so is its outcome
 local positional = string.byte(ARGV[2], 1) == 91
