@@ -55,7 +55,8 @@ _Stored = msgspec.defstruct("StoredOutcome", [
     for f in msgspec.structs.fields(Outcome)], frozen=True)
 #: the outcome of a format-3 record (commit.lua: a context that is a JSON array gets an
 #: outcome that is one): ``Outcome``'s fields by position in this order, trailing defaults
-#: left out. Positions never change once records exist: a new field is appended.
+#: left out, ``s`` as [score, propensity] when the score now equals the score. Positions
+#: never change once records exist: a new field is appended.
 _OUTCOME3_ORDER = ("d", "ch", "t", "s", "r", "x", "p")
 
 
@@ -64,7 +65,8 @@ def _stored3_type() -> type[msgspec.Struct]:
     if set(_OUTCOME3_ORDER) != set(fields):
         raise TypeError("Outcome's fields and _OUTCOME3_ORDER differ: append the new field")
     return msgspec.defstruct("StoredOutcome3", [
-        (name, fields[name].type, [] if name == "r" else _default(fields[name]))
+        (name, list[float] | None if name == "s" else fields[name].type,
+         [] if name == "r" else _default(fields[name]))
         for name in _OUTCOME3_ORDER], array_like=True, frozen=True)
 
 
@@ -117,6 +119,9 @@ def decode_outcome(raw: bytes | str, owner: RecordOwner | None = None) -> Outcom
     data = raw.encode() if isinstance(raw, str) else raw
     if data.startswith(b"["):
         fields = msgspec.structs.asdict(_stored3_decoder.decode(data))
+        note = fields["s"]
+        if note is not None:
+            fields["s"] = (note[0], note[0], note[1]) if len(note) == 2 else tuple(note)
         if not fields["x"]:
             return Outcome(**fields)
     elif not _names_by_message(data):

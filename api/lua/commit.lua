@@ -250,7 +250,8 @@ local cw = plan.cw
 -- p (true: a preempted suppression), the reserved candidate's score note (JSON) and the
 -- displaced decisions xs (JSON each). In the record of a format-3 context (a JSON array,
 -- api/plan.py), ``positional``: a JSON array [d, ch, t, s, r, x, p] without its trailing
--- defaults; else the object {"d","ch","t","r"[,"p"][,"s"][,"x"]} earlier releases read.
+-- defaults, s as [score, propensity] when the score now is the score; else the object
+-- {"d","ch","t","r"[,"p"][,"s"][,"x"]} earlier releases read.
 local function outcome(d, ch, t, rs, p, s, xs, positional)
   local parts = {}
   for i, r in ipairs(rs) do
@@ -263,6 +264,13 @@ local function outcome(d, ch, t, rs, p, s, xs, positional)
       .. table.concat(parts, ',') .. ']' .. (p and ',"p":1' or '')
       .. (s and ',"s":' .. s or '') .. (xs and ',"x":[' .. table.concat(xs, ',') .. ']' or '')
       .. '}'
+  end
+  if s then  -- [score, score now, propensity], the score twice (most decisions): [score, p]
+    local comma = string.find(s, ',', 1, true)
+    local score = string.sub(s, 2, comma - 1)
+    if string.sub(s, comma + 1, comma + #score + 1) == score .. ',' then
+      s = '[' .. score .. string.sub(s, comma + #score + 1)
+    end
   end
   local out = '["' .. d .. '",' .. ch_ .. ',' .. t_
   local x = xs and #xs > 0

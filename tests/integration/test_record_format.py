@@ -24,6 +24,7 @@ from api.settings import Settings
 from api.store import Store
 from tests.conftest import TEST_ID_KEY
 from tests.integration.conftest import EXACT, NOON_NY, TENANT, at, req
+from tests.integration.test_scoring import evening_events
 
 #: previous release, default policy, NOON_NY: req(message_id="g1")
 A_RECORD = (b'1781366400000 {"did":"d_kB8x6hK7mXVaGecNGrDtqcszo3kkDXU","m":"g1","u":"u1",'
@@ -89,10 +90,11 @@ async def test_format_3_stores_no_ids_and_answers_as_before(
     assert expiry == A_RECORD.partition(b" ")[0]
     assert record.startswith(b'["') and b"d_" not in record
     assert b'"g1"' not in record and b'"u1"' not in record
-    # the same decision as A_RECORD: 268 -> 158 B (this test's ids are short)
+    # the same decision as A_RECORD: 268 -> 149 B (this test's ids are short); the score
+    # note [score, score now, propensity] with score now = score is [score, propensity]
     assert value == (b'1781366400000 ["uSQ","0","America/New_York",1781107200000,'
                      b'"xouXa8e1GgHk-A","heuristic-v2","prior"]\n'
-                     b'["send","email",1781107200000,[0.089621,0.089621,0.953846]]')
+                     b'["send","email",1781107200000,[0.089621,0.953846]]')
     again = await engine.decide(TENANT, req(message_id="g1"))
     assert msgspec.json.encode(again) == _replayed(A_ANSWER)
     status = await engine.status(TENANT, first.decision_id)
@@ -204,3 +206,20 @@ async def test_engine_of_a_store_settings(redis_client: RedisClient, clock: Fixe
                                                   record_format=2), clock)
     await engine.decide(TENANT, req(message_id="g1"))
     assert await _value(redis_client, "u1", "g1") == A_RECORD
+
+
+async def test_a_scored_deferral_keeps_both_scores(
+        engine: Engine, redis_client: RedisClient, set_policy: Callable[..., Any]) -> None:
+    """The stored note drops the score now only when it equals the score (commit.lua): a
+    deferral to a better send time keeps both, and replays them."""
+    await set_policy(quiet_hours=[], send_time={"exploration_rate": 0.0, "spread_minutes": 0})
+    await engine.record_events(TENANT, evening_events("u1"))
+    first = await engine.decide(TENANT, req(message_id="m1", category="promotional"))
+    assert [r.code for r in first.reasons] == ["better_send_time"]
+    assert first.score is not None and first.score_now is not None
+    assert first.score != first.score_now
+    note = json.loads((await _value(redis_client, "u1", "m1")).split(b"\n")[1])[3]
+    assert note == [first.score, first.score_now, first.propensity]
+    again = await engine.decide(TENANT, req(message_id="m1", category="promotional"))
+    assert msgspec.json.encode(msgspec.structs.replace(again, replayed=False)) == \
+        msgspec.json.encode(first)

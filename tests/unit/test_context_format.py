@@ -170,7 +170,9 @@ def test_the_positional_outcome_of_format_3() -> None:
     assert decode_outcome(b'["defer","email",1781112600000,[0.041,0.039,0.95],[["frequency_cap",'
                           b'"caps[0]",1781112600000,"email"]]]') == obj
     assert decode_outcome(b'["send","sms",1,[0.5,0.5,1.0]]') == \
-        decode_outcome(b'{"d":"send","ch":"sms","t":1,"r":[],"s":[0.5,0.5,1.0]}')
+        decode_outcome(b'{"d":"send","ch":"sms","t":1,"r":[],"s":[0.5,0.5,1.0]}') == \
+        decode_outcome(b'["send","sms",1,[0.5,1.0]]')  # the score once: score now = score
+    assert decode_outcome(b'["send","sms",1,[0.5,0.25,1.0]]').s == (0.5, 0.25, 1.0)
     suppressed = b'["suppress",null,null,null,[["preempted","cap",null,"sms"]],[],1]'
     assert decode_outcome(suppressed) == decode_outcome(
         b'{"d":"suppress","ch":null,"t":null,"r":[["preempted","cap",null,"sms"]],"p":1}')
