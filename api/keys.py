@@ -28,9 +28,11 @@ or make two (tenant, user) pairs share one.
                                   it, or moved here by a merge): the reader re-seals the
                                   id (api/ids.py, the secret the tag names); 2
                                   {"did":…,"m":…,"u":…,"p":…} and the original
-                                  {"v":1,"did":…,"mid":…} store all three. The outcome's
-                                  "x" names a displaced decision by its id, or (format 3)
-                                  as [message id, key tag(, user)] (api/render.py)
+                                  {"v":1,"did":…,"mid":…} store all three. The outcome is
+                                  a JSON object, or with a format-3 context positional:
+                                  [d, ch, t, s, r, x, p] without trailing defaults
+                                  (api/render.py); its x names a displaced decision by its
+                                  id, or (format 3) as [message id, key tag(, user)]
     sw:{t:u}:m:<message>   STR   an idempotency record written by a release before the hash
                                   (same record, expiry = the key's PTTL): read as a fallback
                                   until the last of them expires, never written

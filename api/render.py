@@ -1,7 +1,10 @@
 """Turn a stored context plus the commit's outcome into the public answer (pure).
 
 The idempotency record holds exactly these two inputs, so a retried request is rendered
-by the same function from the same bytes: the same answer, byte for byte.
+by the same function from the same bytes: the same answer, byte for byte. A format-3
+record (api/plan.py: encode_context) leaves out the ids its reader knows anyway; the
+reader passes them as the record's ``RecordOwner`` (tenant, the user of the records hash,
+the message id, the id key), and the decision id is sealed again, the same bytes.
 """
 
 from __future__ import annotations
