@@ -35,9 +35,11 @@ from api.plan import (
     Context,
     Plan,
     PreReason,
+    RecordOwner,
     build_plan,
     decode_member,
     encode_context,
+    encode_context_v2,
     fingerprint,
     member_prefix,
     pre_checks,
@@ -295,8 +297,9 @@ class Engine:
                                                            request.campaign_id, now=now)
                 if user == request.user_id:
                     cache.put(tenant, user, request.campaign_id, state, read_at)
+            owner = RecordOwner(tenant, user, request.message_id, self.ids)
             if state.record is not None:
-                return self._replay(state.record, fp, request.dry_run)
+                return self._replay(state.record, owner, fp, request.dry_run)
             try:
                 location, pre, choice = await self.prepare(tenant, user, request, policy,
                                                            state, now)
@@ -318,7 +321,7 @@ class Engine:
             with self.metrics.redis_commit.time():  # paced channels: docs/pacing.md
                 reply = await self.pacing.commit(tenant, user, request.message_id, policy,
                                                  choice.plan, choice.annotations,
-                                                 encode_context(ctx),
+                                                 self.encode_context(ctx, user),
                                                  # a state read just now: rev suffices, as
                                                  # before (every write to it bumps rev)
                                                  CommitCheck.of(state, request.campaign_id)
@@ -333,16 +336,17 @@ class Engine:
             if reply.status == "new" and user == request.user_id:
                 cache.confirm(tenant, user, request.campaign_id, state.converted_at)
             if reply.status == "dup":
-                return self._replay(reply.payload, fp, request.dry_run)
+                return self._replay(reply.payload, owner, fp, request.dry_run)
             if reply.status == "dup_ledger":
                 return self._replay_from_ledger(ctx, reply.payload, reply.score or now)
-            response = render(ctx, decode_outcome(reply.payload))
+            response = render(ctx, decode_outcome(reply.payload, owner))
             if shadow is not None:
                 await self.shadow.record(self, tenant, shadow, response)
             await self.log.decision(tenant, request, response, now)
             for record, member in reply.displaced:  # preempted by this one: logged too
                 entry = decode_member(member)
-                old_ctx, old_answer = render_record(record)
+                old_ctx, old_answer = render_record(
+                    record, RecordOwner(tenant, user, str(entry[0]), self.ids))
                 await self.log.displaced(tenant, old_ctx.uid, old_answer,
                                          category=entry[2], campaign=entry[3], now=now)
             return response
@@ -413,8 +417,16 @@ class Engine:
         return EventsAccepted(accepted=len(events), opt_outs=opt_outs,
                               conversions=conversions, profile_updates=updates)
 
-    def _replay(self, record: bytes, fp: str, dry_run: bool) -> DecisionResponse:
-        ctx, response = render_record(record)
+    def encode_context(self, ctx: Context, user: str) -> bytes:
+        """The record's context line in the configured format (``SENDWISE_RECORD_FORMAT``);
+        ``user``: the user whose records hash the commit writes (api/plan.py)."""
+        if self.settings.record_format == 2:
+            return encode_context_v2(ctx)
+        return encode_context(ctx, user=user, tag=self.ids.tag)
+
+    def _replay(self, record: bytes, owner: RecordOwner, fp: str,
+                dry_run: bool) -> DecisionResponse:
+        ctx, response = render_record(record, owner)
         if ctx.fp != fp:
             raise ConflictError("message_id was already decided for a different message "
                            "(idempotency key reuse)", field="message_id",
@@ -488,11 +500,12 @@ class Engine:
         if reply.status == "missing":
             raise NotFoundError("no such decision (or it has expired)", field="decision_id")
         if reply.status == "cancelled" and reply.record is not None:
-            await self.pacing.release_cancelled(tenant, user_id, reply.record,
+            await self.pacing.release_cancelled(tenant, user_id, message_id, reply.record,
                                                 await self.policies.get(tenant), now)
         cancelled_at = ms_to_utc(now)
         if reply.status == "already" and reply.record is not None:
-            cancelled_at = render_record(reply.record)[1].cancelled_at or cancelled_at
+            owner = RecordOwner(tenant, user_id, message_id, self.ids)
+            cancelled_at = render_record(reply.record, owner)[1].cancelled_at or cancelled_at
         return CancelResponse(decision_id=decision, message_id=message_id,
                               released=reply.removed > 0, cancelled_at=cancelled_at)
 
@@ -507,7 +520,8 @@ class Engine:
         for _hop in range(MAX_MERGE_HOPS + 1):
             record = (await self.store.records(tenant, user_id, [message_id], now))[0]
             if record is not None:
-                return decision_status(record)
+                return decision_status(record, RecordOwner(tenant, user_id, message_id,
+                                                           self.ids))
             moved = await self.store.moved_into(tenant, user_id)
             if moved is None:
                 break
@@ -527,6 +541,7 @@ class Engine:
         entries = [
             timeline_entry(member, int(score), zone, now,
                            self.ids.decision_id(tenant, user_id, mid),
-                           None if record is None else render_record(record)[1])
+                           None if record is None else
+                           render_record(record, RecordOwner(tenant, user_id, mid, self.ids))[1])
             for (member, score), mid, record in zip(ledger, mids, records, strict=True)]
         return Timeline(user_id=user_id, timezone=zone.key, entries=entries)

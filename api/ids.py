@@ -108,6 +108,13 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def _key_tag(secret: Secret) -> str:
+    """Three characters (16 bits) naming a secret: which of the current and previous
+    secrets sealed a decision id that a record does not store. A derived value, so it
+    tells nothing about the id key (2 bytes of an independent HKDF output)."""
+    return _b64(_derive(secret, b"key-tag/v1", 2))
+
+
 class IdKey:
     """Seals and opens decision ids; pseudonymizes values for logs. One per process.
 
@@ -120,10 +127,22 @@ class IdKey:
         self._openers = [self._siv, *(AESSIV(_derive(old, b"decision-id/v1", 64))
                                       for old in previous)]
         self._log_key = _derive(secret, b"log-pseudonym/v1", 32)
+        #: key tag -> sealer, the current secret's tag winning a (2**-16) collision
+        self._by_tag: dict[str, AESSIV] = {}
+        for old, siv in reversed(list(zip([secret, *previous], self._openers, strict=True))):
+            self._by_tag[_key_tag(old)] = siv
+        self.tag = _key_tag(secret)
 
-    def decision_id(self, tenant: str, user_id: str, message_id: str) -> str:
-        """Deterministic (a retry gets the same id) and URL-safe; opaque without the key."""
-        sealed = self._siv.encrypt(_pack.encode((user_id, message_id)), [tenant.encode()])
+    def decision_id(self, tenant: str, user_id: str, message_id: str,
+                    tag: str | None = None) -> str:
+        """Deterministic (a retry gets the same id) and URL-safe; opaque without the key.
+
+        ``tag``: the ``tag`` of the secret that sealed the id first (an idempotency record
+        stores it instead of the id, api/plan.py): a record written before a rotation
+        still renders the id it answered with, while that secret is a previous one. An
+        unknown tag (a secret since retired) seals with the current secret: that id opens."""
+        siv = self._siv if tag is None else self._by_tag.get(tag, self._siv)
+        sealed = siv.encrypt(_pack.encode((user_id, message_id)), [tenant.encode()])
         return PREFIX + _b64(sealed)
 
     def parse_decision_id(self, tenant: str, value: str) -> tuple[str, str]:

@@ -7,8 +7,10 @@ or make two (tenant, user) pairs share one.
 
     sw:{t:u}:ledger        ZSET  member = MessagePack [message_id, channel, category, campaign,
                                   tags, offer_id, offer_group, priority] (api/plan.py:
-                                  ledger_member); score = send instant (ms)
-    sw:{t:u}:prefs         HASH  doc (preferences JSON), rev (int), optout:<channel> (ms),
+                                  ledger_member); score = send instant (ms); packed while
+                                  members are <= zset-max-ziplist-value (api/redis_server.py)
+    sw:{t:u}:prefs         HASH  doc (preferences JSON without its default fields:
+                                  api/userstate.py encode_preferences), rev (int), optout:<channel> (ms),
                                   moved_into (the user id this one was merged into),
                                   merged_from:<user id> (ms: when that id was merged in)
     sw:{t:u}:conv          HASH  campaign_id -> converted-at (ms)
@@ -16,7 +18,21 @@ or make two (tenant, user) pairs share one.
                                   record = context JSON + "\n" + outcome JSON (+ "\n" +
                                   cancelled-at ms); "" -> "<earliest record expiry> <the
                                   hash's expiry>" (ms; commit.lua drops expired fields in
-                                  batches from the first, the hash's PEXPIRE is the second)
+                                  batches from the first, the hash's PEXPIRE is the second).
+                                  Context formats (api/plan.py, each read by every reader):
+                                  3 [key tag, policy version, zone, now, fingerprint,
+                                  model, features source(, user, ...)] (positional,
+                                  trailing defaults left out) holds no decision id, no
+                                  message id (the field) and no user id unless the record
+                                  is not this user's own (decided for an id merged into
+                                  it, or moved here by a merge): the reader re-seals the
+                                  id (api/ids.py, the secret the tag names); 2
+                                  {"did":…,"m":…,"u":…,"p":…} and the original
+                                  {"v":1,"did":…,"mid":…} store all three. The outcome is
+                                  a JSON object, or with a format-3 context positional:
+                                  [d, ch, t, s, r, x, p] without trailing defaults
+                                  (api/render.py); its x names a displaced decision by its
+                                  id, or (format 3) as [message id, key tag(, user)]
     sw:{t:u}:m:<message>   STR   an idempotency record written by a release before the hash
                                   (same record, expiry = the key's PTTL): read as a fallback
                                   until the last of them expires, never written

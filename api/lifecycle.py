@@ -50,7 +50,6 @@ left. A decision racing the erasure may write new state afterwards; stop sending
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -64,12 +63,13 @@ from api.app import tenant_of
 from api.body import BodyDecoder
 from api.engine import Engine
 from api.errors import ConflictError, InvalidRequestError
+from api.ids import IdKey
 from api.keys import log_bucket, log_key, user_keys
 from api.localtime import ms_to_utc
 from api.openapi import AUTHENTICATED, errors
-from api.plan import decode_member
+from api.plan import RecordOwner, decode_member
 from api.profiles import export_profile, merge_profiles
-from api.render import render_record, timeline_entry
+from api.render import adopt_record, render_record, timeline_entry
 from api.schemas import (
     CHANNELS,
     ChannelPreference,
@@ -83,7 +83,7 @@ from api.schemas import (
     UserExport,
 )
 from api.store import Store
-from api.userstate import MAX_MERGE_HOPS, decode_preferences
+from api.userstate import MAX_MERGE_HOPS, decode_preferences, encode_preferences
 
 #: attempts at step 2 while the target's preferences keep changing underneath
 MERGE_APPLY_ATTEMPTS = 5
@@ -230,7 +230,8 @@ def _apply_args(dump: UserDump, source: str, expected_rev: str, doc: bytes,
     mids = list(dump.records)
     for mid in mids:
         value, pttl = dump.records[mid]
-        args += [mid, value, pttl]
+        # copied verbatim into the target's hash: a compact record names its user now
+        args += [mid, adopt_record(value, source), pttl]
     return args, mids
 
 
@@ -286,7 +287,7 @@ async def _apply(store: Store, tenant: str, dump: UserDump, source: str, into: s
             check_document(merged)
         except ConflictError as exc:
             raise await refuse(exc) from None
-        doc = b"" if merged == current else _json.encode(merged)
+        doc = b"" if merged == current else encode_preferences(merged)
         args, mids = _apply_args(dump, source, fields.get(b"rev", b"0").decode(), doc, now)
         reply = await store.apply_merge(tenant, into, args, mids)
         if reply[0] == b"ok":
@@ -329,15 +330,15 @@ async def erase(store: Store, tenant: str, user_id: str, now: int) -> EraseRespo
         conversions=totals[3], decisions=totals[4], keys=totals[5]))
 
 
-def render_export(dump: UserDump, user_id: str, zone_name: str, now: int,
-                  ids: Callable[[str], str]) -> UserExport:
-    """``ids`` gives the decision id of one of the user's message ids (they are sealed with
-    the tenant's id key, see api/ids.py)."""
+def render_export(dump: UserDump, tenant: str, user_id: str, zone_name: str, now: int,
+                  ids: IdKey) -> UserExport:
+    """``ids``: the tenant's id key (decision ids are sealed with it, see api/ids.py)."""
     zone = ZoneInfo(zone_name)
     responses: dict[str, DecisionResponse] = {}
     for mid, (record, _) in sorted(dump.records.items()):
-        responses[mid] = render_record(record)[1]
-    ledger = [timeline_entry(member, score, zone, now, ids(mid), responses.get(mid))
+        responses[mid] = render_record(record, RecordOwner(tenant, user_id, mid, ids))[1]
+    ledger = [timeline_entry(member, score, zone, now,
+                             ids.decision_id(tenant, user_id, mid), responses.get(mid))
               for member, score in dump.ledger
               for mid in [decode_member(member)[0]]]
     return UserExport(
@@ -425,8 +426,7 @@ async def export_user(request: Request[Any, Any, State], user_id: FromPath[str])
     dump = await snapshot(engine.store, tenant, user_id, now)
     policy = await engine.policies.get(tenant)
     zone = engine.locate(None, dump.preferences, policy).zones[0]
-    export = render_export(dump, user_id, zone, now,
-                           lambda mid: engine.ids.decision_id(tenant, user_id, mid))
+    export = render_export(dump, tenant, user_id, zone, now, engine.ids)
     fields = await engine.store.profile_fields(user_keys(tenant, user_id).profile)
     return msgspec.structs.replace(export, profile=export_profile(fields.get(b"p")))
 

@@ -36,10 +36,18 @@ import structlog
 from api.ids import IdKey
 from api.keys import pace_keys
 from api.localtime import utc_to_ms
-from api.plan import Block, DisplacedPace, PaceExpect, Plan, decode_member, encode_plan
+from api.plan import (
+    Block,
+    DisplacedPace,
+    PaceExpect,
+    Plan,
+    RecordOwner,
+    decode_member,
+    encode_plan,
+)
 from api.policy import ChannelPacing, Policy
 from api.reasons import ReasonCode
-from api.render import Outcome, decode_outcome, render_record
+from api.render import Slot, decode_slot, render_record
 from api.store import CommitReply, Store
 from api.userstate import CommitCheck
 
@@ -163,7 +171,7 @@ def token_span(limits: ShardLimits, at: int) -> tuple[int, int]:
 
 def landed_on(reply: CommitReply, held: Held) -> bool:
     """Did the committed send take the held token (else the token goes back)?"""
-    out = decode_outcome(reply.payload)
+    out = decode_slot(reply.payload)
     return out.ch == held.limits.channel and out.t is not None and \
         held.limits.same_token(held.at, out.t)
 
@@ -247,9 +255,10 @@ class _Run:
             await self.drop_main()
         used: set[str] = set()
         for (record, member), old_at in zip(reply.displaced, reply.displaced_at, strict=True):
-            ctx, answer = render_record(record)
             entry = decode_member(member)
             mid = str(entry[0])
+            ctx, answer = render_record(
+                record, RecordOwner(self.tenant, self.user_id, mid, self.pacer.ids))
             h = self.moved.get(mid)
             if h is not None and answer.channel == h.limits.channel and \
                     answer.send_at is not None and \
@@ -326,7 +335,7 @@ class Pacer:
         #: where the commit lands as far as we know (a dry commit's, a ``moved`` or a
         #: ``repace`` answer's outcome), still to be paced; None: ask a dry commit (only
         #: when a requested channel is paced)
-        out: Outcome | None = None
+        out: Slot | None = None
         probe: CommitReply | None = None
         for _ in range(MAX_ROUNDS):
             if out is None and paced:
@@ -335,7 +344,7 @@ class Pacer:
                     encode_plan(msgspec.structs.replace(current, dry=1), annotations), context, check)
                 if probe.status != "new":  # a retry, a record, stale preferences: as unpaced
                     return probe
-                out = decode_outcome(probe.payload)
+                out = decode_slot(probe.payload)
             if out is not None and out.t is not None and out.ch in paced:
                 limits = paced[out.ch]
                 held = run.held
@@ -361,10 +370,10 @@ class Pacer:
                 encode_plan(msgspec.structs.replace(current, pe=run.expectation()),
                             annotations), context, check)
             if final.status == "moved":  # the ledger changed under us: pace where it lands
-                out = decode_outcome(final.payload)
+                out = decode_slot(final.payload)
                 continue
             if final.status == "repace":  # displaced messages need tokens at their new instants
-                out = decode_outcome(final.payload)
+                out = decode_slot(final.payload)
                 await run.repace(final.repaced)
                 continue
             return final
@@ -376,11 +385,12 @@ class Pacer:
         log.warning("pacing_rounds_exhausted", tenant=tenant, rounds=MAX_ROUNDS)
         return CommitReply("contended", b"")
 
-    async def release_cancelled(self, tenant: str, user_id: str, record: bytes,
-                                policy: Policy, now: int) -> bool:
+    async def release_cancelled(self, tenant: str, user_id: str, message_id: str,
+                                record: bytes, policy: Policy, now: int) -> bool:
         """A cancelled decision that was not due yet gives its rate tokens back (its
-        conversation start stays counted: another message may share that conversation)."""
-        ctx, answer = render_record(record)
+        conversation start stays counted: another message may share that conversation).
+        ``record``: the decision's, read from ``user_id``'s records hash."""
+        ctx, answer = render_record(record, RecordOwner(tenant, user_id, message_id, self.ids))
         if answer.channel is None or answer.send_at is None or ctx.uid != user_id:
             return False  # nothing reserved, or a merged id: its shard may differ
         at = utc_to_ms(answer.send_at)

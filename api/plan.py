@@ -8,15 +8,17 @@ the time blocks (each named by the rule that makes it), plus the compiled cap ru
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import msgspec
 
 from api import intervals
 from api.holdout import held_out_rule
+from api.ids import IdKey
 from api.intervals import Interval
 from api.jurisdictions import JurisdictionPack, applicable_packs, blocked_intervals
 from api.locale import Location
@@ -564,47 +566,159 @@ def encode_plan(plan: Plan, annotations: Sequence[bytes] = ()) -> list[bytes]:
 #: reads ``cjson.decode(context).did`` of the records it displaces.
 _CONTEXT_NAMES = {"mid": "m", "uid": "u", "pv": "p", "zone": "z", "now": "n", "fp": "f",
                   "dry": "y", "pre": "r"}
-#: Defaults the compact form omits (``dry`` false and no pre-commit reasons are the common
-#: case); the other fields keep ``Context``'s own defaults, so ``v`` = 1 is omitted too.
+#: Defaults the compact formats omit (``dry`` false and no pre-commit reasons are the
+#: common case); the other fields keep ``Context``'s own defaults, so ``v`` = 1 is omitted.
 _CONTEXT_OMITTED = {"dry": False, "pre": []}
 
 
-def _compact_context_type() -> type[msgspec.Struct]:
+class RecordOwner(NamedTuple):
+    """Where an idempotency record was read: what format 3 leaves out of its context.
+    ``user`` is the user whose records hash holds it (its context names another user only
+    when it moved there with a merge), ``mid`` the hash field (the message id), ``ids``
+    the key that re-seals the decision id."""
+
+    tenant: str
+    user: str
+    mid: str
+    ids: IdKey
+
+
+def _compact_context_type(name: str, drop: frozenset[str],
+                          extra: Sequence[tuple[str, object, object]]) -> type[msgspec.Struct]:
     """``Context`` with short names and omitted defaults, derived from ``Context``'s own
-    fields so a field added there is stored without touching this code; ``did`` first,
-    which is how ``decode_context`` tells the format from the original one (``{"v":1,``)."""
-    fields = sorted(msgspec.structs.fields(Context), key=lambda f: f.name != "did")
-    spec: list[tuple[str, object, object]] = []
-    for f in fields:
+    fields so a field added there is stored without touching this code: ``extra`` fields
+    first (how ``decode_context`` tells the formats apart), then ``Context``'s fields but
+    ``drop``; ``uid`` is optional (None, omitted) when ``drop`` names ``did``."""
+    spec: list[tuple[str, object, object]] = list(extra)
+    for f in sorted(msgspec.structs.fields(Context), key=lambda f: f.name != "did"):
+        if f.name in drop:
+            continue
         default = (_CONTEXT_OMITTED.get(f.name, f.default)
                    if f.default_factory is msgspec.NODEFAULT else f.default_factory())
-        spec.append((f.name, f.type, msgspec.field(
+        kind: object = f.type
+        if f.name == "uid" and "did" in drop:
+            kind, default = str | None, None
+        spec.append((f.name, kind, msgspec.field(
             default=default, name=_CONTEXT_NAMES.get(f.name, f.encode_name))))
-    return msgspec.defstruct("CompactContext", spec, kw_only=True, omit_defaults=True,
-                             frozen=True)
+    return msgspec.defstruct(name, spec, kw_only=True, omit_defaults=True, frozen=True)
 
 
-_CompactContext = _compact_context_type()
-_COMPACT_PREFIX = b'{"did":'
-_compact_decoder = msgspec.json.Decoder(_CompactContext)
+#: format 2: every field, short names, ``did`` first
+_Context2 = _compact_context_type("Context2", frozenset(), ())
+#: format 3: a JSON array, read by position in this order (the names ``Context``'s, but
+#: ``tag``: the tag of the secret that sealed the decision id, api/ids.py), trailing
+#: fields that hold their default left out. No ``did`` and no ``mid`` (the hash field);
+#: ``uid`` only when it is not the user of the hash. A field added to ``Context`` must be
+#: appended here (checked below): positions can never change once records exist.
+_CONTEXT3_ORDER = ("tag", "pv", "zone", "now", "fp", "mv", "fs", "uid", "dry", "pre", "s",
+                   "v")
+
+
+def _context3_type() -> type[msgspec.Struct]:
+    fields = {f.name: f for f in msgspec.structs.fields(Context)}
+    if set(_CONTEXT3_ORDER) != set(fields) - {"did", "mid"} | {"tag"}:
+        raise TypeError("Context's fields and _CONTEXT3_ORDER differ: append the new field")
+    spec: list[tuple[str, object, object]] = []
+    for name in _CONTEXT3_ORDER:
+        if name == "tag":
+            spec.append((name, str, msgspec.NODEFAULT))
+            continue
+        f = fields[name]
+        default = (_CONTEXT_OMITTED.get(name, f.default)
+                   if f.default_factory is msgspec.NODEFAULT else f.default_factory())
+        spec.append((name, str | None, None) if name == "uid" else (name, f.type, default))
+    return msgspec.defstruct("Context3", spec, array_like=True, frozen=True)
+
+
+_Context3 = _context3_type()
+#: the default of each format-3 position (NODEFAULT: always written)
+_CONTEXT3_DEFAULTS = [f.default_factory() if f.default_factory is not msgspec.NODEFAULT
+                      else f.default for f in msgspec.structs.fields(_Context3)]
+_PREFIX_2 = b'{"did":'
+_PREFIX_3 = b'["'
+_decoder_2 = msgspec.json.Decoder(_Context2)
+_decoder_3 = msgspec.json.Decoder(_Context3)
 _legacy_decoder = msgspec.json.Decoder(Context)
+_FP_BYTES = 10  # api/plan.py fingerprint: 20 hex characters
 
 
-def encode_context(ctx: Context) -> bytes:
-    """The context line of the idempotency record: JSON (commit.lua decodes it to find a
-    displaced decision's id, and the record's lines are split on newlines, so it must stay
-    one line of JSON) with one- and two-letter names and the common defaults omitted:
-    ~25% fewer bytes than the struct's own names, kept for every message for the
-    idempotency TTL (docs/benchmarks.md, "Memory")."""
-    return _json.encode(_CompactContext(**msgspec.structs.asdict(ctx)))
+def _pack_fp(fp: str) -> str:
+    """The fingerprint as base64url (14 characters instead of 20 hex); anything else (the
+    fallback's empty one) behind ``=``, which base64url never starts with."""
+    if len(fp) == 2 * _FP_BYTES and fp == fp.lower():
+        try:
+            return base64.urlsafe_b64encode(bytes.fromhex(fp)).rstrip(b"=").decode()
+        except ValueError:
+            pass
+    return "=" + fp
 
 
-def decode_context(raw: bytes | str) -> Context:
-    """A stored context line, in either format: the compact one (``encode_context``) or
-    the original one with the struct's own names (records written before it; they keep
-    replaying byte for byte until their TTL ends)."""
+def _unpack_fp(packed: str) -> str:
+    if packed.startswith("="):
+        return packed[1:]
+    return base64.urlsafe_b64decode(packed + "=" * (-len(packed) % 4)).hex()
+
+
+def _encode3(values: list[Any]) -> bytes:
+    while len(values) > 1 and values[-1] == _CONTEXT3_DEFAULTS[len(values) - 1]:
+        values.pop()
+    return _json.encode(values)
+
+
+def encode_context(ctx: Context, *, user: str, tag: str) -> bytes:
+    """The context line of the idempotency record, format 3: a JSON array (the record's
+    lines are split on newlines, so it must stay one line, and commit.lua decodes it with
+    cjson to name a displaced decision; positions instead of names, trailing defaults left
+    out, the fingerprint in base64url) holding nothing a reader can recompute: the decision
+    id is the AES-SIV of (tenant, user, message) under the secret ``tag`` names
+    (``ctx.did`` must be that id), the message id is the record's hash field, the user is
+    the one whose records hash stores it (``user``; written only when the decision was made
+    for another id, merged into ``user``). ~45% of format 2's bytes (docs/benchmarks.md,
+    "Compact records")."""
+    fields = msgspec.structs.asdict(ctx)
+    fields["tag"] = tag
+    fields["fp"] = _pack_fp(ctx.fp)
+    if fields["uid"] == user:
+        fields["uid"] = None
+    return _encode3([fields[name] for name in _CONTEXT3_ORDER])
+
+
+def encode_context_v2(ctx: Context) -> bytes:
+    """The context line in format 2 (``did`` and every id stored): what the previous
+    release writes and reads (``SENDWISE_RECORD_FORMAT=2``, a rolling upgrade)."""
+    return _json.encode(_Context2(**msgspec.structs.asdict(ctx)))
+
+
+def decode_context(raw: bytes | str, owner: RecordOwner | None = None) -> Context:
+    """A stored context line, in any format: 3 (``encode_context``: needs ``owner``, where
+    it was read, to recompute what it leaves out), 2 (``encode_context_v2``) or the
+    original one with the struct's own names (records written before either; every format
+    keeps replaying byte for byte until its TTL ends)."""
     data = raw.encode() if isinstance(raw, str) else raw
-    if not data.startswith(_COMPACT_PREFIX):
-        return _legacy_decoder.decode(data)
-    compact = _compact_decoder.decode(data)
-    return Context(**msgspec.structs.asdict(compact))
+    if data.startswith(_PREFIX_3):
+        if owner is None:
+            raise ValueError("a format-3 record context needs its owner to be decoded")
+        stored = msgspec.structs.asdict(_decoder_3.decode(data))
+        tag = stored.pop("tag")
+        uid = stored.pop("uid")
+        if uid is None:
+            uid = owner.user
+        stored["fp"] = _unpack_fp(stored["fp"])
+        return Context(did=owner.ids.decision_id(owner.tenant, uid, owner.mid, tag),
+                       mid=owner.mid, uid=uid, **stored)
+    if data.startswith(_PREFIX_2):
+        return Context(**msgspec.structs.asdict(_decoder_2.decode(data)))
+    return _legacy_decoder.decode(data)
+
+
+def adopt_context(raw: bytes, user: str) -> bytes:
+    """A context line moving to another user's records hash (a merge, from ``user``'s):
+    format 3 gains the user it was decided for, unless it names one already; the older
+    formats name it anyway and are returned as they are."""
+    if not raw.startswith(_PREFIX_3):
+        return raw
+    stored = msgspec.structs.asdict(_decoder_3.decode(raw))
+    if stored["uid"] is not None:
+        return raw
+    stored["uid"] = user
+    return _encode3([stored[name] for name in _CONTEXT3_ORDER])

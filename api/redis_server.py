@@ -63,6 +63,15 @@ class EmbeddedRedisError(RuntimeError):
 #: preference document a few hundred B; at 64 B (the default) each of those hashes is a
 #: hashtable (docs/benchmarks.md, "h-mem")
 HASH_MAX_ZIPLIST_VALUE = 2048
+#: Redis' ``zset-max-ziplist-value`` (7.x: ``zset-max-listpack-value``): the largest
+#: sorted-set member kept packed. A ledger member (api/plan.py: ledger_member) is the
+#: message id plus channel, category, campaign, tags and offer: 60-90 B with a UUID or
+#: a 25-character message id, over the default 64 B, and one such member makes the whole
+#: ledger a skiplist (a dict entry, a skiplist node and an sds per member: ~390 B per entry
+#: instead of ~50 in bench_decisions). Up to 256 B stays packed: a ledger is at most
+#: ``zset-max-ziplist-entries`` (128) members, so one packed ledger stays under ~33 KB
+#: (docs/benchmarks.md, "Compact records")
+ZSET_MAX_ZIPLIST_VALUE = 256
 
 #: the lock file in a persistent data directory (see ``_lock_data_dir``)
 LOCK_FILE = "sendwise.lock"
@@ -270,8 +279,10 @@ class EmbeddedRedis:
             "--logfile", "",  # stdout, read by _ServerLog
             # a user's small hashes (records, preferences, profile: api/keys.py) stay
             # packed (ziplist/listpack: no per-field allocations) with values up to 2 KB
-            # instead of Redis' 64 B; the production setting (README, "Production")
+            # instead of Redis' 64 B, and so does the ledger with members up to 256 B; the
+            # production settings (README, "Production")
             "--hash-max-ziplist-value", str(HASH_MAX_ZIPLIST_VALUE),
+            "--zset-max-ziplist-value", str(ZSET_MAX_ZIPLIST_VALUE),
         ]
         if self._port:
             args += ["--bind", "127.0.0.1"]

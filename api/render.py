@@ -1,7 +1,10 @@
 """Turn a stored context plus the commit's outcome into the public answer (pure).
 
 The idempotency record holds exactly these two inputs, so a retried request is rendered
-by the same function from the same bytes: the same answer, byte for byte.
+by the same function from the same bytes: the same answer, byte for byte. A format-3
+record (api/plan.py: encode_context) leaves out the ids its reader knows anyway; the
+reader passes them as the record's ``RecordOwner`` (tenant, the user of the records hash,
+the message id, the id key), and the decision id is sealed again, the same bytes.
 """
 
 from __future__ import annotations
@@ -11,7 +14,14 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from api.localtime import ms_to_utc as utc
-from api.plan import Context, decode_context, decode_member, member_priority
+from api.plan import (
+    Context,
+    RecordOwner,
+    adopt_context,
+    decode_context,
+    decode_member,
+    member_priority,
+)
 from api.reasons import ReasonCode
 from api.schemas import (
     DecisionResponse,
@@ -36,11 +46,102 @@ class Outcome(msgspec.Struct, frozen=True):
     p: int = 0
 
 
+def _default(f: msgspec.structs.FieldInfo) -> object:
+    return f.default_factory() if f.default_factory is not msgspec.NODEFAULT else f.default
+
+
+#: ``Outcome`` as commit.lua writes it: a displaced decision is its id when its record
+#: stores one (context formats 1 and 2), else ``[message id, key tag]`` (format 3, same
+#: user) or ``[message id, key tag, user]`` (format 3, a record that moved with a merge)
+_Stored = msgspec.defstruct("StoredOutcome", [
+    (f.name, list[str | list[str]] if f.name == "x" else f.type, _default(f))
+    for f in msgspec.structs.fields(Outcome)], frozen=True)
+#: the outcome of a format-3 record (commit.lua: a context that is a JSON array gets an
+#: outcome that is one): ``Outcome``'s fields by position in this order, trailing defaults
+#: left out, ``s`` as [score, propensity] when the score now equals the score. Positions
+#: never change once records exist: a new field is appended.
+_OUTCOME3_ORDER = ("d", "ch", "t", "s", "r", "x", "p")
+
+
+def _stored3_type() -> type[msgspec.Struct]:
+    fields = {f.name: f for f in msgspec.structs.fields(_Stored)}
+    if set(_OUTCOME3_ORDER) != set(fields):
+        raise TypeError("Outcome's fields and _OUTCOME3_ORDER differ: append the new field")
+    return msgspec.defstruct("StoredOutcome3", [
+        (name, list[float] | None if name == "s" else fields[name].type,
+         [] if name == "r" else _default(fields[name]))
+        for name in _OUTCOME3_ORDER], array_like=True, frozen=True)
+
+
+_Stored3 = _stored3_type()
+_STORED3_DEFAULTS = [_default(f) for f in msgspec.structs.fields(_Stored3)]
 _outcome_decoder = msgspec.json.Decoder(Outcome)
+_json = msgspec.json.Encoder()
+_stored_decoder = msgspec.json.Decoder(_Stored)
+_stored3_decoder = msgspec.json.Decoder(_Stored3)
 
 
-def decode_outcome(raw: bytes | str) -> Outcome:
-    return _outcome_decoder.decode(raw)
+class Slot(msgspec.Struct, frozen=True):
+    """Where an outcome reserved: its channel and instant (None: nothing reserved)."""
+
+    ch: str | None
+    t: int | None
+
+
+class _Slot3(msgspec.Struct, frozen=True, array_like=True):
+    d: str
+    ch: str | None
+    t: int | None
+
+
+_slot_decoder = msgspec.json.Decoder(Slot)
+_slot3_decoder = msgspec.json.Decoder(_Slot3)
+
+
+def decode_slot(raw: bytes | str) -> Slot:
+    """An outcome's channel and instant alone (channel pacing): needs no owner, whatever
+    the outcome names in ``x``; either layout."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if data.startswith(b"["):
+        slot = _slot3_decoder.decode(data)
+        return Slot(slot.ch, slot.t)
+    return _slot_decoder.decode(data)
+
+
+def _names_by_message(outcome: bytes) -> bool:
+    """Does the outcome name a displaced decision by message id (a list inside ``x``)?
+    Decision ids are base64url, so in a list of ids no ``[`` follows ``[`` or ``,``."""
+    rest = outcome.partition(b'"x":')[2]
+    return b'[["' in rest or b',["' in rest
+
+
+def decode_outcome(raw: bytes | str, owner: RecordOwner | None = None) -> Outcome:
+    """An outcome line, an object (records of context formats 1 and 2) or the positional
+    array of format 3; ``owner`` (where its record was read, or the commit that wrote it)
+    re-seals the ids of displaced decisions that commit.lua names by message id."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if data.startswith(b"["):
+        fields = msgspec.structs.asdict(_stored3_decoder.decode(data))
+        note = fields["s"]
+        if note is not None:
+            fields["s"] = (note[0], note[0], note[1]) if len(note) == 2 else tuple(note)
+        if not fields["x"]:
+            return Outcome(**fields)
+    elif not _names_by_message(data):
+        return _outcome_decoder.decode(data)
+    else:
+        fields = msgspec.structs.asdict(_stored_decoder.decode(data))
+    x: list[str] = []
+    for ref in fields["x"]:
+        if isinstance(ref, str):
+            x.append(ref)
+            continue
+        if owner is None or len(ref) < 2:
+            raise ValueError("a displaced decision named by message id needs its owner")
+        x.append(owner.ids.decision_id(owner.tenant, ref[2] if len(ref) > 2 else owner.user,
+                                       ref[0], ref[1]))
+    fields["x"] = x
+    return Outcome(**fields)
 
 
 def render(ctx: Context, outcome: Outcome, *, replayed: bool = False,
@@ -82,12 +183,12 @@ def render(ctx: Context, outcome: Outcome, *, replayed: bool = False,
     )
 
 
-def decision_status(record: bytes) -> DecisionStatus:
+def decision_status(record: bytes, owner: RecordOwner) -> DecisionStatus:
     """A stored record as ``GET /v1/decisions/{id}`` shows it: the live state (a cancel
     line or a preemption overrides the answer's decision) and the reservation's instant."""
     lines = record.split(b"\n")
-    ctx = decode_context(lines[0])
-    outcome = decode_outcome(lines[1])
+    ctx = decode_context(lines[0], owner)
+    outcome = decode_outcome(lines[1], owner)
     answer = render(ctx, outcome, replayed=True,
                     cancelled_at=int(lines[2]) if len(lines) > 2 else None)
     state: DecisionState = ("cancelled" if answer.cancelled_at is not None
@@ -101,13 +202,42 @@ def decision_status(record: bytes) -> DecisionStatus:
         cancelled_at=answer.cancelled_at)
 
 
-def render_record(record: bytes) -> tuple[Context, DecisionResponse]:
+def render_record(record: bytes, owner: RecordOwner) -> tuple[Context, DecisionResponse]:
     """A stored record: context line, outcome line, and a cancellation instant if any.
-    The only Python code that knows the record's layout (cancel.lua appends line 3)."""
+    The only Python code that knows the record's layout (cancel.lua appends line 3).
+    ``owner``: where it was read (tenant, the user of the records hash, the message id),
+    which a format-3 record leaves out (api/plan.py: encode_context)."""
     lines = record.split(b"\n")
-    ctx = decode_context(lines[0])
+    ctx = decode_context(lines[0], owner)
     cancelled = int(lines[2]) if len(lines) > 2 else None
-    return ctx, render(ctx, decode_outcome(lines[1]), replayed=True, cancelled_at=cancelled)
+    return ctx, render(ctx, decode_outcome(lines[1], owner), replayed=True,
+                       cancelled_at=cancelled)
+
+
+def adopt_record(record: bytes, user: str) -> bytes:
+    """A record moving from ``user``'s records hash to another's (merge_apply.lua copies it
+    verbatim): what format 3 left implicit as "the user of this hash" is written out, in
+    the context line (api/plan.py: adopt_context) and in the displaced decisions the
+    outcome names by message id, so it renders the same answer under its new owner."""
+    lines = record.split(b"\n")
+    lines[0] = adopt_context(lines[0], user)
+    data = lines[1]
+    positional = data.startswith(b"[")
+    if positional or _names_by_message(data):
+        stored = (_stored3_decoder if positional else _stored_decoder).decode(data)
+        fields = msgspec.structs.asdict(stored)
+        refs = fields["x"]
+        if any(isinstance(r, list) and len(r) == 2 for r in refs):
+            fields["x"] = [[*r, user] if isinstance(r, list) and len(r) == 2 else r
+                           for r in refs]
+            if positional:
+                values = [fields[name] for name in _OUTCOME3_ORDER]
+                while values and values[-1] == _STORED3_DEFAULTS[len(values) - 1]:
+                    values.pop()
+                lines[1] = _json.encode(values)
+            else:
+                lines[1] = _json.encode(msgspec.structs.replace(stored, x=fields["x"]))
+    return b"\n".join(lines)
 
 
 def timeline_entry(member: bytes, score: int, zone: ZoneInfo, now: int, decision_id: str,

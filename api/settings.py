@@ -35,6 +35,13 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     return value
 
 
+def _record_format(env: Mapping[str, str]) -> int:
+    value = _int(env, "SENDWISE_RECORD_FORMAT", 3, minimum=2)
+    if value > 3:
+        raise SettingsError(f"SENDWISE_RECORD_FORMAT must be 2 or 3, got {value}")
+    return value
+
+
 def _duration(env: Mapping[str, str], name: str, default: float, *, zero_ok: bool) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -216,6 +223,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: how long a decision is replayed for a retried message_id (the ledger still dedups
     #: a message for as long as its reservation is inside the longest cap window)
     idempotency_ttl_seconds: int = 72 * 3600
+    #: the context format new idempotency records are written in (api/plan.py): 3, the
+    #: compact one (no decision, message or user id); 2 while workers of a release that
+    #: reads only formats 1 and 2 still serve (a rolling upgrade: docs/architecture.md)
+    record_format: int = 3
     max_body_bytes: int = 64 * 1024
     max_events_per_batch: int = 1000
     log_level: str = "info"
@@ -259,6 +270,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             redis_max_connections=_int(env, "SENDWISE_REDIS_MAX_CONNECTIONS", 64, minimum=1),
             idempotency_ttl_seconds=_int(env, "SENDWISE_IDEMPOTENCY_TTL_SECONDS", 72 * 3600,
                                          minimum=60),
+            record_format=_record_format(env),
             max_body_bytes=_int(env, "SENDWISE_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
             max_events_per_batch=_int(env, "SENDWISE_MAX_EVENTS_PER_BATCH", 1000, minimum=1),
             log_level=env.get("SENDWISE_LOG_LEVEL", "info"),

@@ -38,7 +38,7 @@ from msgspec import Meta
 
 from api.errors import InvalidRequestError
 from api.localtime import ms_to_utc
-from api.plan import Context, encode_context, encode_plan
+from api.plan import Context, RecordOwner, encode_plan
 from api.policy import Policy
 from api.policy_cache import PolicyCache
 from api.render import decode_outcome, render
@@ -264,10 +264,11 @@ class ShadowService:
         with engine.metrics.redis_shadow.time():
             reply = await self._store.commit(tenant, user, request.message_id,
                                              encode_plan(dry, choice.annotations),
-                                             encode_context(ctx))
+                                             engine.encode_context(ctx, user))
         if reply.status != "new":  # stale / already decided: the live commit says so too
             return None
-        return ShadowRun(version, _side(render(ctx, decode_outcome(reply.payload))))
+        owner = RecordOwner(tenant, user, request.message_id, engine.ids)
+        return ShadowRun(version, _side(render(ctx, decode_outcome(reply.payload, owner))))
 
     async def record(self, engine: Engine, tenant: str, run: ShadowRun,
                      response: DecisionResponse) -> None:

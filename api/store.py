@@ -33,6 +33,7 @@ from api.userstate import (
     CommitCheck,
     UserState,
     decode_preferences,
+    encode_preferences,
     parse_read_reply,
 )
 
@@ -261,7 +262,7 @@ class Store:
         reopened = [ch for ch, p in prefs.channels.items() if p.consent == "opted_in"]
         async with self._gate:
             reply = await self._prefs_put(keys=[keys.prefs],
-                                          args=[_json.encode(prefs), *reopened])
+                                          args=[encode_preferences(prefs), *reopened])
         if isinstance(reply, list):
             raise UserMergedError(user_id, cast(bytes, reply[1]).decode())
 

@@ -602,6 +602,10 @@ class Memory(msgspec.Struct, kw_only=True):
     records_per_user: float = float("nan")
     #: mean bytes per active user by kind of key (ledger, prefs, profile, record, ...)
     by_kind: dict[str, float] = msgspec.field(default_factory=dict)
+    #: ledger entries per active user, and the ledgers by encoding (a member over
+    #: ``zset-max-ziplist-value`` makes a skiplist: several times the bytes per entry)
+    ledger_per_user: float = float("nan")
+    ledger_encodings: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def memory_per_user(service: Service, users: int, tenant: str, sample: int = 400) -> Memory:
@@ -622,8 +626,9 @@ def memory_per_user(service: Service, users: int, tenant: str, sample: int = 400
                 if base in prefixes:
                     per_user.setdefault(base, []).append(key)
         sizes: list[float] = []
-        keys = records = 0
+        keys = records = entries = 0
         kinds: dict[str, float] = {}
+        encodings: dict[str, int] = {}
         for base, names in per_user.items():
             if base + "ledger" not in names:
                 continue
@@ -635,6 +640,9 @@ def memory_per_user(service: Service, users: int, tenant: str, sample: int = 400
                     if name[len(base):] == "recs":
                         pipe.hlen(name)
                         pipe.hexists(name, "")
+                    elif name[len(base):] == "ledger":
+                        pipe.zcard(name)
+                        pipe.object("encoding", name)
                 # a cluster node answers for its own keys only (an error for the others)
                 replies = iter([None if isinstance(x, Exception) else x
                                 for x in pipe.execute(raise_on_error=False)])
@@ -647,6 +655,13 @@ def memory_per_user(service: Service, users: int, tenant: str, sample: int = 400
                             records += int(fields or 0) - int(bool(marker))
                     elif kind == "m" and used:
                         records += 1
+                    elif kind == "ledger":
+                        count, encoding = next(replies), next(replies)
+                        if used:
+                            entries += int(count or 0)
+                            label = (encoding.decode() if isinstance(encoding, bytes)
+                                     else str(encoding))
+                            encodings[label] = encodings.get(label, 0) + 1
                     kind = "record" if kind in ("m", "recs") else kind
                     kinds[kind] = kinds.get(kind, 0) + (used or 0)
                     total += used or 0
@@ -661,7 +676,9 @@ def memory_per_user(service: Service, users: int, tenant: str, sample: int = 400
                   p90_bytes=percentile(sizes, 90), max_bytes=sizes[-1] if sizes else float("nan"),
                   keys_per_user=keys / len(sizes) if sizes else float("nan"),
                   records_per_user=records / len(sizes) if sizes else float("nan"),
-                  by_kind={k: v / len(sizes) for k, v in sorted(kinds.items())} if sizes else {})
+                  by_kind={k: v / len(sizes) for k, v in sorted(kinds.items())} if sizes else {},
+                  ledger_per_user=entries / len(sizes) if sizes else float("nan"),
+                  ledger_encodings=encodings)
 
 
 # ---------------------------------------------------------------------- main
@@ -873,7 +890,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{memory.max_bytes:,.0f} B ({memory.active} of {memory.sampled} sampled "
                     f"active, {memory.keys_per_user:.1f} keys and {memory.records_per_user:.1f} "
                     f"records each; mean by kind: "
-                    + ", ".join(f"{k} {v:,.0f} B" for k, v in memory.by_kind.items()) + ")")
+                    + ", ".join(f"{k} {v:,.0f} B" for k, v in memory.by_kind.items())
+                    + f"; ledger {memory.ledger_per_user:.1f} entries each, by encoding "
+                    f"{memory.ledger_encodings})")
         report.fact("API worker resident memory",
                     ", ".join(f"{mb:.0f} MB" for mb in service.worker_rss_mb()))
         if args.scaling == "on":

@@ -45,8 +45,8 @@ from api.clock import SystemClock
 from api.engine import Engine
 from api.plan import (
     Context,
+    RecordOwner,
     build_plan,
-    encode_context,
     encode_plan,
     fingerprint,
     pre_checks,
@@ -153,14 +153,15 @@ class Bench:
                           pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
                           dry=request.dry_run, pre=pre, mv=choice.version, fs=choice.source)
             plan_bytes = encode_plan(choice.plan, choice.annotations)
-            ctx_bytes = encode_context(ctx)
+            ctx_bytes = engine.encode_context(ctx, request.user_id)
             t5 = clock()
             reply = await store.commit(TENANT, request.user_id, request.message_id,
                                        plan_bytes, ctx_bytes)
             t6 = clock()
             if reply.status != "new":
                 raise RuntimeError(f"unexpected commit status {reply.status!r} for a fresh message")
-            response = render(ctx, decode_outcome(reply.payload))
+            response = render(ctx, decode_outcome(reply.payload, RecordOwner(
+                TENANT, request.user_id, request.message_id, engine.ids)))
             t7 = clock()
             self.json.encode(response)
             t8 = clock()

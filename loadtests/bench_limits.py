@@ -9,7 +9,7 @@ same requests (loadtests/population.py, Zipf recipients so the head hits its cap
 - **sendwise commit only** (the comparison issue 10 states: the atomic policy commit vs
   ``limits`` checking the same rules): each worker prepares a batch of plans outside the
   timed region exactly as ``Engine._decide`` does (``Store.read_user``, ``Engine.prepare``,
-  ``encode_plan``/``encode_context``, ``now`` = the clock at preparation), then all workers
+  ``encode_plan``/``Engine.encode_context``, ``now`` = the clock at preparation), then all workers
   commit their batches (``Store.commit``, the same concurrency) and only that phase is timed.
   Plans are committed in the order they were prepared, one small batch ahead, so a plan's
   ``now`` trails its commit by at most one commit phase (the largest such lag is printed).
@@ -55,7 +55,7 @@ import msgspec
 from api.clock import SystemClock
 from api.engine import Engine
 from api.ids import Secret
-from api.plan import Context, encode_context, encode_plan, fingerprint
+from api.plan import Context, RecordOwner, encode_plan, fingerprint
 from api.policy import Policy
 from api.redis_client import make_redis
 from api.redis_server import EmbeddedRedis
@@ -240,7 +240,7 @@ async def run_commit_only(url: str, cluster: bool, seconds: float, concurrency: 
                 while True:
                     reply = await store.commit(tenant, ready.request.user_id,
                                                ready.request.message_id, ready.plan,
-                                               encode_context(ready.ctx))
+                                               engine.encode_context(ready.ctx, ready.request.user_id))
                     if reply.status != "stale":
                         break
                     stale += 1  # preferences changed under it (never here): prepare again
@@ -265,7 +265,8 @@ async def run_commit_only(url: str, cluster: bool, seconds: float, concurrency: 
                 for ctx, reply in replies:
                     done += 1
                     if reply.status == "new":
-                        admitted += render(ctx, decode_outcome(reply.payload)).decision \
+                        admitted += render(ctx, decode_outcome(reply.payload, RecordOwner(
+                            tenant, ctx.uid, ctx.mid, engine.ids))).decision \
                             != "suppress"
         return done, timed, admitted
 

@@ -9,7 +9,14 @@
   writes it) for three users, in profile format 2 and the compact format 3, with Redis'
   default ``hash-max-ziplist-value`` and with 2048.
 
+The same decisions (same message ids, users, policy and preferences; the clock is real)
+in record format 2 and 3 (``SENDWISE_RECORD_FORMAT``), and with message ids as long as
+``bench_decisions``' (``--message-prefix``) at the embedded server's
+``zset-max-ziplist-value`` and at Redis' default 64:
+
     python -m loadtests.bench_memory
+    python -m loadtests.bench_memory --record-format 2
+    python -m loadtests.bench_memory --message-prefix 1-1w1r-decisions-0-0 --zset-max-ziplist-value 64
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import os
 import statistics
 
+import msgspec
 import numpy as np
 import redis
 
@@ -30,21 +38,26 @@ from loadtests.bench_scoring import NOW, profile_with_history
 from models.profile import Profile
 
 
-async def _decide(url: str, users: int, decisions: int) -> None:
+async def _decide(url: str, users: int, decisions: int, *, record_format: int = 3,
+                  prefix: str = "e") -> None:
     client = make_redis(Settings(redis_url=url))
     try:
         bench = Bench(client, users)
-        bench.factory.prefix = "e"  # the same message ids in every run
+        bench.engine.settings = msgspec.structs.replace(bench.engine.settings,
+                                                        record_format=record_format)
+        bench.factory.prefix = prefix  # the same message ids in every run
         await bench.seed()
         await bench.end_to_end(decisions)
     finally:
         await client.aclose()
 
 
-def records(url: str, users: int, decisions: int) -> None:
-    asyncio.run(_decide(url, users, decisions))
+def records(url: str, users: int, decisions: int, *, record_format: int = 3,
+            prefix: str = "e") -> None:
+    asyncio.run(_decide(url, users, decisions, record_format=record_format, prefix=prefix))
     r = redis.Redis.from_url(url)
-    stored = count = 0
+    stored = count = context = outcome = 0
+    ledgers: dict[str, int] = {}
     usage = 0
     encodings: dict[str, int] = {}
     per_user: dict[str, dict[str, int]] = {}
@@ -59,18 +72,27 @@ def records(url: str, users: int, decisions: int) -> None:
             values = [v for f, v in r.hgetall(key).items() if f != b""]
             count += len(values)
             stored += sum(len(v) for v in values)
+            for value in values:  # "<expiry> <context>\n<outcome>[\n<cancelled at>]"
+                lines = value.partition(b" ")[2].split(b"\n")
+                context += len(lines[0])
+                outcome += len(lines[1])
             usage += used
             encoding = r.object("encoding", key)
             label = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
             encodings[label] = encodings.get(label, 0) + 1
+        elif kind == "ledger":
+            encoding = r.object("encoding", key)
+            label = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
+            ledgers[label] = ledgers.get(label, 0) + 1
         elif kind == "record":  # a previous release's key per message
             count += 1
             stored += int(r.strlen(key))
             usage += used
     active = [kinds for kinds in per_user.values() if "ledger" in kinds]
     print(f"{decisions:,} decisions, {users:,} users: {count:,} records, mean stored "
-          f"{stored / count:.0f} B, MEMORY USAGE per record {usage / count:.0f} B; "
-          f"records hashes by encoding: {encodings}")
+          f"{stored / count:.0f} B (context {context / count:.0f}, outcome "
+          f"{outcome / count:.0f}), MEMORY USAGE per record {usage / count:.0f} B; "
+          f"records hashes by encoding: {encodings}; ledgers by encoding: {ledgers}")
     for kind in sorted({k for kinds in active for k in kinds}):
         mean = sum(kinds.get(kind, 0) for kinds in active) / len(active)
         print(f"  per active user ({len(active)}): {kind:<8} {mean:7.0f} B")
@@ -112,9 +134,19 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--decisions", type=int, default=3000)
+    parser.add_argument("--record-format", type=int, choices=[2, 3], default=3,
+                        help="the context format records are written in (SENDWISE_RECORD_FORMAT)")
+    parser.add_argument("--message-prefix", default="e",
+                        help="message ids are <prefix>-<n>; bench_decisions' are ~25 characters")
+    parser.add_argument("--zset-max-ziplist-value", type=int, default=None,
+                        help="the server's setting for this run (default: the embedded one's)")
     args = parser.parse_args(argv)
     with EmbeddedRedis() as server:
-        records(server.url, args.users, args.decisions)
+        if args.zset_max_ziplist_value is not None:
+            redis.Redis.from_url(server.url).config_set("zset-max-ziplist-value",
+                                                        args.zset_max_ziplist_value)
+        records(server.url, args.users, args.decisions, record_format=args.record_format,
+                prefix=args.message_prefix)
         profiles(server.url)
     return 0
 

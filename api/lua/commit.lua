@@ -8,7 +8,7 @@
 -- hash, read and updated in place until it expires) KEYS[4] .. its message id; the
 -- compact plan a deferral keeps while it can be displaced is KEYS[5] .. its message id
 -- ARGV[1] plan (MessagePack, built by api/plan.py: lua_plan, positional arrays in the order
--- of PLAN_FIELDS), ARGV[2] context JSON (stored verbatim),
+-- of PLAN_FIELDS), ARGV[2] context JSON (stored verbatim; api/plan.py: encode_context),
 -- ARGV[3] prefix of this message's ledger members, ARGV[3 + i] member of candidate i,
 -- ARGV[3 + #cands + i] (optional) JSON annotation of candidate i, copied as "s" into the
 -- outcome of the candidate reserved (score, score now, propensity: api/scoring.py)
@@ -248,13 +248,50 @@ end
 local msg = message_facts(P[6])
 local cw = plan.cw
 
+-- the outcome line (api/render.py: Outcome): the decision d, channel, instant, reasons rs,
+-- p (true: a preempted suppression), the reserved candidate's score note (JSON) and the
+-- displaced decisions xs (JSON each). In the record of a format-3 context (a JSON array,
+-- api/plan.py), ``positional``: a JSON array [d, ch, t, s, r, x, p] without its trailing
+-- defaults, s as [score, propensity] when the score now is the score; else the object
+-- {"d","ch","t","r"[,"p"][,"s"][,"x"]} earlier releases read.
+local function outcome(d, ch, t, rs, p, s, xs, positional)
+  local parts = {}
+  for i, r in ipairs(rs) do
+    parts[i] = '[' .. cjson.encode(r[1]) .. ',' .. cjson.encode(r[2]) .. ','
+      .. (r[3] and fmt(r[3]) or 'null') .. ',' .. (r[4] and cjson.encode(r[4]) or 'null') .. ']'
+  end
+  local ch_, t_ = ch and cjson.encode(ch) or 'null', t and fmt(t) or 'null'
+  if not positional then
+    return '{"d":"' .. d .. '","ch":' .. ch_ .. ',"t":' .. t_ .. ',"r":['
+      .. table.concat(parts, ',') .. ']' .. (p and ',"p":1' or '')
+      .. (s and ',"s":' .. s or '') .. (xs and ',"x":[' .. table.concat(xs, ',') .. ']' or '')
+      .. '}'
+  end
+  if s then  -- [score, score now, propensity], the score twice (most decisions): [score, p]
+    local comma = string.find(s, ',', 1, true)
+    local score = string.sub(s, 2, comma - 1)
+    if string.sub(s, comma + 1, comma + #score + 1) == score .. ',' then
+      s = '[' .. score .. string.sub(s, comma + #score + 1)
+    end
+  end
+  local out = '["' .. d .. '",' .. ch_ .. ',' .. t_
+  local x = xs and #xs > 0
+  if not (p or x or #rs > 0) then return s and out .. ',' .. s .. ']' or out .. ']' end
+  out = out .. ',' .. (s or 'null') .. ',[' .. table.concat(parts, ',') .. ']'
+  if not (p or x) then return out .. ']' end
+  out = out .. ',[' .. (x and table.concat(xs, ',') or '') .. ']'
+  return p and out .. ',1]' or out .. ']'
+end
+-- this message's context is format 3 (api/plan.py: a JSON array): so is its outcome
+local positional = string.byte(ARGV[2], 1) == 91
+
 -- 4. a duplicate offer suppresses the whole message, whatever the channel
 if cw > 0 and msg.og ~= '' then
   for _, e in ipairs(entries) do
     if e.og == msg.og and e.oid == msg.oid and e.t > now - cw then
-      local out = '{"d":"suppress","ch":null,"t":null,"r":[[' .. cjson.encode('duplicate_offer')
-        .. ',' .. cjson.encode('conflict_group:' .. msg.og) .. ',' .. fmt(e.t + cw) .. ','
-        .. cjson.encode(e.ch) .. ']]}'
+      local out = outcome('suppress', nil, nil,
+                          {{'duplicate_offer', 'conflict_group:' .. msg.og, e.t + cw, e.ch}},
+                          false, nil, nil, positional)
       if plan.dry == 0 then record_put(my_mid, ARGV[2] .. '\n' .. out, now + plan.ttl) end
       return {'new', out}
     end
@@ -541,20 +578,7 @@ else
   end
 end
 
--- the outcome JSON (api/render.py: Outcome); p = 1 marks a preempted suppression
-local function outcome(d, ch, t, rs, p)
-  local parts = {}
-  for i, r in ipairs(rs) do
-    parts[i] = '[' .. cjson.encode(r[1]) .. ',' .. cjson.encode(r[2]) .. ','
-      .. (r[3] and fmt(r[3]) or 'null') .. ',' .. (r[4] and cjson.encode(r[4]) or 'null') .. ']'
-  end
-  return '{"d":"' .. d .. '","ch":' .. (ch and cjson.encode(ch) or 'null')
-    .. ',"t":' .. (t and fmt(t) or 'null') .. ',"r":[' .. table.concat(parts, ',') .. ']'
-    .. (p and ',"p":1' or '')
-end
-local out = outcome(decision, out_ch, out_t, reasons, false)
 local note = chosen and 3 + #plan.cands + chosen <= nargv and ARGV[3 + #plan.cands + chosen]
-if note then out = out .. ',"s":' .. note end
 
 -- 6b. re-decide each displaced message inside this call, against the ledger as it is now
 -- (this message's reservation included, the displaced ones gone): the earliest instant at
@@ -626,7 +650,7 @@ local function redecide(v)
           member = R[9][best], plan = raw_plan}
 end
 
-local moved = {}
+local moved, xs = {}, nil
 if #displaced > 0 then
   -- from here on this message's reservation counts for the re-decisions
   if out_t and plan.dry == 0 then
@@ -638,8 +662,16 @@ if #displaced > 0 then
     local key = KEYS[4] .. e.mid
     local old, exp = record_get(e.mid, key)
     local ctx = old and string.match(old, '^[^\n]*')
-    local did = ctx and cjson.decode(ctx).did
-    if did then ids[#ids + 1] = cjson.encode(did) end
+    -- its decision id (context formats 1, 2: objects), or what re-seals it (format 3, an
+    -- array, api/plan.py: the message id, the key tag (1st) and, when the record is not
+    -- this user's own, its user (8th); api/render.py)
+    local c = ctx and cjson.decode(ctx)
+    if c and c.did then ids[#ids + 1] = cjson.encode(c.did)
+    elseif c and c[1] then
+      local u = c[8]
+      if u == cjson.null then u = nil end
+      ids[#ids + 1] = cjson.encode({e.mid, c[1], u})
+    end
     local m = {e = e, key = key, exp = exp}
     if plan.dry == 0 then
       local r = redecide(e)
@@ -649,13 +681,14 @@ if #displaced > 0 then
                    og = d[7], pr = d[8] or plan.dp})
       end
       m.r = r
-      m.rec = ctx and (ctx .. '\n' .. outcome(r.d, r.ch, r.t, r.r, r.t == nil) .. '}')
+      m.rec = ctx and (ctx .. '\n' .. outcome(r.d, r.ch, r.t, r.r, r.t == nil, nil, nil,
+                                              string.byte(ctx, 1) == 91))
     end
     moved[#moved + 1] = m
   end
-  out = out .. ',"x":[' .. table.concat(ids, ',') .. ']'
+  xs = ids
 end
-out = out .. '}'
+local out = outcome(decision, out_ch, out_t, reasons, false, note, xs, positional)
 
 -- 6c. channel pacing's expectation (plan.pe, api/pacing.py): a send or deferral on a paced
 -- channel is written only inside the span of the token pacing holds for it. The ledger can

@@ -1,16 +1,27 @@
-"""The idempotency record's context line: the compact format (short names, omitted
-defaults) and the original one must both replay the same answer, byte for byte."""
+"""The idempotency record's context line in its three formats: the original one (the
+struct's own names), format 2 (short names, omitted defaults) and format 3 (format 2
+without what a reader recomputes: the decision id, the message id and the user of the
+records hash). Records of every format replay the same answer, byte for byte."""
 
 from __future__ import annotations
 
 import json
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.plan import Context, PreReason, encode_context
-from api.render import decode_context, render_record
+from api.ids import IdKey, Secret
+from api.plan import (
+    Context,
+    PreReason,
+    RecordOwner,
+    adopt_context,
+    encode_context,
+    encode_context_v2,
+)
+from api.render import adopt_record, decode_context, decode_outcome, render_record
 
 NOW = 1_781_107_200_000
 DID = "d_2hVSsobYtKylZ81beWuOgjYWXrl1_tRCUKCYXwoeqr_WNNlFqrkp0jrUe3Ochg"
@@ -34,24 +45,97 @@ LEGACY_ANSWER = (
     b'celled_at":null,"displaced":[]}')
 
 
+#: the same record as format 2 wrote it (the previous release, 75c4ffc: encode_context)
+COMPACT_V2 = (b'{"did":"' + DID.encode() + b'","m":"m-1","u":"u-1","p":"7","z":"America/New_York",'
+              b'"n":1781107200000,"f":"0123456789abcdef0123","r":[["no_consent","preferences.'
+              b'channels.sms",null,"sms"]],"mv":"heuristic-v2","fs":"profile"}\n' + OUTCOME)
+#: what it rendered cancelled (cancel.lua's third line), at 75c4ffc
+CANCELLED_ANSWER = LEGACY_ANSWER.replace(b'"cancelled_at":null',
+                                         b'"cancelled_at":"2026-06-10T16:13:20Z"')
+IDS = IdKey(Secret(b"s" * 32))
+OWNER = RecordOwner("t", "u-1", "m-1", IDS)
+
+
 def test_legacy_record_replays_byte_identically() -> None:
-    ctx, answer = render_record(LEGACY)
+    ctx, answer = render_record(LEGACY, OWNER)
     assert msgspec.json.encode(answer) == LEGACY_ANSWER
-    # the same context stored in the compact format renders the same bytes
-    compact = encode_context(ctx) + b"\n" + OUTCOME
-    assert len(compact) < len(LEGACY)
-    assert msgspec.json.encode(render_record(compact)[1]) == LEGACY_ANSWER
     # and a cancelled legacy record (cancel.lua appends a third line) too
-    cancelled = render_record(LEGACY + b"\n1781108000000")[1]
-    assert cancelled.cancelled_at is not None
+    cancelled = render_record(LEGACY + b"\n1781108000000", OWNER)[1]
+    assert msgspec.json.encode(cancelled) == CANCELLED_ANSWER
+    # a format-2 record of the previous release renders the same bytes
+    assert msgspec.json.encode(render_record(COMPACT_V2, OWNER)[1]) == LEGACY_ANSWER
+    assert msgspec.json.encode(render_record(COMPACT_V2 + b"\n1781108000000", OWNER)[1]) == \
+        CANCELLED_ANSWER
+    # format 2 is still what SENDWISE_RECORD_FORMAT=2 writes
+    assert encode_context_v2(ctx) + b"\n" + OUTCOME == COMPACT_V2
 
 
-def test_compact_context_is_one_json_line_with_did() -> None:
+def test_format_3_leaves_out_what_the_reader_recomputes() -> None:
     ctx = decode_context(LEGACY.split(b"\n")[0])
-    raw = encode_context(ctx)
-    assert raw.startswith(b'{"did":') and b"\n" not in raw
-    assert json.loads(raw)["did"] == DID  # what commit.lua reads of displaced records
-    assert b'"dry"' not in raw and b'"v"' not in raw
+    # the id this key seals for (tenant, user, message): what the engine puts in ctx.did
+    ctx = msgspec.structs.replace(ctx, did=IDS.decision_id("t", "u-1", "m-1"))
+    raw = encode_context(ctx, user="u-1", tag=IDS.tag)
+    assert raw.startswith(b'["' + IDS.tag.encode() + b'",') and b"\n" not in raw
+    assert json.loads(raw) == [IDS.tag, "7", "America/New_York", 1781107200000,
+                               "ASNFZ4mrze8BIw",  # the fingerprint, base64url
+                               "heuristic-v2", "profile", None, False,
+                               [["no_consent", "preferences.channels.sms", None, "sms"]]]
+    assert b"m-1" not in raw and b"u-1" not in raw and b"d_" not in raw
+    assert len(raw) == len(COMPACT_V2.split(b"\n")[0]) - 112  # 264 -> 152 B
+    record = raw + b"\n" + OUTCOME
+    answer = msgspec.json.encode(render_record(record, OWNER)[1])
+    assert answer == LEGACY_ANSWER.replace(DID.encode(), ctx.did.encode())
+    assert render_record(record, OWNER)[0] == ctx
+    with pytest.raises(ValueError, match="owner"):  # not readable without where it was
+        decode_context(raw)
+
+
+def test_format_3_after_an_id_key_rotation() -> None:
+    """The record keeps the tag of the secret that sealed its answer's id: a replay after a
+    rotation (that secret now a previous one) renders the same id, byte for byte."""
+    ctx = msgspec.structs.replace(decode_context(LEGACY.split(b"\n")[0]),
+                                  did=IDS.decision_id("t", "u-1", "m-1"))
+    record = encode_context(ctx, user="u-1", tag=IDS.tag) + b"\n" + OUTCOME
+    before = msgspec.json.encode(render_record(record, OWNER)[1])
+    rotated = IdKey(Secret(b"n" * 32), previous=[Secret(b"s" * 32)])
+    assert rotated.tag != IDS.tag
+    after = render_record(record, OWNER._replace(ids=rotated))[1]
+    assert msgspec.json.encode(after) == before
+    assert rotated.parse_decision_id("t", after.decision_id) == ("u-1", "m-1")
+
+
+def test_a_merged_record_keeps_its_user() -> None:
+    """A record decided for u-1 moves to u-2's hash with a merge (merge_apply.lua copies it
+    verbatim after lifecycle.adopt_record): it still renders u-1's decision id, and so do
+    the decisions its outcome displaced, which commit.lua named by message id."""
+    ctx = msgspec.structs.replace(decode_context(LEGACY.split(b"\n")[0]),
+                                  did=IDS.decision_id("t", "u-1", "m-1"))
+    out = OUTCOME[:-1] + b',"x":["' + DID.encode() + b'",["m-0","' + IDS.tag.encode() + b'"]]}'
+    record = encode_context(ctx, user="u-1", tag=IDS.tag) + b"\n" + out + b"\n1781108000000"
+    first = render_record(record, OWNER)[1]
+    assert first.displaced == [DID, IDS.decision_id("t", "u-1", "m-0")]
+    moved = adopt_record(record, "u-1")
+    assert moved.endswith(b"\n1781108000000")
+    assert json.loads(moved.split(b"\n")[0])[7] == "u-1"  # the user, 8th
+    assert adopt_record(moved, "u-9") == moved  # a second merge keeps the first user
+    merged = render_record(moved, RecordOwner("t", "u-2", "m-1", IDS))
+    assert merged[0].uid == "u-1"
+    assert msgspec.json.encode(merged[1]) == msgspec.json.encode(first)
+    # decided for a merged id: written with its user from the start
+    raw = encode_context(ctx, user="u-2", tag=IDS.tag)
+    assert adopt_context(raw, "u-2") == raw
+    assert decode_context(raw, RecordOwner("t", "u-2", "m-1", IDS)) == ctx
+    # the older formats carry their ids: copied as they are
+    assert adopt_record(LEGACY, "u-1") == LEGACY and adopt_record(COMPACT_V2, "u-1") == COMPACT_V2
+
+
+def test_displaced_ids_need_an_owner() -> None:
+    out = b'{"d":"send","ch":"email","t":1,"r":[],"x":[["m-0","abc","u-7"]]}'
+    with pytest.raises(ValueError, match="owner"):
+        decode_outcome(out)
+    assert decode_outcome(out, OWNER).x == [IDS.decision_id("t", "u-7", "m-0", "abc")]
+    plain = b'{"d":"send","ch":"email","t":1,"r":[["a","b",null,"c"]],"x":["d_1"]}'
+    assert decode_outcome(plain).x == ["d_1"]
 
 
 texts = st.text(min_size=0, max_size=30)
@@ -64,10 +148,44 @@ contexts = st.builds(
     fs=st.none() | st.sampled_from(["profile", "prior"]), v=st.integers(0, 3))
 
 
-@given(contexts)
-def test_both_formats_decode_to_the_same_context(ctx: Context) -> None:
-    compact = encode_context(ctx)
+@given(contexts, texts)
+def test_every_format_decodes_to_the_same_context(ctx: Context, user: str) -> None:
+    ctx = msgspec.structs.replace(ctx, did=IDS.decision_id("t", ctx.uid, ctx.mid))
+    v2 = encode_context_v2(ctx)
+    v3 = encode_context(ctx, user=user, tag=IDS.tag)
     legacy = msgspec.json.encode(ctx)
-    assert b"\n" not in compact and json.loads(compact)["did"] == ctx.did
-    assert decode_context(compact) == ctx == decode_context(legacy)
-    assert len(compact) <= len(legacy)
+    assert b"\n" not in v2 and json.loads(v2)["did"] == ctx.did
+    assert b"\n" not in v3 and json.loads(v3)[0] == IDS.tag
+    owner = RecordOwner("t", user, ctx.mid, IDS)
+    assert decode_context(v3, owner) == decode_context(v2) == ctx == decode_context(legacy)
+    assert decode_context(adopt_context(v3, user), RecordOwner("t", "other", ctx.mid, IDS)) \
+        == ctx
+    assert len(v3) < len(v2) <= len(legacy)
+
+
+def test_the_positional_outcome_of_format_3() -> None:
+    """commit.lua writes a format-3 record's outcome as [d, ch, t, s, r, x, p] without its
+    trailing defaults (api/render.py); it decodes to the same Outcome as the object."""
+    obj = decode_outcome(OUTCOME)
+    assert decode_outcome(b'["defer","email",1781112600000,[0.041,0.039,0.95],[["frequency_cap",'
+                          b'"caps[0]",1781112600000,"email"]]]') == obj
+    assert decode_outcome(b'["send","sms",1,[0.5,0.5,1.0]]') == \
+        decode_outcome(b'{"d":"send","ch":"sms","t":1,"r":[],"s":[0.5,0.5,1.0]}') == \
+        decode_outcome(b'["send","sms",1,[0.5,1.0]]')  # the score once: score now = score
+    assert decode_outcome(b'["send","sms",1,[0.5,0.25,1.0]]').s == (0.5, 0.25, 1.0)
+    suppressed = b'["suppress",null,null,null,[["preempted","cap",null,"sms"]],[],1]'
+    assert decode_outcome(suppressed) == decode_outcome(
+        b'{"d":"suppress","ch":null,"t":null,"r":[["preempted","cap",null,"sms"]],"p":1}')
+    displacing = b'["send","sms",1,null,[],["' + DID.encode() + b'",["m-0","' + \
+        IDS.tag.encode() + b'"]]]'
+    with pytest.raises(ValueError, match="owner"):
+        decode_outcome(displacing)
+    assert decode_outcome(displacing, OWNER).x == [DID, IDS.decision_id("t", "u-1", "m-0")]
+    # moved by a merge: the displaced decision's user is written out, the rest kept
+    ctx = msgspec.structs.replace(decode_context(LEGACY.split(b"\n")[0]),
+                                  did=IDS.decision_id("t", "u-1", "m-1"))
+    record = encode_context(ctx, user="u-1", tag=IDS.tag) + b"\n" + displacing
+    moved = adopt_record(record, "u-1")
+    assert moved.split(b"\n")[1] == displacing[:-3] + b',"u-1"]]]'
+    merged = RecordOwner("t", "u-2", "m-1", IDS)
+    assert render_record(moved, merged)[1] == render_record(record, OWNER)[1]

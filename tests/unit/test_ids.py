@@ -95,6 +95,20 @@ def test_rotation_previous_secrets_open_but_never_seal() -> None:
         KEY.parse_decision_id("acme", old_id)
 
 
+def test_key_tags_reseal_an_id_with_the_secret_that_sealed_it() -> None:
+    """A format-3 record stores the tag, not the id (api/plan.py): after a rotation the
+    tag picks the previous secret, so the replay shows the id the first answer gave."""
+    old, new = Secret(b"0123456789abcdef0123456789abcdef"), Secret(b"n" * 32)
+    rotated = IdKey(new, previous=[old])
+    assert len(KEY.tag) == 3 and KEY.tag == IdKey(old).tag != rotated.tag
+    first = KEY.decision_id("t", "u", "m")
+    assert rotated.decision_id("t", "u", "m", KEY.tag) == first
+    assert rotated.decision_id("t", "u", "m", rotated.tag) == rotated.decision_id("t", "u", "m")
+    # a tag no secret has any more (retired): the current secret seals, and that id opens
+    assert rotated.decision_id("t", "u", "m", "zzz") == rotated.decision_id("t", "u", "m")
+    assert rotated.parse_decision_id("t", rotated.decision_id("t", "u", "m", "zzz")) == ("u", "m")
+
+
 def test_pseudonyms_are_keyed_stable_and_short() -> None:
     p = KEY.pseudonym("ada@example.com")
     assert p == KEY.pseudonym("ada@example.com") and len(p) == 16

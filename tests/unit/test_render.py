@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from api.ids import IdKey, Secret
-from api.plan import Context, PreReason, encode_context
+from api.plan import Context, PreReason, RecordOwner, encode_context
 from api.render import Outcome, decode_context, decode_outcome, render, render_record, utc
 
 NOW = int(dt.datetime(2026, 6, 10, 16, 0, tzinfo=dt.UTC).timestamp() * 1000)
@@ -38,8 +38,13 @@ def lua_outcome(d: str, ch: str | None, t: int | None,
     return (f'{{"d":"{d}","ch":{enc(ch)},"t":{enc(t)},"r":[{parts}]}}').encode()
 
 
+def owner(ctx: Context) -> RecordOwner:
+    """Where ``record(ctx, ...)`` is read: tenant "t", the user's own records hash."""
+    return RecordOwner("t", ctx.uid, ctx.mid, IDS)
+
+
 def record(ctx: Context, outcome: bytes, cancelled_at: int | None = None) -> bytes:
-    raw = encode_context(ctx) + b"\n" + outcome
+    raw = encode_context(ctx, user=ctx.uid, tag=IDS.tag) + b"\n" + outcome
     return raw if cancelled_at is None else raw + b"\n" + str(cancelled_at).encode()
 
 
@@ -49,8 +54,8 @@ def test_replay_is_byte_identical() -> None:
                       [("frequency_cap", "cap0", NOW + 90 * MIN, "email")])
     first = render(ctx, decode_outcome(out))
     stored = record(ctx, out)
-    _, replay1 = render_record(stored)
-    _, replay2 = render_record(stored)
+    _, replay1 = render_record(stored, owner(ctx))
+    _, replay2 = render_record(stored, owner(ctx))
     assert msgspec.json.encode(replay1) == msgspec.json.encode(replay2)
     assert replay1.replayed and not first.replayed
     assert msgspec.json.encode(msgspec.structs.replace(replay1, replayed=False)) == \
@@ -82,9 +87,9 @@ def test_any_record_replays_identically(zone: str, now: int, delay: int | None, 
     d = "suppress" if t is None else "send" if t == now else "defer"
     out = lua_outcome(d, None if t is None else "email", t, reasons)
     stored = record(ctx, out, cancelled)
-    decoded, a = render_record(stored)
-    _, b = render_record(stored)
-    assert decoded == ctx == decode_context(encode_context(ctx))
+    decoded, a = render_record(stored, owner(ctx))
+    _, b = render_record(stored, owner(ctx))
+    assert decoded == ctx == decode_context(encode_context(ctx, user=uid, tag=IDS.tag), owner(ctx))
     assert msgspec.json.encode(a) == msgspec.json.encode(b)
     assert a == render(ctx, decode_outcome(out), replayed=True, cancelled_at=cancelled)
     assert a.decision_id == IDS.decision_id("t", uid, mid) and a.message_id == mid
@@ -140,7 +145,7 @@ def test_repeated_hour_replays_with_the_same_offset() -> None:
     at = ms("2026-11-01T06:30:00+00:00")
     ctx = context(now=at)
     out = lua_outcome("send", "sms", at, [])
-    _, r = render_record(record(ctx, out))
+    _, r = render_record(record(ctx, out), owner(ctx))
     assert r.local_send_at is not None and r.local_send_at.utcoffset() == dt.timedelta(hours=-5)
     assert b'"local_send_at":"2026-11-01T01:30:00-05:00"' in msgspec.json.encode(r)
 
@@ -149,13 +154,13 @@ def test_cancelled_record() -> None:
     ctx = context()
     out = lua_outcome("defer", "email", NOW + 60 * MIN, [("quiet_hours", "q", NOW + 60 * MIN,
                                                           "email")])
-    plain_ctx, plain = render_record(record(ctx, out))
-    _, cancelled = render_record(record(ctx, out, NOW + 5 * MIN))
+    plain_ctx, plain = render_record(record(ctx, out), owner(ctx))
+    _, cancelled = render_record(record(ctx, out, NOW + 5 * MIN), owner(ctx))
     assert plain.cancelled_at is None and plain_ctx == ctx
     assert cancelled.cancelled_at == utc(NOW + 5 * MIN)
     assert msgspec.structs.replace(cancelled, cancelled_at=None) == plain
     encoded = msgspec.json.encode(cancelled)
-    assert encoded == msgspec.json.encode(render_record(record(ctx, out, NOW + 5 * MIN))[1])
+    assert encoded == msgspec.json.encode(render_record(record(ctx, out, NOW + 5 * MIN), owner(ctx))[1])
     assert b'"cancelled_at":"2026-06-10T16:05:00Z"' in encoded
 
 

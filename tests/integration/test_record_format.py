@@ -1,0 +1,225 @@
+"""Idempotency records in context format 3 (api/plan.py: encode_context): no decision id,
+message id or user id stored, each recomputed where the record is read. Golden values: the
+records and answers of the previous release (75c4ffc, format 2) for the same requests at
+the same instants with the same id key, so a record it wrote must replay here byte for
+byte, and ``SENDWISE_RECORD_FORMAT=2`` must write exactly what it wrote (a rolling
+upgrade, docs/architecture.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import pytest
+
+from api import lifecycle
+from api.clock import FixedClock
+from api.engine import Engine
+from api.keys import user_keys
+from api.redis_client import RedisClient
+from api.settings import Settings
+from api.store import Store
+from tests.conftest import TEST_ID_KEY
+from tests.integration.conftest import EXACT, NOON_NY, TENANT, at, req
+from tests.integration.test_scoring import evening_events
+
+#: previous release, default policy, NOON_NY: req(message_id="g1")
+A_RECORD = (b'1781366400000 {"did":"d_kB8x6hK7mXVaGecNGrDtqcszo3kkDXU","m":"g1","u":"u1",'
+            b'"p":"0","z":"America/New_York","n":1781107200000,"f":"c68b976bc7b51a01e4f8",'
+            b'"mv":"heuristic-v2","fs":"prior"}\n{"d":"send","ch":"email","t":1781107200000,'
+            b'"r":[],"s":[0.089621,0.089621,0.953846]}')
+A_ANSWER = (b'{"decision_id":"d_kB8x6hK7mXVaGecNGrDtqcszo3kkDXU","message_id":"g1","decision'
+            b'":"send","channel":"email","send_at":"2026-06-10T16:00:00Z","local_send_at":"20'
+            b'26-06-10T12:00:00-04:00","timezone":"America/New_York","reasons":[],"policy_ve'
+            b'rsion":"0","decided_at":"2026-06-10T16:00:00Z","score":0.089621,"score_now":0.0'
+            b'89621,"model_version":"heuristic-v2","features_source":"prior","propensity":0.9'
+            b'53846,"dry_run":false,"replayed":false,"cancelled_at":null,"displaced":[]}')
+#: previous release, PREEMPTING policy, 23:00 New York: req(user_id="u2", message_id="low",
+#: priority=2, channels=["sms"])
+B_RECORD = (b'1781438400000 {"did":"d_2n2z1iRmbLwQvEIWh_RhVS7tQiE9Rru2","m":"low","u":"u2",'
+            b'"p":"1","z":"America/New_York","n":1781146800000,"f":"80eda42a84c17809313f",'
+            b'"mv":"heuristic-v2","fs":"prior"}\n{"d":"defer","ch":"sms","t":1781179200000,'
+            b'"r":[["quiet_hours","default-quiet-hours",1781179200000,"sms"]],'
+            b'"s":[0.125111,0.125111,1.0]}')
+B_ANSWER = (b'{"decision_id":"d_2n2z1iRmbLwQvEIWh_RhVS7tQiE9Rru2","message_id":"low","decisi'
+            b'on":"defer","channel":"sms","send_at":"2026-06-11T12:00:00Z","local_send_at":"2'
+            b'026-06-11T08:00:00-04:00","timezone":"America/New_York","reasons":[{"code":"qui'
+            b'et_hours","rule":"default-quiet-hours","until":"2026-06-11T12:00:00Z","channel"'
+            b':"sms"}],"policy_version":"1","decided_at":"2026-06-11T03:00:00Z","score":0.125'
+            b'111,"score_now":0.125111,"model_version":"heuristic-v2","features_source":"pri'
+            b'or","propensity":1.0,"dry_run":false,"replayed":false,"cancelled_at":null,"dis'
+            b'placed":[]}')
+PREEMPTING: dict[str, Any] = {"caps": [{"id": "daily", "limit": 1, "window_minutes": 1440}],
+                              **EXACT, "preemption": {"enabled": True, "max_displaced": 2}}
+LATE = at("2026-06-10T23:00:00-04:00")
+
+
+def _replayed(answer: bytes) -> bytes:
+    return answer.replace(b'"replayed":false', b'"replayed":true')
+
+
+def _v2(engine: Engine) -> Engine:
+    """The same store, clock and policies, writing format 2 (``SENDWISE_RECORD_FORMAT=2``)."""
+    old = Engine(engine.store, msgspec.structs.replace(engine.settings, record_format=2),
+                 engine.clock, ids=engine.ids)
+    old.policies = engine.policies
+    return old
+
+
+def _context(value: bytes) -> list[Any]:
+    """The context line of a stored value, decoded (format 3: a JSON array, api/plan.py)."""
+    decoded: list[Any] = json.loads(value.partition(b" ")[2].split(b"\n")[0])
+    return decoded
+
+
+async def _value(redis_client: RedisClient, user: str, mid: str) -> bytes:
+    raw = await redis_client.hget(user_keys(TENANT, user).records, mid)
+    assert raw is not None
+    return bytes(raw)
+
+
+async def test_format_3_stores_no_ids_and_answers_as_before(
+        engine: Engine, redis_client: RedisClient) -> None:
+    first = await engine.decide(TENANT, req(message_id="g1"))
+    assert msgspec.json.encode(first) == A_ANSWER  # the same answer as the previous release
+    value = await _value(redis_client, "u1", "g1")
+    expiry, _, record = value.partition(b" ")
+    assert expiry == A_RECORD.partition(b" ")[0]
+    assert record.startswith(b'["') and b"d_" not in record
+    assert b'"g1"' not in record and b'"u1"' not in record
+    # the same decision as A_RECORD: 268 -> 149 B (this test's ids are short); the score
+    # note [score, score now, propensity] with score now = score is [score, propensity]
+    assert value == (b'1781366400000 ["uSQ","0","America/New_York",1781107200000,'
+                     b'"xouXa8e1GgHk-A","heuristic-v2","prior"]\n'
+                     b'["send","email",1781107200000,[0.089621,0.953846]]')
+    again = await engine.decide(TENANT, req(message_id="g1"))
+    assert msgspec.json.encode(again) == _replayed(A_ANSWER)
+    status = await engine.status(TENANT, first.decision_id)
+    assert (status.decision_id, status.message_id, status.state) == (
+        first.decision_id, "g1", "send")
+    timeline = await engine.timeline(TENANT, "u1")
+    assert [(e.decision_id, e.decision) for e in timeline.entries] == [
+        (first.decision_id, "send")]
+
+
+async def test_format_2_is_what_the_previous_release_wrote(
+        engine: Engine, clock: FixedClock, redis_client: RedisClient,
+        set_policy: Callable[..., Any]) -> None:
+    old = _v2(engine)
+    assert msgspec.json.encode(await old.decide(TENANT, req(message_id="g1"))) == A_ANSWER
+    assert await _value(redis_client, "u1", "g1") == A_RECORD
+    await set_policy(**PREEMPTING)
+    clock.value = LATE
+    low = await old.decide(TENANT, req(user_id="u2", message_id="low", priority=2,
+                                       channels=["sms"]))
+    assert msgspec.json.encode(low) == B_ANSWER
+    assert await _value(redis_client, "u2", "low") == B_RECORD
+
+
+async def test_a_previous_releases_record_replays_byte_for_byte(
+        engine: Engine, clock: FixedClock, redis_client: RedisClient) -> None:
+    keys = user_keys(TENANT, "u1")
+    await redis_client.hset(keys.records, "g1", A_RECORD)
+    await redis_client.zadd(keys.ledger, {b"\x98\xa2g1\xa5email\xabpromotional\xa0\x90\xa0\xa0\x05":
+                                          NOON_NY})
+    again = await engine.decide(TENANT, req(message_id="g1"))
+    assert msgspec.json.encode(again) == _replayed(A_ANSWER)
+    did = again.decision_id
+    assert (await engine.status(TENANT, did)).state == "send"
+    dump = await lifecycle.snapshot(engine.store, TENANT, "u1", clock.now_ms())
+    export = lifecycle.render_export(dump, TENANT, "u1", "America/New_York", clock.now_ms(),
+                                     engine.ids)
+    assert [d.decision_id for d in export.decisions] == [did]
+    cancelled = await engine.cancel(TENANT, did)
+    assert await _value(redis_client, "u1", "g1") == A_RECORD + b"\n" + str(
+        clock.now_ms()).encode()
+    status = await engine.status(TENANT, did)
+    assert (status.state, status.cancelled_at) == ("cancelled", cancelled.cancelled_at)
+
+
+@pytest.mark.parametrize("format_of_low", [2, 3])
+async def test_a_displaced_record_of_either_format_names_its_decision(
+        engine: Engine, clock: FixedClock, redis_client: RedisClient,
+        set_policy: Callable[..., Any], format_of_low: int) -> None:
+    await set_policy(**PREEMPTING)
+    clock.value = LATE
+    writer = _v2(engine) if format_of_low == 2 else engine
+    low = await writer.decide(TENANT, req(message_id="low", priority=2, channels=["sms"]))
+    high = await engine.decide(TENANT, req(message_id="high", priority=8))
+    assert high.displaced == [low.decision_id]
+    again = await engine.decide(TENANT, req(message_id="high", priority=8))
+    assert msgspec.json.encode(msgspec.structs.replace(again, replayed=False)) == \
+        msgspec.json.encode(high)
+    status = await engine.status(TENANT, low.decision_id)
+    assert status.state == "defer" and status.decision_id == low.decision_id
+    assert status.send_at == dt.datetime.fromisoformat("2026-06-12T08:00:00-04:00")
+    assert status.reasons[0].code == "preempted"
+    # the displaced record keeps its format
+    assert (await _value(redis_client, "u1", "low")).partition(b" ")[2].startswith(
+        b'{"did":' if format_of_low == 2 else b'["')
+
+
+async def test_merged_format_3_records_keep_their_ids(
+        engine: Engine, clock: FixedClock, redis_client: RedisClient,
+        set_policy: Callable[..., Any]) -> None:
+    """A format-3 record leaves its user out: merged into another user's hash it must
+    still render the source's decision ids, its own and the ones its outcome displaced."""
+    await set_policy(**PREEMPTING)
+    clock.value = LATE
+    low = await engine.decide(TENANT, req(user_id="anon", message_id="low", priority=2,
+                                          channels=["sms"]))
+    high = await engine.decide(TENANT, req(user_id="anon", message_id="high", priority=8))
+    assert high.displaced == [low.decision_id]
+    moved = await lifecycle.merge(engine.store, TENANT, "anon", "known", clock.now_ms())
+    assert moved.decisions == 2
+    assert _context(await _value(redis_client, "known", "high"))[7] == "anon"
+    again = await engine.decide(TENANT, req(user_id="anon", message_id="high", priority=8))
+    assert msgspec.json.encode(msgspec.structs.replace(again, replayed=False)) == \
+        msgspec.json.encode(high)
+    assert (await engine.status(TENANT, low.decision_id)).decision_id == low.decision_id
+    dump = await lifecycle.snapshot(engine.store, TENANT, "known", clock.now_ms())
+    export = lifecycle.render_export(dump, TENANT, "known", "America/New_York",
+                                     clock.now_ms(), engine.ids)
+    assert sorted(d.decision_id for d in export.decisions) == sorted(
+        [low.decision_id, high.decision_id])
+    # a decision for the merged id is made on the target's hash and names its own user
+    later = await engine.decide(TENANT, req(user_id="anon", message_id="after", priority=9))
+    assert _context(await _value(redis_client, "known", "after"))[7] == "anon"
+    assert (await engine.status(TENANT, later.decision_id)).message_id == "after"
+    # and the record of a decision for the target itself does not
+    own = await engine.decide(TENANT, req(user_id="known", message_id="own", priority=9))
+    assert len(_context(await _value(redis_client, "known", "own"))) == 7  # no user
+    assert (await engine.status(TENANT, own.decision_id)).message_id == "own"
+
+
+async def test_engine_of_a_store_settings(redis_client: RedisClient, clock: FixedClock) -> None:
+    """``record_format`` comes from the environment: 3 unless set to 2."""
+    assert Settings.from_env({}).record_format == 3
+    assert Settings.from_env({"SENDWISE_RECORD_FORMAT": "2"}).record_format == 2
+    for bad in ("1", "4", "x"):
+        with pytest.raises(ValueError, match="SENDWISE_RECORD_FORMAT"):
+            Settings.from_env({"SENDWISE_RECORD_FORMAT": bad})
+    engine = Engine(Store(redis_client), Settings(redis_url="unused", id_key=TEST_ID_KEY,
+                                                  record_format=2), clock)
+    await engine.decide(TENANT, req(message_id="g1"))
+    assert await _value(redis_client, "u1", "g1") == A_RECORD
+
+
+async def test_a_scored_deferral_keeps_both_scores(
+        engine: Engine, redis_client: RedisClient, set_policy: Callable[..., Any]) -> None:
+    """The stored note drops the score now only when it equals the score (commit.lua): a
+    deferral to a better send time keeps both, and replays them."""
+    await set_policy(quiet_hours=[], send_time={"exploration_rate": 0.0, "spread_minutes": 0})
+    await engine.record_events(TENANT, evening_events("u1"))
+    first = await engine.decide(TENANT, req(message_id="m1", category="promotional"))
+    assert [r.code for r in first.reasons] == ["better_send_time"]
+    assert first.score is not None and first.score_now is not None
+    assert first.score != first.score_now
+    note = json.loads((await _value(redis_client, "u1", "m1")).split(b"\n")[1])[3]
+    assert note == [first.score, first.score_now, first.propensity]
+    again = await engine.decide(TENANT, req(message_id="m1", category="promotional"))
+    assert msgspec.json.encode(msgspec.structs.replace(again, replayed=False)) == \
+        msgspec.json.encode(first)
