@@ -794,7 +794,7 @@ def closed_loops(service: Service, args: argparse.Namespace, run: str, config: s
             for name, path in endpoints:
                 label = name if args.rounds == 1 else f"{name} #{rnd + 1}"
                 phase = closed(service, label, path, args, f"{run}-{config}-{name}-{rnd}",
-                               meter)
+                               meter=meter)
                 out[name].append(phase)
                 report.add(config, phase)
     finally:
