@@ -244,7 +244,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     state_cache_size: int = 20_000
     #: decisions one worker runs at once (more wait their turn, first come first served:
     #: api/admission.py); 0: no limit
-    decision_concurrency: int = 8
+    decision_concurrency: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -279,5 +279,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             decision_log=_flag(env, "SENDWISE_DECISION_LOG", True),
             state_cache_seconds=_seconds(env, "SENDWISE_STATE_CACHE_SECONDS", 5.0),
             state_cache_size=_int(env, "SENDWISE_STATE_CACHE_SIZE", 20_000),
-            decision_concurrency=_int(env, "SENDWISE_DECISION_CONCURRENCY", 8),
+            decision_concurrency=_int(env, "SENDWISE_DECISION_CONCURRENCY", 0),
         )

@@ -31,7 +31,7 @@ environment (defaults in brackets; README.md "Configuration" explains each):
   SENDWISE_MODEL_CACHE_SIZE          pointed models per worker [4]
   SENDWISE_STATE_CACHE_SECONDS       recent recipients decided in one round trip, 0 = off [5]
   SENDWISE_STATE_CACHE_SIZE          recipients per worker's state cache [20000]
-  SENDWISE_DECISION_CONCURRENCY      decisions a worker runs at once, the rest queue, 0 = no limit [8]
+  SENDWISE_DECISION_CONCURRENCY      decisions a worker runs at once, the rest queue, 0 = no limit [0]
   SENDWISE_FALLBACK_DEFER_SECONDS    deferral when Redis is down [3600]
   SENDWISE_REDIS_TIMEOUT_SECONDS     per-command Redis timeout [0.25]
   SENDWISE_REDIS_MAX_CONNECTIONS     Redis connections per worker [64]
