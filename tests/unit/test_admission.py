@@ -44,12 +44,19 @@ async def test_waiters_start_in_arrival_order_and_overflow_goes_straight_in() ->
     assert gate.active == 0 and gate.waiting == 0
 
 
-async def test_a_cancelled_waiter_loses_its_turn_and_no_place() -> None:
+async def _held_with_two_waiters() -> tuple[AdmissionGate, asyncio.Task[Entry],
+                                           asyncio.Task[Entry]]:
+    """A gate of one place, held, with two requests waiting behind it in that order."""
     gate = AdmissionGate(limit=1, max_waiting=4)
     assert await gate.enter() == "immediate"
-    cancelled = asyncio.create_task(gate.enter())
-    later = asyncio.create_task(gate.enter())
+    first = asyncio.create_task(gate.enter())
+    second = asyncio.create_task(gate.enter())
     await _settle()
+    return gate, first, second
+
+
+async def test_a_cancelled_waiter_loses_its_turn_and_no_place() -> None:
+    gate, cancelled, later = await _held_with_two_waiters()
     cancelled.cancel()
     await _settle()
     assert gate.waiting == 1
@@ -60,11 +67,7 @@ async def test_a_cancelled_waiter_loses_its_turn_and_no_place() -> None:
 
 
 async def test_a_place_handed_to_a_waiter_cancelled_at_that_moment_passes_on() -> None:
-    gate = AdmissionGate(limit=1, max_waiting=4)
-    assert await gate.enter() == "immediate"
-    handed = asyncio.create_task(gate.enter())
-    nxt = asyncio.create_task(gate.enter())
-    await _settle()
+    gate, handed, nxt = await _held_with_two_waiters()
     gate.leave("immediate")  # the place goes to ``handed``, which has not resumed yet
     handed.cancel()
     with pytest.raises(asyncio.CancelledError):
