@@ -16,6 +16,7 @@ import msgspec
 
 from api.auth import ROLES, ApiKey, Role, hash_key
 from api.ids import Secret, decode_secret
+from models.bundled_model import BUNDLED_MODEL_DIR, HEURISTIC_CHOICE
 
 
 class SettingsError(ValueError):
@@ -54,6 +55,14 @@ def _duration(env: Mapping[str, str], name: str, default: float, *, zero_ok: boo
         bound = ">= 0" if zero_ok else "> 0"
         raise SettingsError(f"{name} must be a finite number of seconds {bound}, got {raw!r}")
     return value
+
+
+def _model_dir(raw: str) -> str | None:
+    """``SENDWISE_MODEL_DIR``: unset or empty, the bundled model; ``heuristic``, no model."""
+    raw = raw.strip()
+    if not raw:
+        return str(BUNDLED_MODEL_DIR)
+    return None if raw == HEURISTIC_CHOICE else raw
 
 
 def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> float:
@@ -208,6 +217,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: per API key and per worker process (N workers: up to N x this); 0 turns it off
     rate_limit_per_second: int = 1000
     rate_limit_burst: int = 2000
+    #: the startup default model (api/engine.py); None: the heuristic. ``from_env`` makes
+    #: it the bundled model (models/bundled_model.py) unless ``SENDWISE_MODEL_DIR`` names
+    #: another artifact or ``heuristic``; a bare ``Settings()`` (tests) keeps the heuristic
     model_dir: str | None = None
     #: how often a worker re-reads the model pointers (api/model_pointer.py)
     model_refresh_seconds: float = 1.0
@@ -261,7 +273,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             id_keys_previous=_previous_id_keys(env.get("SENDWISE_ID_KEY_PREVIOUS", "")),
             rate_limit_per_second=_int(env, "SENDWISE_RATE_LIMIT_PER_SECOND", 1000),
             rate_limit_burst=_int(env, "SENDWISE_RATE_LIMIT_BURST", 2000, minimum=1),
-            model_dir=env.get("SENDWISE_MODEL_DIR") or None,
+            model_dir=_model_dir(env.get("SENDWISE_MODEL_DIR", "")),
             model_refresh_seconds=_positive_seconds(env, "SENDWISE_MODEL_REFRESH_SECONDS", 1.0),
             model_cache_size=_int(env, "SENDWISE_MODEL_CACHE_SIZE", 4, minimum=1),
             data_dir=env.get("SENDWISE_DATA_DIR", ".sendwise"),

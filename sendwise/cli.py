@@ -26,7 +26,7 @@ environment (defaults in brackets; README.md "Configuration" explains each):
   SENDWISE_ID_KEY                    decision-id secret, required with keys [<data dir>/id.key]
   SENDWISE_ID_KEY_PREVIOUS           older secrets that still open ids [unset]
   SENDWISE_DEFAULT_TENANT            tenant without keys or header [default]
-  SENDWISE_MODEL_DIR                 startup default model artifact [unset]
+  SENDWISE_MODEL_DIR                 startup default model, or `heuristic` [bundled model]
   SENDWISE_MODEL_REFRESH_SECONDS     how often workers re-read model pointers [1.0]
   SENDWISE_MODEL_CACHE_SIZE          pointed models per worker [4]
   SENDWISE_STATE_CACHE_SECONDS       recent recipients decided in one round trip, 0 = off [5]
@@ -71,8 +71,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                             "every client can then act as any tenant")
     serve.add_argument("--model", metavar="DIR",
                        help="model artifact scoring decisions (sets SENDWISE_MODEL_DIR for "
-                            "every worker); refused unless it passed its champion gate, and "
-                            "then the heuristic scores")
+                            "every worker; default: the model bundled with sendwise, trained on "
+                            "real activity); refused unless it passed its champion gate, and "
+                            "then the heuristic scores; `heuristic`: no model")
 
     def run(args: argparse.Namespace) -> int:
         import os

@@ -17,11 +17,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import MULTIPROC_ENV, NO_MODEL, prepare_multiprocess_dir
 from api.redis_server import EmbeddedRedis
+from models.artifact import read_manifest
+from models.bundled_model import BUNDLED_MODEL_DIR
 from models.features import HEURISTIC_VERSION
 from tests.uvicorn_server import uvicorn_app
 
 pytestmark = pytest.mark.slow
 DECISIONS = 24
+BUNDLED = read_manifest(BUNDLED_MODEL_DIR).model_version
 
 
 @pytest.fixture
@@ -58,8 +61,9 @@ def test_one_scrape_covers_every_worker(two_workers: str, tmp_path: Path) -> Non
         assert samples[("sendwise_redis_seconds_count", (("op", "read"),))] == DECISIONS
         assert samples[("sendwise_redis_seconds_count", (("op", "commit"),))] == DECISIONS
         assert samples[("sendwise_policy_version", (("tenant", "default"),))] == 0
-        # no model directory: the heuristic fallback scores every decision, and says so
-        assert samples[("sendwise_model_info", (("model_version", HEURISTIC_VERSION),))] == 1
+        # no SENDWISE_MODEL_DIR: the bundled model scores every decision, and says so
+        assert samples[("sendwise_model_info", (("model_version", BUNDLED),))] == 1
+        assert ("sendwise_model_info", (("model_version", HEURISTIC_VERSION),)) not in samples
         assert samples[("sendwise_model_info", (("model_version", NO_MODEL),))] == 0
         assert samples[("sendwise_model_score_seconds_count", ())] == DECISIONS
         assert samples[("sendwise_fallback_decisions_total", ())] == 0

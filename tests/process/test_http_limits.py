@@ -9,13 +9,15 @@ import time
 import pytest
 
 from api.redis_server import EmbeddedRedis
+from models.artifact import read_manifest
+from models.bundled_model import BUNDLED_MODEL_DIR
 from tests.process.serving import requires_linux, served
 
 READ_TIMEOUT = 0.5
 SLACK = 3.0  # a loaded 2-core box schedules late; the bug held sockets for minutes
 
-#: /health/ready of a fresh install: Redis up, the heuristic scoring
-READY = {"status": "ok", "model_version": "heuristic-v2"}
+#: /health/ready of a fresh install: Redis up, the bundled model scoring
+READY = {"status": "ok", "model_version": read_manifest(BUNDLED_MODEL_DIR).model_version}
 
 
 def _closed_by_server(sock: socket.socket, deadline: float) -> tuple[bytes, float]:

@@ -12,6 +12,8 @@ import pytest
 
 from api.serve import BindRefusedError, check_bind, is_loopback
 from api.settings import Settings
+from models.artifact import read_manifest
+from models.bundled_model import BUNDLED_MODEL_DIR
 from tests.process.serving import (
     descendants,
     port_is_free,
@@ -54,7 +56,9 @@ def test_killed_supervisor_takes_its_workers_along_and_frees_port_and_data_dir(
     with served(env=env, port=port) as again:
         again.wait_workers(1)
         status, body = again.request("GET", "/health/ready")
-        assert (status, body) == (200, {"status": "ok", "model_version": "heuristic-v2"})
+        # a fresh install scores with the bundled model
+        bundled = read_manifest(BUNDLED_MODEL_DIR).model_version
+        assert (status, body) == (200, {"status": "ok", "model_version": bundled})
 
 
 def test_non_loopback_without_keys_is_refused_before_anything_starts(tmp_path: Path) -> None:

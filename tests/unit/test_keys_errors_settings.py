@@ -19,6 +19,7 @@ from api.keys import policy_key, user_keys
 from api.policy import Policy
 from api.schemas import DecisionRequest, Preferences
 from api.settings import Settings, SettingsError
+from models.bundled_model import BUNDLED_MODEL_DIR
 
 # ----------------------------------------------------------------------------- keys
 
@@ -147,15 +148,16 @@ def test_api_error_bodies() -> None:
 
 def test_settings_defaults() -> None:
     s = Settings.from_env({})
-    assert s == Settings()
+    # the one default the environment adds: the bundled model (a bare Settings() is for
+    # tests and embedding code, which choose their model)
+    assert s == Settings(model_dir=str(BUNDLED_MODEL_DIR))
     assert (s.redis_url, s.redis_cluster, s.default_tenant, s.api_keys) == (None, False,
                                                                             "default", {})
     assert (s.fallback_defer_seconds, s.redis_timeout_seconds, s.redis_max_connections) == (
         3600, 0.25, 64)
     assert (s.idempotency_ttl_seconds, s.max_body_bytes, s.max_events_per_batch) == (
         72 * 3600, 64 * 1024, 1000)
-    assert (s.log_level, s.log_decisions, s.model_dir, s.data_dir) == ("info", True, None,
-                                                                       ".sendwise")
+    assert (s.log_level, s.log_decisions, s.data_dir) == ("info", True, ".sendwise")
 
 
 def test_settings_parse_every_variable() -> None:
@@ -181,7 +183,7 @@ def test_settings_parse_every_variable() -> None:
 
 
 @pytest.mark.parametrize(("env", "value"), [
-    ({"REDIS_URL": ""}, None), ({"SENDWISE_MODEL_DIR": ""}, None),
+    ({"REDIS_URL": ""}, None), ({"SENDWISE_MODEL_DIR": ""}, str(BUNDLED_MODEL_DIR)),
     ({"SENDWISE_FALLBACK_DEFER_SECONDS": ""}, 3600),
 ])
 def test_settings_empty_values_mean_default(env: dict[str, str], value: object) -> None:
