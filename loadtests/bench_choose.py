@@ -8,7 +8,7 @@ engine against an embedded Redis, keeps each ``choose`` call's inputs, then time
 ``choose`` on them again (one thread, median and p90 µs per call) with no profile and with
 a few weeks of history (``loadtests.bench_scoring.profile_with_history``).
 
-    python -m loadtests.bench_choose [--model heuristic|lightgbm|DIR] [--decisions 400]
+    python -m loadtests.bench_choose [--model bundled|heuristic|DIR] [--decisions 400]
 
 Scores with the benchmarks' LightGBM model by default (loadtests/bench_model.py). Besides
 wall time per call it prints the process CPU per call over the whole round (less sensitive

@@ -23,15 +23,13 @@ run to run), plus latency at a fixed load. This script measures, end to end and 
    *other* work on the machine and the CPU wait (PSI), then the headline facts, then one
    line: ``ratio decisions/trivial R; p99 at 60% P ms; redis µs/decision U``.
 
-``--quick`` (under 60 s once the model is cached) runs 1-4 with 4 s phases, 2,000
-recipients and one fixed run.
+``--quick`` (under 60 s) runs 1-4 with 4 s phases, 2,000 recipients and one fixed run.
 
-Decisions score with a real LightGBM model (loadtests/bench_model.py: trained once on the
-real activity sample and cached outside the repository; the first run builds it, ~35 s),
-loaded the way ``sendwise serve`` loads it (``SENDWISE_MODEL_DIR``; a model that did not pass
-its champion gate is published forced through ``POST /v1/models/reload``); ``--model
-heuristic`` measures the heuristic instead. wrk counts the answers whose ``model_version``
-is not that model's (flagged under the phase).
+Decisions score with the LightGBM model ``sendwise serve`` scores with (loadtests/bench_model.py:
+the bundled model, trained on the real activity sample), loaded the way ``sendwise serve``
+loads it (``SENDWISE_MODEL_DIR``; a model that did not pass its champion gate is published
+forced through ``POST /v1/models/reload``); ``--model heuristic`` measures the heuristic
+instead. wrk counts the answers whose ``model_version`` is not that model's (flagged under the phase).
 The closed loop uses ``wrk`` when it is on PATH (a C generator costs the server far less CPU
 than Python does) and falls back to loadtests/httpload.py otherwise (``--generator python``
 forces it). The open loop is always httpload.py: Debian's wrk 4 has no fixed-rate mode.
@@ -74,7 +72,7 @@ from api.keys import user_keys
 from api.redis_server import EmbeddedRedis, embedded_cluster
 from api.settings import Settings
 from loadtests import httpload
-from loadtests.bench_model import BenchModel
+from loadtests.bench_model import HEURISTIC, BenchModel
 from loadtests.bench_model import add_argument as add_model_argument
 from loadtests.bench_model import resolve as resolve_model
 from loadtests.population import (
@@ -232,10 +230,9 @@ class Service:
                    SENDWISE_REDIS_CLUSTER="1" if self.cluster else "0")
         env.pop("SENDWISE_API_KEYS", None)
         env.pop("SENDWISE_API_KEYS_FILE", None)
-        env.pop("SENDWISE_MODEL_DIR", None)
-        if self.model is not None and self.model.directory is not None:
-            # what `sendwise serve --model DIR` does: every worker loads it at startup
-            env["SENDWISE_MODEL_DIR"] = str(self.model.directory)
+        # what `sendwise serve --model DIR` does: every worker loads it at startup
+        env["SENDWISE_MODEL_DIR"] = (str(self.model.directory) if self.model is not None
+                                     and self.model.directory is not None else HEURISTIC)
         if self.server == "granian":  # the alternative ASGI server (Rust HTTP), compared
             cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
                    "api.app:app_from_env", "--loop", "uvloop", "--host", "127.0.0.1",

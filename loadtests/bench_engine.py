@@ -16,8 +16,8 @@ ceiling: decisions/s one core reaches without any HTTP in front.
 
     python -m loadtests.bench_engine --decisions 5000 --users 2000
 
-Decisions score with the benchmark's LightGBM model (loadtests/bench_model.py: trained once
-on the real activity sample, cached; the first run builds it), ``--model heuristic`` with
+Decisions score with the benchmark's LightGBM model (loadtests/bench_model.py: the bundled
+model ``sendwise serve`` scores with), ``--model heuristic`` with
 the heuristic, ``--model DIR`` with that artifact (forced if it did not pass its gate).
 """
 

@@ -37,7 +37,7 @@ of answers replayed against exact counters (admitted iff every rule in scope had
     python -m loadtests.bench_limits --seconds 10 --concurrency 1,64
 
 The sendwise sides score with the benchmark's LightGBM model (loadtests/bench_model.py,
-cached; ``--model heuristic`` for the heuristic), loaded into each engine like
+the bundled one; ``--model heuristic`` for the heuristic), loaded into each engine like
 ``sendwise serve --model`` (forced when it did not pass its champion gate).
 """
 

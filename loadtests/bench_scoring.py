@@ -14,7 +14,7 @@ times, per call (median and p99 of ``--repeat`` calls, one thread):
   adds.
 
     python -m loadtests.bench_scoring --model artifacts/model
-    python -m loadtests.bench_scoring            # builds the default model first (~20 s)
+    python -m loadtests.bench_scoring            # the bundled model (what a fresh install serves)
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import lightgbm
 import numpy as np
 
+from models.bundled_model import BUNDLED_MODEL_DIR
 from models.features import candidate_features, fallback_scores
 from models.profile import Profile
 from models.scorer import Scorer
@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     directory = args.model
     if directory is None:
-        from training.default_model import ensure_default_model
-
-        directory = ensure_default_model(Path(tempfile.mkdtemp()) / "model")
+        directory = BUNDLED_MODEL_DIR
     scorer = Scorer.load(directory, num_threads=args.threads)
     booster = lightgbm.Booster(model_file=str(Path(directory) / "model.txt"))
     rng = np.random.default_rng(1)

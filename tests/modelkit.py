@@ -1,6 +1,6 @@
 """A tiny, real LightGBM artifact for tests: trained in well under a second on synthetic
 rows with this code's feature layout, so the model lifecycle can be tested without the
-10-20 s of ``training.default_model``."""
+seconds a real training run takes."""
 
 from __future__ import annotations
 

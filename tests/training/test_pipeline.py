@@ -117,18 +117,6 @@ def test_training_is_reproducible(trained: TrainResult, sim_dir: Path, tmp_path:
     assert first == second
 
 
-def test_default_model_is_built_once(tmp_path: Path) -> None:
-    from training.default_model import ensure_default_model
-
-    target = tmp_path / "default"
-    assert ensure_default_model(target) == target
-    scorer = Scorer.load(target)
-    stamp = (target / MODEL_FILE).stat().st_mtime_ns
-    ensure_default_model(target)  # already there: untouched
-    assert (target / MODEL_FILE).stat().st_mtime_ns == stamp
-    assert scorer.manifest.row_counts["train"] > 1000
-
-
 def test_champion_gate_refuses_a_loser_unless_forced(trained: TrainResult, tmp_path: Path) -> None:
     target = copy_artifact(trained, tmp_path)
     manifest = read_manifest(target)
