@@ -253,6 +253,11 @@ class AutoPipeline(_Coalescer):
                 await self._client.script_load(script.script)
         return await script(keys=list(keys), args=list(args))
 
+    async def execute(self, *command: Any) -> Any:
+        """One plain command (not a script), e.g. the decision log's ``XADD``, batched with
+        the scripts of the same event-loop iteration."""
+        return await self._enqueue(command)
+
     def _flush(self) -> None:
         batch = self._take()
         if batch:
@@ -314,14 +319,26 @@ class ClusterAutoPipeline(_Coalescer):
         except _NotExecutedError:
             return await script(keys=list(keys), args=list(args))
 
+    async def execute(self, *command: Any) -> Any:
+        """One plain command whose first argument is its only key (``XADD key ...``),
+        batched with the scripts for that key's master; redis-py's cluster path when the
+        node did not run it."""
+        try:
+            return await self._enqueue(command)
+        except _NotExecutedError:
+            return await self._client.execute_command(*command)
+
     def _flush(self) -> None:
         batch = self._take()
         groups: dict[str, tuple[Any, _Batch]] = {}
         for item in batch:
             command, future = item
+            # EVALSHA sha numkeys key...; any other command: its first argument is the key
+            key = (command[1] if command[0] != "EVALSHA"
+                   else command[3] if command[2] else None)
             try:
-                node = (None if self._client._initialize or command[2] == 0
-                        else self._client.get_node_from_key(command[3]))
+                node = (None if self._client._initialize or key is None
+                        else self._client.get_node_from_key(key))
             except SlotNotCoveredError:  # not in the map yet: the per-command path
                 node = None
             if node is None:

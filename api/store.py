@@ -139,7 +139,6 @@ class Store:
         self._merge_clear = client.register_script(_script("merge_clear.lua"))
         self._erase = client.register_script(_script("erase.lua"))
         self._profile_put = client.register_script(_script("profile_put.lua"))
-        self._log_append = client.register_script(_script("log_append.lua"))
         self._shadow_put = client.register_script(_script("shadow_put.lua"))
         self._shadow_delete = client.register_script(_script("shadow_delete.lua"))
         self._shadow_promote = client.register_script(_script("shadow_promote.lua"))
@@ -313,10 +312,22 @@ class Store:
             ok = await self._profile_put(keys=[key], args=[*args, *([marker] if marker else [])])
         return bool(int(ok))
 
-    async def append_log(self, key: str, args: Sequence[str | int]) -> None:
-        """log_append.lua (api/decision_log.py builds ``args``)."""
+    async def append_log(self, commands: Sequence[tuple[str | int, ...]]) -> None:
+        """The decision log's ``XADD`` commands (api/decision_log.py builds them), sent
+        together: through the auto-pipeline with the scripts of the same loop iteration, or
+        else as one pipeline. Each entry is written or not on its own (a lost entry is a
+        lost training row, never a reservation)."""
         async with self._gate:
-            await self._log_append(keys=[key], args=list(args))
+            if self._pipeline is not None:
+                if len(commands) == 1:  # a decision's one entry: no task for a gather
+                    await self._pipeline.execute(*commands[0])
+                else:
+                    await asyncio.gather(*(self._pipeline.execute(*c) for c in commands))
+                return
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            await pipe.execute()
 
     async def erase_log_entries(self, key: str, user_id: str) -> int:
         """Delete ``user_id``'s entries from one log stream, 1000 entries per step, so a long

@@ -57,7 +57,7 @@ async def _calls(client: RedisClient) -> dict[str, int]:
     return out
 
 
-SCRIPTS = ("read.lua", "commit.lua", "log_append.lua", "profile_put.lua", "pace.lua")
+SCRIPTS = ("read.lua", "commit.lua", "profile_put.lua", "pace.lua")
 
 
 async def _slowlog_start(client: RedisClient) -> dict[str, Any]:

@@ -101,6 +101,39 @@ async def test_a_call_sent_to_the_wrong_master_runs_once_after_its_redirection(
     assert int(await redis_client.get("{t:u}:n")) == 21
 
 
+async def test_plain_commands_share_the_batches_and_reach_their_own_keys(
+        redis_client: RedisClient) -> None:
+    """``execute`` (the decision log's ``XADD``) goes through the same batches as the
+    scripts, routed on a cluster by its first argument, the key."""
+    echo, pipeline = caller(redis_client, ECHO)
+    await echo(keys=["{t:u}:warm"], args=["0"])
+    keys = [f"{{t:u{i}}}:s" for i in range(100)]
+    ids = await asyncio.gather(*(pipeline.execute("XADD", key, "*", "n", str(i))
+                                 for i, key in enumerate(keys)),
+                               echo(keys=["{t:u}:n"], args=["x"]))
+    assert ids[-1] == b"x"
+    for i, key in enumerate(keys):
+        assert await redis_client.xrange(key) == [(ids[i], {b"n": str(i).encode()})]
+
+
+async def test_a_plain_command_sent_to_the_wrong_master_runs_once(
+        redis_client: RedisClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stale slot map: the master answers MOVED without running the ``XADD``; it then
+    goes alone through redis-py's cluster path and lands once."""
+    if not isinstance(redis_client, RedisCluster):
+        pytest.skip("redirections exist on a Redis Cluster only")
+    _, pipeline = caller(redis_client, ECHO)
+    await redis_client.set("{t:u}:warm", 1)
+    owner = redis_client.get_node_from_key("{t:u}:s")
+    other = next(n for n in redis_client.get_primaries() if n.name != owner.name)
+    monkeypatch.setattr(redis_client, "get_node_from_key", lambda key, replica=False: other)
+    await asyncio.gather(*(pipeline.execute("XADD", "{t:u}:s", "*", "n", str(i))
+                           for i in range(20)))
+    monkeypatch.undo()
+    entries = await redis_client.xrange("{t:u}:s")
+    assert sorted(int(fields[b"n"]) for _, fields in entries) == list(range(20))
+
+
 async def test_a_script_error_fails_only_its_own_call(redis_client: RedisClient) -> None:
     script, _ = caller(redis_client, FAIL_ON_X)
     results = await asyncio.gather(*(script(keys=["{t:u}:k"], args=[a]) for a in "abxcd"),

@@ -3,6 +3,7 @@ training input that ``training.schema`` accepts (issue 8, durable log + export).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +12,12 @@ from typing import Any
 import msgspec
 import redis
 
+from api.decision_log import DAY_MS, LENGTH_TRIM_EVERY, DecisionLog
 from api.engine import Engine
+from api.keys import log_key
+from api.redis_client import RedisClient
 from api.schemas import Event
+from api.store import Store
 from tests.conftest import RedisTarget
 from tests.integration.conftest import NOON_NY, TENANT, req
 from tests.integration.test_scoring import evening_events
@@ -68,3 +73,52 @@ async def test_logged_decisions_and_events_export_to_the_training_schema(
     assert all(p == 1.0 for p in messages.propensity.tolist())
     activity = load_activity(tmp_path / "activity.parquet")
     assert len(activity) == 42 and activity.zones == ["America/New_York"]
+
+
+def _fields(i: int) -> dict[str, str]:
+    return {"kind": "event", "type": "activity", "user_id": f"u{i}", "at": str(i)}
+
+
+async def test_each_append_trims_the_stream_by_age_or_by_length(
+        redis_client: RedisClient) -> None:
+    """Every append is one ``XADD`` with one trim rule: by length on every
+    ``LENGTH_TRIM_EVERY``-th, by age otherwise; both approximate (whole stream nodes of
+    ``stream-node-max-entries``, 100 by default), so the bounds hold within a node."""
+    key = log_key(TENANT, 3)
+    log = DecisionLog(Store(redis_client), max_len=50, retention_days=30)
+    now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    node = 100
+    for start in range(0, 2_000, 100):  # as a busy worker would: many appends at once
+        await asyncio.gather(*(log._append(key, [_fields(i)], now)
+                               for i in range(start, start + 100)))
+    assert log.failures == 0
+    assert 50 <= await redis_client.xlen(key) <= 50 + node + LENGTH_TRIM_EVERY
+    newest = await redis_client.xrevrange(key, count=1)
+    assert newest[0][1][b"user_id"] == b"u1999"  # trimming drops the oldest only
+
+
+
+async def test_appends_drop_entries_older_than_the_retention(redis_client: RedisClient) -> None:
+    """Entries written 40 days ago (explicit stream ids) go once appends carry on with a
+    30-day retention; the new entries stay."""
+    key = log_key(TENANT, 5)
+    now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    for i in range(1_000):
+        await redis_client.xadd(key, _fields(i), id=f"{now - 40 * DAY_MS}-{i}")
+    log = DecisionLog(Store(redis_client), max_len=1_000_000, retention_days=30)
+    for i in range(1_000, 1_000 + 2 * LENGTH_TRIM_EVERY):
+        await log._append(key, [_fields(i)], now)
+    assert log.failures == 0
+    remaining = [fields[b"user_id"] for _, fields in await redis_client.xrange(key)]
+    new = [f"u{i}".encode() for i in range(1_000, 1_000 + 2 * LENGTH_TRIM_EVERY)]
+    assert remaining[-len(new):] == new
+    assert len(remaining) - len(new) <= 100  # at most one stream node of old entries
+
+
+def test_one_append_in_length_trim_every_trims_by_length() -> None:
+    log = DecisionLog(None, max_len=7, retention_days=1)  # type: ignore[arg-type]
+    rules = [log._trim(DAY_MS + 5) for _ in range(2 * LENGTH_TRIM_EVERY + 1)]
+    assert rules[0] == rules[LENGTH_TRIM_EVERY] == rules[2 * LENGTH_TRIM_EVERY] == (
+        "MAXLEN", "~", 7)
+    assert all(rule == ("MINID", "~", 5) for k, rule in enumerate(rules)
+               if k % LENGTH_TRIM_EVERY)
