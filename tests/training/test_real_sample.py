@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from training.bundled_model import REAL_SAMPLE
 from training.fit import FitConfig
 from training.pipeline import TrainConfig, train
 
-SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / \
-    "real_activity_sample.csv.gz"
+SAMPLE = REAL_SAMPLE
 SPLIT = 1_501_560_000  # 2017-08-01T04:00:00Z, local midnight in America/New_York
 
 
