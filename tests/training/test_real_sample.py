@@ -8,16 +8,19 @@ household's actual trip hours in 2017-08..09 with profiles updated event by even
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from training.bundled_model import REAL_SAMPLE
+from training.bundled_model import SPLIT as RECIPE_SPLIT
 from training.fit import FitConfig
 from training.pipeline import TrainConfig, train
 
 SAMPLE = REAL_SAMPLE
-SPLIT = 1_501_560_000  # 2017-08-01T04:00:00Z, local midnight in America/New_York
+#: the recipe's split (2017-08-01T04:00:00Z, local midnight in America/New_York)
+SPLIT = int(datetime.fromisoformat(RECIPE_SPLIT).timestamp())
 
 
 @pytest.mark.slow
