@@ -32,6 +32,12 @@ the recipients' past activity (``population.history_events``, as ``bench_decisio
 seeds it), so their decisions are scored from a profile and commit ranked slots.
 
     python -m loadtests.bench_commit --replay --a old_commit.lua --map-plan-for-a
+
+``--zipf`` draws the recipients from bench_limits' Zipf distribution instead of uniformly,
+so the head's ledgers grow long (a commit reads and decodes every entry); the replay prints
+the ledger length each commit found. With bench_limits' population and more decisions:
+
+    python -m loadtests.bench_commit --replay --zipf --users 10000 --decisions 20000 --rounds 2
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import argparse
 import asyncio
 import datetime as dt
 import statistics
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -55,7 +62,7 @@ from api.redis_server import EmbeddedRedis
 from api.schemas import Event
 from api.settings import Settings
 from loadtests.bench_engine import TENANT, Bench
-from loadtests.population import history_events, policy_document
+from loadtests.population import RequestFactory, history_events, policy_document
 
 #: a cap's scope lists, left out of the map layout when empty
 _SCOPE_LISTS = frozenset({"ch", "cat", "xcat", "camp", "tag"})
@@ -72,10 +79,14 @@ def map_plan(plan: Plan, caps: list[CompiledCap]) -> dict[str, Any]:
     return core
 
 
-async def seeded_bench(client: Any, users: int, *, history: bool, preemption: bool) -> Bench:
+async def seeded_bench(client: Any, users: int, *, history: bool, preemption: bool,
+                       zipf: bool = False) -> Bench:
     """The bench_engine population, optionally with histories and preemption, after 300
-    decisions so ledgers have some history."""
+    decisions so ledgers have some history. ``zipf``: recipients from bench_limits' Zipf
+    distribution instead of uniformly, so the head's ledgers grow long."""
     bench = Bench(client, users)
+    if zipf:
+        bench.factory = RequestFactory(users, prefix=f"z{time.time_ns()}", seed=3, zipf=True)
     await bench.seed()
     if history:
         await seed_history(bench, users)
@@ -172,12 +183,13 @@ def _redis_cpu(plain: redis.Redis) -> float:
 
 async def replay(url: str, script_a: str, script_b: str, decisions: int, users: int,
                  all_caps_for_a: bool, map_plan_for_a: bool, rounds: int,
-                 preemption: bool, history: bool) -> None:
+                 preemption: bool, history: bool, zipf: bool = False) -> None:
     shipped = api.plan._lua_caps
     client = make_redis(Settings(redis_url=url, redis_max_connections=8,
                                  redis_timeout_seconds=5.0))
     plain = redis.Redis.from_url(url)
-    bench = await seeded_bench(client, users, history=history, preemption=preemption)
+    bench = await seeded_bench(client, users, history=history, preemption=preemption,
+                               zipf=zipf)
     snapshot: dict[Any, tuple[bytes, int]] = {}
     for key in plain.keys("*"):
         dumped = plain.dump(key)
@@ -190,6 +202,8 @@ async def replay(url: str, script_a: str, script_b: str, decisions: int, users: 
         return shipped(plan)
 
     calls: list[tuple[list[Any], list[Any], list[Any]]] = []
+    #: the ledger's length as each commit found it
+    lengths: list[int] = []
     real = bench.engine.store._commit
 
     async def record(*, keys: list[Any], args: list[Any]) -> Any:
@@ -200,12 +214,17 @@ async def replay(url: str, script_a: str, script_b: str, decisions: int, users: 
             args_a[0] = msgspec.msgpack.encode(map_plan(plan, caps) if map_plan_for_a
                                                else lua_plan(plan, caps))
         calls.append((keys, args_a, args))
+        lengths.append(plain.zcard(keys[0]))
         return await real(keys=keys, args=args)
 
     api.plan._lua_caps = recording
     bench.engine.store._commit = record  # type: ignore[assignment]
     await bench.end_to_end(decisions)
     api.plan._lua_caps = shipped
+    lengths.sort()
+    print(f"ledger entries per commit: mean {statistics.fmean(lengths):.1f}, "
+          f"p50 {lengths[len(lengths) // 2]}, p90 {lengths[len(lengths) * 9 // 10]}, "
+          f"max {lengths[-1]}")
     shas = {"A": plain.script_load(script_a), "B": plain.script_load(script_b)}
     cpu: dict[str, list[float]] = {"A": [], "B": []}
     replies: dict[str, list[Any]] = {}
@@ -255,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="preemption on in the benchmark policy")
     parser.add_argument("--history", action="store_true",
                         help="seed half of the recipients' past activity first")
+    parser.add_argument("--zipf", action="store_true",
+                        help="--replay: Zipf recipients (bench_limits' mix: long ledgers at "
+                             "the head) instead of uniform ones")
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--users", type=int, default=500)
     args = parser.parse_args(argv)
@@ -264,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.replay:
             asyncio.run(replay(server.url, script_a, script_b, args.decisions, args.users,
                                args.all_caps_for_a, args.map_plan_for_a, args.rounds,
-                               args.preemption, args.history))
+                               args.preemption, args.history, args.zipf))
         else:
             asyncio.run(run(server.url, script_a, script_b, args.decisions, args.users,
                             args.all_caps_for_a, args.map_plan_for_a, args.preemption,
