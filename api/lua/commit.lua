@@ -154,34 +154,6 @@ end
 -- Read from -inf: members older than plan.lo are skipped (they count for nothing), but
 -- seeing them tells step 7 whether the trim has anything to remove, so a commit whose
 -- ledger holds nothing stale saves that ZREMRANGEBYSCORE.
-local raw = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '+inf', 'WITHSCORES')
-local entries = {}
-local mid_body = string.sub(ARGV[3], 2)
-local lo, cut, stale = plan.lo, now - plan.keep, false
-for i = 1, #raw, 2 do
-  local member, t = raw[i], tonumber(raw[i + 1])
-  if t < lo then
-    if t < cut then stale = true end
-  else
-    if string.sub(member, 2, #mid_body + 1) == mid_body then
-      -- its record expired but the reservation still counts: same message, counted once
-      return {'dup_ledger', member, raw[i + 1]}
-    end
-    local d = cmsgpack.unpack(member)
-    entries[#entries + 1] = {t = t, ch = d[2], cat = d[3], camp = d[4],
-                             tags = d[5], oid = d[6], og = d[7], pr = d[8] or plan.dp,
-                             mid = d[1], member = member}
-  end
-end
-
--- a reservation made in this call (preemption): entries stay in time order, which the cap
--- arithmetic relies on
-local function add_entry(e)
-  local at = #entries + 1
-  while at > 1 and entries[at - 1].t > e.t do at = at - 1 end
-  table.insert(entries, at, e)
-end
-
 local function has(list, v)
   for i = 1, #list do if list[i] == v then return true end end
   return false
@@ -189,6 +161,106 @@ end
 local function excluded(list, v)
   return list ~= nil and has(list, v)
 end
+local msg = message_facts(P[6])
+local cw = plan.cw
+local mid_body = string.sub(ARGV[3], 2)  -- the packed message id
+local raw = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '+inf', 'WITHSCORES')
+-- A long ledger (a busy recipient's) is skimmed: when caps are all that reads the entries
+-- (no conflict window to check, no preemption, whose re-decisions use other caps), an
+-- entry of a category no shipped cap counts is not decoded. Such entries pile up: the
+-- exempt (transactional) ones are never capped. The category is read from the member's
+-- bytes (after the array header, the packed id and the channel); a member in any other
+-- layout is decoded as before. Below SKIM_FROM entries reading the categories costs more
+-- than it saves. docs/benchmarks.md, "commit.lua on long ledgers".
+local SKIM_FROM = 8
+local counted, category_of, counts = nil, nil, nil  -- counted: category -> counts(it)
+if #raw > 2 * SKIM_FROM and plan.pk == 0 and not (cw > 0 and msg.og ~= '') then
+  counted = {}
+  -- the MessagePack string at byte i of s (fixstr, str8, str16): its bytes' first and
+  -- one past their last; nil for anything else
+  local function str_at(s, i)
+    local h = string.byte(s, i)
+    if h == nil then return nil end
+    if h >= 0xa0 and h <= 0xbf then return i + 1, i + 1 + h - 0xa0 end
+    if h == 0xd9 then return i + 2, i + 2 + string.byte(s, i + 1) end
+    if h == 0xda then
+      local a, b = string.byte(s, i + 1, i + 2)
+      return i + 3, i + 3 + a * 256 + b
+    end
+    return nil
+  end
+  -- the member's category, and where its id ends (nil: not that layout)
+  category_of = function(member)
+    local _, after_id = str_at(member, 2)
+    if after_id == nil then return nil end
+    local _, after_ch = str_at(member, after_id)
+    if after_ch == nil then return nil end
+    local first, after = str_at(member, after_ch)
+    if first == nil then return nil end
+    return string.sub(member, first, after - 1), after_id
+  end
+  -- matches' category tests, for some shipped cap
+  counts = function(cat)
+    for _, cap in ipairs(plan.caps) do
+      local l = cap[7]
+      if (l == nil or #l == 0 or has(l, cat)) and not excluded(cap[8], cat) then
+        return true
+      end
+    end
+    return false
+  end
+end
+-- An entry is {t, facts, member}: facts is the member as decoded, [mid, channel,
+-- category, campaign, tags, offer_id, offer_group(, priority)], shared rather than copied
+-- into a table of named fields (that copy cost a third of the per-entry work on the long
+-- ledgers of a Zipf head: docs/benchmarks.md, "commit.lua on long ledgers"). Entries
+-- that preemption marks get the named fields ``gone`` and ``by``.
+local entries = {}
+local lo, cut, stale = plan.lo, now - plan.keep, false
+for i = 1, #raw, 2 do
+  local member, t = raw[i], tonumber(raw[i + 1])
+  if t < lo then
+    if t < cut then stale = true end
+  else
+    local skip = false
+    if counted then
+      local cat, after_id = category_of(member)
+      if cat then
+        local c = counted[cat]
+        if c == nil then
+          c = counts(cat)
+          counted[cat] = c
+        end
+        if not c then
+          if after_id - 2 == #mid_body and string.find(member, mid_body, 2, true) == 2 then
+            return {'dup_ledger', member, raw[i + 1]}  -- as below
+          end
+          skip = true
+        end
+      end
+    end
+    if not skip then
+      local d = cmsgpack.unpack(member)
+      if d[1] == my_mid then
+        -- its record expired but the reservation still counts: same message, counted once
+        -- (by its decoded id: the test cancel.lua makes on the bytes after the header)
+        return {'dup_ledger', member, raw[i + 1]}
+      end
+      entries[#entries + 1] = {t, d, member}
+    end
+  end
+end
+-- an entry's priority: members written before priorities have none (the default, plan.dp)
+local function priority(e) return e[2][8] or plan.dp end
+
+-- a reservation made in this call (preemption): entries stay in time order, which the cap
+-- arithmetic relies on
+local function add_entry(e)
+  local at = #entries + 1
+  while at > 1 and entries[at - 1][1] > e[1] do at = at - 1 end
+  table.insert(entries, at, e)
+end
+
 -- cap: [id, code, n, w, b, ch, cat, xcat, camp, tag] (api/plan.py: _lua_cap); a missing
 -- or empty scope list restricts nothing. One function without calls per list: it runs
 -- once per cap and ledger entry.
@@ -213,8 +285,9 @@ end
 local function cap_blocks(cap)
   local times = {}
   for _, e in ipairs(entries) do
-    if not e.gone and matches(cap, e.ch, e.cat, e.camp, e.tags) then
-      times[#times + 1] = e.t
+    local d = e[2]
+    if not e.gone and matches(cap, d[2], d[3], d[4], d[5]) then
+      times[#times + 1] = e[1]
     end
   end
   local out = {}
@@ -244,9 +317,6 @@ local function cap_blocks(cap)
   end
   return out
 end
-
-local msg = message_facts(P[6])
-local cw = plan.cw
 
 -- the outcome line (api/render.py: Outcome): the decision d, channel, instant, reasons rs,
 -- p (true: a preempted suppression), the reserved candidate's score note (JSON) and the
@@ -288,9 +358,10 @@ local positional = string.byte(ARGV[2], 1) == 91
 -- 4. a duplicate offer suppresses the whole message, whatever the channel
 if cw > 0 and msg.og ~= '' then
   for _, e in ipairs(entries) do
-    if e.og == msg.og and e.oid == msg.oid and e.t > now - cw then
+    local d = e[2]
+    if d[7] == msg.og and d[6] == msg.oid and e[1] > now - cw then
       local out = outcome('suppress', nil, nil,
-                          {{'duplicate_offer', 'conflict_group:' .. msg.og, e.t + cw, e.ch}},
+                          {{'duplicate_offer', 'conflict_group:' .. msg.og, e[1] + cw, d[2]}},
                           false, nil, nil, positional)
       if plan.dry == 0 then record_put(my_mid, ARGV[2] .. '\n' .. out, now + plan.ttl) end
       return {'new', out}
@@ -387,9 +458,10 @@ local function conflict_for(m, cwin)
   if cwin <= 0 or m.og == '' then return nil end
   local iv = {}
   for _, e in ipairs(entries) do
-    if not e.gone and e.og == m.og and e.oid ~= m.oid then
-      iv[#iv + 1] = e.t - cwin + 1
-      iv[#iv + 1] = e.t + cwin
+    local d = e[2]
+    if not e.gone and d[7] == m.og and d[6] ~= m.oid then
+      iv[#iv + 1] = e[1] - cwin + 1
+      iv[#iv + 1] = e[1] + cwin
     end
   end
   if #iv == 0 then return nil end
@@ -510,10 +582,12 @@ if plan.pk > 0 and #plan.cands > 0 then
     while #hit > 0 and #displaced < plan.pk do
       local victim = nil
       for _, e in ipairs(entries) do
-        if not e.gone and e.t > now and e.pr < msg.pr and not excluded(plan.xc, e.cat) then
+        local d, pr = e[2], priority(e)
+        if not e.gone and e[1] > now and pr < msg.pr and not excluded(plan.xc, d[3]) then
           for _, cap in ipairs(hit) do
-            if matches(cap, e.ch, e.cat, e.camp, e.tags) and near(cap, e.t) then
-              if victim == nil or e.pr < victim.pr or (e.pr == victim.pr and e.t > victim.t) then
+            if matches(cap, d[2], d[3], d[4], d[5]) and near(cap, e[1]) then
+              local vp = victim and priority(victim)
+              if victim == nil or pr < vp or (pr == vp and e[1] > victim[1]) then
                 victim = e
                 e.by = cap[1]
               end
@@ -652,10 +726,14 @@ end
 
 local moved, xs = {}, nil
 if #displaced > 0 then
+  -- the displaced entries by name from here on (they stay marked gone in the ledger)
+  for i, e in ipairs(displaced) do
+    displaced[i] = {t = e[1], ch = e[2][2], mid = e[2][1], member = e[3], by = e.by}
+  end
   -- from here on this message's reservation counts for the re-decisions
   if out_t and plan.dry == 0 then
-    add_entry({t = out_t, ch = out_ch, cat = msg.cat, camp = msg.camp, tags = msg.tags,
-               oid = msg.oid, og = msg.og, pr = msg.pr})
+    add_entry({out_t, {my_mid, out_ch, msg.cat, msg.camp, msg.tags, msg.oid, msg.og,
+                       msg.pr}})
   end
   local ids = {}
   for _, e in ipairs(displaced) do
@@ -676,9 +754,7 @@ if #displaced > 0 then
     if plan.dry == 0 then
       local r = redecide(e)
       if r.t then  -- moved: counted for the next re-decision
-        local d = cmsgpack.unpack(r.member)
-        add_entry({t = r.t, ch = d[2], cat = d[3], camp = d[4], tags = d[5], oid = d[6],
-                   og = d[7], pr = d[8] or plan.dp})
+        add_entry({r.t, cmsgpack.unpack(r.member), r.member})
       end
       m.r = r
       m.rec = ctx and (ctx .. '\n' .. outcome(r.d, r.ch, r.t, r.r, r.t == nil, nil, nil,
