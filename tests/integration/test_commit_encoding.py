@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
 import msgspec
@@ -80,6 +81,59 @@ async def test_shipped_caps_answer_like_every_cap(engine: Engine, clock: FixedCl
             priority=rng.randint(0, 10), offer=offer))
         clock.advance(rng.choice([0, 7, 45, 300]) * MIN)
     assert compared >= 80 and filtered_out > 0
+
+
+@pytest.mark.parametrize("exempt_counted", [False, True])
+async def test_skimmed_ledgers_answer_like_fully_decoded_ones(
+        engine: Engine, clock: FixedClock, set_policy: Callable[..., Any],
+        monkeypatch: pytest.MonkeyPatch, exempt_counted: bool) -> None:
+    """A ledger over commit.lua's SKIM_FROM entries is skimmed (docs/benchmarks.md,
+    "commit.lua on long ledgers"): every commit of a sequence that gives two recipients
+    long ledgers, mostly transactional, is first run dry by the script and by a copy of it
+    that never skims, and the two answers must be byte-identical; then the real commit
+    runs. Offers (a conflict window: no skim) and ids packed as fixstr and str8 mixed in."""
+    await set_policy(categories=["transactional", "promotional", "news"], caps=CAPS,
+                     exempt_count_toward_caps=exempt_counted,
+                     conflict_groups=[{"group": "*", "window_minutes": 120}])
+    plans: list[Plan] = []
+    shipped = api.plan._lua_caps
+
+    def recording(plan: Plan) -> list[CompiledCap]:
+        plans.append(plan)
+        return shipped(plan)
+
+    monkeypatch.setattr(api.plan, "_lua_caps", recording)
+    store = engine.store
+    real = store._commit
+    source = resources.files("api").joinpath("lua", "commit.lua").read_text(encoding="utf-8")
+    assert source.count("local SKIM_FROM = 8\n") == 1
+    never = store.client.register_script(source.replace("local SKIM_FROM = 8\n",
+                                                        "local SKIM_FROM = 1e9\n"))
+    compared = long_ledgers = 0
+
+    async def checked(*, keys: list[Any], args: list[Any]) -> Any:
+        nonlocal compared, long_ledgers
+        plan = msgspec.structs.replace(plans[-1], dry=1)
+        dry = [msgspec.msgpack.encode(lua_plan(plan, shipped(plan))), *args[1:]]
+        skimmed = await real(keys=keys, args=dry)
+        decoded = await never(keys=keys, args=dry)
+        assert skimmed == decoded
+        compared += 1
+        long_ledgers += await store.client.zcard(keys[0]) > 8
+        return await real(keys=keys, args=args)
+
+    monkeypatch.setattr(store, "_commit", checked)
+    rng = random.Random(11)
+    for i in range(120):
+        offer = ({"id": f"o{rng.randrange(3)}", "group": "g"} if rng.random() < 0.15 else None)
+        await engine.decide(TENANT, req(
+            message_id=f"m{i}" + "-" * rng.choice([0, 40]), user_id=f"u{rng.randrange(2)}",
+            channels=rng.sample(["email", "sms", "push"], rng.randint(1, 3)),
+            category=rng.choice(["transactional"] * 3 + ["promotional", "news"]),
+            campaign_id=rng.choice(["c1", "c2", None]),
+            tags=rng.sample(["a", "b"], rng.randint(0, 2)), offer=offer))
+        clock.advance(rng.choice([0, 7, 45]) * MIN)
+    assert compared >= 120 and long_ledgers > 60
 
 
 def _ids(entries: list[tuple[bytes, float]]) -> list[str]:
