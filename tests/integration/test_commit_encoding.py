@@ -38,20 +38,53 @@ CAPS: list[dict[str, Any]] = [
 ]
 
 
+#: encode_plan's cap filter as imported (the tests put a recording wrapper in its place)
+SHIPPED = api.plan._lua_caps
+
+
+def _record_plans(monkeypatch: pytest.MonkeyPatch) -> list[Plan]:
+    """Every plan the engine encodes from now on, in order: the last is the one whose
+    commit is running."""
+    plans: list[Plan] = []
+
+    def recording(plan: Plan) -> list[CompiledCap]:
+        plans.append(plan)
+        return SHIPPED(plan)
+
+    monkeypatch.setattr(api.plan, "_lua_caps", recording)
+    return plans
+
+
+async def _decide_at_random(engine: Engine, clock: FixedClock, *, seed: int, count: int,
+                            users: int, categories: list[str], offer_share: float,
+                            steps_minutes: list[int], priorities: bool = False,
+                            long_ids: bool = False) -> None:
+    """A varied sequence of decisions for a few recipients while the clock advances."""
+    rng = random.Random(seed)
+    for i in range(count):
+        offer = ({"id": f"o{rng.randrange(3)}", "group": "g"} if rng.random() < offer_share
+                 else None)
+        # drawn in this order, so a seed keeps giving the same sequence
+        fields: dict[str, Any] = {
+            "message_id": f"m{i}" + ("-" * rng.choice([0, 40]) if long_ids else ""),
+            "user_id": f"u{rng.randrange(users)}",
+            "channels": rng.sample(["email", "sms", "push"], rng.randint(1, 3)),
+            "category": rng.choice(categories),
+            "campaign_id": rng.choice(["c1", "c2", None]),
+            "tags": rng.sample(["a", "b"], rng.randint(0, 2))}
+        if priorities:
+            fields["priority"] = rng.randint(0, 10)
+        await engine.decide(TENANT, req(**fields, offer=offer))
+        clock.advance(rng.choice(steps_minutes) * MIN)
+
+
 async def test_shipped_caps_answer_like_every_cap(engine: Engine, clock: FixedClock,
                                                   set_policy: Callable[..., Any],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     await set_policy(categories=["transactional", "promotional", "news"], caps=CAPS,
                      preemption={"enabled": True, "max_displaced": 2},
                      conflict_groups=[{"group": "*", "window_minutes": 120}])
-    plans: list[Plan] = []
-    shipped = api.plan._lua_caps
-
-    def recording(plan: Plan) -> list[CompiledCap]:
-        plans.append(plan)
-        return shipped(plan)
-
-    monkeypatch.setattr(api.plan, "_lua_caps", recording)
+    plans = _record_plans(monkeypatch)
     store = engine.store
     real = store._commit
     compared = filtered_out = 0
@@ -59,7 +92,7 @@ async def test_shipped_caps_answer_like_every_cap(engine: Engine, clock: FixedCl
     async def checked(*, keys: list[Any], args: list[Any]) -> Any:
         nonlocal compared, filtered_out
         plan = msgspec.structs.replace(plans[-1], dry=1)
-        lean_caps = shipped(plan)
+        lean_caps = SHIPPED(plan)
         filtered_out += len(plan.caps) - len(lean_caps)
         answers = [await real(keys=keys, args=[msgspec.msgpack.encode(lua_plan(plan, caps)),
                                                 *args[1:]])
@@ -69,17 +102,9 @@ async def test_shipped_caps_answer_like_every_cap(engine: Engine, clock: FixedCl
         return await real(keys=keys, args=args)
 
     monkeypatch.setattr(store, "_commit", checked)
-    rng = random.Random(7)
-    for i in range(80):
-        offer = ({"id": f"o{rng.randrange(3)}", "group": "g"} if rng.random() < 0.2 else None)
-        await engine.decide(TENANT, req(
-            message_id=f"m{i}", user_id=f"u{rng.randrange(3)}",
-            channels=rng.sample(["email", "sms", "push"], rng.randint(1, 3)),
-            category=rng.choice(["promotional", "news", "transactional"]),
-            campaign_id=rng.choice(["c1", "c2", None]),
-            tags=rng.sample(["a", "b"], rng.randint(0, 2)),
-            priority=rng.randint(0, 10), offer=offer))
-        clock.advance(rng.choice([0, 7, 45, 300]) * MIN)
+    await _decide_at_random(engine, clock, seed=7, count=80, users=3,
+                            categories=["promotional", "news", "transactional"],
+                            offer_share=0.2, steps_minutes=[0, 7, 45, 300], priorities=True)
     assert compared >= 80 and filtered_out > 0
 
 
@@ -95,14 +120,7 @@ async def test_skimmed_ledgers_answer_like_fully_decoded_ones(
     await set_policy(categories=["transactional", "promotional", "news"], caps=CAPS,
                      exempt_count_toward_caps=exempt_counted,
                      conflict_groups=[{"group": "*", "window_minutes": 120}])
-    plans: list[Plan] = []
-    shipped = api.plan._lua_caps
-
-    def recording(plan: Plan) -> list[CompiledCap]:
-        plans.append(plan)
-        return shipped(plan)
-
-    monkeypatch.setattr(api.plan, "_lua_caps", recording)
+    plans = _record_plans(monkeypatch)
     store = engine.store
     real = store._commit
     source = resources.files("api").joinpath("lua", "commit.lua").read_text(encoding="utf-8")
@@ -114,7 +132,7 @@ async def test_skimmed_ledgers_answer_like_fully_decoded_ones(
     async def checked(*, keys: list[Any], args: list[Any]) -> Any:
         nonlocal compared, long_ledgers
         plan = msgspec.structs.replace(plans[-1], dry=1)
-        dry = [msgspec.msgpack.encode(lua_plan(plan, shipped(plan))), *args[1:]]
+        dry = [msgspec.msgpack.encode(lua_plan(plan, SHIPPED(plan))), *args[1:]]
         skimmed = await real(keys=keys, args=dry)
         decoded = await never(keys=keys, args=dry)
         assert skimmed == decoded
@@ -123,16 +141,9 @@ async def test_skimmed_ledgers_answer_like_fully_decoded_ones(
         return await real(keys=keys, args=args)
 
     monkeypatch.setattr(store, "_commit", checked)
-    rng = random.Random(11)
-    for i in range(120):
-        offer = ({"id": f"o{rng.randrange(3)}", "group": "g"} if rng.random() < 0.15 else None)
-        await engine.decide(TENANT, req(
-            message_id=f"m{i}" + "-" * rng.choice([0, 40]), user_id=f"u{rng.randrange(2)}",
-            channels=rng.sample(["email", "sms", "push"], rng.randint(1, 3)),
-            category=rng.choice(["transactional"] * 3 + ["promotional", "news"]),
-            campaign_id=rng.choice(["c1", "c2", None]),
-            tags=rng.sample(["a", "b"], rng.randint(0, 2)), offer=offer))
-        clock.advance(rng.choice([0, 7, 45]) * MIN)
+    await _decide_at_random(engine, clock, seed=11, count=120, users=2,
+                            categories=["transactional"] * 3 + ["promotional", "news"],
+                            offer_share=0.15, steps_minutes=[0, 7, 45], long_ids=True)
     assert compared >= 120 and long_ledgers > 60
 
 
