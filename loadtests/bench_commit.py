@@ -61,7 +61,7 @@ from api.redis_client import make_redis
 from api.redis_server import EmbeddedRedis
 from api.schemas import Event
 from api.settings import Settings
-from loadtests.bench_engine import TENANT, Bench
+from loadtests.bench_engine import TENANT, Bench, pct
 from loadtests.population import RequestFactory, history_events, policy_document
 
 #: a cap's scope lists, left out of the map layout when empty
@@ -203,7 +203,7 @@ async def replay(url: str, script_a: str, script_b: str, decisions: int, users: 
 
     calls: list[tuple[list[Any], list[Any], list[Any]]] = []
     #: the ledger's length as each commit found it
-    lengths: list[int] = []
+    lengths: list[float] = []
     real = bench.engine.store._commit
 
     async def record(*, keys: list[Any], args: list[Any]) -> Any:
@@ -221,10 +221,8 @@ async def replay(url: str, script_a: str, script_b: str, decisions: int, users: 
     bench.engine.store._commit = record  # type: ignore[assignment]
     await bench.end_to_end(decisions)
     api.plan._lua_caps = shipped
-    lengths.sort()
     print(f"ledger entries per commit: mean {statistics.fmean(lengths):.1f}, "
-          f"p50 {lengths[len(lengths) // 2]}, p90 {lengths[len(lengths) * 9 // 10]}, "
-          f"max {lengths[-1]}")
+          f"p50 {pct(lengths, 50):.0f}, p90 {pct(lengths, 90):.0f}, max {max(lengths)}")
     shas = {"A": plain.script_load(script_a), "B": plain.script_load(script_b)}
     cpu: dict[str, list[float]] = {"A": [], "B": []}
     replies: dict[str, list[Any]] = {}

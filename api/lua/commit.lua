@@ -163,7 +163,6 @@ local function excluded(list, v)
 end
 local msg = message_facts(P[6])
 local cw = plan.cw
-local mid_body = string.sub(ARGV[3], 2)  -- the packed message id
 local raw = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '+inf', 'WITHSCORES')
 -- A long ledger (a busy recipient's) is skimmed: when caps are all that reads the entries
 -- (no conflict window to check, no preemption, whose re-decisions use other caps), an
@@ -174,8 +173,10 @@ local raw = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '+inf', 'WITHSCORES')
 -- than it saves. docs/benchmarks.md, "commit.lua on long ledgers".
 local SKIM_FROM = 8
 local counted, category_of, counts = nil, nil, nil  -- counted: category -> counts(it)
+local mid_body  -- the packed message id, read only when skimming
 if #raw > 2 * SKIM_FROM and plan.pk == 0 and not (cw > 0 and msg.og ~= '') then
   counted = {}
+  mid_body = string.sub(ARGV[3], 2)
   -- the MessagePack string at byte i of s (fixstr, str8, str16): its bytes' first and
   -- one past their last; nil for anything else
   local function str_at(s, i)
