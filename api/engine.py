@@ -40,6 +40,7 @@ from api.plan import (
     decode_member,
     encode_context,
     encode_context_v2,
+    encode_context_v4,
     fingerprint,
     member_prefix,
     pre_checks,
@@ -422,7 +423,9 @@ class Engine:
         ``user``: the user whose records hash the commit writes (api/plan.py)."""
         if self.settings.record_format == 2:
             return encode_context_v2(ctx)
-        return encode_context(ctx, user=user, tag=self.ids.tag)
+        if self.settings.record_format == 3:
+            return encode_context(ctx, user=user, tag=self.ids.tag)
+        return encode_context_v4(ctx, user=user, tag=self.ids.tag)
 
     def _replay(self, record: bytes, owner: RecordOwner, fp: str,
                 dry_run: bool) -> DecisionResponse:

@@ -20,7 +20,9 @@ or make two (tenant, user) pairs share one.
                                   hash's expiry>" (ms; commit.lua drops expired fields in
                                   batches from the first, the hash's PEXPIRE is the second).
                                   Context formats (api/plan.py, each read by every reader):
-                                  3 [key tag, policy version, zone, now, fingerprint,
+                                  4 [now, key tag, ...]: format 3 with the instant first and
+                                  the zone and reasons' codes and channels as numbers
+                                  (api/record_codes.py); 3 [key tag, policy version, zone, now, fingerprint,
                                   model, features source(, user, ...)] (positional,
                                   trailing defaults left out) holds no decision id, no
                                   message id (the field) and no user id unless the record
@@ -29,10 +31,12 @@ or make two (tenant, user) pairs share one.
                                   id (api/ids.py, the secret the tag names); 2
                                   {"did":…,"m":…,"u":…,"p":…} and the original
                                   {"v":1,"did":…,"mid":…} store all three. The outcome is
-                                  a JSON object, or with a format-3 context positional:
-                                  [d, ch, t, s, r, x, p] without trailing defaults
-                                  (api/render.py); its x names a displaced decision by its
-                                  id, or (format 3) as [message id, key tag(, user)]
+                                  a JSON object, or with a format-3 or 4 context
+                                  positional: [d, ch, t, s, r, x, p] without trailing
+                                  defaults (format 4: d, channels and reason codes as
+                                  numbers; api/render.py); its x names a displaced
+                                  decision by its id, or (formats 3, 4) as [message id,
+                                  key tag(, user)]
     sw:{t:u}:m:<message>   STR   an idempotency record written by a release before the hash
                                   (same record, expiry = the key's PTTL): read as a fallback
                                   until the last of them expires, never written

@@ -20,9 +20,11 @@ from api.plan import (
     adopt_context,
     decode_context,
     decode_member,
+    is_format_4,
     member_priority,
 )
 from api.reasons import ReasonCode
+from api.record_codes import channel_name, decision_name, reason_name
 from api.schemas import (
     DecisionResponse,
     DecisionState,
@@ -51,8 +53,8 @@ def _default(f: msgspec.structs.FieldInfo) -> object:
 
 
 #: ``Outcome`` as commit.lua writes it: a displaced decision is its id when its record
-#: stores one (context formats 1 and 2), else ``[message id, key tag]`` (format 3, same
-#: user) or ``[message id, key tag, user]`` (format 3, a record that moved with a merge)
+#: stores one (context formats 1 and 2), else ``[message id, key tag]`` (formats 3, 4, same
+#: user) or ``[message id, key tag, user]`` (formats 3, 4, a record that moved with a merge)
 _Stored = msgspec.defstruct("StoredOutcome", [
     (f.name, list[str | list[str]] if f.name == "x" else f.type, _default(f))
     for f in msgspec.structs.fields(Outcome)], frozen=True)
@@ -75,10 +77,20 @@ def _stored3_type() -> type[msgspec.Struct]:
 
 _Stored3 = _stored3_type()
 _STORED3_DEFAULTS = [_default(f) for f in msgspec.structs.fields(_Stored3)]
+#: the outcome of a format-4 record (its context starts with a number; so does the
+#: outcome commit.lua writes for it): format 3's positions, with the decision, the
+#: channels and the reason codes as numbers (api/record_codes.py; a name the lists do
+#: not hold stays a string)
+_Stored4 = msgspec.defstruct("StoredOutcome4", [
+    (f.name, {"d": int | str, "ch": int | str | None,
+              "r": list[tuple[int | str, str, int | None, int | str | None]]}.get(f.name, f.type),
+     _default(f))
+    for f in msgspec.structs.fields(_Stored3)], array_like=True, frozen=True)
 _outcome_decoder = msgspec.json.Decoder(Outcome)
 _json = msgspec.json.Encoder()
 _stored_decoder = msgspec.json.Decoder(_Stored)
 _stored3_decoder = msgspec.json.Decoder(_Stored3)
+_stored4_decoder = msgspec.json.Decoder(_Stored4)
 
 
 class Slot(msgspec.Struct, frozen=True):
@@ -89,8 +101,8 @@ class Slot(msgspec.Struct, frozen=True):
 
 
 class _Slot3(msgspec.Struct, frozen=True, array_like=True):
-    d: str
-    ch: str | None
+    d: int | str
+    ch: int | str | None
     t: int | None
 
 
@@ -100,11 +112,11 @@ _slot3_decoder = msgspec.json.Decoder(_Slot3)
 
 def decode_slot(raw: bytes | str) -> Slot:
     """An outcome's channel and instant alone (channel pacing): needs no owner, whatever
-    the outcome names in ``x``; either layout."""
+    the outcome names in ``x``; any layout."""
     data = raw.encode() if isinstance(raw, str) else raw
     if data.startswith(b"["):
         slot = _slot3_decoder.decode(data)
-        return Slot(slot.ch, slot.t)
+        return Slot(channel_name(slot.ch), slot.t)
     return _slot_decoder.decode(data)
 
 
@@ -117,11 +129,18 @@ def _names_by_message(outcome: bytes) -> bool:
 
 def decode_outcome(raw: bytes | str, owner: RecordOwner | None = None) -> Outcome:
     """An outcome line, an object (records of context formats 1 and 2) or the positional
-    array of format 3; ``owner`` (where its record was read, or the commit that wrote it)
+    array of format 3 or 4; ``owner`` (where its record was read, or the commit that wrote it)
     re-seals the ids of displaced decisions that commit.lua names by message id."""
     data = raw.encode() if isinstance(raw, str) else raw
     if data.startswith(b"["):
-        fields = msgspec.structs.asdict(_stored3_decoder.decode(data))
+        if is_format_4(data):
+            fields = msgspec.structs.asdict(_stored4_decoder.decode(data))
+            fields["d"] = decision_name(fields["d"])
+            fields["ch"] = channel_name(fields["ch"])
+            fields["r"] = [(reason_name(code), rule, until, channel_name(channel))
+                           for code, rule, until, channel in fields["r"]]
+        else:
+            fields = msgspec.structs.asdict(_stored3_decoder.decode(data))
         note = fields["s"]
         if note is not None:
             fields["s"] = (note[0], note[0], note[1]) if len(note) == 2 else tuple(note)
@@ -216,7 +235,7 @@ def render_record(record: bytes, owner: RecordOwner) -> tuple[Context, DecisionR
 
 def adopt_record(record: bytes, user: str) -> bytes:
     """A record moving from ``user``'s records hash to another's (merge_apply.lua copies it
-    verbatim): what format 3 left implicit as "the user of this hash" is written out, in
+    verbatim): what formats 3 and 4 leave implicit as "the user of this hash" is written out, in
     the context line (api/plan.py: adopt_context) and in the displaced decisions the
     outcome names by message id, so it renders the same answer under its new owner."""
     lines = record.split(b"\n")
@@ -224,7 +243,9 @@ def adopt_record(record: bytes, user: str) -> bytes:
     data = lines[1]
     positional = data.startswith(b"[")
     if positional or _names_by_message(data):
-        stored = (_stored3_decoder if positional else _stored_decoder).decode(data)
+        decoder = (_stored4_decoder if is_format_4(data) else _stored3_decoder) \
+            if positional else _stored_decoder
+        stored = decoder.decode(data)
         fields = msgspec.structs.asdict(stored)
         refs = fields["x"]
         if any(isinstance(r, list) and len(r) == 2 for r in refs):

@@ -37,9 +37,9 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
 
 
 def _record_format(env: Mapping[str, str]) -> int:
-    value = _int(env, "SENDWISE_RECORD_FORMAT", 3, minimum=2)
-    if value > 3:
-        raise SettingsError(f"SENDWISE_RECORD_FORMAT must be 2 or 3, got {value}")
+    value = _int(env, "SENDWISE_RECORD_FORMAT", 4, minimum=2)
+    if value > 4:
+        raise SettingsError(f"SENDWISE_RECORD_FORMAT must be 2, 3 or 4, got {value}")
     return value
 
 
@@ -235,10 +235,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: how long a decision is replayed for a retried message_id (the ledger still dedups
     #: a message for as long as its reservation is inside the longest cap window)
     idempotency_ttl_seconds: int = 72 * 3600
-    #: the context format new idempotency records are written in (api/plan.py): 3, the
-    #: compact one (no decision, message or user id); 2 while workers of a release that
-    #: reads only formats 1 and 2 still serve (a rolling upgrade: docs/architecture.md)
-    record_format: int = 3
+    #: the format new idempotency records are written in (api/plan.py): 4, format 3 with
+    #: its repeated names as numbers (api/record_codes.py); 3, the compact one (no
+    #: decision, message or user id), while workers of a release that reads formats up to
+    #: 3 still serve; 2 while workers of a release that reads only formats 1 and 2 do (a
+    #: rolling upgrade: docs/architecture.md)
+    record_format: int = 4
     max_body_bytes: int = 64 * 1024
     max_events_per_batch: int = 1000
     log_level: str = "info"

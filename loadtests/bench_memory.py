@@ -10,12 +10,12 @@
   default ``hash-max-ziplist-value`` and with 2048.
 
 The same decisions (same message ids, users, policy and preferences; the clock is real)
-in record format 2 and 3 (``SENDWISE_RECORD_FORMAT``), and with message ids as long as
+in record format 2, 3 and 4 (``SENDWISE_RECORD_FORMAT``), and with message ids as long as
 ``bench_decisions``' (``--message-prefix``) at the embedded server's
 ``zset-max-ziplist-value`` and at Redis' default 64:
 
     python -m loadtests.bench_memory
-    python -m loadtests.bench_memory --record-format 2
+    python -m loadtests.bench_memory --record-format 3
     python -m loadtests.bench_memory --message-prefix 1-1w1r-decisions-0-0 --zset-max-ziplist-value 64
 """
 
@@ -38,7 +38,7 @@ from loadtests.bench_scoring import NOW, profile_with_history
 from models.profile import Profile
 
 
-async def _decide(url: str, users: int, decisions: int, *, record_format: int = 3,
+async def _decide(url: str, users: int, decisions: int, *, record_format: int = 4,
                   prefix: str = "e") -> None:
     client = make_redis(Settings(redis_url=url))
     try:
@@ -52,7 +52,7 @@ async def _decide(url: str, users: int, decisions: int, *, record_format: int = 
         await client.aclose()
 
 
-def records(url: str, users: int, decisions: int, *, record_format: int = 3,
+def records(url: str, users: int, decisions: int, *, record_format: int = 4,
             prefix: str = "e") -> None:
     asyncio.run(_decide(url, users, decisions, record_format=record_format, prefix=prefix))
     r = redis.Redis.from_url(url)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--decisions", type=int, default=3000)
-    parser.add_argument("--record-format", type=int, choices=[2, 3], default=3,
+    parser.add_argument("--record-format", type=int, choices=[2, 3, 4], default=4,
                         help="the context format records are written in (SENDWISE_RECORD_FORMAT)")
     parser.add_argument("--message-prefix", default="e",
                         help="message ids are <prefix>-<n>; bench_decisions' are ~25 characters")

@@ -319,20 +319,47 @@ local function cap_blocks(cap)
   return out
 end
 
+-- a format-4 record's numbers for its decision, channels and reason codes: positions in
+-- api/record_codes.py's lists (ReasonCode's and CHANNELS' order; tests/unit/
+-- test_record_codes.py holds these tables to them). A name missing here stays a string.
+local DECISION_NO = {send = 0, defer = 1, suppress = 2}
+local CHANNEL_NO = {email = 0, sms = 1, push = 2, whatsapp = 3, in_app = 4, web_push = 5}
+local REASON_NO = {frequency_cap = 0, user_frequency_limit = 1, jurisdiction_cap = 2,
+  quiet_hours = 3, user_quiet_hours = 4, jurisdiction_window = 5, not_before = 6,
+  conflicting_offer = 7, duplicate_offer = 8, no_consent = 9, opt_in_required = 10,
+  topic_opted_out = 11, already_converted = 12, deadline_exceeded = 13,
+  max_defer_exceeded = 14, no_channel_available = 15, policy_store_unavailable = 16,
+  better_send_time = 17, exploration = 18, holdout = 19, preempted = 20,
+  channel_pacing = 21, low_expected_value = 22}
+
+-- a record's format from its context line (api/plan.py): 4 (a JSON array starting with a
+-- number), 3 (an array starting with a string) or nil (an object: formats 1 and 2)
+local function format_of(ctx)
+  if string.byte(ctx, 1) ~= 91 then return nil end
+  local b = string.byte(ctx, 2)
+  if b and b >= 48 and b <= 57 then return 4 end
+  return 3
+end
+
 -- the outcome line (api/render.py: Outcome): the decision d, channel, instant, reasons rs,
 -- p (true: a preempted suppression), the reserved candidate's score note (JSON) and the
--- displaced decisions xs (JSON each). In the record of a format-3 context (a JSON array,
--- api/plan.py), ``positional``: a JSON array [d, ch, t, s, r, x, p] without its trailing
--- defaults, s as [score, propensity] when the score now is the score; else the object
--- {"d","ch","t","r"[,"p"][,"s"][,"x"]} earlier releases read.
-local function outcome(d, ch, t, rs, p, s, xs, positional)
+-- displaced decisions xs (JSON each), in the layout of the record's format ``fm``. Formats
+-- 3 and 4: a JSON array [d, ch, t, s, r, x, p] without its trailing defaults, s as
+-- [score, propensity] when the score now is the score; format 4 writes d, the channels and
+-- the reason codes as numbers. Else the object {"d","ch","t","r"[,"p"][,"s"][,"x"]}
+-- earlier releases read.
+local function outcome(d, ch, t, rs, p, s, xs, fm)
+  local coded = fm == 4
   local parts = {}
   for i, r in ipairs(rs) do
-    parts[i] = '[' .. cjson.encode(r[1]) .. ',' .. cjson.encode(r[2]) .. ','
-      .. (r[3] and fmt(r[3]) or 'null') .. ',' .. (r[4] and cjson.encode(r[4]) or 'null') .. ']'
+    local c = r[4]
+    parts[i] = '[' .. (coded and REASON_NO[r[1]] or cjson.encode(r[1])) .. ','
+      .. cjson.encode(r[2]) .. ',' .. (r[3] and fmt(r[3]) or 'null') .. ','
+      .. (c and (coded and CHANNEL_NO[c] or cjson.encode(c)) or 'null') .. ']'
   end
-  local ch_, t_ = ch and cjson.encode(ch) or 'null', t and fmt(t) or 'null'
-  if not positional then
+  local ch_ = ch and (coded and CHANNEL_NO[ch] or cjson.encode(ch)) or 'null'
+  local t_ = t and fmt(t) or 'null'
+  if not fm then
     return '{"d":"' .. d .. '","ch":' .. ch_ .. ',"t":' .. t_ .. ',"r":['
       .. table.concat(parts, ',') .. ']' .. (p and ',"p":1' or '')
       .. (s and ',"s":' .. s or '') .. (xs and ',"x":[' .. table.concat(xs, ',') .. ']' or '')
@@ -345,7 +372,7 @@ local function outcome(d, ch, t, rs, p, s, xs, positional)
       s = '[' .. score .. string.sub(s, comma + #score + 1)
     end
   end
-  local out = '["' .. d .. '",' .. ch_ .. ',' .. t_
+  local out = (coded and '[' .. DECISION_NO[d] or '["' .. d .. '"') .. ',' .. ch_ .. ',' .. t_
   local x = xs and #xs > 0
   if not (p or x or #rs > 0) then return s and out .. ',' .. s .. ']' or out .. ']' end
   out = out .. ',' .. (s or 'null') .. ',[' .. table.concat(parts, ',') .. ']'
@@ -353,8 +380,8 @@ local function outcome(d, ch, t, rs, p, s, xs, positional)
   out = out .. ',[' .. (x and table.concat(xs, ',') or '') .. ']'
   return p and out .. ',1]' or out .. ']'
 end
--- this message's context is format 3 (api/plan.py: a JSON array): so is its outcome
-local positional = string.byte(ARGV[2], 1) == 91
+-- this message's record format (its context line, api/plan.py): its outcome's layout
+local record_format = format_of(ARGV[2])
 
 -- 4. a duplicate offer suppresses the whole message, whatever the channel
 if cw > 0 and msg.og ~= '' then
@@ -363,7 +390,7 @@ if cw > 0 and msg.og ~= '' then
     if d[7] == msg.og and d[6] == msg.oid and e[1] > now - cw then
       local out = outcome('suppress', nil, nil,
                           {{'duplicate_offer', 'conflict_group:' .. msg.og, e[1] + cw, d[2]}},
-                          false, nil, nil, positional)
+                          false, nil, nil, record_format)
       if plan.dry == 0 then record_put(my_mid, ARGV[2] .. '\n' .. out, now + plan.ttl) end
       return {'new', out}
     end
@@ -741,15 +768,16 @@ if #displaced > 0 then
     local key = KEYS[4] .. e.mid
     local old, exp = record_get(e.mid, key)
     local ctx = old and string.match(old, '^[^\n]*')
-    -- its decision id (context formats 1, 2: objects), or what re-seals it (format 3, an
-    -- array, api/plan.py: the message id, the key tag (1st) and, when the record is not
-    -- this user's own, its user (8th); api/render.py)
+    -- its decision id (context formats 1, 2: objects), or what re-seals it (formats 3
+    -- and 4, arrays, api/plan.py: the message id, the key tag (1st in format 3, 2nd in
+    -- 4) and, when the record is not this user's own, its user (8th); api/render.py)
+    local fm = ctx and format_of(ctx)
     local c = ctx and cjson.decode(ctx)
     if c and c.did then ids[#ids + 1] = cjson.encode(c.did)
-    elseif c and c[1] then
+    elseif fm then
       local u = c[8]
       if u == cjson.null then u = nil end
-      ids[#ids + 1] = cjson.encode({e.mid, c[1], u})
+      ids[#ids + 1] = cjson.encode({e.mid, fm == 4 and c[2] or c[1], u})
     end
     local m = {e = e, key = key, exp = exp}
     if plan.dry == 0 then
@@ -758,14 +786,13 @@ if #displaced > 0 then
         add_entry({r.t, cmsgpack.unpack(r.member), r.member})
       end
       m.r = r
-      m.rec = ctx and (ctx .. '\n' .. outcome(r.d, r.ch, r.t, r.r, r.t == nil, nil, nil,
-                                              string.byte(ctx, 1) == 91))
+      m.rec = ctx and (ctx .. '\n' .. outcome(r.d, r.ch, r.t, r.r, r.t == nil, nil, nil, fm))
     end
     moved[#moved + 1] = m
   end
   xs = ids
 end
-local out = outcome(decision, out_ch, out_t, reasons, false, note, xs, positional)
+local out = outcome(decision, out_ch, out_t, reasons, false, note, xs, record_format)
 
 -- 6c. channel pacing's expectation (plan.pe, api/pacing.py): a send or deferral on a paced
 -- channel is written only inside the span of the token pacing holds for it. The ledger can

@@ -1,9 +1,11 @@
-"""Idempotency records in context format 3 (api/plan.py: encode_context): no decision id,
-message id or user id stored, each recomputed where the record is read. Golden values: the
-records and answers of the previous release (75c4ffc, format 2) for the same requests at
-the same instants with the same id key, so a record it wrote must replay here byte for
-byte, and ``SENDWISE_RECORD_FORMAT=2`` must write exactly what it wrote (a rolling
-upgrade, docs/architecture.md)."""
+"""Idempotency records in context formats 3 and 4 (api/plan.py: encode_context,
+encode_context_v4): no decision id, message id or user id stored, each recomputed where
+the record is read; format 4 also writes the zone, the decision, the channels and the
+reason codes as numbers (api/record_codes.py). Golden values: the records and answers of
+the previous release (75c4ffc, format 2) and of the release that wrote format 3 (dadbade)
+for the same requests at the same instants with the same id key, so a record either wrote
+must replay here byte for byte, and ``SENDWISE_RECORD_FORMAT=2`` / ``3`` must write
+exactly what it wrote (a rolling upgrade, docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -52,6 +54,13 @@ B_ANSWER = (b'{"decision_id":"d_2n2z1iRmbLwQvEIWh_RhVS7tQiE9Rru2","message_id":"
             b'111,"score_now":0.125111,"model_version":"heuristic-v2","features_source":"pri'
             b'or","propensity":1.0,"dry_run":false,"replayed":false,"cancelled_at":null,"dis'
             b'placed":[]}')
+#: the same decision as A_RECORD, as dadbade wrote it (format 3)
+A3_RECORD = (b'1781366400000 ["uSQ","0","America/New_York",1781107200000,'
+             b'"xouXa8e1GgHk-A","heuristic-v2","prior"]\n'
+             b'["send","email",1781107200000,[0.089621,0.953846]]')
+#: and as format 4 writes it: the instant first, the zone, decision and channel as numbers
+A4_RECORD = (b'1781366400000 [1781107200000,"uSQ","0",170,"xouXa8e1GgHk-A","heuristic-v2",'
+             b'"prior"]\n[0,0,1781107200000,[0.089621,0.953846]]')
 PREEMPTING: dict[str, Any] = {"caps": [{"id": "daily", "limit": 1, "window_minutes": 1440}],
                               **EXACT, "preemption": {"enabled": True, "max_displaced": 2}}
 LATE = at("2026-06-10T23:00:00-04:00")
@@ -61,16 +70,24 @@ def _replayed(answer: bytes) -> bytes:
     return answer.replace(b'"replayed":false', b'"replayed":true')
 
 
-def _v2(engine: Engine) -> Engine:
-    """The same store, clock and policies, writing format 2 (``SENDWISE_RECORD_FORMAT=2``)."""
-    old = Engine(engine.store, msgspec.structs.replace(engine.settings, record_format=2),
+def _writing(engine: Engine, record_format: int) -> Engine:
+    """The same store, clock and policies, writing ``record_format``
+    (``SENDWISE_RECORD_FORMAT``)."""
+    if record_format == engine.settings.record_format:
+        return engine
+    old = Engine(engine.store, msgspec.structs.replace(engine.settings,
+                                                       record_format=record_format),
                  engine.clock, ids=engine.ids)
     old.policies = engine.policies
     return old
 
 
+def _v2(engine: Engine) -> Engine:
+    return _writing(engine, 2)
+
+
 def _context(value: bytes) -> list[Any]:
-    """The context line of a stored value, decoded (format 3: a JSON array, api/plan.py)."""
+    """The context line of a stored value, decoded (formats 3 and 4: a JSON array)."""
     decoded: list[Any] = json.loads(value.partition(b" ")[2].split(b"\n")[0])
     return decoded
 
@@ -81,20 +98,21 @@ async def _value(redis_client: RedisClient, user: str, mid: str) -> bytes:
     return bytes(raw)
 
 
-async def test_format_3_stores_no_ids_and_answers_as_before(
-        engine: Engine, redis_client: RedisClient) -> None:
+@pytest.mark.parametrize("record_format", [3, 4])
+async def test_formats_3_and_4_store_no_ids_and_answer_as_before(
+        engine: Engine, redis_client: RedisClient, record_format: int) -> None:
+    engine = _writing(engine, record_format)
     first = await engine.decide(TENANT, req(message_id="g1"))
     assert msgspec.json.encode(first) == A_ANSWER  # the same answer as the previous release
     value = await _value(redis_client, "u1", "g1")
     expiry, _, record = value.partition(b" ")
     assert expiry == A_RECORD.partition(b" ")[0]
-    assert record.startswith(b'["') and b"d_" not in record
+    assert record.startswith(b"[") and b"d_" not in record
     assert b'"g1"' not in record and b'"u1"' not in record
-    # the same decision as A_RECORD: 268 -> 149 B (this test's ids are short); the score
-    # note [score, score now, propensity] with score now = score is [score, propensity]
-    assert value == (b'1781366400000 ["uSQ","0","America/New_York",1781107200000,'
-                     b'"xouXa8e1GgHk-A","heuristic-v2","prior"]\n'
-                     b'["send","email",1781107200000,[0.089621,0.953846]]')
+    # the same decision as A_RECORD: 268 -> 149 B in format 3 (this test's ids are short),
+    # 125 B in format 4; the score note [score, score now, propensity] with score now =
+    # score is [score, propensity]. SENDWISE_RECORD_FORMAT=3 writes what dadbade wrote.
+    assert value == (A3_RECORD if record_format == 3 else A4_RECORD)
     again = await engine.decide(TENANT, req(message_id="g1"))
     assert msgspec.json.encode(again) == _replayed(A_ANSWER)
     status = await engine.status(TENANT, first.decision_id)
@@ -119,10 +137,11 @@ async def test_format_2_is_what_the_previous_release_wrote(
     assert await _value(redis_client, "u2", "low") == B_RECORD
 
 
+@pytest.mark.parametrize("stored", [A_RECORD, A3_RECORD], ids=["format 2", "format 3"])
 async def test_a_previous_releases_record_replays_byte_for_byte(
-        engine: Engine, clock: FixedClock, redis_client: RedisClient) -> None:
+        engine: Engine, clock: FixedClock, redis_client: RedisClient, stored: bytes) -> None:
     keys = user_keys(TENANT, "u1")
-    await redis_client.hset(keys.records, "g1", A_RECORD)
+    await redis_client.hset(keys.records, "g1", stored)
     await redis_client.zadd(keys.ledger, {b"\x98\xa2g1\xa5email\xabpromotional\xa0\x90\xa0\xa0\x05":
                                           NOON_NY})
     again = await engine.decide(TENANT, req(message_id="g1"))
@@ -134,19 +153,19 @@ async def test_a_previous_releases_record_replays_byte_for_byte(
                                      engine.ids)
     assert [d.decision_id for d in export.decisions] == [did]
     cancelled = await engine.cancel(TENANT, did)
-    assert await _value(redis_client, "u1", "g1") == A_RECORD + b"\n" + str(
+    assert await _value(redis_client, "u1", "g1") == stored + b"\n" + str(
         clock.now_ms()).encode()
     status = await engine.status(TENANT, did)
     assert (status.state, status.cancelled_at) == ("cancelled", cancelled.cancelled_at)
 
 
-@pytest.mark.parametrize("format_of_low", [2, 3])
-async def test_a_displaced_record_of_either_format_names_its_decision(
+@pytest.mark.parametrize("format_of_low", [2, 3, 4])
+async def test_a_displaced_record_of_any_format_names_its_decision(
         engine: Engine, clock: FixedClock, redis_client: RedisClient,
         set_policy: Callable[..., Any], format_of_low: int) -> None:
     await set_policy(**PREEMPTING)
     clock.value = LATE
-    writer = _v2(engine) if format_of_low == 2 else engine
+    writer = _writing(engine, format_of_low)
     low = await writer.decide(TENANT, req(message_id="low", priority=2, channels=["sms"]))
     high = await engine.decide(TENANT, req(message_id="high", priority=8))
     assert high.displaced == [low.decision_id]
@@ -157,16 +176,23 @@ async def test_a_displaced_record_of_either_format_names_its_decision(
     assert status.state == "defer" and status.decision_id == low.decision_id
     assert status.send_at == dt.datetime.fromisoformat("2026-06-12T08:00:00-04:00")
     assert status.reasons[0].code == "preempted"
-    # the displaced record keeps its format
-    assert (await _value(redis_client, "u1", "low")).partition(b" ")[2].startswith(
-        b'{"did":' if format_of_low == 2 else b'["')
+    # the displaced record keeps its format, its outcome line too
+    context, outcome = (await _value(redis_client, "u1", "low")).partition(b" ")[2].split(
+        b"\n")
+    assert context.startswith({2: b'{"did":', 3: b'["', 4: b"[1781"}[format_of_low])
+    assert outcome.startswith({2: b'{"d":"defer","ch":"sms"', 3: b'["defer","sms"',
+                               4: b"[1,1,"}[format_of_low])
+    assert b'"preempted"' in outcome if format_of_low < 4 else outcome.count(b"[20,") == 1
 
 
-async def test_merged_format_3_records_keep_their_ids(
+@pytest.mark.parametrize("record_format", [3, 4])
+async def test_merged_format_3_and_4_records_keep_their_ids(
         engine: Engine, clock: FixedClock, redis_client: RedisClient,
-        set_policy: Callable[..., Any]) -> None:
-    """A format-3 record leaves its user out: merged into another user's hash it must
-    still render the source's decision ids, its own and the ones its outcome displaced."""
+        set_policy: Callable[..., Any], record_format: int) -> None:
+    """A format-3 or 4 record leaves its user out: merged into another user's hash it
+    must still render the source's decision ids, its own and the ones its outcome
+    displaced."""
+    engine = _writing(engine, record_format)
     await set_policy(**PREEMPTING)
     clock.value = LATE
     low = await engine.decide(TENANT, req(user_id="anon", message_id="low", priority=2,
@@ -196,10 +222,11 @@ async def test_merged_format_3_records_keep_their_ids(
 
 
 async def test_engine_of_a_store_settings(redis_client: RedisClient, clock: FixedClock) -> None:
-    """``record_format`` comes from the environment: 3 unless set to 2."""
-    assert Settings.from_env({}).record_format == 3
+    """``record_format`` comes from the environment: 4 unless set to 2 or 3."""
+    assert Settings.from_env({}).record_format == 4
     assert Settings.from_env({"SENDWISE_RECORD_FORMAT": "2"}).record_format == 2
-    for bad in ("1", "4", "x"):
+    assert Settings.from_env({"SENDWISE_RECORD_FORMAT": "3"}).record_format == 3
+    for bad in ("1", "5", "x"):
         with pytest.raises(ValueError, match="SENDWISE_RECORD_FORMAT"):
             Settings.from_env({"SENDWISE_RECORD_FORMAT": bad})
     engine = Engine(Store(redis_client), Settings(redis_url="unused", id_key=TEST_ID_KEY,
@@ -223,3 +250,64 @@ async def test_a_scored_deferral_keeps_both_scores(
     again = await engine.decide(TENANT, req(message_id="m1", category="promotional"))
     assert msgspec.json.encode(msgspec.structs.replace(again, replayed=False)) == \
         msgspec.json.encode(first)
+
+
+#: what dadbade (format 3) stored for PREEMPTING at LATE: "low" (priority 2, sms), then
+#: "high" (priority 8) displacing it, and the answer to "high"
+B3_LOW = (b'1781438400000 ["uSQ","1","America/New_York",1781146800000,"gO2kKoTBeAkxPw",'
+          b'"heuristic-v2","prior"]\n["defer","sms",1781179200000,[0.125111,1.0],'
+          b'[["quiet_hours","default-quiet-hours",1781179200000,"sms"]]]')
+B3_LOW_DISPLACED = (b'1781524800000 ["uSQ","1","America/New_York",1781146800000,'
+                    b'"gO2kKoTBeAkxPw","heuristic-v2","prior"]\n["defer","sms",1781265600000,'
+                    b'null,[["preempted","daily",null,"sms"],["frequency_cap","daily",'
+                    b'1781265600000,"sms"]]]')
+B3_HIGH = (b'1781438400000 ["uSQ","1","America/New_York",1781146800000,"byzUln79s91sPg",'
+           b'"heuristic-v2","prior"]\n["defer","email",1781179200000,[0.062556,1.0],'
+           b'[["quiet_hours","default-quiet-hours",1781179200000,"email"]],[["low","uSQ"]]]')
+HIGH_ANSWER = (b'{"decision_id":"d_1s1iYzO4HFTQJ8JvbPYa141S2Gimc80H2w","message_id":"high","de'
+               b'cision":"defer","channel":"email","send_at":"2026-06-11T12:00:00Z","local_sen'
+               b'd_at":"2026-06-11T08:00:00-04:00","timezone":"America/New_York","reasons":[{"'
+               b'code":"quiet_hours","rule":"default-quiet-hours","until":"2026-06-11T12:00:00'
+               b'Z","channel":"email"}],"policy_version":"1","decided_at":"2026-06-11T03:00:00'
+               b'Z","score":0.062556,"score_now":0.062556,"model_version":"heuristic-v2","feat'
+               b'ures_source":"prior","propensity":1.0,"dry_run":false,"replayed":false,"canc'
+               b'elled_at":null,"displaced":["d_2n2z1iRmbLwQvEIWh_RhVS7tQiE9Rru2"]}')
+
+
+def _as_format_4(record: bytes) -> bytes:
+    """A format-3 value rewritten as format 4 writes it: the instant first, then the
+    zone (170: America/New_York), the decision, the channels and the reason codes as
+    their numbers in api/record_codes.py's lists."""
+    expiry, _, rest = record.partition(b" ")
+    context, outcome = (json.loads(line) for line in rest.split(b"\n"))
+    codes = {"quiet_hours": 3, "frequency_cap": 0, "preempted": 20}
+    channels = {"email": 0, "sms": 1}
+    context = [context[3], *context[:2], 170, *context[4:]]
+    outcome[:2] = [{"send": 0, "defer": 1}[outcome[0]], channels[outcome[1]]]
+    outcome[4] = [[codes[c], rule, until, channels[ch]] for c, rule, until, ch in outcome[4]]
+    return expiry + b" " + b"\n".join(json.dumps(part, separators=(",", ":")).encode()
+                                      for part in (context, outcome))
+
+
+@pytest.mark.parametrize("record_format", [3, 4])
+async def test_a_preemption_stores_each_format_and_answers_the_same(
+        engine: Engine, clock: FixedClock, redis_client: RedisClient,
+        set_policy: Callable[..., Any], record_format: int) -> None:
+    """Format 3 is byte for byte what dadbade wrote, through a deferral, a displacement and
+    the displaced record's new outcome; format 4 holds the same values with its numbers;
+    the answers do not depend on the format."""
+    engine = _writing(engine, record_format)
+    written = (lambda r: r) if record_format == 3 else _as_format_4
+    await set_policy(**PREEMPTING)
+    clock.value = LATE
+    await engine.decide(TENANT, req(user_id="u2", message_id="low", priority=2,
+                                    channels=["sms"]))
+    assert await _value(redis_client, "u2", "low") == written(B3_LOW)
+    high = await engine.decide(TENANT, req(user_id="u2", message_id="high", priority=8))
+    assert msgspec.json.encode(high) == HIGH_ANSWER
+    assert await _value(redis_client, "u2", "low") == written(B3_LOW_DISPLACED)
+    assert await _value(redis_client, "u2", "high") == written(B3_HIGH)
+    again = await engine.decide(TENANT, req(user_id="u2", message_id="high", priority=8))
+    assert msgspec.json.encode(again) == _replayed(HIGH_ANSWER)
+    status = await engine.status(TENANT, high.displaced[0])
+    assert [r.code for r in status.reasons] == ["preempted", "frequency_cap"]

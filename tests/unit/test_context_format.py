@@ -20,8 +20,17 @@ from api.plan import (
     adopt_context,
     encode_context,
     encode_context_v2,
+    encode_context_v4,
 )
-from api.render import adopt_record, decode_context, decode_outcome, render_record
+from api.record_codes import REASONS, ZONES
+from api.render import (
+    adopt_record,
+    decode_context,
+    decode_outcome,
+    decode_slot,
+    render_record,
+)
+from api.schemas import CHANNELS
 
 NOW = 1_781_107_200_000
 DID = "d_2hVSsobYtKylZ81beWuOgjYWXrl1_tRCUKCYXwoeqr_WNNlFqrkp0jrUe3Ochg"
@@ -161,6 +170,61 @@ def test_every_format_decodes_to_the_same_context(ctx: Context, user: str) -> No
     assert decode_context(adopt_context(v3, user), RecordOwner("t", "other", ctx.mid, IDS)) \
         == ctx
     assert len(v3) < len(v2) <= len(legacy)
+    v4 = encode_context_v4(ctx, user=user, tag=IDS.tag)
+    assert b"\n" not in v4 and json.loads(v4)[:2] == [ctx.now, IDS.tag]
+    assert decode_context(v4, owner) == ctx
+    assert decode_context(adopt_context(v4, user), RecordOwner("t", "other", ctx.mid, IDS)) \
+        == ctx
+    assert len(v4) <= len(v3)
+
+
+@given(contexts.map(lambda c: msgspec.structs.replace(
+    c, zone=ZONES[len(c.zone) % len(ZONES)],
+    pre=[PreReason(REASONS[len(p.code) % len(REASONS)], p.rule, p.until,
+                   None if p.channel is None else CHANNELS[len(p.channel) % len(CHANNELS)])
+         for p in c.pre])))
+def test_format_4_writes_known_names_as_numbers(ctx: Context) -> None:
+    """Zones, reason codes and channels its lists hold are numbers in format 4, and read
+    back as the names."""
+    ctx = msgspec.structs.replace(ctx, did=IDS.decision_id("t", ctx.uid, ctx.mid))
+    stored = json.loads(encode_context_v4(ctx, user=ctx.uid, tag=IDS.tag))
+    assert stored[3] == ZONES.index(ctx.zone)
+    if ctx.pre:
+        assert [(p[0], p[3]) for p in stored[9]] == [
+            (REASONS.index(p.code), None if p.channel is None else CHANNELS.index(p.channel))
+            for p in ctx.pre]
+    raw = encode_context_v4(ctx, user=ctx.uid, tag=IDS.tag)
+    assert decode_context(raw, RecordOwner("t", ctx.uid, ctx.mid, IDS)) == ctx
+
+
+def test_the_positional_outcome_of_format_4() -> None:
+    """commit.lua writes a format-4 record's outcome with the decision, the channels and
+    the reason codes as numbers; a name its tables lack stays a string. It decodes to
+    the same Outcome as formats 3 and the object; a number no list holds (a newer
+    release's) is an error, not a wrong answer."""
+    obj = decode_outcome(OUTCOME)
+    assert decode_outcome(b'[1,0,1781112600000,[0.041,0.039,0.95],[[0,"caps[0]",'
+                          b'1781112600000,0]]]') == obj
+    assert decode_outcome(b'[1,"email",1781112600000,[0.041,0.039,0.95],[["frequency_cap",'
+                          b'"caps[0]",1781112600000,"email"]]]') == obj
+    assert decode_outcome(b'[2,null,null,null,[[20,"cap",null,1]],[],1]') == decode_outcome(
+        b'["suppress",null,null,null,[["preempted","cap",null,"sms"]],[],1]')
+    assert decode_slot(b'[0,5,7]') == decode_slot(b'["send","web_push",7]')
+    with pytest.raises(ValueError, match="newer release"):
+        decode_outcome(b'[0,6,1,[0.5,1.0]]')
+    with pytest.raises(ValueError, match="newer release"):
+        decode_outcome(b'[0,0,1,[0.5,1.0],[[23,"r",null,null]]]')
+    displacing = b'[0,1,1,null,[],["' + DID.encode() + b'",["m-0","' + \
+        IDS.tag.encode() + b'"]]]'
+    assert decode_outcome(displacing, OWNER).x == [DID, IDS.decision_id("t", "u-1", "m-0")]
+    ctx = msgspec.structs.replace(decode_context(LEGACY.split(b"\n")[0]),
+                                  did=IDS.decision_id("t", "u-1", "m-1"))
+    record = encode_context_v4(ctx, user="u-1", tag=IDS.tag) + b"\n" + displacing
+    moved = adopt_record(record, "u-1")
+    assert moved.split(b"\n")[1] == displacing[:-3] + b',"u-1"]]]'
+    assert json.loads(moved.split(b"\n")[0])[7] == "u-1"
+    merged = RecordOwner("t", "u-2", "m-1", IDS)
+    assert render_record(moved, merged)[1] == render_record(record, OWNER)[1]
 
 
 def test_the_positional_outcome_of_format_3() -> None:

@@ -1,0 +1,73 @@
+"""Small integers for the names an idempotency record repeats (record format 4).
+
+Every record names its zone, its decision, its channel and the codes of its reasons, as
+strings: ~40 B of a ~200 B record (docs/benchmarks.md, "Record format 4"). Format 4
+stores each name as its position in a list this module owns, and any name the list does
+not hold (a zone newer than the list, a code added later) as the string itself, so
+encoding never fails and a reader takes both.
+
+The positions are part of the stored format: records outlive releases, so a list can
+only grow at its end, and an older worker cannot read a position it does not know. The
+zone list is the IANA zone names of tzdata 2026f, sorted, frozen in
+``api/data/zone_codes.txt`` (``tests/unit/test_record_codes.py`` checks its digest);
+the reason codes and channels are ``ReasonCode``'s and ``CHANNELS``' own order, which
+only ever append (api/reasons.py). commit.lua, which writes the outcome line, holds the
+same decision, channel and reason numbers (checked by the same test).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from api.reasons import ReasonCode
+from api.schemas import CHANNELS
+
+#: the frozen zone list: position -> IANA name
+ZONES: tuple[str, ...] = tuple(
+    resources.files("api").joinpath("data", "zone_codes.txt").read_text(encoding="utf-8").split())
+#: a decision's word by its number in a format-4 outcome
+DECISIONS: tuple[str, ...] = ("send", "defer", "suppress")
+REASONS: tuple[str, ...] = tuple(code.value for code in ReasonCode)
+#: channels by number (``CHANNELS``' order)
+CHANNEL_CODES: tuple[str, ...] = CHANNELS
+
+_ZONE_NO = {name: i for i, name in enumerate(ZONES)}
+_REASON_NO = {name: i for i, name in enumerate(REASONS)}
+_CHANNEL_NO = {name: i for i, name in enumerate(CHANNEL_CODES)}
+
+
+def _name(table: tuple[str, ...], value: int | str, what: str) -> str:
+    if isinstance(value, str):
+        return value
+    if 0 <= value < len(table):
+        return table[value]
+    raise ValueError(f"unknown {what} number {value} in a format-4 record "
+                     "(written by a newer release?)")
+
+
+def zone_code(zone: str) -> int | str:
+    return _ZONE_NO.get(zone, zone)
+
+
+def zone_name(value: int | str) -> str:
+    return _name(ZONES, value, "zone")
+
+
+def reason_code(code: str) -> int | str:
+    return _REASON_NO.get(code, code)
+
+
+def reason_name(value: int | str) -> str:
+    return _name(REASONS, value, "reason code")
+
+
+def channel_code(channel: str | None) -> int | str | None:
+    return None if channel is None else _CHANNEL_NO.get(channel, channel)
+
+
+def channel_name(value: int | str | None) -> str | None:
+    return None if value is None else _name(CHANNEL_CODES, value, "channel")
+
+
+def decision_name(value: int | str) -> str:
+    return _name(DECISIONS, value, "decision")
