@@ -37,6 +37,8 @@ from api.record_codes import (
     channel_name,
     reason_code,
     reason_name,
+    source_code,
+    source_name,
     zone_code,
     zone_name,
 )
@@ -655,12 +657,12 @@ class _PreReason4(msgspec.Struct, frozen=True, array_like=True):
 
 
 #: format 4: format 3 with the decision's instant first (a number where format 3 has a
-#: string: how readers tell them apart), the zone and the pre-commit reasons' codes and
-#: channels by number (api/record_codes.py). The positions of the other fields are
+#: string: how readers tell them apart), the zone, the features source and the pre-commit
+#: reasons' codes and channels by number (api/record_codes.py). The positions of the other fields are
 #: format 3's, so commit.lua finds the user 8th in both.
 _CONTEXT4_ORDER = ("now", *(name for name in _CONTEXT3_ORDER if name != "now"))
 _Context4 = msgspec.defstruct("Context4", [
-    (f.name, int | str if f.name == "zone" else
+    (f.name, int | str if f.name == "zone" else int | str | None if f.name == "fs" else
      list[_PreReason4] if f.name == "pre" else f.type,
      f.default if f.default_factory is msgspec.NODEFAULT else msgspec.field(
          default_factory=f.default_factory))
@@ -712,13 +714,15 @@ def _encode3(values: list[Any]) -> bytes:
 
 def encode_context_v4(ctx: Context, *, user: str, tag: str) -> bytes:
     """The context line in format 4 (the default): format 3 (``encode_context``) with the
-    zone and the pre-commit reasons' codes and channels as numbers (api/record_codes.py)
+    zone, the features source and the pre-commit reasons' codes and channels as numbers
+    (api/record_codes.py)
     and the instant first. ~40 B less per record with the outcome commit.lua writes for
     it (docs/benchmarks.md, "Record format 4")."""
     fields = msgspec.structs.asdict(ctx)
     fields["tag"] = tag
     fields["fp"] = _pack_fp(ctx.fp)
     fields["zone"] = zone_code(ctx.zone)
+    fields["fs"] = source_code(ctx.fs)
     fields["pre"] = [_PreReason4(reason_code(p.code), p.rule, p.until, channel_code(p.channel))
                      for p in ctx.pre]
     if fields["uid"] == user:
@@ -764,6 +768,7 @@ def decode_context(raw: bytes | str, owner: RecordOwner | None = None) -> Contex
         if four:
             stored = msgspec.structs.asdict(_decoder_4.decode(data))
             stored["zone"] = zone_name(stored["zone"])
+            stored["fs"] = source_name(stored["fs"])
             stored["pre"] = [PreReason(reason_name(p.code), p.rule, p.until,
                                        channel_name(p.channel)) for p in stored["pre"]]
         else:

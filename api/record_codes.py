@@ -1,10 +1,10 @@
 """Small integers for the names an idempotency record repeats (record format 4).
 
-Every record names its zone, its decision, its channel and the codes of its reasons, as
-strings: ~40 B of a ~200 B record (docs/benchmarks.md, "Record format 4"). Format 4
-stores each name as its position in a list this module owns, and any name the list does
-not hold (a zone newer than the list, a code added later) as the string itself, so
-encoding never fails and a reader takes both.
+Every record names its zone, its decision, its channel, the codes of its reasons and
+where its features came from, as strings: ~50 B of a ~200 B record (docs/benchmarks.md,
+"Record format 4"). Format 4 stores each name as its position in a list this module
+owns, and any name the list does not hold (a zone newer than the list, a code added
+later) as the string itself, so encoding never fails and a reader takes both.
 
 The positions are part of the stored format: records outlive releases, so a list can
 only grow at its end, and an older worker cannot read a position it does not know. The
@@ -30,10 +30,14 @@ DECISIONS: tuple[str, ...] = ("send", "defer", "suppress")
 REASONS: tuple[str, ...] = tuple(code.value for code in ReasonCode)
 #: channels by number (``CHANNELS``' order)
 CHANNEL_CODES: tuple[str, ...] = CHANNELS
+#: where a decision's features came from (``features_source``: the user's stored profile,
+#: or only the tenant's priors; api/scoring.py names them from here)
+FEATURE_SOURCES: tuple[str, ...] = ("profile", "prior")
 
 _ZONE_NO = {name: i for i, name in enumerate(ZONES)}
 _REASON_NO = {name: i for i, name in enumerate(REASONS)}
 _CHANNEL_NO = {name: i for i, name in enumerate(CHANNEL_CODES)}
+_SOURCE_NO = {name: i for i, name in enumerate(FEATURE_SOURCES)}
 
 
 def _name(table: tuple[str, ...], value: int | str, what: str) -> str:
@@ -67,6 +71,14 @@ def channel_code(channel: str | None) -> int | str | None:
 
 def channel_name(value: int | str | None) -> str | None:
     return None if value is None else _name(CHANNEL_CODES, value, "channel")
+
+
+def source_code(source: str | None) -> int | str | None:
+    return None if source is None else _SOURCE_NO.get(source, source)
+
+
+def source_name(value: int | str | None) -> str | None:
+    return None if value is None else _name(FEATURE_SOURCES, value, "features source")
 
 
 def decision_name(value: int | str) -> str:

@@ -58,6 +58,7 @@ import numpy.typing as npt
 from api.plan import Candidate, Plan
 from api.policy import Policy, SendTimeSettings
 from api.reasons import ReasonCode
+from api.record_codes import FEATURE_SOURCES
 from models.artifact import ArtifactError, NotChampionError, check_champion
 from models.features import (
     FEATURE_INDEX,
@@ -77,8 +78,8 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
 #: ``features_source`` values: the user's stored profile, or only the tenant's priors
-SOURCE_PROFILE = "profile"
-SOURCE_PRIOR = "prior"
+#: (numbered in format-4 records by their position there)
+SOURCE_PROFILE, SOURCE_PRIOR = FEATURE_SOURCES
 
 
 class ModelRefusedError(ValueError):

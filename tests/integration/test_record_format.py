@@ -58,9 +58,10 @@ B_ANSWER = (b'{"decision_id":"d_2n2z1iRmbLwQvEIWh_RhVS7tQiE9Rru2","message_id":"
 A3_RECORD = (b'1781366400000 ["uSQ","0","America/New_York",1781107200000,'
              b'"xouXa8e1GgHk-A","heuristic-v2","prior"]\n'
              b'["send","email",1781107200000,[0.089621,0.953846]]')
-#: and as format 4 writes it: the instant first, the zone, decision and channel as numbers
+#: and as format 4 writes it: the instant first; zone, features source, decision and channel
+#: as numbers
 A4_RECORD = (b'1781366400000 [1781107200000,"uSQ","0",170,"xouXa8e1GgHk-A","heuristic-v2",'
-             b'"prior"]\n[0,0,1781107200000,[0.089621,0.953846]]')
+             b'1]\n[0,0,1781107200000,[0.089621,0.953846]]')
 PREEMPTING: dict[str, Any] = {"caps": [{"id": "daily", "limit": 1, "window_minutes": 1440}],
                               **EXACT, "preemption": {"enabled": True, "max_displaced": 2}}
 LATE = at("2026-06-10T23:00:00-04:00")
@@ -110,7 +111,7 @@ async def test_formats_3_and_4_store_no_ids_and_answer_as_before(
     assert record.startswith(b"[") and b"d_" not in record
     assert b'"g1"' not in record and b'"u1"' not in record
     # the same decision as A_RECORD: 268 -> 149 B in format 3 (this test's ids are short),
-    # 125 B in format 4; the score note [score, score now, propensity] with score now =
+    # 117 B in format 4; the score note [score, score now, propensity] with score now =
     # score is [score, propensity]. SENDWISE_RECORD_FORMAT=3 writes what dadbade wrote.
     assert value == (A3_RECORD if record_format == 3 else A4_RECORD)
     again = await engine.decide(TENANT, req(message_id="g1"))
@@ -276,13 +277,14 @@ HIGH_ANSWER = (b'{"decision_id":"d_1s1iYzO4HFTQJ8JvbPYa141S2Gimc80H2w","message_
 
 def _as_format_4(record: bytes) -> bytes:
     """A format-3 value rewritten as format 4 writes it: the instant first, then the
-    zone (170: America/New_York), the decision, the channels and the reason codes as
-    their numbers in api/record_codes.py's lists."""
+    zone (170: America/New_York), the features source, the decision, the channels and the
+    reason codes as their numbers in api/record_codes.py's lists."""
     expiry, _, rest = record.partition(b" ")
     context, outcome = (json.loads(line) for line in rest.split(b"\n"))
     codes = {"quiet_hours": 3, "frequency_cap": 0, "preempted": 20}
     channels = {"email": 0, "sms": 1}
-    context = [context[3], *context[:2], 170, *context[4:]]
+    context = [context[3], *context[:2], 170, *context[4:6], {"prior": 1}[context[6]],
+               *context[7:]]
     outcome[:2] = [{"send": 0, "defer": 1}[outcome[0]], channels[outcome[1]]]
     outcome[4] = [[codes[c], rule, until, channels[ch]] for c, rule, until, ch in outcome[4]]
     return expiry + b" " + b"\n".join(json.dumps(part, separators=(",", ":")).encode()

@@ -22,7 +22,7 @@ from api.plan import (
     encode_context_v2,
     encode_context_v4,
 )
-from api.record_codes import REASONS, ZONES
+from api.record_codes import FEATURE_SOURCES, REASONS, ZONES
 from api.render import (
     adopt_record,
     decode_context,
@@ -184,11 +184,13 @@ def test_every_format_decodes_to_the_same_context(ctx: Context, user: str) -> No
                    None if p.channel is None else CHANNELS[len(p.channel) % len(CHANNELS)])
          for p in c.pre])))
 def test_format_4_writes_known_names_as_numbers(ctx: Context) -> None:
-    """Zones, reason codes and channels its lists hold are numbers in format 4, and read
-    back as the names."""
+    """Zones, features sources, reason codes and channels its lists hold are numbers in
+    format 4, and read back as the names."""
     ctx = msgspec.structs.replace(ctx, did=IDS.decision_id("t", ctx.uid, ctx.mid))
     stored = json.loads(encode_context_v4(ctx, user=ctx.uid, tag=IDS.tag))
     assert stored[3] == ZONES.index(ctx.zone)
+    assert (None if len(stored) < 7 or stored[6] is None else FEATURE_SOURCES[stored[6]]) \
+        == ctx.fs
     if ctx.pre:
         assert [(p[0], p[3]) for p in stored[9]] == [
             (REASONS.index(p.code), None if p.channel is None else CHANNELS.index(p.channel))

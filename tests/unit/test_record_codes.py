@@ -55,6 +55,7 @@ def test_the_lists_only_grow() -> None:
     """The first numbers as format 4 first stored them: a code inserted or reordered in
     ReasonCode or CHANNELS would rename every stored record's reasons or channel."""
     assert record_codes.DECISIONS == ("send", "defer", "suppress")
+    assert record_codes.FEATURE_SOURCES[:2] == ("profile", "prior")
     assert CHANNELS[:6] == ("email", "sms", "push", "whatsapp", "in_app", "web_push")
     assert record_codes.REASONS[:23] == (
         "frequency_cap", "user_frequency_limit", "jurisdiction_cap", "quiet_hours",
@@ -66,7 +67,8 @@ def test_the_lists_only_grow() -> None:
 
 
 @pytest.mark.parametrize("decode", [record_codes.zone_name, record_codes.reason_name,
-                                    record_codes.channel_name, record_codes.decision_name])
+                                    record_codes.channel_name, record_codes.decision_name,
+                                    record_codes.source_name])
 def test_a_number_no_list_holds_is_an_error(decode: object) -> None:
     assert callable(decode)
     with pytest.raises(ValueError, match="newer release"):
