@@ -321,16 +321,47 @@ end
 
 -- a format-4 record's numbers for its decision, channels and reason codes: positions in
 -- api/record_codes.py's lists (ReasonCode's and CHANNELS' order; tests/unit/
--- test_record_codes.py holds these tables to them). A name missing here stays a string.
-local DECISION_NO = {send = 0, defer = 1, suppress = 2}
-local CHANNEL_NO = {email = 0, sms = 1, push = 2, whatsapp = 3, in_app = 4, web_push = 5}
-local REASON_NO = {frequency_cap = 0, user_frequency_limit = 1, jurisdiction_cap = 2,
-  quiet_hours = 3, user_quiet_hours = 4, jurisdiction_window = 5, not_before = 6,
-  conflicting_offer = 7, duplicate_offer = 8, no_consent = 9, opt_in_required = 10,
-  topic_opted_out = 11, already_converted = 12, deadline_exceeded = 13,
-  max_defer_exceeded = 14, no_channel_available = 15, policy_store_unavailable = 16,
-  better_send_time = 17, exploration = 18, holdout = 19, preempted = 20,
-  channel_pacing = 21, low_expected_value = 22}
+-- test_record_codes.py holds these functions to them); nil for a name they lack, which
+-- then stays a string. Chains of comparisons (of interned strings) rather than tables: a
+-- table constructor here runs on every call, ~1.4 µs per commit for these three.
+local function decision_no(name)
+  if name == 'send' then return 0 end
+  if name == 'defer' then return 1 end
+  if name == 'suppress' then return 2 end
+end
+local function channel_no(name)
+  if name == 'email' then return 0 end
+  if name == 'sms' then return 1 end
+  if name == 'push' then return 2 end
+  if name == 'whatsapp' then return 3 end
+  if name == 'in_app' then return 4 end
+  if name == 'web_push' then return 5 end
+end
+local function reason_no(name)
+  if name == 'frequency_cap' then return 0 end
+  if name == 'user_frequency_limit' then return 1 end
+  if name == 'jurisdiction_cap' then return 2 end
+  if name == 'quiet_hours' then return 3 end
+  if name == 'user_quiet_hours' then return 4 end
+  if name == 'jurisdiction_window' then return 5 end
+  if name == 'not_before' then return 6 end
+  if name == 'conflicting_offer' then return 7 end
+  if name == 'duplicate_offer' then return 8 end
+  if name == 'no_consent' then return 9 end
+  if name == 'opt_in_required' then return 10 end
+  if name == 'topic_opted_out' then return 11 end
+  if name == 'already_converted' then return 12 end
+  if name == 'deadline_exceeded' then return 13 end
+  if name == 'max_defer_exceeded' then return 14 end
+  if name == 'no_channel_available' then return 15 end
+  if name == 'policy_store_unavailable' then return 16 end
+  if name == 'better_send_time' then return 17 end
+  if name == 'exploration' then return 18 end
+  if name == 'holdout' then return 19 end
+  if name == 'preempted' then return 20 end
+  if name == 'channel_pacing' then return 21 end
+  if name == 'low_expected_value' then return 22 end
+end
 
 -- a record's format from its context line (api/plan.py): 4 (a JSON array starting with a
 -- number), 3 (an array starting with a string) or nil (an object: formats 1 and 2)
@@ -353,11 +384,11 @@ local function outcome(d, ch, t, rs, p, s, xs, fm)
   local parts = {}
   for i, r in ipairs(rs) do
     local c = r[4]
-    parts[i] = '[' .. (coded and REASON_NO[r[1]] or cjson.encode(r[1])) .. ','
+    parts[i] = '[' .. (coded and reason_no(r[1]) or cjson.encode(r[1])) .. ','
       .. cjson.encode(r[2]) .. ',' .. (r[3] and fmt(r[3]) or 'null') .. ','
-      .. (c and (coded and CHANNEL_NO[c] or cjson.encode(c)) or 'null') .. ']'
+      .. (c and (coded and channel_no(c) or cjson.encode(c)) or 'null') .. ']'
   end
-  local ch_ = ch and (coded and CHANNEL_NO[ch] or cjson.encode(ch)) or 'null'
+  local ch_ = ch and (coded and channel_no(ch) or cjson.encode(ch)) or 'null'
   local t_ = t and fmt(t) or 'null'
   if not fm then
     return '{"d":"' .. d .. '","ch":' .. ch_ .. ',"t":' .. t_ .. ',"r":['
@@ -372,7 +403,7 @@ local function outcome(d, ch, t, rs, p, s, xs, fm)
       s = '[' .. score .. string.sub(s, comma + #score + 1)
     end
   end
-  local out = (coded and '[' .. DECISION_NO[d] or '["' .. d .. '"') .. ',' .. ch_ .. ',' .. t_
+  local out = (coded and '[' .. decision_no(d) or '["' .. d .. '"') .. ',' .. ch_ .. ',' .. t_
   local x = xs and #xs > 0
   if not (p or x or #rs > 0) then return s and out .. ',' .. s .. ']' or out .. ']' end
   out = out .. ',' .. (s or 'null') .. ',[' .. table.concat(parts, ',') .. ']'

@@ -22,11 +22,17 @@ ZONE_LIST_DIGEST = "8725722643bf1f4ff4fc4b22268ade98b6fae047a86897219c3a13d4c4ce
 COMMIT_LUA = resources.files("api").joinpath("lua", "commit.lua").read_text(encoding="utf-8")
 
 
-def _lua_table(name: str) -> dict[str, int]:
-    """``local NAME = {key = n, ...}`` in commit.lua, as a dict."""
-    match = re.search(r"^local " + name + r" = \{(.*?)\}", COMMIT_LUA, re.MULTILINE | re.DOTALL)
-    assert match, f"commit.lua has no table {name}"
-    return {key: int(value) for key, value in re.findall(r"(\w+) = (\d+)", match.group(1))}
+def _lua_numbers(name: str) -> dict[str, int]:
+    """commit.lua's ``local function NAME(name)``: its chain of ``if name == '<name>' then
+    return <n> end``, as a dict."""
+    match = re.search(r"^local function " + name + r"\(name\)\n(.*?)^end$", COMMIT_LUA,
+                      re.MULTILINE | re.DOTALL)
+    assert match, f"commit.lua has no function {name}"
+    body = match.group(1).strip().splitlines()
+    found = [re.fullmatch(r"\s*if name == '(\w+)' then return (\d+) end", line)
+             for line in body]
+    assert all(found), f"{name}: every line is one name and its number"
+    return {m.group(1): int(m.group(2)) for m in found if m}
 
 
 def test_the_zone_list_is_frozen() -> None:
@@ -46,9 +52,9 @@ def test_every_zone_of_this_tzdata_is_a_number_or_itself() -> None:
 
 
 def test_commit_lua_numbers_names_as_the_readers_do() -> None:
-    assert _lua_table("DECISION_NO") == {n: i for i, n in enumerate(record_codes.DECISIONS)}
-    assert _lua_table("CHANNEL_NO") == {n: i for i, n in enumerate(CHANNELS)}
-    assert _lua_table("REASON_NO") == {code.value: i for i, code in enumerate(ReasonCode)}
+    assert _lua_numbers("decision_no") == {n: i for i, n in enumerate(record_codes.DECISIONS)}
+    assert _lua_numbers("channel_no") == {n: i for i, n in enumerate(CHANNELS)}
+    assert _lua_numbers("reason_no") == {code.value: i for i, code in enumerate(ReasonCode)}
 
 
 def test_the_lists_only_grow() -> None:
