@@ -658,8 +658,8 @@ class _PreReason4(msgspec.Struct, frozen=True, array_like=True):
 
 #: format 4: format 3 with the decision's instant first (a number where format 3 has a
 #: string: how readers tell them apart), the zone, the features source and the pre-commit
-#: reasons' codes and channels by number (api/record_codes.py). The positions of the other fields are
-#: format 3's, so commit.lua finds the user 8th in both.
+#: reasons' codes and channels by number (api/record_codes.py). The other fields keep
+#: format 3's positions, so commit.lua finds the user 8th in both.
 _CONTEXT4_ORDER = ("now", *(name for name in _CONTEXT3_ORDER if name != "now"))
 _Context4 = msgspec.defstruct("Context4", [
     (f.name, int | str if f.name == "zone" else int | str | None if f.name == "fs" else
@@ -675,14 +675,14 @@ _PREFIX_3 = b'["'
 _decoder_2 = msgspec.json.Decoder(_Context2)
 _decoder_3 = msgspec.json.Decoder(_Context3)
 _decoder_4 = msgspec.json.Decoder(_Context4)
+_legacy_decoder = msgspec.json.Decoder(Context)
+_FP_BYTES = 10  # api/plan.py fingerprint: 20 hex characters
 
 
 def is_format_4(line: bytes) -> bool:
     """A format-4 line (context or outcome) is a JSON array whose first element is a
     number: the context's instant, the outcome's decision number."""
     return line[:1] == b"[" and line[1:2].isdigit()
-_legacy_decoder = msgspec.json.Decoder(Context)
-_FP_BYTES = 10  # api/plan.py fingerprint: 20 hex characters
 
 
 def _pack_fp(fp: str) -> str:
@@ -714,10 +714,9 @@ def _encode3(values: list[Any]) -> bytes:
 
 def encode_context_v4(ctx: Context, *, user: str, tag: str) -> bytes:
     """The context line in format 4 (the default): format 3 (``encode_context``) with the
-    zone, the features source and the pre-commit reasons' codes and channels as numbers
-    (api/record_codes.py)
-    and the instant first. ~40 B less per record with the outcome commit.lua writes for
-    it (docs/benchmarks.md, "Record format 4")."""
+    instant first and the zone, the features source and the pre-commit reasons' codes and
+    channels as numbers (api/record_codes.py). With the outcome commit.lua writes for it,
+    ~50 B less per record than format 3 (docs/benchmarks.md, "Record format 4")."""
     fields = msgspec.structs.asdict(ctx)
     fields["tag"] = tag
     fields["fp"] = _pack_fp(ctx.fp)
@@ -757,9 +756,9 @@ def encode_context_v2(ctx: Context) -> bytes:
 def decode_context(raw: bytes | str, owner: RecordOwner | None = None) -> Context:
     """A stored context line, in any format: 4 (``encode_context_v4``) and 3
     (``encode_context``), which need ``owner``, where it was read, to recompute what they
-    leave out; 2 (``encode_context_v2``) or the
-    original one with the struct's own names (records written before either; every format
-    keeps replaying byte for byte until its TTL ends)."""
+    leave out; 2 (``encode_context_v2``) or the original one with the struct's own names
+    (records written before either). Every format keeps replaying byte for byte until its
+    TTL ends."""
     data = raw.encode() if isinstance(raw, str) else raw
     four = is_format_4(data)
     if four or data.startswith(_PREFIX_3):
@@ -787,8 +786,8 @@ def decode_context(raw: bytes | str, owner: RecordOwner | None = None) -> Contex
 
 def adopt_context(raw: bytes, user: str) -> bytes:
     """A context line moving to another user's records hash (a merge, from ``user``'s):
-    formats 3 and 4 gain the user it was decided for, unless it names one already; the older
-    formats name it anyway and are returned as they are."""
+    formats 3 and 4 gain the user it was decided for, unless they name one already; the
+    older formats name it anyway and are returned as they are."""
     if is_format_4(raw):
         stored = msgspec.structs.asdict(_decoder_4.decode(raw))
         if stored["uid"] is not None:
