@@ -33,6 +33,12 @@ seeds it), so their decisions are scored from a profile and commit ranked slots.
 
     python -m loadtests.bench_commit --replay --a old_commit.lua --map-plan-for-a
 
+``--batch`` sets the commits per pipeline of the replay (20); ``--batch 1 --gap-ms G``
+sends each commit alone after ``G`` ms of idle, as a lightly loaded node receives them:
+the same commits cost Redis more CPU once it idles between calls (docs/benchmarks.md,
+"What Redis CPU per decision measures"). The replay also prints the time inside the
+script (INFO commandstats), which leaves out the event loop and the socket work.
+
 ``--zipf`` draws the recipients from bench_limits' Zipf distribution instead of uniformly,
 so the head's ledgers grow long (a commit reads and decodes every entry); the replay prints
 the ledger length each commit found. With bench_limits' population and more decisions:
@@ -181,9 +187,17 @@ def _redis_cpu(plain: redis.Redis) -> float:
     return cpu["used_cpu_user"] + cpu["used_cpu_sys"]
 
 
+def _evalsha_usec(plain: redis.Redis) -> float:
+    """Redis's own time inside EVALSHA so far (INFO commandstats): the scripts' execution,
+    without the event loop, the socket reads and writes, or the reply's formatting."""
+    stats: dict[str, dict[str, float]] = plain.info("commandstats")
+    return float(stats.get("cmdstat_evalsha", {}).get("usec", 0.0))
+
+
 async def replay(url: str, script_a: str, script_b: str, decisions: int, users: int,
                  all_caps_for_a: bool, map_plan_for_a: bool, rounds: int,
-                 preemption: bool, history: bool, zipf: bool = False) -> None:
+                 preemption: bool, history: bool, zipf: bool = False, batch: int = 20,
+                 gap_ms: float = 0.0) -> None:
     shipped = api.plan._lua_caps
     client = make_redis(Settings(redis_url=url, redis_max_connections=8,
                                  redis_timeout_seconds=5.0))
@@ -225,6 +239,7 @@ async def replay(url: str, script_a: str, script_b: str, decisions: int, users: 
           f"p50 {pct(lengths, 50):.0f}, p90 {pct(lengths, 90):.0f}, max {max(lengths)}")
     shas = {"A": plain.script_load(script_a), "B": plain.script_load(script_b)}
     cpu: dict[str, list[float]] = {"A": [], "B": []}
+    inside: dict[str, list[float]] = {"A": [], "B": []}
     replies: dict[str, list[Any]] = {}
     for round_ in range(rounds):
         for name in ("A", "B") if round_ % 2 == 0 else ("B", "A"):
@@ -234,18 +249,22 @@ async def replay(url: str, script_a: str, script_b: str, decisions: int, users: 
                 pipe.restore(key, ttl, dumped, replace=True)
             pipe.execute()
             out: list[Any] = []
-            before = _redis_cpu(plain)
-            for start in range(0, len(calls), 20):
+            before, before_usec = _redis_cpu(plain), _evalsha_usec(plain)
+            for start in range(0, len(calls), batch):
                 pipe = plain.pipeline(transaction=False)
-                for keys, args_a, args in calls[start:start + 20]:
+                for keys, args_a, args in calls[start:start + batch]:
                     pipe.evalsha(shas[name], len(keys), *keys, *(args_a if name == "A" else args))
                 out.extend(pipe.execute())
+                if gap_ms:
+                    await asyncio.sleep(gap_ms / 1000)
             cpu[name].append((_redis_cpu(plain) - before) / len(calls) * 1e6)
+            inside[name].append((_evalsha_usec(plain) - before_usec) / len(calls))
             replies.setdefault(name, out)
     for name in ("A", "B"):
         runs = " ".join(f"{x:.1f}" for x in cpu[name])
         print(f"{name}: Redis CPU per commit median {statistics.median(cpu[name]):.1f} µs "
-              f"({runs}) over {len(calls):,} commits per round")
+              f"({runs}) over {len(calls):,} commits per round; inside the script "
+              f"{statistics.median(inside[name]):.1f} µs (INFO commandstats)")
     differ = sum(1 for x, y in zip(replies["A"], replies["B"], strict=True) if x != y)
     print(f"replies that differ: {differ}")
     await client.aclose()
@@ -275,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zipf", action="store_true",
                         help="--replay: Zipf recipients (bench_limits' mix: long ledgers at "
                              "the head) instead of uniform ones")
+    parser.add_argument("--batch", type=int, default=20,
+                        help="--replay: commits per pipeline (1: one round trip each)")
+    parser.add_argument("--gap-ms", type=float, default=0.0,
+                        help="--replay: idle time between pipelines, in milliseconds")
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--users", type=int, default=500)
     args = parser.parse_args(argv)
@@ -284,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.replay:
             asyncio.run(replay(server.url, script_a, script_b, args.decisions, args.users,
                                args.all_caps_for_a, args.map_plan_for_a, args.rounds,
-                               args.preemption, args.history, args.zipf))
+                               args.preemption, args.history, args.zipf, args.batch,
+                               args.gap_ms))
         else:
             asyncio.run(run(server.url, script_a, script_b, args.decisions, args.users,
                             args.all_caps_for_a, args.map_plan_for_a, args.preemption,

@@ -15,7 +15,12 @@ run to run), plus latency at a fixed load. This script measures, end to end and 
 3. ``--fixed-runs`` open-loop runs of decisions at 60% of the ceiling just measured
    (``--rate``), latency counted from the scheduled start: p99 and max (stalls) per run;
 4. after the run: MEMORY USAGE of every key of a sample of recipients (memory per active
-   user, by kind of key) and the workers' resident memory;
+   user, by kind of key) and the workers' resident memory; then one Redis node at
+   saturation (loadtests/bench_node.py): the same mix's decisions run in process, their
+   Redis commands recorded and replayed back to back, so Redis CPU per decision is
+   measured as a saturated node spends it (the HTTP phases leave Redis idle most of the
+   time, and on a VM a process that idles between calls pays more per call), which gives
+   the node's ceiling;
 5. unless ``--scaling off``: the ``limits`` comparison (loadtests/bench_limits.py) on the
    same Redis, the closed loops again with 2 workers, and decisions with 2 workers on a
    3-master Redis Cluster (api/redis_server.py ``embedded_cluster``);
@@ -23,7 +28,8 @@ run to run), plus latency at a fixed load. This script measures, end to end and 
    *other* work on the machine and the CPU wait (PSI), then the headline facts, then one
    line: ``ratio decisions/trivial R; p99 at 60% P ms; redis µs/decision U``.
 
-``--quick`` (under 60 s) runs 1-4 with 4 s phases, 2,000 recipients and one fixed run.
+``--quick`` (under 60 s) runs 1-4 with 4 s phases, 2,000 recipients, one fixed run and two
+replay rounds.
 
 Decisions score with the LightGBM model ``sendwise serve`` scores with (loadtests/bench_model.py:
 the bundled model, trained on the real activity sample), loaded the way ``sendwise serve``
@@ -75,6 +81,7 @@ from loadtests import httpload
 from loadtests.bench_model import HEURISTIC, BenchModel
 from loadtests.bench_model import add_argument as add_model_argument
 from loadtests.bench_model import resolve as resolve_model
+from loadtests.bench_node import measure as measure_node
 from loadtests.population import (
     history_events,
     iso,
@@ -854,7 +861,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{ratio:.2f}" + (f" (rounds {', '.join(f'{r:.2f}' for r in ratios)})"
                                       if len(ratios) > 1 else ""))
         report.fact(f"ratio floor/trivial ({config})", f"{floor_ratio:.2f}")
-        report.fact("redis CPU per decision (INFO cpu delta / decisions)", f"{redis_us:.0f} µs")
+        report.fact("redis CPU per decision at this load (INFO cpu delta / decisions)",
+                    f"{redis_us:.0f} µs")
         report.fact("redis command time per decision (INFO commandstats)", f"{command_us:.0f} µs")
         cache = service.state_cache()
         looked = cache.get("hit", 0.0) + cache.get("miss", 0.0)
@@ -863,8 +871,6 @@ def main(argv: list[str] | None = None) -> int:
                         f"hit {100 * cache['hit'] / looked:.1f}% (one round trip), stale "
                         f"{100 * cache.get('stale', 0.0) / looked:.2f}%, miss "
                         f"{100 * cache['miss'] / looked:.1f}%")
-        report.fact("one Redis node's ceiling (1 core / CPU per decision)",
-                    f"~{1e6 / redis_us:,.0f} decisions/s")
 
         p99s: list[float] = []
         if args.rate != "off":
@@ -917,6 +923,21 @@ def main(argv: list[str] | None = None) -> int:
                         f"{limits.ratios()}; exactness errors "
                         + " / ".join(str(side.exactness_errors) for side in limits.sides))
         service.stop()
+
+        node = measure_node(args.users if args.scaling == "on" else min(args.users, 2_000),
+                            3_000 if args.scaling == "on" else 1_000, model,
+                            rounds=3 if args.scaling == "on" else 2,
+                            gaps=(1.0,) if args.scaling == "on" else ())
+        print("\none Redis node at saturation (loadtests/bench_node.py: the decisions' "
+              "commands recorded, then replayed)\n" + node.table())
+        modes = ", ".join(f"{name} {node.cpu(name):.0f} µs" for name in node.modes
+                          if name != "pipelined")
+        report.fact("redis CPU per decision at saturation (bench_node: the same mix's commands "
+                    "replayed, pipelined)",
+                    f"{node.saturated:.0f} µs (inside commands {node.inside('pipelined'):.0f} "
+                    f"µs; replayed {modes}; replies that differ {node.differ})")
+        report.fact("one Redis node's ceiling (1 core / CPU per decision at saturation)",
+                    f"~{node.ceiling:,.0f} decisions/s")
 
         if args.scaling == "on":
             two = start(2)
