@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import struct
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
@@ -483,11 +484,21 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
 #: - msg   ``[cat, camp, tags, oid, og, pr]``
 #: - cap   ``[id, code, n, w, b, ch, cat, xcat, camp, tag]``, an empty list as nil
 #: - block ``[c, r, [s1, e1, s2, e2, ...]]`` (sorted by start)
-#: - cand  ``[ch, a, b, pb, s, why]``: ``pb`` the index of its list in ``pbs``, ``why`` the
-#:   index of its pair in ``whys`` (nil for none), so the ranked slots of a channel, which
-#:   share both, cost one table each
+#: - cands ``[ch1, ch2, ...]``: the candidates' channels, each once. The candidates
+#:   themselves are not in the MessagePack part (below)
 #: - endr  ``[c, r]``
 #: - pe    ``[pc, ch, lo, hi, dx]``, dx ``{message id: [ch, lo, hi, {channel: block}]}``
+#:
+#: The candidates are fixed-size binary records *before* the MessagePack part: the packed
+#: plan is ``<count: uint16><count records of CAND_RECORD><MessagePack array>``. A record
+#: is ``[ch, a, b, pb, s, why]``: ``ch`` the 1-based index of its channel in ``cands``,
+#: ``a``/``b`` its instants (ms, as doubles: exact below 2**53), ``pb`` the 0-based index
+#: of its block list in ``pbs``, ``s``, and ``why`` 0 for none or the 1-based index of its
+#: pair in ``whys`` (the ranked slots of a channel share both lists). commit.lua decodes a
+#: record when it first reads that candidate (``struct.unpack``): a ranked plan holds ~13
+#: slots on the benchmark's mix, 30 at p90, and the commit usually reads the first few; a
+#: MessagePack decode of them all was a third of the plan's decode (docs/benchmarks.md,
+#: "Redis CPU per decision at saturation").
 #:
 #: The plan is only ever a script argument of the same release, so it carries no version;
 #: the compact re-decision plans commit.lua stores (``sw:{t:u}:rp:<id>``) do.
@@ -533,23 +544,33 @@ def _lua_pace(pe: PaceExpect) -> list[object]:
              for mid, d in pe.dx.items()}]
 
 
-def lua_plan(plan: Plan, caps: Sequence[CompiledCap]) -> list[object]:
-    """The plan array of ``PLAN_FIELDS`` with the given caps (``encode_plan`` ships
-    ``_lua_caps``; tests ship every compiled cap to show the filter changes no answer)."""
+#: one candidate record of the packed plan (big-endian, no padding): ch, a, b, pb, s, why
+CAND_RECORD = struct.Struct(">BddHBH")
+_COUNT = struct.Struct(">H")
+
+
+def lua_plan(plan: Plan, caps: Sequence[CompiledCap]) -> bytes:
+    """The packed plan commit.lua gets as ARGV[1] (the layout above) with the given caps
+    (``encode_plan`` ships ``_lua_caps``; tests ship every compiled cap to show the filter
+    changes no answer)."""
     msg = plan.msg
     pbs: dict[tuple[int, ...], int] = {}
     whys: dict[tuple[str, ...], int] = {}
-    cands: list[list[object]] = []
+    channels: dict[str, int] = {}
+    if len(plan.cands) > 0xFFFF:
+        raise ValueError(f"{len(plan.cands)} candidates: a plan ships at most 65,535")
+    records = bytearray(_COUNT.pack(len(plan.cands)))
     for c in plan.cands:
         pb = pbs.setdefault(tuple(c.pb), len(pbs))
-        why = whys.setdefault(tuple(c.why), len(whys)) if c.why else None
-        cands.append([c.ch, c.a, c.b, pb, c.s, why])
+        why = whys.setdefault(tuple(c.why), len(whys) + 1) if c.why else 0
+        records += CAND_RECORD.pack(channels.setdefault(c.ch, len(channels) + 1), c.a, c.b,
+                                    pb, c.s, why)
     fields: dict[str, object] = {
         "now": plan.now, "rev": plan.rev, "lo": plan.lo, "keep": plan.keep, "ttl": plan.ttl,
         "msg": [msg.cat, msg.camp, msg.tags, msg.oid, msg.og, msg.pr],
         "caps": [_lua_cap(cap) for cap in caps], "cw": plan.cw,
         "blocks": [_lua_block(b) for b in plan.blocks],
-        "cands": cands,
+        "cands": list(channels),
         "mode": plan.mode, "endr": [plan.endr.c, plan.endr.r], "dry": plan.dry,
         "sp": plan.sp, "pk": plan.pk, "xc": plan.xc, "dp": plan.dp,
         "pbs": [list(pb) for pb in pbs], "whys": [list(why) for why in whys],
@@ -559,17 +580,31 @@ def lua_plan(plan: Plan, caps: Sequence[CompiledCap]) -> list[object]:
     out = [fields[name] for name in PLAN_FIELDS]
     while out and out[-1] is None:
         out.pop()
-    return out
+    return bytes(records) + _pack.encode(out)
+
+
+def decode_lua_plan(packed: bytes) -> tuple[list[Any], list[list[Any]]]:
+    """``lua_plan``'s output read back (tests and benchmarks): the MessagePack array, and
+    each candidate as ``[ch, a, b, pb, s, why]`` the way commit.lua sees it (``ch`` the
+    channel's name, ``why`` 0-based or None)."""
+    (count,) = _COUNT.unpack_from(packed)
+    end = _COUNT.size + count * CAND_RECORD.size
+    fields: list[Any] = msgspec.msgpack.decode(packed[end:])
+    names = fields[PLAN_FIELDS.index("cands")]
+    cands = []
+    for ch, a, b, pb, s, why in CAND_RECORD.iter_unpack(packed[_COUNT.size:end]):
+        cands.append([names[ch - 1], int(a), int(b), pb, s, why - 1 if why else None])
+    return fields, cands
 
 
 def encode_plan(plan: Plan, annotations: Sequence[bytes] = ()) -> list[bytes]:
-    """The commit script's arguments after the context: the plan as MessagePack (Redis'
-    Lua decodes it several times faster than JSON: no decimal number parsing; the layout
-    is ``lua_plan``'s), then the member prefix, then one ledger member per candidate, as
+    """The commit script's arguments after the context: the plan, its candidates as
+    binary records and the rest as MessagePack (Redis' Lua decodes it several times faster
+    than JSON: no decimal number parsing; the layout is ``lua_plan``'s), then the member
+    prefix, then one ledger member per candidate, as
     raw strings, then optionally one JSON annotation per candidate (``[score, score_now,
     propensity]``, copied into the outcome of the candidate reserved)."""
-    return [_pack.encode(lua_plan(plan, _lua_caps(plan))), plan.mid, *plan.members,
-            *annotations]
+    return [lua_plan(plan, _lua_caps(plan)), plan.mid, *plan.members, *annotations]
 
 
 #: Short JSON names of the stored context (format 2). ``did`` keeps its name: commit.lua

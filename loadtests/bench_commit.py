@@ -20,6 +20,10 @@ records in one hash per user"):
 
 ``--map-plan-for-a`` sends A the plan in the layout before the
 positional one (maps, ``[start, end]`` pairs: a commit.lua from before the positional plan needs it).
+``--msgpack-cands-for-a`` sends A the candidates inside the MessagePack array, as a
+commit.lua from before the candidate records reads them:
+
+    python -m loadtests.bench_commit --replay --history --a old_commit.lua --msgpack-cands-for-a
 
 ``--replay`` measures Redis **CPU** instead (INFO cpu: the server process' own CPU time,
 which other processes on a shared box barely inflate, unlike SLOWLOG's wall time): the
@@ -38,6 +42,11 @@ sends each commit alone after ``G`` ms of idle, as a lightly loaded node receive
 the same commits cost Redis more CPU once it idles between calls (docs/benchmarks.md,
 "What Redis CPU per decision measures"). The replay also prints the time inside the
 script (INFO commandstats), which leaves out the event loop and the socket work.
+
+The decisions score with the bundled model, as the HTTP benchmark's do (``--model``:
+loadtests/bench_model.py). Before the ninth pass this replay scored with the heuristic,
+whose plans hold fewer candidates: its figures in docs/benchmarks.md before that pass are
+the heuristic's.
 
 ``--zipf`` draws the recipients from bench_limits' Zipf distribution instead of uniformly,
 so the head's ledgers grow long (a commit reads and decodes every entry); the replay prints
@@ -61,17 +70,34 @@ import msgspec
 import redis
 
 import api.plan
-from api.plan import CompiledCap, Plan, lua_plan
+from api.plan import PLAN_FIELDS, CompiledCap, Plan, decode_lua_plan, lua_plan
 from api.policy import Policy
 from api.redis_client import make_redis
 from api.redis_server import EmbeddedRedis
 from api.schemas import Event
 from api.settings import Settings
 from loadtests.bench_engine import TENANT, Bench, pct
+from loadtests.bench_model import BenchModel
+from loadtests.bench_model import add_argument as add_model_argument
+from loadtests.bench_model import resolve as resolve_model
 from loadtests.population import RequestFactory, history_events, policy_document
 
 #: a cap's scope lists, left out of the map layout when empty
 _SCOPE_LISTS = frozenset({"ch", "cat", "xcat", "camp", "tag"})
+
+
+def plan_for_a(plan: Plan, caps: list[CompiledCap], layout: str) -> bytes:
+    """ARGV[1] for script A: ``current`` (lua_plan's), ``map`` (before the positional
+    layout) or ``msgpack-cands`` (positional, the candidates as ``[ch, a, b, pb, s, why]``
+    arrays inside the MessagePack, as before the candidate records)."""
+    if layout == "map":
+        return msgspec.msgpack.encode(map_plan(plan, caps))
+    packed = lua_plan(plan, caps)
+    if layout == "current":
+        return packed
+    fields, cands = decode_lua_plan(packed)
+    fields[PLAN_FIELDS.index("cands")] = cands
+    return msgspec.msgpack.encode(fields)
 
 
 def map_plan(plan: Plan, caps: list[CompiledCap]) -> dict[str, Any]:
@@ -86,11 +112,12 @@ def map_plan(plan: Plan, caps: list[CompiledCap]) -> dict[str, Any]:
 
 
 async def seeded_bench(client: Any, users: int, *, history: bool, preemption: bool,
-                       zipf: bool = False) -> Bench:
+                       zipf: bool = False, model: BenchModel | None = None) -> Bench:
     """The bench_engine population, optionally with histories and preemption, after 300
     decisions so ledgers have some history. ``zipf``: recipients from bench_limits' Zipf
-    distribution instead of uniformly, so the head's ledgers grow long."""
-    bench = Bench(client, users)
+    distribution instead of uniformly, so the head's ledgers grow long. ``model``: what
+    scores the decisions (None: the heuristic)."""
+    bench = Bench(client, users, model)
     if zipf:
         bench.factory = RequestFactory(users, prefix=f"z{time.time_ns()}", seed=3, zipf=True)
     await bench.seed()
@@ -103,8 +130,9 @@ async def seeded_bench(client: Any, users: int, *, history: bool, preemption: bo
 
 
 async def run(url: str, script_a: str, script_b: str, decisions: int, users: int,
-              all_caps_for_a: bool, map_plan_for_a: bool, preemption: bool,
-              history: bool, string_records_for_a: bool = False) -> None:
+              all_caps_for_a: bool, layout_a: str, preemption: bool,
+              history: bool, string_records_for_a: bool = False,
+              model: BenchModel | None = None) -> None:
     shipped = api.plan._lua_caps
     plans: list[Plan] = []
 
@@ -117,7 +145,8 @@ async def run(url: str, script_a: str, script_b: str, decisions: int, users: int
                                  redis_timeout_seconds=5.0))
     raw = make_redis(Settings(redis_url=url, redis_max_connections=1,
                               redis_timeout_seconds=5.0))
-    bench = await seeded_bench(client, users, history=history, preemption=preemption)
+    bench = await seeded_bench(client, users, history=history, preemption=preemption,
+                               model=model)
     sha_a, sha_b = await raw.script_load(script_a), await raw.script_load(script_b)
     await raw.config_set("slowlog-log-slower-than", 0)
     times: dict[str, list[float]] = {sha_a: [], sha_b: []}
@@ -136,11 +165,10 @@ async def run(url: str, script_a: str, script_b: str, decisions: int, users: int
                 if dumped is not None:
                     await raw.restore(shadow(key), 0, dumped, replace=True)
         args_a = list(args)
-        if all_caps_for_a or map_plan_for_a:
+        if all_caps_for_a or layout_a != "current":
             plan = plans[-1]
-            caps = plan.caps if all_caps_for_a else shipped(plan)
-            args_a[0] = msgspec.msgpack.encode(map_plan(plan, caps) if map_plan_for_a
-                                               else lua_plan(plan, caps))
+            args_a[0] = plan_for_a(plan, plan.caps if all_caps_for_a else shipped(plan),
+                                   layout_a)
         # before the records hash, KEYS[2] was the message's own key (now KEYS[6])
         keys_a = [keys[0], keys[5], *keys[2:5]] if string_records_for_a else keys
         runs = [(sha_a, keys_a, args_a), (sha_b, [shadow(k) for k in keys], args)]
@@ -195,15 +223,15 @@ def _evalsha_usec(plain: redis.Redis) -> float:
 
 
 async def replay(url: str, script_a: str, script_b: str, decisions: int, users: int,
-                 all_caps_for_a: bool, map_plan_for_a: bool, rounds: int,
+                 all_caps_for_a: bool, layout_a: str, rounds: int,
                  preemption: bool, history: bool, zipf: bool = False, batch: int = 20,
-                 gap_ms: float = 0.0) -> None:
+                 gap_ms: float = 0.0, model: BenchModel | None = None) -> None:
     shipped = api.plan._lua_caps
     client = make_redis(Settings(redis_url=url, redis_max_connections=8,
                                  redis_timeout_seconds=5.0))
     plain = redis.Redis.from_url(url)
     bench = await seeded_bench(client, users, history=history, preemption=preemption,
-                               zipf=zipf)
+                               zipf=zipf, model=model)
     snapshot: dict[Any, tuple[bytes, int]] = {}
     for key in plain.keys("*"):
         dumped = plain.dump(key)
@@ -223,10 +251,9 @@ async def replay(url: str, script_a: str, script_b: str, decisions: int, users: 
     async def record(*, keys: list[Any], args: list[Any]) -> Any:
         plan = plans[-1]
         args_a = list(args)
-        if all_caps_for_a or map_plan_for_a:
-            caps = plan.caps if all_caps_for_a else shipped(plan)
-            args_a[0] = msgspec.msgpack.encode(map_plan(plan, caps) if map_plan_for_a
-                                               else lua_plan(plan, caps))
+        if all_caps_for_a or layout_a != "current":
+            args_a[0] = plan_for_a(plan, plan.caps if all_caps_for_a else shipped(plan),
+                                   layout_a)
         calls.append((keys, args_a, args))
         lengths.append(plain.zcard(keys[0]))
         return await real(keys=keys, args=args)
@@ -284,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
                              "record): KEYS[2] is the message's record key (not with --replay)")
     parser.add_argument("--map-plan-for-a", action="store_true",
                         help="send A the plan as maps (the layout before the positional plan)")
+    parser.add_argument("--msgpack-cands-for-a", action="store_true",
+                        help="send A the candidates inside the MessagePack plan (the layout "
+                             "before the candidate records)")
     parser.add_argument("--replay", action="store_true",
                         help="Redis CPU per commit (INFO cpu), replayed A/B from a snapshot")
     parser.add_argument("--rounds", type=int, default=6, help="--replay: rounds per script")
@@ -300,19 +330,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="--replay: idle time between pipelines, in milliseconds")
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--users", type=int, default=500)
+    add_model_argument(parser)
     args = parser.parse_args(argv)
+    model = resolve_model(args.model)
+    print(model.describe())
     script_a = Path(args.a).read_text() if args.a else current
+    layout_a = ("map" if args.map_plan_for_a else
+                "msgpack-cands" if args.msgpack_cands_for_a else "current")
     script_b = Path(args.b).read_text() if args.b else current
     with EmbeddedRedis() as server:
         if args.replay:
             asyncio.run(replay(server.url, script_a, script_b, args.decisions, args.users,
-                               args.all_caps_for_a, args.map_plan_for_a, args.rounds,
+                               args.all_caps_for_a, layout_a, args.rounds,
                                args.preemption, args.history, args.zipf, args.batch,
-                               args.gap_ms))
+                               args.gap_ms, model))
         else:
             asyncio.run(run(server.url, script_a, script_b, args.decisions, args.users,
-                            args.all_caps_for_a, args.map_plan_for_a, args.preemption,
-                            args.history, args.string_records_for_a))
+                            args.all_caps_for_a, layout_a, args.preemption,
+                            args.history, args.string_records_for_a, model))
     return 0
 
 

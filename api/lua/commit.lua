@@ -7,10 +7,10 @@
 -- api/keys.py): a record is field <message id> of KEYS[2], or else (written before the
 -- hash, read and updated in place until it expires) KEYS[4] .. its message id; the
 -- compact plan a deferral keeps while it can be displaced is KEYS[5] .. its message id
--- ARGV[1] plan (MessagePack, built by api/plan.py: lua_plan, positional arrays in the order
--- of PLAN_FIELDS), ARGV[2] context JSON (stored verbatim; api/plan.py: encode_context),
+-- ARGV[1] plan (built by api/plan.py: lua_plan; the candidates as fixed-size binary records,
+-- then MessagePack positional arrays in the order of PLAN_FIELDS), ARGV[2] context JSON (stored verbatim; api/plan.py: encode_context),
 -- ARGV[3] prefix of this message's ledger members, ARGV[3 + i] member of candidate i,
--- ARGV[3 + #cands + i] (optional) JSON annotation of candidate i, copied as "s" into the
+-- ARGV[3 + ncands + i] (optional) JSON annotation of candidate i, copied as "s" into the
 -- outcome of the candidate reserved (score, score now, propensity: api/scoring.py)
 -- KEYS[7] (optional) conversions hash and KEYS[8] the send-time profile hash; when given,
 -- the last ARGV are the state check (api/userstate.py: CommitCheck): the preferences hash
@@ -41,15 +41,29 @@
 -- exactly t in [e_{a+N-1} - W + 1, e_a + W). So "the instant the window frees" is e_a + W.
 
 -- the plan's top level gets its names back in one presized table (the decode builds no
--- key strings); caps [id, code, n, w, b, ch, cat, xcat, camp, tag], candidates [ch, a, b,
--- pb, s, why] and blocks [c, r, iv] stay positional. A candidate's pb and why are indices
--- (0-based) into plan.pbs and plan.whys (why nil: none): the ranked slots of one channel
--- share them
-local P = cmsgpack.unpack(ARGV[1])
+-- key strings); caps [id, code, n, w, b, ch, cat, xcat, camp, tag] and blocks [c, r, iv]
+-- stay positional. ARGV[1] starts with the number of candidates (uint16) and their
+-- records (CAND_SIZE bytes each), then the MessagePack array; ``cand_at(i)`` decodes the
+-- i-th record when the script first reads it, as [ch, a, b, pb, s, why]: pb and why
+-- index plan.pbs and plan.whys (0-based; why nil: none), so the ranked slots of one
+-- channel share them. Most commits read the first few of a ranked plan's slots.
+local CAND_SIZE = 22
+local ncands = struct.unpack('>H', ARGV[1])
+local _, P = cmsgpack.unpack_one(ARGV[1], 2 + CAND_SIZE * ncands)
 local plan = {now = P[1], rev = P[2], lo = P[3], keep = P[4], ttl = P[5], caps = P[7],
-              cw = P[8], blocks = P[9], cands = P[10], mode = P[11], endr = P[12],
+              cw = P[8], blocks = P[9], chs = P[10], mode = P[11], endr = P[12],
               dry = P[13], sp = P[14], pk = P[15], xc = P[16], dp = P[17], pbs = P[18],
               whys = P[19], pe = P[20]}
+local cands = {}
+local function cand_at(i)
+  local c = cands[i]
+  if c == nil then
+    local ch, a, b, pb, s, why = struct.unpack('>BddHBH', ARGV[1], 3 + CAND_SIZE * (i - 1))
+    c = {plan.chs[ch], a, b, pb, s, why > 0 and why - 1 or nil}
+    cands[i] = c
+  end
+  return c
+end
 local function message_facts(m)
   return {cat = m[1], camp = m[2], tags = m[3], oid = m[4], og = m[5], pr = m[6]}
 end
@@ -564,7 +578,8 @@ local function evaluate()
   -- a candidate's rules depend on its channel and time blocks only: the ranked slots of a
   -- channel share them (read only from here on)
   local by_pb = {}
-  for i, cand in ipairs(plan.cands) do
+  for i = 1, ncands do
+    local cand = cand_at(i)
     local same = by_pb[cand[4]]
     if same == nil then
       same = {}
@@ -603,9 +618,10 @@ local evaluated, chosen = evaluate()
 -- latest), if that frees T; otherwise displace nothing. Exempt categories are never
 -- displaced. Each displaced message is re-decided in step 6b.
 local displaced = {}
-if plan.pk > 0 and #plan.cands > 0 then
+if plan.pk > 0 and ncands > 0 then
   local ti, target = nil, nil
-  for i, cand in ipairs(plan.cands) do
+  for i = 1, ncands do
+    local cand = cand_at(i)
     local t = first_free(time_rules(cand), cand[2], cand[3])
     if t ~= nil then
       if plan.mode ~= 'earliest' then ti, target = i, t break end
@@ -615,7 +631,7 @@ if plan.pk > 0 and #plan.cands > 0 then
   local needed = target ~= nil and (chosen == nil or evaluated[chosen].t > target
                                     or (plan.mode ~= 'earliest' and chosen ~= ti))
   if needed then
-    local cand = plan.cands[ti]
+    local cand = cand_at(ti)
     local function blocking()
       local hit = {}
       for _, cap in ipairs(plan.caps) do
@@ -706,12 +722,12 @@ else
   for _, ev in ipairs(evaluated) do
     chain(ev.rules, ev.cand[2], ev.cand[3], ev.cand[1], reasons, seen)
   end
-  if #plan.cands > 0 then
+  if ncands > 0 then
     reasons[#reasons + 1] = {plan.endr[1], plan.endr[2], nil, nil}
   end
 end
 
-local note = chosen and 3 + #plan.cands + chosen <= nargv and ARGV[3 + #plan.cands + chosen]
+local note = chosen and 3 + ncands + chosen <= nargv and ARGV[3 + ncands + chosen]
 
 -- 6b. re-decide each displaced message inside this call, against the ledger as it is now
 -- (this message's reservation included, the displaced ones gone): the earliest instant at
@@ -866,7 +882,8 @@ if plan.dry == 0 then
   -- a deferral that preemption may displace keeps its compact plan until it is due
   if plan.pk > 0 and out_t and out_t > now then
     local c, mem, last = {}, {}, out_t
-    for i, cand in ipairs(plan.cands) do
+    for i = 1, ncands do
+      local cand = cand_at(i)
       if cand[5] ~= 1 then
         c[#c + 1] = {cand[1], cand[2], cand[3], plan.pbs[cand[4] + 1]}
         mem[#mem + 1] = ARGV[3 + i]

@@ -94,8 +94,7 @@ async def test_shipped_caps_answer_like_every_cap(engine: Engine, clock: FixedCl
         plan = msgspec.structs.replace(plans[-1], dry=1)
         lean_caps = SHIPPED(plan)
         filtered_out += len(plan.caps) - len(lean_caps)
-        answers = [await real(keys=keys, args=[msgspec.msgpack.encode(lua_plan(plan, caps)),
-                                                *args[1:]])
+        answers = [await real(keys=keys, args=[lua_plan(plan, caps), *args[1:]])
                    for caps in (plan.caps, lean_caps)]
         assert answers[0] == answers[1]
         compared += 1
@@ -132,7 +131,7 @@ async def test_skimmed_ledgers_answer_like_fully_decoded_ones(
     async def checked(*, keys: list[Any], args: list[Any]) -> Any:
         nonlocal compared, long_ledgers
         plan = msgspec.structs.replace(plans[-1], dry=1)
-        dry = [msgspec.msgpack.encode(lua_plan(plan, SHIPPED(plan))), *args[1:]]
+        dry = [lua_plan(plan, SHIPPED(plan)), *args[1:]]
         skimmed = await real(keys=keys, args=dry)
         decoded = await never(keys=keys, args=dry)
         assert skimmed == decoded

@@ -33,7 +33,7 @@ from api.pacing import (
     shard_of,
     token_span,
 )
-from api.plan import PLAN_FIELDS, PaceExpect, Plan, encode_plan
+from api.plan import PLAN_FIELDS, PaceExpect, Plan, decode_lua_plan, encode_plan
 from api.policy import Policy
 from api.redis_client import RedisClient, make_redis
 from api.schemas import DecisionResponse
@@ -397,9 +397,9 @@ def test_unpaced_plans_do_not_carry_the_expectation() -> None:
                                     "og": ""}, "caps": [], "cw": 0,
                             "blocks": [], "cands": [], "mode": "earliest",
                             "endr": {"c": "max_defer_exceeded", "r": "x"}, "dry": 0}, Plan)
-    assert len(msgspec.msgpack.decode(encode_plan(plan)[0])) == PLAN_FIELDS.index("pe")
+    assert len(decode_lua_plan(encode_plan(plan)[0])[0]) == PLAN_FIELDS.index("pe")
     paced = msgspec.structs.replace(plan, pe=PaceExpect(["sms"], "sms", 1000, 2000))
-    assert msgspec.msgpack.decode(encode_plan(paced)[0])[PLAN_FIELDS.index("pe")] == [
+    assert decode_lua_plan(encode_plan(paced)[0])[0][PLAN_FIELDS.index("pe")] == [
         ["sms"], "sms", 1000, 2000, {}]
 
 

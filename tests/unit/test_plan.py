@@ -19,8 +19,10 @@ from api.plan import (
     MINUTE_MS,
     PLAN_FIELDS,
     Block,
+    Candidate,
     PreReason,
     build_plan,
+    decode_lua_plan,
     decode_member,
     encode_plan,
     fingerprint,
@@ -154,21 +156,48 @@ def test_ledger_member_with_a_nul_tag() -> None:
 def test_encode_plan_ships_binary_parts_as_separate_arguments() -> None:
     p = plan_for(request(channels=["email", "sms"]), policy(), state())
     packed, prefix, *members = encode_plan(p)
-    core = dict(zip(PLAN_FIELDS, msgspec.msgpack.decode(packed), strict=False))
+    fields, cands = decode_lua_plan(packed)
+    core = dict(zip(PLAN_FIELDS, fields, strict=False))
     assert "mid" not in core and "members" not in core
     assert prefix == member_prefix("m1")
     assert [decode_member(m)[1] for m in members] == ["email", "sms"]
-    assert [c[0] for c in core["cands"]] == ["email", "sms"]
+    assert [c[0] for c in cands] == ["email", "sms"] and core["cands"] == ["email", "sms"]
     # a quiet-hours block shared by both channels is shipped once
-    assert core["cands"][0][3] == core["cands"][1][3]
+    assert cands[0][3] == cands[1][3]
     assert [b[1] for b in core["blocks"]] == ["default-quiet-hours"]
+
+
+_CANDIDATES = st.lists(st.builds(
+    Candidate, ch=st.sampled_from(["email", "sms", "push", "whatsapp", "in_app"]),
+    a=st.integers(-(2**53) + 1, 2**53 - 1), b=st.integers(-(2**53) + 1, 2**53 - 1),
+    pb=st.lists(st.integers(0, 6), max_size=3), s=st.integers(0, 1),
+    why=st.sampled_from([[], ["better_send_time", "model"], ["exploration", "explore"]])),
+    max_size=40)
+
+
+@given(_CANDIDATES)
+def test_candidates_ship_as_records_commit_lua_reads_back(cands: list[Candidate]) -> None:
+    """The packed plan's candidate records (``CAND_RECORD``) give back each candidate:
+    its channel by name, its instants exactly (doubles hold any integer below 2**53), its
+    block list and its reason pair through the shared, deduplicated lists."""
+    p = msgspec.structs.replace(plan_for(request(channels=["email"]), policy(), state()),
+                                cands=cands)
+    fields, decoded = decode_lua_plan(encode_plan(p)[0])
+    core = dict(zip(PLAN_FIELDS, fields, strict=False))
+    assert core["cands"] == list(dict.fromkeys(c.ch for c in cands))
+    assert len(decoded) == len(cands)
+    for (ch, a, b, pb, s, why), c in zip(decoded, cands, strict=True):
+        assert (ch, a, b, s) == (c.ch, c.a, c.b, c.s)
+        assert core["pbs"][pb] == c.pb
+        assert (core["whys"][why] if why is not None else []) == c.why
+    assert len(core["pbs"]) == len({tuple(c.pb) for c in cands})
 
 
 def test_encode_plan_is_positional_with_flat_intervals() -> None:
     """commit.lua reads the plan by position (``PLAN_FIELDS``), each block's intervals
     flat, and a cap's empty scope lists as nil."""
     p = plan_for(request(channels=["email", "sms"]), policy(), state())
-    core = msgspec.msgpack.decode(encode_plan(p)[0])
+    core, cands = decode_lua_plan(encode_plan(p)[0])
     assert core[:PLAN_FIELDS.index("msg")] == [p.now, p.rev, p.lo, p.keep, p.ttl]
     assert "pe" not in PLAN_FIELDS[:len(core)]  # unpaced: not shipped
     block = p.blocks[0]
@@ -176,7 +205,7 @@ def test_encode_plan_is_positional_with_flat_intervals() -> None:
     assert shipped == [block.c, block.r, [x for iv in block.iv for x in iv]]
     # candidates point at their pb list (shared: both channels have the same blocks)
     pbs = core[PLAN_FIELDS.index("pbs")]
-    assert [c[3] for c in core[PLAN_FIELDS.index("cands")]] == [0, 0]
+    assert [c[3] for c in cands] == [0, 0]
     assert pbs == [p.cands[0].pb] and core[PLAN_FIELDS.index("whys")] == []
     caps = core[PLAN_FIELDS.index("caps")]
     assert caps and all(len(cap) == 10 for cap in caps)
