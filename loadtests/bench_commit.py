@@ -40,7 +40,7 @@ seeds it), so their decisions are scored from a profile and commit ranked slots.
 ``--batch`` sets the commits per pipeline of the replay (20); ``--batch 1 --gap-ms G``
 sends each commit alone after ``G`` ms of idle, as a lightly loaded node receives them:
 the same commits cost Redis more CPU once it idles between calls (docs/benchmarks.md,
-"What Redis CPU per decision measures"). The replay also prints the time inside the
+"Redis CPU per decision at saturation"). The replay also prints the time inside the
 script (INFO commandstats), which leaves out the event loop and the socket work.
 
 The decisions score with the bundled model, as the HTTP benchmark's do (``--model``:

@@ -3,16 +3,17 @@
 The HTTP benchmark (bench_decisions.py) divides Redis's CPU by the decisions served, but a
 2-core box cannot saturate Redis: one API worker leaves it idle 80-90% of the time, and on
 a VM a process that idles between calls pays more CPU per call (caches and the vCPU's
-state lost while it halts; docs/benchmarks.md, "What Redis CPU per decision measures").
+state lost while it halts; docs/benchmarks.md, "Redis CPU per decision at saturation").
 That figure is what the node costs at the benchmark's load, not what it costs at its
 ceiling. This benchmark measures the ceiling the way a saturated node runs:
 
 1. seeds the ``bench_engine`` population (policy, preferences, half of the recipients
    with a history, as ``bench_decisions`` seeds it) in an embedded redis-server, and takes
    a snapshot of every key;
-2. runs ``--decisions`` decisions through ``Engine.decide`` (model in the loop, state
-   cache, decision log on) and records every command the engine sends to Redis, in order:
-   the EVALSHAs of read.lua and commit.lua and the log's XADDs;
+2. runs ``--decisions`` decisions through ``Engine.decide`` (the bundled model in the
+   loop unless ``--model`` says otherwise, the state cache and the decision log on) and
+   records every command the engine sends to Redis, in order: the EVALSHAs of read.lua
+   and commit.lua and the log's XADDs;
 3. replays that command stream from the snapshot, ``--rounds`` times per mode, and reads
    ``INFO cpu`` (the server's own CPU) and ``INFO commandstats`` (time inside commands)
    around each round. Modes: ``pipelined`` (``--batch`` commands per write, back to back:
@@ -20,7 +21,8 @@ ceiling. This benchmark measures the ceiling the way a saturated node runs:
    command, then ``--gap-ms`` of idle: a lightly loaded node, like the HTTP benchmark's).
 
 The scripts' replies of every round are compared with the first round's (they must be
-identical: the commands carry their own clock). The last line is the node's ceiling:
+identical: the commands carry their own clock). One more pipelined round under SLOWLOG
+gives each command's share of the time. The last line is the node's ceiling:
 ``1 core / Redis CPU per decision (pipelined)``.
 
     python -m loadtests.bench_node
