@@ -9,6 +9,7 @@ the time blocks (each named by the rule that makes it), plus the compiled cap ru
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import struct
 from collections.abc import Iterable, Sequence
@@ -492,7 +493,8 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
 #: The candidates are fixed-size binary records *before* the MessagePack part: the packed
 #: plan is ``<count: uint16><count records of CAND_RECORD><MessagePack array>``. A record
 #: is ``[ch, a, b, pb, s, why]``: ``ch`` the 1-based index of its channel in ``cands``,
-#: ``a``/``b`` its instants (ms, as doubles: exact below 2**53), ``pb`` the 0-based index
+#: ``a``/``b`` its instants (ms, signed 64-bit; Lua holds them as numbers, exact below
+#: 2**53 like every instant it reads), ``pb`` the 0-based index
 #: of its block list in ``pbs``, ``s``, and ``why`` 0 for none or the 1-based index of its
 #: pair in ``whys`` (the ranked slots of a channel share both lists). commit.lua decodes a
 #: record when it first reads that candidate (``struct.unpack``): a ranked plan holds ~13
@@ -545,8 +547,15 @@ def _lua_pace(pe: PaceExpect) -> list[object]:
 
 
 #: one candidate record of the packed plan (big-endian, no padding): ch, a, b, pb, s, why
-CAND_RECORD = struct.Struct(">BddHBH")
+CAND_RECORD = struct.Struct(">BqqHBH")
 _COUNT = struct.Struct(">H")
+
+
+@functools.lru_cache(maxsize=512)
+def _cand_records(count: int) -> struct.Struct:
+    """The count and ``count`` candidate records as one ``Struct``: one C call packs them
+    all (a ``pack`` per candidate cost ~1.5 µs more for 16 candidates)."""
+    return struct.Struct(_COUNT.format + CAND_RECORD.format[1:] * count)
 
 
 def lua_plan(plan: Plan, caps: Sequence[CompiledCap]) -> bytes:
@@ -557,14 +566,15 @@ def lua_plan(plan: Plan, caps: Sequence[CompiledCap]) -> bytes:
     pbs: dict[tuple[int, ...], int] = {}
     whys: dict[tuple[str, ...], int] = {}
     channels: dict[str, int] = {}
-    if len(plan.cands) > 0xFFFF:
-        raise ValueError(f"{len(plan.cands)} candidates: a plan ships at most 65,535")
-    records = bytearray(_COUNT.pack(len(plan.cands)))
+    count = len(plan.cands)
+    if count > 0xFFFF:
+        raise ValueError(f"{count} candidates: a plan ships at most 65,535")
+    flat: list[int] = []
     for c in plan.cands:
         pb = pbs.setdefault(tuple(c.pb), len(pbs))
         why = whys.setdefault(tuple(c.why), len(whys) + 1) if c.why else 0
-        records += CAND_RECORD.pack(channels.setdefault(c.ch, len(channels) + 1), c.a, c.b,
-                                    pb, c.s, why)
+        flat += (channels.setdefault(c.ch, len(channels) + 1), c.a, c.b, pb, c.s, why)
+    records = _cand_records(count).pack(count, *flat)
     fields: dict[str, object] = {
         "now": plan.now, "rev": plan.rev, "lo": plan.lo, "keep": plan.keep, "ttl": plan.ttl,
         "msg": [msg.cat, msg.camp, msg.tags, msg.oid, msg.og, msg.pr],
@@ -580,7 +590,7 @@ def lua_plan(plan: Plan, caps: Sequence[CompiledCap]) -> bytes:
     out = [fields[name] for name in PLAN_FIELDS]
     while out and out[-1] is None:
         out.pop()
-    return bytes(records) + _pack.encode(out)
+    return records + _pack.encode(out)
 
 
 def decode_lua_plan(packed: bytes) -> tuple[list[Any], list[list[Any]]]:
@@ -593,7 +603,7 @@ def decode_lua_plan(packed: bytes) -> tuple[list[Any], list[list[Any]]]:
     names = fields[PLAN_FIELDS.index("cands")]
     cands = []
     for ch, a, b, pb, s, why in CAND_RECORD.iter_unpack(packed[_COUNT.size:end]):
-        cands.append([names[ch - 1], int(a), int(b), pb, s, why - 1 if why else None])
+        cands.append([names[ch - 1], a, b, pb, s, why - 1 if why else None])
     return fields, cands
 
 

@@ -58,7 +58,7 @@ local cands = {}
 local function cand_at(i)
   local c = cands[i]
   if c == nil then
-    local ch, a, b, pb, s, why = struct.unpack('>BddHBH', ARGV[1], 3 + CAND_SIZE * (i - 1))
+    local ch, a, b, pb, s, why = struct.unpack('>Bi8i8HBH', ARGV[1], 3 + CAND_SIZE * (i - 1))
     c = {plan.chs[ch], a, b, pb, s, why > 0 and why - 1 or nil}
     cands[i] = c
   end

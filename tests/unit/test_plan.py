@@ -178,8 +178,8 @@ _CANDIDATES = st.lists(st.builds(
 @given(_CANDIDATES)
 def test_candidates_ship_as_records_commit_lua_reads_back(cands: list[Candidate]) -> None:
     """The packed plan's candidate records (``CAND_RECORD``) give back each candidate:
-    its channel by name, its instants exactly (doubles hold any integer below 2**53), its
-    block list and its reason pair through the shared, deduplicated lists."""
+    its channel by name, its instants exactly, its block list and its reason pair through
+    the shared, deduplicated lists."""
     p = msgspec.structs.replace(plan_for(request(channels=["email"]), policy(), state()),
                                 cands=cands)
     fields, decoded = decode_lua_plan(encode_plan(p)[0])
