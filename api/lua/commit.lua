@@ -7,8 +7,9 @@
 -- api/keys.py): a record is field <message id> of KEYS[2], or else (written before the
 -- hash, read and updated in place until it expires) KEYS[4] .. its message id; the
 -- compact plan a deferral keeps while it can be displaced is KEYS[5] .. its message id
--- ARGV[1] plan (built by api/plan.py: lua_plan; the candidates as fixed-size binary records,
--- then MessagePack positional arrays in the order of PLAN_FIELDS), ARGV[2] context JSON (stored verbatim; api/plan.py: encode_context),
+-- ARGV[1] plan (built by api/plan.py: lua_plan; the candidates as fixed-size binary
+-- records, then MessagePack positional arrays in the order of PLAN_FIELDS), ARGV[2]
+-- context JSON (stored verbatim; api/plan.py: encode_context),
 -- ARGV[3] prefix of this message's ledger members, ARGV[3 + i] member of candidate i,
 -- ARGV[3 + ncands + i] (optional) JSON annotation of candidate i, copied as "s" into the
 -- outcome of the candidate reserved (score, score now, propensity: api/scoring.py)
@@ -43,10 +44,11 @@
 -- the plan's top level gets its names back in one presized table (the decode builds no
 -- key strings); caps [id, code, n, w, b, ch, cat, xcat, camp, tag] and blocks [c, r, iv]
 -- stay positional. ARGV[1] starts with the number of candidates (uint16) and their
--- records (CAND_SIZE bytes each), then the MessagePack array; ``cand_at(i)`` decodes the
--- i-th record when the script first reads it, as [ch, a, b, pb, s, why]: pb and why
--- index plan.pbs and plan.whys (0-based; why nil: none), so the ranked slots of one
--- channel share them. Most commits read the first few of a ranked plan's slots.
+-- records (CAND_SIZE bytes each, api/plan.py CAND_RECORD), then the MessagePack array;
+-- ``cand_at(i)`` decodes the i-th record when the script first reads it, as [ch, a, b,
+-- pb, s, why]: pb and why index plan.pbs and plan.whys (0-based; why nil: none), so the
+-- ranked slots of one channel share them. Most commits read the first few of a ranked
+-- plan's slots.
 local CAND_SIZE = 22
 local ncands = struct.unpack('>H', ARGV[1])
 local _, P = cmsgpack.unpack_one(ARGV[1], 2 + CAND_SIZE * ncands)

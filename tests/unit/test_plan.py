@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 import api.plan
 from api.locale import Location
 from api.plan import (
+    CAND_RECORD,
     DAY_MS,
     LOOKAHEAD_MS,
     MINUTE_MS,
@@ -191,6 +194,16 @@ def test_candidates_ship_as_records_commit_lua_reads_back(cands: list[Candidate]
         assert core["pbs"][pb] == c.pb
         assert (core["whys"][why] if why is not None else []) == c.why
     assert len(core["pbs"]) == len({tuple(c.pb) for c in cands})
+
+
+def test_commit_lua_reads_the_records_python_writes() -> None:
+    """commit.lua's record size and ``struct`` format are ``CAND_RECORD``'s (Lua's struct
+    spells a 64-bit integer ``i8`` where Python's spells it ``q``)."""
+    source = resources.files("api").joinpath("lua", "commit.lua").read_text(encoding="utf-8")
+    size = re.search(r"^local CAND_SIZE = (\d+)$", source, re.MULTILINE)
+    formats = re.findall(r"struct\.unpack\('(>[^']*)', ARGV\[1\], 3 \+", source)
+    assert size is not None and int(size.group(1)) == CAND_RECORD.size
+    assert formats == [CAND_RECORD.format.replace("q", "i8")]
 
 
 def test_encode_plan_is_positional_with_flat_intervals() -> None:
