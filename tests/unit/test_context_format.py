@@ -6,6 +6,7 @@ records hash). Records of every format replay the same answer, byte for byte."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -218,15 +219,24 @@ def test_the_positional_outcome_of_format_4() -> None:
         decode_outcome(b'[0,0,1,[0.5,1.0],[[23,"r",null,null]]]')
     displacing = b'[0,1,1,null,[],["' + DID.encode() + b'",["m-0","' + \
         IDS.tag.encode() + b'"]]]'
+    moved = _displacing_record_moves(encode_context_v4, displacing)
+    assert json.loads(moved.split(b"\n")[0])[7] == "u-1"
+
+
+def _displacing_record_moves(encode: Callable[..., bytes], displacing: bytes) -> bytes:
+    """A record whose outcome displaced ``m-0`` (``displacing``, the outcome as commit.lua
+    writes it, context by ``encode``): it names the displaced decision for its owner, and
+    moved by a merge, the displaced decision's user is written out, the rest kept, and it
+    renders the same under its new owner. Returns the moved record."""
     assert decode_outcome(displacing, OWNER).x == [DID, IDS.decision_id("t", "u-1", "m-0")]
     ctx = msgspec.structs.replace(decode_context(LEGACY.split(b"\n")[0]),
                                   did=IDS.decision_id("t", "u-1", "m-1"))
-    record = encode_context_v4(ctx, user="u-1", tag=IDS.tag) + b"\n" + displacing
+    record = encode(ctx, user="u-1", tag=IDS.tag) + b"\n" + displacing
     moved = adopt_record(record, "u-1")
     assert moved.split(b"\n")[1] == displacing[:-3] + b',"u-1"]]]'
-    assert json.loads(moved.split(b"\n")[0])[7] == "u-1"
     merged = RecordOwner("t", "u-2", "m-1", IDS)
     assert render_record(moved, merged)[1] == render_record(record, OWNER)[1]
+    return moved
 
 
 def test_the_positional_outcome_of_format_3() -> None:
@@ -246,12 +256,4 @@ def test_the_positional_outcome_of_format_3() -> None:
         IDS.tag.encode() + b'"]]]'
     with pytest.raises(ValueError, match="owner"):
         decode_outcome(displacing)
-    assert decode_outcome(displacing, OWNER).x == [DID, IDS.decision_id("t", "u-1", "m-0")]
-    # moved by a merge: the displaced decision's user is written out, the rest kept
-    ctx = msgspec.structs.replace(decode_context(LEGACY.split(b"\n")[0]),
-                                  did=IDS.decision_id("t", "u-1", "m-1"))
-    record = encode_context(ctx, user="u-1", tag=IDS.tag) + b"\n" + displacing
-    moved = adopt_record(record, "u-1")
-    assert moved.split(b"\n")[1] == displacing[:-3] + b',"u-1"]]]'
-    merged = RecordOwner("t", "u-2", "m-1", IDS)
-    assert render_record(moved, merged)[1] == render_record(record, OWNER)[1]
+    _displacing_record_moves(encode_context, displacing)
