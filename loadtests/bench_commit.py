@@ -76,7 +76,7 @@ from api.redis_client import make_redis
 from api.redis_server import EmbeddedRedis
 from api.schemas import Event
 from api.settings import Settings
-from loadtests.bench_engine import TENANT, Bench, pct
+from loadtests.bench_engine import TENANT, Bench, inside_usec, pct, redis_cpu, restore, take_snapshot
 from loadtests.bench_model import BenchModel
 from loadtests.bench_model import add_argument as add_model_argument
 from loadtests.bench_model import resolve as resolve_model
@@ -210,18 +210,6 @@ async def enable_preemption(bench: Bench) -> None:
     engine.policies.put(TENANT, stored)
 
 
-def _redis_cpu(plain: redis.Redis) -> float:
-    cpu: dict[str, float] = plain.info("cpu")
-    return cpu["used_cpu_user"] + cpu["used_cpu_sys"]
-
-
-def _evalsha_usec(plain: redis.Redis) -> float:
-    """Redis's own time inside EVALSHA so far (INFO commandstats): the scripts' execution,
-    without the event loop, the socket reads and writes, or the reply's formatting."""
-    stats: dict[str, dict[str, float]] = plain.info("commandstats")
-    return float(stats.get("cmdstat_evalsha", {}).get("usec", 0.0))
-
-
 async def replay(url: str, script_a: str, script_b: str, decisions: int, users: int,
                  all_caps_for_a: bool, layout_a: str, rounds: int,
                  preemption: bool, history: bool, zipf: bool = False, batch: int = 20,
@@ -232,11 +220,7 @@ async def replay(url: str, script_a: str, script_b: str, decisions: int, users: 
     plain = redis.Redis.from_url(url)
     bench = await seeded_bench(client, users, history=history, preemption=preemption,
                                zipf=zipf, model=model)
-    snapshot: dict[Any, tuple[bytes, int]] = {}
-    for key in plain.keys("*"):
-        dumped = plain.dump(key)
-        if dumped is not None:
-            snapshot[key] = (dumped, max(0, plain.pttl(key)))
+    snapshot = take_snapshot(plain)
     plans: list[Plan] = []
 
     def recording(plan: Plan) -> list[CompiledCap]:
@@ -270,13 +254,9 @@ async def replay(url: str, script_a: str, script_b: str, decisions: int, users: 
     replies: dict[str, list[Any]] = {}
     for round_ in range(rounds):
         for name in ("A", "B") if round_ % 2 == 0 else ("B", "A"):
-            plain.flushdb()
-            pipe = plain.pipeline(transaction=False)
-            for key, (dumped, ttl) in snapshot.items():
-                pipe.restore(key, ttl, dumped, replace=True)
-            pipe.execute()
+            restore(plain, snapshot)
             out: list[Any] = []
-            before, before_usec = _redis_cpu(plain), _evalsha_usec(plain)
+            before, before_usec = redis_cpu(plain), inside_usec(plain, ("evalsha",))
             for start in range(0, len(calls), batch):
                 pipe = plain.pipeline(transaction=False)
                 for keys, args_a, args in calls[start:start + batch]:
@@ -284,8 +264,8 @@ async def replay(url: str, script_a: str, script_b: str, decisions: int, users: 
                 out.extend(pipe.execute())
                 if gap_ms:
                     await asyncio.sleep(gap_ms / 1000)
-            cpu[name].append((_redis_cpu(plain) - before) / len(calls) * 1e6)
-            inside[name].append((_evalsha_usec(plain) - before_usec) / len(calls))
+            cpu[name].append((redis_cpu(plain) - before) / len(calls) * 1e6)
+            inside[name].append((inside_usec(plain, ("evalsha",)) - before_usec) / len(calls))
             replies.setdefault(name, out)
     for name in ("A", "B"):
         runs = " ".join(f"{x:.1f}" for x in cpu[name])

@@ -39,6 +39,7 @@ from importlib import resources
 from typing import Any
 
 import msgspec
+import redis
 import redis.asyncio as aioredis
 
 from api.clock import SystemClock
@@ -71,6 +72,44 @@ STEPS = ("validate", "read_user", "locate+pre_checks", "build_plan", "score", "e
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+#: what a replay's snapshot holds per key: its DUMP and its TTL (ms, 0 for none)
+Snapshot = dict[bytes, tuple[bytes, int]]
+
+
+def take_snapshot(plain: redis.Redis) -> Snapshot:
+    """Every key of the database, to replay from the same state (``restore``)."""
+    snapshot: Snapshot = {}
+    for key in plain.scan_iter(count=1000):
+        dumped = plain.dump(key)
+        if dumped is not None:
+            snapshot[key] = (dumped, max(0, plain.pttl(key)))
+    return snapshot
+
+
+def restore(plain: redis.Redis, snapshot: Snapshot) -> None:
+    """The database as ``snapshot`` took it, and nothing else."""
+    plain.flushdb()
+    pipe = plain.pipeline(transaction=False)
+    for key, (dumped, ttl) in snapshot.items():
+        pipe.restore(key, ttl, dumped, replace=True)
+    pipe.execute()
+
+
+def redis_cpu(plain: redis.Redis) -> float:
+    """Seconds of CPU redis-server has used (user + system)."""
+    stats: dict[str, float] = plain.info("cpu")
+    return stats["used_cpu_user"] + stats["used_cpu_sys"]
+
+
+def inside_usec(plain: redis.Redis, commands: tuple[str, ...] = ("evalsha", "eval", "xadd")
+                ) -> float:
+    """Microseconds Redis has spent inside these top-level commands (INFO commandstats):
+    their execution, without the event loop, the socket work or the reply's formatting. A
+    script's own calls are listed too, but inside its EVALSHA's time: counted once here."""
+    stats: dict[str, dict[str, float]] = plain.info("commandstats")
+    return sum(float(stats.get(f"cmdstat_{name}", {}).get("usec", 0.0)) for name in commands)
 
 
 def cpu() -> float:

@@ -45,28 +45,14 @@ from api.redis_client import AutoPipeline, make_redis
 from api.redis_server import EmbeddedRedis
 from api.settings import Settings
 from loadtests.bench_commit import seed_history
-from loadtests.bench_engine import Bench
+from loadtests.bench_engine import Bench, Snapshot, inside_usec, redis_cpu, restore, take_snapshot
 from loadtests.bench_model import BenchModel
 from loadtests.bench_model import add_argument as add_model_argument
 from loadtests.bench_model import resolve as resolve_model
 
 
-def redis_cpu(plain: redis.Redis) -> float:
-    """Seconds of CPU redis-server has used (user + system)."""
-    cpu: dict[str, float] = plain.info("cpu")
-    return cpu["used_cpu_user"] + cpu["used_cpu_sys"]
-
-
-def inside_usec(plain: redis.Redis) -> float:
-    """Microseconds Redis has spent inside top-level commands (INFO commandstats). A
-    script's own calls are listed too, but inside its EVALSHA's time: counted once here."""
-    stats: dict[str, dict[str, float]] = plain.info("commandstats")
-    return sum(float(stats.get(f"cmdstat_{name}", {}).get("usec", 0.0))
-               for name in ("evalsha", "eval", "xadd"))
-
-
 async def record(url: str, users: int, decisions: int, warmup: int, model: BenchModel
-                 ) -> tuple[dict[bytes, tuple[bytes, int]], list[tuple[Any, ...]], dict[str, str]]:
+                 ) -> tuple[Snapshot, list[tuple[Any, ...]], dict[str, str]]:
     """Seed, snapshot, then decide ``decisions`` times recording every command sent."""
     client = make_redis(Settings(redis_url=url, redis_max_connections=8,
                                  redis_timeout_seconds=5.0))
@@ -75,11 +61,7 @@ async def record(url: str, users: int, decisions: int, warmup: int, model: Bench
     await bench.seed()
     await seed_history(bench, users)
     await bench.end_to_end(warmup)
-    snapshot: dict[bytes, tuple[bytes, int]] = {}
-    for key in plain.scan_iter(count=1000):
-        dumped = plain.dump(key)
-        if dumped is not None:
-            snapshot[key] = (dumped, max(0, plain.pttl(key)))
+    snapshot = take_snapshot(plain)
     pipeline = bench.engine.store._pipeline
     if not isinstance(pipeline, AutoPipeline):
         raise SystemExit("the store must send through its auto-pipeline")
@@ -110,14 +92,6 @@ def kind_of(command: tuple[Any, ...], names: dict[str, str]) -> str:
     if command[0] == "EVALSHA":
         return names.get(command[1], "other script")
     return str(command[0])
-
-
-def restore(plain: redis.Redis, snapshot: dict[bytes, tuple[bytes, int]]) -> None:
-    plain.flushdb()
-    pipe = plain.pipeline(transaction=False)
-    for key, (dumped, ttl) in snapshot.items():
-        pipe.restore(key, ttl, dumped, replace=True)
-    pipe.execute()
 
 
 def replay(plain: redis.Redis, commands: list[tuple[Any, ...]], batch: int, gap_ms: float
