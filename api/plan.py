@@ -150,9 +150,10 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     xc: list[str] = []
     dp: int = DEFAULT_PRIORITY
     #: binary parts, sent as raw script arguments (Redis 6.2's cmsgpack has no bin type):
-    #: the prefix of this message's ledger members, and the member of each candidate
+    #: the prefix of this message's ledger members (``member_prefix``) and what follows a
+    #: member's channel (``member_tail``): a candidate's member is both around its channel
     mid: bytes = b""
-    members: list[bytes] = []
+    tail: bytes = b""
     #: channel pacing's expectation of a real commit (None: not paced; not even encoded)
     pe: PaceExpect | None = None
 
@@ -217,18 +218,27 @@ def ledger_member(request: DecisionRequest, channel: str) -> bytes:
     """The ledger member: MessagePack [mid, channel, category, campaign, tags, offer_id,
     group, priority]. Binary and length-prefixed, so Lua decodes it cheaply and no id or
     tag content can be confused with another field. The one source of truth of the
-    layout: ``commit.lua``, ``render.timeline_entry`` and ``member_priority`` read it."""
-    return _pack.encode([
-        request.message_id, channel, request.category, request.campaign_id or "",
-        request.tags, request.offer.id if request.offer else "",
-        request.offer.group if request.offer else "", request.priority,
-    ])
+    layout: ``commit.lua`` (which builds a candidate's member from these three parts),
+    ``render.timeline_entry`` and ``member_priority`` read it."""
+    return member_prefix(request.message_id) + _pack.encode(channel) + member_tail(request)
 
 
 def member_prefix(message_id: str) -> bytes:
     """The bytes every ledger member of this message starts with (dedup and cancel); the
     first byte (the array header) is not compared, see ``_MEMBER_HEADER``."""
     return _MEMBER_HEADER + _pack.encode(message_id)
+
+
+def member_tail(request: DecisionRequest) -> bytes:
+    """The bytes of a member after its channel: the message's facts, the same for every
+    candidate. commit.lua gets them once and builds the member of the candidate it
+    reserves (a member per candidate was ~13 script arguments per commit, each ~0.08 µs
+    of Redis CPU: docs/benchmarks.md, "Fewer script arguments")."""
+    return _pack.encode([
+        request.category, request.campaign_id or "", request.tags,
+        request.offer.id if request.offer else "",
+        request.offer.group if request.offer else "", request.priority,
+    ])[1:]  # without the header of this 6-element array
 
 
 def decode_member(raw: bytes) -> list[Any]:
@@ -463,7 +473,7 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
     return Plan(
         now=now, rev=state.revision, lo=now - keep, keep=keep, ttl=idempotency_ttl_ms,
         mid=member_prefix(request.message_id),
-        members=[ledger_member(request, c.ch) for c in cands],
+        tail=member_tail(request),
         msg=MessageFacts(request.category, request.campaign_id or "", list(request.tags),
                          request.offer.id if request.offer else "", offer_group,
                          request.priority),
@@ -492,15 +502,17 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
 #:
 #: The candidates are fixed-size binary records *before* the MessagePack part: the packed
 #: plan is ``<count: uint16><count records of CAND_RECORD><MessagePack array>``. A record
-#: is ``[ch, a, b, pb, s, why]``: ``ch`` the 1-based index of its channel in ``cands``,
-#: ``a``/``b`` its instants (ms, signed 64-bit; Lua holds them as numbers, exact below
-#: 2**53 like every instant it reads), ``pb`` the 0-based index
-#: of its block list in ``pbs``, ``s``, and ``why`` 0 for none or the 1-based index of its
-#: pair in ``whys`` (the ranked slots of a channel share both lists). commit.lua decodes a
-#: record when it first reads that candidate (``struct.unpack``): a ranked plan holds ~13
-#: slots on the benchmark's mix, 30 at p90, and the commit usually reads the first few; a
-#: MessagePack decode of them all was a third of the plan's decode (docs/benchmarks.md,
-#: "Redis CPU per decision at saturation").
+#: is ``[ch, a, b, pb, s, why, note at, note length]``: ``ch`` the 1-based index of its
+#: channel in ``cands``, ``a``/``b`` its instants (ms, signed 64-bit; Lua holds them as
+#: numbers, exact below 2**53 like every instant it reads), ``pb`` the 0-based index
+#: of its block list in ``pbs``, ``s``, ``why`` 0 for none or the 1-based index of its
+#: pair in ``whys`` (the ranked slots of a channel share both lists), and where its JSON
+#: annotation is in the notes argument (0-based offset and length; length 0: none).
+#: commit.lua decodes a record when it first reads that candidate (``struct.unpack``), and
+#: the note of the candidate it reserves only: a ranked plan holds ~13 slots on the
+#: benchmark's mix, 30 at p90, and the commit usually reads the first few; a MessagePack
+#: decode of them all was a third of the plan's decode (docs/benchmarks.md, "Redis CPU per
+#: decision at saturation").
 #:
 #: The plan is only ever a script argument of the same release, so it carries no version;
 #: the compact re-decision plans commit.lua stores (``sw:{t:u}:rp:<id>``) do.
@@ -546,8 +558,9 @@ def _lua_pace(pe: PaceExpect) -> list[object]:
              for mid, d in pe.dx.items()}]
 
 
-#: one candidate record of the packed plan (big-endian, no padding): ch, a, b, pb, s, why
-CAND_RECORD = struct.Struct(">BqqHBH")
+#: one candidate record of the packed plan (big-endian, no padding): ch, a, b, pb, s, why,
+#: note at, note length
+CAND_RECORD = struct.Struct(">BqqHBHIH")
 _COUNT = struct.Struct(">H")
 
 
@@ -558,10 +571,11 @@ def _cand_records(count: int) -> struct.Struct:
     return struct.Struct(_COUNT.format + CAND_RECORD.format[1:] * count)
 
 
-def lua_plan(plan: Plan, caps: Sequence[CompiledCap]) -> bytes:
+def lua_plan(plan: Plan, caps: Sequence[CompiledCap], notes: Sequence[bytes] = ()) -> bytes:
     """The packed plan commit.lua gets as ARGV[1] (the layout above) with the given caps
     (``encode_plan`` ships ``_lua_caps``; tests ship every compiled cap to show the filter
-    changes no answer)."""
+    changes no answer). ``notes``: one JSON annotation per candidate, or none; each record
+    says where its note is in ``b"".join(notes)``."""
     msg = plan.msg
     pbs: dict[tuple[int, ...], int] = {}
     whys: dict[tuple[str, ...], int] = {}
@@ -569,11 +583,16 @@ def lua_plan(plan: Plan, caps: Sequence[CompiledCap]) -> bytes:
     count = len(plan.cands)
     if count > 0xFFFF:
         raise ValueError(f"{count} candidates: a plan ships at most 65,535")
+    if notes and len(notes) != count:
+        raise ValueError(f"{len(notes)} notes for {count} candidates")
     flat: list[int] = []
-    for c in plan.cands:
+    at = 0
+    for i, c in enumerate(plan.cands):
         pb = pbs.setdefault(tuple(c.pb), len(pbs))
         why = whys.setdefault(tuple(c.why), len(whys) + 1) if c.why else 0
-        flat += (channels.setdefault(c.ch, len(channels) + 1), c.a, c.b, pb, c.s, why)
+        size = len(notes[i]) if notes else 0
+        flat += (channels.setdefault(c.ch, len(channels) + 1), c.a, c.b, pb, c.s, why, at, size)
+        at += size
     records = _cand_records(count).pack(count, *flat)
     fields: dict[str, object] = {
         "now": plan.now, "rev": plan.rev, "lo": plan.lo, "keep": plan.keep, "ttl": plan.ttl,
@@ -595,15 +614,15 @@ def lua_plan(plan: Plan, caps: Sequence[CompiledCap]) -> bytes:
 
 def decode_lua_plan(packed: bytes) -> tuple[list[Any], list[list[Any]]]:
     """``lua_plan``'s output read back (tests and benchmarks): the MessagePack array, and
-    each candidate as ``[ch, a, b, pb, s, why]`` the way commit.lua sees it (``ch`` the
-    channel's name, ``why`` 0-based or None)."""
+    each candidate as ``[ch, a, b, pb, s, why, note at, note length]`` the way commit.lua
+    sees it (``ch`` the channel's name, ``why`` 0-based or None)."""
     (count,) = _COUNT.unpack_from(packed)
     end = _COUNT.size + count * CAND_RECORD.size
     fields: list[Any] = msgspec.msgpack.decode(packed[end:])
     names = fields[PLAN_FIELDS.index("cands")]
     cands = []
-    for ch, a, b, pb, s, why in CAND_RECORD.iter_unpack(packed[_COUNT.size:end]):
-        cands.append([names[ch - 1], a, b, pb, s, why - 1 if why else None])
+    for ch, a, b, pb, s, why, at, size in CAND_RECORD.iter_unpack(packed[_COUNT.size:end]):
+        cands.append([names[ch - 1], a, b, pb, s, why - 1 if why else None, at, size])
     return fields, cands
 
 
@@ -611,10 +630,26 @@ def encode_plan(plan: Plan, annotations: Sequence[bytes] = ()) -> list[bytes]:
     """The commit script's arguments after the context: the plan, its candidates as
     binary records and the rest as MessagePack (Redis' Lua decodes it several times faster
     than JSON: no decimal number parsing; the layout is ``lua_plan``'s), then the member
-    prefix, then one ledger member per candidate, as
-    raw strings, then optionally one JSON annotation per candidate (``[score, score_now,
-    propensity]``, copied into the outcome of the candidate reserved)."""
-    return [lua_plan(plan, _lua_caps(plan)), plan.mid, *plan.members, *annotations]
+    prefix and tail (raw strings; the script builds the member of the candidate it
+    reserves), then the JSON annotations of the candidates (``[score, score_now,
+    propensity]``, the reserved one's copied into its outcome), concatenated: four
+    arguments however many candidates the plan holds."""
+    return [lua_plan(plan, _lua_caps(plan), annotations), plan.mid, plan.tail,
+            b"".join(annotations)]
+
+
+def commit_members(args: Sequence[bytes]) -> list[bytes]:
+    """Each candidate's ledger member as commit.lua builds it from ``encode_plan``'s
+    arguments (tests and benchmarks)."""
+    _, cands = decode_lua_plan(args[0])
+    return [args[1] + _pack.encode(c[0]) + args[2] for c in cands]
+
+
+def commit_notes(args: Sequence[bytes]) -> list[bytes | None]:
+    """Each candidate's annotation as commit.lua reads it from ``encode_plan``'s arguments
+    (None: none), for tests and benchmarks."""
+    _, cands = decode_lua_plan(args[0])
+    return [args[3][c[6]:c[6] + c[7]] if c[7] else None for c in cands]
 
 
 #: Short JSON names of the stored context (format 2). ``did`` keeps its name: commit.lua

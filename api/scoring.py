@@ -561,7 +561,7 @@ def choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_name
         # exploring (an explored message is sent anyway, so logs keep covering it)
         note = (round(float(scored.p[below]), 6), now_p[int(scored.cand[below])],
                 round(1.0 - rate, 6))
-        empty = msgspec.structs.replace(plan, cands=[], members=[])
+        empty = msgspec.structs.replace(plan, cands=[])
         return Choice(empty, [], scored.version, scored.source, suppressed=note)
     if new_user and not explores:
         # the earliest allowed instant, as without a model (mode ``first`` keeps the
@@ -618,7 +618,6 @@ def _ranked(plan: Plan, scored: Scored, order: npt.NDArray[np.intp], explored: i
     cost for a user with history."""
     slots: list[Candidate] = []
     notes: list[bytes] = []
-    members: list[bytes] = []
     model_rule = f"send_time.model:{scored.version}"
     fallback_notes = [_json.encode([x, x, 1.0]) for x in now_p]
     cand = scored.cand.tolist()
@@ -627,7 +626,6 @@ def _ranked(plan: Plan, scored: Scored, order: npt.NDArray[np.intp], explored: i
     first = scored.first.tolist()
     prop = propensity.tolist()
     windows = plan.cands
-    window_members = plan.members
     order_list = order.tolist()
     groups = ([[j for j in order_list if cand[j] == i] for i in range(len(windows))]
               if ordered else [order_list])
@@ -640,14 +638,11 @@ def _ranked(plan: Plan, scored: Scored, order: npt.NDArray[np.intp], explored: i
                    else [_BETTER_SEND_TIME, model_rule])
             slots.append(Candidate(window.ch, t, t + 1, window.pb, s=1, why=why))
             notes.append(_json.encode([round(p[j], 6), now_p[c], round(prop[j], 6)]))
-            members.append(window_members[c])
         if ordered:
             slots.append(msgspec.structs.replace(windows[i], s=1))
             notes.append(fallback_notes[i])
-            members.append(window_members[i])
     # the plan's own windows stay last (unscored, ``s`` 0): the fallback of mode ``ranked``
     # and what a preemptible deferral keeps for its re-decision
     cands = [*slots, *windows]
-    ranked = msgspec.structs.replace(plan, cands=cands, mode="ranked",
-                                     members=[*members, *window_members])
+    ranked = msgspec.structs.replace(plan, cands=cands, mode="ranked")
     return Choice(ranked, [*notes, *fallback_notes], scored.version, scored.source)

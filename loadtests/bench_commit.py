@@ -25,6 +25,11 @@ commit.lua from before the candidate records reads them:
 
     python -m loadtests.bench_commit --replay --history --a old_commit.lua --msgpack-cands-for-a
 
+These layouts, and ``--per-candidate-args-for-a`` (a commit.lua from before the member
+tail: the records without their note's place, a ledger member and an annotation per
+candidate as arguments of their own), send A the arguments of their time after the
+context too.
+
 ``--replay`` measures Redis **CPU** instead (INFO cpu: the server process' own CPU time,
 which other processes on a shared box barely inflate, unlike SLOWLOG's wall time): the
 workload's commits are recorded once from a snapshot of the seeded keys, then replayed
@@ -61,6 +66,7 @@ import argparse
 import asyncio
 import datetime as dt
 import statistics
+import struct
 import time
 from importlib import resources
 from pathlib import Path
@@ -70,7 +76,15 @@ import msgspec
 import redis
 
 import api.plan
-from api.plan import PLAN_FIELDS, CompiledCap, Plan, decode_lua_plan, lua_plan
+from api.plan import (
+    PLAN_FIELDS,
+    CompiledCap,
+    Plan,
+    commit_members,
+    commit_notes,
+    decode_lua_plan,
+    lua_plan,
+)
 from api.policy import Policy
 from api.redis_client import make_redis
 from api.redis_server import EmbeddedRedis
@@ -86,24 +100,41 @@ from loadtests.population import RequestFactory, history_events, policy_document
 _SCOPE_LISTS = frozenset({"ch", "cat", "xcat", "camp", "tag"})
 
 
-def plan_for_a(plan: Plan, caps: list[CompiledCap], layout: str) -> bytes:
-    """ARGV[1] for script A: ``current`` (lua_plan's), ``map`` (before the positional
-    layout) or ``msgpack-cands`` (positional, the candidates as ``[ch, a, b, pb, s, why]``
-    arrays inside the MessagePack, as before the candidate records)."""
-    if layout == "map":
-        return msgspec.msgpack.encode(map_plan(plan, caps))
-    packed = lua_plan(plan, caps)
+#: the candidate record before it held its note's place (``per-candidate-args``)
+_RECORD_BEFORE_NOTES = struct.Struct(">BqqHBH")
+
+
+def args_for_a(args: list[Any], plan: Plan, caps: list[CompiledCap], layout: str) -> list[Any]:
+    """Script A's ARGV for the commit whose ARGV is ``args``: ``current`` (as sent, with
+    ``caps``), ``per-candidate-args`` (before the member tail: the candidate records
+    without their note's place, then the member prefix, one member per candidate and one
+    annotation per candidate as arguments of their own), ``msgpack-cands`` (as that, the
+    candidates as ``[ch, a, b, pb, s, why]`` arrays inside the MessagePack, before the
+    candidate records) or ``map`` (as that, maps: before the positional layout)."""
+    encoded = [args[0], *args[2:5]]  # encode_plan's output: ARGV without the context
+    notes = [n for n in commit_notes(encoded) if n is not None]
     if layout == "current":
-        return packed
-    fields, cands = decode_lua_plan(packed)
-    fields[PLAN_FIELDS.index("cands")] = cands
-    return msgspec.msgpack.encode(fields)
+        return [lua_plan(plan, caps, notes), *args[1:]]
+    per_candidate = [*commit_members(encoded), *notes]
+    rest = [args[1], args[2], *per_candidate, *args[5:]]
+    if layout == "map":
+        return [msgspec.msgpack.encode(map_plan(plan, caps)), *rest]
+    fields, cands = decode_lua_plan(lua_plan(plan, caps))
+    if layout == "msgpack-cands":
+        fields[PLAN_FIELDS.index("cands")] = [c[:6] for c in cands]
+        return [msgspec.msgpack.encode(fields), *rest]
+    channels = fields[PLAN_FIELDS.index("cands")]
+    count = struct.pack(">H", len(cands))
+    records = b"".join(_RECORD_BEFORE_NOTES.pack(channels.index(ch) + 1, a, b, pb, s_,
+                                                 0 if why is None else why + 1)
+                       for ch, a, b, pb, s_, why, _, _ in cands)
+    return [count + records + msgspec.msgpack.encode(fields), *rest]
 
 
 def map_plan(plan: Plan, caps: list[CompiledCap]) -> dict[str, Any]:
     """The plan as ``encode_plan`` packed it before the positional layout."""
     core = msgspec.structs.asdict(plan)
-    del core["mid"], core["members"]
+    del core["mid"], core["tail"]
     core["caps"] = [{name: value for name, value in msgspec.structs.asdict(cap).items()
                      if name not in _SCOPE_LISTS or value} for cap in caps]
     if core["pe"] is None:
@@ -167,8 +198,8 @@ async def run(url: str, script_a: str, script_b: str, decisions: int, users: int
         args_a = list(args)
         if all_caps_for_a or layout_a != "current":
             plan = plans[-1]
-            args_a[0] = plan_for_a(plan, plan.caps if all_caps_for_a else shipped(plan),
-                                   layout_a)
+            args_a = args_for_a(args, plan, plan.caps if all_caps_for_a else shipped(plan),
+                                layout_a)
         # before the records hash, KEYS[2] was the message's own key (now KEYS[6])
         keys_a = [keys[0], keys[5], *keys[2:5]] if string_records_for_a else keys
         runs = [(sha_a, keys_a, args_a), (sha_b, [shadow(k) for k in keys], args)]
@@ -236,8 +267,8 @@ async def replay(url: str, script_a: str, script_b: str, decisions: int, users: 
         plan = plans[-1]
         args_a = list(args)
         if all_caps_for_a or layout_a != "current":
-            args_a[0] = plan_for_a(plan, plan.caps if all_caps_for_a else shipped(plan),
-                                   layout_a)
+            args_a = args_for_a(args, plan, plan.caps if all_caps_for_a else shipped(plan),
+                                layout_a)
         calls.append((keys, args_a, args))
         lengths.append(plain.zcard(keys[0]))
         return await real(keys=keys, args=args)
@@ -294,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--msgpack-cands-for-a", action="store_true",
                         help="send A the candidates inside the MessagePack plan (the layout "
                              "before the candidate records)")
+    parser.add_argument("--per-candidate-args-for-a", action="store_true",
+                        help="send A a member and an annotation per candidate as arguments "
+                             "of their own (the layout before the member tail)")
     parser.add_argument("--replay", action="store_true",
                         help="Redis CPU per commit (INFO cpu), replayed A/B from a snapshot")
     parser.add_argument("--rounds", type=int, default=6, help="--replay: rounds per script")
@@ -316,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     print(model.describe())
     script_a = Path(args.a).read_text() if args.a else current
     layout_a = ("map" if args.map_plan_for_a else
-                "msgpack-cands" if args.msgpack_cands_for_a else "current")
+                "msgpack-cands" if args.msgpack_cands_for_a else
+                "per-candidate-args" if args.per_candidate_args_for_a else "current")
     script_b = Path(args.b).read_text() if args.b else current
     with EmbeddedRedis() as server:
         if args.replay:

@@ -10,9 +10,11 @@
 -- ARGV[1] plan (built by api/plan.py: lua_plan; the candidates as fixed-size binary
 -- records, then MessagePack positional arrays in the order of PLAN_FIELDS), ARGV[2]
 -- context JSON (stored verbatim; api/plan.py: encode_context),
--- ARGV[3] prefix of this message's ledger members, ARGV[3 + i] member of candidate i,
--- ARGV[3 + ncands + i] (optional) JSON annotation of candidate i, copied as "s" into the
--- outcome of the candidate reserved (score, score now, propensity: api/scoring.py)
+-- ARGV[3] prefix of this message's ledger members, ARGV[4] what follows a member's channel
+-- (api/plan.py: member_prefix, member_tail; candidate i's member is ARGV[3], its packed
+-- channel, ARGV[4]), ARGV[5] the candidates' JSON annotations, concatenated (each record
+-- says where its own is; none: length 0), the reserved candidate's copied as "s" into its
+-- outcome (score, score now, propensity: api/scoring.py)
 -- KEYS[7] (optional) conversions hash and KEYS[8] the send-time profile hash; when given,
 -- the last ARGV are the state check (api/userstate.py: CommitCheck): the preferences hash
 -- as read (field, value, ...), the campaign ('' none), its converted-at as read ('' none),
@@ -48,8 +50,9 @@
 -- ``cand_at(i)`` decodes the i-th record when the script first reads it, as [ch, a, b,
 -- pb, s, why]: pb and why index plan.pbs and plan.whys (0-based; why nil: none), so the
 -- ranked slots of one channel share them. Most commits read the first few of a ranked
--- plan's slots.
-local CAND_SIZE = 22
+-- plan's slots. A record's last 6 bytes (its note's offset and length) are read for the
+-- candidate reserved only (``note_of``).
+local CAND_SIZE = 28
 local ncands = struct.unpack('>H', ARGV[1])
 local _, P = cmsgpack.unpack_one(ARGV[1], 2 + CAND_SIZE * ncands)
 local plan = {now = P[1], rev = P[2], lo = P[3], keep = P[4], ttl = P[5], caps = P[7],
@@ -65,6 +68,16 @@ local function cand_at(i)
     cands[i] = c
   end
   return c
+end
+-- the annotation of candidate i (ARGV[5]), or nil
+local function note_of(i)
+  local at, len = struct.unpack('>I4H', ARGV[1], 3 + CAND_SIZE * (i - 1) + 22)
+  if len == 0 then return nil end
+  return string.sub(ARGV[5], at + 1, at + len)
+end
+-- the ledger member of this message on channel ch (api/plan.py: ledger_member)
+local function member_of(ch)
+  return ARGV[3] .. cmsgpack.pack(ch) .. ARGV[4]
 end
 local function message_facts(m)
   return {cat = m[1], camp = m[2], tags = m[3], oid = m[4], og = m[5], pr = m[6]}
@@ -729,7 +742,7 @@ else
   end
 end
 
-local note = chosen and 3 + ncands + chosen <= nargv and ARGV[3 + ncands + chosen]
+local note = chosen and note_of(chosen)
 
 -- 6b. re-decide each displaced message inside this call, against the ledger as it is now
 -- (this message's reservation included, the displaced ones gone): the earliest instant at
@@ -874,7 +887,7 @@ end
 if plan.dry == 0 then
   local ttl = plan.ttl
   if out_t then
-    redis.call('ZADD', KEYS[1], fmt(out_t), ARGV[3 + chosen])
+    redis.call('ZADD', KEYS[1], fmt(out_t), member_of(out_ch))
     if stale then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. fmt(cut)) end
     local want = out_t - now + plan.keep
     if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], fmt(want)) end
@@ -888,7 +901,7 @@ if plan.dry == 0 then
       local cand = cand_at(i)
       if cand[5] ~= 1 then
         c[#c + 1] = {cand[1], cand[2], cand[3], plan.pbs[cand[4] + 1]}
-        mem[#mem + 1] = ARGV[3 + i]
+        mem[#mem + 1] = member_of(cand[1])
         if cand[3] > last then last = cand[3] end
       end
     end

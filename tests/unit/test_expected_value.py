@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.plan import Plan
+from api.plan import Plan, commit_members, commit_notes, encode_plan
 from api.policy import Policy
 from api.scoring import HEURISTIC, choose, expected_value, score_slots
 from models.profile import Profile
@@ -66,7 +66,7 @@ def test_the_floor_suppresses_with_the_best_slots_note_and_an_empty_plan() -> No
     low = choose(HEURISTIC, plan, user, zone_name=NY, category="promotional",
                  message_id="m1", exempt=False,
                  policy=send_time(exploration_rate=0.1, min_expected_value=0.99), now=NOON)
-    assert low.plan.cands == [] and low.plan.members == [] and low.annotations == []
+    assert low.plan.cands == [] and low.annotations == []
     assert low.suppressed is not None and low.suppressed[2] == 0.9
     scored = score_slots(HEURISTIC, plan, user, zone_name=NY, category="promotional",
                          policy=send_time(), now=NOON)
@@ -89,7 +89,7 @@ def test_ordered_hands_commit_each_channels_slots_then_its_whole_window() -> Non
                     policy=send_time(exploration_rate=0.0, channel_values=values))
     ranked = choice.plan
     assert ranked.mode == "ranked"
-    assert len(ranked.cands) == len(ranked.members) == len(choice.annotations)
+    assert len(ranked.cands) == len(choice.annotations)
     channels = [c.ch for c in ranked.cands]
     # email's scored slots, email's window (s 1), sms..., push..., then the plain windows
     n_email = channels.index("sms") - 1
@@ -99,8 +99,12 @@ def test_ordered_hands_commit_each_channels_slots_then_its_whole_window() -> Non
     windows = [i for i, c in enumerate(ranked.cands) if c.b - c.a > 1]
     assert [ranked.cands[i].ch for i in windows] == ["email", "sms", "push"] * 2
     assert [ranked.cands[i].s for i in windows] == [1, 1, 1, 0, 0, 0]
-    for cand, member in zip(ranked.cands, ranked.members, strict=True):
+    args = encode_plan(ranked, choice.annotations)
+    for cand, member, note in zip(ranked.cands, commit_members(args), commit_notes(args),
+                                  strict=True):
         assert msgspec.msgpack.decode(member)[1] == cand.ch
+        assert note is not None and len(msgspec.json.decode(note)) == 3
+    assert commit_notes(args) == choice.annotations
     best = choose(HEURISTIC, plan, profile(), zone_name=NY, category="promotional",
                   message_id="m1", exempt=False, now=NOON,
                   policy=send_time(exploration_rate=0.0, channel_values=values))

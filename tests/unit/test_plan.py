@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import struct
 from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,6 +26,8 @@ from api.plan import (
     Candidate,
     PreReason,
     build_plan,
+    commit_members,
+    commit_notes,
     decode_lua_plan,
     decode_member,
     encode_plan,
@@ -32,12 +35,14 @@ from api.plan import (
     ledger_member,
     member_prefix,
     member_priority,
+    member_tail,
     pre_checks,
     spread_offset,
 )
 from api.policy import DEFAULT_POLICY, Policy
 from api.reasons import ReasonCode
 from api.schemas import (
+    CHANNELS,
     DEFAULT_PRIORITY,
     ChannelPreference,
     DecisionRequest,
@@ -157,17 +162,38 @@ def test_ledger_member_with_a_nul_tag() -> None:
 
 
 def test_encode_plan_ships_binary_parts_as_separate_arguments() -> None:
-    p = plan_for(request(channels=["email", "sms"]), policy(), state())
-    packed, prefix, *members = encode_plan(p)
+    req = request(channels=["email", "sms"])
+    p = plan_for(req, policy(), state())
+    args = encode_plan(p)
+    packed, prefix, tail, notes = args
+    assert tail == member_tail(req)
     fields, cands = decode_lua_plan(packed)
     core = dict(zip(PLAN_FIELDS, fields, strict=False))
-    assert "mid" not in core and "members" not in core
-    assert prefix == member_prefix("m1")
-    assert [decode_member(m)[1] for m in members] == ["email", "sms"]
+    assert "mid" not in core and "tail" not in core
+    assert prefix == member_prefix("m1") and notes == b""
+    # commit.lua builds a candidate's member from the prefix, its channel and the tail
+    assert commit_members(args) == [ledger_member(req, "email"), ledger_member(req, "sms")]
+    assert commit_notes(args) == [None, None]
     assert [c[0] for c in cands] == ["email", "sms"] and core["cands"] == ["email", "sms"]
     # a quiet-hours block shared by both channels is shipped once
     assert cands[0][3] == cands[1][3]
     assert [b[1] for b in core["blocks"]] == ["default-quiet-hours"]
+
+
+@given(st.sampled_from(sorted(CHANNELS)), st.lists(st.text(max_size=40), max_size=4),
+       st.text(max_size=300), st.integers(-(2**31), 2**31 - 1))
+def test_a_member_is_its_prefix_channel_and_tail(channel: str, tags: list[str], campaign: str,
+                                                 priority: int) -> None:
+    """``ledger_member`` is the 8-element MessagePack array the layout names, and it is
+    ``member_prefix`` + the packed channel + ``member_tail``, the parts commit.lua joins."""
+    req = msgspec.structs.replace(request(), tags=tags, campaign_id=campaign or None,
+                                  priority=priority)
+    member = ledger_member(req, channel)
+    assert member == msgspec.msgpack.encode([
+        req.message_id, channel, req.category, req.campaign_id or "", req.tags, "", "",
+        req.priority])
+    assert member == member_prefix(req.message_id) + msgspec.msgpack.encode(channel) \
+        + member_tail(req)
 
 
 _CANDIDATES = st.lists(st.builds(
@@ -178,32 +204,50 @@ _CANDIDATES = st.lists(st.builds(
     max_size=40)
 
 
-@given(_CANDIDATES)
-def test_candidates_ship_as_records_commit_lua_reads_back(cands: list[Candidate]) -> None:
+@given(_CANDIDATES, st.data())
+def test_candidates_ship_as_records_commit_lua_reads_back(cands: list[Candidate],
+                                                          data: st.DataObject) -> None:
     """The packed plan's candidate records (``CAND_RECORD``) give back each candidate:
     its channel by name, its instants exactly, its block list and its reason pair through
-    the shared, deduplicated lists."""
+    the shared, deduplicated lists, and its own annotation out of the joined notes."""
     p = msgspec.structs.replace(plan_for(request(channels=["email"]), policy(), state()),
                                 cands=cands)
-    fields, decoded = decode_lua_plan(encode_plan(p)[0])
+    notes = data.draw(st.one_of(st.just([]), st.lists(
+        st.binary(min_size=1, max_size=60), min_size=len(cands), max_size=len(cands))))
+    args = encode_plan(p, notes)
+    fields, decoded = decode_lua_plan(args[0])
     core = dict(zip(PLAN_FIELDS, fields, strict=False))
     assert core["cands"] == list(dict.fromkeys(c.ch for c in cands))
     assert len(decoded) == len(cands)
-    for (ch, a, b, pb, s, why), c in zip(decoded, cands, strict=True):
+    for (ch, a, b, pb, s, why, _, _), c in zip(decoded, cands, strict=True):
         assert (ch, a, b, s) == (c.ch, c.a, c.b, c.s)
         assert core["pbs"][pb] == c.pb
         assert (core["whys"][why] if why is not None else []) == c.why
     assert len(core["pbs"]) == len({tuple(c.pb) for c in cands})
+    assert commit_notes(args) == (notes or [None] * len(cands))
+
+
+def test_encode_plan_refuses_notes_that_do_not_match_the_candidates() -> None:
+    p = plan_for(request(channels=["email", "sms"]), policy(), state())
+    with pytest.raises(ValueError, match="1 notes for 2 candidates"):
+        encode_plan(p, [b"[1,1,1]"])
 
 
 def test_commit_lua_reads_the_records_python_writes() -> None:
-    """commit.lua's record size and ``struct`` format are ``CAND_RECORD``'s (Lua's struct
-    spells a 64-bit integer ``i8`` where Python's spells it ``q``)."""
+    """commit.lua's record size and ``struct`` formats are ``CAND_RECORD``'s: the
+    candidate's first 22 bytes, then its note's place (Lua's struct spells a 64-bit
+    integer ``i8`` and a 32-bit unsigned one ``I4`` where Python's spells them ``q``, ``I``)."""
     source = resources.files("api").joinpath("lua", "commit.lua").read_text(encoding="utf-8")
     size = re.search(r"^local CAND_SIZE = (\d+)$", source, re.MULTILINE)
-    formats = re.findall(r"struct\.unpack\('(>[^']*)', ARGV\[1\], 3 \+", source)
+    head = re.findall(r"struct\.unpack\('>([^']*)', ARGV\[1\], 3 \+ CAND_SIZE \* \(i - 1\)\)",
+                      source)
+    note = re.findall(r"struct\.unpack\('>([^']*)', ARGV\[1\], 3 \+ CAND_SIZE \* \(i - 1\) \+ (\d+)\)",
+                      source)
     assert size is not None and int(size.group(1)) == CAND_RECORD.size
-    assert formats == [CAND_RECORD.format.replace("q", "i8")]
+    assert len(head) == 1 and len(note) == 1
+    assert struct.calcsize(">" + head[0].replace("i8", "q")) == int(note[0][1])
+    lua = ">" + head[0] + note[0][0]
+    assert lua == CAND_RECORD.format.replace("q", "i8").replace("I", "I4")
 
 
 def test_encode_plan_is_positional_with_flat_intervals() -> None:

@@ -137,7 +137,7 @@ def ref_choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_
     if below is not None and not explores:
         note = (round(float(p[below]), 6), round(now_p[int(cand[below])], 6),
                 round(1.0 - rate, 6))
-        empty = msgspec.structs.replace(plan, cands=[], members=[])
+        empty = msgspec.structs.replace(plan, cands=[])
         return Choice(empty, [], model.version, s["source"], suppressed=note)
     propensity = np.zeros(n)
     propensity[pool] = rate / n_pool
@@ -167,7 +167,6 @@ def ref_choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_
             order = np.concatenate([[explored], order[order != explored]])
     slots: list[Candidate] = []
     notes = []
-    members: list[bytes] = []
     rule = f"send_time.model:{model.version}"
     fallback = [_json.encode([round(now_p[i], 6), round(now_p[i], 6), 1.0])
                 for i in range(len(plan.cands))]
@@ -183,13 +182,10 @@ def ref_choose(model: ActiveModel, plan: Plan, profile: Profile | None, *, zone_
             slots.append(Candidate(window.ch, t, t + 1, window.pb, s=1, why=why))
             notes.append(_json.encode([round(float(p[j]), 6), round(now_p[int(cand[j])], 6),
                                        round(float(propensity[j]), 6)]))
-            members.append(plan.members[int(cand[j])])
         if ordered:
             slots.append(msgspec.structs.replace(plan.cands[i], s=1))
             notes.append(fallback[i])
-            members.append(plan.members[i])
-    ranked = msgspec.structs.replace(plan, cands=[*slots, *plan.cands], mode="ranked",
-                                     members=[*members, *plan.members])
+    ranked = msgspec.structs.replace(plan, cands=[*slots, *plan.cands], mode="ranked")
     return Choice(ranked, [*notes, *fallback], model.version, s["source"])
 
 
