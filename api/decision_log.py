@@ -15,6 +15,8 @@ row, never a reservation. A failed append is logged and counted, never an error 
 caller. Only new decisions are logged (a replay is the same decision) and dry runs never
 are. Awaited rather than spawned: a background task could outlive its event loop (worker
 shutdown) and its connection.
+
+An entry's layout: ``api/log_entry.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import structlog
 from api.holdout import group_of_rule
 from api.keys import log_bucket, log_key
 from api.localtime import utc_to_ms
+from api.log_entry import encode_entry
 from api.reasons import ReasonCode
 from api.schemas import DecisionRequest, DecisionResponse, Event
 from api.store import Store
@@ -36,7 +39,6 @@ log = structlog.get_logger("sendwise.log")
 DAY_MS = 86_400_000
 #: one append in this many trims the stream by length instead of by age
 LENGTH_TRIM_EVERY = 16
-
 
 class DecisionLog:
     def __init__(self, store: Store, *, max_len: int = 1_000_000,
@@ -56,13 +58,11 @@ class DecisionLog:
             return "MAXLEN", "~", self.max_len
         return "MINID", "~", max(0, now - self.retention_ms)
 
-    async def _append(self, key: str, entries: list[dict[str, str]], now: int) -> None:
-        commands: list[tuple[str | int, ...]] = []
-        for fields in entries:
-            flat: list[str] = []
-            for name, value in fields.items():
-                flat += (name, value)
-            commands.append(("XADD", key, *self._trim(now), "*", *flat))
+    async def _append(self, key: str, entries: list[tuple[str | bytes, ...]], now: int
+                      ) -> None:
+        """``entries``: each entry's stream fields, flat (``encode_entry``)."""
+        commands: list[tuple[str | bytes | int, ...]] = [
+            ("XADD", key, *self._trim(now), "*", *fields) for fields in entries]
         try:
             await self.store.append_log(commands)
         except Exception as exc:  # the log must never fail a decision
@@ -73,23 +73,21 @@ class DecisionLog:
                        response: DecisionResponse, now: int) -> None:
         if not self.enabled or response.replayed or response.dry_run:
             return
-        fields = {
-            "kind": "decision", "user_id": request.user_id, "message_id": request.message_id,
-            "decision": response.decision, "channel": response.channel or "",
-            "send_at": "" if response.send_at is None else str(utc_to_ms(response.send_at)),
-            "decided_at": str(now), "timezone": response.timezone,
-            "category": request.category, "campaign": request.campaign_id or "",
-            "score": "" if response.score is None else repr(response.score),
-            "propensity": "" if response.propensity is None else repr(response.propensity),
-            "model_version": response.model_version or "",
-            "features_source": response.features_source or "",
+        values = (  # DECISION_FIELDS
+            request.message_id, response.decision, response.channel or "",
+            "" if response.send_at is None else str(utc_to_ms(response.send_at)), str(now),
+            response.timezone, request.category, request.campaign_id or "",
+            "" if response.score is None else repr(response.score),
+            "" if response.propensity is None else repr(response.propensity),
+            response.model_version or "", response.features_source or "",
             # what `sendwise uplift` needs: every reason code (holdout, exploration...) and
             # the holdout group of a held-out decision
-            "reasons": ",".join(r.code for r in response.reasons),
-            "holdout": next((group_of_rule(r.rule) for r in response.reasons
-                             if r.code == ReasonCode.HOLDOUT), ""),
-        }
-        await self._append(log_key(tenant, log_bucket(request.user_id)), [fields], now)
+            ",".join(r.code for r in response.reasons),
+            next((group_of_rule(r.rule) for r in response.reasons
+                  if r.code == ReasonCode.HOLDOUT), ""),
+        )
+        await self._append(log_key(tenant, log_bucket(request.user_id)),
+                           [encode_entry("decision", request.user_id, values)], now)
 
     async def displaced(self, tenant: str, user_id: str, response: DecisionResponse, *,
                         category: str, campaign: str, now: int) -> None:
@@ -98,30 +96,28 @@ class DecisionLog:
         preempted, so the log says when (and whether) the message really goes out."""
         if not self.enabled:
             return
-        fields = {
-            "kind": "decision", "user_id": user_id, "message_id": response.message_id,
-            "decision": response.decision, "channel": response.channel or "",
-            "send_at": "" if response.send_at is None else str(utc_to_ms(response.send_at)),
-            "decided_at": str(now), "timezone": response.timezone, "category": category,
-            "campaign": campaign, "score": "", "propensity": "", "model_version": "",
-            "features_source": "", "reason": "preempted",
-        }
-        await self._append(log_key(tenant, log_bucket(user_id)), [fields], now)
+        values = (  # DECISION_FIELDS
+            response.message_id, response.decision, response.channel or "",
+            "" if response.send_at is None else str(utc_to_ms(response.send_at)), str(now),
+            response.timezone, category, campaign, "", "", "", "", "", "", "preempted",
+        )
+        await self._append(log_key(tenant, log_bucket(user_id)),
+                           [encode_entry("decision", user_id, values)], now)
 
     async def events(self, tenant: str, events: Sequence[Event], zones: dict[str, str],
                      now: int) -> None:
         """``zones``: the zone each user's profile counted the events in."""
         if not self.enabled:
             return
-        by_key: dict[str, list[dict[str, str]]] = {}
+        by_key: dict[str, list[tuple[str | bytes, ...]]] = {}
         for event in events:
-            by_key.setdefault(log_key(tenant, log_bucket(event.user_id)), []).append({
-                "kind": "event", "type": event.type, "user_id": event.user_id,
-                "at": str(utc_to_ms(event.at)), "message_id": event.message_id or "",
-                "channel": event.channel or "", "campaign": event.campaign_id or "",
-                "event_kind": event.kind or "",
-                "timezone": event.timezone or zones.get(event.user_id, ""),
-            })
+            values = (  # EVENT_FIELDS
+                event.type, str(utc_to_ms(event.at)), event.message_id or "",
+                event.channel or "", event.campaign_id or "", event.kind or "",
+                event.timezone or zones.get(event.user_id, ""),
+            )
+            by_key.setdefault(log_key(tenant, log_bucket(event.user_id)), []).append(
+                encode_entry("event", event.user_id, values))
         # one pipeline per bucket, concurrently
         await asyncio.gather(*(self._append(key, entries, now)
                                for key, entries in by_key.items()))

@@ -25,6 +25,7 @@ from api.keys import (
     user_keys,
 )
 from api.localtime import ms_to_utc, utc_to_ms
+from api.log_entry import entry_user
 from api.policy import Policy
 from api.redis_client import AutoPipeline, ClusterAutoPipeline, RedisClient, ScriptCaller
 from api.schemas import CHANNELS, Event, Preferences, StoredPreferences
@@ -312,7 +313,7 @@ class Store:
             ok = await self._profile_put(keys=[key], args=[*args, *([marker] if marker else [])])
         return bool(int(ok))
 
-    async def append_log(self, commands: Sequence[tuple[str | int, ...]]) -> None:
+    async def append_log(self, commands: Sequence[tuple[str | bytes | int, ...]]) -> None:
         """The decision log's ``XADD`` commands (api/decision_log.py builds them), sent
         together: through the auto-pipeline with the scripts of the same loop iteration, or
         else as one pipeline. Each entry is written or not on its own (a lost entry is a
@@ -342,7 +343,7 @@ class Store:
             if not batch:
                 return removed
             mine = [entry_id for entry_id, fields in batch
-                    if fields.get(b"user_id") == user_id.encode()]
+                    if entry_user(fields) == user_id.encode()]
             if mine:
                 async with self._gate:
                     removed += int(await self.client.xdel(key, *mine))

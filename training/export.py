@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from api.keys import LOG_BUCKETS, log_key
+from api.log_entry import decode_entry
 from models.vocab import CHANNELS
 
 OUTCOME_OF = {"delivered": "delivered_at", "opened": "opened_at", "clicked": "clicked_at",
@@ -47,7 +48,7 @@ def read_log(client: Any, tenant: str) -> list[dict[str, str]]:
             if not batch:
                 break
             for _, fields in batch:
-                entries.append({k.decode(): v.decode() for k, v in fields.items()})
+                entries.append(decode_entry(fields))
             last = batch[-1][0].decode()
     return entries
 

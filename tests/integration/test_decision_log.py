@@ -15,6 +15,7 @@ import redis
 from api.decision_log import DAY_MS, LENGTH_TRIM_EVERY, DecisionLog
 from api.engine import Engine
 from api.keys import log_key
+from api.log_entry import decode_entry, encode_entry, entry_user
 from api.redis_client import RedisClient
 from api.schemas import Event
 from api.store import Store
@@ -75,7 +76,12 @@ async def test_logged_decisions_and_events_export_to_the_training_schema(
     assert len(activity) == 42 and activity.zones == ["America/New_York"]
 
 
-def _fields(i: int) -> dict[str, str]:
+def _fields(i: int) -> tuple[str | bytes, ...]:
+    return encode_entry("event", f"u{i}", ("activity", str(i)))
+
+
+def _old_fields(i: int) -> dict[str, str]:
+    """An entry as releases before the two-field layout wrote it."""
     return {"kind": "event", "type": "activity", "user_id": f"u{i}", "at": str(i)}
 
 
@@ -94,7 +100,7 @@ async def test_each_append_trims_the_stream_by_age_or_by_length(
     assert log.failures == 0
     assert 50 <= await redis_client.xlen(key) <= 50 + node + LENGTH_TRIM_EVERY
     newest = await redis_client.xrevrange(key, count=1)
-    assert newest[0][1][b"user_id"] == b"u1999"  # trimming drops the oldest only
+    assert entry_user(newest[0][1]) == b"u1999"  # trimming drops the oldest only
 
 
 
@@ -104,12 +110,12 @@ async def test_appends_drop_entries_older_than_the_retention(redis_client: Redis
     key = log_key(TENANT, 5)
     now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
     for i in range(1_000):
-        await redis_client.xadd(key, _fields(i), id=f"{now - 40 * DAY_MS}-{i}")
+        await redis_client.xadd(key, _old_fields(i), id=f"{now - 40 * DAY_MS}-{i}")
     log = DecisionLog(Store(redis_client), max_len=1_000_000, retention_days=30)
     for i in range(1_000, 1_000 + 2 * LENGTH_TRIM_EVERY):
         await log._append(key, [_fields(i)], now)
     assert log.failures == 0
-    remaining = [fields[b"user_id"] for _, fields in await redis_client.xrange(key)]
+    remaining = [entry_user(fields) for _, fields in await redis_client.xrange(key)]
     new = [f"u{i}".encode() for i in range(1_000, 1_000 + 2 * LENGTH_TRIM_EVERY)]
     assert remaining[-len(new):] == new
     assert len(remaining) - len(new) <= 100  # at most one stream node of old entries
@@ -122,3 +128,23 @@ def test_one_append_in_length_trim_every_trims_by_length() -> None:
         "MAXLEN", "~", 7)
     assert all(rule == ("MINID", "~", 5) for k, rule in enumerate(rules)
                if k % LENGTH_TRIM_EVERY)
+
+
+async def test_erasure_and_export_read_entries_of_both_layouts(redis_client: RedisClient) -> None:
+    """A stream written across an upgrade holds entries of the one-field-per-name layout
+    and of the two-field one: erasure removes a user's entries of both, and both decode to
+    the same names and values."""
+    key = log_key(TENANT, 3)
+    now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    log = DecisionLog(Store(redis_client))
+    for i in range(4):
+        await redis_client.xadd(key, _old_fields(i))
+        await log._append(key, [_fields(i)], now)
+    entries = [decode_entry(fields) for _, fields in await redis_client.xrange(key)]
+    for old, new in zip(entries[::2], entries[1::2], strict=True):
+        assert old.items() <= new.items()
+        assert {k: v for k, v in new.items() if k not in old} == {
+            "message_id": "", "channel": "", "campaign": "", "event_kind": "", "timezone": ""}
+    assert await Store(redis_client).erase_log_entries(key, "u2") == 2
+    left = [entry_user(fields) for _, fields in await redis_client.xrange(key)]
+    assert left == [b"u0", b"u0", b"u1", b"u1", b"u3", b"u3"]

@@ -13,6 +13,7 @@ import msgspec
 
 from api.engine import Engine
 from api.keys import log_bucket, log_key
+from api.log_entry import decode_entry
 from api.redis_client import RedisClient
 from api.schemas import Event
 from tests.integration.conftest import NOON_NY, TENANT, req
@@ -33,7 +34,7 @@ def delivered(user: str, hours_ago: float, count: int) -> list[Event]:
 
 async def logged(redis_client: RedisClient, user: str) -> list[dict[str, str]]:
     raw = await redis_client.xrange(log_key(TENANT, log_bucket(user)))
-    entries = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in raw]
+    entries = [decode_entry(fields) for _, fields in raw]
     return [e for e in entries if e.get("user_id") == user and e.get("kind") == "decision"]
 
 

@@ -17,6 +17,7 @@ from api.clock import FixedClock
 from api.engine import Engine
 from api.holdout import HoldoutSettings, in_campaign_holdout, in_global_group
 from api.keys import log_bucket, log_key
+from api.log_entry import decode_entry
 from api.redis_client import RedisClient
 from tests.integration.conftest import TENANT, req
 
@@ -34,7 +35,7 @@ def users(*, global_: bool, campaign: bool | None = None, count: int = 1) -> lis
 
 async def logged(redis_client: RedisClient, user: str) -> list[dict[str, str]]:
     raw = await redis_client.xrange(log_key(TENANT, log_bucket(user)))
-    entries = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in raw]
+    entries = [decode_entry(fields) for _, fields in raw]
     return [e for e in entries if e.get("user_id") == user and e.get("kind") == "decision"]
 
 

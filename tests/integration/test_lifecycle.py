@@ -17,6 +17,7 @@ from api.clock import FixedClock
 from api.engine import Engine
 from api.errors import ConflictError
 from api.keys import user_keys
+from api.log_entry import decode_entry
 from api.plan import decode_member
 from api.redis_client import RedisClient
 from api.schemas import (
@@ -170,7 +171,7 @@ async def test_ids_with_glob_characters_erase_only_themselves(
     keys = [k async for k in redis_client.scan_iter(count=1000)]  # every node
     assert len([k for k in keys if not k.startswith(b"sw:log:")]) == 4
     # the decision log keeps the survivors' entries only
-    logged = [fields[b"user_id"].decode() for k in keys if k.startswith(b"sw:log:")
+    logged = [decode_entry(fields)["user_id"] for k in keys if k.startswith(b"sw:log:")
               for _, fields in await redis_client.xrange(k)]
     assert sorted(logged) == ["a", "ab"]
 

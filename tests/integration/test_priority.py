@@ -13,6 +13,7 @@ from typing import Any
 
 from api.clock import FixedClock
 from api.engine import Engine
+from api.log_entry import decode_entry
 from api.plan import decode_member
 from tests.integration.conftest import EXACT, TENANT, at, req
 
@@ -186,7 +187,7 @@ async def test_displaced_decisions_are_logged(
     clock.value = at(NIGHT)
     await engine.decide(TENANT, req(message_id="low", priority=1, campaign_id="spring"))
     await engine.decide(TENANT, req(message_id="high", priority=9))
-    rows = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in
+    rows = [decode_entry(fields) for _, fields in
             await redis_client.xrange(log_key(TENANT, log_bucket("u1")))]
     assert [(r["message_id"], r["decision"]) for r in rows] == [
         ("low", "defer"), ("high", "defer"), ("low", "defer")]
