@@ -27,14 +27,14 @@
 --
 -- Returns {'new', outcome_json, displaced record, its member, its old instant, ...}
 --       | {'dup', record} | {'dup_ledger', member, score} | {'stale', current_rev}
---       | {'moved', outcome_json}: the outcome lands outside pacing's expectation (plan.pe,
+--       | {'moved', outcome_json}: the outcome lands outside pacing's expectation (plan_pe,
 --         step 6c), nothing written
 --       | {'repace', outcome_json, message id, channel, instant, ...}: displaced messages
 --         moved to paced instants pacing holds no token for (step 6c), nothing written
 --
 -- Members are MessagePack arrays [mid, channel, category, campaign, tags, offer_id,
 -- offer_group, priority] (api/plan.py: ledger_member); members written before priorities
--- have 7 elements and the default priority plan.dp. The array header (first byte) differs
+-- have 7 elements and the default priority plan_dp. The array header (first byte) differs
 -- between the two layouts, so a message's members are matched from the second byte on.
 --
 -- A rule is {code, rule id, its blocks flat: s1, e1, s2, e2, ..., sorted by start}. Blocks
@@ -43,28 +43,29 @@
 -- a span shorter than W; for N consecutive entries e_a..e_{a+N-1} (span < W) that is
 -- exactly t in [e_{a+N-1} - W + 1, e_a + W). So "the instant the window frees" is e_a + W.
 
--- the plan's top level gets its names back in one presized table (the decode builds no
--- key strings); caps [id, code, n, w, b, ch, cat, xcat, camp, tag] and blocks [c, r, iv]
+-- the plan's top level gets its names back as locals plan_<name> (a table of them cost
+-- ~0.6 µs per commit to build, docs/benchmarks.md "Fewer script arguments"; the decode
+-- builds no key strings); caps [id, code, n, w, b, ch, cat, xcat, camp, tag] and blocks [c, r, iv]
 -- stay positional. ARGV[1] starts with the number of candidates (uint16) and their
 -- records (CAND_SIZE bytes each, api/plan.py CAND_RECORD), then the MessagePack array;
 -- ``cand_at(i)`` decodes the i-th record when the script first reads it, as [ch, a, b,
--- pb, s, why]: pb and why index plan.pbs and plan.whys (0-based; why nil: none), so the
+-- pb, s, why]: pb and why index plan_pbs and plan_whys (0-based; why nil: none), so the
 -- ranked slots of one channel share them. Most commits read the first few of a ranked
 -- plan's slots. A record's last 6 bytes (its note's offset and length) are read for the
 -- candidate reserved only (``note_of``).
 local CAND_SIZE = 28
 local ncands = struct.unpack('>H', ARGV[1])
 local _, P = cmsgpack.unpack_one(ARGV[1], 2 + CAND_SIZE * ncands)
-local plan = {now = P[1], rev = P[2], lo = P[3], keep = P[4], ttl = P[5], caps = P[7],
-              cw = P[8], blocks = P[9], chs = P[10], mode = P[11], endr = P[12],
-              dry = P[13], sp = P[14], pk = P[15], xc = P[16], dp = P[17], pbs = P[18],
-              whys = P[19], pe = P[20]}
+local plan_now, plan_rev, plan_lo, plan_keep, plan_ttl = P[1], P[2], P[3], P[4], P[5]
+local plan_caps, plan_cw, plan_blocks, plan_chs, plan_mode = P[7], P[8], P[9], P[10], P[11]
+local plan_endr, plan_dry, plan_sp, plan_pk, plan_xc = P[12], P[13], P[14], P[15], P[16]
+local plan_dp, plan_pbs, plan_whys, plan_pe = P[17], P[18], P[19], P[20]
 local cands = {}
 local function cand_at(i)
   local c = cands[i]
   if c == nil then
     local ch, a, b, pb, s, why = struct.unpack('>Bi8i8HBH', ARGV[1], 3 + CAND_SIZE * (i - 1))
-    c = {plan.chs[ch], a, b, pb, s, why > 0 and why - 1 or nil}
+    c = {plan_chs[ch], a, b, pb, s, why > 0 and why - 1 or nil}
     cands[i] = c
   end
   return c
@@ -82,10 +83,10 @@ end
 local function message_facts(m)
   return {cat = m[1], camp = m[2], tags = m[3], oid = m[4], og = m[5], pr = m[6]}
 end
-local now = plan.now
+local now = plan_now
 -- channel pacing's expectation (api/plan.py: PaceExpect; [pc, ch, lo, hi, dx]), nil when
 -- nothing is paced
-local pe = plan.pe
+local pe = plan_pe
 local function is_paced(ch)
   if pe == nil then return false end
   for _, c in ipairs(pe[1]) do if c == ch then return true end end
@@ -117,7 +118,7 @@ end
 -- writes are the one HSET of the record. ``meta``: field '' as read by step 1.
 local meta
 local function record_put(id, value, exp)
-  local slack = math.floor(plan.ttl / 8)
+  local slack = math.floor(plan_ttl / 8)
   local first, last
   if meta then
     local sp = string.find(meta, ' ', 1, true)
@@ -156,7 +157,7 @@ if rec then return {'dup', rec} end
 
 -- 2. preferences changed since the read (opt-out, conversion...): caller retries
 local rev = redis.call('HGET', KEYS[3], 'rev') or '0'
-if rev ~= plan.rev then return {'stale', rev} end
+if rev ~= plan_rev then return {'stale', rev} end
 
 -- 2b. the state the plan was made from, when the caller sends it (its read may be seconds
 -- old: api/statecache.py): the whole preferences hash, field by field, the campaign's
@@ -180,7 +181,7 @@ if KEYS[7] then
 end
 
 -- 3. the ledger inside the longest window, past and future reservations alike
--- Read from -inf: members older than plan.lo are skipped (they count for nothing), but
+-- Read from -inf: members older than plan_lo are skipped (they count for nothing), but
 -- seeing them tells step 7 whether the trim has anything to remove, so a commit whose
 -- ledger holds nothing stale saves that ZREMRANGEBYSCORE.
 local function has(list, v)
@@ -191,7 +192,7 @@ local function excluded(list, v)
   return list ~= nil and has(list, v)
 end
 local msg = message_facts(P[6])
-local cw = plan.cw
+local cw = plan_cw
 local raw = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '+inf', 'WITHSCORES')
 -- A long ledger (a busy recipient's) is skimmed: when caps are all that reads the entries
 -- (no conflict window to check, no preemption, whose re-decisions use other caps), an
@@ -203,7 +204,7 @@ local raw = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '+inf', 'WITHSCORES')
 local SKIM_FROM = 8
 local counted, category_of, counts = nil, nil, nil  -- counted: category -> counts(it)
 local mid_body  -- the packed message id, read only when skimming
-if #raw > 2 * SKIM_FROM and plan.pk == 0 and not (cw > 0 and msg.og ~= '') then
+if #raw > 2 * SKIM_FROM and plan_pk == 0 and not (cw > 0 and msg.og ~= '') then
   counted = {}
   mid_body = string.sub(ARGV[3], 2)
   -- the MessagePack string at byte i of s (fixstr, str8, str16): its bytes' first and
@@ -231,7 +232,7 @@ if #raw > 2 * SKIM_FROM and plan.pk == 0 and not (cw > 0 and msg.og ~= '') then
   end
   -- matches' category tests, for some shipped cap
   counts = function(cat)
-    for _, cap in ipairs(plan.caps) do
+    for _, cap in ipairs(plan_caps) do
       local l = cap[7]
       if (l == nil or #l == 0 or has(l, cat)) and not excluded(cap[8], cat) then
         return true
@@ -246,7 +247,7 @@ end
 -- ledgers of a Zipf head: docs/benchmarks.md, "commit.lua on long ledgers"). Entries
 -- that preemption marks get the named fields ``gone`` and ``by``.
 local entries = {}
-local lo, cut, stale = plan.lo, now - plan.keep, false
+local lo, cut, stale = plan_lo, now - plan_keep, false
 for i = 1, #raw, 2 do
   local member, t = raw[i], tonumber(raw[i + 1])
   if t < lo then
@@ -280,8 +281,8 @@ for i = 1, #raw, 2 do
     end
   end
 end
--- an entry's priority: members written before priorities have none (the default, plan.dp)
-local function priority(e) return e[2][8] or plan.dp end
+-- an entry's priority: members written before priorities have none (the default, plan_dp)
+local function priority(e) return e[2][8] or plan_dp end
 
 -- a reservation made in this call (preemption): entries stay in time order, which the cap
 -- arithmetic relies on
@@ -451,7 +452,7 @@ if cw > 0 and msg.og ~= '' then
       local out = outcome('suppress', nil, nil,
                           {{'duplicate_offer', 'conflict_group:' .. msg.og, e[1] + cw, d[2]}},
                           false, nil, nil, record_format)
-      if plan.dry == 0 then record_put(my_mid, ARGV[2] .. '\n' .. out, now + plan.ttl) end
+      if plan_dry == 0 then record_put(my_mid, ARGV[2] .. '\n' .. out, now + plan_ttl) end
       return {'new', out}
     end
   end
@@ -581,8 +582,8 @@ local function spread(t, b, rules, sp)
 end
 local function time_rules(cand)
   local rules = {}
-  for _, index in ipairs(plan.pbs[cand[4] + 1]) do
-    rules[#rules + 1] = plan.blocks[index + 1]
+  for _, index in ipairs(plan_pbs[cand[4] + 1]) do
+    rules[#rules + 1] = plan_blocks[index + 1]
   end
   if conflict_rule then rules[#rules + 1] = conflict_rule end
   return rules
@@ -603,7 +604,7 @@ local function evaluate()
     local rules = same[cand[1]]
     if rules == nil then
       rules = time_rules(cand)
-      for ci, cap in ipairs(plan.caps) do
+      for ci, cap in ipairs(plan_caps) do
         if matches(cap, cand[1], msg.cat, msg.camp, msg.tags) then
           local rule = cap_cache[ci]
           if rule == nil then
@@ -618,8 +619,8 @@ local function evaluate()
     local t = first_free(rules, cand[2], cand[3])
     evaluated[i] = {cand = cand, rules = rules, t = t}
     if t ~= nil then
-      if plan.mode == 'first' then chosen = i break end
-      if plan.mode == 'ranked' and cand[5] == 1 then chosen = i break end
+      if plan_mode == 'first' then chosen = i break end
+      if plan_mode == 'ranked' and cand[5] == 1 then chosen = i break end
       if chosen == nil or t < evaluated[chosen].t then chosen = i end
     end
   end
@@ -628,28 +629,28 @@ end
 local evaluated, chosen = evaluate()
 
 -- 5b. preemption (policy.preemption): when caps keep the message from its best instant T
--- (the one its time rules and conflicts allow), displace up to plan.pk future reservations
+-- (the one its time rules and conflicts allow), displace up to plan_pk future reservations
 -- of strictly lower priority counted by a cap blocking T (lowest priority first, then the
 -- latest), if that frees T; otherwise displace nothing. Exempt categories are never
 -- displaced. Each displaced message is re-decided in step 6b.
 local displaced = {}
-if plan.pk > 0 and ncands > 0 then
+if plan_pk > 0 and ncands > 0 then
   local ti, target = nil, nil
   for i = 1, ncands do
     local cand = cand_at(i)
     local t = first_free(time_rules(cand), cand[2], cand[3])
     if t ~= nil then
-      if plan.mode ~= 'earliest' then ti, target = i, t break end
+      if plan_mode ~= 'earliest' then ti, target = i, t break end
       if target == nil or t < target then ti, target = i, t end
     end
   end
   local needed = target ~= nil and (chosen == nil or evaluated[chosen].t > target
-                                    or (plan.mode ~= 'earliest' and chosen ~= ti))
+                                    or (plan_mode ~= 'earliest' and chosen ~= ti))
   if needed then
     local cand = cand_at(ti)
     local function blocking()
       local hit = {}
-      for _, cap in ipairs(plan.caps) do
+      for _, cap in ipairs(plan_caps) do
         if matches(cap, cand[1], msg.cat, msg.camp, msg.tags) then
           local iv = cap_blocks(cap)
           for j = 1, #iv, 2 do
@@ -669,11 +670,11 @@ if plan.pk > 0 and ncands > 0 then
       return false
     end
     local hit = blocking()
-    while #hit > 0 and #displaced < plan.pk do
+    while #hit > 0 and #displaced < plan_pk do
       local victim = nil
       for _, e in ipairs(entries) do
         local d, pr = e[2], priority(e)
-        if not e.gone and e[1] > now and pr < msg.pr and not excluded(plan.xc, d[3]) then
+        if not e.gone and e[1] > now and pr < msg.pr and not excluded(plan_xc, d[3]) then
           for _, cap in ipairs(hit) do
             if matches(cap, d[2], d[3], d[4], d[5]) and near(cap, e[1]) then
               local vp = victim and priority(victim)
@@ -717,7 +718,7 @@ if chosen then
   local t = ev.t
   out_ch, out_t = ev.cand[1], t
   decision = (t <= now) and 'send' or 'defer'
-  out_t = spread(t, ev.cand[3], ev.rules, plan.sp)
+  out_t = spread(t, ev.cand[3], ev.rules, plan_sp)
   -- channels preferred over the chosen one: why they lost, at the instant it was chosen
   for i = 1, chosen - 1 do
     local other = evaluated[i]
@@ -728,7 +729,7 @@ if chosen then
   end
   -- the chain stops at t, where the last rule stops blocking: reasons keep true instants
   chain(ev.rules, ev.cand[2], t, out_ch, reasons, seen)
-  local why = ev.cand[6] and plan.whys[ev.cand[6] + 1]
+  local why = ev.cand[6] and plan_whys[ev.cand[6] + 1]
   if why ~= nil and #why == 2 and out_t > now then
     reasons[#reasons + 1] = {why[1], why[2], nil, out_ch}
   end
@@ -738,7 +739,7 @@ else
     chain(ev.rules, ev.cand[2], ev.cand[3], ev.cand[1], reasons, seen)
   end
   if ncands > 0 then
-    reasons[#reasons + 1] = {plan.endr[1], plan.endr[2], nil, nil}
+    reasons[#reasons + 1] = {plan_endr[1], plan_endr[2], nil, nil}
   end
 end
 
@@ -821,7 +822,7 @@ if #displaced > 0 then
     displaced[i] = {t = e[1], ch = e[2][2], mid = e[2][1], member = e[3], by = e.by}
   end
   -- from here on this message's reservation counts for the re-decisions
-  if out_t and plan.dry == 0 then
+  if out_t and plan_dry == 0 then
     add_entry({out_t, {my_mid, out_ch, msg.cat, msg.camp, msg.tags, msg.oid, msg.og,
                        msg.pr}})
   end
@@ -842,7 +843,7 @@ if #displaced > 0 then
       ids[#ids + 1] = cjson.encode({e.mid, fm == 4 and c[2] or c[1], u})
     end
     local m = {e = e, key = key, exp = exp}
-    if plan.dry == 0 then
+    if plan_dry == 0 then
       local r = redecide(e)
       if r.t then  -- moved: counted for the next re-decision
         add_entry({r.t, cmsgpack.unpack(r.member), r.member})
@@ -856,7 +857,7 @@ if #displaced > 0 then
 end
 local out = outcome(decision, out_ch, out_t, reasons, false, note, xs, record_format)
 
--- 6c. channel pacing's expectation (plan.pe, api/pacing.py): a send or deferral on a paced
+-- 6c. channel pacing's expectation (plan_pe, api/pacing.py): a send or deferral on a paced
 -- channel is written only inside the span of the token pacing holds for it. The ledger can
 -- change between the dry commit pacing planned with and this one (a concurrent decision for
 -- the same recipient); then nothing is written and the caller gets where the message would
@@ -864,7 +865,7 @@ local out = outcome(decision, out_ch, out_t, reasons, false, note, xs, record_fo
 -- likewise needs a token held for its new instant (pe.dx[its id]); the ones without are
 -- returned ('repace', with id, channel, instant each) and nothing is written. So no paced
 -- send is ever written uncounted.
-if plan.dry == 0 and pe ~= nil then
+if plan_dry == 0 and pe ~= nil then
   if out_t and is_paced(out_ch) and (out_ch ~= pe[2] or out_t < pe[3] or out_t >= pe[4]) then
     return {'moved', out}
   end
@@ -884,30 +885,30 @@ if plan.dry == 0 and pe ~= nil then
 end
 
 -- 7. write: the reservation, the trim, the TTLs, the idempotency record
-if plan.dry == 0 then
-  local ttl = plan.ttl
+if plan_dry == 0 then
+  local ttl = plan_ttl
   if out_t then
     redis.call('ZADD', KEYS[1], fmt(out_t), member_of(out_ch))
     if stale then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. fmt(cut)) end
-    local want = out_t - now + plan.keep
+    local want = out_t - now + plan_keep
     if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], fmt(want)) end
-    ttl = math.max(ttl, out_t - now + plan.ttl)
+    ttl = math.max(ttl, out_t - now + plan_ttl)
   end
   record_put(my_mid, ARGV[2] .. '\n' .. out, now + ttl)
   -- a deferral that preemption may displace keeps its compact plan until it is due
-  if plan.pk > 0 and out_t and out_t > now then
+  if plan_pk > 0 and out_t and out_t > now then
     local c, mem, last = {}, {}, out_t
     for i = 1, ncands do
       local cand = cand_at(i)
       if cand[5] ~= 1 then
-        c[#c + 1] = {cand[1], cand[2], cand[3], plan.pbs[cand[4] + 1]}
+        c[#c + 1] = {cand[1], cand[2], cand[3], plan_pbs[cand[4] + 1]}
         mem[#mem + 1] = member_of(cand[1])
         if cand[3] > last then last = cand[3] end
       end
     end
     -- only the intervals its re-decision can meet: after this reservation, before the end
     local blocks = {}
-    for i, blk in ipairs(plan.blocks) do
+    for i, blk in ipairs(plan_blocks) do
       local iv, all = {}, blk[3]
       for j = 1, #all, 2 do
         local s, e = all[j], all[j + 1]
@@ -922,7 +923,7 @@ if plan.dry == 0 then
     -- the layout stored_plan reads (version 2); caps as shipped (an empty scope list nil)
     -- ARGV[3] is the member prefix: the array header, then the packed message id
     redis.call('SET', KEYS[5] .. cmsgpack.unpack(string.sub(ARGV[3], 2)), cmsgpack.pack(
-      {2, c, blocks, plan.caps, cw, P[6], plan.endr, plan.sp, mem}), 'PX',
+      {2, c, blocks, plan_caps, cw, P[6], plan_endr, plan_sp, mem}), 'PX',
       fmt(out_t - now + 1))
   end
   for _, m in ipairs(moved) do
@@ -931,17 +932,17 @@ if plan.dry == 0 then
     if r.t then
       redis.call('ZADD', KEYS[1], fmt(r.t), r.member)
       redis.call('SET', KEYS[5] .. m.e.mid, r.plan, 'PX', fmt(r.t - now + 1))
-      local want = r.t - now + plan.keep
+      local want = r.t - now + plan_keep
       if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], fmt(want)) end
     else
       redis.call('DEL', KEYS[5] .. m.e.mid)
     end
     if m.rec and m.exp then  -- in the hash: same expiry, or later if it moved later
-      record_put(m.e.mid, m.rec, r.t and math.max(m.exp, r.t + plan.ttl) or m.exp)
+      record_put(m.e.mid, m.rec, r.t and math.max(m.exp, r.t + plan_ttl) or m.exp)
     elseif m.rec then  -- a previous release's key: updated in place
       redis.call('SET', m.key, m.rec, 'KEEPTTL')
       if r.t then
-        local want = r.t - now + plan.ttl
+        local want = r.t - now + plan_ttl
         if redis.call('PTTL', m.key) < want then redis.call('PEXPIRE', m.key, fmt(want)) end
       end
     end
