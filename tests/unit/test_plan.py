@@ -224,7 +224,8 @@ def test_candidates_ship_as_records_commit_lua_reads_back(cands: list[Candidate]
         assert core["pbs"][pb] == c.pb
         assert (core["whys"][why] if why is not None else []) == c.why
     assert len(core["pbs"]) == len({tuple(c.pb) for c in cands})
-    assert commit_notes(args) == (notes or [None] * len(cands))
+    expected: list[bytes | None] = [*notes] if notes else [None] * len(cands)
+    assert commit_notes(args) == expected
 
 
 def test_encode_plan_refuses_notes_that_do_not_match_the_candidates() -> None:
