@@ -50,6 +50,8 @@ environment (defaults in brackets; README.md "Configuration" explains each):
   SENDWISE_LOG_LEVEL                 info (request lines) or warning [info]
   SENDWISE_LOG_DECISIONS             one JSON line per decision [1]
   SENDWISE_DECISION_LOG              decisions and events to Redis Streams (export) [1]
+  SENDWISE_DECISION_LOG_MAX_LEN      entries per log stream, about (16 per tenant) [1000000]
+  SENDWISE_DECISION_LOG_RETENTION_DAYS  log entries older than this are trimmed [30]
   SENDWISE_WARMUP                    0: workers skip the warm-up (measuring only) [1]
   SENDWISE_BENCHMARK_ENDPOINTS       1: route POST /v1/_trivial and /v1/_floor [0]
   PROMETHEUS_MULTIPROC_DIR           shared metrics directory [<data dir>/metrics with --workers > 1]

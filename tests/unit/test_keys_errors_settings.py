@@ -245,3 +245,17 @@ def test_settings_state_cache() -> None:
     for bad in ("-1", "inf", "soon"):
         with pytest.raises(SettingsError, match="SENDWISE_STATE_CACHE_SECONDS"):
             Settings.from_env({"SENDWISE_STATE_CACHE_SECONDS": bad})
+
+
+def test_settings_decision_log_bounds() -> None:
+    """The log's length bound and retention are the operator's: memory per tenant follows."""
+    s = Settings.from_env({})
+    assert (s.decision_log_max_len, s.decision_log_retention_days) == (1_000_000, 30)
+    s = Settings.from_env({"SENDWISE_DECISION_LOG_MAX_LEN": "50000",
+                           "SENDWISE_DECISION_LOG_RETENTION_DAYS": "7"})
+    assert (s.decision_log_max_len, s.decision_log_retention_days) == (50_000, 7)
+    for name, bad in (("SENDWISE_DECISION_LOG_MAX_LEN", "10"),
+                      ("SENDWISE_DECISION_LOG_RETENTION_DAYS", "0"),
+                      ("SENDWISE_DECISION_LOG_MAX_LEN", "lots")):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: bad})
