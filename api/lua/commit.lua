@@ -45,8 +45,8 @@
 
 -- the plan's top level gets its names back as locals plan_<name> (a table of them cost
 -- ~0.6 µs per commit to build, docs/benchmarks.md "Fewer script arguments"; the decode
--- builds no key strings); caps [id, code, n, w, b, ch, cat, xcat, camp, tag] and blocks [c, r, iv]
--- stay positional. ARGV[1] starts with the number of candidates (uint16) and their
+-- builds no key strings); caps [id, code, n, w, b, ch, cat, xcat, camp, tag] and blocks
+-- [c, r, iv] stay positional. ARGV[1] starts with the number of candidates (uint16) and their
 -- records (CAND_SIZE bytes each, api/plan.py CAND_RECORD), then the MessagePack array;
 -- ``cand_at(i)`` decodes the i-th record when the script first reads it, as [ch, a, b,
 -- pb, s, why]: pb and why index plan_pbs and plan_whys (0-based; why nil: none), so the
