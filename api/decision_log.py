@@ -40,6 +40,7 @@ DAY_MS = 86_400_000
 #: one append in this many trims the stream by length instead of by age
 LENGTH_TRIM_EVERY = 16
 
+
 class DecisionLog:
     def __init__(self, store: Store, *, max_len: int = 1_000_000,
                  retention_days: int = 30, enabled: bool = True) -> None:
@@ -73,21 +74,24 @@ class DecisionLog:
                        response: DecisionResponse, now: int) -> None:
         if not self.enabled or response.replayed or response.dry_run:
             return
-        values = (  # DECISION_FIELDS
-            request.message_id, response.decision, response.channel or "",
-            "" if response.send_at is None else str(utc_to_ms(response.send_at)), str(now),
-            response.timezone, request.category, request.campaign_id or "",
-            "" if response.score is None else repr(response.score),
-            "" if response.propensity is None else repr(response.propensity),
-            response.model_version or "", response.features_source or "",
+        fields = {
+            "message_id": request.message_id, "decision": response.decision,
+            "channel": response.channel or "",
+            "send_at": "" if response.send_at is None else str(utc_to_ms(response.send_at)),
+            "decided_at": str(now), "timezone": response.timezone,
+            "category": request.category, "campaign": request.campaign_id or "",
+            "score": "" if response.score is None else repr(response.score),
+            "propensity": "" if response.propensity is None else repr(response.propensity),
+            "model_version": response.model_version or "",
+            "features_source": response.features_source or "",
             # what `sendwise uplift` needs: every reason code (holdout, exploration...) and
             # the holdout group of a held-out decision
-            ",".join(r.code for r in response.reasons),
-            next((group_of_rule(r.rule) for r in response.reasons
-                  if r.code == ReasonCode.HOLDOUT), ""),
-        )
+            "reasons": ",".join(r.code for r in response.reasons),
+            "holdout": next((group_of_rule(r.rule) for r in response.reasons
+                             if r.code == ReasonCode.HOLDOUT), ""),
+        }
         await self._append(log_key(tenant, log_bucket(request.user_id)),
-                           [encode_entry("decision", request.user_id, values)], now)
+                           [encode_entry("decision", request.user_id, fields)], now)
 
     async def displaced(self, tenant: str, user_id: str, response: DecisionResponse, *,
                         category: str, campaign: str, now: int) -> None:
@@ -96,13 +100,15 @@ class DecisionLog:
         preempted, so the log says when (and whether) the message really goes out."""
         if not self.enabled:
             return
-        values = (  # DECISION_FIELDS
-            response.message_id, response.decision, response.channel or "",
-            "" if response.send_at is None else str(utc_to_ms(response.send_at)), str(now),
-            response.timezone, category, campaign, "", "", "", "", "", "", "preempted",
-        )
+        fields = {
+            "message_id": response.message_id, "decision": response.decision,
+            "channel": response.channel or "",
+            "send_at": "" if response.send_at is None else str(utc_to_ms(response.send_at)),
+            "decided_at": str(now), "timezone": response.timezone, "category": category,
+            "campaign": campaign, "reason": "preempted",
+        }
         await self._append(log_key(tenant, log_bucket(user_id)),
-                           [encode_entry("decision", user_id, values)], now)
+                           [encode_entry("decision", user_id, fields)], now)
 
     async def events(self, tenant: str, events: Sequence[Event], zones: dict[str, str],
                      now: int) -> None:
@@ -111,13 +117,13 @@ class DecisionLog:
             return
         by_key: dict[str, list[tuple[str | bytes, ...]]] = {}
         for event in events:
-            values = (  # EVENT_FIELDS
-                event.type, str(utc_to_ms(event.at)), event.message_id or "",
-                event.channel or "", event.campaign_id or "", event.kind or "",
-                event.timezone or zones.get(event.user_id, ""),
-            )
             by_key.setdefault(log_key(tenant, log_bucket(event.user_id)), []).append(
-                encode_entry("event", event.user_id, values))
+                encode_entry("event", event.user_id, {
+                    "type": event.type, "at": str(utc_to_ms(event.at)),
+                    "message_id": event.message_id or "", "channel": event.channel or "",
+                    "campaign": event.campaign_id or "", "event_kind": event.kind or "",
+                    "timezone": event.timezone or zones.get(event.user_id, ""),
+                }))
         # one pipeline per bucket, concurrently
         await asyncio.gather(*(self._append(key, entries, now)
                                for key, entries in by_key.items()))

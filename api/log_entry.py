@@ -12,7 +12,7 @@ reads both layouts, so streams written by earlier releases export the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import msgspec
 
@@ -28,12 +28,17 @@ _json = msgspec.json.Encoder()
 _values = msgspec.json.Decoder(list[str])
 
 
-def encode_entry(kind: str, user_id: str, values: Sequence[str]) -> tuple[str | bytes, ...]:
-    """An entry's stream fields, flat: ``values`` in the order of ``kind``'s fields."""
-    end = len(values)
-    while end and not values[end - 1]:
-        end -= 1
-    return ("u", user_id, "d" if kind == "decision" else "e", _json.encode(values[:end]))
+def encode_entry(kind: str, user_id: str, fields: Mapping[str, str]) -> tuple[str | bytes, ...]:
+    """An entry's stream fields, flat: ``fields`` by name (a name of the layout left out is
+    "", a name it lacks is an error), in the order of ``kind``'s layout."""
+    names = DECISION_FIELDS if kind == "decision" else EVENT_FIELDS
+    unknown = fields.keys() - set(names)
+    if unknown:
+        raise ValueError(f"not in the {kind} entry layout: {sorted(unknown)}")
+    values = [fields.get(name, "") for name in names]
+    while values and not values[-1]:
+        values.pop()
+    return ("u", user_id, "d" if kind == "decision" else "e", _json.encode(values))
 
 
 def decode_entry(fields: Mapping[bytes, bytes]) -> dict[str, str]:

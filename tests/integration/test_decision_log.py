@@ -77,7 +77,7 @@ async def test_logged_decisions_and_events_export_to_the_training_schema(
 
 
 def _fields(i: int) -> tuple[str | bytes, ...]:
-    return encode_entry("event", f"u{i}", ("activity", str(i)))
+    return encode_entry("event", f"u{i}", {"type": "activity", "at": str(i)})
 
 
 def _old_fields(i: int) -> dict[str, str]:

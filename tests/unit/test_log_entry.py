@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,19 +21,25 @@ def _stored(flat: tuple[str | bytes, ...]) -> dict[bytes, bytes]:
 def test_an_entry_decodes_to_its_layouts_names_and_values(kind: str, user: str,
                                                           data: st.DataObject) -> None:
     names = DECISION_FIELDS if kind == "decision" else EVENT_FIELDS
-    values = data.draw(st.lists(_TEXT, min_size=len(names), max_size=len(names)))
-    flat = encode_entry(kind, user, values)
+    given_names = data.draw(st.sets(st.sampled_from(names)))
+    fields = {name: data.draw(_TEXT) for name in given_names}
+    flat = encode_entry(kind, user, fields)
     assert len(flat) == 4  # two stream fields, however many values
     stored = _stored(flat)
-    assert decode_entry(stored) == {"kind": kind, "user_id": user, **dict(zip(names, values,
-                                                                              strict=True))}
+    assert decode_entry(stored) == {"kind": kind, "user_id": user,
+                                    **{name: fields.get(name, "") for name in names}}
     assert entry_user(stored) == user.encode()
 
 
 def test_trailing_empty_values_are_left_out() -> None:
-    flat = encode_entry("event", "u1", ("activity", "5", "", "", "", "", ""))
+    flat = encode_entry("event", "u1", {"type": "activity", "at": "5", "timezone": ""})
     assert flat[3] == b'["activity","5"]'
     assert decode_entry(_stored(flat))["timezone"] == ""
+
+
+def test_a_name_outside_the_layout_is_refused() -> None:
+    with pytest.raises(ValueError, match="not in the event entry layout: \\['reason'\\]"):
+        encode_entry("event", "u1", {"type": "activity", "reason": "preempted"})
 
 
 def test_an_entry_of_the_earlier_layout_reads_as_stored() -> None:
