@@ -247,15 +247,15 @@ def test_settings_state_cache() -> None:
             Settings.from_env({"SENDWISE_STATE_CACHE_SECONDS": bad})
 
 
-def test_settings_decision_log_bounds() -> None:
+@pytest.mark.parametrize(("name", "attr", "default", "value", "bad"), [
+    ("SENDWISE_DECISION_LOG_MAX_LEN", "decision_log_max_len", 1_000_000, 50_000, ["10", "lots"]),
+    ("SENDWISE_DECISION_LOG_RETENTION_DAYS", "decision_log_retention_days", 30, 7, ["0", "-1"]),
+])
+def test_settings_decision_log_bounds(name: str, attr: str, default: int, value: int,
+                                      bad: list[str]) -> None:
     """The log's length bound and retention are the operator's: memory per tenant follows."""
-    s = Settings.from_env({})
-    assert (s.decision_log_max_len, s.decision_log_retention_days) == (1_000_000, 30)
-    s = Settings.from_env({"SENDWISE_DECISION_LOG_MAX_LEN": "50000",
-                           "SENDWISE_DECISION_LOG_RETENTION_DAYS": "7"})
-    assert (s.decision_log_max_len, s.decision_log_retention_days) == (50_000, 7)
-    for name, bad in (("SENDWISE_DECISION_LOG_MAX_LEN", "10"),
-                      ("SENDWISE_DECISION_LOG_RETENTION_DAYS", "0"),
-                      ("SENDWISE_DECISION_LOG_MAX_LEN", "lots")):
+    assert getattr(Settings.from_env({}), attr) == default
+    assert getattr(Settings.from_env({name: str(value)}), attr) == value
+    for raw in bad:
         with pytest.raises(SettingsError, match=name):
-            Settings.from_env({name: bad})
+            Settings.from_env({name: raw})
