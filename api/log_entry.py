@@ -24,6 +24,9 @@ DECISION_FIELDS = ("message_id", "decision", "channel", "send_at", "decided_at",
 #: an event entry's values (field ``e``), in order
 EVENT_FIELDS = ("type", "at", "message_id", "channel", "campaign", "event_kind", "timezone")
 _LAYOUTS = {b"d": ("decision", DECISION_FIELDS), b"e": ("event", EVENT_FIELDS)}
+#: by kind: the stream field, the names in order, the names as a set (checked per entry)
+_BY_KIND = {kind: (field.decode(), names, frozenset(names))
+            for field, (kind, names) in _LAYOUTS.items()}
 _json = msgspec.json.Encoder()
 _values = msgspec.json.Decoder(list[str])
 
@@ -31,14 +34,13 @@ _values = msgspec.json.Decoder(list[str])
 def encode_entry(kind: str, user_id: str, fields: Mapping[str, str]) -> tuple[str | bytes, ...]:
     """An entry's stream fields, flat: ``fields`` by name (a name of the layout left out is
     "", a name it lacks is an error), in the order of ``kind``'s layout."""
-    names = DECISION_FIELDS if kind == "decision" else EVENT_FIELDS
-    unknown = fields.keys() - set(names)
-    if unknown:
-        raise ValueError(f"not in the {kind} entry layout: {sorted(unknown)}")
+    field, names, known = _BY_KIND[kind]
+    if not known.issuperset(fields):
+        raise ValueError(f"not in the {kind} entry layout: {sorted(fields.keys() - known)}")
     values = [fields.get(name, "") for name in names]
     while values and not values[-1]:
         values.pop()
-    return ("u", user_id, "d" if kind == "decision" else "e", _json.encode(values))
+    return ("u", user_id, field, _json.encode(values))
 
 
 def decode_entry(fields: Mapping[bytes, bytes]) -> dict[str, str]:
