@@ -12,7 +12,10 @@ against the service (docs/production.md has the operator's view):
 - HTTP deadlines and a concurrency limit (``ServeOptions``), so idle or half-sent
   connections cannot exhaust file descriptors;
 - no unauthenticated service on a non-loopback address unless asked for by name;
-- one service per data directory (the embedded server locks it, see ``EmbeddedRedis``).
+- one service per data directory (the embedded server locks it, see ``EmbeddedRedis``);
+- with several workers, one listening socket per worker (``SO_REUSEPORT``), so the kernel
+  spreads connections over the workers instead of the first awake taking a whole burst
+  (``bind_listeners``, ``OneSocketPerWorker``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from typing import Any, cast
 import msgspec
 import structlog
 import uvicorn
-from uvicorn.supervisors.multiprocess import Multiprocess
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from api.http_protocol import ReadDeadlineHttpToolsProtocol
 from api.metrics import prepare_multiprocess_dir
@@ -43,6 +47,8 @@ from api.settings import Settings, _int, _positive_seconds
 #: set by the supervisor of a multi-worker server: a worker whose parent is not this pid
 #: was orphaned before it could arm its parent-death signal, and exits at once
 SUPERVISOR_PID_ENV = "SENDWISE_SUPERVISOR_PID"
+
+_log = structlog.get_logger("sendwise.serve")
 
 
 class ServeOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -151,6 +157,126 @@ def prepare_worker(settings: Settings, env: Mapping[str, str] | None = None) -> 
     structlog.get_logger("sendwise.serve").info("worker_started", pid=os.getpid())
 
 
+# ------------------------------------------------------------------------ listeners
+
+
+class BindError(Exception):
+    """The address cannot be bound (in use, not local, not permitted)."""
+
+
+def _listener(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def bind_listeners(host: str, port: int, count: int, backlog: int) -> list[socket.socket]:
+    """``count`` listening sockets on one address, one per worker.
+
+    Workers sharing one socket do not share its connections: the worker whose event loop
+    wakes first accepts every connection pending in the backlog, so a burst (a load
+    generator, or a proxy opening its upstream pool) can land on one worker while the
+    others idle (docs/benchmarks.md, "One socket per worker"). With ``SO_REUSEPORT`` on a
+    socket per worker, the kernel picks the socket of each new connection by a hash of its
+    addresses and ports, so connections spread evenly whoever is awake.
+
+    ``SO_REUSEPORT`` would also let another process of the same user join the group and
+    take a share of the connections silently. The address is first bound without it: that
+    fails if anything holds the port, a reuse-port group included, so a second service on
+    the same port is refused as before. Port 0 picks one free port for all the sockets.
+    """
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    probe = _listener(host, port, reuse_port=False)
+    if count == 1:
+        probe.listen(backlog)
+        return [probe]
+    port = probe.getsockname()[1]
+    probe.close()
+    listeners: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            listeners.append(_listener(host, port, reuse_port=True))
+            listeners[-1].listen(backlog)
+    except BaseException:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
+
+
+class OneSocketPerWorker(Multiprocess):
+    """uvicorn's supervisor (health checks, restart of a dead or hung worker, SIGHUP's
+    rolling restart, SIGTERM/SIGINT) with worker ``i`` always serving ``sockets[i]``.
+
+    A replacement worker takes over its predecessor's socket, whose backlog kept the
+    connections that arrived in between. SIGTTIN/SIGTTOU (add or remove a worker) are
+    refused: the number of sockets is fixed at start; restart with another ``--workers``.
+    """
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        if len(sockets) != config.workers:
+            raise ValueError(f"{config.workers} workers need as many sockets, "
+                             f"got {len(sockets)}")
+        super().__init__(config, sockets)
+
+    def _spawn(self, slot: int) -> Process:
+        process = Process(self.config, [self.sockets[slot]])
+        process.start()
+        return process
+
+    def init_processes(self) -> None:
+        self.processes = [self._spawn(slot) for slot in range(self.processes_num)]
+
+    def keep_subprocess_alive(self) -> None:
+        for slot, process in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()  # dead, or hung past the health check
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:
+                # the app (or its settings) cannot load: every replacement would fail too
+                _log.error("worker_failed_to_start", pid=process.pid)
+                self.should_exit.set()
+                return
+            _log.warning("worker_died", pid=process.pid, exitcode=process.exitcode,
+                         slot=slot)
+            self.processes[slot] = self._spawn(slot)
+
+    def restart_all(self) -> None:
+        for slot, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = self._spawn(slot)
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck,
+                                        self.should_exit):
+                new.kill()
+                new.join()
+                if not self.should_exit.is_set():
+                    _log.error("worker_restart_aborted", new=new.pid, kept=old.pid)
+                return
+            old.terminate()
+            old.join()
+            self.processes[slot] = new
+
+    def handle_ttin(self) -> None:
+        _log.warning("worker_count_fixed", signal="SIGTTIN", workers=self.processes_num)
+
+    def handle_ttou(self) -> None:
+        _log.warning("worker_count_fixed", signal="SIGTTOU", workers=self.processes_num)
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -203,9 +329,9 @@ def _raise_open_file_limit() -> None:
 def serve(*, host: str, port: int, workers: int, insecure_no_auth: bool = False) -> int:
     """Check the bind, bind the port, start (and lock) the embedded Redis, run the workers.
 
-    The listening socket is bound here, before Redis or any worker starts: a port in use
-    fails at once without touching the data directory, and connections made while workers
-    load queue in the backlog instead of being refused.
+    The listening sockets (one per worker, ``bind_listeners``) are bound here, before Redis
+    or any worker starts: a port in use fails at once without touching the data directory,
+    and connections made while workers load queue in the backlogs instead of being refused.
     """
     settings = Settings.from_env()
     options = ServeOptions.from_env()
@@ -228,8 +354,11 @@ def serve(*, host: str, port: int, workers: int, insecure_no_auth: bool = False)
         timeout_keep_alive=options.keepalive_timeout_seconds,
         limit_concurrency=options.limit_concurrency,
         timeout_graceful_shutdown=options.graceful_shutdown_seconds)
-    listener = config.bind_socket()
-    listener.listen(config.backlog)
+    try:
+        listeners = bind_listeners(host, port, workers, config.backlog)
+    except BindError as exc:
+        print(f"sendwise: {exc}", file=sys.stderr)
+        return 1
     embedded: EmbeddedRedis | None = None
     if settings.redis_url is None:
         data_dir = Path(settings.data_dir) / "redis"
@@ -237,7 +366,8 @@ def serve(*, host: str, port: int, workers: int, insecure_no_auth: bool = False)
             embedded = EmbeddedRedis(data_dir=data_dir).start()
         except EmbeddedRedisError as exc:
             print(f"sendwise: {exc}", file=sys.stderr)
-            listener.close()
+            for listener in listeners:
+                listener.close()
             return 1
         os.environ["REDIS_URL"] = embedded.url
         print(f"sendwise: no REDIS_URL set; started embedded redis-server at {embedded.url} "
@@ -253,14 +383,15 @@ def serve(*, host: str, port: int, workers: int, insecure_no_auth: bool = False)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         if workers > 1:
-            Multiprocess(config, sockets=[listener]).run()
+            OneSocketPerWorker(config, listeners).run()
         else:
             server = uvicorn.Server(config)
-            server.run(sockets=[listener])
+            server.run(sockets=listeners)
             if not server.started:
-                return 3  # uvicorn's STARTUP_FAILURE: the app did not load
+                return STARTUP_FAILURE  # the app did not load
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
         if embedded is not None:
             embedded.stop()
     return 0

@@ -4,8 +4,9 @@ docs/architecture.md (Performance) reports the decision endpoint as a *ratio* to
 endpoint of the same app served the same way (absolute numbers on a shared 2-core box drift
 run to run), plus latency at a fixed load. This script measures, end to end and in one run:
 
-1. an in-memory embedded redis-server and ``uvicorn api.app:app_from_env`` (uvloop,
-   httptools, ``--workers W``, decision logging off, ``SENDWISE_BENCHMARK_ENDPOINTS=1``) on
+1. an in-memory embedded redis-server and ``sendwise serve`` (uvicorn with uvloop and
+   httptools, one listening socket per worker; ``--server`` for plain uvicorn and others;
+   ``--workers W``, decision logging off, ``SENDWISE_BENCHMARK_ENDPOINTS=1``) on
    a free 127.0.0.1 port, seeded with a realistic policy and the preferences of ``--users``
    recipients spread over 16 time zones (loadtests/population.py);
 2. closed loops at ``--concurrency`` connections: ``/v1/_trivial`` (decoding only),
@@ -208,7 +209,7 @@ class Service:
     api/redis_server.py ``embedded_cluster``) + uvicorn subprocess; ``stop`` is idempotent
     and always safe."""
 
-    def __init__(self, workers: int, *, cluster: int = 0, server: str = "uvicorn",
+    def __init__(self, workers: int, *, cluster: int = 0, server: str = "sendwise",
                  model: BenchModel | None = None) -> None:
         self.workers = workers
         self.server = server
@@ -240,7 +241,12 @@ class Service:
         # what `sendwise serve --model DIR` does: every worker loads it at startup
         env["SENDWISE_MODEL_DIR"] = (str(self.model.directory) if self.model is not None
                                      and self.model.directory is not None else HEURISTIC)
-        if self.server == "granian":  # the alternative ASGI server (Rust HTTP), compared
+        if self.server == "sendwise":  # the production runner: one socket per worker
+            env["SENDWISE_DATA_DIR"] = self._stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="sendwise-bench-"))
+            cmd = [sys.executable, "-m", "sendwise", "serve", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--workers", str(self.workers)]
+        elif self.server == "granian":  # the alternative ASGI server (Rust HTTP), compared
             cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
                    "api.app:app_from_env", "--loop", "uvloop", "--host", "127.0.0.1",
                    "--port", str(self.port), "--workers", str(self.workers),
@@ -289,7 +295,7 @@ class Service:
         return [redis.Redis(unix_socket_path=node.socket_path) for node in self.nodes]
 
     def worker_rss_mb(self) -> list[float]:
-        """Resident memory of each uvicorn worker (the master's children), MB."""
+        """Resident memory of each worker (the supervisor's children), MB."""
         if self.proc is None:
             return []
         out: list[float] = []
@@ -297,6 +303,9 @@ class Service:
         for pid in tree:
             if pid == self.proc.pid and len(tree) > 1:
                 continue  # a supervisor: its children are the workers
+            with contextlib.suppress(OSError):
+                if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    continue  # multiprocessing's helper beside the workers
             with contextlib.suppress(OSError):
                 lines = Path(f"/proc/{pid}/status").read_text().splitlines()
                 out.extend(int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:"))
@@ -726,11 +735,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto",
                         help="closed-loop generator (auto: wrk when on PATH)")
     parser.add_argument("--wrk-threads", type=int, default=1)
-    parser.add_argument("--server", choices=["uvicorn", "uvicorn-plain", "granian"],
-                        default="uvicorn",
-                        help="ASGI server: uvicorn with uvloop + httptools (what sendwise "
-                             "serve runs), uvicorn with asyncio + h11, or granian (must be "
-                             "installed: pip install granian)")
+    parser.add_argument("--server", choices=["sendwise", "uvicorn", "uvicorn-plain", "granian"],
+                        default="sendwise",
+                        help="`sendwise serve` (uvicorn with uvloop + httptools, its HTTP "
+                             "limits, one listening socket per worker), plain `uvicorn` "
+                             "(the same loop and parser, its workers sharing one socket), "
+                             "uvicorn with asyncio + h11, or granian (must be installed: "
+                             "pip install granian)")
     parser.add_argument("--gen-processes", type=int, default=1,
                         help="python generator processes (closed loop splits the connections)")
     add_model_argument(parser)

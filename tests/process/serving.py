@@ -190,3 +190,29 @@ def wait_gone(pids: set[int], timeout: float) -> set[int]:
 def requires_linux() -> pytest.MarkDecorator:
     return pytest.mark.skipif(not sys.platform.startswith("linux"),
                               reason="pidfds, /proc and PR_SET_PDEATHSIG are Linux")
+
+
+def tcp_sockets(port: int) -> dict[int, str]:
+    """Socket inode -> state (``LISTEN``, ``ESTABLISHED``, ...) of every TCP socket whose
+    local port is ``port``, from /proc/net/tcp and tcp6."""
+    states = {"01": "ESTABLISHED", "0A": "LISTEN"}
+    found: dict[int, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as handle:
+            for line in list(handle)[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    found[int(fields[9])] = states.get(fields[3], fields[3])
+    return found
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets process ``pid`` holds open."""
+    inodes: set[int] = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(int(target[len("socket:["):-1]))
+    return inodes
