@@ -221,6 +221,10 @@ async def _read_replies(conn: AbstractConnection, batch: _Batch,
             future.set_result(reply)
 
 
+#: at most this many connections a single-node auto-pipeline keeps between batches
+IDLE_CONNECTIONS = 4
+
+
 class AutoPipeline(_Coalescer):
     """Coalesces the script calls that concurrent requests issue in one event-loop iteration
     into one write on one pooled connection, then reads the replies in order.
@@ -243,6 +247,29 @@ class AutoPipeline(_Coalescer):
         super().__init__()
         self._client = client
         self._pool = client.connection_pool
+        #: connections kept checked out between batches (most recently used last), and
+        #: how many: a quarter of the pool at most, so that other users of the pool (the
+        #: health check, script loads) never wait on connections nobody is using
+        self._idle: list[AbstractConnection] = []
+        self._keep = min(IDLE_CONNECTIONS, getattr(self._pool, "max_connections", 0) // 4)
+
+    async def _checkout(self) -> AbstractConnection:
+        """A connection for one batch: the last one a batch used, if it is still connected
+        and has no input pending (the pool's own check at checkout, ``_input_pending``),
+        else one from the pool.
+
+        Why: the pool's checkout and release cost ~15 µs per batch (a condition, a timeout
+        context, observability hooks, an event dispatch), and at a moderate load a batch
+        holds one or two commands, so a decision paid it two or three times
+        (docs/benchmarks.md, "The pool on the hot path")."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.is_connected and not _input_pending(conn):
+                return conn
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+            await self._pool.release(conn)  # the pool reconnects it before handing it out
+        return await self._pool.get_connection()  # type: ignore[no-untyped-call,no-any-return]
 
     async def evalsha(self, script: AsyncScript, keys: list[Any] | tuple[Any, ...],
                       args: list[Any] | tuple[Any, ...]) -> Any:
@@ -265,10 +292,11 @@ class AutoPipeline(_Coalescer):
 
     async def _send(self, batch: _Batch) -> None:
         try:
-            conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            conn = await self._checkout()
         except BaseException as exc:
             _fail(batch, exc)
             return
+        clean = False
         try:
             packed = pack_commands(conn, [command for command, _ in batch])
             try:
@@ -277,6 +305,7 @@ class AutoPipeline(_Coalescer):
                 await conn.disconnect()
                 await conn.send_packed_command(packed, check_health=False)
             await _read_replies(conn, batch)
+            clean = True
         except BaseException as exc:
             _fail(batch, exc)  # first: the calls still waiting must not wait on a dying connection
             with contextlib.suppress(Exception):
@@ -284,7 +313,10 @@ class AutoPipeline(_Coalescer):
             if not isinstance(exc, Exception):
                 raise  # cancellation (shutdown): the callers have their error already
         finally:
-            await self._pool.release(conn)
+            if clean and len(self._idle) < self._keep:
+                self._idle.append(conn)  # every reply read: nothing pending on it
+            else:
+                await self._pool.release(conn)
 
 
 class ClusterAutoPipeline(_Coalescer):

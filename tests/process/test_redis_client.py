@@ -4,12 +4,13 @@ that may have run is never sent twice."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from api.redis_client import make_redis
+from api.redis_client import IDLE_CONNECTIONS, AutoPipeline, ScriptCaller, make_redis
 from api.redis_server import EmbeddedRedis
 from api.settings import Settings
 from tests.conftest import _free_cluster_port
@@ -56,3 +57,52 @@ async def test_a_command_whose_reply_is_lost_is_not_sent_again(private_redis: st
     finally:
         await client.aclose()
         admin.close()
+
+
+INCR = "return redis.call('INCR', KEYS[1])"
+
+
+async def test_connections_the_pipeline_keeps_are_replaced_once_the_server_closed_them(
+        private_redis: str) -> None:
+    """The auto-pipeline keeps its last connections checked out between batches (no pool
+    round trip per batch). Closed server-side while kept (a Redis restart), each is noticed
+    before anything is written on it: every call succeeds and runs exactly once."""
+    client = make_redis(Settings(redis_url=private_redis, redis_max_connections=16,
+                                 redis_timeout_seconds=2.0))
+    admin = redis.Redis.from_url(private_redis)
+    pipeline = AutoPipeline(client)
+    incr = ScriptCaller(client.register_script(INCR), pipeline)
+    try:
+        await client.delete("kept")
+        for _ in range(3):  # batches one after another: one kept connection serves them
+            await asyncio.gather(*(incr(keys=["kept"]) for _ in range(10)))
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") >= 1
+        replies = await asyncio.gather(*(incr(keys=["kept"]) for _ in range(10)))
+        assert sorted(replies) == list(range(31, 41))
+        assert admin.get("kept") == b"40"
+    finally:
+        await client.aclose()
+        admin.close()
+
+
+@pytest.mark.parametrize("max_connections", [1, 3, 4, 64])
+async def test_the_pipeline_never_keeps_what_the_rest_of_the_client_needs(
+        private_redis: str, max_connections: int) -> None:
+    """At most a quarter of the pool stays with the pipeline (none below 4 connections):
+    with every other connection busy, a plain command still gets one at once."""
+    client = make_redis(Settings(redis_url=private_redis, redis_max_connections=max_connections,
+                                 redis_timeout_seconds=0.5))
+    pipeline = AutoPipeline(client)
+    incr = ScriptCaller(client.register_script(INCR), pipeline)
+    try:
+        await asyncio.gather(*(incr(keys=[f"{{k{i}}}"]) for i in range(20)))
+        kept = min(IDLE_CONNECTIONS, max_connections // 4)
+        pool = client.connection_pool
+        others = [await pool.get_connection() for _ in range(max_connections - kept - 1)]
+        try:
+            assert await client.ping()  # the last free connection: no wait, no timeout
+        finally:
+            for conn in others:
+                await pool.release(conn)
+    finally:
+        await client.aclose()
