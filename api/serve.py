@@ -185,7 +185,7 @@ def bind_listeners(host: str, port: int, count: int, backlog: int) -> list[socke
     Workers sharing one socket do not share its connections: the worker whose event loop
     wakes first accepts every connection pending in the backlog, so a burst (a load
     generator, or a proxy opening its upstream pool) can land on one worker while the
-    others idle (docs/benchmarks.md, "One socket per worker"). With ``SO_REUSEPORT`` on a
+    others idle (docs/benchmarks.md, "One listening socket per worker"). With ``SO_REUSEPORT`` on a
     socket per worker, the kernel picks the socket of each new connection by a hash of its
     addresses and ports, so connections spread evenly whoever is awake.
 

@@ -140,3 +140,19 @@ def test_workers_share_a_burst_and_replacements_keep_their_sockets(
         assert {_listening_inode(pid, server.port) for pid in rolled} == set(
             sockets_of.values())
         assert server.request("GET", "/health/ready")[0] == 200
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_refuses_a_port_in_use_before_anything_starts(tmp_path: Path,
+                                                            workers: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with served("--workers", workers, env={"SENDWISE_DATA_DIR": str(tmp_path)},
+                    port=port) as server:
+            assert server.proc.wait(timeout=60) == 1, server.describe()
+            assert server.stderr.wait(
+                lambda lines: any(f"cannot listen on 127.0.0.1:{port}" in line
+                                  for line in lines), 5), server.describe()
+    assert not (tmp_path / "redis").exists()  # refused before the embedded Redis started
