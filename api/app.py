@@ -6,6 +6,8 @@ Redis client and a fixed clock; without them the lifespan builds them from setti
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -39,6 +41,7 @@ from api.errors import (
 )
 from api.locale import is_valid_zone
 from api.localtime import utc_to_ms
+from api.looplag import watch_loop_lag
 from api.metrics import Metrics
 from api.openapi import AUTHENTICATED, document_bodies, document_errors, errors
 from api.policy import DEFAULT_POLICY, Policy, PolicyInvalidError, validate_policy
@@ -462,11 +465,15 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
 
             app.state.warmup = await warm(app.state.engine)
         app.state.engine.metrics.watch_gc()  # after the warm-up's own collections
+        lag = asyncio.ensure_future(watch_loop_lag(app.state.engine.metrics.loop_lag.observe))
         # the worker counts in /metrics from here on (its Metrics exist)
         log.info("app_started", pid=os.getpid())
         try:
             yield
         finally:
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
             try:  # this worker's unflushed shadow report counts (api/shadow.py)
                 await app.state.engine.shadow.flush_all(app.state.engine)
             finally:

@@ -44,6 +44,8 @@ NO_MODEL = "none"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25)
 _REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.25, 1.0)
 _GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
+#: the loop-lag histogram's buckets (seconds): a busy loop is a few ms late, a stall more
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 def prepare_multiprocess_dir(directory: Path) -> Path:
@@ -138,6 +140,12 @@ class Metrics:
             "meanwhile: a latency stall no request metric explains)", ["generation"],
             buckets=_GC_BUCKETS, registry=r)
         self._gc_generations = [self.gc_pause.labels(str(g)) for g in range(3)]
+        self.loop_lag = Histogram(
+            "sendwise_event_loop_lag_seconds",
+            "How late the worker's event loop ran a timer set 100 ms ahead (api/looplag.py): "
+            "every request the worker held waited that long too. A stall of the loop (a long "
+            "callback, a blocking call, the process not scheduled) shows here even when no "
+            "GC pause does", buckets=_LAG_BUCKETS, registry=r)
         self._gc_started = 0.0
         self._model_version = NO_MODEL
         self.model_info.labels(NO_MODEL).set(1)

@@ -53,6 +53,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import importlib.util
+import math
 import multiprocessing
 import os
 import random
@@ -151,6 +152,19 @@ def _stat(pid: int) -> tuple[int, str, float] | None:
     fields = raw[raw.rindex(")") + 2:].split()
     # fields[0] is field 3 (state): ppid is field 4, utime/stime are fields 14/15
     return int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def describe_lag(before: dict[float, float], after: dict[float, float]) -> str:
+    """The checks of ``sendwise_event_loop_lag_seconds`` made between two snapshots: how
+    many were over 10 ms and over 50 ms late, and the largest bucket any of them reached."""
+    if not after:
+        return "unread (/metrics did not answer)"
+    delta = {bound: after[bound] - before.get(bound, 0.0) for bound in after}
+    total = delta.get(math.inf, 0.0)
+    over = {limit: total - delta.get(limit, total) for limit in (0.01, 0.05)}
+    reached = min((bound for bound, n in delta.items() if n >= total), default=math.inf)
+    top = "over 2.5 s" if reached == math.inf else f"≤ {1000 * reached:g} ms"
+    return f"{over[0.01]:.0f} / {over[0.05]:.0f} of {total:.0f} checks, {top}"
 
 
 def tree_cpu(root: int) -> dict[int, float]:
@@ -361,6 +375,27 @@ class Service:
                     under[generation] = sample.value
         return {g: (count[g], total.get(g, 0.0), count[g] - under.get(g, count[g]))
                 for g in sorted(count)}
+
+    def loop_lag(self) -> dict[float, float]:
+        """``sendwise_event_loop_lag_seconds`` as /metrics reports it (summed over the
+        workers): checks so far at most ``le`` seconds late, per bucket bound (``inf``: all).
+        Empty when /metrics cannot be read (the run goes on; the report says so)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return {}
+        buckets: dict[float, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name == "sendwise_event_loop_lag_seconds":
+                for sample in family.samples:
+                    if sample.name.endswith("_bucket"):
+                        bound = float(sample.labels["le"])
+                        buckets[bound] = buckets.get(bound, 0.0) + sample.value
+        return buckets
 
     def server_cpu(self) -> dict[int, float]:
         return tree_cpu(self.proc.pid) if self.proc is not None else {}
@@ -887,13 +922,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.rate != "off":
             best = max(d.rps for d in decisions)
             rate = round(0.6 * best, -1) if args.rate == "auto" else float(args.rate)
+            lags: list[str] = []
             for k in range(args.fixed_runs):
                 label = "decisions fixed-rate" + (f" #{k + 1}" if args.fixed_runs > 1 else "")
                 fixed_clients = service.node_clients()
                 try:
+                    lag_before = service.loop_lag()
                     phase = python_phase(service, label, "/v1/decisions", args,
                                          f"{run}-fixed-{k}", rate=rate,
                                          meter=RedisMeter(fixed_clients))
+                    lags.append(describe_lag(lag_before, service.loop_lag()))
                 finally:
                     for client in fixed_clients:
                         client.close()
@@ -904,6 +942,9 @@ def main(argv: list[str] | None = None) -> int:
                         ", ".join(f"{v:.2f} ms" for v in p99s))
             report.fact("max latency per fixed-load run (stalls)",
                         ", ".join(f"{v:.1f} ms" for v in maxes))
+            report.fact("worker event-loop lag per fixed-load run (100 ms timer checks: late "
+                        "by over 10 ms / over 50 ms / the largest bucket reached)",
+                        "; ".join(lags))
             with contextlib.suppress(OSError, ValueError):
                 pauses = service.gc_pauses()
                 report.fact("worker GC pauses since it started serving (generation: count, "

@@ -51,6 +51,7 @@ def test_request_ids_in_every_line_and_one_scrape_for_all_workers(tmp_path: Path
                        for family in text_string_to_metric_families(text.decode())
                        for s in family.samples}
             assert samples[("sendwise_workers", ())] == 2
+            assert ("sendwise_event_loop_lag_seconds_count", ()) in samples  # both watched
             assert samples[("sendwise_fallback_decisions_total", ())] == DECISIONS
             assert samples[("sendwise_redis_errors_total", (("op", "decision"),))] == DECISIONS
         assert server.stdout.wait(
