@@ -142,7 +142,7 @@ class Metrics:
         self._gc_generations = [self.gc_pause.labels(str(g)) for g in range(3)]
         self.loop_lag = Histogram(
             "sendwise_event_loop_lag_seconds",
-            "How late the worker's event loop ran a timer set 100 ms ahead (api/looplag.py): "
+            "How late the worker's event loop ran a timer set 25 ms ahead (api/looplag.py): "
             "every request the worker held waited that long too. A stall of the loop (a long "
             "callback, a blocking call, the process not scheduled) shows here even when no "
             "GC pause does", buckets=_LAG_BUCKETS, registry=r)

@@ -26,7 +26,7 @@ async def test_each_check_reports_its_lateness() -> None:
             raise asyncio.CancelledError from None
 
     with pytest.raises(asyncio.CancelledError):
-        await watch_loop_lag(seen.append, clock=lambda: now[0], sleep=sleep)
+        await watch_loop_lag(seen.append, interval=0.1, clock=lambda: now[0], sleep=sleep)
     assert seen == pytest.approx([0.0, 0.25, 0.0, 0.0], abs=1e-9)
 
 
