@@ -126,6 +126,11 @@ class Phase(msgspec.Struct, kw_only=True):
     cpu_wait: float = 0.0
     #: 200 answers whose ``model_version`` is not the benchmark model's (wrk only)
     other_model: int = 0
+    #: requests over 10 ms from their scheduled start to their answer (open loop)
+    over_10ms: int = 0
+    #: the workers' histograms (``WORKER_HISTOGRAMS``) over the measured part: per
+    #: family, observations at most ``le`` seconds, per bound (empty: not read)
+    worker_histograms: dict[str, dict[float, float]] = msgspec.field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -154,17 +159,36 @@ def _stat(pid: int) -> tuple[int, str, float] | None:
     return int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def describe_lag(before: dict[float, float], after: dict[float, float]) -> str:
-    """The checks of ``sendwise_event_loop_lag_seconds`` made between two snapshots: how
-    many were over 10 ms and over 50 ms late, and the largest bucket any of them reached."""
-    if not after:
+def over(buckets: dict[float, float], limit: float) -> float:
+    """Observations above ``limit`` seconds (a bucket bound) in cumulative buckets."""
+    total = buckets.get(math.inf, 0.0)
+    return total - buckets.get(limit, total)
+
+
+def describe_lag(lag: dict[float, float]) -> str:
+    """A run's checks of ``sendwise_event_loop_lag_seconds``: how many were over 10 ms and
+    over 50 ms late, and the largest bucket any of them reached."""
+    if not lag:
         return "unread (/metrics did not answer)"
-    delta = {bound: after[bound] - before.get(bound, 0.0) for bound in after}
-    total = delta.get(math.inf, 0.0)
-    over = {limit: total - delta.get(limit, total) for limit in (0.01, 0.05)}
-    reached = min((bound for bound, n in delta.items() if n >= total), default=math.inf)
+    total = lag.get(math.inf, 0.0)
+    reached = min((bound for bound, n in lag.items() if n >= total), default=math.inf)
     top = "over 2.5 s" if reached == math.inf else f"≤ {1000 * reached:g} ms"
-    return f"{over[0.01]:.0f} / {over[0.05]:.0f} of {total:.0f} checks, {top}"
+    return f"{over(lag, 0.01):.0f} / {over(lag, 0.05):.0f} of {total:.0f} checks, {top}"
+
+
+def describe_slow(phase: Phase) -> str:
+    """Where a fixed-load run's requests over 10 ms spent it: counted end to end (the
+    generator), inside the worker's decision (``sendwise_decision_seconds``: from the
+    handler's start to its answer, Redis awaits included), and Redis round trips over 10
+    ms (``sendwise_redis_seconds``). Many end to end and few inside: the time went before
+    the handler ran or after it answered (the worker's queue, the kernel, the generator)."""
+    hist = phase.worker_histograms
+    if not hist:
+        return f"{phase.over_10ms} end to end (worker histograms unread)"
+    decision = hist.get("sendwise_decision_seconds", {})
+    redis_rt = hist.get("sendwise_redis_seconds", {})
+    return (f"{phase.over_10ms} end to end / {over(decision, 0.01):.0f} inside the decision / "
+            f"{over(redis_rt, 0.01):.0f} Redis round trips")
 
 
 def tree_cpu(root: int) -> dict[int, float]:
@@ -376,10 +400,11 @@ class Service:
         return {g: (count[g], total.get(g, 0.0), count[g] - under.get(g, count[g]))
                 for g in sorted(count)}
 
-    def loop_lag(self) -> dict[float, float]:
-        """``sendwise_event_loop_lag_seconds`` as /metrics reports it (summed over the
-        workers): checks so far at most ``le`` seconds late, per bucket bound (``inf``: all).
-        Empty when /metrics cannot be read (the run goes on; the report says so)."""
+    def histograms(self, *families: str) -> dict[str, dict[float, float]]:
+        """The cumulative buckets of each named histogram as /metrics reports it, summed
+        over the workers and the label values: observations so far at most ``le`` seconds,
+        per bucket bound (``inf``: all). Empty when /metrics cannot be read (the run goes
+        on; the report says so)."""
         from prometheus_client.parser import text_string_to_metric_families
 
         url = f"http://127.0.0.1:{self.port}/metrics"
@@ -388,14 +413,15 @@ class Service:
                 text = resp.read().decode()
         except OSError:
             return {}
-        buckets: dict[float, float] = {}
+        found: dict[str, dict[float, float]] = {}
         for family in text_string_to_metric_families(text):
-            if family.name == "sendwise_event_loop_lag_seconds":
+            if family.name in families:
+                buckets = found.setdefault(family.name, {})
                 for sample in family.samples:
                     if sample.name.endswith("_bucket"):
                         bound = float(sample.labels["le"])
                         buckets[bound] = buckets.get(bound, 0.0) + sample.value
-        return buckets
+        return found
 
     def server_cpu(self) -> dict[int, float]:
         return tree_cpu(self.proc.pid) if self.proc is not None else {}
@@ -510,8 +536,15 @@ def wrk_phase(service: Service, name: str, path: str, args: argparse.Namespace,
     return phase
 
 
+#: the worker's histograms a fixed-load run reads before and after it: where a slow
+#: request's time went (docs/benchmarks.md, "Event-loop lag")
+WORKER_HISTOGRAMS = ("sendwise_decision_seconds", "sendwise_redis_seconds",
+                     "sendwise_event_loop_lag_seconds")
+
+
 def python_phase(service: Service, name: str, path: str, args: argparse.Namespace,
-                 prefix: str, *, rate: float = 0.0, meter: RedisMeter | None = None) -> Phase:
+                 prefix: str, *, rate: float = 0.0, meter: RedisMeter | None = None,
+                 histograms: bool = False) -> Phase:
     """Run httpload in ``--gen-processes`` spawned processes and merge their results."""
     procs = max(1, args.gen_processes)
     ctx = multiprocessing.get_context("spawn")
@@ -527,9 +560,11 @@ def python_phase(service: Service, name: str, path: str, args: argparse.Namespac
         pool.map(httpload.run_phase, specs(args.warmup, prefix + "w"))
         if meter is not None:
             meter.start()
+        h0 = service.histograms(*WORKER_HISTOGRAMS) if histograms else {}
         s0, r0, m0 = service.server_cpu(), service.redis_cpu(), machine_busy()
         results = pool.map(httpload.run_phase, specs(args.seconds, prefix))
         s1, r1, m1 = service.server_cpu(), service.redis_cpu(), machine_busy()
+        h1 = service.histograms(*WORKER_HISTOGRAMS) if histograms else {}
     lat = array("d")
     mix: dict[str, int] = {}
     statuses: dict[int, int] = {}
@@ -553,7 +588,11 @@ def python_phase(service: Service, name: str, path: str, args: argparse.Namespac
         server_processes=cpu_delta(s0, s1), redis_cpu=r1 - r0,
         generator_cpu=sum(r.cpu_seconds for r in results), machine_busy=m1 - m0,
         target_rate=rate,
-        max_lag_ms=max(r.max_lag_ms for r in results))
+        max_lag_ms=max(r.max_lag_ms for r in results),
+        over_10ms=sum(1 for v in ordered if v > 10.0),
+        worker_histograms={family: {bound: n - h0.get(family, {}).get(bound, 0.0)
+                                    for bound, n in buckets.items()}
+                           for family, buckets in h1.items()} if h0 else {})
     if meter is not None:
         meter.finish(phase)
     return phase
@@ -923,15 +962,17 @@ def main(argv: list[str] | None = None) -> int:
             best = max(d.rps for d in decisions)
             rate = round(0.6 * best, -1) if args.rate == "auto" else float(args.rate)
             lags: list[str] = []
+            slow: list[str] = []
             for k in range(args.fixed_runs):
                 label = "decisions fixed-rate" + (f" #{k + 1}" if args.fixed_runs > 1 else "")
                 fixed_clients = service.node_clients()
                 try:
-                    lag_before = service.loop_lag()
                     phase = python_phase(service, label, "/v1/decisions", args,
                                          f"{run}-fixed-{k}", rate=rate,
-                                         meter=RedisMeter(fixed_clients))
-                    lags.append(describe_lag(lag_before, service.loop_lag()))
+                                         meter=RedisMeter(fixed_clients), histograms=True)
+                    lags.append(describe_lag(phase.worker_histograms.get(
+                        "sendwise_event_loop_lag_seconds", {})))
+                    slow.append(describe_slow(phase))
                 finally:
                     for client in fixed_clients:
                         client.close()
@@ -945,6 +986,8 @@ def main(argv: list[str] | None = None) -> int:
             report.fact("worker event-loop lag per fixed-load run (25 ms timer checks: late "
                         "by over 10 ms / over 50 ms / the largest bucket reached)",
                         "; ".join(lags))
+            report.fact("requests over 10 ms per fixed-load run (end to end / inside the "
+                        "worker's decision / Redis round trips over 10 ms)", "; ".join(slow))
             with contextlib.suppress(OSError, ValueError):
                 pauses = service.gc_pauses()
                 report.fact("worker GC pauses since it started serving (generation: count, "
