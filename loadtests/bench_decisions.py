@@ -191,6 +191,28 @@ def describe_slow(phase: Phase) -> str:
             f"{over(redis_rt, 0.01):.0f} Redis round trips")
 
 
+#: Redis' latency monitor threshold during the fixed-load runs (ms)
+REDIS_LATENCY_MS = 5
+
+
+def watch_redis_latency(clients: list[redis.Redis]) -> None:
+    """Turn on each node's latency monitor (events that took over ``REDIS_LATENCY_MS``
+    inside Redis: a command, the expire cycle, a fork...) and forget earlier events."""
+    for client in clients:
+        client.config_set("latency-monitor-threshold", REDIS_LATENCY_MS)
+        client.execute_command("LATENCY", "RESET")
+
+
+def redis_latency_events(clients: list[redis.Redis]) -> str:
+    """``LATENCY LATEST`` of every node since ``watch_redis_latency``: each event's name
+    and worst time, or ``none``. A slow round trip with no event means Redis' own work was
+    not slow: the time went to scheduling or the socket."""
+    events = [f"{name.decode() if isinstance(name, bytes) else name} {worst} ms"
+              for client in clients
+              for name, _, _, worst in client.execute_command("LATENCY", "LATEST")]
+    return ", ".join(events) or "none"
+
+
 def tree_cpu(root: int) -> dict[int, float]:
     """CPU seconds of ``root`` and every live descendant (uvicorn's master and workers),
     per process: a worker that got most of the keep-alive connections shows up here."""
@@ -967,12 +989,14 @@ def main(argv: list[str] | None = None) -> int:
                 label = "decisions fixed-rate" + (f" #{k + 1}" if args.fixed_runs > 1 else "")
                 fixed_clients = service.node_clients()
                 try:
+                    watch_redis_latency(fixed_clients)
                     phase = python_phase(service, label, "/v1/decisions", args,
                                          f"{run}-fixed-{k}", rate=rate,
                                          meter=RedisMeter(fixed_clients), histograms=True)
                     lags.append(describe_lag(phase.worker_histograms.get(
                         "sendwise_event_loop_lag_seconds", {})))
-                    slow.append(describe_slow(phase))
+                    slow.append(describe_slow(phase) + "; Redis' own latency events: "
+                                + redis_latency_events(fixed_clients))
                 finally:
                     for client in fixed_clients:
                         client.close()
@@ -987,7 +1011,8 @@ def main(argv: list[str] | None = None) -> int:
                         "by over 10 ms / over 50 ms / the largest bucket reached)",
                         "; ".join(lags))
             report.fact("requests over 10 ms per fixed-load run (end to end / inside the "
-                        "worker's decision / Redis round trips over 10 ms)", "; ".join(slow))
+                        "worker's decision / Redis round trips over 10 ms; what Redis' latency "
+                        f"monitor saw over {REDIS_LATENCY_MS} ms)", " | ".join(slow))
             with contextlib.suppress(OSError, ValueError):
                 pauses = service.gc_pauses()
                 report.fact("worker GC pauses since it started serving (generation: count, "
