@@ -387,12 +387,16 @@ class Service:
             time.sleep(0.1)
         raise RuntimeError(f"service not ready within {timeout}s; see {self.log.name}")
 
+    def metrics_text(self) -> str:
+        """The service's /metrics exposition (raises OSError when it does not answer)."""
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
+
     def state_cache(self) -> dict[str, float]:
         """``sendwise_state_cache_total`` by result, as /metrics reports it (with several
         workers and no multiprocess directory: the worker that answered)."""
-        url = f"http://127.0.0.1:{self.port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
+        text = self.metrics_text()
         found = re.findall(r'^sendwise_state_cache_total\{result="(\w+)"\} (\S+)$', text,
                            re.MULTILINE)
         return {result: float(value) for result, value in found}
@@ -402,9 +406,7 @@ class Service:
         total seconds, pauses over 10 ms) since the worker started serving."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        url = f"http://127.0.0.1:{self.port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
+        text = self.metrics_text()
         count: dict[str, float] = {}
         total: dict[str, float] = {}
         under: dict[str, float] = {}
@@ -429,10 +431,8 @@ class Service:
         on; the report says so)."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        url = f"http://127.0.0.1:{self.port}/metrics"
         try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                text = resp.read().decode()
+            text = self.metrics_text()
         except OSError:
             return {}
         found: dict[str, dict[float, float]] = {}
