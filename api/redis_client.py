@@ -224,6 +224,35 @@ async def _read_replies(conn: AbstractConnection, batch: _Batch,
             future.set_result(reply)
 
 
+def _writer(conn: AbstractConnection) -> asyncio.StreamWriter:
+    """A connected connection's stream writer (redis-py keeps it in ``_writer``)."""
+    writer = conn._writer
+    if writer is None:
+        raise CommandNotSentError("command not sent: the connection is closed")
+    return writer
+
+
+async def _drained(conn: AbstractConnection) -> None:
+    """What redis-py's ``send_packed_command`` does after its ``writelines``: wait until
+    the transport takes more (``drain``, under the socket timeout), which also raises if
+    the write failed; nothing is awaited when the transport handed everything to the
+    kernel. A failed write (the connection broke) is ``CommandNotSentError``, as
+    ``FreshConnection`` has it. A write that timed out is not: part of the batch may have
+    reached Redis, so it is a ``TimeoutError`` that fails the batch and sends nothing
+    again."""
+    writer = _writer(conn)
+    transport = writer.transport
+    if not transport.is_closing() and not transport.get_write_buffer_size():
+        return
+    try:
+        async with asyncio.timeout(conn.socket_timeout):
+            await writer.drain()
+    except TimeoutError:
+        raise RedisTimeoutError("Timeout writing to socket") from None
+    except OSError as exc:
+        raise CommandNotSentError(f"command not sent: {exc!r}") from exc
+
+
 #: at most this many connections a single-node auto-pipeline keeps between batches
 IDLE_CONNECTIONS = 4
 
@@ -256,10 +285,11 @@ class AutoPipeline(_Coalescer):
         self._idle: list[AbstractConnection] = []
         self._keep = min(IDLE_CONNECTIONS, getattr(self._pool, "max_connections", 0) // 4)
 
-    async def _checkout(self) -> AbstractConnection:
-        """A connection for one batch: the last one a batch used, if it is still connected
-        and has no input pending (the pool's own check at checkout, ``_input_pending``),
-        else one from the pool.
+    def _kept(self) -> AbstractConnection | None:
+        """The last connection a batch used, if it is still connected and has no input
+        pending (the pool's own check at checkout, ``_input_pending``); a kept connection
+        that fails the check goes back to the pool, which reconnects it before handing it
+        out again.
 
         Why: the pool's checkout and release cost ~15 µs per batch (a condition, a timeout
         context, observability hooks, an event dispatch), and at a moderate load a batch
@@ -269,9 +299,19 @@ class AutoPipeline(_Coalescer):
             conn = self._idle.pop()
             if conn.is_connected and not _input_pending(conn):
                 return conn
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
-            await self._pool.release(conn)  # the pool reconnects it before handing it out
+            self._spawn(self._discard(conn))
+        return None
+
+    async def _discard(self, conn: AbstractConnection) -> None:
+        with contextlib.suppress(Exception):
+            await conn.disconnect()
+        await self._pool.release(conn)
+
+    async def _checkout(self) -> AbstractConnection:
+        """A connection for one batch: a kept one (``_kept``), else one from the pool."""
+        conn = self._kept()
+        if conn is not None:
+            return conn
         return await self._pool.get_connection()  # type: ignore[no-untyped-call,no-any-return]
 
     async def evalsha(self, script: AsyncScript, keys: list[Any] | tuple[Any, ...],
@@ -289,24 +329,68 @@ class AutoPipeline(_Coalescer):
         return await self._enqueue(command)
 
     def _flush(self) -> None:
-        batch = self._take()
-        if batch:
-            self._spawn(self._send(batch))
+        """Send the batch: written here, at once, on a kept connection; else by a task that
+        first checks a connection out of the pool.
 
-    async def _send(self, batch: _Batch) -> None:
+        Why write here: redis-py's ``send_packed_command`` wraps its write in
+        ``asyncio.wait_for`` (a socket timeout is set), which on Python 3.11 runs it in a
+        task of its own: the command left one event-loop iteration later and the batch's
+        task resumed two iterations after that. A loaded worker's iterations each run every
+        request that is ready, a millisecond or more, so a round trip of six iterations was
+        how a fixed-load decision spent 10 ms in Redis calls that Redis answered in well
+        under one (docs/benchmarks.md, "Loop iterations per round trip"). The write is the
+        same (``writelines``, then ``drain`` in the reading task, under the socket timeout
+        when the transport holds anything back), and so is every failure's handling."""
+        batch = self._take()
+        if not batch:
+            return
         try:
-            conn = await self._checkout()
-        except BaseException as exc:
+            conn = self._kept()
+        except Exception as exc:  # pragma: no cover - a callback must not leave calls waiting
             _fail(batch, exc)
             return
-        clean = False
+        if conn is None:
+            self._spawn(self._send(batch))
+            return
         try:
             packed = pack_commands(conn, [command for command, _ in batch])
+        except Exception as exc:  # a refused argument: nothing was written
+            _fail(batch, exc)
+            self._idle.append(conn)
+            return
+        try:
+            _writer(conn).writelines(packed)
+        except Exception as exc:  # pragma: no cover - a kept connection has its writer
+            _fail(batch, exc)
+            self._spawn(self._discard(conn))
+            return
+        self._spawn(self._send(batch, conn, packed))
+
+    async def _send(self, batch: _Batch, conn: AbstractConnection | None = None,
+                    written: list[bytes] | None = None) -> None:
+        """Send ``batch`` (unless ``_flush`` already wrote it, ``written``, on ``conn``)
+        and read its replies; the connection is kept or released after."""
+        if conn is None:
             try:
-                await conn.send_packed_command(packed, check_health=False)
-            except CommandNotSentError:
-                await conn.disconnect()
-                await conn.send_packed_command(packed, check_health=False)
+                conn = await self._checkout()
+            except BaseException as exc:
+                _fail(batch, exc)
+                return
+        clean = False
+        try:
+            if written is None:
+                packed = pack_commands(conn, [command for command, _ in batch])
+                try:
+                    await conn.send_packed_command(packed, check_health=False)
+                except CommandNotSentError:
+                    await conn.disconnect()
+                    await conn.send_packed_command(packed, check_health=False)
+            else:
+                try:
+                    await _drained(conn)
+                except CommandNotSentError:
+                    await conn.disconnect()
+                    await conn.send_packed_command(written, check_health=False)
             await _read_replies(conn, batch)
             clean = True
         except BaseException as exc:

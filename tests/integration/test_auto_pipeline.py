@@ -23,9 +23,9 @@ FAIL_ON_X = "if ARGV[1] == 'x' then return redis.error_reply('boom') end return 
 class CountingPipeline(AutoPipeline):
     batches = 0
 
-    async def _send(self, batch):  # type: ignore[no-untyped-def]
+    async def _send(self, batch, *written):  # type: ignore[no-untyped-def]
         type(self).batches += 1
-        await super()._send(batch)
+        await super()._send(batch, *written)
 
 
 class CountingClusterPipeline(ClusterAutoPipeline):

@@ -5,7 +5,10 @@ that may have run is never sent twice."""
 from __future__ import annotations
 
 import asyncio
+import statistics
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -104,5 +107,55 @@ async def test_the_pipeline_never_keeps_what_the_rest_of_the_client_needs(
         finally:
             for conn in others:
                 await pool.release(conn)
+    finally:
+        await client.aclose()
+
+
+async def _iterations_per_call(call: Any, busy_seconds: float) -> list[int]:
+    """Event-loop iterations each of 10 sequential ``call()``s spans, on a loop kept busy
+    (every iteration runs a callback that holds the CPU ``busy_seconds``, as a loaded
+    worker's requests do): the reply is always back within one iteration, so the count is
+    what the client's own hops cost, not Redis' speed."""
+    loop = asyncio.get_running_loop()
+    ticks = 0
+    running = True
+
+    def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+        until = time.perf_counter() + busy_seconds
+        while time.perf_counter() < until:
+            pass
+        if running:
+            loop.call_soon(tick)
+
+    loop.call_soon(tick)
+    counts = []
+    try:
+        for _ in range(10):
+            start = ticks
+            await call()
+            counts.append(ticks - start)
+    finally:
+        running = False
+    return counts
+
+
+async def test_a_batch_is_written_in_the_iteration_that_flushes_it(private_redis: str) -> None:
+    """On a loaded loop a pipelined call spans five iterations: the one that queues it,
+    the one that writes the batch on a kept connection (``_flush``), the one whose poll
+    receives the reply, the one where the batch's task reads it, and the caller's. Sent by
+    redis-py's ``send_packed_command`` from the batch's task, it spanned seven: the task
+    started one iteration after the flush, and the write ran in a task of its own
+    (``asyncio.wait_for``) whose completion took two more (docs/benchmarks.md, "Loop
+    iterations per round trip")."""
+    client = make_redis(Settings(redis_url=private_redis, redis_max_connections=16,
+                                 redis_timeout_seconds=2.0))
+    pipeline = AutoPipeline(client)
+    incr = ScriptCaller(client.register_script(INCR), pipeline)
+    try:
+        await incr(keys=["iterations"])  # the first call loads the script (NOSCRIPT)
+        counts = await _iterations_per_call(lambda: incr(keys=["iterations"]), 0.005)
+        assert statistics.median(counts) <= 5, counts
     finally:
         await client.aclose()
