@@ -336,11 +336,12 @@ class AutoPipeline(_Coalescer):
         ``asyncio.wait_for`` (a socket timeout is set), which on Python 3.11 runs it in a
         task of its own: the command left one event-loop iteration later and the batch's
         task resumed two iterations after that. A loaded worker's iterations each run every
-        request that is ready, a millisecond or more, so a round trip of six iterations was
-        how a fixed-load decision spent 10 ms in Redis calls that Redis answered in well
-        under one (docs/benchmarks.md, "Loop iterations per round trip"). The write is the
-        same (``writelines``, then ``drain`` in the reading task, under the socket timeout
-        when the transport holds anything back), and so is every failure's handling."""
+        request that is ready, a millisecond or more, so a round trip of seven iterations
+        was how a fixed-load decision spent 10 ms in Redis calls that Redis answered in
+        well under one (docs/benchmarks.md, "Loop iterations per round trip"); now five.
+        The write is the same (``writelines``, then ``drain`` in the reading task, under
+        the socket timeout when the transport holds anything back), and so is every
+        failure's handling but one: a write that times out fails the batch (``_drained``)."""
         batch = self._take()
         if not batch:
             return
