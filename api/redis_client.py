@@ -380,18 +380,15 @@ class AutoPipeline(_Coalescer):
         clean = False
         try:
             if written is None:
-                packed = pack_commands(conn, [command for command, _ in batch])
-                try:
-                    await conn.send_packed_command(packed, check_health=False)
-                except CommandNotSentError:
-                    await conn.disconnect()
-                    await conn.send_packed_command(packed, check_health=False)
+                written = pack_commands(conn, [command for command, _ in batch])
+                sent = conn.send_packed_command(written, check_health=False)
             else:
-                try:
-                    await _drained(conn)
-                except CommandNotSentError:
-                    await conn.disconnect()
-                    await conn.send_packed_command(written, check_health=False)
+                sent = _drained(conn)
+            try:
+                await sent
+            except CommandNotSentError:
+                await conn.disconnect()
+                await conn.send_packed_command(written, check_health=False)
             await _read_replies(conn, batch)
             clean = True
         except BaseException as exc:
