@@ -463,20 +463,42 @@ class ClusterAutoPipeline(_Coalescer):
                 continue
             groups.setdefault(node.name, (node, []))[1].append(item)
         for node, items in groups.values():
-            self._spawn(self._send(node, items))
+            self._spawn(self._send(node, items, *self._write_now(node, items)))
 
-    async def _send(self, node: Any, batch: _Batch) -> None:
+    @staticmethod
+    def _write_now(node: Any, batch: _Batch) -> tuple[Any, list[bytes] | None]:
+        """A connection of ``node`` for ``batch`` (None: the node's pool is exhausted) and,
+        when the batch could be written on it at once, what was written: in the iteration
+        that flushes the batch, as ``AutoPipeline._flush`` does, on a connection that is
+        connected, not marked for reconnection and has nothing pending; any other goes
+        through ``_send``'s checks, which may await."""
         try:
             conn = node.acquire_connection()
-        except MaxConnectionsError:  # nothing was sent: each call goes alone
+        except MaxConnectionsError:
+            return None, None
+        if not conn.is_connected or conn.should_reconnect() or _input_pending(conn):
+            return conn, None
+        try:
+            packed = pack_commands(conn, [command for command, _ in batch])
+            _writer(conn).writelines(packed)
+        except Exception:  # nothing was written: _send packs again and fails the batch
+            return conn, None
+        return conn, packed
+
+    async def _send(self, node: Any, batch: _Batch, conn: Any,
+                    written: list[bytes] | None) -> None:
+        if conn is None:  # the node's pool is exhausted; nothing was sent: each call goes alone
             _fail(batch, _NotExecutedError())
             return
         try:
-            await node.disconnect_if_needed(conn)
-            if _input_pending(conn):  # idle, yet readable: the server closed it (restart)
-                await conn.disconnect()  # sending reconnects first
-            packed = pack_commands(conn, [command for command, _ in batch])
-            await conn.send_packed_command(packed, check_health=False)
+            if written is None:
+                await node.disconnect_if_needed(conn)
+                if _input_pending(conn):  # idle, yet readable: the server closed it (restart)
+                    await conn.disconnect()  # sending reconnects first
+                packed = pack_commands(conn, [command for command, _ in batch])
+                await conn.send_packed_command(packed, check_health=False)
+            else:
+                await _drained(conn)
             # answered without running (MovedError is an AskError): each call goes alone
             await _read_replies(conn, batch, (AskError, TryAgainError, ClusterDownError,
                                               NoScriptError))

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -17,6 +15,7 @@ from api.redis_client import IDLE_CONNECTIONS, AutoPipeline, ScriptCaller, make_
 from api.redis_server import EmbeddedRedis
 from api.settings import Settings
 from tests.conftest import _free_cluster_port
+from tests.iterations import iterations_per_call
 
 
 @pytest.fixture(scope="module", params=["unix", "tcp"])
@@ -111,36 +110,6 @@ async def test_the_pipeline_never_keeps_what_the_rest_of_the_client_needs(
         await client.aclose()
 
 
-async def _iterations_per_call(call: Any, busy_seconds: float) -> list[int]:
-    """Event-loop iterations each of 10 sequential ``call()``s spans, on a loop kept busy
-    (every iteration runs a callback that holds the CPU ``busy_seconds``, as a loaded
-    worker's requests do): the reply is always back within one iteration, so the count is
-    what the client's own hops cost, not Redis' speed."""
-    loop = asyncio.get_running_loop()
-    ticks = 0
-    running = True
-
-    def tick() -> None:
-        nonlocal ticks
-        ticks += 1
-        until = time.perf_counter() + busy_seconds
-        while time.perf_counter() < until:
-            pass
-        if running:
-            loop.call_soon(tick)
-
-    loop.call_soon(tick)
-    counts = []
-    try:
-        for _ in range(10):
-            start = ticks
-            await call()
-            counts.append(ticks - start)
-    finally:
-        running = False
-    return counts
-
-
 async def test_a_batch_is_written_in_the_iteration_that_flushes_it(private_redis: str) -> None:
     """On a loaded loop a pipelined call spans five iterations: the one that queues it,
     the one that writes the batch on a kept connection (``_flush``), the one whose poll
@@ -155,7 +124,7 @@ async def test_a_batch_is_written_in_the_iteration_that_flushes_it(private_redis
     incr = ScriptCaller(client.register_script(INCR), pipeline)
     try:
         await incr(keys=["iterations"])  # the first call loads the script (NOSCRIPT)
-        counts = await _iterations_per_call(lambda: incr(keys=["iterations"]), 0.005)
+        counts = await iterations_per_call(lambda: incr(keys=["iterations"]), 0.005)
         assert statistics.median(counts) <= 5, counts
     finally:
         await client.aclose()
