@@ -232,6 +232,19 @@ def _writer(conn: AbstractConnection) -> asyncio.StreamWriter:
     return writer
 
 
+def _write_at_once(conn: AbstractConnection, batch: _Batch) -> list[bytes] | None:
+    """Pack ``batch`` and hand it to ``conn``'s transport now, in the iteration that
+    flushes it (both auto-pipelines' ``_flush``); what was written, or None when nothing
+    was (an argument the packer refuses): the batch's task then takes its own path, which
+    packs again and fails the batch as it always did."""
+    try:
+        packed = pack_commands(conn, [command for command, _ in batch])
+        _writer(conn).writelines(packed)
+    except Exception:
+        return None
+    return packed
+
+
 async def _drained(conn: AbstractConnection) -> None:
     """What redis-py's ``send_packed_command`` does after its ``writelines``: wait until
     the transport takes more (``drain``, under the socket timeout), which also raises if
@@ -343,29 +356,10 @@ class AutoPipeline(_Coalescer):
         the socket timeout when the transport holds anything back), and so is every
         failure's handling but one: a write that times out fails the batch (``_drained``)."""
         batch = self._take()
-        if not batch:
-            return
-        try:
+        if batch:
             conn = self._kept()
-        except Exception as exc:  # pragma: no cover - a callback must not leave calls waiting
-            _fail(batch, exc)
-            return
-        if conn is None:
-            self._spawn(self._send(batch))
-            return
-        try:
-            packed = pack_commands(conn, [command for command, _ in batch])
-        except Exception as exc:  # a refused argument: nothing was written
-            _fail(batch, exc)
-            self._idle.append(conn)
-            return
-        try:
-            _writer(conn).writelines(packed)
-        except Exception as exc:  # pragma: no cover - a kept connection has its writer
-            _fail(batch, exc)
-            self._spawn(self._discard(conn))
-            return
-        self._spawn(self._send(batch, conn, packed))
+            self._spawn(self._send(batch, conn,
+                                   None if conn is None else _write_at_once(conn, batch)))
 
     async def _send(self, batch: _Batch, conn: AbstractConnection | None = None,
                     written: list[bytes] | None = None) -> None:
@@ -478,12 +472,7 @@ class ClusterAutoPipeline(_Coalescer):
             return None, None
         if not conn.is_connected or conn.should_reconnect() or _input_pending(conn):
             return conn, None
-        try:
-            packed = pack_commands(conn, [command for command, _ in batch])
-            _writer(conn).writelines(packed)
-        except Exception:  # nothing was written: _send packs again and fails the batch
-            return conn, None
-        return conn, packed
+        return conn, _write_at_once(conn, batch)
 
     async def _send(self, node: Any, batch: _Batch, conn: Any,
                     written: list[bytes] | None) -> None:
