@@ -26,6 +26,7 @@ docs/production.md describes what the operator sees.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import select
 from typing import Any
@@ -40,6 +41,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    InvalidResponse,
     MaxConnectionsError,
     NoScriptError,
     ResponseError,
@@ -266,66 +268,180 @@ async def _drained(conn: AbstractConnection) -> None:
         raise CommandNotSentError(f"command not sent: {exc!r}") from exc
 
 
-#: at most this many connections a single-node auto-pipeline keeps between batches
-IDLE_CONNECTIONS = 4
+class _ReplyRouter(asyncio.Protocol):
+    """Sits between a connection's transport and redis-py's stream protocol and hands each
+    reply to the call that waits for it, in ``data_received``: in the event-loop iteration
+    whose poll received it.
+
+    Why: through redis-py's reader a reply first wakes a reading task, which parses it and
+    resolves the callers' futures, and the callers resume one iteration later again; on a
+    loaded worker an iteration runs every request that is ready (a millisecond or more),
+    so each hop is what a round trip costs, not Redis (docs/benchmarks.md, "Loop
+    iterations per round trip"). Here a round trip spans four iterations: queued, written,
+    received and resolved, resumed. There is no reading task per batch either.
+
+    Replies come back in the order the commands were written, so the calls waiting are a
+    queue, and batches may follow each other on the connection before the earlier ones
+    are answered. While nothing waits, everything passes to redis-py's protocol untouched;
+    input then (a server's close, or garbage) breaks the router, so the owner retires the
+    connection. A call whose reply does not come within the socket timeout fails, and so
+    does every call behind it: the connection is aborted, never reused, and nothing is sent
+    again (a script may have run). Errors are the ones redis-py raises: a script's error
+    fails its own call, a reply of a ``not_run`` kind (the node did not run the command)
+    fails it with ``_NotExecutedError`` so it goes again alone, and a lost connection or
+    unreadable stream fails every call still waiting."""
+
+    def __init__(self, conn: AbstractConnection,
+                 not_run: tuple[type[Exception], ...] = ()) -> None:
+        self.conn = conn
+        self.transport = _writer(conn).transport
+        self._inner: Any = self.transport.get_protocol()
+        parser: Any = conn._parser
+        options: dict[str, Any] = {"protocolError": InvalidResponse,
+                                   "replyError": parser.parse_error}
+        if conn.encoder.decode_responses:
+            options.update(encoding=conn.encoder.encoding, errors=conn.encoder.encoding_errors)
+        self._reader = hiredis.Reader(**options)
+        self._not_run = not_run
+        #: the calls written and not yet answered, oldest first; the last call of each
+        #: batch carries the timer that fails it if Redis has not answered in time
+        self._waiting: collections.deque[
+            tuple[asyncio.Future[Any], asyncio.TimerHandle | None]] = collections.deque()
+        self._timeout = conn.socket_timeout
+        self.broken = False
+        self.transport.set_protocol(self)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._waiting)
+
+    def usable(self) -> bool:
+        """Whether a batch may be written on it now: not broken, not closing, and (when idle)
+        with no input pending in the kernel, which on an idle connection can only be the
+        server's close that the loop has not polled yet (a Redis restart)."""
+        return not (self.broken or self.transport.is_closing()
+                    or (not self._waiting and _input_pending(self.conn)))
+
+    def expect(self, batch: _Batch) -> None:
+        """The calls of ``batch``, just written, wait for their replies in order."""
+        timer = (None if self._timeout is None else
+                 asyncio.get_running_loop().call_later(self._timeout, self._timed_out))
+        last = len(batch) - 1
+        self._waiting.extend((future, timer if i == last else None)
+                             for i, (_, future) in enumerate(batch))
+
+    def data_received(self, data: bytes) -> None:
+        if not self._waiting:
+            self._break(RedisConnectionError("unexpected input on an idle connection"))
+            self._inner.data_received(data)
+            return
+        reader = self._reader
+        reader.feed(data)
+        waiting = self._waiting
+        try:
+            while waiting:
+                reply = reader.gets()
+                if reply is False:  # hiredis: no complete reply buffered yet
+                    return
+                future, timer = waiting.popleft()
+                if timer is not None:
+                    timer.cancel()
+                if isinstance(reply, RedisConnectionError):  # redis-py raises these too
+                    if not future.done():
+                        future.set_exception(reply)
+                    self._break(reply)
+                    return
+                if future.done():  # its caller gave up (cancelled); the reply is discarded
+                    continue
+                if isinstance(reply, self._not_run):
+                    future.set_exception(_NotExecutedError())
+                elif isinstance(reply, ResponseError):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+        except InvalidResponse as exc:
+            self._break(RedisConnectionError(f"unreadable reply: {exc}"))
+            return
+        if reader.has_data():  # more than the calls asked for
+            self._break(RedisConnectionError("unexpected input after the last reply"))
+
+    def eof_received(self) -> bool | None:
+        self._break(RedisConnectionError("Connection closed by server."))
+        return self._inner.eof_received()  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._break(RedisConnectionError(f"Connection lost: {exc!r}" if exc else
+                                         "Connection closed."))
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()  # redis-py's drain waits on its own protocol
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def _timed_out(self) -> None:
+        self._break(RedisTimeoutError(f"Timeout reading from {self.conn._host_error()}"))
+
+    def _break(self, exc: Exception) -> None:
+        """Fail every call still waiting and abort the connection: nothing more is read
+        from it (a late reply must not reach a later call) and its owner retires it."""
+        self.broken = True
+        waiting, self._waiting = self._waiting, collections.deque()
+        for future, timer in waiting:
+            if timer is not None:
+                timer.cancel()
+            if not future.done():
+                future.set_exception(exc)
+        self.transport.abort()
 
 
 class AutoPipeline(_Coalescer):
     """Coalesces the script calls that concurrent requests issue in one event-loop iteration
-    into one write on one pooled connection, then reads the replies in order.
+    into one write, on the one connection the pipeline keeps (``_ReplyRouter``: each reply
+    resolves its call as it arrives; batches follow each other without waiting).
 
     Why: a decision's two round trips used to cost ~700 µs client-side together (redis-py's
     per-command path: pool checkout under a lock, packing, a timeout context, parsing, one
     event-loop wake-up each) and one ``read``/``write`` system call pair per command in
-    redis-server too. With N requests
-    in flight, one batch pays those fixed costs once for N commands (docs/benchmarks.md).
-    Each EVALSHA stays atomic inside Redis; a batch is no transaction and needs none.
+    redis-server too. With N requests in flight, one batch pays those fixed costs once for
+    N commands (docs/benchmarks.md). Each EVALSHA stays atomic inside Redis; a batch is no
+    transaction and needs none.
 
     Failure semantics are the module's: the batch is *sent* at most twice, and only when
     the first send failed before anything left this process (``CommandNotSentError``); a
     failure while reading fails every call whose reply was not read (their scripts may
     have run) and the connection is dropped. A NOSCRIPT reply (Redis restarted and lost its
     script cache) means that script did not run: it is loaded and that call sent again.
+    Without a usable kept connection (the first batches, or after a failure) a batch checks
+    one out of the pool and is read through redis-py; the first such connection to finish
+    cleanly becomes the kept one.
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
         super().__init__()
         self._client = client
         self._pool = client.connection_pool
-        #: connections kept checked out between batches (most recently used last), and
-        #: how many: a quarter of the pool at most, so that other users of the pool (the
-        #: health check, script loads) never wait on connections nobody is using
-        self._idle: list[AbstractConnection] = []
-        self._keep = min(IDLE_CONNECTIONS, getattr(self._pool, "max_connections", 0) // 4)
+        #: the kept connection's router; kept only when the pool has at least 4 connections,
+        #: so that the health check and script loads never wait on the pipeline's
+        self._routed: _ReplyRouter | None = None
+        self._keep = getattr(self._pool, "max_connections", 0) >= 4
 
-    def _kept(self) -> AbstractConnection | None:
-        """The last connection a batch used, if it is still connected and has no input
-        pending (the pool's own check at checkout, ``_input_pending``); a kept connection
-        that fails the check goes back to the pool, which reconnects it before handing it
-        out again.
-
-        Why: the pool's checkout and release cost ~15 µs per batch (a condition, a timeout
-        context, observability hooks, an event dispatch), and at a moderate load a batch
-        holds one or two commands, so a decision paid it two or three times
-        (docs/benchmarks.md, "The pool on the hot path")."""
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.is_connected and not _input_pending(conn):
-                return conn
-            self._spawn(self._discard(conn))
+    def _router(self) -> _ReplyRouter | None:
+        """The kept connection's router if a batch can be written on it now; a kept
+        connection that cannot (broken, closed by the server) is disconnected and goes
+        back to the pool, which reconnects it before handing it out again."""
+        router = self._routed
+        if router is None or router.usable():
+            return router
+        self._routed = None
+        self._spawn(self._discard(router.conn))
         return None
 
     async def _discard(self, conn: AbstractConnection) -> None:
         with contextlib.suppress(Exception):
             await conn.disconnect()
         await self._pool.release(conn)
-
-    async def _checkout(self) -> AbstractConnection:
-        """A connection for one batch: a kept one (``_kept``), else one from the pool."""
-        conn = self._kept()
-        if conn is not None:
-            return conn
-        return await self._pool.get_connection()  # type: ignore[no-untyped-call,no-any-return]
 
     async def evalsha(self, script: AsyncScript, keys: list[Any] | tuple[Any, ...],
                       args: list[Any] | tuple[Any, ...]) -> Any:
@@ -342,47 +458,42 @@ class AutoPipeline(_Coalescer):
         return await self._enqueue(command)
 
     def _flush(self) -> None:
-        """Send the batch: written here, at once, on a kept connection; else by a task that
-        first checks a connection out of the pool.
+        """Write the batch on the kept connection, in this iteration; its replies resolve the
+        calls as they arrive (``_ReplyRouter``). Otherwise a task sends it (``_send``).
 
         Why write here: redis-py's ``send_packed_command`` wraps its write in
         ``asyncio.wait_for`` (a socket timeout is set), which on Python 3.11 runs it in a
         task of its own: the command left one event-loop iteration later and the batch's
-        task resumed two iterations after that. A loaded worker's iterations each run every
-        request that is ready, a millisecond or more, so a round trip of seven iterations
-        was how a fixed-load decision spent 10 ms in Redis calls that Redis answered in
-        well under one (docs/benchmarks.md, "Loop iterations per round trip"); now five.
-        The write is the same (``writelines``, then ``drain`` in the reading task, under
-        the socket timeout when the transport holds anything back), and so is every
-        failure's handling but one: a write that times out fails the batch (``_drained``)."""
+        task resumed two iterations after that (docs/benchmarks.md, "Loop iterations per
+        round trip"). A write that fails in the kernel closes the transport at once, before
+        any of it left: that batch then goes through ``_send`` on another connection."""
         batch = self._take()
-        if batch:
-            conn = self._kept()
-            self._spawn(self._send(batch, conn,
-                                   None if conn is None else _write_at_once(conn, batch)))
-
-    async def _send(self, batch: _Batch, conn: AbstractConnection | None = None,
-                    written: list[bytes] | None = None) -> None:
-        """Send ``batch`` (unless ``_flush`` already wrote it, ``written``, on ``conn``)
-        and read its replies; the connection is kept or released after."""
-        if conn is None:
-            try:
-                conn = await self._checkout()
-            except BaseException as exc:
-                _fail(batch, exc)
+        if not batch:
+            return
+        router = self._router()
+        if router is not None and _write_at_once(router.conn, batch) is not None:
+            if not router.transport.is_closing():
+                router.expect(batch)
                 return
+            self._router()  # the write failed: retire the connection
+        self._spawn(self._send(batch))
+
+    async def _send(self, batch: _Batch) -> None:
+        """Send ``batch`` on a connection from the pool and read its replies through
+        redis-py; the connection becomes the kept one if there is none, else goes back."""
+        try:
+            conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        except BaseException as exc:
+            _fail(batch, exc)
+            return
         clean = False
         try:
-            if written is None:
-                written = pack_commands(conn, [command for command, _ in batch])
-                sent = conn.send_packed_command(written, check_health=False)
-            else:
-                sent = _drained(conn)
+            packed = pack_commands(conn, [command for command, _ in batch])
             try:
-                await sent
+                await conn.send_packed_command(packed, check_health=False)
             except CommandNotSentError:
                 await conn.disconnect()
-                await conn.send_packed_command(written, check_health=False)
+                await conn.send_packed_command(packed, check_health=False)
             await _read_replies(conn, batch)
             clean = True
         except BaseException as exc:
@@ -392,8 +503,8 @@ class AutoPipeline(_Coalescer):
             if not isinstance(exc, Exception):
                 raise  # cancellation (shutdown): the callers have their error already
         finally:
-            if clean and len(self._idle) < self._keep:
-                self._idle.append(conn)  # every reply read: nothing pending on it
+            if clean and self._keep and self._routed is None and conn.is_connected:
+                self._routed = _ReplyRouter(conn)  # every reply read: nothing pending on it
             else:
                 await self._pool.release(conn)
 

@@ -25,17 +25,19 @@ FAIL_ON_X = "if ARGV[1] == 'x' then return redis.error_reply('boom') end return 
 class CountingPipeline(AutoPipeline):
     batches = 0
 
-    async def _send(self, batch, *written):  # type: ignore[no-untyped-def]
-        type(self).batches += 1
-        await super()._send(batch, *written)
+    def _take(self):  # type: ignore[no-untyped-def]
+        batch = super()._take()
+        type(self).batches += bool(batch)
+        return batch
 
 
 class CountingClusterPipeline(ClusterAutoPipeline):
     batches = 0
 
-    async def _send(self, node, batch, *written):  # type: ignore[no-untyped-def]
-        type(self).batches += 1
-        await super()._send(node, batch, *written)
+    def _take(self):  # type: ignore[no-untyped-def]
+        batch = super()._take()
+        type(self).batches += bool(batch)
+        return batch
 
 
 def caller(client: RedisClient, source: str
