@@ -65,13 +65,22 @@ class CommandNotSentError(RedisConnectionError):
 
 
 def _input_pending(conn: AbstractConnection) -> bool:
-    """True when the kernel holds input (or the peer's close) for an idle connection."""
+    """True when the kernel holds input (or the peer's close) for an idle connection, or
+    when its transport is already closed (the event loop saw the close first: the socket
+    has no descriptor left to ask about)."""
     writer = getattr(conn, "_writer", None)
-    sock = writer.get_extra_info("socket") if writer is not None else None
+    if writer is None:
+        return False
+    if writer.transport.is_closing():
+        return True
+    sock = writer.get_extra_info("socket")
     if sock is None:
         return False
+    fd = sock.fileno()
+    if fd < 0:
+        return True
     poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+    poller.register(fd, select.POLLIN | select.POLLPRI)
     return bool(poller.poll(0))
 
 
@@ -236,36 +245,15 @@ def _writer(conn: AbstractConnection) -> asyncio.StreamWriter:
 
 def _write_at_once(conn: AbstractConnection, batch: _Batch) -> list[bytes] | None:
     """Pack ``batch`` and hand it to ``conn``'s transport now, in the iteration that
-    flushes it (both auto-pipelines' ``_flush``); what was written, or None when nothing
-    was (an argument the packer refuses): the batch's task then takes its own path, which
-    packs again and fails the batch as it always did."""
+    flushes it (both auto-pipelines' ``_flush``, on a kept connection); what was written,
+    or None when nothing was (an argument the packer refuses): the batch then goes through
+    ``_send``, which packs again and fails it as it always did."""
     try:
         packed = pack_commands(conn, [command for command, _ in batch])
         _writer(conn).writelines(packed)
     except Exception:
         return None
     return packed
-
-
-async def _drained(conn: AbstractConnection) -> None:
-    """What redis-py's ``send_packed_command`` does after its ``writelines``: wait until
-    the transport takes more (``drain``, under the socket timeout), which also raises if
-    the write failed; nothing is awaited when the transport handed everything to the
-    kernel. A failed write (the connection broke) is ``CommandNotSentError``, as
-    ``FreshConnection`` has it. A write that timed out is not: part of the batch may have
-    reached Redis, so it is a ``TimeoutError`` that fails the batch and sends nothing
-    again."""
-    writer = _writer(conn)
-    transport = writer.transport
-    if not transport.is_closing() and not transport.get_write_buffer_size():
-        return
-    try:
-        async with asyncio.timeout(conn.socket_timeout):
-            await writer.drain()
-    except TimeoutError:
-        raise RedisTimeoutError("Timeout writing to socket") from None
-    except OSError as exc:
-        raise CommandNotSentError(f"command not sent: {exc!r}") from exc
 
 
 class _ReplyRouter(asyncio.Protocol):
@@ -309,6 +297,8 @@ class _ReplyRouter(asyncio.Protocol):
             tuple[asyncio.Future[Any], asyncio.TimerHandle | None]] = collections.deque()
         self._timeout = conn.socket_timeout
         self.broken = False
+        #: whether breaking failed calls that were waiting (not only an idle close)
+        self.failed = False
         self.transport.set_protocol(self)
 
     @property
@@ -388,6 +378,7 @@ class _ReplyRouter(asyncio.Protocol):
         from it (a late reply must not reach a later call) and its owner retires it."""
         self.broken = True
         waiting, self._waiting = self._waiting, collections.deque()
+        self.failed = self.failed or bool(waiting)
         for future, timer in waiting:
             if timer is not None:
                 timer.cancel()
@@ -425,7 +416,7 @@ class AutoPipeline(_Coalescer):
         #: the kept connection's router; kept only when the pool has at least 4 connections,
         #: so that the health check and script loads never wait on the pipeline's
         self._routed: _ReplyRouter | None = None
-        self._keep = getattr(self._pool, "max_connections", 0) >= 4
+        self.keeps = int(getattr(self._pool, "max_connections", 0) >= 4)
 
     def _router(self) -> _ReplyRouter | None:
         """The kept connection's router if a batch can be written on it now; a kept
@@ -503,7 +494,7 @@ class AutoPipeline(_Coalescer):
             if not isinstance(exc, Exception):
                 raise  # cancellation (shutdown): the callers have their error already
         finally:
-            if clean and self._keep and self._routed is None and conn.is_connected:
+            if clean and self.keeps and self._routed is None and conn.is_connected:
                 self._routed = _ReplyRouter(conn)  # every reply read: nothing pending on it
             else:
                 await self._pool.release(conn)
@@ -533,6 +524,10 @@ class ClusterAutoPipeline(_Coalescer):
     def __init__(self, client: RedisCluster) -> None:
         super().__init__()
         self._client = client
+        #: per master (by name), the router of the one connection kept for it; kept only
+        #: when a node's pool has at least 4 connections
+        self._routed: dict[str, _ReplyRouter] = {}
+        self.keeps = int(client.nodes_manager.connection_kwargs.get("max_connections", 0) >= 4)
 
     async def evalsha(self, script: AsyncScript, keys: list[Any] | tuple[Any, ...],
                       args: list[Any] | tuple[Any, ...]) -> Any:
@@ -568,56 +563,77 @@ class ClusterAutoPipeline(_Coalescer):
                 continue
             groups.setdefault(node.name, (node, []))[1].append(item)
         for node, items in groups.values():
-            self._spawn(self._send(node, items, *self._write_now(node, items)))
+            router = self._router(node)
+            if router is not None and _write_at_once(router.conn, items) is not None:
+                if not router.transport.is_closing():
+                    router.expect(items)
+                    continue
+                self._router(node)  # the write failed: retire the connection
+            self._spawn(self._send(node, items))
 
-    @staticmethod
-    def _write_now(node: Any, batch: _Batch) -> tuple[Any, list[bytes] | None]:
-        """A connection of ``node`` for ``batch`` (None: the node's pool is exhausted) and,
-        when the batch could be written on it at once, what was written: in the iteration
-        that flushes the batch, as ``AutoPipeline._flush`` does, on a connection that is
-        connected, not marked for reconnection and has nothing pending; any other goes
-        through ``_send``'s checks, which may await."""
+    def _router(self, node: Any) -> _ReplyRouter | None:
+        """The router of the connection kept for ``node`` if a batch can be written on it
+        now (``AutoPipeline._router``). One that broke while calls waited on it also
+        means what any failed batch means here: the node's idle connections are dropped
+        and the slot map reloaded (a failover moves the slots) before the next batch."""
+        router = self._routed.get(node.name)
+        if router is None or router.usable():
+            return router
+        del self._routed[node.name]
+        self._spawn(self._retire(node, router.conn, failed=router.failed))
+        return None
+
+    async def _retire(self, node: Any, conn: Any, failed: bool) -> None:
+        with contextlib.suppress(Exception):
+            await conn.disconnect()
+        if failed:
+            await self._node_failed(node)
+        node.release(conn)
+
+    async def _node_failed(self, node: Any) -> None:
+        """What redis-py's cluster client does on a node failure: drop the node's idle
+        connections and reload the slot map before the next batch; until then calls take
+        the per-command path."""
+        node.update_active_connections_for_reconnect()
+        with contextlib.suppress(Exception):
+            await node.disconnect_free_connections()
+        self._client._initialize = True
+
+    async def _send(self, node: Any, batch: _Batch) -> None:
+        """Send ``batch`` on a connection of ``node`` and read its replies through redis-py;
+        the connection is kept for ``node`` if it has none, else goes back."""
         try:
             conn = node.acquire_connection()
-        except MaxConnectionsError:
-            return None, None
-        if not conn.is_connected or conn.should_reconnect() or _input_pending(conn):
-            return conn, None
-        return conn, _write_at_once(conn, batch)
-
-    async def _send(self, node: Any, batch: _Batch, conn: Any,
-                    written: list[bytes] | None) -> None:
-        if conn is None:  # the node's pool is exhausted; nothing was sent: each call goes alone
+        except MaxConnectionsError:  # nothing was sent: each call goes alone
             _fail(batch, _NotExecutedError())
             return
+        clean = False
         try:
-            if written is None:
-                await node.disconnect_if_needed(conn)
-                if _input_pending(conn):  # idle, yet readable: the server closed it (restart)
-                    await conn.disconnect()  # sending reconnects first
-                packed = pack_commands(conn, [command for command, _ in batch])
-                await conn.send_packed_command(packed, check_health=False)
-            else:
-                await _drained(conn)
-            # answered without running (MovedError is an AskError): each call goes alone
-            await _read_replies(conn, batch, (AskError, TryAgainError, ClusterDownError,
-                                              NoScriptError))
+            await node.disconnect_if_needed(conn)
+            if _input_pending(conn):  # idle, yet readable: the server closed it (restart)
+                await conn.disconnect()  # sending reconnects first
+            packed = pack_commands(conn, [command for command, _ in batch])
+            await conn.send_packed_command(packed, check_health=False)
+            await _read_replies(conn, batch, _NOT_RUN_ON_THIS_NODE)
+            clean = True
         except BaseException as exc:
             _fail(batch, exc)
             with contextlib.suppress(Exception):
                 await conn.disconnect()
             if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
-                # what redis-py's cluster client does on a node failure: drop the node's idle
-                # connections and reload the slot map (a failover moves the slots) before
-                # the next batch; until then calls take the per-command path
-                node.update_active_connections_for_reconnect()
-                with contextlib.suppress(Exception):
-                    await node.disconnect_free_connections()
-                self._client._initialize = True
+                await self._node_failed(node)
             if not isinstance(exc, Exception):
                 raise
         finally:
-            node.release(conn)
+            if clean and self.keeps and node.name not in self._routed and conn.is_connected:
+                self._routed[node.name] = _ReplyRouter(conn, _NOT_RUN_ON_THIS_NODE)
+            else:
+                node.release(conn)
+
+
+#: replies that say a cluster node did not run the command (MovedError is an AskError):
+#: that call goes again alone, through redis-py's cluster path
+_NOT_RUN_ON_THIS_NODE = (AskError, TryAgainError, ClusterDownError, NoScriptError)
 
 
 def pack_commands(conn: AbstractConnection, commands: list[tuple[Any, ...]]) -> list[bytes]:

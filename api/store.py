@@ -124,7 +124,9 @@ class Store:
                  auto_pipeline: bool = True) -> None:
         """``max_in_flight`` should equal the client's connection limit: a burst of
         requests then queues here instead of failing fast (redis-py's cluster client has
-        no blocking pool and raises MaxConnectionsError when a node's pool is empty)."""
+        no blocking pool and raises MaxConnectionsError when a node's pool is empty). The
+        gate lets one fewer through when the auto-pipeline keeps a connection per node
+        for itself (``AutoPipeline.keeps``)."""
         self.client = client
         self._gate = asyncio.Semaphore(max_in_flight)
         self._read = client.register_script(_script("read.lua"))
@@ -149,6 +151,8 @@ class Store:
         #: the benchmark's floor (``/v1/_floor``): one script call that reads one key
         self._floor = client.register_script("return redis.call('EXISTS', KEYS[1])")
         self._share_writes(auto_pipeline)
+        if self._pipeline is not None and self._pipeline.keeps:
+            self._gate = asyncio.Semaphore(max(1, max_in_flight - self._pipeline.keeps))
 
     def _share_writes(self, enabled: bool) -> None:
         """Every script registered above is called through one auto-pipeline
