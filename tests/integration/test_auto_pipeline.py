@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError, ResponseError
 
 from api.redis_client import AutoPipeline, ClusterAutoPipeline, RedisClient, ScriptCaller
 from api.store import Store
-from tests.iterations import iterations_per_call
+from loadtests.iterations import iterations_per_call
 
 ECHO = "redis.call('INCR', KEYS[1]) return ARGV[1]"
 FAIL_ON_X = "if ARGV[1] == 'x' then return redis.error_reply('boom') end return ARGV[1]"

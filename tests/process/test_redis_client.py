@@ -14,8 +14,8 @@ import redis
 from api.redis_client import AutoPipeline, ScriptCaller, make_redis
 from api.redis_server import EmbeddedRedis
 from api.settings import Settings
+from loadtests.iterations import iterations_per_call
 from tests.conftest import _free_cluster_port
-from tests.iterations import iterations_per_call
 
 
 @pytest.fixture(scope="module", params=["unix", "tcp"])
