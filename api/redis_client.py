@@ -399,11 +399,12 @@ class AutoPipeline(_Coalescer):
     N commands (docs/benchmarks.md). Each EVALSHA stays atomic inside Redis; a batch is no
     transaction and needs none.
 
-    Failure semantics are the module's: the batch is *sent* at most twice, and only when
-    the first send failed before anything left this process (``CommandNotSentError``); a
-    failure while reading fails every call whose reply was not read (their scripts may
-    have run) and the connection is dropped. A NOSCRIPT reply (Redis restarted and lost its
-    script cache) means that script did not run: it is loaded and that call sent again.
+    Failure semantics are the module's: a batch is sent again only when every earlier send
+    of it failed before anything left this process (a write the kernel refused on the kept
+    connection, ``CommandNotSentError`` on a pool connection); a failure while reading
+    fails every call whose reply was not read (their scripts may have run) and the
+    connection is dropped. A NOSCRIPT reply (Redis restarted and lost its script cache)
+    means that script did not run: it is loaded and that call sent again.
     Without a usable kept connection (the first batches, or after a failure) a batch checks
     one out of the pool and is read through redis-py; the first such connection to finish
     cleanly becomes the kept one.
@@ -524,9 +525,10 @@ class ClusterAutoPipeline(_Coalescer):
     def __init__(self, client: RedisCluster) -> None:
         super().__init__()
         self._client = client
-        #: per master (by name), the router of the one connection kept for it; kept only
-        #: when a node's pool has at least 4 connections
-        self._routed: dict[str, _ReplyRouter] = {}
+        #: per master (by name), the node and the router of the one connection kept for
+        #: it (released to that node object); kept only when a node's pool has at least 4
+        #: connections
+        self._routed: dict[str, tuple[Any, _ReplyRouter]] = {}
         self.keeps = int(client.nodes_manager.connection_kwargs.get("max_connections", 0) >= 4)
 
     async def evalsha(self, script: AsyncScript, keys: list[Any] | tuple[Any, ...],
@@ -576,11 +578,11 @@ class ClusterAutoPipeline(_Coalescer):
         now (``AutoPipeline._router``). One that broke while calls waited on it also
         means what any failed batch means here: the node's idle connections are dropped
         and the slot map reloaded (a failover moves the slots) before the next batch."""
-        router = self._routed.get(node.name)
-        if router is None or router.usable():
-            return router
-        del self._routed[node.name]
-        self._spawn(self._retire(node, router.conn, failed=router.failed))
+        kept = self._routed.get(node.name)
+        if kept is None or kept[1].usable():
+            return None if kept is None else kept[1]
+        owner, router = self._routed.pop(node.name)
+        self._spawn(self._retire(owner, router.conn, failed=router.failed))
         return None
 
     async def _retire(self, node: Any, conn: Any, failed: bool) -> None:
@@ -626,7 +628,7 @@ class ClusterAutoPipeline(_Coalescer):
                 raise
         finally:
             if clean and self.keeps and node.name not in self._routed and conn.is_connected:
-                self._routed[node.name] = _ReplyRouter(conn, _NOT_RUN_ON_THIS_NODE)
+                self._routed[node.name] = (node, _ReplyRouter(conn, _NOT_RUN_ON_THIS_NODE))
             else:
                 node.release(conn)
 
