@@ -15,7 +15,14 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, ResponseError
 
-from api.redis_client import AutoPipeline, ClusterAutoPipeline, RedisClient, ScriptCaller
+from api.redis_client import (
+    AutoPipeline,
+    ClusterAutoPipeline,
+    RedisClient,
+    ScriptCaller,
+    make_redis,
+)
+from api.settings import Settings
 from api.store import Store
 from loadtests.iterations import iterations_per_call
 
@@ -223,3 +230,20 @@ async def test_a_node_that_drops_waiting_calls_fails_only_them_and_recovers(
     assert all(r == b"1" for r, p in zip(results, on_paused, strict=True) if not p)
     replies = await asyncio.gather(*(echo(keys=[k], args=["2"]) for k in keys))
     assert replies == [b"2"] * 30
+
+
+async def test_a_client_closed_while_a_slot_map_reload_is_pending_closes_every_connection(
+        redis_client: RedisClient, redis_settings: Settings) -> None:
+    """A node failure marks the slot map for reloading until the next command; redis-py's
+    ``aclose`` closed nothing in between (``InitFirstRedisCluster.aclose``)."""
+    if not isinstance(redis_client, RedisCluster):
+        pytest.skip("a Redis Cluster client only")
+    client = make_redis(redis_settings)
+    assert isinstance(client, RedisCluster)
+    echo, _ = caller(client, ECHO)
+    await asyncio.gather(*(echo(keys=[f"{{t:c{i}}}:n"], args=["0"]) for i in range(30)))
+    nodes = list(client.get_nodes())
+    client._initialize = True  # what a failed batch or command leaves until the next command
+    await client.aclose()
+    still_open = [conn for node in nodes for conn in node._connections if conn.is_connected]
+    assert still_open == []
