@@ -397,6 +397,19 @@ class _ReplyRouter(asyncio.Protocol):
         self.transport.abort()
 
 
+def _write_routed(router: _ReplyRouter | None, batch: _Batch) -> bool:
+    """Write ``batch`` on ``router``'s connection and queue its calls for their replies;
+    False when it was not written: no router, an argument the packer refuses, or a write
+    the kernel refused (the transport closes at once, before any of it left), and the
+    batch may go through ``_send``."""
+    if router is None or _write_at_once(router.conn, batch) is None:
+        return False
+    if router.transport.is_closing():
+        return False
+    router.expect(batch)
+    return True
+
+
 class AutoPipeline(_Coalescer):
     """Coalesces the script calls that concurrent requests issue in one event-loop iteration
     into one write, on the one connection the pipeline keeps (``_ReplyRouter``: each reply
@@ -472,13 +485,9 @@ class AutoPipeline(_Coalescer):
         batch = self._take()
         if not batch:
             return
-        router = self._router()
-        if router is not None and _write_at_once(router.conn, batch) is not None:
-            if not router.transport.is_closing():
-                router.expect(batch)
-                return
-            self._router()  # the write failed: retire the connection
-        self._spawn(self._send(batch))
+        if not _write_routed(self._router(), batch):
+            self._router()  # retires the connection if the write broke it
+            self._spawn(self._send(batch))
 
     async def _send(self, batch: _Batch) -> None:
         """Send ``batch`` on a connection from the pool and read its replies through
@@ -575,13 +584,9 @@ class ClusterAutoPipeline(_Coalescer):
                 continue
             groups.setdefault(node.name, (node, []))[1].append(item)
         for node, items in groups.values():
-            router = self._router(node)
-            if router is not None and _write_at_once(router.conn, items) is not None:
-                if not router.transport.is_closing():
-                    router.expect(items)
-                    continue
-                self._router(node)  # the write failed: retire the connection
-            self._spawn(self._send(node, items))
+            if not _write_routed(self._router(node), items):
+                self._router(node)  # retires the connection if the write broke it
+                self._spawn(self._send(node, items))
 
     def _router(self, node: Any) -> _ReplyRouter | None:
         """The router of the connection kept for ``node`` if a batch can be written on it

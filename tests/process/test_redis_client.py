@@ -132,6 +132,13 @@ async def test_a_round_trip_spans_four_iterations(private_redis: str) -> None:
 ECHO_AFTER_INCR = "redis.call('INCR', KEYS[1]) return ARGV[1]"
 
 
+async def _on_the_kept_connection(echo: ScriptCaller, key: str) -> None:
+    """Two calls: the first loads the script (NOSCRIPT); the pipeline keeps the connection
+    the second used, and the calls after it go out on that one."""
+    for _ in range(2):
+        assert await echo(keys=[key], args=["warm"]) == b"warm"
+
+
 def _pipelined(url: str, timeout: float) -> tuple[redis.asyncio.Redis, ScriptCaller]:
     client = make_redis(Settings(redis_url=url, redis_max_connections=16,
                                  redis_timeout_seconds=timeout))
@@ -148,8 +155,7 @@ async def test_pipelined_calls_whose_replies_are_late_fail_and_are_not_sent_agai
     admin = redis.Redis.from_url(private_redis)
     try:
         await client.delete("late")
-        for _ in range(2):  # the second call is on the kept connection
-            assert await echo(keys=["late"], args=["warm"]) == b"warm"
+        await _on_the_kept_connection(echo, "late")
         admin.execute_command("CLIENT", "PAUSE", 600, "WRITE")
         results = await asyncio.gather(*(echo(keys=["late"], args=[str(i)]) for i in range(5)),
                                        return_exceptions=True)
@@ -171,8 +177,7 @@ async def test_calls_waiting_on_a_connection_the_server_closes_fail_at_once(
     client, echo = _pipelined(private_redis, 5.0)
     admin = redis.Redis.from_url(private_redis)
     try:
-        await echo(keys=["killed"], args=["warm"])
-        await echo(keys=["killed"], args=["warm"])
+        await _on_the_kept_connection(echo, "killed")
         admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
         try:
             calls = asyncio.gather(*(echo(keys=["killed"], args=[str(i)]) for i in range(5)),
@@ -200,8 +205,7 @@ async def test_a_cancelled_call_leaves_every_other_reply_with_its_own_caller(
     client, echo = _pipelined(private_redis, 5.0)
     admin = redis.Redis.from_url(private_redis)
     try:
-        await echo(keys=["order"], args=["warm"])
-        await echo(keys=["order"], args=["warm"])
+        await _on_the_kept_connection(echo, "order")
         admin.execute_command("CLIENT", "PAUSE", 300, "WRITE")
         tasks = [asyncio.ensure_future(echo(keys=["order"], args=[str(i)])) for i in range(6)]
         await asyncio.sleep(0)
