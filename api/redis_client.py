@@ -224,25 +224,33 @@ class _Coalescer:
         task.add_done_callback(_BACKGROUND.discard)
 
 
+def _settle(future: asyncio.Future[Any], reply: Any,
+            not_run: tuple[type[Exception], ...]) -> None:
+    """Give ``future`` its reply, however it was read (``_read_replies``, or
+    ``_ReplyRouter.data_received``). A script's own error fails that call only (the stream
+    is intact); a reply of a ``not_run`` kind (the node did not run the command) fails it
+    with ``_NotExecutedError``, so it goes again alone. A call whose caller gave up
+    (cancelled) drops its reply."""
+    if future.done():
+        return
+    if isinstance(reply, not_run):
+        future.set_exception(_NotExecutedError())
+    elif isinstance(reply, ResponseError):
+        future.set_exception(reply)
+    else:
+        future.set_result(reply)
+
+
 async def _read_replies(conn: AbstractConnection, batch: _Batch,
                         not_run: tuple[type[Exception], ...] = ()) -> None:
-    """Read one reply per call of ``batch``, in order, into its future. A script's own error
-    fails that call only (the stream is intact); a reply of a ``not_run`` kind (the node
-    did not run the command) fails it with ``_NotExecutedError``, so it goes again alone.
-    Any other failure propagates: the caller fails the calls still waiting."""
+    """Read one reply per call of ``batch``, in order, into its future (``_settle``). Any
+    other failure propagates: the caller fails the calls still waiting."""
     for _, future in batch:
         try:
             reply = await conn.read_response()
-        except not_run:
-            if not future.done():
-                future.set_exception(_NotExecutedError())
-            continue
-        except ResponseError as exc:
-            if not future.done():
-                future.set_exception(exc)
-            continue
-        if not future.done():
-            future.set_result(reply)
+        except ResponseError as exc:  # redis-py raises a reply that is an error
+            reply = exc
+        _settle(future, reply, not_run)
 
 
 def _writer(conn: AbstractConnection) -> asyncio.StreamWriter:
@@ -251,19 +259,6 @@ def _writer(conn: AbstractConnection) -> asyncio.StreamWriter:
     if writer is None:
         raise CommandNotSentError("command not sent: the connection is closed")
     return writer
-
-
-def _write_at_once(conn: AbstractConnection, batch: _Batch) -> list[bytes] | None:
-    """Pack ``batch`` and hand it to ``conn``'s transport now, in the iteration that
-    flushes it (both auto-pipelines' ``_flush``, on a kept connection); what was written,
-    or None when nothing was (an argument the packer refuses): the batch then goes through
-    ``_send``, which packs again and fails it as it always did."""
-    try:
-        packed = pack_commands(conn, [command for command, _ in batch])
-        _writer(conn).writelines(packed)
-    except Exception:
-        return None
-    return packed
 
 
 class _ReplyRouter(asyncio.Protocol):
@@ -351,14 +346,7 @@ class _ReplyRouter(asyncio.Protocol):
                         future.set_exception(reply)
                     self._break(reply)
                     return
-                if future.done():  # its caller gave up (cancelled); the reply is discarded
-                    continue
-                if isinstance(reply, self._not_run):
-                    future.set_exception(_NotExecutedError())
-                elif isinstance(reply, ResponseError):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
+                _settle(future, reply, self._not_run)
         except InvalidResponse as exc:
             self._break(RedisConnectionError(f"unreadable reply: {exc}"))
             return
@@ -398,11 +386,18 @@ class _ReplyRouter(asyncio.Protocol):
 
 
 def _write_routed(router: _ReplyRouter | None, batch: _Batch) -> bool:
-    """Write ``batch`` on ``router``'s connection and queue its calls for their replies;
-    False when it was not written: no router, an argument the packer refuses, or a write
-    the kernel refused (the transport closes at once, before any of it left), and the
-    batch may go through ``_send``."""
-    if router is None or _write_at_once(router.conn, batch) is None:
+    """Pack ``batch`` and hand it to ``router``'s transport now, in the iteration that
+    flushes it (both auto-pipelines' ``_flush``), and queue its calls for their replies.
+    False when it was not written: no router, an argument the packer refuses (``_send``
+    packs again and fails the batch as it always did), or a write the kernel refused (the
+    transport closes at once, before any of it left); the batch may then go through
+    ``_send``."""
+    if router is None:
+        return False
+    try:
+        packed = pack_commands(router.conn, [command for command, _ in batch])
+        _writer(router.conn).writelines(packed)
+    except Exception:
         return False
     if router.transport.is_closing():
         return False
