@@ -457,7 +457,8 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         client = redis if redis is not None else make_redis(settings)
         store = Store(client, max_in_flight=settings.redis_max_connections,
-                      auto_pipeline=settings.redis_auto_pipeline)
+                      auto_pipeline=settings.redis_auto_pipeline,
+                      preferences_format=settings.preferences_format)
         app.state.engine = Engine(store, settings, clock or SystemClock(), Metrics())
         app.state.settings = settings
         if warm_up:

@@ -9,8 +9,11 @@ or make two (tenant, user) pairs share one.
                                   tags, offer_id, offer_group, priority] (api/plan.py:
                                   ledger_member); score = send instant (ms); packed while
                                   members are <= zset-max-ziplist-value (api/redis_server.py)
-    sw:{t:u}:prefs         HASH  doc (preferences JSON without its default fields:
-                                  api/userstate.py encode_preferences), rev (int), optout:<channel> (ms),
+    sw:{t:u}:prefs         HASH  doc (preferences JSON without its default fields,
+                                  api/userstate.py encode_preferences: format 2, 0x02 then
+                                  that JSON deflated against a frozen dictionary,
+                                  api/prefs_deflate.py; format 1, the JSON as is), rev
+                                  (int), optout:<channel> (ms),
                                   moved_into (the user id this one was merged into),
                                   merged_from:<user id> (ms: when that id was merged in)
     sw:{t:u}:conv          HASH  campaign_id -> converted-at (ms)

@@ -287,7 +287,8 @@ async def _apply(store: Store, tenant: str, dump: UserDump, source: str, into: s
             check_document(merged)
         except ConflictError as exc:
             raise await refuse(exc) from None
-        doc = b"" if merged == current else encode_preferences(merged)
+        doc = (b"" if merged == current
+               else encode_preferences(merged, document_format=store.preferences_format))
         args, mids = _apply_args(dump, source, fields.get(b"rev", b"0").decode(), doc, now)
         reply = await store.apply_merge(tenant, into, args, mids)
         if reply[0] == b"ok":

@@ -43,6 +43,13 @@ def _record_format(env: Mapping[str, str]) -> int:
     return value
 
 
+def _preferences_format(env: Mapping[str, str]) -> int:
+    value = _int(env, "SENDWISE_PREFERENCES_FORMAT", 2, minimum=1)
+    if value > 2:
+        raise SettingsError(f"SENDWISE_PREFERENCES_FORMAT must be 1 or 2, got {value}")
+    return value
+
+
 def _duration(env: Mapping[str, str], name: str, default: float, *, zero_ok: bool) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -241,6 +248,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: 3 still serve; 2 while workers of a release that reads only formats 1 and 2 do (a
     #: rolling upgrade: docs/architecture.md)
     record_format: int = 4
+    #: the format preference documents are written in (api/userstate.py): 2, deflated
+    #: against a frozen dictionary (api/prefs_deflate.py); 1, plain JSON, while workers of
+    #: a release that reads only JSON still serve (a rolling upgrade: docs/architecture.md)
+    preferences_format: int = 2
     max_body_bytes: int = 64 * 1024
     max_events_per_batch: int = 1000
     log_level: str = "info"
@@ -285,6 +296,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             idempotency_ttl_seconds=_int(env, "SENDWISE_IDEMPOTENCY_TTL_SECONDS", 72 * 3600,
                                          minimum=60),
             record_format=_record_format(env),
+            preferences_format=_preferences_format(env),
             max_body_bytes=_int(env, "SENDWISE_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
             max_events_per_batch=_int(env, "SENDWISE_MAX_EVENTS_PER_BATCH", 1000, minimum=1),
             log_level=env.get("SENDWISE_LOG_LEVEL", "info"),

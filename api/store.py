@@ -121,13 +121,15 @@ _json = msgspec.json.Encoder()
 
 class Store:
     def __init__(self, client: RedisClient, *, max_in_flight: int = 64,
-                 auto_pipeline: bool = True) -> None:
+                 auto_pipeline: bool = True, preferences_format: int = 2) -> None:
         """``max_in_flight`` should equal the client's connection limit: a burst of
         requests then queues here instead of failing fast (redis-py's cluster client has
         no blocking pool and raises MaxConnectionsError when a node's pool is empty). The
         gate lets one fewer through when the auto-pipeline keeps a connection per node
         for itself (``AutoPipeline.keeps``)."""
         self.client = client
+        #: the format preference documents are written in (``SENDWISE_PREFERENCES_FORMAT``)
+        self.preferences_format = preferences_format
         self._gate = asyncio.Semaphore(max_in_flight)
         self._read = client.register_script(_script("read.lua"))
         self._commit = client.register_script(_script("commit.lua"))
@@ -266,7 +268,9 @@ class Store:
         reopened = [ch for ch, p in prefs.channels.items() if p.consent == "opted_in"]
         async with self._gate:
             reply = await self._prefs_put(keys=[keys.prefs],
-                                          args=[encode_preferences(prefs), *reopened])
+                                          args=[encode_preferences(
+                                              prefs, document_format=self.preferences_format),
+                                              *reopened])
         if isinstance(reply, list):
             raise UserMergedError(user_id, cast(bytes, reply[1]).decode())
 

@@ -10,12 +10,14 @@
   default ``hash-max-ziplist-value`` and with 2048.
 
 The same decisions (same message ids, users, policy and preferences; the clock is real)
-in record format 2, 3 and 4 (``SENDWISE_RECORD_FORMAT``), and with message ids as long as
+in record format 2, 3 and 4 (``SENDWISE_RECORD_FORMAT``), preference documents in format 1
+and 2 (``SENDWISE_PREFERENCES_FORMAT``), and with message ids as long as
 ``bench_decisions``' (``--message-prefix``) at the embedded server's
 ``zset-max-ziplist-value`` and at Redis' default 64:
 
     python -m loadtests.bench_memory
     python -m loadtests.bench_memory --record-format 3
+    python -m loadtests.bench_memory --preferences-format 1
     python -m loadtests.bench_memory --message-prefix 1-1w1r-decisions-0-0 --zset-max-ziplist-value 64
 """
 
@@ -39,12 +41,13 @@ from models.profile import Profile
 
 
 async def _decide(url: str, users: int, decisions: int, *, record_format: int = 4,
-                  prefix: str = "e") -> None:
+                  prefix: str = "e", preferences_format: int = 2) -> None:
     client = make_redis(Settings(redis_url=url))
     try:
         bench = Bench(client, users)
         bench.engine.settings = msgspec.structs.replace(bench.engine.settings,
                                                         record_format=record_format)
+        bench.engine.store.preferences_format = preferences_format
         bench.factory.prefix = prefix  # the same message ids in every run
         await bench.seed()
         await bench.end_to_end(decisions)
@@ -53,8 +56,9 @@ async def _decide(url: str, users: int, decisions: int, *, record_format: int = 
 
 
 def records(url: str, users: int, decisions: int, *, record_format: int = 4,
-            prefix: str = "e") -> None:
-    asyncio.run(_decide(url, users, decisions, record_format=record_format, prefix=prefix))
+            prefix: str = "e", preferences_format: int = 2) -> None:
+    asyncio.run(_decide(url, users, decisions, record_format=record_format, prefix=prefix,
+                        preferences_format=preferences_format))
     r = redis.Redis.from_url(url)
     stored = count = context = outcome = 0
     ledgers: dict[str, int] = {}
@@ -136,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decisions", type=int, default=3000)
     parser.add_argument("--record-format", type=int, choices=[2, 3, 4], default=4,
                         help="the context format records are written in (SENDWISE_RECORD_FORMAT)")
+    parser.add_argument("--preferences-format", type=int, choices=[1, 2], default=2,
+                        help="the format preference documents are written in "
+                             "(SENDWISE_PREFERENCES_FORMAT)")
     parser.add_argument("--message-prefix", default="e",
                         help="message ids are <prefix>-<n>; bench_decisions' are ~25 characters")
     parser.add_argument("--zset-max-ziplist-value", type=int, default=None,
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             redis.Redis.from_url(server.url).config_set("zset-max-ziplist-value",
                                                         args.zset_max_ziplist_value)
         records(server.url, args.users, args.decisions, record_format=args.record_format,
-                prefix=args.message_prefix)
+                prefix=args.message_prefix, preferences_format=args.preferences_format)
         profiles(server.url)
     return 0
 

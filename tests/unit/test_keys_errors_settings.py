@@ -158,6 +158,7 @@ def test_settings_defaults() -> None:
     assert (s.idempotency_ttl_seconds, s.max_body_bytes, s.max_events_per_batch) == (
         72 * 3600, 64 * 1024, 1000)
     assert (s.log_level, s.log_decisions, s.data_dir) == ("info", True, ".sendwise")
+    assert (s.record_format, s.preferences_format) == (4, 2)
 
 
 def test_settings_parse_every_variable() -> None:
@@ -170,7 +171,8 @@ def test_settings_parse_every_variable() -> None:
         "SENDWISE_FALLBACK_DEFER_SECONDS": "60", "SENDWISE_REDIS_TIMEOUT_SECONDS": "1.5",
         "SENDWISE_REDIS_MAX_CONNECTIONS": "8", "SENDWISE_IDEMPOTENCY_TTL_SECONDS": "60",
         "SENDWISE_MAX_BODY_BYTES": "2048", "SENDWISE_MAX_EVENTS_PER_BATCH": "5",
-        "SENDWISE_LOG_LEVEL": "debug", "SENDWISE_LOG_DECISIONS": "0"})
+        "SENDWISE_LOG_LEVEL": "debug", "SENDWISE_LOG_DECISIONS": "0",
+        "SENDWISE_PREFERENCES_FORMAT": "1"})
     assert (s.redis_url, s.redis_cluster, s.default_tenant) == ("redis://h:1/0", True, "t")
     assert {k.sha256: (k.tenant, k.role) for k in s.api_keys.values()} == {
         hash_key("k1"): ("acme", "admin"), hash_key("k2"): ("beta", "decide")}
@@ -179,7 +181,7 @@ def test_settings_parse_every_variable() -> None:
     assert (s.model_dir, s.data_dir, s.fallback_defer_seconds) == ("/m", "/d", 60)
     assert (s.redis_timeout_seconds, s.redis_max_connections) == (1.5, 8)
     assert (s.idempotency_ttl_seconds, s.max_body_bytes, s.max_events_per_batch) == (60, 2048, 5)
-    assert (s.log_level, s.log_decisions) == ("debug", False)
+    assert (s.log_level, s.log_decisions, s.preferences_format) == ("debug", False, 1)
 
 
 @pytest.mark.parametrize(("env", "value"), [
@@ -215,6 +217,8 @@ def test_settings_api_keys_format(raw: str) -> None:
     ("SENDWISE_MAX_EVENTS_PER_BATCH", "0", "must be >= 1"),
     ("SENDWISE_FALLBACK_DEFER_SECONDS", "-1", "must be >= 0"),
     ("SENDWISE_REDIS_TIMEOUT_SECONDS", "fast", "must be a number"),
+    ("SENDWISE_PREFERENCES_FORMAT", "3", "must be 1 or 2"),
+    ("SENDWISE_PREFERENCES_FORMAT", "0", "must be >= 1"),
 ])
 def test_settings_errors_name_the_variable(name: str, raw: str, why: str) -> None:
     with pytest.raises(SettingsError, match=why) as exc:

@@ -1,0 +1,66 @@
+"""Preference documents as stored (``SENDWISE_PREFERENCES_FORMAT``): format 2 (deflated,
+the default) and format 1 (plain JSON, what earlier releases read). Whatever a worker
+writes, every worker of this release reads, through the API and into its decisions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import msgspec
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.clock import FixedClock
+from api.keys import user_keys
+from api.redis_client import RedisClient
+from api.settings import Settings
+from tests.integration.conftest import NOON_NY
+
+Client = AsyncTestClient  # type: ignore[type-arg]
+#: 18:00 in Paris at the clock's instant (NOON_NY): inside these quiet hours
+PREFS = {"timezone": "Europe/Paris", "country": "FR",
+         "channels": {"email": {"consent": "opted_in"}, "sms": {"consent": "opted_out"}},
+         "frequency_limits": [{"limit": 2, "calendar": "week"}],
+         "quiet_hours": [{"start": "17:00", "end": "09:00"}], "topic_opt_outs": ["sports"]}
+
+
+@asynccontextmanager
+async def _worker(settings: Settings, preferences_format: int) -> AsyncIterator[Client]:
+    app = create_app(msgspec.structs.replace(settings, preferences_format=preferences_format),
+                     clock=FixedClock(NOON_NY))
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+@pytest.mark.parametrize(("writer", "reader"), [(2, 2), (1, 2), (2, 1), (1, 1)])
+async def test_a_document_either_format_wrote_reads_and_decides_the_same(
+        redis_client: RedisClient, redis_settings: Settings, writer: int, reader: int) -> None:
+    async with _worker(redis_settings, writer) as client:
+        put = await client.put("/v1/users/u1/preferences", json=PREFS)
+        assert put.status_code == 200, put.text
+    stored = await redis_client.hget(user_keys("default", "u1").prefs, "doc")
+    assert isinstance(stored, bytes)
+    assert stored[:1] == (b"\x02" if writer == 2 else b"{")
+    async with _worker(redis_settings, reader) as client:
+        got = await client.get("/v1/users/u1/preferences")
+        assert got.status_code == 200, got.text
+        assert got.json()["preferences"] == {**PREFS, "phone": None, "region": None,
+                                             "frequency_limits": [{
+                                                 "limit": 2, "calendar": "week",
+                                                 "window_minutes": None, "channels": []}],
+                                             "quiet_hours": [{"start": "17:00", "end": "09:00",
+                                                              "weekdays": None}]}
+        decided = await client.post("/v1/decisions", json={
+            "message_id": "m1", "user_id": "u1", "channels": ["email", "sms"]})
+        assert decided.status_code == 200, decided.text
+        answer = decided.json()
+        assert answer["decision"] == "defer"
+        local = dt.datetime.fromisoformat(answer["local_send_at"])
+        assert local.utcoffset() == dt.timedelta(hours=2)  # the stored zone: Paris
+        assert local.date() == dt.date(2026, 6, 11), local
+        assert 9 <= local.hour < 17, local  # out of the stored quiet hours
+        codes = {r["code"] for r in answer["reasons"]}
+        assert {"user_quiet_hours", "no_consent"} <= codes, answer["reasons"]
