@@ -4,7 +4,7 @@ Every recipient keeps a preference document in Redis, and most of its bytes are 
 same in every document: the field names, ``{"consent":"opted_in"}`` per channel, and one
 of a few hundred zone names. DEFLATE with a preset dictionary (zlib's ``zdict``) holding
 all of that stores a typical document in ~20 bytes instead of ~150, so the prefs hash
-drops from ~245 to ~115 B of Redis per recipient (docs/benchmarks.md, "Preference
+drops from ~245 to ~125 B of Redis per recipient (docs/benchmarks.md, "Preference
 documents deflated").
 
 The stored value is one tag byte, ``FORMAT_TAG``, then a raw DEFLATE stream of the

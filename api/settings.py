@@ -36,17 +36,12 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     return value
 
 
-def _record_format(env: Mapping[str, str]) -> int:
-    value = _int(env, "SENDWISE_RECORD_FORMAT", 4, minimum=2)
-    if value > 4:
-        raise SettingsError(f"SENDWISE_RECORD_FORMAT must be 2, 3 or 4, got {value}")
-    return value
-
-
-def _preferences_format(env: Mapping[str, str]) -> int:
-    value = _int(env, "SENDWISE_PREFERENCES_FORMAT", 2, minimum=1)
-    if value > 2:
-        raise SettingsError(f"SENDWISE_PREFERENCES_FORMAT must be 1 or 2, got {value}")
+def _stored_format(env: Mapping[str, str], name: str, formats: tuple[int, ...]) -> int:
+    """A format to write stored values in: one of ``formats``, the last (newest) by default."""
+    value = _int(env, name, formats[-1], minimum=formats[0])
+    if value not in formats:
+        choices = ", ".join(map(str, formats[:-1])) + f" or {formats[-1]}"
+        raise SettingsError(f"{name} must be {choices}, got {value}")
     return value
 
 
@@ -295,8 +290,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             redis_max_connections=_int(env, "SENDWISE_REDIS_MAX_CONNECTIONS", 64, minimum=1),
             idempotency_ttl_seconds=_int(env, "SENDWISE_IDEMPOTENCY_TTL_SECONDS", 72 * 3600,
                                          minimum=60),
-            record_format=_record_format(env),
-            preferences_format=_preferences_format(env),
+            record_format=_stored_format(env, "SENDWISE_RECORD_FORMAT", (2, 3, 4)),
+            preferences_format=_stored_format(env, "SENDWISE_PREFERENCES_FORMAT", (1, 2)),
             max_body_bytes=_int(env, "SENDWISE_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
             max_events_per_batch=_int(env, "SENDWISE_MAX_EVENTS_PER_BATCH", 1000, minimum=1),
             log_level=env.get("SENDWISE_LOG_LEVEL", "info"),

@@ -217,6 +217,7 @@ def test_settings_api_keys_format(raw: str) -> None:
     ("SENDWISE_MAX_EVENTS_PER_BATCH", "0", "must be >= 1"),
     ("SENDWISE_FALLBACK_DEFER_SECONDS", "-1", "must be >= 0"),
     ("SENDWISE_REDIS_TIMEOUT_SECONDS", "fast", "must be a number"),
+    ("SENDWISE_RECORD_FORMAT", "5", "must be 2, 3 or 4"),
     ("SENDWISE_PREFERENCES_FORMAT", "3", "must be 1 or 2"),
     ("SENDWISE_PREFERENCES_FORMAT", "0", "must be >= 1"),
 ])
