@@ -326,7 +326,8 @@ class Engine:
                                                  # a state read just now: rev suffices, as
                                                  # before (every write to it bumps rev)
                                                  CommitCheck.of(state, request.campaign_id)
-                                                 if cached else None)
+                                                 if cached else None,
+                                                 record_format=self.settings.record_format)
             if reply.status == "stale":
                 if cached:
                     self.metrics.state_cache_stale.inc()
@@ -340,7 +341,7 @@ class Engine:
                 return self._replay(reply.payload, owner, fp, request.dry_run)
             if reply.status == "dup_ledger":
                 return self._replay_from_ledger(ctx, reply.payload, reply.score or now)
-            response = render(ctx, decode_outcome(reply.payload, owner))
+            response = render(ctx, decode_outcome(reply.payload, owner, ctx.now))
             if shadow is not None:
                 await self.shadow.record(self, tenant, shadow, response)
             await self.log.decision(tenant, request, response, now)
@@ -425,7 +426,8 @@ class Engine:
             return encode_context_v2(ctx)
         if self.settings.record_format == 3:
             return encode_context(ctx, user=user, tag=self.ids.tag)
-        return encode_context_v4(ctx, user=user, tag=self.ids.tag)
+        return encode_context_v4(ctx, user=user, tag=self.ids.tag,
+                                 rules=self.settings.record_format >= 5)
 
     def _replay(self, record: bytes, owner: RecordOwner, fp: str,
                 dry_run: bool) -> DecisionResponse:

@@ -47,6 +47,7 @@ from api.plan import (
 )
 from api.policy import ChannelPacing, Policy
 from api.reasons import ReasonCode
+from api.record_codes import RECORD_FORMAT
 from api.render import Slot, decode_slot, render_record
 from api.store import CommitReply, Store
 from api.userstate import CommitCheck
@@ -169,9 +170,10 @@ def token_span(limits: ShardLimits, at: int) -> tuple[int, int]:
     return lo, hi
 
 
-def landed_on(reply: CommitReply, held: Held) -> bool:
-    """Did the committed send take the held token (else the token goes back)?"""
-    out = decode_slot(reply.payload)
+def landed_on(reply: CommitReply, held: Held, now: int) -> bool:
+    """Did the committed send take the held token (else the token goes back)? ``now``: the
+    decision's instant (its outcome's instants count from it in record format 5)."""
+    out = decode_slot(reply.payload, now)
     return out.ch == held.limits.channel and out.t is not None and \
         held.limits.same_token(held.at, out.t)
 
@@ -251,7 +253,7 @@ class _Run:
         """The commit wrote: keep the tokens it used (commit.lua wrote paced sends only
         inside them), give back the rest, and give back each displaced message's token at
         its old instant (it was not due yet: only future reservations are displaced)."""
-        if self.held is not None and not landed_on(reply, self.held):
+        if self.held is not None and not landed_on(reply, self.held, self.now):
             await self.drop_main()
         used: set[str] = set()
         for (record, member), old_at in zip(reply.displaced, reply.displaced_at, strict=True):
@@ -299,7 +301,8 @@ class Pacer:
 
     async def commit(self, tenant: str, user_id: str, message_id: str, policy: Policy,
                      plan: Plan, annotations: Sequence[bytes], context: bytes,
-                     check: CommitCheck | None = None) -> CommitReply:
+                     check: CommitCheck | None = None, *,
+                     record_format: int = RECORD_FORMAT) -> CommitReply:
         """The decision commit, paced (module docstring). Unpaced channels: exactly one
         ``Store.commit`` (with preemption on in a tenant that paces a channel, the commit
         also checks where displaced messages move, one more commit only when one moves to
@@ -307,17 +310,21 @@ class Pacer:
         ``moved``/``repace``: when the rounds run out it gives its tokens back and answers
         ``contended`` (nothing written; the engine re-reads and retries, then answers a
         retryable 409). ``check`` goes with every commit, dry ones included
-        (``Store.commit``)."""
+        (``Store.commit``); ``record_format``, the one ``context`` is written in, with every
+        plan (``encode_plan``)."""
         paced = {c.ch: lim for c in plan.cands
                  if (lim := limits_for(policy, c.ch, user_id)) is not None}
         preempts = plan.pk > 0 and plan.dry == 0 and bool(paced_channels(policy))
         if not paced and not preempts:
             return await self.store.commit(tenant, user_id, message_id,
-                                           encode_plan(plan, annotations), context, check)
+                                           encode_plan(plan, annotations,
+                                                       record_format=record_format),
+                                           context, check)
         run = _Run(self, tenant, user_id, policy, plan.now)
         # Redis failing half-way leaves the tokens taken counted until their buckets pass
         # (conservative: docs/pacing.md)
-        reply = await self._paced(run, message_id, plan, paced, annotations, context, check)
+        reply = await self._paced(run, message_id, plan, paced, annotations, context, check,
+                                  record_format)
         if reply.status == "new":
             await run.settle(reply)
         else:
@@ -326,8 +333,13 @@ class Pacer:
 
     async def _paced(self, run: _Run, message_id: str, plan: Plan,
                      paced: dict[str, ShardLimits], annotations: Sequence[bytes],
-                     context: bytes, check: CommitCheck | None) -> CommitReply:
+                     context: bytes, check: CommitCheck | None,
+                     record_format: int) -> CommitReply:
         tenant, user_id, now, dry = run.tenant, run.user_id, plan.now, plan.dry == 1
+
+        def packed(plan: Plan) -> list[bytes]:
+            return encode_plan(plan, annotations, record_format=record_format)
+
         ends = {ch: max(c.b for c in plan.cands if c.ch == ch) for ch in paced}
         blocked: dict[str, list[tuple[int, int]]] = {}
         rules: dict[str, str] = {}
@@ -341,10 +353,10 @@ class Pacer:
             if out is None and paced:
                 probe = await self.store.commit(
                     tenant, user_id, message_id,
-                    encode_plan(msgspec.structs.replace(current, dry=1), annotations), context, check)
+                    packed(msgspec.structs.replace(current, dry=1)), context, check)
                 if probe.status != "new":  # a retry, a record, stale preferences: as unpaced
                     return probe
-                out = decode_slot(probe.payload)
+                out = decode_slot(probe.payload, now)
             if out is not None and out.t is not None and out.ch in paced:
                 limits = paced[out.ch]
                 held = run.held
@@ -367,13 +379,12 @@ class Pacer:
                 return probe
             final = await self.store.commit(
                 tenant, user_id, message_id,
-                encode_plan(msgspec.structs.replace(current, pe=run.expectation()),
-                            annotations), context, check)
+                packed(msgspec.structs.replace(current, pe=run.expectation())), context, check)
             if final.status == "moved":  # the ledger changed under us: pace where it lands
-                out = decode_slot(final.payload)
+                out = decode_slot(final.payload, now)
                 continue
             if final.status == "repace":  # displaced messages need tokens at their new instants
-                out = decode_slot(final.payload)
+                out = decode_slot(final.payload, now)
                 await run.repace(final.repaced)
                 continue
             return final
@@ -381,7 +392,7 @@ class Pacer:
             # recipient's rules and the full buckets seen so far allow (nothing is written)
             return await self.store.commit(
                 tenant, user_id, message_id,
-                encode_plan(msgspec.structs.replace(current, dry=1), annotations), context, check)
+                packed(msgspec.structs.replace(current, dry=1)), context, check)
         log.warning("pacing_rounds_exhausted", tenant=tenant, rounds=MAX_ROUNDS)
         return CommitReply("contended", b"")
 

@@ -12,7 +12,7 @@ import base64
 import functools
 import hashlib
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -35,10 +35,13 @@ from api.localtime import (
 from api.policy import Policy, active_packs, conflict_window_minutes
 from api.reasons import ReasonCode
 from api.record_codes import (
+    RECORD_FORMAT,
     channel_code,
     channel_name,
     reason_code,
     reason_name,
+    rule_code,
+    rule_name,
     source_code,
     source_name,
     zone_code,
@@ -499,6 +502,11 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
 #:   themselves are not in the MessagePack part (below)
 #: - endr  ``[c, r]``
 #: - pe    ``[pc, ch, lo, hi, dx]``, dx ``{message id: [ch, lo, hi, {channel: block}]}``
+#:   (last: an unpaced plan ships nothing for it)
+#: - of    5 when the commit writes record format 5 (``SENDWISE_RECORD_FORMAT``): its
+#:   outcome lines start with ``5`` and hold instants relative to their context's, and
+#:   every rule above (caps', blocks', ``endr``'s, ``whys``') is its number in
+#:   api/record_codes.py's ``RULES`` where the list holds it; absent (nil) otherwise
 #:
 #: The candidates are fixed-size binary records *before* the MessagePack part: the packed
 #: plan is ``<count: uint16><count records of CAND_RECORD><MessagePack array>``. A record
@@ -517,7 +525,7 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
 #: The plan is only ever a script argument of the same release, so it carries no version;
 #: the compact re-decision plans commit.lua stores (``sw:{t:u}:rp:<id>``) do.
 PLAN_FIELDS = ("now", "rev", "lo", "keep", "ttl", "msg", "caps", "cw", "blocks", "cands",
-               "mode", "endr", "dry", "sp", "pk", "xc", "dp", "pbs", "whys", "pe")
+               "mode", "endr", "dry", "sp", "pk", "xc", "dp", "pbs", "whys", "of", "pe")
 
 
 def _cap_may_match(cap: CompiledCap, channels: set[str], msg: MessageFacts) -> bool:
@@ -541,20 +549,28 @@ def _flat(ivs: Sequence[tuple[int, int]]) -> list[int]:
     return [x for iv in ivs for x in iv]
 
 
-def _lua_block(block: Block) -> list[object]:
-    return [block.c, block.r, _flat(block.iv)]
+#: how a plan writes a rule: its name, or (format 5) its number where it has one
+RuleWriter = Callable[[str], int | str]
 
 
-def _lua_cap(cap: CompiledCap) -> list[object]:
+def _same(rule: str) -> int | str:
+    return rule
+
+
+def _lua_block(block: Block, rule: RuleWriter = _same) -> list[object]:
+    return [block.c, rule(block.r), _flat(block.iv)]
+
+
+def _lua_cap(cap: CompiledCap, rule: RuleWriter = _same) -> list[object]:
     # an empty scope list is nil: the script reads it like an empty one (no restriction)
     # and does not build a table for it
-    return [cap.id, cap.code, cap.n, cap.w, cap.b or None, cap.ch or None, cap.cat or None,
-            cap.xcat or None, cap.camp or None, cap.tag or None]
+    return [rule(cap.id), cap.code, cap.n, cap.w, cap.b or None, cap.ch or None,
+            cap.cat or None, cap.xcat or None, cap.camp or None, cap.tag or None]
 
 
-def _lua_pace(pe: PaceExpect) -> list[object]:
+def _lua_pace(pe: PaceExpect, rule: RuleWriter = _same) -> list[object]:
     return [pe.pc, pe.ch, pe.lo, pe.hi,
-            {mid: [d.ch, d.lo, d.hi, {ch: _lua_block(b) for ch, b in d.bl.items()}]
+            {mid: [d.ch, d.lo, d.hi, {ch: _lua_block(b, rule) for ch, b in d.bl.items()}]
              for mid, d in pe.dx.items()}]
 
 
@@ -571,11 +587,13 @@ def _cand_records(count: int) -> struct.Struct:
     return struct.Struct(_COUNT.format + CAND_RECORD.format[1:] * count)
 
 
-def lua_plan(plan: Plan, caps: Sequence[CompiledCap], notes: Sequence[bytes] = ()) -> bytes:
+def lua_plan(plan: Plan, caps: Sequence[CompiledCap], notes: Sequence[bytes] = (), *,
+             record_format: int = RECORD_FORMAT) -> bytes:
     """The packed plan commit.lua gets as ARGV[1] (the layout above) with the given caps
     (``encode_plan`` ships ``_lua_caps``; tests ship every compiled cap to show the filter
     changes no answer). ``notes``: one JSON annotation per candidate, or none; each record
-    says where its note is in ``b"".join(notes)``."""
+    says where its note is in ``b"".join(notes)``. ``record_format`` 5: rules by number
+    and field ``of`` set (format 5's outcome); 4 and below: rules by name, as before."""
     msg = plan.msg
     pbs: dict[tuple[int, ...], int] = {}
     whys: dict[tuple[str, ...], int] = {}
@@ -594,17 +612,21 @@ def lua_plan(plan: Plan, caps: Sequence[CompiledCap], notes: Sequence[bytes] = (
         flat += (channels.setdefault(c.ch, len(channels) + 1), c.a, c.b, pb, c.s, why, at, size)
         at += size
     records = _cand_records(count).pack(count, *flat)
+    five = record_format >= 5
+    rule: RuleWriter = rule_code if five else _same
     fields: dict[str, object] = {
         "now": plan.now, "rev": plan.rev, "lo": plan.lo, "keep": plan.keep, "ttl": plan.ttl,
         "msg": [msg.cat, msg.camp, msg.tags, msg.oid, msg.og, msg.pr],
-        "caps": [_lua_cap(cap) for cap in caps], "cw": plan.cw,
-        "blocks": [_lua_block(b) for b in plan.blocks],
+        "caps": [_lua_cap(cap, rule) for cap in caps], "cw": plan.cw,
+        "blocks": [_lua_block(b, rule) for b in plan.blocks],
         "cands": list(channels),
-        "mode": plan.mode, "endr": [plan.endr.c, plan.endr.r], "dry": plan.dry,
+        "mode": plan.mode, "endr": [plan.endr.c, rule(plan.endr.r)], "dry": plan.dry,
         "sp": plan.sp, "pk": plan.pk, "xc": plan.xc, "dp": plan.dp,
-        "pbs": [list(pb) for pb in pbs], "whys": [list(why) for why in whys],
+        "pbs": [list(pb) for pb in pbs],
+        "whys": [[code, rule(name)] for code, name in whys],
+        "of": 5 if five else None,
         # unpaced decisions do not pay for the field (the last one: nothing is shipped)
-        "pe": None if plan.pe is None else _lua_pace(plan.pe),
+        "pe": None if plan.pe is None else _lua_pace(plan.pe, rule),
     }
     out = [fields[name] for name in PLAN_FIELDS]
     while out and out[-1] is None:
@@ -626,15 +648,18 @@ def decode_lua_plan(packed: bytes) -> tuple[list[Any], list[list[Any]]]:
     return fields, cands
 
 
-def encode_plan(plan: Plan, annotations: Sequence[bytes] = ()) -> list[bytes]:
+def encode_plan(plan: Plan, annotations: Sequence[bytes] = (), *,
+                record_format: int = RECORD_FORMAT) -> list[bytes]:
     """The commit script's arguments after the context: the plan, its candidates as
     binary records and the rest as MessagePack (Redis' Lua decodes it several times faster
     than JSON: no decimal number parsing; the layout is ``lua_plan``'s), then the member
     prefix and tail (raw strings; the script builds the member of the candidate it
     reserves), then the JSON annotations of the candidates (``[score, score_now,
     propensity]``, the reserved one's copied into its outcome), concatenated: four
-    arguments however many candidates the plan holds."""
-    return [lua_plan(plan, _lua_caps(plan), annotations), plan.mid, plan.tail,
+    arguments however many candidates the plan holds. ``record_format``: the one the
+    context line is written in (``lua_plan``)."""
+    return [lua_plan(plan, _lua_caps(plan), annotations, record_format=record_format),
+            plan.mid, plan.tail,
             b"".join(annotations)]
 
 
@@ -728,10 +753,11 @@ _CONTEXT3_DEFAULTS = [f.default_factory() if f.default_factory is not msgspec.NO
 
 class _PreReason4(msgspec.Struct, frozen=True, array_like=True):
     """``PreReason`` in a format-4 context: its code and channel by number
-    (api/record_codes.py), or the string where the list holds no such name."""
+    (api/record_codes.py), or the string where the list holds no such name; written for
+    format 5, its rule by number too where ``RULES`` holds it."""
 
     code: int | str
-    rule: str
+    rule: int | str
     until: int | None = None
     channel: int | str | None = None
 
@@ -792,18 +818,20 @@ def _encode3(values: list[Any]) -> bytes:
     return _encode_positional(values, _CONTEXT3_DEFAULTS)
 
 
-def encode_context_v4(ctx: Context, *, user: str, tag: str) -> bytes:
-    """The context line in format 4 (the default): format 3 (``encode_context``) with the
-    instant first and the zone, the features source and the pre-commit reasons' codes and
-    channels as numbers (api/record_codes.py). With the outcome commit.lua writes for it,
-    ~50 B less per record than format 3 (docs/benchmarks.md, "Record format 4")."""
+def encode_context_v4(ctx: Context, *, user: str, tag: str, rules: bool = False) -> bytes:
+    """The context line in format 4: format 3 (``encode_context``) with the instant first
+    and the zone, the features source and the pre-commit reasons' codes and channels as
+    numbers (api/record_codes.py). With the outcome commit.lua writes for it, ~50 B less
+    per record than format 3 (docs/benchmarks.md, "Record format 4"). ``rules``: the
+    pre-commit reasons' rules by number too, the context of format 5 (the default; its
+    outcome line is what sets it apart, api/render.py)."""
     fields = msgspec.structs.asdict(ctx)
     fields["tag"] = tag
     fields["fp"] = _pack_fp(ctx.fp)
     fields["zone"] = zone_code(ctx.zone)
     fields["fs"] = source_code(ctx.fs)
-    fields["pre"] = [_PreReason4(reason_code(p.code), p.rule, p.until, channel_code(p.channel))
-                     for p in ctx.pre]
+    fields["pre"] = [_PreReason4(reason_code(p.code), rule_code(p.rule) if rules else p.rule,
+                                 p.until, channel_code(p.channel)) for p in ctx.pre]
     if fields["uid"] == user:
         fields["uid"] = None
     return _encode_positional([fields[name] for name in _CONTEXT4_ORDER], _CONTEXT4_DEFAULTS)
@@ -848,7 +876,7 @@ def decode_context(raw: bytes | str, owner: RecordOwner | None = None) -> Contex
             stored = msgspec.structs.asdict(_decoder_4.decode(data))
             stored["zone"] = zone_name(stored["zone"])
             stored["fs"] = source_name(stored["fs"])
-            stored["pre"] = [PreReason(reason_name(p.code), p.rule, p.until,
+            stored["pre"] = [PreReason(reason_name(p.code), rule_name(p.rule), p.until,
                                        channel_name(p.channel)) for p in stored["pre"]]
         else:
             stored = msgspec.structs.asdict(_decoder_3.decode(data))

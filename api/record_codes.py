@@ -13,6 +13,14 @@ zone list is the IANA zone names of tzdata 2026f, sorted, frozen in
 the reason codes and channels are ``ReasonCode``'s and ``CHANNELS``' own order, which
 only ever append (api/reasons.py). commit.lua, which writes the outcome line, holds the
 same decision, channel and reason numbers (checked by the same test).
+
+Record format 5 also numbers the rules its reasons name, from ``api/data/rule_codes.txt``
+(frozen the same way): the names this release writes itself (the default policy's
+quiet hours, the request's and the policy's own rules, the preference centre's entries,
+the built-in jurisdictions' ``id@version``). A tenant's own rule names (its caps, its
+quiet-hours rules) stay strings. commit.lua never looks rules up: Python ships them in
+the plan already numbered (api/plan.py: ``lua_plan``), and the script writes them as it
+got them.
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ from importlib import resources
 from api.reasons import ReasonCode
 from api.schemas import CHANNELS
 
+#: the idempotency record format this release writes unless told otherwise
+#: (``SENDWISE_RECORD_FORMAT``; api/plan.py and commit.lua know the layouts)
+RECORD_FORMAT = 5
 #: the frozen zone list: position -> IANA name
 ZONES: tuple[str, ...] = tuple(
     resources.files("api").joinpath("data", "zone_codes.txt").read_text(encoding="utf-8").split())
@@ -33,11 +44,15 @@ CHANNEL_CODES: tuple[str, ...] = CHANNELS
 #: where a decision's features came from (``features_source``: the user's stored profile,
 #: or only the tenant's priors; api/scoring.py names them from here)
 FEATURE_SOURCES: tuple[str, ...] = ("profile", "prior")
+#: the frozen rule list (format 5): position -> rule name
+RULES: tuple[str, ...] = tuple(
+    resources.files("api").joinpath("data", "rule_codes.txt").read_text(encoding="utf-8").split())
 
 _ZONE_NO = {name: i for i, name in enumerate(ZONES)}
 _REASON_NO = {name: i for i, name in enumerate(REASONS)}
 _CHANNEL_NO = {name: i for i, name in enumerate(CHANNEL_CODES)}
 _SOURCE_NO = {name: i for i, name in enumerate(FEATURE_SOURCES)}
+_RULE_NO = {name: i for i, name in enumerate(RULES)}
 
 
 def _name(table: tuple[str, ...], value: int | str, what: str) -> str:
@@ -45,7 +60,7 @@ def _name(table: tuple[str, ...], value: int | str, what: str) -> str:
         return value
     if 0 <= value < len(table):
         return table[value]
-    raise ValueError(f"unknown {what} number {value} in a format-4 record "
+    raise ValueError(f"unknown {what} number {value} in a stored record "
                      "(written by a newer release?)")
 
 
@@ -83,3 +98,11 @@ def source_name(value: int | str | None) -> str | None:
 
 def decision_name(value: int | str) -> str:
     return _name(DECISIONS, value, "decision")
+
+
+def rule_code(rule: str) -> int | str:
+    return _RULE_NO.get(rule, rule)
+
+
+def rule_name(value: int | str) -> str:
+    return _name(RULES, value, "rule")

@@ -24,7 +24,7 @@ from api.plan import (
     member_priority,
 )
 from api.reasons import ReasonCode
-from api.record_codes import channel_name, decision_name, reason_name
+from api.record_codes import channel_name, decision_name, reason_name, rule_name
 from api.schemas import (
     DecisionResponse,
     DecisionState,
@@ -80,12 +80,19 @@ _STORED3_DEFAULTS = [_default(f) for f in msgspec.structs.fields(_Stored3)]
 #: the outcome of a format-4 record (its context starts with a number; so does the
 #: outcome commit.lua writes for it): format 3's positions, with the decision, the
 #: channels and the reason codes as numbers (api/record_codes.py; a name the lists do
-#: not hold stays a string)
+#: not hold stays a string). Format 5's outcome is the byte ``5`` and then this array,
+#: with the rules by number too where ``RULES`` holds them and every instant (``t``, each
+#: reason's ``until``) as milliseconds after its context's: ~30 B less per record
+#: (docs/benchmarks.md, "Record format 5"). Rules are read as numbers in format 4 as well:
+#: a format-5 commit that re-decides a message preemption displaced writes its rules so.
 _Stored4 = msgspec.defstruct("StoredOutcome4", [
     (f.name, {"d": int | str, "ch": int | str | None,
-              "r": list[tuple[int | str, str, int | None, int | str | None]]}.get(f.name, f.type),
+              "r": list[tuple[int | str, int | str, int | None, int | str | None]]}.get(
+                  f.name, f.type),
      _default(f))
     for f in msgspec.structs.fields(_Stored3)], array_like=True, frozen=True)
+#: how a format-5 outcome line starts (commit.lua writes it)
+OUTCOME_5 = b"5"
 _outcome_decoder = msgspec.json.Decoder(Outcome)
 _json = msgspec.json.Encoder()
 _stored_decoder = msgspec.json.Decoder(_Stored)
@@ -110,10 +117,22 @@ _slot_decoder = msgspec.json.Decoder(Slot)
 _slot3_decoder = msgspec.json.Decoder(_Slot3)
 
 
-def decode_slot(raw: bytes | str) -> Slot:
+def _base(base: int | None) -> int:
+    """What a format-5 outcome's instants count from: its context's instant."""
+    if base is None:
+        raise ValueError("a format-5 outcome needs its context's instant to be decoded")
+    return base
+
+
+def decode_slot(raw: bytes | str, base: int | None = None) -> Slot:
     """An outcome's channel and instant alone (channel pacing): needs no owner, whatever
-    the outcome names in ``x``; any layout."""
+    the outcome names in ``x``; any layout. ``base``: the instant of its context (the
+    decision's ``now``), which a format-5 outcome's instant counts from."""
     data = raw.encode() if isinstance(raw, str) else raw
+    if data.startswith(OUTCOME_5):
+        slot = _slot3_decoder.decode(data[1:])
+        return Slot(channel_name(slot.ch),
+                    None if slot.t is None else slot.t + _base(base))
     if data.startswith(b"["):
         slot = _slot3_decoder.decode(data)
         return Slot(channel_name(slot.ch), slot.t)
@@ -127,17 +146,25 @@ def _names_by_message(outcome: bytes) -> bool:
     return b'[["' in rest or b',["' in rest
 
 
-def decode_outcome(raw: bytes | str, owner: RecordOwner | None = None) -> Outcome:
+def decode_outcome(raw: bytes | str, owner: RecordOwner | None = None,
+                   base: int | None = None) -> Outcome:
     """An outcome line, an object (records of context formats 1 and 2) or the positional
-    array of format 3 or 4; ``owner`` (where its record was read, or the commit that wrote it)
-    re-seals the ids of displaced decisions that commit.lua names by message id."""
+    array of format 3, 4 or 5; ``owner`` (where its record was read, or the commit that
+    wrote it) re-seals the ids of displaced decisions that commit.lua names by message id;
+    ``base``, the instant of the record's context, is what a format-5 outcome's instants
+    count from."""
     data = raw.encode() if isinstance(raw, str) else raw
-    if data.startswith(b"["):
-        if is_format_4(data):
-            fields = msgspec.structs.asdict(_stored4_decoder.decode(data))
+    five = data.startswith(OUTCOME_5)
+    if five or data.startswith(b"["):
+        if five or is_format_4(data):
+            fields = msgspec.structs.asdict(_stored4_decoder.decode(data[1:] if five else data))
+            shift = _base(base) if five else 0
             fields["d"] = decision_name(fields["d"])
             fields["ch"] = channel_name(fields["ch"])
-            fields["r"] = [(reason_name(code), rule, until, channel_name(channel))
+            if five and fields["t"] is not None:
+                fields["t"] += shift
+            fields["r"] = [(reason_name(code), rule_name(rule),
+                            None if until is None else until + shift, channel_name(channel))
                            for code, rule, until, channel in fields["r"]]
         else:
             fields = msgspec.structs.asdict(_stored3_decoder.decode(data))
@@ -207,7 +234,7 @@ def decision_status(record: bytes, owner: RecordOwner) -> DecisionStatus:
     line or a preemption overrides the answer's decision) and the reservation's instant."""
     lines = record.split(b"\n")
     ctx = decode_context(lines[0], owner)
-    outcome = decode_outcome(lines[1], owner)
+    outcome = decode_outcome(lines[1], owner, ctx.now)
     answer = render(ctx, outcome, replayed=True,
                     cancelled_at=int(lines[2]) if len(lines) > 2 else None)
     state: DecisionState = ("cancelled" if answer.cancelled_at is not None
@@ -229,7 +256,7 @@ def render_record(record: bytes, owner: RecordOwner) -> tuple[Context, DecisionR
     lines = record.split(b"\n")
     ctx = decode_context(lines[0], owner)
     cancelled = int(lines[2]) if len(lines) > 2 else None
-    return ctx, render(ctx, decode_outcome(lines[1], owner), replayed=True,
+    return ctx, render(ctx, decode_outcome(lines[1], owner, ctx.now), replayed=True,
                        cancelled_at=cancelled)
 
 
@@ -240,10 +267,11 @@ def adopt_record(record: bytes, user: str) -> bytes:
     outcome names by message id, so it renders the same answer under its new owner."""
     lines = record.split(b"\n")
     lines[0] = adopt_context(lines[0], user)
-    data = lines[1]
+    five = lines[1].startswith(OUTCOME_5)
+    data = lines[1][1:] if five else lines[1]
     positional = data.startswith(b"[")
     if positional or _names_by_message(data):
-        decoder = (_stored4_decoder if is_format_4(data) else _stored3_decoder) \
+        decoder = (_stored4_decoder if five or is_format_4(data) else _stored3_decoder) \
             if positional else _stored_decoder
         stored = decoder.decode(data)
         fields = msgspec.structs.asdict(stored)
@@ -255,7 +283,7 @@ def adopt_record(record: bytes, user: str) -> bytes:
                 values = [fields[name] for name in _OUTCOME3_ORDER]
                 while values and values[-1] == _STORED3_DEFAULTS[len(values) - 1]:
                     values.pop()
-                lines[1] = _json.encode(values)
+                lines[1] = (OUTCOME_5 if five else b"") + _json.encode(values)
             else:
                 lines[1] = _json.encode(msgspec.structs.replace(stored, x=fields["x"]))
     return b"\n".join(lines)

@@ -16,6 +16,7 @@ import msgspec
 
 from api.auth import ROLES, ApiKey, Role, hash_key
 from api.ids import Secret, decode_secret
+from api.record_codes import RECORD_FORMAT
 from models.bundled_model import BUNDLED_MODEL_DIR, HEURISTIC_CHOICE
 
 
@@ -237,12 +238,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: how long a decision is replayed for a retried message_id (the ledger still dedups
     #: a message for as long as its reservation is inside the longest cap window)
     idempotency_ttl_seconds: int = 72 * 3600
-    #: the format new idempotency records are written in (api/plan.py): 4, format 3 with
-    #: its repeated names as numbers (api/record_codes.py); 3, the compact one (no
-    #: decision, message or user id), while workers of a release that reads formats up to
-    #: 3 still serve; 2 while workers of a release that reads only formats 1 and 2 do (a
-    #: rolling upgrade: docs/architecture.md)
-    record_format: int = 4
+    #: the format new idempotency records are written in (api/plan.py): 5, format 4 with
+    #: the outcome's instants relative to the decision's and the rules this release names
+    #: itself as numbers (api/record_codes.py); 4 (format 3 with its repeated names as
+    #: numbers) while workers of a release that reads formats up to 4 still serve; 3 (no
+    #: decision, message or user id) while workers that read up to 3 do; 2 while workers
+    #: that read only formats 1 and 2 do (a rolling upgrade: docs/architecture.md)
+    record_format: int = RECORD_FORMAT
     #: the format preference documents are written in (api/userstate.py): 2, deflated
     #: against a frozen dictionary (api/prefs_deflate.py); 1, plain JSON, while workers of
     #: a release that reads only JSON still serve (a rolling upgrade: docs/architecture.md)
@@ -290,7 +292,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             redis_max_connections=_int(env, "SENDWISE_REDIS_MAX_CONNECTIONS", 64, minimum=1),
             idempotency_ttl_seconds=_int(env, "SENDWISE_IDEMPOTENCY_TTL_SECONDS", 72 * 3600,
                                          minimum=60),
-            record_format=_stored_format(env, "SENDWISE_RECORD_FORMAT", (2, 3, 4)),
+            record_format=_stored_format(env, "SENDWISE_RECORD_FORMAT", (2, 3, 4, 5)),
             preferences_format=_stored_format(env, "SENDWISE_PREFERENCES_FORMAT", (1, 2)),
             max_body_bytes=_int(env, "SENDWISE_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
             max_events_per_batch=_int(env, "SENDWISE_MAX_EVENTS_PER_BATCH", 1000, minimum=1),

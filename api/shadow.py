@@ -262,13 +262,14 @@ class ShadowService:
                       pv=policy.version_label, zone=zone, now=now, fp=fp, dry=True, pre=pre,
                       mv=choice.version, fs=choice.source)
         with engine.metrics.redis_shadow.time():
-            reply = await self._store.commit(tenant, user, request.message_id,
-                                             encode_plan(dry, choice.annotations),
+            plan = encode_plan(dry, choice.annotations,
+                               record_format=engine.settings.record_format)
+            reply = await self._store.commit(tenant, user, request.message_id, plan,
                                              engine.encode_context(ctx, user))
         if reply.status != "new":  # stale / already decided: the live commit says so too
             return None
         owner = RecordOwner(tenant, user, request.message_id, engine.ids)
-        return ShadowRun(version, _side(render(ctx, decode_outcome(reply.payload, owner))))
+        return ShadowRun(version, _side(render(ctx, decode_outcome(reply.payload, owner, ctx.now))))
 
     async def record(self, engine: Engine, tenant: str, run: ShadowRun,
                      response: DecisionResponse) -> None:

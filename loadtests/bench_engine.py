@@ -191,7 +191,8 @@ class Bench:
             ctx = Context(did=did, mid=request.message_id, uid=request.user_id,
                           pv=policy.version_label, zone=location.zones[0], now=now, fp=fp,
                           dry=request.dry_run, pre=pre, mv=choice.version, fs=choice.source)
-            plan_bytes = encode_plan(choice.plan, choice.annotations)
+            plan_bytes = encode_plan(choice.plan, choice.annotations,
+                                     record_format=engine.settings.record_format)
             ctx_bytes = engine.encode_context(ctx, request.user_id)
             t5 = clock()
             reply = await store.commit(TENANT, request.user_id, request.message_id,
@@ -200,7 +201,7 @@ class Bench:
             if reply.status != "new":
                 raise RuntimeError(f"unexpected commit status {reply.status!r} for a fresh message")
             response = render(ctx, decode_outcome(reply.payload, RecordOwner(
-                TENANT, request.user_id, request.message_id, engine.ids)))
+                TENANT, request.user_id, request.message_id, engine.ids), ctx.now))
             t7 = clock()
             self.json.encode(response)
             t8 = clock()

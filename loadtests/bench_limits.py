@@ -216,7 +216,9 @@ async def run_commit_only(url: str, cluster: bool, seconds: float, concurrency: 
                       dry=request.dry_run, pre=pre, mv=choice.version, fs=choice.source,
                       s=choice.suppressed)
         return _Prepared(request, ctx,
-                         encode_plan(choice.plan, choice.annotations), time.perf_counter())
+                         encode_plan(choice.plan, choice.annotations,
+                                     record_format=engine.settings.record_format),
+                         time.perf_counter())
 
     async def run(run_seconds: float) -> tuple[int, float, int]:
         nonlocal stale, max_lag
@@ -266,7 +268,7 @@ async def run_commit_only(url: str, cluster: bool, seconds: float, concurrency: 
                     done += 1
                     if reply.status == "new":
                         admitted += render(ctx, decode_outcome(reply.payload, RecordOwner(
-                            tenant, ctx.uid, ctx.mid, engine.ids))).decision \
+                            tenant, ctx.uid, ctx.mid, engine.ids), ctx.now)).decision \
                             != "suppress"
         return done, timed, admitted
 

@@ -10,13 +10,13 @@
   default ``hash-max-ziplist-value`` and with 2048.
 
 The same decisions (same message ids, users, policy and preferences; the clock is real)
-in record format 2, 3 and 4 (``SENDWISE_RECORD_FORMAT``), preference documents in format 1
+in record format 2, 3, 4 and 5 (``SENDWISE_RECORD_FORMAT``), preference documents in format 1
 and 2 (``SENDWISE_PREFERENCES_FORMAT``), and with message ids as long as
 ``bench_decisions``' (``--message-prefix``) at the embedded server's
 ``zset-max-ziplist-value`` and at Redis' default 64:
 
     python -m loadtests.bench_memory
-    python -m loadtests.bench_memory --record-format 3
+    python -m loadtests.bench_memory --record-format 4
     python -m loadtests.bench_memory --preferences-format 1
     python -m loadtests.bench_memory --message-prefix 1-1w1r-decisions-0-0 --zset-max-ziplist-value 64
 """
@@ -32,6 +32,7 @@ import msgspec
 import numpy as np
 import redis
 
+from api.record_codes import RECORD_FORMAT
 from api.redis_client import make_redis
 from api.redis_server import EmbeddedRedis
 from api.settings import Settings
@@ -40,7 +41,7 @@ from loadtests.bench_scoring import NOW, profile_with_history
 from models.profile import Profile
 
 
-async def _decide(url: str, users: int, decisions: int, *, record_format: int = 4,
+async def _decide(url: str, users: int, decisions: int, *, record_format: int = RECORD_FORMAT,
                   prefix: str = "e", preferences_format: int = 2) -> None:
     client = make_redis(Settings(redis_url=url))
     try:
@@ -55,7 +56,7 @@ async def _decide(url: str, users: int, decisions: int, *, record_format: int = 
         await client.aclose()
 
 
-def records(url: str, users: int, decisions: int, *, record_format: int = 4,
+def records(url: str, users: int, decisions: int, *, record_format: int = RECORD_FORMAT,
             prefix: str = "e", preferences_format: int = 2) -> None:
     asyncio.run(_decide(url, users, decisions, record_format=record_format, prefix=prefix,
                         preferences_format=preferences_format))
@@ -138,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--decisions", type=int, default=3000)
-    parser.add_argument("--record-format", type=int, choices=[2, 3, 4], default=4,
-                        help="the context format records are written in (SENDWISE_RECORD_FORMAT)")
+    parser.add_argument("--record-format", type=int, choices=[2, 3, 4, 5], default=RECORD_FORMAT,
+                        help="the format records are written in (SENDWISE_RECORD_FORMAT)")
     parser.add_argument("--preferences-format", type=int, choices=[1, 2], default=2,
                         help="the format preference documents are written in "
                              "(SENDWISE_PREFERENCES_FORMAT)")

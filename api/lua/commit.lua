@@ -59,7 +59,7 @@ local _, P = cmsgpack.unpack_one(ARGV[1], 2 + CAND_SIZE * ncands)
 local plan_now, plan_rev, plan_lo, plan_keep, plan_ttl = P[1], P[2], P[3], P[4], P[5]
 local plan_caps, plan_cw, plan_blocks, plan_chs, plan_mode = P[7], P[8], P[9], P[10], P[11]
 local plan_endr, plan_dry, plan_sp, plan_pk, plan_xc = P[12], P[13], P[14], P[15], P[16]
-local plan_dp, plan_pbs, plan_whys, plan_pe = P[17], P[18], P[19], P[20]
+local plan_dp, plan_pbs, plan_whys, plan_of, plan_pe = P[17], P[18], P[19], P[20], P[21]
 local cands = {}
 local function cand_at(i)
   local c = cands[i]
@@ -405,21 +405,24 @@ end
 -- the outcome line (api/render.py: Outcome): the decision d, channel, instant, reasons rs,
 -- p (true: a preempted suppression), the reserved candidate's score note (JSON) and the
 -- displaced decisions xs (JSON each), in the layout of the record's format ``fm``. Formats
--- 3 and 4: a JSON array [d, ch, t, s, r, x, p] without its trailing defaults, s as
+-- 3, 4 and 5: a JSON array [d, ch, t, s, r, x, p] without its trailing defaults, s as
 -- [score, propensity] when the score now is the score; format 4 writes d, the channels and
--- the reason codes as numbers. Else the object {"d","ch","t","r"[,"p"][,"s"][,"x"]}
--- earlier releases read.
-local function outcome(d, ch, t, rs, p, s, xs, fm)
-  local coded = fm == 4
+-- the reason codes as numbers; format 5 is the byte 5 and format 4's array, with t and
+-- each reason's until counted from ``base`` (the instant of the record's context). Else
+-- the object {"d","ch","t","r"[,"p"][,"s"][,"x"]} earlier releases read. A rule is written
+-- as the plan holds it: its name, or in a format-5 plan its number (api/record_codes.py).
+local function outcome(d, ch, t, rs, p, s, xs, fm, base)
+  local coded = fm == 4 or fm == 5
+  local shift = fm == 5 and base or 0
   local parts = {}
   for i, r in ipairs(rs) do
     local c = r[4]
     parts[i] = '[' .. (coded and reason_no(r[1]) or cjson.encode(r[1])) .. ','
-      .. cjson.encode(r[2]) .. ',' .. (r[3] and fmt(r[3]) or 'null') .. ','
+      .. cjson.encode(r[2]) .. ',' .. (r[3] and fmt(r[3] - shift) or 'null') .. ','
       .. (c and (coded and channel_no(c) or cjson.encode(c)) or 'null') .. ']'
   end
   local ch_ = ch and (coded and channel_no(ch) or cjson.encode(ch)) or 'null'
-  local t_ = t and fmt(t) or 'null'
+  local t_ = t and fmt(t - shift) or 'null'
   if not fm then
     return '{"d":"' .. d .. '","ch":' .. ch_ .. ',"t":' .. t_ .. ',"r":['
       .. table.concat(parts, ',') .. ']' .. (p and ',"p":1' or '')
@@ -433,7 +436,8 @@ local function outcome(d, ch, t, rs, p, s, xs, fm)
       s = '[' .. score .. string.sub(s, comma + #score + 1)
     end
   end
-  local out = (coded and '[' .. decision_no(d) or '["' .. d .. '"') .. ',' .. ch_ .. ',' .. t_
+  local out = (coded and (fm == 5 and '5[' or '[') .. decision_no(d) or '["' .. d .. '"')
+    .. ',' .. ch_ .. ',' .. t_
   local x = xs and #xs > 0
   if not (p or x or #rs > 0) then return s and out .. ',' .. s .. ']' or out .. ']' end
   out = out .. ',' .. (s or 'null') .. ',[' .. table.concat(parts, ',') .. ']'
@@ -441,8 +445,9 @@ local function outcome(d, ch, t, rs, p, s, xs, fm)
   out = out .. ',[' .. (x and table.concat(xs, ',') or '') .. ']'
   return p and out .. ',1]' or out .. ']'
 end
--- this message's record format (its context line, api/plan.py): its outcome's layout
-local record_format = format_of(ARGV[2])
+-- this message's record format: 5 when the plan says so (its context is format 4's
+-- layout), else its context line's (api/plan.py); its outcome's layout
+local record_format = plan_of or format_of(ARGV[2])
 
 -- 4. a duplicate offer suppresses the whole message, whatever the channel
 if cw > 0 and msg.og ~= '' then
@@ -451,7 +456,7 @@ if cw > 0 and msg.og ~= '' then
     if d[7] == msg.og and d[6] == msg.oid and e[1] > now - cw then
       local out = outcome('suppress', nil, nil,
                           {{'duplicate_offer', 'conflict_group:' .. msg.og, e[1] + cw, d[2]}},
-                          false, nil, nil, record_format)
+                          false, nil, nil, record_format, now)
       if plan_dry == 0 then record_put(my_mid, ARGV[2] .. '\n' .. out, now + plan_ttl) end
       return {'new', out}
     end
@@ -836,6 +841,9 @@ if #displaced > 0 then
     -- 4) and, when the record is not this user's own, its user (8th); api/render.py)
     local fm = ctx and format_of(ctx)
     local c = ctx and cjson.decode(ctx)
+    -- a format-5 commit writes the new outcome in format 5, counted from the instant of
+    -- the displaced record's context (1st in format 4, 4th in 3, "n" or "now" in objects)
+    local base = c and plan_of and (fm == 4 and c[1] or fm == 3 and c[4] or c.n or c.now)
     if c and c.did then ids[#ids + 1] = cjson.encode(c.did)
     elseif fm then
       local u = c[8]
@@ -849,13 +857,14 @@ if #displaced > 0 then
         add_entry({r.t, cmsgpack.unpack(r.member), r.member})
       end
       m.r = r
-      m.rec = ctx and (ctx .. '\n' .. outcome(r.d, r.ch, r.t, r.r, r.t == nil, nil, nil, fm))
+      m.rec = ctx and (ctx .. '\n' .. outcome(r.d, r.ch, r.t, r.r, r.t == nil, nil, nil,
+                                              base and 5 or fm, base))
     end
     moved[#moved + 1] = m
   end
   xs = ids
 end
-local out = outcome(decision, out_ch, out_t, reasons, false, note, xs, record_format)
+local out = outcome(decision, out_ch, out_t, reasons, false, note, xs, record_format, now)
 
 -- 6c. channel pacing's expectation (plan_pe, api/pacing.py): a send or deferral on a paced
 -- channel is written only inside the span of the token pacing holds for it. The ledger can

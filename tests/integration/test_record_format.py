@@ -160,13 +160,15 @@ async def test_a_previous_releases_record_replays_byte_for_byte(
     assert (status.state, status.cancelled_at) == ("cancelled", cancelled.cancelled_at)
 
 
-@pytest.mark.parametrize("format_of_low", [2, 3, 4])
+@pytest.mark.parametrize("format_of_high", [4, 5])
+@pytest.mark.parametrize("format_of_low", [2, 3, 4, 5])
 async def test_a_displaced_record_of_any_format_names_its_decision(
         engine: Engine, clock: FixedClock, redis_client: RedisClient,
-        set_policy: Callable[..., Any], format_of_low: int) -> None:
+        set_policy: Callable[..., Any], format_of_low: int, format_of_high: int) -> None:
     await set_policy(**PREEMPTING)
     clock.value = LATE
     writer = _writing(engine, format_of_low)
+    engine = _writing(engine, format_of_high)
     low = await writer.decide(TENANT, req(message_id="low", priority=2, channels=["sms"]))
     high = await engine.decide(TENANT, req(message_id="high", priority=8))
     assert high.displaced == [low.decision_id]
@@ -177,13 +179,20 @@ async def test_a_displaced_record_of_any_format_names_its_decision(
     assert status.state == "defer" and status.decision_id == low.decision_id
     assert status.send_at == dt.datetime.fromisoformat("2026-06-12T08:00:00-04:00")
     assert status.reasons[0].code == "preempted"
-    # the displaced record keeps its format, its outcome line too
+    # the displaced record keeps its context line; its new outcome line is in format 5
+    # when the commit that displaced it writes format 5 (counted from the record's own
+    # instant), else in the record's own format
     context, outcome = (await _value(redis_client, "u1", "low")).partition(b" ")[2].split(
         b"\n")
-    assert context.startswith({2: b'{"did":', 3: b'["', 4: b"[1781"}[format_of_low])
-    assert outcome.startswith({2: b'{"d":"defer","ch":"sms"', 3: b'["defer","sms"',
-                               4: b"[1,1,"}[format_of_low])
-    assert b'"preempted"' in outcome if format_of_low < 4 else outcome.count(b"[20,") == 1
+    assert context.startswith({2: b'{"did":', 3: b'["', 4: b"[1781", 5: b"[1781"}[format_of_low])
+    decided = int(clock.now_ms())
+    assert outcome.startswith(
+        b"5[1,1,%d," % (int(status.send_at.timestamp() * 1000) - decided)
+        if format_of_high == 5 else
+        {2: b'{"d":"defer","ch":"sms"', 3: b'["defer","sms"', 4: b"[1,1,",
+         5: b"[1,1,"}[format_of_low])
+    assert b'"preempted"' in outcome if format_of_high == 4 and format_of_low < 4 else \
+        outcome.count(b"[20,") == 1
 
 
 @pytest.mark.parametrize("record_format", [3, 4])
@@ -223,11 +232,11 @@ async def test_merged_format_3_and_4_records_keep_their_ids(
 
 
 async def test_engine_of_a_store_settings(redis_client: RedisClient, clock: FixedClock) -> None:
-    """``record_format`` comes from the environment: 4 unless set to 2 or 3."""
-    assert Settings.from_env({}).record_format == 4
-    assert Settings.from_env({"SENDWISE_RECORD_FORMAT": "2"}).record_format == 2
-    assert Settings.from_env({"SENDWISE_RECORD_FORMAT": "3"}).record_format == 3
-    for bad in ("1", "5", "x"):
+    """``record_format`` comes from the environment: 5 unless set to 2, 3 or 4."""
+    assert Settings.from_env({}).record_format == 5
+    for older in (2, 3, 4):
+        assert Settings.from_env({"SENDWISE_RECORD_FORMAT": str(older)}).record_format == older
+    for bad in ("1", "6", "x"):
         with pytest.raises(ValueError, match="SENDWISE_RECORD_FORMAT"):
             Settings.from_env({"SENDWISE_RECORD_FORMAT": bad})
     engine = Engine(Store(redis_client), Settings(redis_url="unused", id_key=TEST_ID_KEY,
@@ -246,7 +255,9 @@ async def test_a_scored_deferral_keeps_both_scores(
     assert [r.code for r in first.reasons] == ["better_send_time"]
     assert first.score is not None and first.score_now is not None
     assert first.score != first.score_now
-    note = json.loads((await _value(redis_client, "u1", "m1")).split(b"\n")[1])[3]
+    outcome = (await _value(redis_client, "u1", "m1")).split(b"\n")[1]
+    assert outcome.startswith(b"5[")  # format 5
+    note = json.loads(outcome[1:])[3]
     assert note == [first.score, first.score_now, first.propensity]
     again = await engine.decide(TENANT, req(message_id="m1", category="promotional"))
     assert msgspec.json.encode(msgspec.structs.replace(again, replayed=False)) == \
@@ -291,15 +302,32 @@ def _as_format_4(record: bytes) -> bytes:
                                       for part in (context, outcome))
 
 
-@pytest.mark.parametrize("record_format", [3, 4])
+def _as_format_5(record: bytes) -> bytes:
+    """A format-3 value rewritten as format 5 writes it: format 4, and the outcome line
+    the byte 5 then its array with the instants counted from the context's (its first
+    element) and the rules this release names itself by number (0: the default quiet
+    hours; a tenant's cap, "daily", stays a name)."""
+    expiry, _, rest = _as_format_4(record).partition(b" ")
+    context_line, outcome_line = rest.split(b"\n")
+    base = json.loads(context_line)[0]
+    outcome = json.loads(outcome_line)
+    outcome[2] -= base
+    outcome[4] = [[c, {"default-quiet-hours": 0}.get(rule, rule),
+                   None if until is None else until - base, ch]
+                  for c, rule, until, ch in outcome[4]]
+    return expiry + b" " + context_line + b"\n5" + json.dumps(
+        outcome, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("record_format", [3, 4, 5])
 async def test_a_preemption_stores_each_format_and_answers_the_same(
         engine: Engine, clock: FixedClock, redis_client: RedisClient,
         set_policy: Callable[..., Any], record_format: int) -> None:
     """Format 3 is byte for byte what dadbade wrote, through a deferral, a displacement and
-    the displaced record's new outcome; format 4 holds the same values with its numbers;
-    the answers do not depend on the format."""
+    the displaced record's new outcome; formats 4 and 5 hold the same values with their
+    numbers; the answers do not depend on the format."""
     engine = _writing(engine, record_format)
-    written = (lambda r: r) if record_format == 3 else _as_format_4
+    written = {3: lambda r: r, 4: _as_format_4, 5: _as_format_5}[record_format]
     await set_policy(**PREEMPTING)
     clock.value = LATE
     await engine.decide(TENANT, req(user_id="u2", message_id="low", priority=2,

@@ -23,7 +23,7 @@ from api.plan import (
     encode_context_v2,
     encode_context_v4,
 )
-from api.record_codes import FEATURE_SOURCES, REASONS, ZONES
+from api.record_codes import FEATURE_SOURCES, REASONS, RULES, ZONES
 from api.render import (
     adopt_record,
     decode_context,
@@ -177,6 +177,23 @@ def test_every_format_decodes_to_the_same_context(ctx: Context, user: str) -> No
     assert decode_context(adopt_context(v4, user), RecordOwner("t", "other", ctx.mid, IDS)) \
         == ctx
     assert len(v4) <= len(v3)
+    v5 = encode_context_v4(ctx, user=user, tag=IDS.tag, rules=True)  # format 5's context
+    assert b"\n" not in v5 and decode_context(v5, owner) == ctx
+    assert decode_context(adopt_context(v5, user), RecordOwner("t", "other", ctx.mid, IDS)) \
+        == ctx
+    assert len(v5) <= len(v4)
+
+
+def test_format_5_writes_this_releases_rules_as_numbers() -> None:
+    """The context of format 5 numbers the pre-commit reasons' rules the list holds (a
+    consent rule here); any other rule stays its name."""
+    ctx = msgspec.structs.replace(decode_context(LEGACY.split(b"\n")[0]),
+                                  did=IDS.decision_id("t", "u-1", "m-1"))
+    ctx = msgspec.structs.replace(ctx, pre=[*ctx.pre, PreReason("holdout", "tenant-rule")])
+    stored = json.loads(encode_context_v4(ctx, user="u-1", tag=IDS.tag, rules=True))
+    assert [p[1] for p in stored[9]] == [RULES.index("preferences.channels.sms"), "tenant-rule"]
+    assert json.loads(encode_context_v4(ctx, user="u-1", tag=IDS.tag))[9][0][1] == \
+        "preferences.channels.sms"
 
 
 @given(contexts.map(lambda c: msgspec.structs.replace(
@@ -228,7 +245,7 @@ def _displacing_record_moves(encode: Callable[..., bytes], displacing: bytes) ->
     writes it, context by ``encode``): it names the displaced decision for its owner, and
     moved by a merge, the displaced decision's user is written out, the rest kept, and it
     renders the same under its new owner. Returns the moved record."""
-    assert decode_outcome(displacing, OWNER).x == [DID, IDS.decision_id("t", "u-1", "m-0")]
+    assert decode_outcome(displacing, OWNER, NOW).x == [DID, IDS.decision_id("t", "u-1", "m-0")]
     ctx = msgspec.structs.replace(decode_context(LEGACY.split(b"\n")[0]),
                                   did=IDS.decision_id("t", "u-1", "m-1"))
     record = encode(ctx, user="u-1", tag=IDS.tag) + b"\n" + displacing
@@ -257,3 +274,34 @@ def test_the_positional_outcome_of_format_3() -> None:
     with pytest.raises(ValueError, match="owner"):
         decode_outcome(displacing)
     _displacing_record_moves(encode_context, displacing)
+
+
+def test_the_positional_outcome_of_format_5() -> None:
+    """Format 5's outcome is the byte 5 and format 4's array, with its instants counted
+    from its context's and this release's rules by number: the same Outcome as format 4
+    once the reader adds the context's instant back, which it must be given."""
+    base = 1781112000000
+    obj = decode_outcome(OUTCOME)
+    assert decode_outcome(b'5[1,0,600000,[0.041,0.039,0.95],[[0,"caps[0]",600000,0]]]',
+                          base=base) == obj
+    quiet = decode_outcome(b'5[1,1,5,null,[[3,0,4,1],[3,"own-rule",null,1]]]', base=base)
+    assert (quiet.t, quiet.r) == (base + 5, [("quiet_hours", "default-quiet-hours", base + 4,
+                                              "sms"), ("quiet_hours", "own-rule", None, "sms")])
+    assert decode_outcome(b'5[2,null,null,null,[[20,"cap",null,1]],[],1]', base=base) == \
+        decode_outcome(b'[2,null,null,null,[[20,"cap",null,1]],[],1]')
+    assert decode_slot(b'5[0,5,7]', 10) == decode_slot(b'[0,5,17]')
+    # a rule number format 4 records may hold too (a format-5 commit re-decided them)
+    assert decode_outcome(b'[1,1,5,null,[[3,0,4,1]]]').r[0][1] == "default-quiet-hours"
+    for missing in (lambda: decode_outcome(b'5[0,0,1]'), lambda: decode_slot(b'5[0,0,1]')):
+        with pytest.raises(ValueError, match="context's instant"):
+            missing()
+    with pytest.raises(ValueError, match="newer release"):
+        decode_outcome(b'5[1,1,5,null,[[3,%d,4,1]]]' % len(RULES), base=base)
+    displacing = b'5[0,1,1,null,[],["' + DID.encode() + b'",["m-0","' + \
+        IDS.tag.encode() + b'"]]]'
+
+    def five(ctx: Context, *, user: str, tag: str) -> bytes:
+        return encode_context_v4(ctx, user=user, tag=tag, rules=True)
+
+    moved = _displacing_record_moves(five, displacing)
+    assert moved.split(b"\n")[1].startswith(b"5[0,1,1,")

@@ -41,6 +41,7 @@ from api.plan import (
 )
 from api.policy import DEFAULT_POLICY, Policy
 from api.reasons import ReasonCode
+from api.record_codes import rule_code
 from api.schemas import (
     CHANNELS,
     DEFAULT_PRIORITY,
@@ -177,7 +178,13 @@ def test_encode_plan_ships_binary_parts_as_separate_arguments() -> None:
     assert [c[0] for c in cands] == ["email", "sms"] and core["cands"] == ["email", "sms"]
     # a quiet-hours block shared by both channels is shipped once
     assert cands[0][3] == cands[1][3]
-    assert [b[1] for b in core["blocks"]] == ["default-quiet-hours"]
+    # record format 5 (the default): rules this release names itself by number, and the
+    # plan says so (``of``); format 4's plan names them and leaves ``of`` out
+    assert [b[1] for b in core["blocks"]] == [rule_code("default-quiet-hours")] == [0]
+    assert core["of"] == 5
+    fields4, _ = decode_lua_plan(encode_plan(p, record_format=4)[0])
+    core4 = dict(zip(PLAN_FIELDS, fields4, strict=False))
+    assert [b[1] for b in core4["blocks"]] == ["default-quiet-hours"] and "of" not in core4
 
 
 @given(st.sampled_from(sorted(CHANNELS)), st.lists(st.text(max_size=40), max_size=4),
@@ -260,14 +267,14 @@ def test_encode_plan_is_positional_with_flat_intervals() -> None:
     assert "pe" not in PLAN_FIELDS[:len(core)]  # unpaced: not shipped
     block = p.blocks[0]
     shipped = core[PLAN_FIELDS.index("blocks")][0]
-    assert shipped == [block.c, block.r, [x for iv in block.iv for x in iv]]
+    assert shipped == [block.c, rule_code(block.r), [x for iv in block.iv for x in iv]]
     # candidates point at their pb list (shared: both channels have the same blocks)
     pbs = core[PLAN_FIELDS.index("pbs")]
     assert [c[3] for c in cands] == [0, 0]
     assert pbs == [p.cands[0].pb] and core[PLAN_FIELDS.index("whys")] == []
     caps = core[PLAN_FIELDS.index("caps")]
     assert caps and all(len(cap) == 10 for cap in caps)
-    assert [cap[0] for cap in caps] == [c.id for c in api.plan._lua_caps(p)]
+    assert [cap[0] for cap in caps] == [rule_code(c.id) for c in api.plan._lua_caps(p)]
     for cap, compiled in zip(caps, api.plan._lua_caps(p), strict=True):
         assert cap[5:] == [compiled.ch or None, compiled.cat or None, compiled.xcat or None,
                            compiled.camp or None, compiled.tag or None]

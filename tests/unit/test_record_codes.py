@@ -19,6 +19,8 @@ from api.schemas import CHANNELS
 #: sha256 of api/data/zone_codes.txt as first written (tzdata 2026f's zone names, sorted).
 #: Never edit the file in place: a reordered or removed line renames stored zones.
 ZONE_LIST_DIGEST = "8725722643bf1f4ff4fc4b22268ade98b6fae047a86897219c3a13d4c4ced93d"
+#: sha256 of api/data/rule_codes.txt as first written (record format 5): append only
+RULE_LIST_DIGEST = "e6d71eee13dec1b2477e98c5f44f0123d17a55c6db562a4b1f26ad36ae6a308d"
 COMMIT_LUA = resources.files("api").joinpath("lua", "commit.lua").read_text(encoding="utf-8")
 
 
@@ -41,6 +43,37 @@ def test_the_zone_list_is_frozen() -> None:
         "api/data/zone_codes.txt changed: stored records name zones by their line; only "
         "append (with a format note in docs/architecture.md), then update the digest")
     assert len(set(record_codes.ZONES)) == len(record_codes.ZONES) == 598
+
+
+def test_the_rule_list_is_frozen() -> None:
+    raw = resources.files("api").joinpath("data", "rule_codes.txt").read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == RULE_LIST_DIGEST, (
+        "api/data/rule_codes.txt changed: stored records name rules by their line; only "
+        "append (with a format note in docs/architecture.md), then update the digest")
+    assert len(set(record_codes.RULES)) == len(record_codes.RULES) == 54
+
+
+def test_the_rules_this_release_names_itself_have_numbers() -> None:
+    """Every rule the engine itself writes (not a tenant's own names) is in the list: the
+    default policy's quiet hours, the request's and the policy's rules, the preference
+    centre's entries, the built-in jurisdictions' ``id@version``."""
+    from api.holdout import GLOBAL_RULE
+    from api.jurisdictions import load_builtin_packs
+    from api.policy import Policy
+    from api.scoring import FLOOR_RULE
+
+    own = [rule.id for rule in Policy().quiet_hours]
+    own += [GLOBAL_RULE, FLOOR_RULE, "policy.send_time.exploration_rate", "request.deadline",
+            "policy.max_defer_minutes", "request.not_before", "request.channels",
+            "policy.opt_in_only_channels", "events.unsubscribed"]
+    own += [f"preferences.channels.{channel}" for channel in CHANNELS]
+    own += [f"preferences.{kind}[{i}]" for kind in ("frequency_limits", "quiet_hours")
+            for i in range(16)]
+    own += [pack.rule_id for pack in load_builtin_packs()]
+    assert all(isinstance(record_codes.rule_code(rule), int) for rule in own), [
+        rule for rule in own if isinstance(record_codes.rule_code(rule), str)]
+    assert record_codes.rule_code("promotional-daily") == "promotional-daily"
+    assert record_codes.rule_name(record_codes.rule_code(own[0])) == own[0]
 
 
 def test_every_zone_of_this_tzdata_is_a_number_or_itself() -> None:
@@ -74,7 +107,7 @@ def test_the_lists_only_grow() -> None:
 
 @pytest.mark.parametrize("decode", [record_codes.zone_name, record_codes.reason_name,
                                     record_codes.channel_name, record_codes.decision_name,
-                                    record_codes.source_name])
+                                    record_codes.source_name, record_codes.rule_name])
 def test_a_number_no_list_holds_is_an_error(decode: object) -> None:
     assert callable(decode)
     with pytest.raises(ValueError, match="newer release"):
