@@ -208,7 +208,7 @@ def _check_user_id(user_id: str) -> None:
 
 
 @get("/v1/users/{user_id:str}/preferences", summary="Read a recipient's preferences",
-     responses=errors(400, 503, *AUTHENTICATED))
+     responses=errors(400, 409, 503, *AUTHENTICATED))
 async def get_preferences(request: Request[Any, Any, State], user_id: FromPath[str]) -> StoredPreferences:
     _check_user_id(user_id)
     return await _engine(request).store.get_preferences(tenant_of(request), user_id)
@@ -233,7 +233,7 @@ async def put_preferences(request: Request[Any, Any, State],
 
 
 @get("/v1/users/{user_id:str}/timeline", summary="What was sent or reserved, when and why",
-     responses=errors(400, 503, *AUTHENTICATED))
+     responses=errors(400, 409, 503, *AUTHENTICATED))
 async def get_timeline(request: Request[Any, Any, State], user_id: FromPath[str]) -> Timeline:
     _check_user_id(user_id)
     return await _engine(request).timeline(tenant_of(request), user_id)

@@ -415,7 +415,7 @@ async def delete_user(request: Request[Any, Any, State], user_id: FromPath[str])
 
 
 @get("/{user_id:str}/export", summary="Everything stored about a user, as JSON",
-     responses=errors(400, 503, *AUTHENTICATED))
+     responses=errors(400, 409, 503, *AUTHENTICATED))
 async def export_user(request: Request[Any, Any, State], user_id: FromPath[str]) -> UserExport:
     """One atomic snapshot: the preference document, event opt-outs, conversions, the
     ledger (decoded, as the timeline shows it) and every decision still replayable,

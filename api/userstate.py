@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from api.prefs_deflate import FORMAT_TAG, deflate, inflate
+from api.errors import ConflictError
+from api.prefs_deflate import FORMAT_TAG, CorruptDocumentError, deflate, inflate
 from api.schemas import Preferences
 
 _PREF_FIELDS = frozenset(Preferences.__struct_fields__)
@@ -103,15 +104,33 @@ def encode_preferences(prefs: Preferences, *, document_format: int) -> bytes:
     return deflate(document) if document_format == 2 else document
 
 
+class UnreadablePreferencesError(ConflictError, ValueError):
+    """A stored preference document this worker cannot read: damaged, or written in a
+    format of a newer release (a rolling upgrade that skipped its setting). Nothing about
+    the recipient's consent, quiet hours or limits is known then, so no decision is made
+    on a guess: the answer is this 409, which names the recipient, and a ``PUT`` of the
+    preferences replaces the document (docs/architecture.md, "Unreadable preference documents").
+    A ``ValueError`` too, for the callers that fall back to the policy's zone."""
+
+    code = "preferences_unreadable"
+
+
 def decode_preferences(raw: bytes | None) -> Preferences:
     """Either format (the first byte tells them apart). Stored documents tolerate fields
-    this worker does not know (rolling deploys)."""
+    this worker does not know (rolling deploys); one it cannot read at all is an
+    ``UnreadablePreferencesError``, never a default."""
     if not raw:
         return Preferences()
-    data = msgspec.json.decode(inflate(raw) if raw[:1] == FORMAT_TAG else raw)
-    if isinstance(data, dict):
-        data = {k: v for k, v in data.items() if k in _PREF_FIELDS}
-    return msgspec.convert(data, Preferences)
+    try:
+        data = msgspec.json.decode(inflate(raw) if raw[:1] == FORMAT_TAG else raw)
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k in _PREF_FIELDS}
+        return msgspec.convert(data, Preferences)
+    except (CorruptDocumentError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UnreadablePreferencesError(
+            "the stored preferences of this recipient cannot be read (damaged, or written "
+            f"by a newer release: {exc}); PUT them again to replace them",
+            field="user_id") from exc
 
 
 def parse_read_reply(reply: list[object]) -> UserState:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from api import prefs_deflate
 from api.record_codes import ZONES
 from api.schemas import CHANNELS, ChannelPreference, FrequencyLimit, Preferences, QuietHours
-from api.userstate import decode_preferences, encode_preferences
+from api.userstate import UnreadablePreferencesError, decode_preferences, encode_preferences
 from loadtests.population import preferences as population_preferences
 
 #: sha256 of api/data/preferences.zdict as first written (the zone list, then the
@@ -86,5 +86,9 @@ def test_a_document_of_an_earlier_release_still_reads() -> None:
 def test_damaged_documents_are_refused_and_inflating_stays_bounded(stored: bytes) -> None:
     with pytest.raises(prefs_deflate.CorruptDocumentError):
         prefs_deflate.inflate(stored)
-    with pytest.raises(prefs_deflate.CorruptDocumentError):  # the decision path: no guess
+    # the decision path: no guess, a 409 naming the recipient (api/userstate.py)
+    with pytest.raises(UnreadablePreferencesError) as refused:
         decode_preferences(stored)
+    assert isinstance(refused.value.__cause__, prefs_deflate.CorruptDocumentError)
+    assert (refused.value.status, refused.value.code, refused.value.field) == (
+        409, "preferences_unreadable", "user_id")
