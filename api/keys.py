@@ -37,7 +37,10 @@ or make two (tenant, user) pairs share one.
                                   a JSON object, or with a format-3 or 4 context
                                   positional: [d, ch, t, s, r, x, p] without trailing
                                   defaults (format 4: d, channels and reason codes as
-                                  numbers; api/render.py); its x names a displaced
+                                  numbers; format 5, the default: "5" and format 4's
+                                  array, its instants counted from the context's and
+                                  this release's own rules by number, api/record_codes.py;
+                                  api/render.py); its x names a displaced
                                   decision by its id, or (formats 3, 4) as [message id,
                                   key tag(, user)]
     sw:{t:u}:m:<message>   STR   an idempotency record written by a release before the hash
