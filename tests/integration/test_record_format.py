@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from api.clock import FixedClock
 from api.engine import Engine
 from api.keys import user_keys
 from api.redis_client import RedisClient
+from api.schemas import Preferences
 from api.settings import Settings
 from api.store import Store
 from tests.conftest import TEST_ID_KEY
@@ -65,6 +67,13 @@ A4_RECORD = (b'1781366400000 [1781107200000,"uSQ","0",170,"xouXa8e1GgHk-A","heur
 PREEMPTING: dict[str, Any] = {"caps": [{"id": "daily", "limit": 1, "window_minutes": 1440}],
                               **EXACT, "preemption": {"enabled": True, "max_displaced": 2}}
 LATE = at("2026-06-10T23:00:00-04:00")
+#: caps of every kind for the comparison of formats 4 and 5
+CAPS_FOR_FORMATS: list[dict[str, Any]] = [
+    {"id": "promo-daily", "limit": 2, "window_minutes": 1440,
+     "scope": {"categories": ["promotional"]}},
+    {"id": "sms-day", "limit": 1, "calendar": "day", "scope": {"channels": ["sms"]}},
+    {"id": "all-weekly", "limit": 6, "window_minutes": 10080},
+]
 
 
 def _replayed(answer: bytes) -> bytes:
@@ -341,3 +350,72 @@ async def test_a_preemption_stores_each_format_and_answers_the_same(
     assert msgspec.json.encode(again) == _replayed(HIGH_ANSWER)
     status = await engine.status(TENANT, high.displaced[0])
     assert [r.code for r in status.reasons] == ["preempted", "frequency_cap"]
+
+
+async def test_format_5_answers_like_format_4(
+        engine: Engine, clock: FixedClock, set_policy: Callable[..., Any]) -> None:
+    """The same varied sequence decided twice, once per format, for two tenants with the
+    same policy and preferences: caps, preemption (re-decided records), conflicting
+    offers, priorities, quiet hours, a preference centre's limits and quiet hours, a
+    jurisdiction. Every answer, its replay and every decision's status are the same but
+    for the ids, which seal the tenant: format 5's relative instants and rule numbers
+    read back as format 4's absolute instants and names."""
+    five = _writing(engine, 5)
+    four = _writing(engine, 4)
+    other = TENANT + "-4"
+    policy = await set_policy(categories=["transactional", "promotional", "news"],
+                              caps=CAPS_FOR_FORMATS,
+                              preemption={"enabled": True, "max_displaced": 2},
+                              conflict_groups=[{"group": "*", "window_minutes": 120}],
+                              **EXACT)  # the spread hashes the tenant: none
+    four.policies.put(other, await engine.store.put_policy(other, policy, None,
+                                                           clock.now_ms()))
+    prefs = msgspec.convert({"country": "US", "region": "FL", "timezone": "America/New_York",
+                             "frequency_limits": [{"limit": 2, "calendar": "day"}],
+                             "quiet_hours": [{"start": "12:00", "end": "13:30"}]},
+                            Preferences)
+    for tenant in (TENANT, other):
+        await engine.store.put_preferences(tenant, "u0", prefs)
+
+    def same(answer: Any, tenant: str) -> dict[str, Any]:
+        shown = msgspec.to_builtins(answer)
+        for name in ("decision_id",):
+            shown[name] = engine.ids.parse_decision_id(tenant, shown[name])
+        if "displaced" in shown:
+            shown["displaced"] = [engine.ids.parse_decision_id(tenant, d)
+                                  for d in shown["displaced"]]
+        return shown
+
+    rng = random.Random(5)
+    asked: list[Any] = []
+    rules: set[str] = set()
+    codes: set[str] = set()
+    displaced = 0
+    for i in range(60):
+        offer = {"id": f"o{rng.randrange(3)}", "group": "g"} if rng.random() < 0.2 else None
+        request = req(message_id=f"m{i}", user_id=f"u{rng.randrange(3)}",
+                      channels=rng.sample(["email", "sms", "push"], rng.randint(1, 3)),
+                      category=rng.choice(["promotional", "news", "transactional"]),
+                      campaign_id=rng.choice(["c1", None]), priority=rng.randint(0, 10),
+                      offer=offer)
+        a5, a4 = await five.decide(TENANT, request), await four.decide(other, request)
+        assert same(a5, TENANT) == same(a4, other), i
+        rules |= {r.rule for r in a5.reasons}
+        codes |= {r.code for r in a5.reasons}
+        displaced += len(a5.displaced)
+        asked.append(request)
+        clock.advance(rng.choice([0, 7, 45, 120]) * 60_000)  # within the records' TTL
+    for request in asked:
+        a5, a4 = await five.decide(TENANT, request), await four.decide(other, request)
+        assert a5.replayed and same(a5, TENANT) == same(a4, other)
+        s5 = await five.status(TENANT, a5.decision_id)
+        s4 = await four.status(other, a4.decision_id)
+        assert same(s5, TENANT) == same(s4, other)
+    # the sequence reached rules format 5 numbers, rules it keeps as names (a tenant's
+    # caps, a conflict group), the outcome commit.lua writes before it evaluates (a
+    # duplicate offer) and re-decided records (preemption)
+    assert {"default-quiet-hours", "preferences.frequency_limits[0]",
+            "preferences.quiet_hours[0]", "us-fl-ftsa@2026.1", "policy.max_defer_minutes",
+            "promo-daily", "conflict_group:g"} <= rules
+    assert {"duplicate_offer", "conflicting_offer", "jurisdiction_window"} <= codes
+    assert displaced > 0
