@@ -37,20 +37,17 @@ def _lua_numbers(name: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in found if m}
 
 
-def test_the_zone_list_is_frozen() -> None:
-    raw = resources.files("api").joinpath("data", "zone_codes.txt").read_bytes()
-    assert hashlib.sha256(raw).hexdigest() == ZONE_LIST_DIGEST, (
-        "api/data/zone_codes.txt changed: stored records name zones by their line; only "
-        "append (with a format note in docs/architecture.md), then update the digest")
-    assert len(set(record_codes.ZONES)) == len(record_codes.ZONES) == 598
-
-
-def test_the_rule_list_is_frozen() -> None:
-    raw = resources.files("api").joinpath("data", "rule_codes.txt").read_bytes()
-    assert hashlib.sha256(raw).hexdigest() == RULE_LIST_DIGEST, (
-        "api/data/rule_codes.txt changed: stored records name rules by their line; only "
-        "append (with a format note in docs/architecture.md), then update the digest")
-    assert len(set(record_codes.RULES)) == len(record_codes.RULES) == 54
+@pytest.mark.parametrize(("name", "digest", "names", "count"), [
+    ("zone_codes.txt", ZONE_LIST_DIGEST, record_codes.ZONES, 598),
+    ("rule_codes.txt", RULE_LIST_DIGEST, record_codes.RULES, 54),
+], ids=["zones", "rules"])
+def test_the_frozen_lists_are_frozen(name: str, digest: str, names: tuple[str, ...],
+                                     count: int) -> None:
+    raw = resources.files("api").joinpath("data", name).read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == digest, (
+        f"api/data/{name} changed: stored records name these by their line; only append "
+        "(with a format note in docs/architecture.md), then update the digest")
+    assert len(set(names)) == len(names) == count
 
 
 def test_the_rules_this_release_names_itself_have_numbers() -> None:
