@@ -71,6 +71,7 @@ from api.shadow import (
 )
 from api.store import PolicyConflictError, ShadowConflictError, Store
 from api.ui import ui_handlers
+from api.userstate import UnreadablePreferencesError
 
 log = structlog.get_logger("sendwise.api")
 
@@ -102,11 +103,21 @@ def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) 
                     media_type="application/json", headers=headers)
 
 
-def _api_error(_: Request[Any, Any, State], exc: ApiError) -> Response[bytes]:
+def _count_error(request: Request[Any, Any, State], code: str) -> None:
+    engine: Engine | None = getattr(request.app.state, "engine", None)
+    if engine is not None:  # None: before the lifespan built it
+        engine.metrics.api_errors.labels(code=code).inc()
+
+
+def _api_error(request: Request[Any, Any, State], exc: ApiError) -> Response[bytes]:
+    _count_error(request, exc.code)
+    if isinstance(exc, UnreadablePreferencesError):  # stored data, not the client's input
+        log.warning("preferences_unreadable", error=exc.message)
     return _error(exc.status, exc.body(), dict(exc.headers))
 
 
-def _validation_error(_: Request[Any, Any, State], exc: ValidationException) -> Response[bytes]:
+def _validation_error(request: Request[Any, Any, State],
+                      exc: ValidationException) -> Response[bytes]:
     from api.errors import field_from_msgspec
 
     extra = exc.extra if isinstance(exc.extra, list) else []
@@ -117,9 +128,12 @@ def _validation_error(_: Request[Any, Any, State], exc: ValidationException) -> 
             # litestar reports the path as `key`; msgspec names a missing/unknown field
             # in the message, relative to that path
             field = f"{key}.{field}" if field and field != key else str(key)
-        return _error(400, ErrorBody(code="invalid_field", message=message, field=field))
-    code = "invalid_json" if "malformed" in exc.detail.lower() else "invalid_request"
-    return _error(400, ErrorBody(code=code, message=exc.detail))
+        body = ErrorBody(code="invalid_field", message=message, field=field)
+    else:
+        code = "invalid_json" if "malformed" in exc.detail.lower() else "invalid_request"
+        body = ErrorBody(code=code, message=exc.detail)
+    _count_error(request, body.code)
+    return _error(400, body)
 
 
 _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",

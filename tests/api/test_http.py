@@ -173,6 +173,12 @@ async def test_health_docs_metrics_reason_codes(client: Client) -> None:
     assert 'sendwise_decisions_total{channel="email",decision="send"} 1.0' in metrics
     assert "sendwise_decision_seconds_count 1.0" in metrics
     assert (await client.get("/nope")).json()["code"] == "not_found"
+    # error answers by their machine code: the strict decoder's and the domain's
+    assert (await client.post("/v1/decisions", json=body(channels=["fax"]))).status_code == 400
+    assert (await client.post("/v1/decisions", json=body(channels=["push"]))).status_code == 409
+    metrics = (await client.get("/metrics")).text
+    assert 'sendwise_api_errors_total{code="invalid_field"} 1.0' in metrics
+    assert 'sendwise_api_errors_total{code="idempotency_conflict"} 1.0' in metrics
 
 
 async def test_api_keys_select_the_tenant(redis_client: RedisClient, redis_settings: Settings,

@@ -92,6 +92,9 @@ async def test_an_unreadable_document_is_a_409_until_replaced(
             assert "PUT them again" in body["message"]
         assert await redis_client.zcard(keys.ledger) == 0
         assert await redis_client.hget(keys.records, "m1") is None
+        # what an operator sees: the answers counted by their code
+        assert 'sendwise_api_errors_total{code="preferences_unreadable"} 4.0' in (
+            await client.get("/metrics")).text
         events = await client.post("/v1/events", json={"events": [
             {"type": "opened", "user_id": "u1", "message_id": "m0", "channel": "email",
              "at": "2026-06-10T15:00:00Z"}]})
