@@ -124,18 +124,21 @@ def _base(base: int | None) -> int:
     return base
 
 
+def _array(line: bytes) -> tuple[bool, bytes]:
+    """An outcome line as (is it format 5, the line without format 5's marker): the one
+    place that knows the marker, for every reader below."""
+    return (True, line[1:]) if line.startswith(OUTCOME_5) else (False, line)
+
+
 def decode_slot(raw: bytes | str, base: int | None = None) -> Slot:
     """An outcome's channel and instant alone (channel pacing): needs no owner, whatever
     the outcome names in ``x``; any layout. ``base``: the instant of its context (the
     decision's ``now``), which a format-5 outcome's instant counts from."""
-    data = raw.encode() if isinstance(raw, str) else raw
-    if data.startswith(OUTCOME_5):
-        slot = _slot3_decoder.decode(data[1:])
-        return Slot(channel_name(slot.ch),
-                    None if slot.t is None else slot.t + _base(base))
+    five, data = _array(raw.encode() if isinstance(raw, str) else raw)
     if data.startswith(b"["):
         slot = _slot3_decoder.decode(data)
-        return Slot(channel_name(slot.ch), slot.t)
+        t = slot.t + _base(base) if five and slot.t is not None else slot.t
+        return Slot(channel_name(slot.ch), t)
     return _slot_decoder.decode(data)
 
 
@@ -153,11 +156,10 @@ def decode_outcome(raw: bytes | str, owner: RecordOwner | None = None,
     wrote it) re-seals the ids of displaced decisions that commit.lua names by message id;
     ``base``, the instant of the record's context, is what a format-5 outcome's instants
     count from."""
-    data = raw.encode() if isinstance(raw, str) else raw
-    five = data.startswith(OUTCOME_5)
-    if five or data.startswith(b"["):
+    five, data = _array(raw.encode() if isinstance(raw, str) else raw)
+    if data.startswith(b"["):
         if five or is_format_4(data):
-            fields = msgspec.structs.asdict(_stored4_decoder.decode(data[1:] if five else data))
+            fields = msgspec.structs.asdict(_stored4_decoder.decode(data))
             shift = _base(base) if five else 0
             fields["d"] = decision_name(fields["d"])
             fields["ch"] = channel_name(fields["ch"])
@@ -267,8 +269,7 @@ def adopt_record(record: bytes, user: str) -> bytes:
     outcome names by message id, so it renders the same answer under its new owner."""
     lines = record.split(b"\n")
     lines[0] = adopt_context(lines[0], user)
-    five = lines[1].startswith(OUTCOME_5)
-    data = lines[1][1:] if five else lines[1]
+    five, data = _array(lines[1])
     positional = data.startswith(b"[")
     if positional or _names_by_message(data):
         decoder = (_stored4_decoder if five or is_format_4(data) else _stored3_decoder) \
