@@ -41,6 +41,7 @@ from api.plan import (
     encode_context,
     encode_context_v2,
     encode_context_v4,
+    encode_context_v6,
     fingerprint,
     member_prefix,
     pre_checks,
@@ -426,6 +427,8 @@ class Engine:
             return encode_context_v2(ctx)
         if self.settings.record_format == 3:
             return encode_context(ctx, user=user, tag=self.ids.tag)
+        if self.settings.record_format == 6:
+            return encode_context_v6(ctx, user=user, tag=self.ids.tag)
         return encode_context_v4(ctx, user=user, tag=self.ids.tag,
                                  rules=self.settings.record_format >= 5)
 

@@ -19,7 +19,9 @@ or make two (tenant, user) pairs share one.
     sw:{t:u}:conv          HASH  campaign_id -> converted-at (ms)
     sw:{t:u}:recs          HASH  the idempotency records: message id -> "<expiry ms> <record>",
                                   record = context JSON + "\n" + outcome JSON (+ "\n" +
-                                  cancelled-at ms); "" -> "<earliest record expiry> <the
+                                  cancelled-at ms), or in format 6 (the default) the
+                                  MessagePack array [context, outcome(, cancelled-at
+                                  ms)] (api/render.py: record_parts); "" -> "<earliest record expiry> <the
                                   hash's expiry>" (ms; commit.lua drops expired fields in
                                   batches from the first, the hash's PEXPIRE is the second).
                                   Context formats (api/plan.py, each read by every reader):
@@ -37,9 +39,10 @@ or make two (tenant, user) pairs share one.
                                   a JSON object, or with a format-3 or 4 context
                                   positional: [d, ch, t, s, r, x, p] without trailing
                                   defaults (format 4: d, channels and reason codes as
-                                  numbers; format 5, the default: "5" and format 4's
-                                  array, its instants counted from the context's and
-                                  this release's own rules by number, api/record_codes.py;
+                                  numbers; format 5: "5" and format 4's array, its
+                                  instants counted from the context's and this release's
+                                  own rules by number, api/record_codes.py; format 6:
+                                  format 5's context and outcome values as MessagePack;
                                   api/render.py); its x names a displaced
                                   decision by its id, or (formats 3, 4) as [message id,
                                   key tag(, user)]

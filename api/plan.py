@@ -503,10 +503,11 @@ def build_plan(request: DecisionRequest, policy: Policy, state: UserState, locat
 #: - endr  ``[c, r]``
 #: - pe    ``[pc, ch, lo, hi, dx]``, dx ``{message id: [ch, lo, hi, {channel: block}]}``
 #:   (last: an unpaced plan ships nothing for it)
-#: - of    5 when the commit writes record format 5 (``SENDWISE_RECORD_FORMAT``): its
-#:   outcome lines start with ``5`` and hold instants relative to their context's, and
-#:   every rule above (caps', blocks', ``endr``'s, ``whys``') is its number in
-#:   api/record_codes.py's ``RULES`` where the list holds it; absent (nil) otherwise
+#: - of    5 or 6 when the commit writes record format 5 or 6 (``SENDWISE_RECORD_FORMAT``):
+#:   its outcomes hold instants relative to their context's (format 5: a JSON line that
+#:   starts with ``5``; format 6: MessagePack), and every rule above (caps', blocks',
+#:   ``endr``'s, ``whys``') is its number in api/record_codes.py's ``RULES`` where the
+#:   list holds it; absent (nil) otherwise
 #:
 #: The candidates are fixed-size binary records *before* the MessagePack part: the packed
 #: plan is ``<count: uint16><count records of CAND_RECORD><MessagePack array>``. A record
@@ -592,8 +593,9 @@ def lua_plan(plan: Plan, caps: Sequence[CompiledCap], notes: Sequence[bytes] = (
     """The packed plan commit.lua gets as ARGV[1] (the layout above) with the given caps
     (``encode_plan`` ships ``_lua_caps``; tests ship every compiled cap to show the filter
     changes no answer). ``notes``: one JSON annotation per candidate, or none; each record
-    says where its note is in ``b"".join(notes)``. ``record_format`` 5: rules by number
-    and field ``of`` set (format 5's outcome); 4 and below: rules by name, as before."""
+    says where its note is in ``b"".join(notes)``. ``record_format`` 5 or 6: rules by
+    number and field ``of`` set to it (the outcome's format); 4 and below: rules by name,
+    as before."""
     msg = plan.msg
     pbs: dict[tuple[int, ...], int] = {}
     whys: dict[tuple[str, ...], int] = {}
@@ -624,7 +626,7 @@ def lua_plan(plan: Plan, caps: Sequence[CompiledCap], notes: Sequence[bytes] = (
         "sp": plan.sp, "pk": plan.pk, "xc": plan.xc, "dp": plan.dp,
         "pbs": [list(pb) for pb in pbs],
         "whys": [[code, rule(name)] for code, name in whys],
-        "of": 5 if five else None,
+        "of": record_format if five else None,
         # unpaced decisions do not pay for the field (the last one: nothing is shipped)
         "pe": None if plan.pe is None else _lua_pace(plan.pe, rule),
     }
@@ -781,6 +783,7 @@ _PREFIX_3 = b'["'
 _decoder_2 = msgspec.json.Decoder(_Context2)
 _decoder_3 = msgspec.json.Decoder(_Context3)
 _decoder_4 = msgspec.json.Decoder(_Context4)
+_decoder_6 = msgspec.msgpack.Decoder(_Context4)
 _legacy_decoder = msgspec.json.Decoder(Context)
 _FP_BYTES = 10  # api/plan.py fingerprint: 20 hex characters
 
@@ -789,6 +792,13 @@ def is_format_4(line: bytes) -> bool:
     """A format-4 line (context or outcome) is a JSON array whose first element is a
     number: the context's instant, the outcome's decision number."""
     return line[:1] == b"[" and line[1:2].isdigit()
+
+
+def is_msgpack(value: bytes) -> bool:
+    """A format-6 value (a record, its context or its outcome) is a MessagePack array of
+    at most 15 elements (first byte 0x90-0x9f), never ``[``, ``{`` or ``5``, what every JSON
+    format starts with (commit.lua's ``format_of`` reads the same byte)."""
+    return 0x90 <= value[0] <= 0x9F if value else False
 
 
 def _pack_fp(fp: str) -> str:
@@ -808,23 +818,22 @@ def _unpack_fp(packed: str) -> str:
     return base64.urlsafe_b64decode(packed + "=" * (-len(packed) % 4)).hex()
 
 
-def _encode_positional(values: list[Any], defaults: list[Any]) -> bytes:
+def _trimmed(values: list[Any], defaults: list[Any]) -> list[Any]:
+    """A positional record without its trailing defaults (the first value stays)."""
     while len(values) > 1 and values[-1] == defaults[len(values) - 1]:
         values.pop()
-    return _json.encode(values)
+    return values
+
+
+def _encode_positional(values: list[Any], defaults: list[Any]) -> bytes:
+    return _json.encode(_trimmed(values, defaults))
 
 
 def _encode3(values: list[Any]) -> bytes:
     return _encode_positional(values, _CONTEXT3_DEFAULTS)
 
 
-def encode_context_v4(ctx: Context, *, user: str, tag: str, rules: bool = False) -> bytes:
-    """The context line in format 4: format 3 (``encode_context``) with the instant first
-    and the zone, the features source and the pre-commit reasons' codes and channels as
-    numbers (api/record_codes.py). With the outcome commit.lua writes for it, ~50 B less
-    per record than format 3 (docs/benchmarks.md, "Record format 4"). ``rules``: the
-    pre-commit reasons' rules by number too, the context of format 5 (the default; its
-    outcome line is what sets it apart, api/render.py)."""
+def _context4_values(ctx: Context, user: str, tag: str, rules: bool) -> list[Any]:
     fields = msgspec.structs.asdict(ctx)
     fields["tag"] = tag
     fields["fp"] = _pack_fp(ctx.fp)
@@ -834,7 +843,25 @@ def encode_context_v4(ctx: Context, *, user: str, tag: str, rules: bool = False)
                                  p.until, channel_code(p.channel)) for p in ctx.pre]
     if fields["uid"] == user:
         fields["uid"] = None
-    return _encode_positional([fields[name] for name in _CONTEXT4_ORDER], _CONTEXT4_DEFAULTS)
+    return _trimmed([fields[name] for name in _CONTEXT4_ORDER], _CONTEXT4_DEFAULTS)
+
+
+def encode_context_v4(ctx: Context, *, user: str, tag: str, rules: bool = False) -> bytes:
+    """The context line in format 4: format 3 (``encode_context``) with the instant first
+    and the zone, the features source and the pre-commit reasons' codes and channels as
+    numbers (api/record_codes.py). With the outcome commit.lua writes for it, ~50 B less
+    per record than format 3 (docs/benchmarks.md, "Record format 4"). ``rules``: the
+    pre-commit reasons' rules by number too, the context of format 5 (its outcome line is
+    what sets it apart, api/render.py)."""
+    return _json.encode(_context4_values(ctx, user, tag, rules))
+
+
+def encode_context_v6(ctx: Context, *, user: str, tag: str) -> bytes:
+    """The context of format 6 (the default): format 5's values (``encode_context_v4``
+    with the rules by number) as MessagePack, which commit.lua stores after the record's
+    array header and before the outcome (api/render.py: ``record_parts``): ~35 B less per
+    record than format 5's JSON (docs/benchmarks.md, "Record format 6")."""
+    return _pack.encode(_context4_values(ctx, user, tag, True))
 
 
 def encode_context(ctx: Context, *, user: str, tag: str) -> bytes:
@@ -868,12 +895,13 @@ def decode_context(raw: bytes | str, owner: RecordOwner | None = None) -> Contex
     (records written before either). Every format keeps replaying byte for byte until its
     TTL ends."""
     data = raw.encode() if isinstance(raw, str) else raw
-    four = is_format_4(data)
+    six = is_msgpack(data)
+    four = six or is_format_4(data)
     if four or data.startswith(_PREFIX_3):
         if owner is None:
-            raise ValueError("a format-3 or 4 record context needs its owner to be decoded")
+            raise ValueError("a format-3, 4 or 6 record context needs its owner to be decoded")
         if four:
-            stored = msgspec.structs.asdict(_decoder_4.decode(data))
+            stored = msgspec.structs.asdict((_decoder_6 if six else _decoder_4).decode(data))
             stored["zone"] = zone_name(stored["zone"])
             stored["fs"] = source_name(stored["fs"])
             stored["pre"] = [PreReason(reason_name(p.code), rule_name(p.rule), p.until,
@@ -895,14 +923,16 @@ def decode_context(raw: bytes | str, owner: RecordOwner | None = None) -> Contex
 def adopt_context(raw: bytes, user: str) -> bytes:
     """A context line moving to another user's records hash (a merge, from ``user``'s):
     formats 3 and 4 gain the user it was decided for, unless they name one already; the
-    older formats name it anyway and are returned as they are."""
-    if is_format_4(raw):
-        stored = msgspec.structs.asdict(_decoder_4.decode(raw))
+    older formats name it anyway and are returned as they are. Format 6 (MessagePack)
+    stays MessagePack."""
+    six = is_msgpack(raw)
+    if six or is_format_4(raw):
+        stored = msgspec.structs.asdict((_decoder_6 if six else _decoder_4).decode(raw))
         if stored["uid"] is not None:
             return raw
         stored["uid"] = user
-        return _encode_positional([stored[name] for name in _CONTEXT4_ORDER],
-                                  _CONTEXT4_DEFAULTS)
+        values = _trimmed([stored[name] for name in _CONTEXT4_ORDER], _CONTEXT4_DEFAULTS)
+        return _pack.encode(values) if six else _json.encode(values)
     if not raw.startswith(_PREFIX_3):
         return raw
     stored = msgspec.structs.asdict(_decoder_3.decode(raw))

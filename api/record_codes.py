@@ -32,7 +32,7 @@ from api.schemas import CHANNELS
 
 #: the idempotency record format this release writes unless told otherwise
 #: (``SENDWISE_RECORD_FORMAT``; api/plan.py and commit.lua know the layouts)
-RECORD_FORMAT = 5
+RECORD_FORMAT = 6
 #: the frozen zone list: position -> IANA name
 ZONES: tuple[str, ...] = tuple(
     resources.files("api").joinpath("data", "zone_codes.txt").read_text(encoding="utf-8").split())

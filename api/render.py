@@ -21,6 +21,7 @@ from api.plan import (
     decode_context,
     decode_member,
     is_format_4,
+    is_msgpack,
     member_priority,
 )
 from api.reasons import ReasonCode
@@ -95,9 +96,14 @@ _Stored4 = msgspec.defstruct("StoredOutcome4", [
 OUTCOME_5 = b"5"
 _outcome_decoder = msgspec.json.Decoder(Outcome)
 _json = msgspec.json.Encoder()
+_pack = msgspec.msgpack.Encoder()
 _stored_decoder = msgspec.json.Decoder(_Stored)
 _stored3_decoder = msgspec.json.Decoder(_Stored3)
 _stored4_decoder = msgspec.json.Decoder(_Stored4)
+#: format 6's outcome: format 5's values as MessagePack (its instants relative too)
+_stored6_decoder = msgspec.msgpack.Decoder(_Stored4)
+#: a format-6 record: the MessagePack array [context, outcome(, cancelled at)]
+_parts6_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
 
 
 class Slot(msgspec.Struct, frozen=True):
@@ -115,6 +121,7 @@ class _Slot3(msgspec.Struct, frozen=True, array_like=True):
 
 _slot_decoder = msgspec.json.Decoder(Slot)
 _slot3_decoder = msgspec.json.Decoder(_Slot3)
+_slot6_decoder = msgspec.msgpack.Decoder(_Slot3)
 
 
 def _base(base: int | None) -> int:
@@ -130,14 +137,31 @@ def _array(line: bytes) -> tuple[bool, bytes]:
     return (True, line[1:]) if line.startswith(OUTCOME_5) else (False, line)
 
 
+def record_parts(record: bytes) -> tuple[bytes, bytes, int | None]:
+    """A stored record (without the expiry in front of it) as its context, its outcome and
+    the instant cancel.lua appended (None: not cancelled): the only Python code that knows
+    how a record is framed. JSON formats: lines; format 6: one MessagePack array (commit.lua
+    writes its header and two elements, cancel.lua makes it three), so no value needs to
+    avoid a newline."""
+    if is_msgpack(record):
+        parts = _parts6_decoder.decode(record)
+        if len(parts) not in (2, 3):
+            raise ValueError(f"a format-6 record of {len(parts)} elements")
+        cancelled = msgspec.msgpack.decode(parts[2], type=int) if len(parts) > 2 else None
+        return bytes(parts[0]), bytes(parts[1]), cancelled
+    lines = record.split(b"\n")
+    return lines[0], lines[1], int(lines[2]) if len(lines) > 2 else None
+
+
 def decode_slot(raw: bytes | str, base: int | None = None) -> Slot:
     """An outcome's channel and instant alone (channel pacing): needs no owner, whatever
     the outcome names in ``x``; any layout. ``base``: the instant of its context (the
     decision's ``now``), which a format-5 outcome's instant counts from."""
     five, data = _array(raw.encode() if isinstance(raw, str) else raw)
-    if data.startswith(b"["):
-        slot = _slot3_decoder.decode(data)
-        t = slot.t + _base(base) if five and slot.t is not None else slot.t
+    six = is_msgpack(data)
+    if six or data.startswith(b"["):
+        slot = (_slot6_decoder if six else _slot3_decoder).decode(data)
+        t = slot.t + _base(base) if (five or six) and slot.t is not None else slot.t
         return Slot(channel_name(slot.ch), t)
     return _slot_decoder.decode(data)
 
@@ -152,18 +176,21 @@ def _names_by_message(outcome: bytes) -> bool:
 def decode_outcome(raw: bytes | str, owner: RecordOwner | None = None,
                    base: int | None = None) -> Outcome:
     """An outcome line, an object (records of context formats 1 and 2) or the positional
-    array of format 3, 4 or 5; ``owner`` (where its record was read, or the commit that
-    wrote it) re-seals the ids of displaced decisions that commit.lua names by message id;
-    ``base``, the instant of the record's context, is what a format-5 outcome's instants
-    count from."""
+    array of format 3, 4 or 5, or format 6's MessagePack array; ``owner`` (where its record
+    was read, or the commit that wrote it) re-seals the ids of displaced decisions that
+    commit.lua names by message id; ``base``, the instant of the record's context, is what
+    the instants of a format-5 or 6 outcome count from."""
     five, data = _array(raw.encode() if isinstance(raw, str) else raw)
-    if data.startswith(b"["):
-        if five or is_format_4(data):
-            fields = msgspec.structs.asdict(_stored4_decoder.decode(data))
-            shift = _base(base) if five else 0
+    six = is_msgpack(data)
+    if six or data.startswith(b"["):
+        if six or five or is_format_4(data):
+            relative = five or six
+            fields = msgspec.structs.asdict(
+                (_stored6_decoder if six else _stored4_decoder).decode(data))
+            shift = _base(base) if relative else 0
             fields["d"] = decision_name(fields["d"])
             fields["ch"] = channel_name(fields["ch"])
-            if five and fields["t"] is not None:
+            if relative and fields["t"] is not None:
                 fields["t"] += shift
             fields["r"] = [(reason_name(code), rule_name(rule),
                             None if until is None else until + shift, channel_name(channel))
@@ -234,11 +261,10 @@ def render(ctx: Context, outcome: Outcome, *, replayed: bool = False,
 def decision_status(record: bytes, owner: RecordOwner) -> DecisionStatus:
     """A stored record as ``GET /v1/decisions/{id}`` shows it: the live state (a cancel
     line or a preemption overrides the answer's decision) and the reservation's instant."""
-    lines = record.split(b"\n")
-    ctx = decode_context(lines[0], owner)
-    outcome = decode_outcome(lines[1], owner, ctx.now)
-    answer = render(ctx, outcome, replayed=True,
-                    cancelled_at=int(lines[2]) if len(lines) > 2 else None)
+    context, line, cancelled = record_parts(record)
+    ctx = decode_context(context, owner)
+    outcome = decode_outcome(line, owner, ctx.now)
+    answer = render(ctx, outcome, replayed=True, cancelled_at=cancelled)
     state: DecisionState = ("cancelled" if answer.cancelled_at is not None
                             else "preempted" if outcome.p else answer.decision)
     live = state in ("send", "defer")
@@ -251,14 +277,12 @@ def decision_status(record: bytes, owner: RecordOwner) -> DecisionStatus:
 
 
 def render_record(record: bytes, owner: RecordOwner) -> tuple[Context, DecisionResponse]:
-    """A stored record: context line, outcome line, and a cancellation instant if any.
-    The only Python code that knows the record's layout (cancel.lua appends line 3).
-    ``owner``: where it was read (tenant, the user of the records hash, the message id),
-    which a format-3 record leaves out (api/plan.py: encode_context)."""
-    lines = record.split(b"\n")
-    ctx = decode_context(lines[0], owner)
-    cancelled = int(lines[2]) if len(lines) > 2 else None
-    return ctx, render(ctx, decode_outcome(lines[1], owner, ctx.now), replayed=True,
+    """A stored record: its context, its outcome, and a cancellation instant if any
+    (``record_parts``). ``owner``: where it was read (tenant, the user of the records hash,
+    the message id), which a format-3 record leaves out (api/plan.py: encode_context)."""
+    context, line, cancelled = record_parts(record)
+    ctx = decode_context(context, owner)
+    return ctx, render(ctx, decode_outcome(line, owner, ctx.now), replayed=True,
                        cancelled_at=cancelled)
 
 
@@ -267,13 +291,14 @@ def adopt_record(record: bytes, user: str) -> bytes:
     verbatim): what formats 3 and 4 leave implicit as "the user of this hash" is written out, in
     the context line (api/plan.py: adopt_context) and in the displaced decisions the
     outcome names by message id, so it renders the same answer under its new owner."""
-    lines = record.split(b"\n")
-    lines[0] = adopt_context(lines[0], user)
-    five, data = _array(lines[1])
-    positional = data.startswith(b"[")
+    six = is_msgpack(record)
+    context, line, cancelled = record_parts(record)
+    lines = [adopt_context(context, user), line]
+    five, data = _array(line)
+    positional = six or data.startswith(b"[")
     if positional or _names_by_message(data):
-        decoder = (_stored4_decoder if five or is_format_4(data) else _stored3_decoder) \
-            if positional else _stored_decoder
+        decoder = (_stored6_decoder if six else _stored4_decoder if five or is_format_4(data)
+                   else _stored3_decoder) if positional else _stored_decoder
         stored = decoder.decode(data)
         fields = msgspec.structs.asdict(stored)
         refs = fields["x"]
@@ -284,9 +309,15 @@ def adopt_record(record: bytes, user: str) -> bytes:
                 values = [fields[name] for name in _OUTCOME3_ORDER]
                 while values and values[-1] == _STORED3_DEFAULTS[len(values) - 1]:
                     values.pop()
-                lines[1] = (OUTCOME_5 if five else b"") + _json.encode(values)
+                lines[1] = _pack.encode(values) if six else \
+                    (OUTCOME_5 if five else b"") + _json.encode(values)
             else:
                 lines[1] = _json.encode(msgspec.structs.replace(stored, x=fields["x"]))
+    if six:
+        return (b"\x93" if cancelled is not None else b"\x92") + b"".join(lines) + (
+            b"" if cancelled is None else _pack.encode(cancelled))
+    if cancelled is not None:
+        lines.append(str(cancelled).encode())
     return b"\n".join(lines)
 
 

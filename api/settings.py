@@ -292,7 +292,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             redis_max_connections=_int(env, "SENDWISE_REDIS_MAX_CONNECTIONS", 64, minimum=1),
             idempotency_ttl_seconds=_int(env, "SENDWISE_IDEMPOTENCY_TTL_SECONDS", 72 * 3600,
                                          minimum=60),
-            record_format=_stored_format(env, "SENDWISE_RECORD_FORMAT", (2, 3, 4, 5)),
+            record_format=_stored_format(env, "SENDWISE_RECORD_FORMAT", (2, 3, 4, 5, 6)),
             preferences_format=_stored_format(env, "SENDWISE_PREFERENCES_FORMAT", (1, 2)),
             max_body_bytes=_int(env, "SENDWISE_MAX_BODY_BYTES", 64 * 1024, minimum=1024),
             max_events_per_batch=_int(env, "SENDWISE_MAX_EVENTS_PER_BATCH", 1000, minimum=1),

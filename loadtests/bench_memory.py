@@ -10,13 +10,13 @@
   default ``hash-max-ziplist-value`` and with 2048.
 
 The same decisions (same message ids, users, policy and preferences; the clock is real)
-in record format 2, 3, 4 and 5 (``SENDWISE_RECORD_FORMAT``), preference documents in format 1
+in record format 2 to 6 (``SENDWISE_RECORD_FORMAT``), preference documents in format 1
 and 2 (``SENDWISE_PREFERENCES_FORMAT``), and with message ids as long as
 ``bench_decisions``' (``--message-prefix``) at the embedded server's
 ``zset-max-ziplist-value`` and at Redis' default 64:
 
     python -m loadtests.bench_memory
-    python -m loadtests.bench_memory --record-format 4
+    python -m loadtests.bench_memory --record-format 5
     python -m loadtests.bench_memory --preferences-format 1
     python -m loadtests.bench_memory --message-prefix 1-1w1r-decisions-0-0 --zset-max-ziplist-value 64
 """
@@ -35,6 +35,7 @@ import redis
 from api.record_codes import RECORD_FORMAT
 from api.redis_client import make_redis
 from api.redis_server import EmbeddedRedis
+from api.render import record_parts
 from api.settings import Settings
 from loadtests.bench_engine import Bench
 from loadtests.bench_scoring import NOW, profile_with_history
@@ -77,10 +78,10 @@ def records(url: str, users: int, decisions: int, *, record_format: int = RECORD
             values = [v for f, v in r.hgetall(key).items() if f != b""]
             count += len(values)
             stored += sum(len(v) for v in values)
-            for value in values:  # "<expiry> <context>\n<outcome>[\n<cancelled at>]"
-                lines = value.partition(b" ")[2].split(b"\n")
-                context += len(lines[0])
-                outcome += len(lines[1])
+            for value in values:  # "<expiry> <record>" (api/render.py: record_parts)
+                parts = record_parts(value.partition(b" ")[2])
+                context += len(parts[0])
+                outcome += len(parts[1])
             usage += used
             encoding = r.object("encoding", key)
             label = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--decisions", type=int, default=3000)
-    parser.add_argument("--record-format", type=int, choices=[2, 3, 4, 5], default=RECORD_FORMAT,
+    parser.add_argument("--record-format", type=int, choices=[2, 3, 4, 5, 6], default=RECORD_FORMAT,
                         help="the format records are written in (SENDWISE_RECORD_FORMAT)")
     parser.add_argument("--preferences-format", type=int, choices=[1, 2], default=2,
                         help="the format preference documents are written in "

@@ -37,7 +37,7 @@ environment (defaults in brackets; README.md "Configuration" explains each):
   SENDWISE_REDIS_MAX_CONNECTIONS     Redis connections per worker [64]
   SENDWISE_REDIS_AUTO_PIPELINE       concurrent script calls share writes (one Redis) [1]
   SENDWISE_IDEMPOTENCY_TTL_SECONDS   how long answers replay verbatim [259200]
-  SENDWISE_RECORD_FORMAT             idempotency records written: 5, or 4 (3, 2) while older workers run [5]
+  SENDWISE_RECORD_FORMAT             idempotency records written: 6, or 5 (4, 3, 2) while old workers run [6]
   SENDWISE_PREFERENCES_FORMAT        preference documents written: 2, or 1 while older workers run [2]
   SENDWISE_MAX_BODY_BYTES            larger bodies get 413 [65536]
   SENDWISE_MAX_EVENTS_PER_BATCH      events per POST /v1/events [1000]

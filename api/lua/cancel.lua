@@ -5,7 +5,9 @@
 -- differs between member layouts)
 -- Returns {status, removed, record}: status 'cancelled' | 'already' | 'ledger' | 'missing'
 -- A record is field ARGV[3] of KEYS[2], "<expiry ms> <record>" (past its expiry: not
--- there), or else KEYS[3]; the cancellation is appended where it was found, same expiry.
+-- there), or else KEYS[3]; the cancellation is appended where it was found, same expiry:
+-- a third line (JSON records), or a third element (format 6: a MessagePack array whose
+-- header byte says 2 elements, 0x92, or 3 once cancelled, 0x93; api/render.py).
 local now = tonumber(ARGV[2])
 local head, rec = nil, false
 local v = redis.call('HGET', KEYS[2], ARGV[3])
@@ -16,7 +18,11 @@ if v then
   end
 end
 if not rec then rec = redis.call('GET', KEYS[3]) end
-if rec then
+local first = rec and string.byte(rec, 1)
+local packed = first == 0x92 or first == 0x93
+if packed then
+  if first == 0x93 then return {'already', 0, rec} end
+elseif rec then
   local lines = 0
   for _ in string.gmatch(rec, '\n') do lines = lines + 1 end
   if lines >= 2 then return {'already', 0, rec} end
@@ -30,7 +36,11 @@ for _, member in ipairs(all) do
   end
 end
 if rec then
-  rec = rec .. '\n' .. ARGV[2]
+  if packed then
+    rec = '\147' .. string.sub(rec, 2) .. cmsgpack.pack(now)
+  else
+    rec = rec .. '\n' .. ARGV[2]
+  end
   if head then
     redis.call('HSET', KEYS[2], ARGV[3], head .. rec)
   else

@@ -9,7 +9,8 @@
 -- compact plan a deferral keeps while it can be displaced is KEYS[5] .. its message id
 -- ARGV[1] plan (built by api/plan.py: lua_plan; the candidates as fixed-size binary
 -- records, then MessagePack positional arrays in the order of PLAN_FIELDS), ARGV[2]
--- context JSON (stored verbatim; api/plan.py: encode_context),
+-- the context (stored verbatim; api/plan.py: encode_context: JSON, or MessagePack in
+-- record format 6),
 -- ARGV[3] prefix of this message's ledger members, ARGV[4] what follows a member's channel
 -- (api/plan.py: member_prefix, member_tail; candidate i's member is ARGV[3], its packed
 -- channel, ARGV[4]), ARGV[5] the candidates' JSON annotations, concatenated (each record
@@ -393,13 +394,57 @@ local function reason_no(name)
   if name == 'low_expected_value' then return 22 end
 end
 
--- a record's format from its context line (api/plan.py): 4 (a JSON array starting with a
--- number), 3 (an array starting with a string) or nil (an object: formats 1 and 2)
+-- a record's format from its context (api/plan.py): 6 (a MessagePack array: first byte
+-- 0x90-0x9f), 4 (a JSON array starting with a number), 3 (an array starting with a
+-- string) or nil (an object: formats 1 and 2)
 local function format_of(ctx)
-  if string.byte(ctx, 1) ~= 91 then return nil end
+  local first = string.byte(ctx, 1)
+  if first >= 0x90 and first <= 0x9f then return 6 end
+  if first ~= 91 then return nil end
   local b = string.byte(ctx, 2)
   if b and b >= 48 and b <= 57 then return 4 end
   return 3
+end
+
+-- MessagePack (record format 6): a value, nil as nil; an array of n packed values
+local MP_NIL = '\192'
+local function mp(v)
+  if v == nil then return MP_NIL end
+  return cmsgpack.pack(v)
+end
+local function mp_array(items, n)
+  if n < 16 then return string.char(0x90 + n) .. table.concat(items, '', 1, n) end
+  return struct.pack('>BH', 0xdc, n) .. table.concat(items, '', 1, n)
+end
+-- a record of format 6: the array header (2 elements; 3 once cancel.lua appends the
+-- cancellation), the context as Python packed it, the outcome (api/render.py:
+-- record_parts); a JSON record: its two lines
+local function record_of(ctx, out, fm)
+  if fm == 6 then return '\146' .. ctx .. out end
+  return ctx .. '\n' .. out
+end
+-- format 6's outcome: format 5's values (below) as a MessagePack array, the instants
+-- counted from ``base``; the score note (JSON, as Python annotated the candidate) as
+-- [score, propensity] or [score, score now, propensity]; xs packed already
+local function outcome6(d, ch, t, rs, p, s, xs, base)
+  local parts = {}
+  for i, r in ipairs(rs) do
+    parts[i] = mp_array({cmsgpack.pack(reason_no(r[1]) or r[1]), cmsgpack.pack(r[2]),
+                         r[3] and cmsgpack.pack(r[3] - base) or MP_NIL,
+                         r[4] and cmsgpack.pack(channel_no(r[4]) or r[4]) or MP_NIL}, 4)
+  end
+  local note = MP_NIL
+  if s then
+    local v = cjson.decode(s)
+    note = v[1] == v[2] and mp_array({mp(v[1]), mp(v[3])}, 2)
+      or mp_array({mp(v[1]), mp(v[2]), mp(v[3])}, 3)
+  end
+  local x = xs and #xs > 0
+  local items = {cmsgpack.pack(decision_no(d) or d), ch and cmsgpack.pack(channel_no(ch) or ch) or MP_NIL,
+                 t and cmsgpack.pack(t - base) or MP_NIL, note, mp_array(parts, #rs),
+                 x and mp_array(xs, #xs) or '\144', p and '\1' or '\0'}
+  local n = p and 7 or x and 6 or #rs > 0 and 5 or s and 4 or 3
+  return mp_array(items, n)
 end
 
 -- the outcome line (api/render.py: Outcome): the decision d, channel, instant, reasons rs,
@@ -412,6 +457,7 @@ end
 -- the object {"d","ch","t","r"[,"p"][,"s"][,"x"]} earlier releases read. A rule is written
 -- as the plan holds it: its name, or in a format-5 plan its number (api/record_codes.py).
 local function outcome(d, ch, t, rs, p, s, xs, fm, base)
+  if fm == 6 then return outcome6(d, ch, t, rs, p, s, xs, base) end
   local coded = fm == 4 or fm == 5
   local shift = fm == 5 and base or 0
   local parts = {}
@@ -445,8 +491,8 @@ local function outcome(d, ch, t, rs, p, s, xs, fm, base)
   out = out .. ',[' .. (x and table.concat(xs, ',') or '') .. ']'
   return p and out .. ',1]' or out .. ']'
 end
--- this message's record format: 5 when the plan says so (its context is format 4's
--- layout), else its context line's (api/plan.py); its outcome's layout
+-- this message's record format: 5 or 6 when the plan says so (format 5's context is
+-- format 4's layout), else its context line's (api/plan.py); its outcome's layout
 local record_format = plan_of or format_of(ARGV[2])
 
 -- 4. a duplicate offer suppresses the whole message, whatever the channel
@@ -457,7 +503,7 @@ if cw > 0 and msg.og ~= '' then
       local out = outcome('suppress', nil, nil,
                           {{'duplicate_offer', 'conflict_group:' .. msg.og, e[1] + cw, d[2]}},
                           false, nil, nil, record_format, now)
-      if plan_dry == 0 then record_put(my_mid, ARGV[2] .. '\n' .. out, now + plan_ttl) end
+      if plan_dry == 0 then record_put(my_mid, record_of(ARGV[2], out, record_format), now + plan_ttl) end
       return {'new', out}
     end
   end
@@ -835,20 +881,39 @@ if #displaced > 0 then
   for _, e in ipairs(displaced) do
     local key = KEYS[4] .. e.mid
     local old, exp = record_get(e.mid, key)
-    local ctx = old and string.match(old, '^[^\n]*')
+    -- its context: a format-6 record's first element (MessagePack, after the array
+    -- header), else its first line (JSON)
+    local ctx, c
+    if old and format_of(old) == 6 then
+      local at
+      at, c = cmsgpack.unpack_one(old, 1)
+      ctx = string.sub(old, 2, at)
+    elseif old then
+      ctx = string.match(old, '^[^\n]*')
+      c = cjson.decode(ctx)
+    end
     -- its decision id (context formats 1, 2: objects), or what re-seals it (formats 3
-    -- and 4, arrays, api/plan.py: the message id, the key tag (1st in format 3, 2nd in
-    -- 4) and, when the record is not this user's own, its user (8th); api/render.py)
+    -- to 6, arrays, api/plan.py: the message id, the key tag (1st in format 3, 2nd in
+    -- 4 and 6) and, when the record is not this user's own, its user (8th);
+    -- api/render.py), in this commit's outcome format (MessagePack in format 6)
     local fm = ctx and format_of(ctx)
-    local c = ctx and cjson.decode(ctx)
-    -- a format-5 commit writes the new outcome in format 5, counted from the instant of
-    -- the displaced record's context (1st in format 4, 4th in 3, "n" or "now" in objects)
-    local base = c and plan_of and (fm == 4 and c[1] or fm == 3 and c[4] or c.n or c.now)
-    if c and c.did then ids[#ids + 1] = cjson.encode(c.did)
+    -- a format-5 or 6 commit writes the new outcome relative to the instant of the
+    -- displaced record's context (1st in formats 4 and 6, 4th in 3, "n" or "now" in
+    -- objects): in format 6 when the record is, else in format 5
+    local base = c and (plan_of or fm == 6)
+      and ((fm == 4 or fm == 6) and c[1] or fm == 3 and c[4] or c.n or c.now)
+    local id
+    if c and c.did then id = c.did
     elseif fm then
       local u = c[8]
       if u == cjson.null then u = nil end
-      ids[#ids + 1] = cjson.encode({e.mid, fm == 4 and c[2] or c[1], u})
+      id = {e.mid, fm == 3 and c[1] or c[2], u}
+    end
+    if id and record_format == 6 then
+      ids[#ids + 1] = type(id) == 'string' and cmsgpack.pack(id)
+        or mp_array({cmsgpack.pack(id[1]), cmsgpack.pack(id[2]), mp(id[3])}, id[3] and 3 or 2)
+    elseif id then
+      ids[#ids + 1] = cjson.encode(id)
     end
     local m = {e = e, key = key, exp = exp}
     if plan_dry == 0 then
@@ -857,8 +922,9 @@ if #displaced > 0 then
         add_entry({r.t, cmsgpack.unpack(r.member), r.member})
       end
       m.r = r
-      m.rec = ctx and (ctx .. '\n' .. outcome(r.d, r.ch, r.t, r.r, r.t == nil, nil, nil,
-                                              base and 5 or fm, base))
+      local fm_out = fm == 6 and 6 or base and 5 or fm
+      m.rec = ctx and record_of(ctx, outcome(r.d, r.ch, r.t, r.r, r.t == nil, nil, nil,
+                                             fm_out, base), fm_out)
     end
     moved[#moved + 1] = m
   end
@@ -903,7 +969,7 @@ if plan_dry == 0 then
     if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], fmt(want)) end
     ttl = math.max(ttl, out_t - now + plan_ttl)
   end
-  record_put(my_mid, ARGV[2] .. '\n' .. out, now + ttl)
+  record_put(my_mid, record_of(ARGV[2], out, record_format), now + ttl)
   -- a deferral that preemption may displace keeps its compact plan until it is due
   if plan_pk > 0 and out_t and out_t > now then
     local c, mem, last = {}, {}, out_t

@@ -1,11 +1,13 @@
-"""Idempotency records in context formats 3 and 4 (api/plan.py: encode_context,
-encode_context_v4): no decision id, message id or user id stored, each recomputed where
-the record is read; format 4 also writes the zone, the decision, the channels and the
-reason codes as numbers (api/record_codes.py). Golden values: the records and answers of
-the previous release (75c4ffc, format 2) and of the release that wrote format 3 (dadbade)
-for the same requests at the same instants with the same id key, so a record either wrote
-must replay here byte for byte, and ``SENDWISE_RECORD_FORMAT=2`` / ``3`` must write
-exactly what it wrote (a rolling upgrade, docs/architecture.md)."""
+"""Idempotency records in context formats 3 to 6 (api/plan.py: encode_context,
+encode_context_v4, encode_context_v6): no decision id, message id or user id stored, each
+recomputed where the record is read; format 4 also writes the zone, the decision, the
+channels and the reason codes as numbers (api/record_codes.py), format 5 the instants
+relative and the rules by number, format 6 format 5's values as MessagePack. Golden
+values: the records and answers of the previous release (75c4ffc, format 2) and of the
+release that wrote format 3 (dadbade) for the same requests at the same instants with the
+same id key, so a record either wrote must replay here byte for byte, and
+``SENDWISE_RECORD_FORMAT=2`` / ``3`` must write exactly what it wrote (a rolling upgrade,
+docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from api.clock import FixedClock
 from api.engine import Engine
 from api.keys import user_keys
 from api.redis_client import RedisClient
+from api.render import record_parts
 from api.schemas import Preferences
 from api.settings import Settings
 from api.store import Store
@@ -96,10 +99,27 @@ def _v2(engine: Engine) -> Engine:
     return _writing(engine, 2)
 
 
+def _decoded(part: bytes) -> Any:
+    """A context or an outcome: JSON (format 5's outcome after its marker) or MessagePack."""
+    if part[:1] in b"[{":
+        return json.loads(part)
+    if part[:1] == b"5":
+        return json.loads(part[1:])
+    return msgspec.msgpack.decode(part)
+
+
 def _context(value: bytes) -> list[Any]:
-    """The context line of a stored value, decoded (formats 3 and 4: a JSON array)."""
-    decoded: list[Any] = json.loads(value.partition(b" ")[2].split(b"\n")[0])
+    """The context of a stored value, decoded (formats 3 to 6: an array)."""
+    decoded: list[Any] = _decoded(record_parts(value.partition(b" ")[2])[0])
     return decoded
+
+
+def _cancelled(value: bytes, at: int) -> bytes:
+    """A stored value as cancel.lua leaves it: a third line, or format 6's third element."""
+    expiry, _, record = value.partition(b" ")
+    if record[:1] == b"\x92":
+        return expiry + b" \x93" + record[1:] + msgspec.msgpack.encode(at)
+    return value + b"\n" + str(at).encode()
 
 
 async def _value(redis_client: RedisClient, user: str, mid: str) -> bytes:
@@ -147,9 +167,14 @@ async def test_format_2_is_what_the_previous_release_wrote(
     assert await _value(redis_client, "u2", "low") == B_RECORD
 
 
-@pytest.mark.parametrize("stored", [A_RECORD, A3_RECORD], ids=["format 2", "format 3"])
+@pytest.mark.parametrize("stored_format", [2, 3, 4, 5, 6])
 async def test_a_previous_releases_record_replays_byte_for_byte(
-        engine: Engine, clock: FixedClock, redis_client: RedisClient, stored: bytes) -> None:
+        engine: Engine, clock: FixedClock, redis_client: RedisClient,
+        stored_format: int) -> None:
+    """A record of each format replays, shows its status, exports and cancels (cancel.lua
+    appends in the record's own framing) whatever format this engine writes."""
+    stored = {2: A_RECORD, 3: A3_RECORD, 4: A4_RECORD, 5: _as_format_5(A3_RECORD),
+              6: _as_format_6(A3_RECORD)}[stored_format]
     keys = user_keys(TENANT, "u1")
     await redis_client.hset(keys.records, "g1", stored)
     await redis_client.zadd(keys.ledger, {b"\x98\xa2g1\xa5email\xabpromotional\xa0\x90\xa0\xa0\x05":
@@ -163,14 +188,13 @@ async def test_a_previous_releases_record_replays_byte_for_byte(
                                      engine.ids)
     assert [d.decision_id for d in export.decisions] == [did]
     cancelled = await engine.cancel(TENANT, did)
-    assert await _value(redis_client, "u1", "g1") == stored + b"\n" + str(
-        clock.now_ms()).encode()
+    assert await _value(redis_client, "u1", "g1") == _cancelled(stored, clock.now_ms())
     status = await engine.status(TENANT, did)
     assert (status.state, status.cancelled_at) == ("cancelled", cancelled.cancelled_at)
 
 
-@pytest.mark.parametrize("format_of_high", [4, 5])
-@pytest.mark.parametrize("format_of_low", [2, 3, 4, 5])
+@pytest.mark.parametrize("format_of_high", [4, 5, 6])
+@pytest.mark.parametrize("format_of_low", [2, 3, 4, 5, 6])
 async def test_a_displaced_record_of_any_format_names_its_decision(
         engine: Engine, clock: FixedClock, redis_client: RedisClient,
         set_policy: Callable[..., Any], format_of_low: int, format_of_high: int) -> None:
@@ -188,23 +212,30 @@ async def test_a_displaced_record_of_any_format_names_its_decision(
     assert status.state == "defer" and status.decision_id == low.decision_id
     assert status.send_at == dt.datetime.fromisoformat("2026-06-12T08:00:00-04:00")
     assert status.reasons[0].code == "preempted"
-    # the displaced record keeps its context line; its new outcome line is in format 5
-    # when the commit that displaced it writes format 5 (counted from the record's own
-    # instant), else in the record's own format
-    context, outcome = (await _value(redis_client, "u1", "low")).partition(b" ")[2].split(
-        b"\n")
-    assert context.startswith({2: b'{"did":', 3: b'["', 4: b"[1781", 5: b"[1781"}[format_of_low])
-    decided = int(clock.now_ms())
-    assert outcome.startswith(
-        b"5[1,1,%d," % (int(status.send_at.timestamp() * 1000) - decided)
-        if format_of_high == 5 else
-        {2: b'{"d":"defer","ch":"sms"', 3: b'["defer","sms"', 4: b"[1,1,",
-         5: b"[1,1,"}[format_of_low])
-    assert b'"preempted"' in outcome if format_of_high == 4 and format_of_low < 4 else \
-        outcome.count(b"[20,") == 1
+    # the displaced record keeps its context; its new outcome is in format 6 when the
+    # record is (MessagePack framing), else in format 5 when the commit that displaced it
+    # writes format 5 or 6 (counted from the record's own instant), else in the record's
+    # own format
+    context, outcome, cancelled = record_parts(
+        (await _value(redis_client, "u1", "low")).partition(b" ")[2])
+    assert cancelled is None
+    assert context.startswith({2: b'{"did":', 3: b'["', 4: b"[1781", 5: b"[1781",
+                               6: b"\x97\xcf"}[format_of_low])
+    relative = int(status.send_at.timestamp() * 1000) - int(clock.now_ms())
+    if format_of_low == 6:
+        assert outcome[:1] == b"\x95"
+        values = msgspec.msgpack.decode(outcome)
+        assert values[:3] == [1, 1, relative] and values[4][0][0] == 20
+    elif format_of_high >= 5:
+        assert outcome.startswith(b"5[1,1,%d," % relative) and outcome.count(b"[20,") == 1
+    else:
+        assert outcome.startswith({2: b'{"d":"defer","ch":"sms"', 3: b'["defer","sms"',
+                                   4: b"[1,1,", 5: b"[1,1,"}[format_of_low])
+        assert b'"preempted"' in outcome if format_of_low < 4 else \
+            outcome.count(b"[20,") == 1
 
 
-@pytest.mark.parametrize("record_format", [3, 4])
+@pytest.mark.parametrize("record_format", [3, 4, 6])
 async def test_merged_format_3_and_4_records_keep_their_ids(
         engine: Engine, clock: FixedClock, redis_client: RedisClient,
         set_policy: Callable[..., Any], record_format: int) -> None:
@@ -241,11 +272,11 @@ async def test_merged_format_3_and_4_records_keep_their_ids(
 
 
 async def test_engine_of_a_store_settings(redis_client: RedisClient, clock: FixedClock) -> None:
-    """``record_format`` comes from the environment: 5 unless set to 2, 3 or 4."""
-    assert Settings.from_env({}).record_format == 5
-    for older in (2, 3, 4):
+    """``record_format`` comes from the environment: 6 unless set to 2, 3, 4 or 5."""
+    assert Settings.from_env({}).record_format == 6
+    for older in (2, 3, 4, 5):
         assert Settings.from_env({"SENDWISE_RECORD_FORMAT": str(older)}).record_format == older
-    for bad in ("1", "6", "x"):
+    for bad in ("1", "7", "x"):
         with pytest.raises(ValueError, match="SENDWISE_RECORD_FORMAT"):
             Settings.from_env({"SENDWISE_RECORD_FORMAT": bad})
     engine = Engine(Store(redis_client), Settings(redis_url="unused", id_key=TEST_ID_KEY,
@@ -264,9 +295,9 @@ async def test_a_scored_deferral_keeps_both_scores(
     assert [r.code for r in first.reasons] == ["better_send_time"]
     assert first.score is not None and first.score_now is not None
     assert first.score != first.score_now
-    outcome = (await _value(redis_client, "u1", "m1")).split(b"\n")[1]
-    assert outcome.startswith(b"5[")  # format 5
-    note = json.loads(outcome[1:])[3]
+    outcome = record_parts((await _value(redis_client, "u1", "m1")).partition(b" ")[2])[1]
+    assert outcome[:1] == b"\x95"  # format 6: MessagePack
+    note = msgspec.msgpack.decode(outcome)[3]
     assert note == [first.score, first.score_now, first.propensity]
     again = await engine.decide(TENANT, req(message_id="m1", category="promotional"))
     assert msgspec.json.encode(msgspec.structs.replace(again, replayed=False)) == \
@@ -306,7 +337,9 @@ def _as_format_4(record: bytes) -> bytes:
     context = [context[3], *context[:2], 170, *context[4:6], {"prior": 1}[context[6]],
                *context[7:]]
     outcome[:2] = [{"send": 0, "defer": 1}[outcome[0]], channels[outcome[1]]]
-    outcome[4] = [[codes[c], rule, until, channels[ch]] for c, rule, until, ch in outcome[4]]
+    if len(outcome) > 4:
+        outcome[4] = [[codes[c], rule, until, channels[ch]]
+                      for c, rule, until, ch in outcome[4]]
     return expiry + b" " + b"\n".join(json.dumps(part, separators=(",", ":")).encode()
                                       for part in (context, outcome))
 
@@ -321,14 +354,36 @@ def _as_format_5(record: bytes) -> bytes:
     base = json.loads(context_line)[0]
     outcome = json.loads(outcome_line)
     outcome[2] -= base
-    outcome[4] = [[c, {"default-quiet-hours": 0}.get(rule, rule),
-                   None if until is None else until - base, ch]
-                  for c, rule, until, ch in outcome[4]]
+    if len(outcome) > 4:
+        outcome[4] = [[c, {"default-quiet-hours": 0}.get(rule, rule),
+                       None if until is None else until - base, ch]
+                      for c, rule, until, ch in outcome[4]]
     return expiry + b" " + context_line + b"\n5" + json.dumps(
         outcome, separators=(",", ":")).encode()
 
 
-@pytest.mark.parametrize("record_format", [3, 4, 5])
+def _lua_number(value: Any) -> Any:
+    """A number as commit.lua packs it: Lua has one number type, so a whole number (a
+    propensity of 1.0) is written as an integer."""
+    if isinstance(value, list):
+        return [_lua_number(v) for v in value]
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _as_format_6(record: bytes) -> bytes:
+    """A format-3 value rewritten as format 6 writes it: format 5's context and outcome
+    values, MessagePack, after the array header of a two-element record (0x92); the
+    outcome's score note as commit.lua packs numbers."""
+    expiry, _, rest = _as_format_5(record).partition(b" ")
+    context_line, outcome_line = rest.split(b"\n")
+    outcome = json.loads(outcome_line[1:])
+    if len(outcome) > 3 and outcome[3] is not None:
+        outcome[3] = _lua_number(outcome[3])
+    return (expiry + b" \x92" + msgspec.msgpack.encode(json.loads(context_line))
+            + msgspec.msgpack.encode(outcome))
+
+
+@pytest.mark.parametrize("record_format", [3, 4, 5, 6])
 async def test_a_preemption_stores_each_format_and_answers_the_same(
         engine: Engine, clock: FixedClock, redis_client: RedisClient,
         set_policy: Callable[..., Any], record_format: int) -> None:
@@ -336,7 +391,8 @@ async def test_a_preemption_stores_each_format_and_answers_the_same(
     the displaced record's new outcome; formats 4 and 5 hold the same values with their
     numbers; the answers do not depend on the format."""
     engine = _writing(engine, record_format)
-    written = {3: lambda r: r, 4: _as_format_4, 5: _as_format_5}[record_format]
+    written = {3: lambda r: r, 4: _as_format_4, 5: _as_format_5,
+               6: _as_format_6}[record_format]
     await set_policy(**PREEMPTING)
     clock.value = LATE
     await engine.decide(TENANT, req(user_id="u2", message_id="low", priority=2,
@@ -352,16 +408,19 @@ async def test_a_preemption_stores_each_format_and_answers_the_same(
     assert [r.code for r in status.reasons] == ["preempted", "frequency_cap"]
 
 
-async def test_format_5_answers_like_format_4(
-        engine: Engine, clock: FixedClock, set_policy: Callable[..., Any]) -> None:
+@pytest.mark.parametrize(("newer", "older"), [(5, 4), (6, 5)])
+async def test_a_format_answers_like_the_one_before(
+        engine: Engine, clock: FixedClock, set_policy: Callable[..., Any], newer: int,
+        older: int) -> None:
     """The same varied sequence decided twice, once per format, for two tenants with the
     same policy and preferences: caps, preemption (re-decided records), conflicting
     offers, priorities, quiet hours, a preference centre's limits and quiet hours, a
     jurisdiction. Every answer, its replay and every decision's status are the same but
     for the ids, which seal the tenant: format 5's relative instants and rule numbers
-    read back as format 4's absolute instants and names."""
-    five = _writing(engine, 5)
-    four = _writing(engine, 4)
+    read back as format 4's absolute instants and names, format 6's MessagePack as
+    format 5's JSON."""
+    five = _writing(engine, newer)
+    four = _writing(engine, older)
     other = TENANT + "-4"
     policy = await set_policy(categories=["transactional", "promotional", "news"],
                               caps=CAPS_FOR_FORMATS,

@@ -1,7 +1,8 @@
-"""The idempotency record's context line in its three formats: the original one (the
-struct's own names), format 2 (short names, omitted defaults) and format 3 (format 2
-without what a reader recomputes: the decision id, the message id and the user of the
-records hash). Records of every format replay the same answer, byte for byte."""
+"""The idempotency record's context in its formats: the original one (the struct's own
+names), format 2 (short names, omitted defaults), format 3 (format 2 without what a reader
+recomputes: the decision id, the message id and the user of the records hash), 4 and 5
+(codes and numbers) and 6 (format 5's values as MessagePack). Records of every format
+replay the same answer, byte for byte."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from api.plan import (
     encode_context,
     encode_context_v2,
     encode_context_v4,
+    encode_context_v6,
+    is_msgpack,
 )
 from api.record_codes import FEATURE_SOURCES, REASONS, RULES, ZONES
 from api.render import (
@@ -29,6 +32,7 @@ from api.render import (
     decode_context,
     decode_outcome,
     decode_slot,
+    record_parts,
     render_record,
 )
 from api.schemas import CHANNELS
@@ -182,6 +186,13 @@ def test_every_format_decodes_to_the_same_context(ctx: Context, user: str) -> No
     assert decode_context(adopt_context(v5, user), RecordOwner("t", "other", ctx.mid, IDS)) \
         == ctx
     assert len(v5) <= len(v4)
+    v6 = encode_context_v6(ctx, user=user, tag=IDS.tag)  # format 5's values, MessagePack
+    assert is_msgpack(v6) and msgspec.msgpack.decode(v6) == json.loads(v5)
+    assert decode_context(v6, owner) == ctx
+    adopted = adopt_context(v6, user)
+    assert is_msgpack(adopted)
+    assert decode_context(adopted, RecordOwner("t", "other", ctx.mid, IDS)) == ctx
+    assert len(v6) < len(v5)
 
 
 def test_format_5_writes_this_releases_rules_as_numbers() -> None:
@@ -305,3 +316,43 @@ def test_the_positional_outcome_of_format_5() -> None:
 
     moved = _displacing_record_moves(five, displacing)
     assert moved.split(b"\n")[1].startswith(b"5[0,1,1,")
+
+
+def test_the_outcome_and_framing_of_format_6() -> None:
+    """Format 6 holds format 5's values as MessagePack: the same Outcome, the same slot,
+    and a record framed as one array [context, outcome(, cancelled at)], so no value needs
+    to avoid a newline. A merge writes the displaced decision's user out and keeps the
+    cancellation; the moved record renders the same under its new owner."""
+    base = 1781112000000
+    five = b'5[1,0,600000,[0.041,0.039,0.95],[[0,"caps[0]",600000,0]]]'
+    six = msgspec.msgpack.encode(json.loads(five[1:]))
+    assert is_msgpack(six) and not is_msgpack(five) and not is_msgpack(OUTCOME)
+    assert decode_outcome(six, base=base) == decode_outcome(five, base=base) == \
+        decode_outcome(OUTCOME)
+    assert decode_slot(msgspec.msgpack.encode([0, 5, 7]), 10) == decode_slot(b'5[0,5,7]', 10)
+    with pytest.raises(ValueError, match="context's instant"):
+        decode_outcome(six)
+    # Lua has one number type: a propensity of 1.0 arrives as the integer 1
+    assert decode_outcome(msgspec.msgpack.encode([0, 0, 0, [0.5, 1]]), base=base).s == \
+        (0.5, 0.5, 1.0)
+    ctx = msgspec.structs.replace(decode_context(LEGACY.split(b"\n")[0]),
+                                  did=IDS.decision_id("t", "u-1", "m-1"))
+    context = encode_context_v6(ctx, user="u-1", tag=IDS.tag)
+    displacing = msgspec.msgpack.encode([0, 1, 1, None, [], [DID, ["m-0", IDS.tag]]])
+    record = b"\x92" + context + displacing
+    assert record_parts(record) == (context, displacing, None)
+    assert render_record(record, OWNER)[1].displaced == [DID, IDS.decision_id("t", "u-1", "m-0")]
+    cancelled = b"\x93" + context + displacing + msgspec.msgpack.encode(NOW)
+    assert record_parts(cancelled) == (context, displacing, NOW)
+    merged = RecordOwner("t", "u-2", "m-1", IDS)
+    for stored in (record, cancelled):
+        moved = adopt_record(stored, "u-1")
+        moved_context, moved_outcome, at = record_parts(moved)
+        assert moved[:1] == stored[:1] and at == record_parts(stored)[2]
+        assert msgspec.msgpack.decode(moved_context)[7] == "u-1"
+        assert msgspec.msgpack.decode(moved_outcome)[5][1] == ["m-0", IDS.tag, "u-1"]
+        assert render_record(moved, merged)[1] == render_record(stored, OWNER)[1]
+    assert render_record(cancelled, OWNER)[1].cancelled_at is not None
+    for damaged in (b"\x91" + context, b"\x94" + context + displacing + b"\x01\x02"):
+        with pytest.raises(ValueError, match="format-6 record"):
+            record_parts(damaged)

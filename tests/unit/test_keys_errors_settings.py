@@ -158,7 +158,7 @@ def test_settings_defaults() -> None:
     assert (s.idempotency_ttl_seconds, s.max_body_bytes, s.max_events_per_batch) == (
         72 * 3600, 64 * 1024, 1000)
     assert (s.log_level, s.log_decisions, s.data_dir) == ("info", True, ".sendwise")
-    assert (s.record_format, s.preferences_format) == (5, 2)
+    assert (s.record_format, s.preferences_format) == (6, 2)
 
 
 def test_settings_parse_every_variable() -> None:
@@ -217,7 +217,7 @@ def test_settings_api_keys_format(raw: str) -> None:
     ("SENDWISE_MAX_EVENTS_PER_BATCH", "0", "must be >= 1"),
     ("SENDWISE_FALLBACK_DEFER_SECONDS", "-1", "must be >= 0"),
     ("SENDWISE_REDIS_TIMEOUT_SECONDS", "fast", "must be a number"),
-    ("SENDWISE_RECORD_FORMAT", "6", "must be 2, 3, 4 or 5"),
+    ("SENDWISE_RECORD_FORMAT", "7", "must be 2, 3, 4, 5 or 6"),
     ("SENDWISE_PREFERENCES_FORMAT", "3", "must be 1 or 2"),
     ("SENDWISE_PREFERENCES_FORMAT", "0", "must be >= 1"),
 ])

@@ -178,10 +178,13 @@ def test_encode_plan_ships_binary_parts_as_separate_arguments() -> None:
     assert [c[0] for c in cands] == ["email", "sms"] and core["cands"] == ["email", "sms"]
     # a quiet-hours block shared by both channels is shipped once
     assert cands[0][3] == cands[1][3]
-    # record format 5 (the default): rules this release names itself by number, and the
-    # plan says so (``of``); format 4's plan names them and leaves ``of`` out
+    # record format 6 (the default) and 5: rules this release names itself by number, and
+    # the plan says which (``of``); format 4's plan names them and leaves ``of`` out
     assert [b[1] for b in core["blocks"]] == [rule_code("default-quiet-hours")] == [0]
-    assert core["of"] == 5
+    assert core["of"] == 6
+    fields5, _ = decode_lua_plan(encode_plan(p, record_format=5)[0])
+    core5 = dict(zip(PLAN_FIELDS, fields5, strict=False))
+    assert core5["of"] == 5 and core5["blocks"] == core["blocks"]
     fields4, _ = decode_lua_plan(encode_plan(p, record_format=4)[0])
     core4 = dict(zip(PLAN_FIELDS, fields4, strict=False))
     assert [b[1] for b in core4["blocks"]] == ["default-quiet-hours"] and "of" not in core4
