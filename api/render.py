@@ -142,12 +142,25 @@ def record_parts(record: bytes) -> tuple[bytes, bytes, int | None]:
     the instant cancel.lua appended (None: not cancelled): the only Python code that knows
     how a record is framed. JSON formats: lines; format 6: one MessagePack array (commit.lua
     writes its header and two elements, cancel.lua makes it three), so no value needs to
-    avoid a newline."""
+    avoid a newline. A worker of a release before format 6 that cancels such a record
+    appends a line, ``\n<ms>``, as it does to its own: read as that cancellation (cancel.lua
+    sees it too), so a rolling upgrade without ``SENDWISE_RECORD_FORMAT=5`` leaves no record
+    unreadable."""
     if is_msgpack(record):
-        parts = _parts6_decoder.decode(record)
+        cancelled: int | None = None
+        try:
+            parts = _parts6_decoder.decode(record)
+        except msgspec.DecodeError:
+            head, _, tail = record.rpartition(b"\n")
+            if not (head and tail.isdigit()):
+                raise
+            parts, cancelled = _parts6_decoder.decode(head), int(tail)
+            if len(parts) != 2:
+                raise ValueError("a format-6 record cancelled twice") from None
         if len(parts) not in (2, 3):
             raise ValueError(f"a format-6 record of {len(parts)} elements")
-        cancelled = msgspec.msgpack.decode(parts[2], type=int) if len(parts) > 2 else None
+        if len(parts) > 2:
+            cancelled = msgspec.msgpack.decode(parts[2], type=int)
         return bytes(parts[0]), bytes(parts[1]), cancelled
     lines = record.split(b"\n")
     return lines[0], lines[1], int(lines[2]) if len(lines) > 2 else None

@@ -7,7 +7,9 @@
 -- A record is field ARGV[3] of KEYS[2], "<expiry ms> <record>" (past its expiry: not
 -- there), or else KEYS[3]; the cancellation is appended where it was found, same expiry:
 -- a third line (JSON records), or a third element (format 6: a MessagePack array whose
--- header byte says 2 elements, 0x92, or 3 once cancelled, 0x93; api/render.py).
+-- header byte says 2 elements, 0x92, or 3 once cancelled, 0x93; api/render.py). A format-6
+-- record followed by "\n<ms>" was cancelled by a release before format 6 (it appends a line
+-- to any record): already cancelled.
 local now = tonumber(ARGV[2])
 local head, rec = nil, false
 local v = redis.call('HGET', KEYS[2], ARGV[3])
@@ -22,6 +24,9 @@ local first = rec and string.byte(rec, 1)
 local packed = first == 0x92 or first == 0x93
 if packed then
   if first == 0x93 then return {'already', 0, rec} end
+  -- bytes after the outcome: a release before format 6 cancelled it ("\n<ms>" appended)
+  local at = cmsgpack.unpack_one(rec, 1)
+  if cmsgpack.unpack_one(rec, at) ~= -1 then return {'already', 0, rec} end
 elseif rec then
   local lines = 0
   for _ in string.gmatch(rec, '\n') do lines = lines + 1 end

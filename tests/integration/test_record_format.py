@@ -478,3 +478,28 @@ async def test_a_format_answers_like_the_one_before(
             "promo-daily", "conflict_group:g"} <= rules
     assert {"duplicate_offer", "conflicting_offer", "jurisdiction_window"} <= codes
     assert displaced > 0
+
+
+async def test_a_format_6_record_an_older_release_cancelled_reads_as_cancelled(
+        engine: Engine, clock: FixedClock, redis_client: RedisClient) -> None:
+    """A worker of a release before format 6 cancels any record by appending a line
+    ("\\n<ms>", its cancel.lua) after removing the reservation: a format-6 record it
+    cancelled during a rolling upgrade reads as cancelled at that instant (status, retry),
+    and this release's cancel answers that it already was, writing nothing."""
+    first = await engine.decide(TENANT, req(message_id="g1"))
+    keys = user_keys(TENANT, "u1")
+    value = await _value(redis_client, "u1", "g1")
+    assert value.partition(b" ")[2][:1] == b"\x92"
+    clock.advance(60_000)
+    older = value + b"\n" + str(clock.now_ms()).encode()
+    await redis_client.hset(keys.records, "g1", older)
+    assert await redis_client.delete(keys.ledger) == 1
+    status = await engine.status(TENANT, first.decision_id)
+    assert status.state == "cancelled" and status.cancelled_at is not None
+    assert int(status.cancelled_at.timestamp() * 1000) == clock.now_ms()
+    clock.advance(60_000)
+    again = await engine.cancel(TENANT, first.decision_id)
+    assert not again.released and again.cancelled_at == status.cancelled_at
+    assert await _value(redis_client, "u1", "g1") == older
+    replay = await engine.decide(TENANT, req(message_id="g1"))
+    assert replay.replayed and replay.cancelled_at == status.cancelled_at
