@@ -23,3 +23,16 @@ async def test_limits_side_with_a_redis_lock_stays_exact(embedded_redis: Embedde
     assert side.name == "limits, Redis lock"
     assert side.decisions > 0 and 0 < side.admitted <= side.decisions
     assert side.exactness_errors == 0 and side.checked > 0
+
+
+async def test_a_request_that_gives_up_on_its_lock_is_not_a_decision(
+        embedded_redis: EmbeddedRedis) -> None:
+    """Eight tasks on one recipient with a 1 ms lock wait: most requests give up. They are
+    reported, left out of the decisions counted, and the run neither fails nor loses
+    exactness."""
+    side = await run_limits(embedded_redis.url, 0.3, 8, 1, lock="redis", lock_wait=0.001)
+    assert "gave up waiting 0.001 s" in side.note
+    gave_up = int(side.note.split()[0].replace(",", ""))
+    assert gave_up > 0 and side.decisions > 0
+    assert side.exactness_errors == 0 and side.admitted <= side.decisions
+    assert "gave up" in describe(side)
