@@ -508,7 +508,9 @@ if cw > 0 and msg.og ~= '' then
       local out = outcome('suppress', nil, nil,
                           {{'duplicate_offer', 'conflict_group:' .. msg.og, e[1] + cw, d[2]}},
                           false, nil, nil, record_format, now)
-      if plan_dry == 0 then record_put(my_mid, record_of(ARGV[2], out, record_format), now + plan_ttl) end
+      if plan_dry == 0 then
+        record_put(my_mid, record_of(ARGV[2], out, record_format), now + plan_ttl)
+      end
       return {'new', out}
     end
   end
@@ -887,21 +889,20 @@ if #displaced > 0 then
     local key = KEYS[4] .. e.mid
     local old, exp = record_get(e.mid, key)
     -- its context: a format-6 record's first element (MessagePack, after the array
-    -- header), else its first line (JSON)
-    local ctx, c
+    -- header), else its first line (JSON); decoded as c, its format fm
+    local ctx, c, fm
     if old and format_of(old) == 6 then
       local at
       at, c = cmsgpack.unpack_one(old, 1)
-      ctx = string.sub(old, 2, at)
+      ctx, fm = string.sub(old, 2, at), 6
     elseif old then
       ctx = string.match(old, '^[^\n]*')
-      c = cjson.decode(ctx)
+      c, fm = cjson.decode(ctx), format_of(ctx)
     end
     -- its decision id (context formats 1, 2: objects), or what re-seals it (formats 3
     -- to 6, arrays, api/plan.py: the message id, the key tag (1st in format 3, 2nd in
     -- 4 and 6) and, when the record is not this user's own, its user (8th);
     -- api/render.py), in this commit's outcome format (MessagePack in format 6)
-    local fm = ctx and format_of(ctx)
     -- a format-5 or 6 commit writes the new outcome relative to the instant of the
     -- displaced record's context (1st in formats 4 and 6, 4th in 3, "n" or "now" in
     -- objects): in format 6 when the record is, else in format 5
