@@ -70,7 +70,7 @@ from api.shadow import (
     policy_of,
 )
 from api.store import PolicyConflictError, ShadowConflictError, Store
-from api.ui import ui_handlers
+from api.ui import render_error_page, ui_handlers
 from api.userstate import UnreadablePreferencesError
 
 log = structlog.get_logger("sendwise.api")
@@ -98,7 +98,18 @@ def tenant_of(request: Request[Any, Any, State]) -> str:
     return tenant
 
 
-def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> Response[bytes]:
+def _wants_html(request: Request[Any, Any, State]) -> bool:
+    """A person's browser on a page (``/ui/``): its errors as a page. API clients, and any
+    request that does not ask for HTML, get the JSON error body."""
+    return (request.url.path.startswith("/ui/")
+            and "text/html" in request.headers.get("accept", ""))
+
+
+def _error(request: Request[Any, Any, State], status: int, body: ErrorBody,
+           headers: dict[str, str] | None = None) -> Response[bytes]:
+    if _wants_html(request):
+        return Response(content=render_error_page(status, body).encode(), status_code=status,
+                        media_type="text/html; charset=utf-8", headers=headers)
     return Response(content=msgspec.json.encode(body), status_code=status,
                     media_type="application/json", headers=headers)
 
@@ -113,7 +124,7 @@ def _api_error(request: Request[Any, Any, State], exc: ApiError) -> Response[byt
     _count_error(request, exc.code)
     if isinstance(exc, UnreadablePreferencesError):  # stored data, not the client's input
         log.warning("preferences_unreadable", error=exc.message)
-    return _error(exc.status, exc.body(), dict(exc.headers))
+    return _error(request, exc.status, exc.body(), dict(exc.headers))
 
 
 def _validation_error(request: Request[Any, Any, State],
@@ -133,19 +144,19 @@ def _validation_error(request: Request[Any, Any, State],
         code = "invalid_json" if "malformed" in exc.detail.lower() else "invalid_request"
         body = ErrorBody(code=code, message=exc.detail)
     _count_error(request, body.code)
-    return _error(400, body)
+    return _error(request, 400, body)
 
 
 _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large", 415: "unsupported_media_type"}
 
 
-def _http_error(_: Request[Any, Any, State], exc: HTTPException) -> Response[bytes]:
+def _http_error(request: Request[Any, Any, State], exc: HTTPException) -> Response[bytes]:
     code = _HTTP_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500
                            else "internal_error")
     if exc.status_code == 400 and "malformed" in exc.detail.lower():
         code = "invalid_json"
-    response = _error(exc.status_code, ErrorBody(code=code, message=exc.detail))
+    response = _error(request, exc.status_code, ErrorBody(code=code, message=exc.detail))
     if exc.headers:  # e.g. Allow on a 405, as RFC 9110 requires
         response.headers.update(exc.headers)
     return response
@@ -154,12 +165,12 @@ def _http_error(_: Request[Any, Any, State], exc: HTTPException) -> Response[byt
 def _store_down(request: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
     _engine(request).metrics.redis_errors.labels("request").inc()
     err = UnavailableError("the state store (Redis) is unreachable; retry later")
-    return _error(err.status, err.body())
+    return _error(request, err.status, err.body())
 
 
-def _internal(_: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
+def _internal(request: Request[Any, Any, State], exc: Exception) -> Response[bytes]:
     log.exception("unhandled_error", error=type(exc).__name__)
-    return _error(500, ErrorBody(code="internal_error", message="internal error"))
+    return _error(request, 500, ErrorBody(code="internal_error", message="internal error"))
 
 
 # --------------------------------------------------------------------- handlers

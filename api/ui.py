@@ -40,7 +40,7 @@ from api.errors import InvalidRequestError
 from api.localtime import ms_to_utc, utc_to_ms
 from api.plan import build_plan, pre_checks
 from api.reasons import ReasonCode
-from api.schemas import CHANNELS, DecisionRequest, DecisionResponse, TimelineEntry
+from api.schemas import CHANNELS, DecisionRequest, DecisionResponse, ErrorBody, TimelineEntry
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -294,6 +294,21 @@ def render_page(page: TimelinePage) -> str:
         parts.append("<tr><td colspan='6'>no sends or reservations in the ledger</td></tr>")
     parts.append("</tbody></table></body></html>")
     return "".join(parts)
+
+
+def render_error_page(status: int, body: ErrorBody) -> str:
+    """An error answer as a page, for a person's browser on ``/ui/`` (api/app.py ``_error``):
+    the same status, machine code, message and field as the JSON body, which API clients
+    still get. A recipient whose stored preferences this release cannot read gets 409
+    ``preferences_unreadable`` here as everywhere, with what to do about it."""
+    field_line = (f"<p class='meta'>field <code id='error-field'>{_e(body.field)}</code></p>"
+                  if body.field else "")
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>sendwise: {status} {_e(body.code)}</title><style>{_CSS}</style></head><body>"
+        f"<h1 id='error' data-status='{status}' data-code='{_e(body.code)}'>{status} "
+        f"<code>{_e(body.code)}</code></h1>"
+        f"<p id='error-message'>{_e(body.message)}</p>{field_line}</body></html>")
 
 
 def ui_handlers(tenant_of: TenantOf) -> list[HTTPRouteHandler]:

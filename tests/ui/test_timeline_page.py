@@ -22,6 +22,7 @@ from playwright.sync_api import Browser
 
 from api.app import create_app
 from api.clock import FixedClock
+from api.keys import user_keys
 from api.redis_server import EmbeddedRedis
 from api.settings import Settings
 from tests.browser import OfflinePage, launch_chromium
@@ -160,3 +161,30 @@ def test_timeline_of_an_unknown_user_and_bad_parameters(browser: Browser, client
     assert r.status_code == 400 and r.json()["field"] == "channels"
     r = client.get("/ui/users/ada?category=spam")
     assert r.status_code == 400 and r.json()["field"] == "category"
+
+
+def test_an_error_is_a_page_in_a_browser_and_json_for_a_client(
+        browser: Browser, client: Client, embedded_redis: EmbeddedRedis) -> None:
+    """A support engineer opening the page of a recipient whose stored preferences this
+    release cannot read (damaged, or a newer release's format) sees the 409 as a page: its
+    code, what to do and the field; a bad parameter likewise. A client that does not ask
+    for HTML keeps the JSON error body."""
+    r = client.put("/v1/users/ada/preferences", json={"timezone": "Europe/Berlin"})
+    assert r.status_code == 200, r.text
+    redis.Redis.from_url(embedded_redis.url).hset(user_keys("default", "ada").prefs, "doc",
+                                                  b"\x03later-format")
+    page = OfflinePage(browser.new_page(), client)
+    p = page.page
+    page.goto("/ui/users/ada")
+    assert (p.get_attribute("#error", "data-status"), p.get_attribute("#error", "data-code")) \
+        == ("409", "preferences_unreadable")
+    assert "PUT them again" in p.inner_text("#error-message")
+    assert p.inner_text("#error-field") == "user_id"
+    page.goto("/ui/users/ada?channels=fax")
+    assert p.get_attribute("#error", "data-status") == "400"
+    assert p.inner_text("#error-field") == "channels"
+    assert not page.blocked and not page.failed
+    r = client.get("/ui/users/ada")
+    assert r.status_code == 409 and r.json()["code"] == "preferences_unreadable"
+    r = client.get("/ui/users/ada", headers={"accept": "text/html"})
+    assert r.status_code == 409 and r.headers["content-type"].startswith("text/html")
