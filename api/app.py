@@ -21,6 +21,7 @@ from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar._openapi.plugin import OpenAPIPlugin  # serves the dict we patch once
 from litestar.datastructures import State
 from litestar.datastructures.response_header import ResponseHeader
+from litestar.enums import MediaType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
@@ -109,7 +110,7 @@ def _error(request: Request[Any, Any, State], status: int, body: ErrorBody,
            headers: dict[str, str] | None = None) -> Response[bytes]:
     if _wants_html(request):
         return Response(content=render_error_page(status, body).encode(), status_code=status,
-                        media_type="text/html; charset=utf-8", headers=headers)
+                        media_type=MediaType.HTML, headers=headers)
     return Response(content=msgspec.json.encode(body), status_code=status,
                     media_type="application/json", headers=headers)
 

@@ -187,4 +187,4 @@ def test_an_error_is_a_page_in_a_browser_and_json_for_a_client(
     r = client.get("/ui/users/ada")
     assert r.status_code == 409 and r.json()["code"] == "preferences_unreadable"
     r = client.get("/ui/users/ada", headers={"accept": "text/html"})
-    assert r.status_code == 409 and r.headers["content-type"].startswith("text/html")
+    assert (r.status_code, r.headers["content-type"]) == (409, "text/html; charset=utf-8")
