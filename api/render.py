@@ -166,6 +166,15 @@ def record_parts(record: bytes) -> tuple[bytes, bytes, int | None]:
     return lines[0], lines[1], int(lines[2]) if len(lines) > 2 else None
 
 
+def join_record(context: bytes, outcome: bytes, cancelled: int | None, *, packed: bool) -> bytes:
+    """``record_parts``' inverse: a record framed as format 6 (``packed``, the MessagePack
+    array commit.lua and cancel.lua write) or as lines."""
+    if packed:
+        return (b"\x92" + context + outcome if cancelled is None
+                else b"\x93" + context + outcome + _pack.encode(cancelled))
+    return b"\n".join([context, outcome] + ([] if cancelled is None else [str(cancelled).encode()]))
+
+
 def decode_slot(raw: bytes | str, base: int | None = None) -> Slot:
     """An outcome's channel and instant alone (channel pacing): needs no owner, whatever
     the outcome names in ``x``; any layout. ``base``: the instant of its context (the
@@ -306,7 +315,7 @@ def adopt_record(record: bytes, user: str) -> bytes:
     outcome names by message id, so it renders the same answer under its new owner."""
     six = is_msgpack(record)
     context, line, cancelled = record_parts(record)
-    lines = [adopt_context(context, user), line]
+    context = adopt_context(context, user)
     five, data = _array(line)
     positional = six or data.startswith(b"[")
     if positional or _names_by_message(data):
@@ -322,16 +331,11 @@ def adopt_record(record: bytes, user: str) -> bytes:
                 values = [fields[name] for name in _OUTCOME3_ORDER]
                 while values and values[-1] == _STORED3_DEFAULTS[len(values) - 1]:
                     values.pop()
-                lines[1] = _pack.encode(values) if six else \
+                line = _pack.encode(values) if six else \
                     (OUTCOME_5 if five else b"") + _json.encode(values)
             else:
-                lines[1] = _json.encode(msgspec.structs.replace(stored, x=fields["x"]))
-    if six:
-        return (b"\x93" if cancelled is not None else b"\x92") + b"".join(lines) + (
-            b"" if cancelled is None else _pack.encode(cancelled))
-    if cancelled is not None:
-        lines.append(str(cancelled).encode())
-    return b"\n".join(lines)
+                line = _json.encode(msgspec.structs.replace(stored, x=fields["x"]))
+    return join_record(context, line, cancelled, packed=six)
 
 
 def timeline_entry(member: bytes, score: int, zone: ZoneInfo, now: int, decision_id: str,
