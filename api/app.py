@@ -49,6 +49,7 @@ from api.policy import DEFAULT_POLICY, Policy, PolicyInvalidError, validate_poli
 from api.ratelimit import RateLimiter
 from api.reasons import REASON_DOCS
 from api.redis_client import RedisClient, make_redis
+from api.render import UnreadableRecordError
 from api.requestlog import RequestLogMiddleware
 from api.schemas import (
     CancelResponse,
@@ -125,6 +126,8 @@ def _api_error(request: Request[Any, Any, State], exc: ApiError) -> Response[byt
     _count_error(request, exc.code)
     if isinstance(exc, UnreadablePreferencesError):  # stored data, not the client's input
         log.warning("preferences_unreadable", error=exc.message)
+    elif isinstance(exc, UnreadableRecordError):
+        log.warning("record_unreadable", message_id=exc.message_id, error=str(exc.__cause__))
     return _error(request, exc.status, exc.body(), dict(exc.headers))
 
 
@@ -219,7 +222,7 @@ async def cancel_decision(request: Request[Any, Any, State], decision_id: FromPa
 
 
 @get("/v1/decisions/{decision_id:str}", summary="A decision as it stands now",
-     responses=errors(404, 503, *AUTHENTICATED), opt=DECIDE)
+     responses=errors(404, 409, 503, *AUTHENTICATED), opt=DECIDE)
 async def get_decision(request: Request[Any, Any, State],
                        decision_id: FromPath[str]) -> DecisionStatus:
     """Confirm a deferred message just before sending it: ``state`` is ``cancelled`` or

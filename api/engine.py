@@ -52,8 +52,10 @@ from api.profiles import apply_profile_events, decode_profile
 from api.reasons import ReasonCode
 from api.render import (
     Outcome,
+    UnreadableRecordError,
     decision_status,
     decode_outcome,
+    readable_answer,
     render,
     render_record,
     timeline_entry,
@@ -348,8 +350,13 @@ class Engine:
             await self.log.decision(tenant, request, response, now)
             for record, member in reply.displaced:  # preempted by this one: logged too
                 entry = decode_member(member)
-                old_ctx, old_answer = render_record(
-                    record, RecordOwner(tenant, user, str(entry[0]), self.ids))
+                try:
+                    old_ctx, old_answer = render_record(
+                        record, RecordOwner(tenant, user, str(entry[0]), self.ids))
+                except UnreadableRecordError as exc:  # this decision stands; its log entry
+                    log.warning("record_unreadable", message_id=exc.message_id,
+                                displaced_by=request.message_id, error=str(exc.__cause__))
+                    continue
                 await self.log.displaced(tenant, old_ctx.uid, old_answer,
                                          category=entry[2], campaign=entry[3], now=now)
             return response
@@ -507,13 +514,20 @@ class Engine:
                                             member_prefix(message_id), now)
         if reply.status == "missing":
             raise NotFoundError("no such decision (or it has expired)", field="decision_id")
-        if reply.status == "cancelled" and reply.record is not None:
-            await self.pacing.release_cancelled(tenant, user_id, message_id, reply.record,
-                                                await self.policies.get(tenant), now)
         cancelled_at = ms_to_utc(now)
-        if reply.status == "already" and reply.record is not None:
-            owner = RecordOwner(tenant, user_id, message_id, self.ids)
-            cancelled_at = render_record(reply.record, owner)[1].cancelled_at or cancelled_at
+        try:
+            if reply.status == "cancelled" and reply.record is not None:
+                await self.pacing.release_cancelled(tenant, user_id, message_id, reply.record,
+                                                    await self.policies.get(tenant), now)
+            if reply.status == "already" and reply.record is not None:
+                owner = RecordOwner(tenant, user_id, message_id, self.ids)
+                cancelled_at = render_record(reply.record, owner)[1].cancelled_at or cancelled_at
+        except UnreadableRecordError as exc:
+            # the reservation is what a cancel is for, and cancel.lua released it without
+            # reading the record; what is lost: a paced channel's token stays taken (a
+            # conservative error) and an earlier cancel's instant (this one's is answered)
+            log.warning("record_unreadable", message_id=message_id, during="cancel",
+                        error=str(exc.__cause__))
         return CancelResponse(decision_id=decision, message_id=message_id,
                               released=reply.removed > 0, cancelled_at=cancelled_at)
 
@@ -528,8 +542,11 @@ class Engine:
         for _hop in range(MAX_MERGE_HOPS + 1):
             record = (await self.store.records(tenant, user_id, [message_id], now))[0]
             if record is not None:
-                return decision_status(record, RecordOwner(tenant, user_id, message_id,
-                                                           self.ids))
+                try:
+                    return decision_status(record, RecordOwner(tenant, user_id, message_id,
+                                                               self.ids))
+                except UnreadableRecordError as exc:
+                    raise UnreadableRecordError(message_id, field="decision_id") from exc
             moved = await self.store.moved_into(tenant, user_id)
             if moved is None:
                 break
@@ -550,6 +567,6 @@ class Engine:
             timeline_entry(member, int(score), zone, now,
                            self.ids.decision_id(tenant, user_id, mid),
                            None if record is None else
-                           render_record(record, RecordOwner(tenant, user_id, mid, self.ids))[1])
+                           readable_answer(record, RecordOwner(tenant, user_id, mid, self.ids)))
             for (member, score), mid, record in zip(ledger, mids, records, strict=True)]
         return Timeline(user_id=user_id, timezone=zone.key, entries=entries)

@@ -54,6 +54,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
+import structlog
 from litestar import Request, Router, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
@@ -69,7 +70,7 @@ from api.localtime import ms_to_utc
 from api.openapi import AUTHENTICATED, errors
 from api.plan import RecordOwner, decode_member
 from api.profiles import export_profile, merge_profiles
-from api.render import adopt_record, render_record, timeline_entry
+from api.render import UnreadableRecordError, adopt_record, readable_answer, timeline_entry
 from api.schemas import (
     CHANNELS,
     ChannelPreference,
@@ -90,6 +91,8 @@ MERGE_APPLY_ATTEMPTS = 5
 
 _CONSENT_RANK = {"unknown": 0, "opted_in": 1, "opted_out": 2}
 _json = msgspec.json.Encoder()
+
+log = structlog.get_logger("sendwise.lifecycle")
 
 
 def _union(first: list[Any], second: list[Any]) -> list[Any]:
@@ -230,8 +233,14 @@ def _apply_args(dump: UserDump, source: str, expected_rev: str, doc: bytes,
     mids = list(dump.records)
     for mid in mids:
         value, pttl = dump.records[mid]
-        # copied verbatim into the target's hash: a compact record names its user now
-        args += [mid, adopt_record(value, source), pttl]
+        # copied verbatim into the target's hash: a compact record names its user now; an
+        # unreadable one moves as it is (it stays unreadable, and keeps its message from
+        # being decided again, under its new owner)
+        try:
+            value = adopt_record(value, source)
+        except UnreadableRecordError:
+            log.warning("record_unreadable", message_id=mid, during="merge")
+        args += [mid, value, pttl]
     return args, mids
 
 
@@ -337,7 +346,9 @@ def render_export(dump: UserDump, tenant: str, user_id: str, zone_name: str, now
     zone = ZoneInfo(zone_name)
     responses: dict[str, DecisionResponse] = {}
     for mid, (record, _) in sorted(dump.records.items()):
-        responses[mid] = render_record(record, RecordOwner(tenant, user_id, mid, ids))[1]
+        answer = readable_answer(record, RecordOwner(tenant, user_id, mid, ids))
+        if answer is not None:
+            responses[mid] = answer
     ledger = [timeline_entry(member, score, zone, now,
                              ids.decision_id(tenant, user_id, mid), responses.get(mid))
               for member, score in dump.ledger

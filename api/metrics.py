@@ -81,7 +81,8 @@ class Metrics:
             "sendwise_api_errors_total",
             "Requests answered with an error body, by its machine code (the README's error "
             "list): a rise of one code is a client or data problem to look at, e.g. "
-            "preferences_unreadable (stored preference documents no worker can read) or "
+            "preferences_unreadable (stored preference documents no worker can read), "
+            "record_unreadable (stored decision records no worker can read) or "
             "idempotency_conflict (message ids reused)", ["code"], registry=r)
         self.fallbacks = Counter("sendwise_fallback_decisions_total",
                                  "Decisions answered by the Redis-unavailable fallback",

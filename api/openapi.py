@@ -27,7 +27,8 @@ ERROR_STATUSES: dict[int, str] = {
     401: "Missing or unknown API key",
     403: "The API key's role does not allow this operation",
     404: "No such resource",
-    409: "Conflict: idempotency key reuse, a policy version mismatch, or concurrent updates",
+    409: "Conflict: idempotency key reuse, a policy version mismatch, concurrent updates, or "
+         "stored state no worker can read (`preferences_unreadable`, `record_unreadable`)",
     413: "The request body is larger than the configured limit",
     429: "Rate limited: retry after the number of seconds in the Retry-After header",
     503: "The state store (Redis) is unreachable; retry later",

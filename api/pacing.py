@@ -48,7 +48,7 @@ from api.plan import (
 from api.policy import ChannelPacing, Policy
 from api.reasons import ReasonCode
 from api.record_codes import RECORD_FORMAT
-from api.render import Slot, decode_slot, render_record
+from api.render import Slot, UnreadableRecordError, decode_slot, render_record
 from api.store import CommitReply, Store
 from api.userstate import CommitCheck
 
@@ -259,8 +259,13 @@ class _Run:
         for (record, member), old_at in zip(reply.displaced, reply.displaced_at, strict=True):
             entry = decode_member(member)
             mid = str(entry[0])
-            ctx, answer = render_record(
-                record, RecordOwner(self.tenant, self.user_id, mid, self.pacer.ids))
+            try:
+                ctx, answer = render_record(
+                    record, RecordOwner(self.tenant, self.user_id, mid, self.pacer.ids))
+            except UnreadableRecordError:  # its token is kept where it was (conservative)
+                log.warning("record_unreadable", message_id=mid, during="pacing_settle")
+                used.add(mid)
+                continue
             h = self.moved.get(mid)
             if h is not None and answer.channel == h.limits.channel and \
                     answer.send_at is not None and \
@@ -400,7 +405,8 @@ class Pacer:
                                 record: bytes, policy: Policy, now: int) -> bool:
         """A cancelled decision that was not due yet gives its rate tokens back (its
         conversation start stays counted: another message may share that conversation).
-        ``record``: the decision's, read from ``user_id``'s records hash."""
+        ``record``: the decision's, read from ``user_id``'s records hash; an unreadable one
+        raises ``UnreadableRecordError``."""
         ctx, answer = render_record(record, RecordOwner(tenant, user_id, message_id, self.ids))
         if answer.channel is None or answer.send_at is None or ctx.uid != user_id:
             return False  # nothing reserved, or a merged id: its shard may differ

@@ -1,4 +1,5 @@
-"""Turn a stored context plus the commit's outcome into the public answer (pure).
+"""Turn a stored context plus the commit's outcome into the public answer (pure, but for
+the warning an unreadable record logs where a view shows it without its decision).
 
 The idempotency record holds exactly these two inputs, so a retried request is rendered
 by the same function from the same bytes: the same answer, byte for byte. A format-3
@@ -9,10 +10,14 @@ the message id, the id key), and the decision id is sealed again, the same bytes
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from zoneinfo import ZoneInfo
 
 import msgspec
+import structlog
 
+from api.errors import ConflictError
 from api.localtime import ms_to_utc as utc
 from api.plan import (
     Context,
@@ -34,6 +39,8 @@ from api.schemas import (
     Reason,
     TimelineEntry,
 )
+
+log = structlog.get_logger("sendwise.records")
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -135,6 +142,44 @@ def _array(line: bytes) -> tuple[bool, bytes]:
     """An outcome line as (is it format 5, the line without format 5's marker): the one
     place that knows the marker, for every reader below."""
     return (True, line[1:]) if line.startswith(OUTCOME_5) else (False, line)
+
+
+class UnreadableRecordError(ConflictError, ValueError):
+    """A stored idempotency record this worker cannot read: damaged, or framed by a newer
+    release this one does not know (a rolling upgrade that skipped its
+    ``SENDWISE_RECORD_FORMAT``). Its message may have been sent, so a retry is not decided
+    again: the answer is this 409, naming the message (``field`` says where the request
+    named it). Its reservation, if it holds one, still counts against the caps and a cancel
+    still releases it; the timeline and the export show the ledger entry without the
+    decision (docs/architecture.md, "Unreadable records")."""
+
+    code = "record_unreadable"
+
+    def __init__(self, message_id: str | None, *, field: str = "message_id") -> None:
+        named = "a message" if message_id is None else f"message_id {message_id!r}"
+        super().__init__(
+            f"the stored decision of {named} cannot be read (damaged, or written by a newer "
+            "release); it is not decided again (it may have been sent) while the record "
+            "lives, its reservation still counts, and a cancel releases it", field=field)
+        self.message_id = message_id
+
+
+#: what reading damaged bytes raises: msgspec's DecodeError and ValidationError, a number
+#: or a code that does not parse, a line or an element that is not there, a code no table
+#: holds (api/record_codes.py), a zone no database holds, an instant out of range
+_DAMAGE = (ValueError, IndexError, KeyError, OverflowError)
+
+
+@contextmanager
+def reading_record(message_id: str | None) -> Iterator[None]:
+    """Whatever damaged bytes make a reader raise, as the one ``UnreadableRecordError``,
+    so callers decide what an unreadable record means for them in one ``except``."""
+    try:
+        yield
+    except UnreadableRecordError:
+        raise
+    except _DAMAGE as exc:
+        raise UnreadableRecordError(message_id) from exc
 
 
 def record_parts(record: bytes) -> tuple[bytes, bytes, int | None]:
@@ -282,11 +327,13 @@ def render(ctx: Context, outcome: Outcome, *, replayed: bool = False,
 
 def decision_status(record: bytes, owner: RecordOwner) -> DecisionStatus:
     """A stored record as ``GET /v1/decisions/{id}`` shows it: the live state (a cancel
-    line or a preemption overrides the answer's decision) and the reservation's instant."""
-    context, line, cancelled = record_parts(record)
-    ctx = decode_context(context, owner)
-    outcome = decode_outcome(line, owner, ctx.now)
-    answer = render(ctx, outcome, replayed=True, cancelled_at=cancelled)
+    line or a preemption overrides the answer's decision) and the reservation's instant.
+    An unreadable record raises ``UnreadableRecordError``."""
+    with reading_record(owner.mid):
+        context, line, cancelled = record_parts(record)
+        ctx = decode_context(context, owner)
+        outcome = decode_outcome(line, owner, ctx.now)
+        answer = render(ctx, outcome, replayed=True, cancelled_at=cancelled)
     state: DecisionState = ("cancelled" if answer.cancelled_at is not None
                             else "preempted" if outcome.p else answer.decision)
     live = state in ("send", "defer")
@@ -301,18 +348,37 @@ def decision_status(record: bytes, owner: RecordOwner) -> DecisionStatus:
 def render_record(record: bytes, owner: RecordOwner) -> tuple[Context, DecisionResponse]:
     """A stored record: its context, its outcome, and a cancellation instant if any
     (``record_parts``). ``owner``: where it was read (tenant, the user of the records hash,
-    the message id), which a format-3 record leaves out (api/plan.py: encode_context)."""
-    context, line, cancelled = record_parts(record)
-    ctx = decode_context(context, owner)
-    return ctx, render(ctx, decode_outcome(line, owner, ctx.now), replayed=True,
-                       cancelled_at=cancelled)
+    the message id), which a format-3 record leaves out (api/plan.py: encode_context). An
+    unreadable record raises ``UnreadableRecordError``."""
+    with reading_record(owner.mid):
+        context, line, cancelled = record_parts(record)
+        ctx = decode_context(context, owner)
+        return ctx, render(ctx, decode_outcome(line, owner, ctx.now), replayed=True,
+                           cancelled_at=cancelled)
+
+
+def readable_answer(record: bytes, owner: RecordOwner) -> DecisionResponse | None:
+    """A record's answer for the views that list a recipient's ledger (timeline, export):
+    an unreadable record shows its entry without the decision (None, as once the record
+    has expired) rather than failing the whole view; it is logged."""
+    try:
+        return render_record(record, owner)[1]
+    except UnreadableRecordError as exc:
+        log.warning("record_unreadable", message_id=owner.mid, error=str(exc.__cause__))
+        return None
 
 
 def adopt_record(record: bytes, user: str) -> bytes:
     """A record moving from ``user``'s records hash to another's (merge_apply.lua copies it
     verbatim): what formats 3 and 4 leave implicit as "the user of this hash" is written out, in
     the context line (api/plan.py: adopt_context) and in the displaced decisions the
-    outcome names by message id, so it renders the same answer under its new owner."""
+    outcome names by message id, so it renders the same answer under its new owner. An
+    unreadable record raises ``UnreadableRecordError``."""
+    with reading_record(None):
+        return _adopted(record, user)
+
+
+def _adopted(record: bytes, user: str) -> bytes:
     six = is_msgpack(record)
     context, line, cancelled = record_parts(record)
     context = adopt_context(context, user)

@@ -24,9 +24,12 @@ local first = rec and string.byte(rec, 1)
 local packed = first == 0x92 or first == 0x93
 if packed then
   if first == 0x93 then return {'already', 0, rec} end
-  -- bytes after the outcome: a release before format 6 cancelled it ("\n<ms>" appended)
-  local at = cmsgpack.unpack_one(rec, 1)
-  if cmsgpack.unpack_one(rec, at) ~= -1 then return {'already', 0, rec} end
+  -- bytes after the outcome: a release before format 6 cancelled it ("\n<ms>" appended).
+  -- A record that does not parse (damaged: api/render.py UnreadableRecordError) is
+  -- cancelled like a readable one: the reservation is what a cancel is for
+  local ok, at = pcall(cmsgpack.unpack_one, rec, 1)
+  if ok and at ~= -1 then ok, at = pcall(cmsgpack.unpack_one, rec, at) end
+  if ok and at ~= -1 then return {'already', 0, rec} end
 elseif rec then
   local lines = 0
   for _ in string.gmatch(rec, '\n') do lines = lines + 1 end
