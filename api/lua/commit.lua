@@ -890,14 +890,19 @@ if #displaced > 0 then
     local old, exp = record_get(e.mid, key)
     -- its context: a format-6 record's first element (MessagePack, after the array
     -- header), else its first line (JSON); decoded as c, its format fm
+    -- a context that does not parse (a damaged record: api/render.py
+    -- UnreadableRecordError) is left as it is, like an expired one: the entry is still
+    -- displaced, and its record names nothing new
     local ctx, c, fm
     if old and format_of(old) == 6 then
-      local at
-      at, c = cmsgpack.unpack_one(old, 1)
-      ctx, fm = string.sub(old, 2, at), 6
+      local ok, at, v = pcall(cmsgpack.unpack_one, old, 1)
+      if ok and at ~= -1 and type(v) == 'table' then
+        ctx, c, fm = string.sub(old, 2, at), v, 6
+      end
     elseif old then
-      ctx = string.match(old, '^[^\n]*')
-      c, fm = cjson.decode(ctx), format_of(ctx)
+      local line = string.match(old, '^[^\n]*')
+      local ok, v = pcall(cjson.decode, line)
+      if ok and type(v) == 'table' then ctx, c, fm = line, v, format_of(line) end
     end
     -- its decision id (context formats 1, 2: objects), or what re-seals it (formats 3
     -- to 6, arrays, api/plan.py: the message id, the key tag (1st in format 3, 2nd in
@@ -906,8 +911,9 @@ if #displaced > 0 then
     -- a format-5 or 6 commit writes the new outcome relative to the instant of the
     -- displaced record's context (1st in formats 4 and 6, 4th in 3, "n" or "now" in
     -- objects): in format 6 when the record is, else in format 5
-    local base = c and (plan_of or fm == 6)
-      and ((fm == 4 or fm == 6) and c[1] or fm == 3 and c[4] or c.n or c.now)
+    local t0 = c and ((fm == 4 or fm == 6) and c[1] or fm == 3 and c[4] or c.n or c.now)
+    if type(t0) ~= 'number' then ctx, c, fm = nil, nil, nil end  -- damaged, as above
+    local base = c and (plan_of or fm == 6) and t0
     local id
     if c and c.did then id = c.did
     elseif fm then
