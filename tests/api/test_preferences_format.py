@@ -5,21 +5,14 @@ writes, every worker of this release reads, through the API and into its decisio
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import msgspec
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.clock import FixedClock
 from api.keys import user_keys
 from api.redis_client import RedisClient
 from api.settings import Settings
-from tests.integration.conftest import NOON_NY
+from tests.api.conftest import worker
 
-Client = AsyncTestClient  # type: ignore[type-arg]
 #: 18:00 in Paris at the clock's instant (NOON_NY): inside these quiet hours
 PREFS = {"timezone": "Europe/Paris", "country": "FR",
          "channels": {"email": {"consent": "opted_in"}, "sms": {"consent": "opted_out"}},
@@ -27,24 +20,16 @@ PREFS = {"timezone": "Europe/Paris", "country": "FR",
          "quiet_hours": [{"start": "17:00", "end": "09:00"}], "topic_opt_outs": ["sports"]}
 
 
-@asynccontextmanager
-async def _worker(settings: Settings, preferences_format: int) -> AsyncIterator[Client]:
-    app = create_app(msgspec.structs.replace(settings, preferences_format=preferences_format),
-                     clock=FixedClock(NOON_NY))
-    async with AsyncTestClient(app=app) as client:
-        yield client
-
-
 @pytest.mark.parametrize(("writer", "reader"), [(2, 2), (1, 2), (2, 1), (1, 1)])
 async def test_a_document_either_format_wrote_reads_and_decides_the_same(
         redis_client: RedisClient, redis_settings: Settings, writer: int, reader: int) -> None:
-    async with _worker(redis_settings, writer) as client:
+    async with worker(redis_settings, preferences_format=writer) as client:
         put = await client.put("/v1/users/u1/preferences", json=PREFS)
         assert put.status_code == 200, put.text
     stored = await redis_client.hget(user_keys("default", "u1").prefs, "doc")
     assert isinstance(stored, bytes)
     assert stored[:1] == (b"\x02" if writer == 2 else b"{")
-    async with _worker(redis_settings, reader) as client:
+    async with worker(redis_settings, preferences_format=reader) as client:
         got = await client.get("/v1/users/u1/preferences")
         assert got.status_code == 200, got.text
         assert got.json()["preferences"] == {**PREFS, "phone": None, "region": None,
@@ -77,7 +62,7 @@ async def test_an_unreadable_document_is_a_409_until_replaced(
     """No decision on a guess about consent: the recipient's decisions and reads answer 409
     ``preferences_unreadable`` naming it, nothing is reserved, its events are still
     recorded, and a PUT of the preferences ends it."""
-    async with _worker(redis_settings, 2) as client:
+    async with worker(redis_settings, preferences_format=2) as client:
         assert (await client.put("/v1/users/u1/preferences", json=PREFS)).status_code == 200
         keys = user_keys("default", "u1")
         await redis_client.hset(keys.prefs, "doc", stored)

@@ -6,21 +6,16 @@ still show the ledger entry, without the decision it came from."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import msgspec
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.clock import FixedClock
 from api.keys import user_keys
 from api.redis_client import RedisClient
 from api.settings import Settings
-from tests.integration.conftest import NOON_NY
+from tests.api.conftest import worker
 
-Client = AsyncTestClient  # type: ignore[type-arg]
 DECISION = {"message_id": "m1", "user_id": "u1", "channels": ["email"],
             "timezone": "America/New_York"}
 
@@ -41,21 +36,13 @@ DAMAGE: list[tuple[int, Callable[[bytes], bytes], str]] = [
 ]
 
 
-@asynccontextmanager
-async def _worker(settings: Settings, record_format: int) -> AsyncIterator[Client]:
-    app = create_app(msgspec.structs.replace(settings, record_format=record_format),
-                     clock=FixedClock(NOON_NY))
-    async with AsyncTestClient(app=app) as client:
-        yield client
-
-
 @pytest.mark.parametrize(("record_format", "damage"), [(f, d) for f, d, _ in DAMAGE],
                          ids=[name for _, _, name in DAMAGE])
 async def test_an_unreadable_record_is_never_decided_again_and_still_cancels(
         redis_client: RedisClient, redis_settings: Settings, record_format: int,
         damage: Callable[[bytes], bytes]) -> None:
     keys = user_keys("default", "u1")
-    async with _worker(redis_settings, record_format) as client:
+    async with worker(redis_settings, record_format=record_format) as client:
         first = await client.post("/v1/decisions", json=DECISION)
         assert first.status_code == 200, first.text
         assert first.json()["decision"] == "send"
