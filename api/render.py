@@ -325,15 +325,22 @@ def render(ctx: Context, outcome: Outcome, *, replayed: bool = False,
     )
 
 
-def decision_status(record: bytes, owner: RecordOwner) -> DecisionStatus:
-    """A stored record as ``GET /v1/decisions/{id}`` shows it: the live state (a cancel
-    line or a preemption overrides the answer's decision) and the reservation's instant.
-    An unreadable record raises ``UnreadableRecordError``."""
+def _read(record: bytes, owner: RecordOwner) -> tuple[Context, Outcome, DecisionResponse]:
+    """The one reading of a stored record every reader below shares: its context, its
+    outcome and the answer they render, with a cancellation instant if any
+    (``record_parts``); an unreadable record raises ``UnreadableRecordError``."""
     with reading_record(owner.mid):
         context, line, cancelled = record_parts(record)
         ctx = decode_context(context, owner)
         outcome = decode_outcome(line, owner, ctx.now)
-        answer = render(ctx, outcome, replayed=True, cancelled_at=cancelled)
+        return ctx, outcome, render(ctx, outcome, replayed=True, cancelled_at=cancelled)
+
+
+def decision_status(record: bytes, owner: RecordOwner) -> DecisionStatus:
+    """A stored record as ``GET /v1/decisions/{id}`` shows it: the live state (a cancel
+    line or a preemption overrides the answer's decision) and the reservation's instant.
+    An unreadable record raises ``UnreadableRecordError``."""
+    _, outcome, answer = _read(record, owner)
     state: DecisionState = ("cancelled" if answer.cancelled_at is not None
                             else "preempted" if outcome.p else answer.decision)
     live = state in ("send", "defer")
@@ -346,15 +353,12 @@ def decision_status(record: bytes, owner: RecordOwner) -> DecisionStatus:
 
 
 def render_record(record: bytes, owner: RecordOwner) -> tuple[Context, DecisionResponse]:
-    """A stored record: its context, its outcome, and a cancellation instant if any
-    (``record_parts``). ``owner``: where it was read (tenant, the user of the records hash,
-    the message id), which a format-3 record leaves out (api/plan.py: encode_context). An
-    unreadable record raises ``UnreadableRecordError``."""
-    with reading_record(owner.mid):
-        context, line, cancelled = record_parts(record)
-        ctx = decode_context(context, owner)
-        return ctx, render(ctx, decode_outcome(line, owner, ctx.now), replayed=True,
-                           cancelled_at=cancelled)
+    """A stored record: its context and its answer (``_read``). ``owner``: where it was
+    read (tenant, the user of the records hash, the message id), which a format-3 record
+    leaves out (api/plan.py: encode_context). An unreadable record raises
+    ``UnreadableRecordError``."""
+    ctx, _, answer = _read(record, owner)
+    return ctx, answer
 
 
 def readable_answer(record: bytes, owner: RecordOwner) -> DecisionResponse | None:
