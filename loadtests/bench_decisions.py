@@ -91,6 +91,8 @@ from loadtests.population import (
     preferences,
     user_id,
 )
+from loadtests.schedwatch import SchedWatch
+from loadtests.schedwatch import describe as describe_waits
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA_TEMPLATE = Path(__file__).with_name("decisions.lua")
@@ -131,6 +133,16 @@ class Phase(msgspec.Struct, kw_only=True):
     #: the workers' histograms (``WORKER_HISTOGRAMS``) over the measured part: per
     #: family, observations at most ``le`` seconds, per bound (empty: not read)
     worker_histograms: dict[str, dict[float, float]] = msgspec.field(default_factory=dict)
+    #: the slowest request's latency, and how long each group of processes waited for a
+    #: CPU during it, and the VM's steal, ms (``loadtests/schedwatch.py``; fixed-load runs)
+    worst_waits: dict[str, float] = msgspec.field(default_factory=dict)
+    #: how long each group's busiest process ran during that request, ms
+    worst_ran: dict[str, float] = msgspec.field(default_factory=dict)
+    #: each group's (and steal's) largest wait in any 100 ms of the run, ms
+    window_waits: dict[str, float] = msgspec.field(default_factory=dict)
+    #: how late the sampler itself ran at worst, and its CPU seconds
+    watch_late_ms: float = 0.0
+    watch_cpu: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -189,6 +201,25 @@ def describe_slow(phase: Phase) -> str:
     redis_rt = hist.get("sendwise_redis_seconds", {})
     return (f"{phase.over_10ms} end to end / {over(decision, 0.01):.0f} inside the decision / "
             f"{over(redis_rt, 0.01):.0f} Redis round trips")
+
+
+def describe_stall(phase: Phase) -> str:
+    """A fixed-load run's slowest request: who waited for a CPU while it was out
+    (``Phase.worst_waits``) and how long each ran, then each group's worst 100 ms of the
+    run. A stall during which Redis or the worker waited for most of it was the
+    scheduler's (two cores, three busy processes); one with steal was the host's; one with
+    neither, during which the worker ran throughout, was the worker's own work (a backlog,
+    a collection); one in which nothing waited or ran was neither the CPU nor the code."""
+    if not phase.worst_waits:
+        return "unsampled"
+    waits = dict(phase.worst_waits)
+    latency = waits.pop("latency")
+    window = waits.pop("window", 0.0)
+    late = f"; sampler late by up to {phase.watch_late_ms:.0f} ms" if phase.watch_late_ms > 5 else ""
+    ran = f"; ran {describe_waits(phase.worst_ran)}" if phase.worst_ran else ""
+    return (f"{latency:.1f} ms (sampled over {window:.0f} ms): waited {describe_waits(waits)}{ran}; "
+            "worst 100 ms waited "
+            f"{describe_waits(phase.window_waits)}{late}")
 
 
 #: Redis' latency monitor threshold during the fixed-load runs (ms)
@@ -451,6 +482,15 @@ class Service:
     def redis_cpu(self) -> float:
         return sum(pid_cpu(node.pid) for node in self.nodes)
 
+    def sched_watch(self, generators: list[multiprocessing.process.BaseProcess]) -> SchedWatch:
+        """Start sampling the run-queue wait of the workers (the server's process tree),
+        the Redis nodes and the load generator's processes, and the VM's steal."""
+        return SchedWatch({
+            "worker": list(self.server_cpu()),
+            "redis": [node.pid for node in self.nodes if node.pid is not None],
+            "generator": [p.pid for p in generators if p.pid is not None],
+        }).start()
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
@@ -583,9 +623,12 @@ def python_phase(service: Service, name: str, path: str, args: argparse.Namespac
         if meter is not None:
             meter.start()
         h0 = service.histograms(*WORKER_HISTOGRAMS) if histograms else {}
+        watch = service.sched_watch(multiprocessing.active_children()) if histograms else None
         s0, r0, m0 = service.server_cpu(), service.redis_cpu(), machine_busy()
         results = pool.map(httpload.run_phase, specs(args.seconds, prefix))
         s1, r1, m1 = service.server_cpu(), service.redis_cpu(), machine_busy()
+        if watch is not None:
+            watch.stop()
         h1 = service.histograms(*WORKER_HISTOGRAMS) if histograms else {}
     lat = array("d")
     mix: dict[str, int] = {}
@@ -615,6 +658,16 @@ def python_phase(service: Service, name: str, path: str, args: argparse.Namespac
         worker_histograms={family: {bound: n - h0.get(family, {}).get(bound, 0.0)
                                     for bound, n in buckets.items()}
                            for family, buckets in h1.items()} if h0 else {})
+    if watch is not None:
+        worst = max(results, key=lambda r: r.worst_ms)
+        end = worst.worst_at + worst.worst_ms / 1000
+        phase.worst_waits = {"latency": worst.worst_ms,
+                             "window": watch.window_ms(worst.worst_at, end),
+                             **watch.between(worst.worst_at, end)}
+        phase.worst_ran = watch.ran(worst.worst_at, end)
+        phase.window_waits = watch.worst_window(0.1)
+        phase.watch_late_ms = watch.late_ms()
+        phase.watch_cpu = watch.cpu_seconds
     if meter is not None:
         meter.finish(phase)
     return phase
@@ -650,6 +703,8 @@ def print_phase(phase: Phase) -> None:
         print(f"{'':<24} !! {phase.other_model:,} answers scored by another model_version")
     if phase.non200 or phase.errors:
         print(f"{'':<24} !! non-200: {phase.non200:,}  socket errors/timeouts: {phase.errors:,}")
+    if phase.worst_waits:
+        print(f"{'':<24} slowest request {describe_stall(phase)}")
     if phase.max_lag_ms > 5:
         print(f"{'':<24} !! generator fell behind its schedule by up to {phase.max_lag_ms:.0f} ms")
 
@@ -985,6 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
             rate = round(0.6 * best, -1) if args.rate == "auto" else float(args.rate)
             lags: list[str] = []
             slow: list[str] = []
+            waits: list[str] = []
             for k in range(args.fixed_runs):
                 label = "decisions fixed-rate" + (f" #{k + 1}" if args.fixed_runs > 1 else "")
                 fixed_clients = service.node_clients()
@@ -997,6 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
                         "sendwise_event_loop_lag_seconds", {})))
                     slow.append(describe_slow(phase) + "; Redis' own latency events: "
                                 + redis_latency_events(fixed_clients))
+                    waits.append(describe_stall(phase))
                 finally:
                     for client in fixed_clients:
                         client.close()
@@ -1013,6 +1070,10 @@ def main(argv: list[str] | None = None) -> int:
             report.fact("requests over 10 ms per fixed-load run (end to end / inside the "
                         "worker's decision / Redis round trips over 10 ms; what Redis' latency "
                         f"monitor saw over {REDIS_LATENCY_MS} ms)", " | ".join(slow))
+            report.fact("slowest request per fixed-load run: each group's longest run-queue "
+                        "wait (any of its processes) and the VM's steal during it, how long "
+                        "each ran, then the waits in the run's worst 100 ms "
+                        "(loadtests/schedwatch.py)", " | ".join(waits))
             with contextlib.suppress(OSError, ValueError):
                 pauses = service.gc_pauses()
                 report.fact("worker GC pauses since it started serving (generation: count, "

@@ -64,6 +64,11 @@ class PhaseResult(msgspec.Struct, kw_only=True):
     cpu_seconds: float = 0.0
     max_lag_ms: float = 0.0
     connections: int = 0
+    #: the slowest request: its start (``time.perf_counter``, the same clock in every
+    #: process) and its latency, so a stall can be matched with the machine's scheduler
+    #: at that instant (``loadtests/schedwatch.py``)
+    worst_at: float = 0.0
+    worst_ms: float = 0.0
 
 
 def build_request(port: int, method: str, path: str, body: bytes | None) -> bytes:
@@ -152,9 +157,14 @@ class _Recorder:
         self.statuses: dict[int, int] = {}
         self.decisions: dict[str, int] = {}
         self.errors = 0
+        self.worst_at = 0.0
+        self.worst_ms = 0.0
 
     def record(self, started: float, status: int, body: bytes) -> None:
-        self.latencies.append((time.perf_counter() - started) * 1000.0)
+        ms = (time.perf_counter() - started) * 1000.0
+        self.latencies.append(ms)
+        if ms > self.worst_ms:
+            self.worst_at, self.worst_ms = started, ms
         self.statuses[status] = self.statuses.get(status, 0) + 1
         if status == 200:
             kind = decision_of(body)
@@ -199,7 +209,8 @@ async def closed_loop(spec: PhaseSpec) -> PhaseResult:
             c.transport.close()
     return PhaseResult(requests=len(rec.latencies), elapsed=elapsed,
                        latencies=rec.latencies.tobytes(), statuses=rec.statuses,
-                       decisions=rec.decisions, errors=rec.errors, connections=len(conns))
+                       decisions=rec.decisions, errors=rec.errors, connections=len(conns),
+                       worst_at=rec.worst_at, worst_ms=rec.worst_ms)
 
 
 async def open_loop(spec: PhaseSpec) -> PhaseResult:
@@ -261,7 +272,8 @@ async def open_loop(spec: PhaseSpec) -> PhaseResult:
     return PhaseResult(requests=len(rec.latencies), elapsed=elapsed,
                        latencies=rec.latencies.tobytes(), statuses=rec.statuses,
                        decisions=rec.decisions, errors=rec.errors,
-                       max_lag_ms=max_lag * 1000.0, connections=opened)
+                       max_lag_ms=max_lag * 1000.0, connections=opened,
+                       worst_at=rec.worst_at, worst_ms=rec.worst_ms)
 
 
 def run_phase(spec: PhaseSpec) -> PhaseResult:
