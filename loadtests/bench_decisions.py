@@ -79,7 +79,7 @@ import redis
 from api.keys import user_keys
 from api.redis_server import EmbeddedRedis, embedded_cluster
 from api.settings import Settings
-from loadtests import httpload
+from loadtests import cpu_speed, httpload
 from loadtests.bench_model import HEURISTIC, BenchModel
 from loadtests.bench_model import add_argument as add_model_argument
 from loadtests.bench_model import resolve as resolve_model
@@ -994,6 +994,13 @@ def main(argv: list[str] | None = None) -> int:
     services: list[Service] = []
     model = resolve_model(args.model)
     print(model.describe())
+    # how far apart the machine's CPUs ran, before and after (docs/benchmarks.md, "Stalls
+    # that are the machine's"); the quick mode keeps under a minute
+    speed_seconds = 1.5 if args.quick else 3.0
+    speed_before = (cpu_speed.describe(cpu_speed.measure(speed_seconds))
+                    if cpu_speed.available() else "")
+    if speed_before:
+        print(f"CPU speed before the phases: {speed_before}")
 
     def start(workers: int, cluster: int = 0) -> Service:
         service = Service(workers, cluster=cluster, server=args.server, model=model)
@@ -1139,6 +1146,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"{d.redis_cpu_us / d.requests:.0f} µs")
             clustered.stop()
 
+        if speed_before:
+            report.fact(f"CPU speed, a busy loop pinned to each CPU for {speed_seconds:g} s "
+                        "before / after the phases (loadtests/cpu_speed.py)",
+                        f"{speed_before} / {cpu_speed.describe(cpu_speed.measure(speed_seconds))}")
         print("\n" + report.table())
         print(f"\nwall time {time.perf_counter() - t_start:.0f} s; decisions scored by "
               f"model {model.version}")
