@@ -4,11 +4,16 @@ A virtual machine's CPUs are not all equally fast, nor equally fast from one min
 next: a vCPU whose physical core the host shares with another guest runs fewer
 instructions per second, and the guest sees no steal time for it (steal counts time the
 vCPU did not run at all, ``loadtests/schedwatch.py``). On the 2-vCPU VM of the eighteenth
-pass, one fixed busy loop pinned to one vCPU and then to the other took 3,141 and 2,494 µs
-a round; minutes later the two were within 2% of each other, and one vCPU's one-second
-medians still ranged over 20% (docs/benchmarks.md, "Stalls that are the machine's").
-A worker at 80% of its ceiling measured on a fast vCPU is over 100% on a slow one, which is
-how a fixed-load run gets a backlog with no process waiting for a CPU.
+pass, a busy loop pinned to one vCPU for 15 s and then to the other took 3,141 and 2,494
+µs a round (a variant of this module's loop at module level, ~2.2x slower). Before and
+after each full benchmark run that pass, the two were within 1-8% (docs/benchmarks.md,
+"Stalls: the worker's own queue"). A worker with 10-25% headroom loses it on a vCPU that
+runs a quarter slower.
+
+What it cannot see: the loop is small and stays in the L1 cache, so a neighbour that
+thrashes the shared cache or memory bandwidth leaves it unchanged while it slows the
+worker, whose interpreter and model trees do not fit in L1. A steady reading here does not
+mean a steady machine.
 
 ``measure`` pins one busy process to each CPU this process may use (at most ``max_cpus``)
 and times a fixed pure-Python loop over and over for ``seconds``: each CPU's median time
