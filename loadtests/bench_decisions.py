@@ -14,7 +14,9 @@ run to run), plus latency at a fixed load. This script measures, end to end and 
    warm-up, ``--rounds`` times interleaved; during each, Redis CPU (INFO cpu) and command
    time (INFO commandstats) per request;
 3. ``--fixed-runs`` open-loop runs of decisions at 60% of the ceiling just measured
-   (``--rate``), latency counted from the scheduled start: p99 and max (stalls) per run;
+   (``--rate``), latency counted from the scheduled start: p99 and max (stalls) per run,
+   and for each run's slowest request who waited for a CPU (loadtests/schedwatch.py);
+   ``--pin alternate`` pins the workers to CPUs of their own in every second run;
 4. after the run: MEMORY USAGE of every key of a sample of recipients (memory per active
    user, by kind of key) and the workers' resident memory; then one Redis node at
    saturation (loadtests/bench_node.py): the same mix's decisions run in process, their
@@ -70,6 +72,7 @@ import time
 import urllib.error
 import urllib.request
 from array import array
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -222,6 +225,16 @@ def describe_stall(phase: Phase) -> str:
             f"{describe_waits(phase.window_waits)}{late}")
 
 
+def describe_pinning(phases: list[Phase]) -> str:
+    """The fixed-load runs of one side of ``--pin alternate``: median p99, largest max and
+    the worker's CPU per answered decision."""
+    if not phases:
+        return "none"
+    cpu_us = 1e6 * sum(p.server_cpu for p in phases) / max(1, sum(p.requests for p in phases))
+    return (f"p99 {statistics.median(p.p99 for p in phases):.2f} ms, max "
+            f"{max(p.max for p in phases):.1f} ms, {cpu_us:,.0f} µs ({len(phases)} runs)")
+
+
 #: Redis' latency monitor threshold during the fixed-load runs (ms)
 REDIS_LATENCY_MS = 5
 
@@ -269,6 +282,18 @@ def cpu_delta(before: dict[int, float], after: dict[int, float]) -> list[float]:
 def pid_cpu(pid: int | None) -> float:
     st = _stat(pid) if pid is not None else None
     return st[2] if st else 0.0
+
+
+def set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` on ``cpus`` (``sched_setaffinity`` of a pid moves only the
+    thread with that id: Redis' and a worker's other threads would stay where they were)."""
+    try:
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        threads = [pid]
+    for tid in threads:
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, cpus)
 
 
 def machine_busy() -> float:
@@ -481,6 +506,27 @@ class Service:
 
     def redis_cpu(self) -> float:
         return sum(pid_cpu(node.pid) for node in self.nodes)
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """The workers (the server's process tree) on the last ``workers`` CPUs, every
+        thread; Redis and this process (so the generator it spawns, and wrk) on the others.
+        A worker then wakes on a core nobody else used meanwhile (docs/benchmarks.md,
+        "Stalls: the worker's own queue"). Everything is unpinned afterwards."""
+        cpus = sorted(os.sched_getaffinity(0))
+        own, rest = set(cpus[-self.workers:]), set(cpus[:-self.workers])
+        placed = ([(pid, own) for pid in self.server_cpu()]
+                  + [(node.pid, rest) for node in self.nodes if node.pid is not None])
+        try:
+            for pid, where in placed:
+                set_affinity(pid, where)
+            os.sched_setaffinity(0, rest)
+            yield
+        finally:
+            os.sched_setaffinity(0, set(cpus))
+            for pid, _ in placed:
+                with contextlib.suppress(OSError):
+                    set_affinity(pid, set(cpus))
 
     def sched_watch(self, generators: list[multiprocessing.process.BaseProcess]) -> SchedWatch:
         """Start sampling the run-queue wait of the workers (the server's process tree),
@@ -877,6 +923,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "the measured decisions ceiling; 'off' skips them")
     parser.add_argument("--fixed-runs", type=int, default=3,
                         help="fixed-load decision runs (stalls: max latency of each)")
+    parser.add_argument("--pin", choices=["off", "on", "alternate"], default="off",
+                        help="fixed-load runs with the workers pinned to CPUs of their own and "
+                             "Redis and the generator to the others (on), or every second run "
+                             "so (alternate: the two side by side in one run)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat the trivial/floor/decisions closed loops (interleaved, so "
                              "background load hits all alike); the median ratio is reported")
@@ -904,6 +954,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--seconds must be 1..600 and --warmup 0..60")
     if not 1 <= args.rounds <= 20 or not 1 <= args.fixed_runs <= 20:
         parser.error("--rounds and --fixed-runs must be 1..20")
+    if args.pin != "off" and len(os.sched_getaffinity(0)) <= args.workers:
+        parser.error(f"--pin needs more CPUs than --workers ({args.workers}): the workers get "
+                     "CPUs of their own, Redis and the generator the rest")
     if not 1 <= args.concurrency <= 4096 or not 1 <= args.workers <= 32 or args.users < 1:
         parser.error("--concurrency 1..4096, --workers 1..32, --users >= 1")
     if args.server == "granian" and importlib.util.find_spec("granian") is None:
@@ -1048,14 +1101,18 @@ def main(argv: list[str] | None = None) -> int:
             lags: list[str] = []
             slow: list[str] = []
             waits: list[str] = []
+            pinned_runs: list[bool] = []
             for k in range(args.fixed_runs):
-                label = "decisions fixed-rate" + (f" #{k + 1}" if args.fixed_runs > 1 else "")
+                pin = args.pin == "on" or (args.pin == "alternate" and k % 2 == 1)
+                label = ("decisions fixed-rate" + (f" #{k + 1}" if args.fixed_runs > 1 else "")
+                         + (" pinned" if pin else ""))
                 fixed_clients = service.node_clients()
                 try:
                     watch_redis_latency(fixed_clients)
-                    phase = python_phase(service, label, "/v1/decisions", args,
-                                         f"{run}-fixed-{k}", rate=rate,
-                                         meter=RedisMeter(fixed_clients), histograms=True)
+                    with service.pinned() if pin else contextlib.nullcontext():
+                        phase = python_phase(service, label, "/v1/decisions", args,
+                                             f"{run}-fixed-{k}", rate=rate,
+                                             meter=RedisMeter(fixed_clients), histograms=True)
                     lags.append(describe_lag(phase.worker_histograms.get(
                         "sendwise_event_loop_lag_seconds", {})))
                     slow.append(describe_slow(phase) + "; Redis' own latency events: "
@@ -1066,7 +1123,15 @@ def main(argv: list[str] | None = None) -> int:
                         client.close()
                 report.add(config, phase)
                 p99s.append(phase.p99)
-            maxes = [p.max for _, p in report.rows if p.target_rate]
+                pinned_runs.append(pin)
+            fixed_rows = [p for _, p in report.rows if p.target_rate]
+            if args.pin == "alternate" and len(fixed_rows) > 1:
+                report.fact("fixed-load runs unpinned / pinned (--pin alternate): p99 median, "
+                            "max latency, worker CPU per decision",
+                            " / ".join(describe_pinning([p for p, on in zip(
+                                fixed_rows, pinned_runs, strict=True) if on is side])
+                                for side in (False, True)))
+            maxes = [p.max for p in fixed_rows]
             report.fact(f"decisions p99 at {rate:,.0f}/s (60% of ceiling), per run",
                         ", ".join(f"{v:.2f} ms" for v in p99s))
             report.fact("max latency per fixed-load run (stalls)",

@@ -1,0 +1,68 @@
+"""``bench_decisions --pin``: the workers on CPUs of their own, Redis and the generator on
+the others, every thread, and all of it undone afterwards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+
+from loadtests.bench_decisions import Phase, Service, describe_pinning
+
+needs_two = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity")
+                               else True, reason="pinning needs two CPUs this process may use")
+
+#: a process with a second thread, as Redis (bio threads) and a worker have
+THREADED = "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); time.sleep(60)"
+
+
+def _threads(pid: int) -> list[int]:
+    return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+
+
+@needs_two
+def test_the_workers_get_their_own_cpus_and_everything_is_unpinned_after() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    worker = subprocess.Popen([sys.executable, "-c", THREADED])
+    redis_node = subprocess.Popen([sys.executable, "-c", THREADED])
+    service = Service(1)
+    service.proc = worker
+    service.nodes = [types.SimpleNamespace(pid=redis_node.pid)]  # type: ignore[list-item]
+    try:
+        deadline = time.monotonic() + 30
+        while len(_threads(worker.pid)) < 2 or len(_threads(redis_node.pid)) < 2:
+            assert time.monotonic() < deadline, "the stand-ins never started their threads"
+            time.sleep(0.01)  # polling until each has started its second thread
+        with service.pinned():
+            for tid in _threads(worker.pid):
+                assert os.sched_getaffinity(tid) == {cpus[-1]}
+            for tid in _threads(redis_node.pid):
+                assert os.sched_getaffinity(tid) == set(cpus[:-1])
+            assert os.sched_getaffinity(0) == set(cpus[:-1])  # the generator is spawned here
+        for pid in (worker.pid, redis_node.pid):
+            for tid in _threads(pid):
+                assert os.sched_getaffinity(tid) == set(cpus)
+        assert os.sched_getaffinity(0) == set(cpus)
+    finally:
+        service.proc = None
+        service.log.close()
+        os.unlink(service.log.name)
+        for proc in (worker, redis_node):
+            proc.kill()
+            proc.wait()
+
+
+def test_each_side_is_summed_over_its_runs() -> None:
+    def run(p99: float, top: float, cpu: float, requests: int) -> Phase:
+        return Phase(name="fixed", generator="python x1", requests=requests, seconds=1.0,
+                     p50=1.0, p90=1.0, p99=p99, max=top, decisions={}, non200=0, errors=0,
+                     server_cpu=cpu, redis_cpu=0.0, generator_cpu=0.0)
+
+    line = describe_pinning([run(8.0, 20.0, 1.2, 1000), run(12.0, 140.0, 1.4, 1000),
+                             run(9.0, 30.0, 1.3, 1000)])
+    assert line == "p99 9.00 ms, max 140.0 ms, 1,300 µs (3 runs)"
+    assert describe_pinning([]) == "none"
