@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import types
 
 import pytest
@@ -16,8 +15,10 @@ from loadtests.bench_decisions import Phase, Service, describe_pinning
 needs_two = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity")
                                else True, reason="pinning needs two CPUs this process may use")
 
-#: a process with a second thread, as Redis (bio threads) and a worker have
-THREADED = "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); time.sleep(60)"
+#: a process with a second thread, as Redis (bio threads) and a worker have: it says so once
+#: the thread runs, then blocks until it is killed
+THREADED = ("import sys, threading; threading.Thread(target=sys.stdin.read, daemon=True).start(); "
+            "print('ready', flush=True); threading.Event().wait()")
 
 
 def _threads(pid: int) -> list[int]:
@@ -27,16 +28,16 @@ def _threads(pid: int) -> list[int]:
 @needs_two
 def test_the_workers_get_their_own_cpus_and_everything_is_unpinned_after() -> None:
     cpus = sorted(os.sched_getaffinity(0))
-    worker = subprocess.Popen([sys.executable, "-c", THREADED])
-    redis_node = subprocess.Popen([sys.executable, "-c", THREADED])
+    worker, redis_node = (subprocess.Popen([sys.executable, "-c", THREADED], text=True,
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                          for _ in range(2))
     service = Service(1)
     service.proc = worker
     service.nodes = [types.SimpleNamespace(pid=redis_node.pid)]  # type: ignore[list-item]
     try:
-        deadline = time.monotonic() + 30
-        while len(_threads(worker.pid)) < 2 or len(_threads(redis_node.pid)) < 2:
-            assert time.monotonic() < deadline, "the stand-ins never started their threads"
-            time.sleep(0.01)  # polling until each has started its second thread
+        for proc in (worker, redis_node):
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+            assert len(_threads(proc.pid)) == 2
         with service.pinned():
             for tid in _threads(worker.pid):
                 assert os.sched_getaffinity(tid) == {cpus[-1]}
@@ -53,7 +54,7 @@ def test_the_workers_get_their_own_cpus_and_everything_is_unpinned_after() -> No
         os.unlink(service.log.name)
         for proc in (worker, redis_node):
             proc.kill()
-            proc.wait()
+            proc.communicate()  # reaps it and closes its pipes
 
 
 def test_each_side_is_summed_over_its_runs() -> None:

@@ -115,35 +115,53 @@ def test_the_stall_line_names_the_latency_and_each_groups_wait() -> None:
                                 generator_cpu=0.0)) == "unsampled"
 
 
+#: a child that pins itself to one CPU, says so, waits for "go", spins through a fixed
+#: amount of work, says "done", and then blocks until it is killed
+SPIN = """
+import os, sys
+os.sched_setaffinity(0, {int(sys.argv[1])})
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(20_000_000):
+    pass
+print("done", flush=True)
+sys.stdin.read()
+"""
+
+
 @pytest.mark.skipif(not schedwatch.available(),
                     reason="this kernel keeps no scheduler statistics (/proc/<pid>/schedstat)")
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
 def test_two_busy_processes_on_one_cpu_are_each_seen_waiting_for_it() -> None:
     """CFS shares one CPU between two runnable processes, so each waits about as long as
-    it runs: the watch must see that wait in both."""
+    the other runs: the watch must see that wait in both, and each one's time on the CPU."""
     cpu = min(os.sched_getaffinity(0))
-    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    spin = [subprocess.Popen([sys.executable, "-c", SPIN, str(cpu)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
             for _ in range(2)]
     try:
         for proc in spin:
-            os.sched_setaffinity(proc.pid, {cpu})
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         watch = SchedWatch({"busy": [spin[0].pid], "other": [spin[1].pid]}).start()
         began = time.perf_counter()
-        deadline = began + 30
-        while time.perf_counter() < deadline:  # until both have waited 100 ms, not a set time
-            if watch.samples and min(b - a for a, b in zip(
-                    watch.samples[0].waits, watch.samples[-1].waits, strict=True)) > 100 * MS:
-                break
-            time.sleep(0.01)
+        for proc in spin:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in spin:  # both done, both still alive (their counters still readable)
+            assert proc.stdout is not None and proc.stdout.readline() == "done\n"
+        ended = time.perf_counter()
         watch.stop()
-        waits = watch.between(began, time.perf_counter())
     finally:
         for proc in spin:
             proc.kill()
-            proc.wait()
-    assert waits["busy"] >= 100.0
-    assert waits["other"] >= 100.0
+            proc.communicate()  # reaps it and closes its pipes
+    waits = watch.between(began, ended)
+    ran = watch.ran(began, ended)
+    # 20M empty iterations are ~0.2-0.6 s of CPU: whichever finished last waited about as
+    # long as the other ran, and the first waited for a good share of the time it took
+    assert max(waits["busy"], waits["other"]) >= 100.0
+    assert min(waits["busy"], waits["other"]) >= 20.0
     assert waits["steal"] >= 0.0
-    ran = watch.ran(began, time.perf_counter())
-    assert ran["busy"] >= 100.0  # a spinning process runs whenever it is not waiting
+    assert min(ran["busy"], ran["other"]) >= 100.0
     assert watch.cpu_seconds > 0.0
