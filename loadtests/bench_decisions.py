@@ -136,8 +136,9 @@ class Phase(msgspec.Struct, kw_only=True):
     #: the workers' histograms (``WORKER_HISTOGRAMS``) over the measured part: per
     #: family, observations at most ``le`` seconds, per bound (empty: not read)
     worker_histograms: dict[str, dict[float, float]] = msgspec.field(default_factory=dict)
-    #: the slowest request's latency, and how long each group of processes waited for a
-    #: CPU during it, and the VM's steal, ms (``loadtests/schedwatch.py``; fixed-load runs)
+    #: the slowest request's ``latency`` and the sampled ``window`` around it, then how long
+    #: each group of processes waited for a CPU in that window and the VM's ``steal``, ms
+    #: (``loadtests/schedwatch.py``; fixed-load runs only)
     worst_waits: dict[str, float] = msgspec.field(default_factory=dict)
     #: how long each group's busiest process ran during that request, ms
     worst_ran: dict[str, float] = msgspec.field(default_factory=dict)
@@ -219,6 +220,8 @@ def describe_stall(phase: Phase) -> str:
     latency = waits.pop("latency")
     window = waits.pop("window", 0.0)
     late = f"; sampler late by up to {phase.watch_late_ms:.0f} ms" if phase.watch_late_ms > 5 else ""
+    if phase.watch_cpu:
+        late += f"; sampler CPU {1000 * phase.watch_cpu / (phase.seconds or 1.0):.0f} ms/s"
     ran = f"; ran {describe_waits(phase.worst_ran)}" if phase.worst_ran else ""
     return (f"{latency:.1f} ms (sampled over {window:.0f} ms): waited {describe_waits(waits)}{ran}; "
             "worst 100 ms waited "
@@ -510,9 +513,10 @@ class Service:
     @contextlib.contextmanager
     def pinned(self) -> Iterator[None]:
         """The workers (the server's process tree) on the last ``workers`` CPUs, every
-        thread; Redis and this process (so the generator it spawns, and wrk) on the others.
-        A worker then wakes on a core nobody else used meanwhile (docs/benchmarks.md,
-        "Stalls: the worker's own queue"). Everything is unpinned afterwards."""
+        thread; Redis and this process (so the generator it spawns, and wrk) on the others,
+        so nothing else runs on a worker's core (docs/benchmarks.md, "Stalls: the worker's
+        own queue": it did not lower the worker's CPU per decision). Everything is unpinned
+        afterwards."""
         cpus = sorted(os.sched_getaffinity(0))
         own, rest = set(cpus[-self.workers:]), set(cpus[:-self.workers])
         placed = ([(pid, own) for pid in self.server_cpu()]
@@ -1047,8 +1051,8 @@ def main(argv: list[str] | None = None) -> int:
     services: list[Service] = []
     model = resolve_model(args.model)
     print(model.describe())
-    # how far apart the machine's CPUs ran, before and after (docs/benchmarks.md, "Stalls
-    # that are the machine's"); the quick mode keeps under a minute
+    # how far apart the machine's CPUs ran, before and after (docs/benchmarks.md, "Stalls:
+    # the worker's own queue"); the quick mode keeps under a minute
     speed_seconds = 1.5 if args.quick else 3.0
     speed_before = (cpu_speed.describe(cpu_speed.measure(speed_seconds))
                     if cpu_speed.available() else "")

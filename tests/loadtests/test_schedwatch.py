@@ -104,11 +104,11 @@ def test_the_stall_line_names_the_latency_and_each_groups_wait() -> None:
                                "steal": 0.0},
                   worst_ran={"worker": 20.0, "redis": 9.5},
                   window_waits={"worker": 6.0, "redis": 241.0, "steal": 10.0},
-                  watch_late_ms=30.0)
+                  watch_late_ms=30.0, watch_cpu=0.012)
     assert describe_stall(phase) == (
         "263.0 ms (sampled over 270 ms): waited worker 1.5, redis 240.0, steal 0.0 ms; ran "
         "worker 20.0, redis 9.5 ms; worst 100 ms waited worker 6.0, redis 241.0, steal 10.0 "
-        "ms; sampler late by up to 30 ms")
+        "ms; sampler late by up to 30 ms; sampler CPU 12 ms/s")
     assert describe_stall(Phase(name="closed", generator="wrk", requests=1, seconds=1.0,
                                 p50=1.0, p90=1.0, p99=1.0, max=1.0, decisions={}, non200=0,
                                 errors=0, server_cpu=0.0, redis_cpu=0.0,
