@@ -94,12 +94,11 @@ from loadtests.population import (
     preferences,
     user_id,
 )
-from loadtests.schedwatch import SchedWatch
+from loadtests.schedwatch import CLK_TCK, SchedWatch
 from loadtests.schedwatch import describe as describe_waits
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA_TEMPLATE = Path(__file__).with_name("decisions.lua")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Phase(msgspec.Struct, kw_only=True):
@@ -136,9 +135,11 @@ class Phase(msgspec.Struct, kw_only=True):
     #: the workers' histograms (``WORKER_HISTOGRAMS``) over the measured part: per
     #: family, observations at most ``le`` seconds, per bound (empty: not read)
     worker_histograms: dict[str, dict[float, float]] = msgspec.field(default_factory=dict)
-    #: the slowest request's ``latency`` and the sampled ``window`` around it, then how long
-    #: each group of processes waited for a CPU in that window and the VM's ``steal``, ms
-    #: (``loadtests/schedwatch.py``; fixed-load runs only)
+    #: the slowest request's latency and the sampled window around it, ms (fixed-load runs)
+    worst_ms: float = 0.0
+    worst_window_ms: float = 0.0
+    #: how long each group of processes waited for a CPU in that window, and the VM's
+    #: ``steal``, ms (``loadtests/schedwatch.py``; fixed-load runs only)
     worst_waits: dict[str, float] = msgspec.field(default_factory=dict)
     #: how long each group's busiest process ran during that request, ms
     worst_ran: dict[str, float] = msgspec.field(default_factory=dict)
@@ -216,14 +217,12 @@ def describe_stall(phase: Phase) -> str:
     a collection); one in which nothing waited or ran was neither the CPU nor the code."""
     if not phase.worst_waits:
         return "unsampled"
-    waits = dict(phase.worst_waits)
-    latency = waits.pop("latency")
-    window = waits.pop("window", 0.0)
     late = f"; sampler late by up to {phase.watch_late_ms:.0f} ms" if phase.watch_late_ms > 5 else ""
     if phase.watch_cpu:
         late += f"; sampler CPU {1000 * phase.watch_cpu / (phase.seconds or 1.0):.0f} ms/s"
     ran = f"; ran {describe_waits(phase.worst_ran)}" if phase.worst_ran else ""
-    return (f"{latency:.1f} ms (sampled over {window:.0f} ms): waited {describe_waits(waits)}{ran}; "
+    return (f"{phase.worst_ms:.1f} ms (sampled over {phase.worst_window_ms:.0f} ms): waited "
+            f"{describe_waits(phase.worst_waits)}{ran}; "
             "worst 100 ms waited "
             f"{describe_waits(phase.window_waits)}{late}")
 
@@ -711,9 +710,9 @@ def python_phase(service: Service, name: str, path: str, args: argparse.Namespac
     if watch is not None:
         worst = max(results, key=lambda r: r.worst_ms)
         end = worst.worst_at + worst.worst_ms / 1000
-        phase.worst_waits = {"latency": worst.worst_ms,
-                             "window": watch.window_ms(worst.worst_at, end),
-                             **watch.between(worst.worst_at, end)}
+        phase.worst_ms = worst.worst_ms
+        phase.worst_window_ms = watch.window_ms(worst.worst_at, end)
+        phase.worst_waits = watch.between(worst.worst_at, end)
         phase.worst_ran = watch.ran(worst.worst_at, end)
         phase.window_waits = watch.worst_window(0.1)
         phase.watch_late_ms = watch.late_ms()

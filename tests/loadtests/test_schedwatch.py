@@ -100,8 +100,8 @@ def test_the_stall_line_names_the_latency_and_each_groups_wait() -> None:
     phase = Phase(name="fixed", generator="python x1", requests=1, seconds=1.0, p50=1.0,
                   p90=1.0, p99=1.0, max=263.0, decisions={}, non200=0, errors=0,
                   server_cpu=0.0, redis_cpu=0.0, generator_cpu=0.0,
-                  worst_waits={"latency": 263.0, "window": 270.0, "worker": 1.5, "redis": 240.0,
-                               "steal": 0.0},
+                  worst_ms=263.0, worst_window_ms=270.0,
+                  worst_waits={"worker": 1.5, "redis": 240.0, "steal": 0.0},
                   worst_ran={"worker": 20.0, "redis": 9.5},
                   window_waits={"worker": 6.0, "redis": 241.0, "steal": 10.0},
                   watch_late_ms=30.0, watch_cpu=0.012)
