@@ -508,6 +508,8 @@ def create_app(settings: Settings, *, redis: RedisClient | None = None,
                 await app.state.engine.shadow.flush_all(app.state.engine)
             finally:
                 app.state.engine.metrics.close()
+            # the decision log's appends whose replies nobody awaited (api/decision_log.py)
+            await app.state.engine.store.settle()
             if owned:
                 await client.aclose()
 

@@ -9,12 +9,17 @@ stays O(1)). One ``XADD`` takes one trim rule: by age (``MINID``,
 worker by length instead (``MAXLEN`` per bucket), so a stream can exceed its length bound
 by that many appends per worker. A plain command rather than a script: Redis spends ~2.5 µs
 on it against ~9 µs for the same append and trims in Lua (docs/benchmarks.md). An append
-is one round trip after the commit (a different slot, so it cannot be part of the commit
-script): the decision is already stored when it runs, so a lost append loses a training
-row, never a reservation. A failed append is logged and counted, never an error for the
-caller. Only new decisions are logged (a replay is the same decision) and dry runs never
-are. Awaited rather than spawned: a background task could outlive its event loop (worker
-shutdown) and its connection.
+is written after the commit (a different slot, so it cannot be part of the commit script):
+the decision is already stored when it runs, so a lost append loses a training row, never a
+reservation. A failed append is logged and counted, never an error for the caller. Only new
+decisions are logged (a replay is the same decision) and dry runs never are.
+
+The answer does not wait for the append's reply: the ``XADD`` is written on the
+auto-pipeline's kept connection before the request is answered, and its reply settles
+later (``Store.append_log_now``), so a decision costs one round trip less. No task is
+spawned for it (a task could outlive its event loop and connection); the worker's shutdown
+waits for the replies still open (``Store.settle``). Without a kept connection (no
+auto-pipeline, a Cluster, or a connection being replaced) the append is awaited as before.
 
 An entry's layout: ``api/log_entry.py``.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 
@@ -64,11 +70,26 @@ class DecisionLog:
         """``entries``: each entry's stream fields, flat (``encode_entry``)."""
         commands: list[tuple[str | bytes | int, ...]] = [
             ("XADD", key, *self._trim(now), "*", *fields) for fields in entries]
+        futures = self.store.append_log_now(commands)
+        if futures is not None:
+            for future in futures:
+                future.add_done_callback(self._settled)
+            return
         try:
             await self.store.append_log(commands)
         except Exception as exc:  # the log must never fail a decision
-            self.failures += 1
-            log.warning("log_append_failed", error=f"{type(exc).__name__}: {exc}")
+            self._failed(exc)
+
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        """An append's reply, when the answer did not wait for it."""
+        if future.cancelled():
+            self._failed(asyncio.CancelledError())
+        elif (exc := future.exception()) is not None:
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        log.warning("log_append_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def decision(self, tenant: str, request: DecisionRequest,
                        response: DecisionResponse, now: int) -> None:

@@ -29,6 +29,7 @@ import asyncio
 import collections
 import contextlib
 import select
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
@@ -466,6 +467,26 @@ class AutoPipeline(_Coalescer):
         """One plain command (not a script), e.g. the decision log's ``XADD``, batched with
         the scripts of the same event-loop iteration."""
         return await self._enqueue(command)
+
+    def send_now(self, commands: Sequence[tuple[Any, ...]]) -> list[asyncio.Future[Any]] | None:
+        """Write ``commands`` on the kept connection at once, together with whatever this
+        iteration has queued, and return their replies' futures without waiting on them;
+        None, and nothing sent, when there is no usable kept connection (the caller then
+        awaits ``execute`` as before).
+
+        Why: a command whose reply changes nothing the caller answers (the decision log's
+        ``XADD``) need not hold the request for a round trip. Waiting for it cost the
+        decision its last round trip and, at moderate load, one more sleep and wake-up of
+        the worker (docs/benchmarks.md, "The decision log's reply off the answer's path").
+        The write happens here, before the caller goes on, so whatever the caller does next
+        (answering its request) happens after the command reached Redis' socket: a client
+        that reads the log once it has its answer finds the entry. No task is spawned: the
+        router resolves the futures as the replies arrive."""
+        if self._router() is None:
+            return None
+        futures = [self._enqueue(command) for command in commands]
+        self._flush()  # the flush ``_enqueue`` scheduled will find nothing left
+        return futures
 
     def _flush(self) -> None:
         """Write the batch on the kept connection, in this iteration; its replies resolve the

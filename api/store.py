@@ -152,6 +152,8 @@ class Store:
         self._model_pointer_put = client.register_script(_script("model_pointer_put.lua"))
         #: the benchmark's floor (``/v1/_floor``): one script call that reads one key
         self._floor = client.register_script("return redis.call('EXISTS', KEYS[1])")
+        #: replies not awaited by anyone (``append_log_now``), until they arrive
+        self._unanswered: set[asyncio.Future[Any]] = set()
         self._share_writes(auto_pipeline)
         if self._pipeline is not None and self._pipeline.keeps:
             self._gate = asyncio.Semaphore(max(1, max_in_flight - self._pipeline.keeps))
@@ -320,6 +322,34 @@ class Store:
         async with self._gate:
             ok = await self._profile_put(keys=[key], args=[*args, *([marker] if marker else [])])
         return bool(int(ok))
+
+    def append_log_now(self, commands: Sequence[tuple[str | bytes | int, ...]]
+                       ) -> list[asyncio.Future[Any]] | None:
+        """The decision log's ``XADD`` commands written at once on the auto-pipeline's kept
+        connection, without waiting for their replies (``AutoPipeline.send_now``): the
+        futures, which settle as the replies arrive; None when they cannot go that way (no
+        auto-pipeline, a Cluster, no usable kept connection), and then ``append_log`` sends
+        them. ``settle`` waits for the futures still open when the worker stops."""
+        pipeline = self._pipeline
+        if not isinstance(pipeline, AutoPipeline):
+            return None
+        futures = pipeline.send_now(commands)
+        if futures is not None:
+            unanswered = self._unanswered
+            for future in futures:
+                unanswered.add(future)
+                future.add_done_callback(unanswered.discard)
+        return futures
+
+    async def settle(self, within: float = 2.0) -> int:
+        """Wait at most ``within`` seconds for the replies of commands sent without waiting
+        (``append_log_now``), so that a stopping worker does not close its connection under
+        them. Returns how many were still unanswered when it gave up."""
+        pending = [future for future in self._unanswered if not future.done()]
+        if not pending:
+            return 0
+        _, still = await asyncio.wait(pending, timeout=within)
+        return len(still)
 
     async def append_log(self, commands: Sequence[tuple[str | bytes | int, ...]]) -> None:
         """The decision log's ``XADD`` commands (api/decision_log.py builds them), sent

@@ -110,6 +110,7 @@ async def _one_run(client: RedisClient, bench: Bench, ttl: float, args: argparse
         latencies.append(1e6 * (time.perf_counter() - t0))
 
     await asyncio.gather(*(one(i) for i in range(len(requests))))
+    await engine.store.settle()  # the log appends the answers did not wait for
     wall = time.perf_counter() - start
     after = await _calls(client)
     if args.slowlog:
@@ -152,6 +153,7 @@ async def _closed_run(client: RedisClient, bench: Bench, ttl: float, args: argpa
 
     redis0, cpu0, t0 = await _redis_cpu_us(client), time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+    await engine.store.settle()  # the log appends the answers did not wait for
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     redis_us = await _redis_cpu_us(client) - redis0
     n = args.decisions

@@ -56,6 +56,7 @@ def capture(decisions: int, model: BenchModel) -> tuple[ActiveModel, list[tuple[
         for _ in range(decisions):
             await bench.engine.decide(TENANT, bench.next_request())
         active = await bench.engine.tenant_models.model_for(TENANT)
+        await bench.engine.store.settle()  # the log appends the answers did not wait for
         await client.aclose()
         return active
 

@@ -220,6 +220,7 @@ async def run(url: str, script_a: str, script_b: str, decisions: int, users: int
         print(f"{name}: commit inside redis-server mean {statistics.fmean(t):.1f} µs, "
               f"p50 {statistics.median(t):.0f} µs over {len(t):,} calls")
     print(f"replies that differ: {differ}")
+    await bench.engine.store.settle()  # the log appends the answers did not wait for
     await client.aclose()
     await raw.aclose()
 
@@ -305,6 +306,7 @@ async def replay(url: str, script_a: str, script_b: str, decisions: int, users: 
               f"{statistics.median(inside[name]):.1f} µs (INFO commandstats)")
     differ = sum(1 for x, y in zip(replies["A"], replies["B"], strict=True) if x != y)
     print(f"replies that differ: {differ}")
+    await bench.engine.store.settle()  # the log appends the answers did not wait for
     await client.aclose()
     plain.close()
 

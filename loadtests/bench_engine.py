@@ -373,6 +373,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
         if bench.other_model:
             raise RuntimeError(f"{bench.other_model} answers were not scored by {bench.expected}")
         print(f"model_version of every sequential answer: {bench.expected}")
+        await bench.engine.store.settle()  # the log appends the answers did not wait for
     finally:
         await client.aclose()
 

@@ -53,6 +53,7 @@ async def _decide(url: str, users: int, decisions: int, *, record_format: int = 
         bench.factory.prefix = prefix  # the same message ids in every run
         await bench.seed()
         await bench.end_to_end(decisions)
+        await bench.engine.store.settle()  # the log appends the answers did not wait for
     finally:
         await client.aclose()
 

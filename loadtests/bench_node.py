@@ -78,6 +78,7 @@ async def record(url: str, users: int, decisions: int, warmup: int, model: Bench
     # the scripts' names, for the per-command table
     store: Any = bench.engine.store  # its scripts are ScriptCallers (api/redis_client.py)
     names = {store._read._script.sha: "read.lua", store._commit._script.sha: "commit.lua"}
+    await store.settle()  # the log appends the answers did not wait for
     await client.aclose()
     plain.close()
     return snapshot, commands, names

@@ -51,6 +51,7 @@ async def test_logged_decisions_and_events_export_to_the_training_schema(
               at=instant(NOON_NY + 1000)),
         event(type="opened", user_id="u2", message_id="m2", channel="email",
               at=instant(NOON_NY + 600_000))])
+    await engine.store.settle()  # replies the answers did not wait for (api/decision_log.py)
     assert engine.log.failures == 0
 
     client: Any = (redis.RedisCluster.from_url(redis_target.url) if redis_target.cluster
@@ -97,6 +98,7 @@ async def test_each_append_trims_the_stream_by_age_or_by_length(
     for start in range(0, 2_000, 100):  # as a busy worker would: many appends at once
         await asyncio.gather(*(log._append(key, [_fields(i)], now)
                                for i in range(start, start + 100)))
+    await log.store.settle()
     assert log.failures == 0
     assert 50 <= await redis_client.xlen(key) <= 50 + node + LENGTH_TRIM_EVERY
     newest = await redis_client.xrevrange(key, count=1)
@@ -114,6 +116,7 @@ async def test_appends_drop_entries_older_than_the_retention(redis_client: Redis
     log = DecisionLog(Store(redis_client), max_len=1_000_000, retention_days=30)
     for i in range(1_000, 1_000 + 2 * LENGTH_TRIM_EVERY):
         await log._append(key, [_fields(i)], now)
+    await log.store.settle()
     assert log.failures == 0
     remaining = [entry_user(fields) for _, fields in await redis_client.xrange(key)]
     new = [f"u{i}".encode() for i in range(1_000, 1_000 + 2 * LENGTH_TRIM_EVERY)]
