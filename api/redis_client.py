@@ -476,8 +476,8 @@ class AutoPipeline(_Coalescer):
 
         Why: a command whose reply changes nothing the caller answers (the decision log's
         ``XADD``) need not hold the request for a round trip. Waiting for it cost the
-        decision its last round trip and, at moderate load, one more sleep and wake-up of
-        the worker (docs/benchmarks.md, "The decision log's reply off the answer's path").
+        decision its last round trip (docs/benchmarks.md, "The decision log's reply off the
+        answer's path").
         The write happens here, before the caller goes on, so whatever the caller does next
         (answering its request) happens after the command reached Redis' socket: a client
         that reads the log once it has its answer finds the entry. No task is spawned: the
