@@ -237,6 +237,26 @@ def describe_pinning(phases: list[Phase]) -> str:
             f"{max(p.max for p in phases):.1f} ms, {cpu_us:,.0f} µs ({len(phases)} runs)")
 
 
+def cpu_per_decision(phase: Phase) -> float:
+    """The worker processes' CPU per answered request of ``phase``, µs."""
+    return 1e6 * phase.server_cpu / max(1, phase.requests)
+
+
+def describe_cpu_per_decision(closed: list[Phase], fixed: list[Phase]) -> str:
+    """The workers' CPU per decision in the closed loop (median over its rounds) and in each
+    fixed-load run, with the ratio of the runs' median to it: the closed loop shares loop
+    iterations, system calls and Redis writes between its 32 decisions in flight, a
+    fixed-load run at 60% of its rate has one or two in flight and pays them per decision
+    (docs/benchmarks.md, "CPU per decision follows the decisions in flight")."""
+    if not closed or not fixed:
+        return "none"
+    base = statistics.median(cpu_per_decision(p) for p in closed)
+    runs = [cpu_per_decision(p) for p in fixed]
+    return (f"closed loop {base:,.0f} µs; fixed-load runs "
+            + " / ".join(f"{v:,.0f}" for v in runs)
+            + f" µs ({statistics.median(runs) / base:.2f}x the closed loop)")
+
+
 #: Redis' latency monitor threshold during the fixed-load runs (ms)
 REDIS_LATENCY_MS = 5
 
@@ -1139,6 +1159,8 @@ def main(argv: list[str] | None = None) -> int:
                         ", ".join(f"{v:.2f} ms" for v in p99s))
             report.fact("max latency per fixed-load run (stalls)",
                         ", ".join(f"{v:.1f} ms" for v in maxes))
+            report.fact("worker CPU per decision, closed loop vs each fixed-load run",
+                        describe_cpu_per_decision(decisions, fixed_rows))
             report.fact("worker event-loop lag per fixed-load run (25 ms timer checks: late "
                         "by over 10 ms / over 50 ms / the largest bucket reached)",
                         "; ".join(lags))

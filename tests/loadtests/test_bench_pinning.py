@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from loadtests.bench_decisions import Phase, Service, describe_pinning
+from loadtests.bench_decisions import Phase, Service, describe_cpu_per_decision, describe_pinning
 
 needs_two = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity")
                                else True, reason="pinning needs two CPUs this process may use")
@@ -67,3 +67,17 @@ def test_each_side_is_summed_over_its_runs() -> None:
                              run(9.0, 30.0, 1.3, 1000)])
     assert line == "p99 9.00 ms, max 140.0 ms, 1,300 µs (3 runs)"
     assert describe_pinning([]) == "none"
+
+
+def test_cpu_per_decision_compares_each_fixed_run_with_the_closed_loop() -> None:
+    def phase(cpu: float, requests: int) -> Phase:
+        return Phase(name="p", generator="python x1", requests=requests, seconds=1.0,
+                     p50=1.0, p90=1.0, p99=1.0, max=1.0, decisions={}, non200=0, errors=0,
+                     server_cpu=cpu, redis_cpu=0.0, generator_cpu=0.0)
+
+    closed = [phase(1.0, 800), phase(1.0, 1000), phase(1.0, 700)]  # median 1,250 µs
+    fixed = [phase(0.9, 500), phase(1.0, 500), phase(0.95, 500)]
+    assert describe_cpu_per_decision(closed, fixed) == (
+        "closed loop 1,250 µs; fixed-load runs 1,800 / 2,000 / 1,900 µs "
+        "(1.52x the closed loop)")
+    assert describe_cpu_per_decision(closed, []) == "none"
