@@ -482,10 +482,11 @@ class AutoPipeline(_Coalescer):
         (answering its request) happens after the command reached Redis' socket: a client
         that reads the log once it has its answer finds the entry. No task is spawned: the
         router resolves the futures as the replies arrive."""
-        if self._router() is None:
+        router = self._router()
+        if router is None:
             return None
         futures = [self._enqueue(command) for command in commands]
-        self._flush()  # the flush ``_enqueue`` scheduled will find nothing left
+        self._write(router)  # the flush ``_enqueue`` scheduled will find nothing left
         return futures
 
     def _flush(self) -> None:
@@ -498,10 +499,15 @@ class AutoPipeline(_Coalescer):
         task resumed two iterations after that (docs/benchmarks.md, "Loop iterations per
         round trip"). A write that fails in the kernel closes the transport at once, before
         any of it left: that batch then goes through ``_send`` on another connection."""
+        self._write(self._router())
+
+    def _write(self, router: _ReplyRouter | None) -> None:
+        """Write what is queued on ``router`` (the kept connection's, just checked), or send
+        it through ``_send`` when there is none or the write fails."""
         batch = self._take()
         if not batch:
             return
-        if not _write_routed(self._router(), batch):
+        if not _write_routed(router, batch):
             self._router()  # retires the connection if the write broke it
             self._spawn(self._send(batch))
 
