@@ -27,7 +27,7 @@ An entry's layout: ``api/log_entry.py``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -49,8 +49,12 @@ LENGTH_TRIM_EVERY = 16
 
 class DecisionLog:
     def __init__(self, store: Store, *, max_len: int = 1_000_000,
-                 retention_days: int = 30, enabled: bool = True) -> None:
+                 retention_days: int = 30, enabled: bool = True,
+                 on_failure: Callable[[], object] | None = None) -> None:
         self.store = store
+        #: called once per failed append (the worker's ``sendwise_decision_log_failures_total``):
+        #: an answer no longer waits for its append, so a failure shows only here and in the log
+        self.on_failure = on_failure
         self.max_len = max_len
         self.retention_ms = retention_days * DAY_MS
         self.enabled = enabled
@@ -89,6 +93,8 @@ class DecisionLog:
 
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1
+        if self.on_failure is not None:
+            self.on_failure()
         log.warning("log_append_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def decision(self, tenant: str, request: DecisionRequest,

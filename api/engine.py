@@ -148,7 +148,8 @@ class Engine:
         #: decisions and events for training (``sendwise export``)
         self.log = DecisionLog(store, max_len=settings.decision_log_max_len,
                                retention_days=settings.decision_log_retention_days,
-                               enabled=settings.decision_log)
+                               enabled=settings.decision_log,
+                               on_failure=self.metrics.log_failures.inc)
         #: the model scoring decisions (the heuristic until one is loaded and vetted)
         self.models = models if models is not None else ModelRegistry()
         #: tenant-wide channel send rates (policy ``pacing``)

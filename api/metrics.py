@@ -97,6 +97,10 @@ class Metrics:
             "sendwise_redis_errors_total",
             "Requests that found Redis unreachable or timed out: 'decision' (answered with the "
             "fallback) or 'request' (any other endpoint, answered 503)", ["op"], registry=r)
+        self.log_failures = Counter(
+            "sendwise_decision_log_failures_total",
+            "Decision-log appends (XADD) that failed: the decisions stand, their training rows "
+            "are lost (a log_append_failed warning each)", registry=r)
         self.model_seconds = Histogram(
             "sendwise_model_score_seconds",
             "Time to score one decision's candidates (features and the model, or the heuristic "

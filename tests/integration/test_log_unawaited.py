@@ -79,6 +79,8 @@ async def test_an_append_that_fails_after_the_answer_is_counted_when_its_reply_c
     assert answer.decision == "send"  # the log never fails a decision
     await engine.store.settle()
     assert engine.log.failures == 1
+    assert engine.metrics.registry.get_sample_value(
+        "sendwise_decision_log_failures_total") == 1
     # the connection is intact: the next decision's append succeeds
     await engine.decide(TENANT, req(message_id="m2", user_id="u2"))
     await engine.store.settle()
