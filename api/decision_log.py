@@ -69,11 +69,12 @@ class DecisionLog:
             return "MAXLEN", "~", self.max_len
         return "MINID", "~", max(0, now - self.retention_ms)
 
-    async def _append(self, key: str, entries: list[tuple[str | bytes, ...]], now: int
+    async def _append(self, entries: Sequence[tuple[str, tuple[str | bytes, ...]]], now: int
                       ) -> None:
-        """``entries``: each entry's stream fields, flat (``encode_entry``)."""
+        """``entries``: each entry's stream key and its fields, flat (``encode_entry``), all
+        written together (one write on the kept connection, else one pipeline)."""
         commands: list[tuple[str | bytes | int, ...]] = [
-            ("XADD", key, *self._trim(now), "*", *fields) for fields in entries]
+            ("XADD", key, *self._trim(now), "*", *fields) for key, fields in entries]
         futures = self.store.append_log_now(commands)
         if futures is not None:
             for future in futures:
@@ -117,8 +118,8 @@ class DecisionLog:
             "holdout": next((group_of_rule(r.rule) for r in response.reasons
                              if r.code == ReasonCode.HOLDOUT), ""),
         }
-        await self._append(log_key(tenant, log_bucket(request.user_id)),
-                           [encode_entry("decision", request.user_id, fields)], now)
+        await self._append([(log_key(tenant, log_bucket(request.user_id)),
+                             encode_entry("decision", request.user_id, fields))], now)
 
     async def displaced(self, tenant: str, user_id: str, response: DecisionResponse, *,
                         category: str, campaign: str, now: int) -> None:
@@ -134,23 +135,19 @@ class DecisionLog:
             "decided_at": str(now), "timezone": response.timezone, "category": category,
             "campaign": campaign, "reason": "preempted",
         }
-        await self._append(log_key(tenant, log_bucket(user_id)),
-                           [encode_entry("decision", user_id, fields)], now)
+        await self._append([(log_key(tenant, log_bucket(user_id)),
+                             encode_entry("decision", user_id, fields))], now)
 
     async def events(self, tenant: str, events: Sequence[Event], zones: dict[str, str],
                      now: int) -> None:
         """``zones``: the zone each user's profile counted the events in."""
         if not self.enabled:
             return
-        by_key: dict[str, list[tuple[str | bytes, ...]]] = {}
-        for event in events:
-            by_key.setdefault(log_key(tenant, log_bucket(event.user_id)), []).append(
-                encode_entry("event", event.user_id, {
-                    "type": event.type, "at": str(utc_to_ms(event.at)),
-                    "message_id": event.message_id or "", "channel": event.channel or "",
-                    "campaign": event.campaign_id or "", "event_kind": event.kind or "",
-                    "timezone": event.timezone or zones.get(event.user_id, ""),
-                }))
-        # one pipeline per bucket, concurrently
-        await asyncio.gather(*(self._append(key, entries, now)
-                               for key, entries in by_key.items()))
+        # every bucket's entries in one write
+        await self._append([(log_key(tenant, log_bucket(event.user_id)), encode_entry(
+            "event", event.user_id, {
+                "type": event.type, "at": str(utc_to_ms(event.at)),
+                "message_id": event.message_id or "", "channel": event.channel or "",
+                "campaign": event.campaign_id or "", "event_kind": event.kind or "",
+                "timezone": event.timezone or zones.get(event.user_id, ""),
+            })) for event in events], now)

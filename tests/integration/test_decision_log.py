@@ -96,7 +96,7 @@ async def test_each_append_trims_the_stream_by_age_or_by_length(
     now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
     node = 100
     for start in range(0, 2_000, 100):  # as a busy worker would: many appends at once
-        await asyncio.gather(*(log._append(key, [_fields(i)], now)
+        await asyncio.gather(*(log._append([(key, _fields(i))], now)
                                for i in range(start, start + 100)))
     await log.store.settle()
     assert log.failures == 0
@@ -115,7 +115,7 @@ async def test_appends_drop_entries_older_than_the_retention(redis_client: Redis
         await redis_client.xadd(key, _old_fields(i), id=f"{now - 40 * DAY_MS}-{i}")
     log = DecisionLog(Store(redis_client), max_len=1_000_000, retention_days=30)
     for i in range(1_000, 1_000 + 2 * LENGTH_TRIM_EVERY):
-        await log._append(key, [_fields(i)], now)
+        await log._append([(key, _fields(i))], now)
     await log.store.settle()
     assert log.failures == 0
     remaining = [entry_user(fields) for _, fields in await redis_client.xrange(key)]
@@ -142,7 +142,7 @@ async def test_erasure_and_export_read_entries_of_both_layouts(redis_client: Red
     log = DecisionLog(Store(redis_client))
     for i in range(4):
         await redis_client.xadd(key, _old_fields(i))
-        await log._append(key, [_fields(i)], now)
+        await log._append([(key, _fields(i))], now)
     entries = [decode_entry(fields) for _, fields in await redis_client.xrange(key)]
     for old, new in zip(entries[::2], entries[1::2], strict=True):
         assert old.items() <= new.items()
