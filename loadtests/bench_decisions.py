@@ -232,14 +232,14 @@ def describe_pinning(phases: list[Phase]) -> str:
     the worker's CPU per answered decision."""
     if not phases:
         return "none"
-    cpu_us = 1e6 * sum(p.server_cpu for p in phases) / max(1, sum(p.requests for p in phases))
     return (f"p99 {statistics.median(p.p99 for p in phases):.2f} ms, max "
-            f"{max(p.max for p in phases):.1f} ms, {cpu_us:,.0f} µs ({len(phases)} runs)")
+            f"{max(p.max for p in phases):.1f} ms, {cpu_per_decision(*phases):,.0f} µs "
+            f"({len(phases)} runs)")
 
 
-def cpu_per_decision(phase: Phase) -> float:
-    """The worker processes' CPU per answered request of ``phase``, µs."""
-    return 1e6 * phase.server_cpu / max(1, phase.requests)
+def cpu_per_decision(*phases: Phase) -> float:
+    """The worker processes' CPU per answered request over ``phases`` together, µs."""
+    return 1e6 * sum(p.server_cpu for p in phases) / max(1, sum(p.requests for p in phases))
 
 
 def describe_cpu_per_decision(closed: list[Phase], fixed: list[Phase]) -> str:
